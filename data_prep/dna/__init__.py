@@ -1,0 +1,1 @@
+"""DNA: FASTA/2bit -> tokens -> memory-mapped token store -> windows."""
