@@ -1,0 +1,71 @@
+"""Depthwise causal 1-D convolution in torch: the reference for the Triton and causal-conv1d paths.
+
+Same arguments and semantics as the causal-conv1d package's ``causal_conv1d_fn`` / ``causal_conv1d_update``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = (None, "silu", "swish")
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
+    """out[b, d, t] = act(bias[d] + sum_k weight[d, k] * x_padded[b, d, t + k]), x left-padded by width - 1.
+
+    Args:
+        x: (batch, dim, seqlen). weight: (dim, width). bias: (dim,) or None.
+        initial_state: (batch, dim, width - 1): the inputs before x (zeros when None).
+        activation: None | "silu" | "swish".
+    Returns:
+        out (batch, dim, seqlen) in x's dtype; with return_final_state also final_state
+        (batch, dim, width - 1): the last width - 1 inputs (initial_state included), to continue the sequence.
+    """
+    _check_activation(activation)
+    dtype_in = x.dtype
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = x.to(compute)
+    if initial_state is None:
+        prev = xc.new_zeros(batch, dim, width - 1)
+    else:
+        prev = initial_state.to(compute)
+    xp = torch.cat([prev, xc], dim=-1)  # (batch, dim, width - 1 + seqlen)
+    out = F.conv1d(xp, weight.to(compute).unsqueeze(1), bias.to(compute) if bias is not None else None, groups=dim)
+    if activation is not None:
+        out = F.silu(out)
+    out = out.to(dtype_in)
+    if not return_final_state:
+        return out
+    final_state = xp[:, :, xp.shape[-1] - (width - 1):].to(dtype_in)
+    return out, final_state
+
+
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
+    """One (or a few) decode steps; ``conv_state`` is updated in place.
+
+    Args:
+        x: (batch, dim) or (batch, dim, seqlen) new inputs.
+        conv_state: (batch, dim, state_len) with state_len >= width - 1: the latest inputs, oldest first.
+        weight: (dim, width). bias: (dim,) or None.
+    Returns:
+        out with x's shape and dtype.
+    """
+    _check_activation(activation)
+    unsqueeze = x.dim() == 2
+    if unsqueeze:
+        x = x.unsqueeze(-1)
+    seqlen = x.shape[-1]
+    width = weight.shape[1]
+    state_len = conv_state.shape[-1]
+    xp = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (batch, dim, state_len + seqlen)
+    conv_state.copy_(xp[:, :, -state_len:])
+    out = causal_conv1d_ref(xp[:, :, state_len - (width - 1):], weight, bias, activation)[:, :, -seqlen:]
+    return out.squeeze(-1) if unsqueeze else out
