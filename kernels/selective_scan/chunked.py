@@ -1,0 +1,123 @@
+"""The selective scan in plain torch, chunked: the reference backend that runs on any device.
+
+The sequence is cut into chunks of ``chunk_size`` steps. Inside a chunk the linear recurrence
+``h_t = a_t * h_{t-1} + x_t`` (a_t = exp(dt_t A), x_t = dt_t B_t u_t) is solved by a doubling (Hillis-Steele)
+scan in log2(chunk_size) tensor operations, which only ever multiplies decays <= 1 together (no exp(-cumsum)
+overflow); the state is carried from chunk to chunk. Arithmetic is float32 (float64 when an input is float64).
+
+Memory: one chunk's (batch, dim, chunk_size, d_state) intermediates at a time. Under autograd each chunk is
+wrapped in activation checkpointing, so a backward pass keeps only the chunk-boundary states and recomputes a
+chunk's intermediates when it reaches it. Gradients reach every input, ``initial_state`` included, and flow back
+through ``last_state``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from mamba_bio_audio.kernels.selective_scan.naive import expand_bc
+
+#: Intermediates per chunk (batch * dim * chunk * d_state elements) the default chunk size aims for.
+TARGET_CHUNK_ELEMENTS = 1 << 21
+
+
+def default_chunk_size(batch: int, dim: int, d_state: int, seqlen: int) -> int:
+    """A power of two in [16, 1024] keeping one chunk's intermediates near TARGET_CHUNK_ELEMENTS."""
+    per_step = max(1, batch * dim * d_state)
+    chunk = 16
+    while chunk < 1024 and chunk * 2 * per_step <= TARGET_CHUNK_ELEMENTS:
+        chunk *= 2
+    return max(1, min(chunk, seqlen))
+
+
+def _slice_bc(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """The time slice [start, end) of B or C in any layout (a fixed (dim, d_state) B/C has no time axis)."""
+    return X if X.dim() == 2 else X[..., start:end]
+
+
+def linear_scan_doubling(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """Solve h_t = a_t * h_{t-1} + x_t along dim 2 with h_{-1} = h0.
+
+    Args:
+        a, x: (batch, dim, T, d_state). h0: (batch, dim, d_state).
+    Returns:
+        h: (batch, dim, T, d_state), every state of the chunk.
+    """
+    x = torch.cat([x[:, :, :1] + a[:, :, :1] * h0[:, :, None], x[:, :, 1:]], dim=2)
+    T = x.shape[2]
+    k = 1
+    while k < T:
+        # After this step, (a_t, x_t) composes the steps t-2k+1 .. t (prefix-doubling).
+        x = torch.cat([x[:, :, :k], x[:, :, k:] + a[:, :, k:] * x[:, :, :-k]], dim=2)
+        if 2 * k < T:
+            a = torch.cat([a[:, :, :k], a[:, :, k:] * a[:, :, :-k]], dim=2)
+        k *= 2
+    return x
+
+
+def _scan_chunk(h0, dt, u, A, B, C):
+    """One chunk. h0 (batch, dim, d_state); dt, u (batch, dim, T); A (dim, d_state); B, C any layout, sliced.
+
+    Returns y (batch, dim, T) = sum_n C_t h_t, and the last state (batch, dim, d_state).
+    """
+    batch, dim, T = u.shape
+    Bx = expand_bc(B.to(dt.dtype), batch, dim, T)
+    Cx = expand_bc(C.to(dt.dtype), batch, dim, T)
+    a = torch.exp(dt[..., None] * A[:, None, :])
+    x = (dt * u)[..., None] * Bx
+    h = linear_scan_doubling(a, x, h0)
+    y = (h * Cx).sum(-1)
+    return y, h[:, :, -1]
+
+
+def selective_scan_chunked(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    return_last_state=False, initial_state=None, chunk_size=None,
+):
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics, plus ``initial_state``.
+
+    Args:
+        u, delta: (batch, dim, seqlen). z: (batch, dim, seqlen) or None.
+        A: (dim, d_state). B, C: (dim, d_state), (batch, d_state, seqlen) or (batch, groups, d_state, seqlen).
+        D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
+        chunk_size: steps per chunk (default: :func:`default_chunk_size`).
+    Returns:
+        out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) in float32/float64 if asked.
+    """
+    dtype_in = u.dtype
+    compute = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype) else torch.float32
+    batch, dim, seqlen = u.shape
+    d_state = A.shape[1]
+    uc = u.to(compute)
+    dt = delta.to(compute)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(compute)[None, :, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Ac = A.to(compute)
+    if initial_state is None:
+        h = uc.new_zeros(batch, dim, d_state)
+    else:
+        h = initial_state.to(compute)
+    chunk = chunk_size or default_chunk_size(batch, dim, d_state, seqlen)
+    recompute = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state, delta_bias)
+    )
+    ys = []
+    for start in range(0, seqlen, chunk):
+        end = min(start + chunk, seqlen)
+        args = (h, dt[:, :, start:end], uc[:, :, start:end], Ac, _slice_bc(B, start, end), _slice_bc(C, start, end))
+        if recompute:
+            y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
+        else:
+            y, h = _scan_chunk(*args)
+        ys.append(y)
+    y = torch.cat(ys, dim=2) if ys else uc.new_zeros(batch, dim, 0)
+    if D is not None:
+        y = y + uc * D.to(compute)[None, :, None]
+    if z is not None:
+        y = y * F.silu(z.to(compute))
+    out = y.to(dtype_in)
+    return (out, h) if return_last_state else out

@@ -1,0 +1,150 @@
+"""MambaConfig: every hyper-parameter of a Mamba model, with a JSON round trip.
+
+Field names follow mamba_ssm (``d_model``, ``n_layer``, ``vocab_size``, ``rms_norm``, ``residual_in_fp32``,
+``pad_vocab_size_multiple``, ``tie_embeddings``; the mixer's ``d_state``, ``d_conv``, ``expand``, ``dt_rank``,
+``dt_min``, ``dt_max`` ...). :meth:`MambaConfig.from_dict` also reads mamba_ssm's nested ``config.json``
+(with ``ssm_cfg``), so ``state-spaces/mamba-*`` checkpoints load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mamba_bio_audio.errors import CheckpointError, UserError
+
+SSM_LAYERS = ("S6", "S4D")
+
+# mamba_ssm config keys we accept and ignore: they only select fused kernels, which we choose ourselves.
+_IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "model_type", "torch_dtype",
+                 "transformers_version", "_name_or_path"}
+
+
+@dataclass
+class MambaConfig:
+    """Hyper-parameters of a Mamba model.
+
+    Attributes:
+        d_model: width of the residual stream. n_layer: number of Mamba blocks.
+        vocab_size: tokens of the LM (padded up to ``pad_vocab_size_multiple`` in the embedding).
+        d_state: SSM state size N. d_conv: causal conv width. expand: d_inner = expand * d_model.
+        dt_rank: rank of the Delta projection ("auto" = ceil(d_model / 16)).
+        dt_min, dt_max, dt_init_floor, dt_scale, dt_init: the Delta initialisation (log-uniform in [dt_min, dt_max]).
+        conv_bias, bias: biases of the conv and of the in/out projections.
+        rms_norm: RMSNorm (True) or LayerNorm. norm_epsilon. residual_in_fp32: keep the residual stream in fp32.
+        tie_embeddings: LM head shares the embedding matrix.
+        ssm_layer: "S6" (selective: Delta, B, C from the input) or "S4D" (time-invariant, learned per channel).
+        bidirectional: each mixer also runs on the reversed sequence with the same weights; outputs are summed.
+    """
+
+    d_model: int = 256
+    n_layer: int = 4
+    vocab_size: int = 16
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: str = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    rms_norm: bool = True
+    norm_epsilon: float = 1e-5
+    residual_in_fp32: bool = True
+    pad_vocab_size_multiple: int = 8
+    tie_embeddings: bool = True
+    ssm_layer: str = "S6"
+    bidirectional: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "pad_vocab_size_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
+        if self.ssm_layer not in SSM_LAYERS:
+            raise UserError(f"MambaConfig.ssm_layer must be one of {SSM_LAYERS}, got {self.ssm_layer!r}")
+        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+            raise UserError(f"MambaConfig.dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise UserError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.dt_init not in ("random", "constant"):
+            raise UserError(f"MambaConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
+
+    # ---- derived sizes ------------------------------------------------------------------------------------
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def dt_rank_value(self) -> int:
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return ((self.vocab_size + m - 1) // m) * m
+
+    # ---- serialisation ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
+        """Build from our flat dict or from mamba_ssm's nested one (``ssm_cfg``); unknown keys are an error."""
+        data = dict(data)
+        ssm_cfg = data.pop("ssm_cfg", None) or {}
+        if ssm_cfg.get("layer", "Mamba1") != "Mamba1":
+            raise UserError(f"only Mamba1 layers are supported, the config asks for {ssm_cfg['layer']!r}")
+        if data.pop("d_intermediate", 0):
+            raise UserError("configs with an MLP after each mixer (d_intermediate > 0) are not supported")
+        if data.pop("attn_layer_idx", None):
+            raise UserError("hybrid configs with attention layers (attn_layer_idx) are not supported")
+        data.pop("attn_cfg", None)
+        merged = {**{k: v for k, v in ssm_cfg.items() if k != "layer"}, **data}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in list(merged):
+            if key in _IGNORED_KEYS:
+                merged.pop(key)
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise UserError(f"unknown MambaConfig fields: {', '.join(unknown)}")
+        return cls(**merged)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MambaConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config JSON atomically (temp file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MambaConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: a config must be a JSON object")
+        try:
+            return cls.from_dict(data)
+        except (UserError, TypeError) as e:
+            raise CheckpointError(f"{path}: {e}") from None

@@ -1,0 +1,155 @@
+"""The Mamba mixer: in_proj -> causal conv -> SiLU -> selective scan (S6) or time-invariant scan (S4D) -> gate -> out_proj.
+
+Parameter names follow mamba_ssm's ``Mamba`` module so its checkpoints load: ``in_proj``, ``conv1d``, ``x_proj``,
+``dt_proj``, ``A_log``, ``D``, ``out_proj``. The S4D ablation replaces ``x_proj``/``dt_proj`` by per-channel
+parameters ``dt_bias``, ``B``, ``C`` (Delta, B, C no longer depend on the input).
+
+Shapes: hidden_states (batch, seqlen, d_model); inside, x and z (batch, d_inner, seqlen).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_bio_audio import ops
+from mamba_bio_audio.config import MambaConfig
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """y with softplus(y) = x (x > 0)."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def init_dt(config: MambaConfig, d_inner: int) -> torch.Tensor:
+    """Delta at initialisation: log-uniform in [dt_min, dt_max], floored at dt_init_floor. Shape (d_inner,)."""
+    log_min, log_max = math.log(config.dt_min), math.log(config.dt_max)
+    dt = torch.exp(torch.rand(d_inner) * (log_max - log_min) + log_min)
+    return dt.clamp(min=config.dt_init_floor)
+
+
+class Mamba(nn.Module):
+    """One Mamba mixer (the paper's Figure 3 block without the norm and residual)."""
+
+    def __init__(self, config: MambaConfig, layer_idx: int | None = None):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.d_model = config.d_model
+        self.d_inner = d_inner = config.d_inner
+        self.d_state = d_state = config.d_state
+        self.d_conv = config.d_conv
+        self.dt_rank = dt_rank = config.dt_rank_value
+        self.selective = config.ssm_layer == "S6"
+        self.bidirectional = config.bidirectional
+        self.backend = "auto"  # ops backend for this layer; "auto" picks per device
+
+        self.in_proj = nn.Linear(config.d_model, 2 * d_inner, bias=config.bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, config.d_conv, groups=d_inner, padding=config.d_conv - 1,
+                                bias=config.conv_bias)
+        dt = init_dt(config, d_inner)
+        if self.selective:
+            self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+            self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+            dt_init_std = dt_rank ** -0.5 * config.dt_scale
+            if config.dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, dt_init_std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+            with torch.no_grad():
+                self.dt_proj.bias.copy_(inverse_softplus(dt))
+            self.dt_proj.bias._no_reinit = True
+        else:
+            # S4D-real with Delta, B, C learned per channel (time-invariant): the paper's S4 ablation.
+            self.dt_bias = nn.Parameter(inverse_softplus(dt))
+            self.B = nn.Parameter(torch.ones(d_inner, d_state))
+            self.C = nn.Parameter(torch.randn(d_inner, d_state) * d_state ** -0.5)
+            self.dt_bias._no_weight_decay = True
+        # S4D-real initialisation: A_n = -(n + 1), stored as log(-A) so A stays negative.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(d_inner, config.d_model, bias=config.bias)
+
+    # ---- parallel (training / prefill) ---------------------------------------------------------------------
+    def forward(self, hidden_states: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """hidden_states (batch, seqlen, d_model) -> (batch, seqlen, d_model).
+
+        With ``state`` (a dict holding ``conv_state`` (batch, d_inner, d_conv) and ``ssm_state``
+        (batch, d_inner, d_state)), the states after the last position are written into it (prefill).
+        """
+        if not self.bidirectional:
+            return self._forward_one_direction(hidden_states, state)
+        if state is not None:
+            raise ValueError("a bidirectional mixer has no recurrent state (it sees the whole sequence)")
+        forward = self._forward_one_direction(hidden_states)
+        backward = self._forward_one_direction(hidden_states.flip(1)).flip(1)
+        return forward + backward
+
+    def _forward_one_direction(self, hidden_states: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        seqlen = hidden_states.shape[1]
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, seqlen)
+        x, z = xz.chunk(2, dim=1)
+        if state is not None:
+            state["conv_state"].copy_(F.pad(x, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
+                                      else x[:, :, -self.d_conv:])
+        x = ops.causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
+                                 backend=self.backend)
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        delta, B, C, delta_bias = self._delta_B_C(x)
+        y = ops.selective_scan_fn(
+            x, delta, A, B, C, self.D.float(), z=z, delta_bias=delta_bias, delta_softplus=True,
+            return_last_state=state is not None, backend=self.backend,
+        )
+        if state is not None:
+            y, last_state = y
+            state["ssm_state"].copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))
+
+    def _delta_B_C(self, x: torch.Tensor):
+        """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C, delta_bias (d_inner,) fp32."""
+        if not self.selective:
+            return torch.zeros_like(x), self.B.float(), self.C.float(), self.dt_bias.float()
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, seqlen, dt_rank + 2 * d_state)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias, in fp32
+        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), self.dt_proj.bias.float()
+
+    # ---- recurrent (decode) --------------------------------------------------------------------------------
+    def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        """Zero states for :meth:`step`: conv (batch, d_inner, d_conv), ssm (batch, d_inner, d_state) in fp32 (fp64 for fp64)."""
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        ssm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return {
+            "conv_state": torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype),
+        }
+
+    def step(self, hidden_states: torch.Tensor, state: dict) -> torch.Tensor:
+        """One token: hidden_states (batch, d_model) -> (batch, d_model); ``state`` is advanced in place."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional mixer cannot decode step by step")
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
+        x = ops.causal_conv1d_update(x, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                     activation="silu", backend=self.backend)
+        A = -torch.exp(self.A_log.float())
+        if self.selective:
+            dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            dt = F.linear(dt, self.dt_proj.weight)
+            dt_bias = self.dt_proj.bias.float()
+        else:
+            batch = x.shape[0]
+            dt = torch.zeros_like(x)
+            # per-channel B, C are "groups" of one channel each
+            B = self.B.float().expand(batch, -1, -1)
+            C = self.C.float().expand(batch, -1, -1)
+            dt_bias = self.dt_bias.float()
+        y = ops.selective_state_update(state["ssm_state"], x, dt, A, B, C, self.D.float(), z=z, dt_bias=dt_bias,
+                                       dt_softplus=True, backend=self.backend)
+        return self.out_proj(y)

@@ -1,0 +1,175 @@
+"""The one place that chooses a compute backend for the Mamba ops. Models call these functions only.
+
+Backends:
+    "reference"  torch code that runs on any device (kernels/selective_scan/chunked.py, kernels/causal_conv1d/reference.py)
+    "triton"     fused Triton kernels (GPU; also CPU tensors under TRITON_INTERPRET=1, which is how CI tests them)
+    "cuda"       the compiled mamba_ssm / causal-conv1d extensions, when installed (benchmarks, comparisons)
+    "auto"       triton for CUDA tensors when the kernels import, else reference; the environment variable
+                 MBA_BACKEND (auto|reference|triton|cuda) overrides "auto". A CUDA run that falls back to the
+                 reference warns once.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+import torch
+
+from mamba_bio_audio.kernels.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
+from mamba_bio_audio.kernels.selective_scan.chunked import selective_scan_chunked
+from mamba_bio_audio.kernels.selective_scan.naive import selective_state_update_naive
+
+BACKENDS = ("auto", "reference", "triton", "cuda")
+ENV_VAR = "MBA_BACKEND"
+
+_TRITON_MODULES = {
+    "scan": ("mamba_bio_audio.kernels.selective_scan.triton_scan", "selective_scan_triton"),
+    "step": ("mamba_bio_audio.kernels.selective_scan.triton_step", "selective_state_update_triton"),
+    "conv": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_triton"),
+    "conv_update": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_update_triton"),
+}
+_CUDA_MODULES = {
+    "scan": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    "step": ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update"),
+    "conv": ("causal_conv1d", "causal_conv1d_fn"),
+    "conv_update": ("causal_conv1d", "causal_conv1d_update"),
+}
+
+
+@functools.cache
+def _load(module: str, name: str):
+    """The named function, or None when its module cannot be imported here."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception:  # noqa: BLE001 - a missing or broken optional extension only disables its backend
+        return None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _warn_fallback(op: str) -> None:
+    warnings.warn(
+        f"mamba_bio_audio: no fast kernel for '{op}' on CUDA tensors here; using the slow torch reference",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def resolve_backend(backend: str, op: str, tensor: torch.Tensor):
+    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update"); None function = reference."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get(ENV_VAR, "auto") or "auto"
+        if backend not in BACKENDS:
+            raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if tensor.is_cuda:
+            if op.startswith("conv") and _load(*_CUDA_MODULES[op]) is not None:
+                return "cuda", _load(*_CUDA_MODULES[op])
+            fn = _load(*_TRITON_MODULES[op])
+            if fn is not None:
+                return "triton", fn
+            _warn_fallback(op)
+        return "reference", None
+    if backend == "reference":
+        return "reference", None
+    table = _TRITON_MODULES if backend == "triton" else _CUDA_MODULES
+    fn = _load(*table[op])
+    if fn is None:
+        raise RuntimeError(f"backend '{backend}' for '{op}' is not available here ({table[op][0]} did not import)")
+    if backend == "triton" and not tensor.is_cuda and not triton_interpreting():
+        raise RuntimeError("backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
+    return backend, fn
+
+
+def selective_scan_fn(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    return_last_state=False, initial_state=None, backend="auto",
+):
+    """The selective scan (S6), drop-in compatible with mamba_ssm's ``selective_scan_fn``, plus ``initial_state``.
+
+        h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t . h_t + D u_t,   out = y * silu(z)
+        dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias
+
+    Args:
+        u, delta: (batch, dim, seqlen). z: (batch, dim, seqlen) or None.
+        A: (dim, d_state), real (negative for a stable scan).
+        B, C: (dim, d_state) fixed, (batch, d_state, seqlen) or (batch, groups, d_state, seqlen) input-dependent.
+        D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
+        backend: "auto" | "reference" | "triton" | "cuda".
+    Returns:
+        out (batch, dim, seqlen) in u's dtype, or (out, last_state) with last_state (batch, dim, d_state) float32.
+    Gradients flow to every tensor input, initial_state included, and through last_state.
+    """
+    name, fn = resolve_backend(backend, "scan", u)
+    if name == "reference":
+        return selective_scan_chunked(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
+        )
+    if name == "cuda":
+        if initial_state is not None:
+            raise ValueError("backend 'cuda' (mamba_ssm) has no initial_state; use 'triton' or 'reference'")
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def selective_state_update(
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto",
+):
+    """One decode step of the scan; ``state`` (batch, dim, d_state) is updated in place.
+
+    Args:
+        x, dt: (batch, dim). z: (batch, dim) or None. A: (dim, d_state).
+        B, C: (batch, d_state) or (batch, groups, d_state). D, dt_bias: (dim,) or None.
+    Returns:
+        out: (batch, dim) in x's dtype.
+    """
+    name, fn = resolve_backend(backend, "step", x)
+    if name == "reference":
+        return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,
+                     backend="auto"):
+    """Depthwise causal conv1d: the causal-conv1d package on CUDA when installed, else Triton, else torch.
+
+    Args:
+        x: (batch, dim, seqlen). weight: (dim, width). bias: (dim,) or None. activation: None | "silu" | "swish".
+        initial_state: (batch, dim, width - 1) or None.
+    Returns:
+        out (batch, dim, seqlen), and final_state (batch, dim, width - 1) when return_final_state.
+    """
+    name, fn = resolve_backend(backend, "conv", x)
+    if name == "reference":
+        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)
+    if name == "cuda":
+        if initial_state is None and not return_final_state:
+            return fn(x, weight, bias, activation=activation)
+        # the package wants channel-last memory when states are involved
+        x_cl = x.transpose(1, 2).contiguous().transpose(1, 2)
+        init = None if initial_state is None else initial_state.transpose(1, 2).contiguous().transpose(1, 2)
+        return fn(x_cl, weight, bias, initial_states=init, return_final_states=return_final_state,
+                  activation=activation)
+    return fn(x, weight, bias, activation, initial_state, return_final_state)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):
+    """Decode step(s) of the causal conv; ``conv_state`` (batch, dim, state_len >= width - 1) updated in place.
+
+    Args:
+        x: (batch, dim) or (batch, dim, seqlen). weight: (dim, width). bias: (dim,) or None.
+    Returns:
+        out with x's shape.
+    """
+    name, fn = resolve_backend(backend, "conv_update", x)
+    if name == "reference":
+        return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
+    return fn(x, conv_state, weight, bias, activation)
