@@ -21,6 +21,8 @@ from mamba_bio_audio.kernels.selective_scan.naive import expand_bc
 
 #: Intermediates per chunk (batch * dim * chunk * d_state elements) the default chunk size aims for.
 TARGET_CHUNK_ELEMENTS = 1 << 21
+#: Above this many (batch * dim * seqlen * d_state) elements, chunks are recomputed in the backward pass.
+RECOMPUTE_ABOVE_ELEMENTS = 1 << 24
 
 
 def default_chunk_size(batch: int, dim: int, d_state: int, seqlen: int) -> int:
@@ -37,7 +39,72 @@ def _slice_bc(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return X if X.dim() == 2 else X[..., start:end]
 
 
-def linear_scan_doubling(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+def _doubling_scan_(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """In place: x_t <- sum_{s<=t} (a_{s+1} ... a_t) x_s along dim 2 (Hillis-Steele, log2(T) steps). a is consumed."""
+    T = x.shape[2]
+    k = 1
+    while k < T:
+        # After this step, (a_t, x_t) composes the steps t-2k+1 .. t. Right-hand sides are evaluated before the
+        # assignment, so the overlapping read of x[:, :, :-k] sees the previous values.
+        x[:, :, k:] = x[:, :, k:] + a[:, :, k:] * x[:, :, :-k]
+        if 2 * k < T:
+            a[:, :, k:] = a[:, :, k:] * a[:, :, :-k]
+        k *= 2
+    return x
+
+
+def _sequential_scan_(a: torch.Tensor, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """In place: x_t <- x_t + a_t * x_{t-1} step by step along dim 2 (or x_t + a_t * x_{t+1} with ``reverse``).
+
+    T small tensor operations on (batch, dim, d_state) slices: cheaper than the doubling scan's log2(T) passes
+    over the whole chunk once a slice is large enough to hide the per-operation overhead.
+    """
+    T = x.shape[2]
+    steps = range(T - 2, -1, -1) if reverse else range(1, T)
+    for t in steps:
+        x[:, :, t].addcmul_(a[:, :, t], x[:, :, t + 1] if reverse else x[:, :, t - 1])
+    return x
+
+
+#: Below this many (batch * dim * d_state) chains the doubling scan beats the step-by-step loop on a CPU.
+SEQUENTIAL_MIN_CHAINS = 2048
+
+
+class LinearScan(torch.autograd.Function):
+    """h_t = a_t * h_{t-1} + x_t along dim 2, h_{-1} = h0; a, x: (batch, dim, T, d_state), h0: (batch, dim, d_state).
+
+    Backward is the same recurrence run in reverse: g_t = dL/dh_t + a_{t+1} g_{t+1} is dL/dx_t, then
+    dL/da_t = g_t * h_{t-1} and dL/dh0 = a_0 * g_0.
+    """
+
+    @staticmethod
+    def forward(ctx, a, x, h0):
+        h = x.clone()
+        h[:, :, 0] += a[:, :, 0] * h0
+        sequential = h0.numel() >= SEQUENTIAL_MIN_CHAINS
+        if sequential:
+            _sequential_scan_(a, h)
+        else:
+            _doubling_scan_(a.clone(), h)
+        ctx.sequential = sequential
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        # the reverse recurrence g_t = grad_t + a_{t+1} g_{t+1}
+        a_next = torch.zeros_like(a)
+        a_next[:, :, :-1] = a[:, :, 1:]
+        if ctx.sequential:
+            g = _sequential_scan_(a_next, grad_h.clone(), reverse=True)
+        else:
+            g = _doubling_scan_(a_next.flip(2), grad_h.flip(2).contiguous()).flip(2)
+        h_prev = torch.cat([h0[:, :, None], h[:, :, :-1]], dim=2)
+        return g * h_prev, g, a[:, :, 0] * g[:, :, 0]
+
+
+def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """Solve h_t = a_t * h_{t-1} + x_t along dim 2 with h_{-1} = h0.
 
     Args:
@@ -45,16 +112,7 @@ def linear_scan_doubling(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> 
     Returns:
         h: (batch, dim, T, d_state), every state of the chunk.
     """
-    x = torch.cat([x[:, :, :1] + a[:, :, :1] * h0[:, :, None], x[:, :, 1:]], dim=2)
-    T = x.shape[2]
-    k = 1
-    while k < T:
-        # After this step, (a_t, x_t) composes the steps t-2k+1 .. t (prefix-doubling).
-        x = torch.cat([x[:, :, :k], x[:, :, k:] + a[:, :, k:] * x[:, :, :-k]], dim=2)
-        if 2 * k < T:
-            a = torch.cat([a[:, :, :k], a[:, :, k:] * a[:, :, :-k]], dim=2)
-        k *= 2
-    return x
+    return LinearScan.apply(a, x, h0)
 
 
 def _scan_chunk(h0, dt, u, A, B, C):
@@ -67,7 +125,7 @@ def _scan_chunk(h0, dt, u, A, B, C):
     Cx = expand_bc(C.to(dt.dtype), batch, dim, T)
     a = torch.exp(dt[..., None] * A[:, None, :])
     x = (dt * u)[..., None] * Bx
-    h = linear_scan_doubling(a, x, h0)
+    h = linear_scan(a, x, h0)
     y = (h * Cx).sum(-1)
     return y, h[:, :, -1]
 
@@ -102,9 +160,11 @@ def selective_scan_chunked(
     else:
         h = initial_state.to(compute)
     chunk = chunk_size or default_chunk_size(batch, dim, d_state, seqlen)
-    recompute = torch.is_grad_enabled() and any(
+    needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, initial_state, delta_bias)
     )
+    # Small problems keep every chunk's intermediates; large ones recompute them in the backward.
+    recompute = needs_grad and batch * dim * seqlen * d_state > RECOMPUTE_ABOVE_ELEMENTS
     ys = []
     for start in range(0, seqlen, chunk):
         end = min(start + chunk, seqlen)

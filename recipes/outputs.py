@@ -1,0 +1,70 @@
+"""Small helpers recipes use to write their outputs atomically (temp file, then rename) and to plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mamba_bio_audio.errors import UserError
+
+
+def prepare_out_dir(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    import yaml
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_csv_metric(path: Path, column: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one column of Lightning's CSVLogger metrics.csv (rows without it skipped)."""
+    steps, values = [], []
+    if not Path(path).is_file():
+        return steps, values
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(column) not in (None, ""):
+                steps.append(int(row["step"]))
+                values.append(float(row[column]))
+    return steps, values
+
+
+def plot_curve(path: Path, xs, ys, xlabel: str, ylabel: str, title: str) -> None:
+    """A line plot saved as PNG (headless matplotlib), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(xs, ys)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
