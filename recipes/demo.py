@@ -6,15 +6,19 @@ save_pretrained -> recurrent generation -> metrics.json and a loss plot.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
 from mamba_bio_audio.recipes.options import common_options, out_option
-from mamba_bio_audio.recipes.outputs import plot_curve, prepare_out_dir, read_csv_metric, write_json, write_yaml
-
+from mamba_bio_audio.recipes.outputs import (
+    plot_curve,
+    prepare_out_dir,
+    read_csv_metric,
+    write_json,
+    write_yaml,
+)
 
 VAL_OFFSET = 10**12
 
@@ -68,7 +72,7 @@ def demo(out: Path | None, max_steps: int, batch_size: int, seqlen: int, device:
     text = "".join(letters[t] for t in generated)
     motifs = [" ".join("".join(letters[t] for t in m) for m in language.motifs)]
     (out / "samples.txt").write_text(f"prompt+generated: {text}\nmotifs: {motifs[0]}\n")
-    steps, losses = read_csv_metric(out / "logs" / "metrics.csv", "train/bits_per_token")
+    steps, losses = read_csv_metric(out / "logs", "train/bits_per_token")
     plot_curve(out / "loss.png", steps, losses, "step", "train bits per token",
                f"mba demo: floor ~{language.entropy_bits():.2f} bits, uniform 2 bits")
     metrics = {"val_bits_per_token": float(val_bits), "uniform_bits_per_token": 2.0,

@@ -36,17 +36,17 @@ def write_yaml(path: Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def read_csv_metric(path: Path, column: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one column of Lightning's CSVLogger metrics.csv (rows without it skipped)."""
-    steps, values = [], []
-    if not Path(path).is_file():
-        return steps, values
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(column) not in (None, ""):
-                steps.append(int(row["step"]))
-                values.append(float(row[column]))
-    return steps, values
+def read_csv_metric(logs_dir: Path, column: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one column over every ``version_*/metrics.csv`` of Lightning's CSVLogger in
+    ``logs_dir`` (a resumed run adds a version), in step order; rows without the column are skipped."""
+    points: dict[int, float] = {}
+    for path in sorted(Path(logs_dir).glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get(column) not in (None, ""):
+                    points[int(row["step"])] = float(row[column])
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
 
 
 def plot_curve(path: Path, xs, ys, xlabel: str, ylabel: str, title: str) -> None:

@@ -77,7 +77,10 @@ def write_wav(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_r
         ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    samples = torch.as_tensor(wave, dtype=torch.float32).detach().cpu().reshape(-1).clamp(-1.0, 1.0).numpy()
+    samples = torch.as_tensor(wave, dtype=torch.float32).detach().cpu()
+    if samples.ndim != 1:
+        raise ValueError(f"wave must have shape (samples,), got {tuple(samples.shape)}")
+    samples = samples.clamp(-1.0, 1.0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

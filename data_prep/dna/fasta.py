@@ -5,13 +5,13 @@ fields, so it needs nothing special), the 2bit signature is 2bit, anything else 
 parsed by Biopython (``SeqIO.parse(handle, "twobit")``). FASTA is parsed here, block by block: Biopython's
 ``SimpleFastaParser`` walks the file line by line in Python and was 70% of ``prepare_genomes``' time (about 100 MB/s
 on gzipped bacteria, 220 MB/s on plain text), while a block parser costs little beyond gzip decoding: it finds
-header lines with ``bytes.find`` and drops line breaks with ``bytes.translate``. Both agree on every file (a test
-checks it). Sequences are encoded with :mod:`~mamba_bio_audio.data_prep.dna.tokenizer`; one record is held in
+header lines with ``bytes.find`` and drops line breaks with ``bytes.translate`` (a test checks that it reads what
+Biopython reads). Sequences are encoded with :mod:`~mamba_bio_audio.data_prep.dna.tokenizer`; one record is held in
 memory at a time.
 
 Every problem is one :class:`~mamba_bio_audio.errors.DataError` naming the file and the place: a missing or empty
-file, text before the first ``>`` header, binary content, corrupt gzip data, a duplicate record id, an invalid
-character (with its record and 1-based position).
+file, text before the first ``>`` header, binary content, corrupt gzip or 2bit data, a duplicate record id, a
+record without sequence, an invalid character (with its record and 1-based position).
 
 Header convention: ``>species|strain=NAME|original header`` (see ``shared/data/dna/bacteria/SOURCES.md``). The record
 id is the first word of the original header; without the convention it is the first word of the header and the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import struct
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,11 @@ FASTA, FASTA_GZ, TWOBIT = "fasta", "fasta.gz", "2bit"
 _GZIP_MAGIC = b"\x1f\x8b"
 _TWOBIT_MAGICS = (b"\x43\x27\x41\x1a", b"\x1a\x41\x27\x43")  # 0x1A412743, little- and big-endian
 _BLOCK = 1 << 23
+_CORRUPTION = {  # format -> (what is corrupt, the exceptions that say so)
+    FASTA: ("file", ()),
+    FASTA_GZ: ("gzip data", (gzip.BadGzipFile, EOFError, zlib.error)),
+    TWOBIT: ("2bit file", (ValueError, RuntimeError, EOFError, struct.error)),  # as Biopython's parser raises them
+}
 _WHITESPACE = b" \t\r\n"
 _CONVENTION = re.compile(r"([^|\s]+)\|strain=([^|]+)\|(.*)")
 _CHROMOSOME_WORD = re.compile(r"\bchromosome\s+([0-9]+|[IVX]+|[A-Z])\b", re.IGNORECASE)
@@ -118,6 +124,8 @@ def read_records(path: str | Path, lenient: bool = False) -> Iterator[tuple[Reco
     with _read_errors(path, fmt):
         for number, (title, seq) in enumerate(_parse(path, fmt), 1):
             header = _checked_header(title, number, seen, path)
+            if not seq:
+                raise DataError(f"{path}: record {header.id!r} has no sequence")
             yield header, encode(seq, lenient, source=f"{path}: record {header.id!r}")
     if not seen:
         raise DataError(f"{path}: no records")
@@ -205,16 +213,13 @@ def _no_header(path: Path, line: int) -> DataError:
 
 @contextmanager
 def _read_errors(path: Path, fmt: str):
-    """Turn low-level read errors into one-line DataErrors naming the file."""
+    """Turn the errors a corrupt file raises deep in gzip or Biopython into one-line DataErrors naming the file."""
+    what, kinds = _CORRUPTION[fmt]
     try:
         yield
-    except DataError:
-        raise
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt gzip data ({e})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: a header is not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
-    except ValueError as e:  # Biopython's 2bit parser reports a corrupt file this way
-        if fmt != TWOBIT:
+    except kinds as e:
+        if isinstance(e, DataError):
             raise
-        raise DataError(f"{path}: corrupt 2bit file ({e})") from None
+        raise DataError(f"{path}: corrupt {what} ({e})") from None

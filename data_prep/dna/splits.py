@@ -71,7 +71,7 @@ def plan_splits(units: Mapping[str, Sequence[str]], by: str = "record", *, val: 
     if by == "fraction":
         return SplitPlan(by, fracs, seed, region_species=tuple(sorted(units)))
     if val is not None or test is not None:
-        unit_splits = _named(units, by, set(val or ()), set(test or ()))
+        unit_splits = _named(units, by, _name_set(val), _name_set(test))
         return SplitPlan(by, fracs, seed, unit_splits)
     unit_splits = {}
     for species, names in units.items():
@@ -115,6 +115,11 @@ def _named(units: Mapping[str, Sequence[str]], by: str, val: set[str], test: set
             raise DataError(f"species {species!r}: every {by} is held out, none is left for training")
         unit_splits[species] = splits
     return unit_splits
+
+
+def _name_set(names: Collection[str] | None) -> set[str]:
+    """``names`` as a set; a lone string is one name, not a set of characters."""
+    return {names} if isinstance(names, str) else set(names or ())
 
 
 def _checked_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

@@ -45,15 +45,16 @@ def find_genomes(genomes_dir: str | os.PathLike) -> dict[str, list[Path]]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            name, files = entry.name, [p for p in sorted(entry.iterdir()) if p.is_file() and _species_name(p)]
-        elif entry.is_file() and (name := _species_name(entry)):
+            name, files = entry.name, [p for p in sorted(entry.iterdir()) if p.is_file() and _genome_name(p)]
+        elif entry.is_file() and (name := _genome_name(entry)):
             files = [entry]
         else:
             continue
-        if files and name in found:
+        if not files:
+            continue
+        if name in found:
             raise DataError(f"{root}: species {name!r} appears twice ({found[name][0].name} and {entry.name})")
-        if files:
-            found[name] = files
+        found[name] = files
     if not found:
         raise DataError(f"{root}: no genome files ({', '.join(GENOME_SUFFIXES)})")
     return found
@@ -83,17 +84,15 @@ def prepare_genomes(genomes_dir: str | os.PathLike, out_dir: str | os.PathLike, 
             for path in genomes[species]:
                 for header, tokens in read_records(path, lenient):
                     split = plan.split_of(species, _unit(split_by, header, path, root))
-                    _write_record(writer, plan, split, tokens, path, species=species, record=header.id,
+                    _write_record(writer, plan, split, tokens, species=species, record=header.id,
                                   strain=_strain(header, path, root), chromosome=header.chromosome,
                                   file=path.relative_to(root).as_posix())
     return Path(out_dir)
 
 
-def _write_record(writer: TokenStoreWriter, plan: SplitPlan, split: str | None, tokens: np.ndarray, path: Path,
+def _write_record(writer: TokenStoreWriter, plan: SplitPlan, split: str | None, tokens: np.ndarray,
                   **fields) -> None:
     """Add one record: a single entry of ``split``, or (``split`` None) one entry per region."""
-    if tokens.size == 0:
-        raise DataError(f"{path}: record {fields['record']!r} has no sequence")
     regions = [(split, 0, tokens.size)] if split else region_bounds(tokens.size, plan.fractions)
     for region_split, start, end in regions:
         part = tokens[start:end]
@@ -122,11 +121,11 @@ def _unit(split_by: str, header: RecordHeader, path: Path, root: Path) -> str:
 def _strain(header: RecordHeader, path: Path, root: Path) -> str:
     """The header's strain; without the header convention, the file's name inside a species folder."""
     if header.species is None and path.parent != root:
-        return _species_name(path)
+        return _genome_name(path)
     return header.strain
 
 
-def _species_name(path: Path) -> str | None:
+def _genome_name(path: Path) -> str | None:
     """``path``'s name without its genome suffix, or None when it is not a genome file."""
     name = path.name
     suffix = next((s for s in GENOME_SUFFIXES if name.lower().endswith(s)), None)

@@ -76,7 +76,8 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), *cfg.callbacks]
     if cfg.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every)))
-    loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    # version_0, version_1, ...: a resumed run logs beside the first part instead of overwriting it
+    loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")]
     return pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=cfg.strategy, precision=precision,
         max_steps=cfg.max_steps, max_epochs=-1, gradient_clip_val=cfg.grad_clip or None,

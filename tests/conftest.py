@@ -1,0 +1,46 @@
+"""Shared test setup: the gpu marker skips without CUDA; ``shared_data`` finds ../shared/data or skips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data beside the checkout (development data); tests using it skip in a user's clone."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data is not present (it is not part of the project)")
+    return path
+
+
+def rel_err(x, ref) -> float:
+    """||x - ref|| / ||ref|| in float64 (NaN anywhere gives inf, so it never passes)."""
+    import torch
+
+    x = x.detach().double()
+    ref = ref.detach().double()
+    if not torch.isfinite(x).all():
+        return float("inf")
+    denom = ref.norm().item()
+    return (x - ref).norm().item() / (denom if denom > 0 else 1.0)

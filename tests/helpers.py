@@ -1,0 +1,32 @@
+"""Random inputs for scan tests (imported by test modules; pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def scan_inputs(batch, dim, seqlen, d_state, *, bc="input", groups=1, dtype=torch.float64, seed=0,
+                with_z=True, with_D=True, with_bias=True, with_init=True):
+    """Keyword dict for selective_scan_*: fresh random inputs. bc: "fixed" | "input" | "grouped"."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    if bc == "fixed":
+        B, C = r(dim, d_state), r(dim, d_state)
+    elif bc == "input":
+        B, C = r(batch, d_state, seqlen), r(batch, d_state, seqlen)
+    else:
+        B, C = r(batch, groups, d_state, seqlen), r(batch, groups, d_state, seqlen)
+    return {
+        "u": r(batch, dim, seqlen), "delta": r(batch, dim, seqlen, scale=0.5),
+        "A": (-torch.rand(dim, d_state, generator=g, dtype=torch.float64) * 3 - 0.1).to(dtype),
+        "B": B, "C": C, "D": r(dim) if with_D else None, "z": r(batch, dim, seqlen) if with_z else None,
+        "delta_bias": r(dim, scale=0.3) if with_bias else None,
+        "initial_state": r(batch, dim, d_state) if with_init else None,
+    }
+
+
+def tensor_inputs(kwargs):
+    return {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
