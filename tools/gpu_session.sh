@@ -2,6 +2,7 @@
 # One call on a bare GPU machine: install what is missing, run the GPU tests, run the benchmarks, collect figures.
 #
 #   (here)   tools/fetch_gpu_wheels.sh             # once: cp312 wheels of biopython and soundfile into .whl/
+#            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
 #   (device) bash tools/gpu_session.sh [what ...]  # what: tests | bench | sweep | train (default: tests bench)
 #
 # Never builds inside the carried repo: the package is installed from a copy under /tmp. Results go to $OUT
@@ -12,11 +13,14 @@ out=${OUT:-$repo/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
-if ls "$repo"/.whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        "$repo"/.whl/*.whl || exit 1
-fi
-rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/src/.whl
+# .whl: pure packages the image lacks; .anchor-whl: mamba_ssm / causal-conv1d built for sm_90 (side-by-side runs).
+for wheels in .whl .anchor-whl; do
+    if ls "$repo/$wheels"/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            "$repo/$wheels"/*.whl || exit 1
+    fi
+done
+rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/src/.whl /tmp/src/.anchor-whl /tmp/src/.anchor
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/pkg /tmp/src >/dev/null || exit 1
 export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=/tmp/pkg/bin:$PATH

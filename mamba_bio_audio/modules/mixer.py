@@ -153,3 +153,13 @@ class Mamba(nn.Module):
         y = ops.selective_state_update(state["ssm_state"], x, dt, A, B, C, self.D.float(), z=z, dt_bias=dt_bias,
                                        dt_softplus=True, backend=self.backend)
         return self.out_proj(y)
+
+
+def set_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Make every Mamba mixer in ``model`` use ``backend`` ("auto" | "reference" | "triton" | "cuda"); returns model."""
+    if backend not in ops.BACKENDS:
+        raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
+    for module in model.modules():
+        if isinstance(module, Mamba):
+            module.backend = backend
+    return model
