@@ -24,6 +24,7 @@ rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/pkg /tmp/src >/dev/null || exit 1
 export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=/tmp/pkg/bin:$PATH
+export TRITON_INTERPRET=0  # the kernel test modules default it to 1 (CPU CI); real kernels here
 cd /tmp  # not the repo: tests must import the installed package
 
 python3 - <<'PY' | tee "$out/env.txt"

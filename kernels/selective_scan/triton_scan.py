@@ -6,13 +6,15 @@ Semantics are those of :func:`mamba_bio_audio.kernels.selective_scan.naive.selec
     h_t   = exp(dt_t A) * h_{t-1} + dt_t B_t u_t                       (batch, dim, d_state), h_{-1} = initial_state
     y_t   = C_t . h_t + D u_t ;  out_t = y_t * silu(z_t)
 
-Design (NOTES.md has the floor analysis and what to try on the GPU):
+Design (NOTES.md has the floor analysis, the measurements and what to try next):
 
 * A program owns (one batch row, BLOCK_D channels that share one B/C group, one time segment). Its state
-  h (BLOCK_D, d_state) stays in registers while it walks the segment in chunks of CHUNK steps. Inside a chunk
-  the recurrence is a first-order linear scan over a (BLOCK_D, BLOCK_N, CHUNK) tile: pairs (a, b) meaning
-  h -> a h + b compose associatively, so ``tl.associative_scan`` gives every h_t of the chunk from the
-  carried state. d_state is padded to BLOCK_N (a power of 2) with masks; padded lanes keep a zero state.
+  (BLOCK_N, BLOCK_D) stays in registers while it walks the segment in chunks of CHUNK steps. Inside a chunk the
+  recurrence is a first-order linear scan over a (CHUNK, BLOCK_N, BLOCK_D) tile: pairs (a, b) meaning
+  h -> a h + b compose associatively, so ``tl.associative_scan`` gives every h_t of the chunk from the carried
+  state. Time is the slowest tile axis on purpose: Triton's default layout puts lanes on the last axis
+  (channels, then d_state), so each thread holds whole time columns and the scan runs sequentially in
+  registers, with no shuffles. d_state is padded to BLOCK_N (a power of 2) with masks; padded states stay zero.
 * The forward writes ``out`` and the fp32 state at every chunk start (batch, dim, nchunks, d_state), never the
   full state. The backward recomputes each chunk from that saved state.
 * Long sequences with few channels (batch 1, dim 512, seqlen 2^20: few state chains) are split over
@@ -36,7 +38,7 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Elementwise helpers
+# Helpers (inlined into the kernels)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -66,22 +68,23 @@ def _dt(raw, SOFTPLUS: tl.constexpr):
 
 @triton.jit
 def _dt_tile(delta_ptr, offs, mask, bias, SOFTPLUS: tl.constexpr):
-    """dt (zero where masked, so masked steps are identity steps: exp(0 A) = 1, dt B u = 0) and delta + bias."""
-    raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32) + bias[:, None]
+    """dt (CHUNK, BLOCK_D), zero where masked so that masked steps are identity steps (exp(0 A) = 1,
+    dt B u = 0); and delta + bias."""
+    raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32) + bias[None, :]
     return tl.where(mask, _dt(raw, SOFTPLUS), 0.0), raw
 
 
 @triton.jit
-def _bc_tile(ptr, base, d, n, t, dn_mask, nt_mask, d_state, seqlen, VARYING: tl.constexpr):
-    """B or C as a tile broadcastable to (BLOCK_D, BLOCK_N, CHUNK), in fp32.
+def _bc_tile(ptr, base, d, n, t, nd_mask, tn_mask, d_state, seqlen, VARYING: tl.constexpr):
+    """B or C as an fp32 tile broadcastable to (CHUNK, BLOCK_N, BLOCK_D).
 
     VARYING: ptr is (batch, groups, d_state, seqlen) and ``base`` the offset of this program's (batch, group);
     else ptr is (dim, d_state), the same for every step.
     """
     if VARYING:
-        x = tl.load(ptr + base + n[:, None] * seqlen + t[None, :], mask=nt_mask, other=0.0).to(tl.float32)[None, :, :]
+        x = tl.load(ptr + base + n[None, :] * seqlen + t[:, None], mask=tn_mask, other=0.0).to(tl.float32)[:, :, None]
     else:
-        x = tl.load(ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)[:, :, None]
+        x = tl.load(ptr + d[None, :] * d_state + n[:, None], mask=nd_mask, other=0.0).to(tl.float32)[None, :, :]
     return x
 
 
@@ -101,42 +104,56 @@ def _group_base(b, part, groups, parts_per_group, d_state, seqlen):
 
 
 @triton.jit
+def _state_ptrs(ptr, row, n, d_state):
+    """(BLOCK_N, BLOCK_D) pointers to ptr[row, :] of a (rows, d_state) view; row (BLOCK_D,) is per channel."""
+    return ptr + row[None, :].to(tl.int64) * d_state + n[:, None]
+
+
+@triton.jit
 def _chunk_states(dt, u, Bt, A2, h):
-    """All states of one chunk. dt, u: (BLOCK_D, CHUNK); Bt: broadcastable tile; A2 = A log2(e):
-    (BLOCK_D, BLOCK_N); h: state before the chunk (BLOCK_D, BLOCK_N). Returns h_t and dt_t B_t u_t,
-    both (BLOCK_D, BLOCK_N, CHUNK)."""
-    dA = tl.exp2(dt[:, None, :] * A2[:, :, None])
+    """All states of one chunk. dt, u: (CHUNK, BLOCK_D); Bt: broadcastable B tile; A2 = A log2(e) and h, the
+    state before the chunk: (BLOCK_N, BLOCK_D). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
+    dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
     dBu = (dt * u)[:, None, :] * Bt
-    decay, hs = tl.associative_scan((dA, dBu), axis=2, combine_fn=_combine)
-    return hs + decay * h[:, :, None], dBu
+    decay, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=_combine)
+    return hs + decay * h[None, :, :], dBu
 
 
 @triton.jit
 def _chunk_state_grads(dt_next, Ct, dy, A2, g):
     """Gradients w.r.t. every state of one chunk, right to left:
 
-        g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_D, BLOCK_N).
+        g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_N, BLOCK_D).
 
-    dt_next: dt shifted one step left (BLOCK_D, CHUNK), zero past the sequence end (there exp(0 A) = 1 and
+    dt_next: dt shifted one step left (CHUNK, BLOCK_D), zero past the sequence end (there exp(0 A) = 1 and
     ``g`` is the gradient of last_state). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
     combine, since the running value enters ``_combine`` first."""
-    dA_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
-    decay, gs = tl.associative_scan((dA_next, Ct * dy[:, None, :]), axis=2, combine_fn=_combine, reverse=True)
-    return gs + decay * g[:, :, None]
+    dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
+    decay, gs = tl.associative_scan((dA_next, Ct * dy[:, None, :]), axis=0, combine_fn=_combine, reverse=True)
+    return gs + decay * g[None, :, :]
 
 
 @triton.jit
 def _at_step(x, step, CHUNK: tl.constexpr):
-    """x[:, :, step] of a (BLOCK_D, BLOCK_N, CHUNK) tile."""
-    sel = tl.arange(0, CHUNK)[None, None, :] == step
-    return tl.sum(tl.where(sel, x, 0.0), axis=2)
+    """x[step] of a (CHUNK, BLOCK_N, BLOCK_D) tile; free when time is held in-thread."""
+    sel = tl.arange(0, CHUNK)[:, None, None] == step
+    return tl.sum(tl.where(sel, x, 0.0), axis=0)
 
 
 @triton.jit
 def _silu_parts(z_ptr, offs, mask):
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(z)
-    return z, sig
+    return z, tl.sigmoid(z)
+
+
+@triton.jit
+def _load_vec(ptr, d, d_mask, HAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A per-channel parameter (BLOCK_D,) in fp32, or zeros when absent."""
+    if HAS:
+        x = tl.load(ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    else:
+        x = tl.zeros([BLOCK_D], tl.float32)
+    return x
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,29 +175,29 @@ def _fwd_summary_kernel(
     part, d, d_mask = _channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
-    dn_mask = d_mask[:, None] & n_mask[None, :]
+    nd_mask = n_mask[:, None] & d_mask[None, :]
     row = (b * dim + d).to(tl.int64) * seqlen
-    A2 = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * _LOG2E
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    A2 = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * _LOG2E
+    bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
     b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
 
-    h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dt_sum = tl.zeros([BLOCK_D], tl.float32)
     c_begin = seg * chunks_per_seg
     for c in range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks)):
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
-        mask = d_mask[:, None] & t_mask[None, :]
-        offs = row[:, None] + t[None, :]
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, _ = _dt_tile(delta_ptr, offs, mask, bias, SOFTPLUS)
-        Bt = _bc_tile(B_ptr, b_base, d, n, t, dn_mask, n_mask[:, None] & t_mask[None, :], d_state, seqlen, B_VARYING)
+        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, seqlen, B_VARYING)
         hs, _ = _chunk_states(dt, u, Bt, A2, h)
         h = _at_step(hs, CHUNK - 1, CHUNK)
-        dt_sum += tl.sum(dt, axis=1)
+        dt_sum += tl.sum(dt, axis=0)
 
     seg_row = (b * nseg + seg) * dim + d
-    tl.store(seg_h_ptr + seg_row[:, None].to(tl.int64) * d_state + n[None, :], h, mask=dn_mask)
+    tl.store(_state_ptrs(seg_h_ptr, seg_row, n, d_state), h, mask=nd_mask)
     tl.store(seg_dt_ptr + seg_row, dt_sum, mask=d_mask)
 
 
@@ -200,48 +217,47 @@ def _fwd_kernel(
     part, d, d_mask = _channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
-    dn_mask = d_mask[:, None] & n_mask[None, :]
+    nd_mask = n_mask[:, None] & d_mask[None, :]
     row = (b * dim + d).to(tl.int64) * seqlen
-    A2 = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * _LOG2E
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    A2 = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * _LOG2E
+    bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    Dv = _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
     b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
     c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
-    state_off = (b * dim + d)[:, None].to(tl.int64) * d_state + n[None, :]  # into (batch, dim, d_state)
 
     if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+        h = tl.load(_state_ptrs(h0_ptr, b * dim + d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+        h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     # Fold in the earlier segments: h <- exp(A sum dt) h + (their end state from zero).
     for j in range(0, seg):
         seg_row = (b * nseg + j) * dim + d
         dt_sum = tl.load(seg_dt_ptr + seg_row, mask=d_mask, other=0.0)
-        h_seg = tl.load(seg_h_ptr + seg_row[:, None].to(tl.int64) * d_state + n[None, :], mask=dn_mask, other=0.0)
-        h = tl.exp2(dt_sum[:, None] * A2) * h + h_seg
+        h_seg = tl.load(_state_ptrs(seg_h_ptr, seg_row, n, d_state), mask=nd_mask, other=0.0)
+        h = tl.exp2(dt_sum[None, :] * A2) * h + h_seg
 
     c_begin = seg * chunks_per_seg
     for c in range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks)):
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
-        nt_mask = n_mask[:, None] & t_mask[None, :]
-        mask = d_mask[:, None] & t_mask[None, :]
-        offs = row[:, None] + t[None, :]
-        tl.store(states_ptr + ((b * dim + d)[:, None].to(tl.int64) * nchunks + c) * d_state + n[None, :], h, mask=dn_mask)
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
+        tl.store(_state_ptrs(states_ptr, (b * dim + d) * nchunks + c, n, d_state), h, mask=nd_mask)
 
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, _ = _dt_tile(delta_ptr, offs, mask, bias, SOFTPLUS)
-        Bt = _bc_tile(B_ptr, b_base, d, n, t, dn_mask, nt_mask, d_state, seqlen, B_VARYING)
-        Ct = _bc_tile(C_ptr, c_base, d, n, t, dn_mask, nt_mask, d_state, seqlen, C_VARYING)
+        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, B_VARYING)
+        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, C_VARYING)
         hs, _ = _chunk_states(dt, u, Bt, A2, h)
-        y = tl.sum(hs * Ct, axis=1) + Dv[:, None] * u
+        y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
         if HAS_Z:
             z, sig = _silu_parts(z_ptr, offs, mask)
             y = y * z * sig
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
         h = _at_step(hs, CHUNK - 1, CHUNK)
 
-    tl.store(last_ptr + state_off, h, mask=dn_mask & (seg == nseg - 1))
+    tl.store(_state_ptrs(last_ptr, b * dim + d, n, d_state), h, mask=nd_mask & (seg == nseg - 1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,7 +267,7 @@ def _fwd_kernel(
 
 @triton.jit
 def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
-    """dy = d loss / d y_pre = dout * silu(z) (BLOCK_D, CHUNK); also z and sigmoid(z) when HAS_Z."""
+    """dy = dL/dy_pre = dout silu(z) (CHUNK, BLOCK_D); also dout, z and sigmoid(z) (dout in their place without z)."""
     dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_Z:
         z, sig = _silu_parts(z_ptr, offs, mask)
@@ -276,31 +292,31 @@ def _bwd_summary_kernel(
     part, d, d_mask = _channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
-    dn_mask = d_mask[:, None] & n_mask[None, :]
+    nd_mask = n_mask[:, None] & d_mask[None, :]
     row = (b * dim + d).to(tl.int64) * seqlen
-    A2 = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32) * _LOG2E
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    A2 = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * _LOG2E
+    bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
     c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
 
-    g = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    g = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dt_sum = tl.zeros([BLOCK_D], tl.float32)
     c_begin = seg * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
     for i in range(0, c_end - c_begin):
         t = (c_end - 1 - i) * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
-        mask = d_mask[:, None] & t_mask[None, :]
-        offs = row[:, None] + t[None, :]
-        next_mask = d_mask[:, None] & (t + 1 < seqlen)[None, :]
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
+        next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next, _ = _dt_tile(delta_ptr, offs + 1, next_mask, bias, SOFTPLUS)
-        Ct = _bc_tile(C_ptr, c_base, d, n, t, dn_mask, n_mask[:, None] & t_mask[None, :], d_state, seqlen, C_VARYING)
+        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, seqlen, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
         g = _at_step(gs, 0, CHUNK)
-        dt_sum += tl.sum(dt_next, axis=1)
+        dt_sum += tl.sum(dt_next, axis=0)
 
     seg_row = (b * nseg + seg) * dim + d
-    tl.store(seg_g_ptr + seg_row[:, None].to(tl.int64) * d_state + n[None, :], g, mask=dn_mask)
+    tl.store(_state_ptrs(seg_g_ptr, seg_row, n, d_state), g, mask=nd_mask)
     tl.store(seg_dt_ptr + seg_row, dt_sum, mask=d_mask)
 
 
@@ -309,54 +325,54 @@ def _bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
     seg_g_ptr, seg_dt_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, first_block,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """All gradients. Walks its segment's chunks right to left carrying g = dL/dh after the chunk.
+    """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
+    blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
 
     With g_t = dL/dh_t (from y_t and from h_{t+1}), dy_t = dout_t silu(z_t), and dA_t h_{t-1} = h_t - dt_t B_t u_t:
         du_t      = D dy_t + dt_t sum_n g_t B_t
         d dt_t    = sum_n g_t (A dA_t h_{t-1} + B_t u_t)       (times sigmoid(delta + bias) with softplus)
         dA        = sum_t dt_t g_t dA_t h_{t-1}                -> dA (batch, nseg, dim, d_state)
-        dB_t      = sum_channels g_t dt_t u_t                  -> dB (batch, programs, d_state, seqlen) or, fixed,
+        dB_t      = sum_channels g_t dt_t u_t                  -> dB (batch, wave, d_state, seqlen) or, fixed,
                                                                   (batch, nseg, dim, d_state)
         dC_t      = sum_channels dy_t h_t                      -> dC, same layouts
         dD        = sum_t dy_t u_t ; d delta_bias = sum_t d delta_t  -> (batch, nseg, dim)
         dz_t      = dout_t y_pre_t silu'(z_t) ; d initial_state = exp(dt_0 A) g_0
     """
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    part, d, d_mask = _channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    part, d, d_mask = _channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
-    dn_mask = d_mask[:, None] & n_mask[None, :]
+    nd_mask = n_mask[:, None] & d_mask[None, :]
     row = (b * dim + d).to(tl.int64) * seqlen
-    A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    A = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
     A2 = A * _LOG2E
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    Dv = _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
     b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
     c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
-    state_off = (b * dim + d)[:, None].to(tl.int64) * d_state + n[None, :]
-    seg_off = ((b * nseg + seg) * dim + d)[:, None].to(tl.int64) * d_state + n[None, :]  # into (batch, nseg, dim, d_state)
-    part_row = (b * tl.num_programs(0) + pid).to(tl.int64) * d_state * seqlen  # into (batch, programs, d_state, seqlen)
+    part_row = (b * tl.num_programs(0) + pid).to(tl.int64) * d_state * seqlen  # into (batch, wave, d_state, seqlen)
+    seg_row = (b * nseg + seg) * dim + d
 
     # g after this segment: dL/d last_state, carried back through the later segments with their summaries.
     if HAS_DLAST:
-        g = tl.load(dlast_ptr + state_off, mask=dn_mask, other=0.0).to(tl.float32)
+        g = tl.load(_state_ptrs(dlast_ptr, b * dim + d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
     else:
-        g = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+        g = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for i in range(0, nseg - 1 - seg):
-        seg_row = (b * nseg + nseg - 1 - i) * dim + d
-        dt_sum = tl.load(seg_dt_ptr + seg_row, mask=d_mask, other=0.0)
-        g_seg = tl.load(seg_g_ptr + seg_row[:, None].to(tl.int64) * d_state + n[None, :], mask=dn_mask, other=0.0)
-        g = tl.exp2(dt_sum[:, None] * A2) * g + g_seg
+        later = (b * nseg + nseg - 1 - i) * dim + d
+        dt_sum = tl.load(seg_dt_ptr + later, mask=d_mask, other=0.0)
+        g_seg = tl.load(_state_ptrs(seg_g_ptr, later, n, d_state), mask=nd_mask, other=0.0)
+        g = tl.exp2(dt_sum[None, :] * A2) * g + g_seg
 
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dB_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dC_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dB_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dC_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dD_acc = tl.zeros([BLOCK_D], tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], tl.float32)
     c_begin = seg * chunks_per_seg
@@ -365,28 +381,27 @@ def _bwd_kernel(
         c = c_end - 1 - i
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
-        nt_mask = n_mask[:, None] & t_mask[None, :]
-        mask = d_mask[:, None] & t_mask[None, :]
-        offs = row[:, None] + t[None, :]
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
 
         # Recompute the chunk's states from the saved state before it.
-        h = tl.load(states_ptr + ((b * dim + d)[:, None].to(tl.int64) * nchunks + c) * d_state + n[None, :],
-                    mask=dn_mask, other=0.0)
+        h = tl.load(_state_ptrs(states_ptr, (b * dim + d) * nchunks + c, n, d_state), mask=nd_mask, other=0.0)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, raw = _dt_tile(delta_ptr, offs, mask, bias, SOFTPLUS)
-        Bt = _bc_tile(B_ptr, b_base, d, n, t, dn_mask, nt_mask, d_state, seqlen, B_VARYING)
-        Ct = _bc_tile(C_ptr, c_base, d, n, t, dn_mask, nt_mask, d_state, seqlen, C_VARYING)
+        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, B_VARYING)
+        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, C_VARYING)
         hs, dBu = _chunk_states(dt, u, Bt, A2, h)
 
         # Output gate: out = y_pre silu(z).
         dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
         if HAS_Z:
-            y_pre = tl.sum(hs * Ct, axis=1) + Dv[:, None] * u
+            y_pre = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
             dz = dout * y_pre * sig * (1.0 + z * (1.0 - sig))
             tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
         # State gradients, right to left from g.
-        next_mask = d_mask[:, None] & (t + 1 < seqlen)[None, :]
+        next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next, _ = _dt_tile(delta_ptr, offs + 1, next_mask, bias, SOFTPLUS)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
         g = _at_step(gs, 0, CHUNK)
@@ -394,33 +409,32 @@ def _bwd_kernel(
         # Input gradients.
         gB = tl.sum(gs * Bt, axis=1)
         w = gs * (hs - dBu)  # g_t dA_t h_{t-1}
-        du = Dv[:, None] * dy + dt * gB
-        ddt = tl.sum(w * A[:, :, None], axis=1) + u * gB
+        du = Dv[None, :] * dy + dt * gB
+        ddt = tl.sum(w * A[None, :, :], axis=1) + u * gB
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
         ddt = tl.where(mask, ddt, 0.0)
         tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
         tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
-        dA_acc += tl.sum(w * dt[:, None, :], axis=2)
-        dD_acc += tl.sum(dy * u, axis=1)
-        dbias_acc += tl.sum(ddt, axis=1)
+        dA_acc += tl.sum(w * dt[:, None, :], axis=0)
+        dD_acc += tl.sum(dy * u, axis=0)
+        dbias_acc += tl.sum(ddt, axis=0)
         gdtu = gs * (dt * u)[:, None, :]
         hdy = hs * dy[:, None, :]
         if B_VARYING:
-            tl.store(dB_ptr + part_row + n[:, None] * seqlen + t[None, :], tl.sum(gdtu, axis=0), mask=nt_mask)
+            tl.store(dB_ptr + part_row + n[None, :] * seqlen + t[:, None], tl.sum(gdtu, axis=2), mask=tn_mask)
         else:
-            dB_acc += tl.sum(gdtu, axis=2)
+            dB_acc += tl.sum(gdtu, axis=0)
         if C_VARYING:
-            tl.store(dC_ptr + part_row + n[:, None] * seqlen + t[None, :], tl.sum(hdy, axis=0), mask=nt_mask)
+            tl.store(dC_ptr + part_row + n[None, :] * seqlen + t[:, None], tl.sum(hdy, axis=2), mask=tn_mask)
         else:
-            dC_acc += tl.sum(hdy, axis=2)
+            dC_acc += tl.sum(hdy, axis=0)
 
-    tl.store(dA_ptr + seg_off, dA_acc, mask=dn_mask)
+    tl.store(_state_ptrs(dA_ptr, seg_row, n, d_state), dA_acc, mask=nd_mask)
     if not B_VARYING:
-        tl.store(dB_ptr + seg_off, dB_acc, mask=dn_mask)
+        tl.store(_state_ptrs(dB_ptr, seg_row, n, d_state), dB_acc, mask=nd_mask)
     if not C_VARYING:
-        tl.store(dC_ptr + seg_off, dC_acc, mask=dn_mask)
-    seg_row = (b * nseg + seg) * dim + d
+        tl.store(_state_ptrs(dC_ptr, seg_row, n, d_state), dC_acc, mask=nd_mask)
     if HAS_D:
         tl.store(dD_ptr + seg_row, dD_acc, mask=d_mask)
     if HAS_BIAS:
@@ -428,28 +442,33 @@ def _bwd_kernel(
     if HAS_H0:
         # h_0 = exp(dt_0 A) h_{-1} + ..., so dL/dh_{-1} = exp(dt_0 A) g_0 (first segment only).
         dt0 = _dt(tl.load(delta_ptr + row, mask=d_mask, other=0.0).to(tl.float32) + bias, SOFTPLUS)
-        tl.store(dh0_ptr + state_off, tl.exp2(dt0[:, None] * A2) * g, mask=dn_mask & (seg == 0))
+        tl.store(_state_ptrs(dh0_ptr, b * dim + d, n, d_state), tl.exp2(dt0[None, :] * A2) * g,
+                 mask=nd_mask & (seg == 0))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launch configuration
 # ----------------------------------------------------------------------------------------------------------
 
-DEFAULT_CHUNK = 32
-DEFAULT_BLOCK_D = {"fwd": 8, "bwd": 4}
-DEFAULT_NUM_WARPS = {"fwd": 4, "bwd": 4}
+DEFAULT_CHUNK = 8  # H100: fastest forward; 4 gives a faster fwd + bwd but doubles the saved states
+DEFAULT_BLOCK_D = 8
+DEFAULT_NUM_WARPS = 1
+# Time segments are added when fewer warps than LOW_WARPS_PER_SM would run, aiming at TARGET_WARPS_PER_SM.
+LOW_WARPS_PER_SM, TARGET_WARPS_PER_SM, MAX_SEGMENTS = 8, 24, 256
+PARTIAL_BYTES = 1 << 30  # bound on the backward's dB + dC partial sums (varying B/C)
 
 
 def autotune_candidates() -> list[dict]:
     """Configs worth timing on the GPU (keyword arguments of :func:`selective_scan_triton`).
 
-    chunk_size trades scan depth (log2 CHUNK shuffle levels) against loop trips; block_d * d_state * chunk_size /
-    (32 num_warps) is the fp32 elements of one tile per thread, which bounds registers (keep it <= 32 for the
-    backward, whose tiles live longer)."""
+    Tiles are (chunk_size, d_state, block_d) with lanes on channels: with block_d = 8 and one warp, each thread
+    holds chunk_size x d_state/4 values of one channel (d_state over 4 lanes); block_d = 32 * num_warps puts the
+    whole state of a channel in one thread (no shuffles for sums over d_state, but register spills at d_state 16).
+    """
     return [
         {"chunk_size": chunk, "block_d": block_d, "num_warps": warps}
         for chunk, block_d, warps in [
-            (16, 8, 4), (32, 4, 4), (32, 8, 4), (32, 16, 8), (64, 4, 4), (64, 8, 8), (128, 4, 8), (128, 2, 4),
+            (8, 8, 1), (4, 8, 1), (16, 8, 1), (4, 16, 1), (8, 16, 1), (8, 4, 1), (4, 32, 1), (8, 16, 2),
         ]
     ]
 
@@ -473,20 +492,20 @@ class _Plan:
         """Channel blocks per partition."""
         return triton.cdiv(self.dim // self.groups, block_d)
 
-    def segments(self, block_d: int, n_segments: int | None) -> tuple[int, int]:
-        """(nseg, chunks per segment). Auto: split time until there are ~4 programs per SM (CUDA only)."""
+    def segments(self, block_d: int, num_warps: int, n_segments: int | None, device: torch.device,
+                 programs: int | None = None) -> tuple[int, int]:
+        """(nseg, chunks per segment). Auto (CUDA): split time when the channel blocks (``programs`` of them per
+        batch row, default all) would leave the GPU nearly idle, e.g. batch 1 with long sequences; at most
+        MAX_SEGMENTS, at least 4 chunks each."""
         if n_segments is None:
             n_segments = 1
-            programs = self.batch * self.groups * self.blocks(block_d)
-            if torch.cuda.is_available() and not _interpreting():
-                sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-                n_segments = max(1, min(triton.cdiv(4 * sms, programs), self.nchunks // 4))
+            warps = self.batch * (programs or self.groups * self.blocks(block_d)) * num_warps
+            if device.type == "cuda":
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
+                if warps < LOW_WARPS_PER_SM * sms:
+                    n_segments = min(triton.cdiv(TARGET_WARPS_PER_SM * sms, warps), MAX_SEGMENTS, self.nchunks // 4)
         per_seg = triton.cdiv(self.nchunks, max(1, min(n_segments, self.nchunks)))
         return triton.cdiv(self.nchunks, per_seg), per_seg
-
-
-def _interpreting() -> bool:
-    return triton.knobs.runtime.interpret if hasattr(triton, "knobs") else False
 
 
 def _bc_groups(X: torch.Tensor) -> tuple[bool, int]:
@@ -498,18 +517,22 @@ def _bc_groups(X: torch.Tensor) -> tuple[bool, int]:
     raise ValueError(f"B/C must have 2, 3 or 4 dimensions, got shape {tuple(X.shape)}")
 
 
-def _plan(u, A, B, C, chunk_size) -> _Plan:
+def _plan(u, A, B, C, chunk_size: int) -> _Plan:
     batch, dim, seqlen = u.shape
     d_state = A.shape[1]
     (_, groups_b), (_, groups_c) = _bc_groups(B), _bc_groups(C)
     groups = math.lcm(groups_b, groups_c)
     if dim % groups != 0:
         raise ValueError(f"dim {dim} is not a multiple of the number of B/C groups ({groups_b}, {groups_c})")
-    chunk = chunk_size or DEFAULT_CHUNK
-    if chunk & (chunk - 1):
-        raise ValueError(f"chunk_size must be a power of 2, got {chunk}")
-    return _Plan(batch, dim, seqlen, d_state, triton.next_power_of_2(d_state), chunk, triton.cdiv(seqlen, chunk),
-                 groups, groups_b, groups_c)
+    if chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of 2, got {chunk_size}")
+    return _Plan(batch, dim, seqlen, d_state, triton.next_power_of_2(d_state), chunk_size,
+                 triton.cdiv(seqlen, chunk_size), groups, groups_b, groups_c)
+
+
+def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
+    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
 def _as_groups(X: torch.Tensor) -> torch.Tensor:
@@ -529,30 +552,25 @@ def _shape_args(p: _Plan, block_d: int) -> tuple:
 
 @dataclass(frozen=True)
 class _Tunables:
-    chunk_size: int | None
-    block_d: int | None
-    num_warps: int | None
+    chunk_size: int
+    block_d: int
+    num_warps: int
     n_segments: int | None
-
-    def block(self, pass_: str) -> int:
-        return self.block_d or DEFAULT_BLOCK_D[pass_]
-
-    def warps(self, pass_: str) -> int:
-        return self.num_warps or DEFAULT_NUM_WARPS[pass_]
 
 
 def _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: _Plan, tun: _Tunables):
     """Launch the forward; returns out, last_state and the chunk-start states."""
     batch, dim, seqlen = u.shape
-    out = torch.empty_like(u)
-    last = torch.empty(batch, dim, p.d_state, device=u.device, dtype=torch.float32)
-    states = torch.empty(batch, dim, p.nchunks, p.d_state, device=u.device, dtype=torch.float32)
-    block_d, warps = tun.block("fwd"), tun.warps("fwd")
-    nseg, per_seg = p.segments(block_d, tun.n_segments)
+    f32 = torch.float32
+    out = _empty(*u.shape, like=u)
+    last = _empty(batch, dim, p.d_state, like=u, dtype=f32)
+    states = _empty(batch, dim, p.nchunks, p.d_state, like=u, dtype=f32)
+    block_d, warps = tun.block_d, tun.num_warps
+    nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device)
     grid = (p.groups * p.blocks(block_d), batch, nseg)
     cpg, bpg, gb, ppgb, gc, ppgc = _shape_args(p, block_d)
-    seg_h = torch.empty(batch, nseg, dim, p.d_state, device=u.device, dtype=torch.float32)
-    seg_dt = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
+    seg_h = _empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
+    seg_dt = _empty(batch, nseg, dim, like=u, dtype=f32)
     dummy = u  # stands in for absent optional tensors; never read (constexpr flags)
     bias = delta_bias if delta_bias is not None else dummy
     if nseg > 1:
@@ -577,63 +595,68 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
     """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state)."""
     u, delta, A, B, C, D, z, delta_bias, h0, states = saved
     batch, dim, seqlen = u.shape
-    dev, f32 = u.device, torch.float32
-    block_d, warps = tun.block("bwd"), tun.warps("bwd")
-    nseg, per_seg = p.segments(block_d, tun.n_segments)
+    f32 = torch.float32
+    block_d, warps = tun.block_d, tun.num_warps
     programs = p.groups * p.blocks(block_d)
-    grid = (programs, batch, nseg)
+    # Varying B/C get per-program partial sums over channels, (batch, wave, d_state, seqlen) each: launch the
+    # channel blocks in waves small enough to keep those under PARTIAL_BYTES.
+    partial_bytes = batch * p.d_state * seqlen * 4 * ((B.dim() == 4) + (C.dim() == 4))
+    wave = programs if partial_bytes == 0 else max(1, min(programs, PARTIAL_BYTES // partial_bytes))
+    nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device, programs=wave)
     cpg, bpg, gb, ppgb, gc, ppgc = _shape_args(p, block_d)
     dout = dout.contiguous() if dout is not None else torch.zeros_like(u)
     dummy = u
     bias = delta_bias if delta_bias is not None else dummy
     z_arg = z if z is not None else dummy
 
-    seg_g = torch.empty(batch, nseg, dim, p.d_state, device=dev, dtype=f32)
-    seg_dt = torch.empty(batch, nseg, dim, device=dev, dtype=f32)
+    seg_g = _empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
+    seg_dt = _empty(batch, nseg, dim, like=u, dtype=f32)
     if nseg > 1:
-        _bwd_summary_kernel[grid](
+        _bwd_summary_kernel[(programs, batch, nseg)](
             dout, delta, A, C, z_arg, bias, seg_g, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, cpg, bpg, gc, ppgc,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus, C_VARYING=C.dim() == 4,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, num_warps=warps,
         )
 
-    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    dh0 = torch.empty(batch, dim, p.d_state, device=dev, dtype=f32) if h0 is not None else None
-    dA = torch.empty(batch, nseg, dim, p.d_state, device=dev, dtype=f32)
-    dD = torch.empty(batch, nseg, dim, device=dev, dtype=f32) if D is not None else None
-    dbias = torch.empty(batch, nseg, dim, device=dev, dtype=f32) if delta_bias is not None else None
+    du, ddelta = _empty(*u.shape, like=u), _empty(*delta.shape, like=delta)
+    dz = _empty(*z.shape, like=z) if z is not None else None
+    dh0 = _empty(batch, dim, p.d_state, like=u, dtype=f32) if h0 is not None else None
+    dA = _empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
+    dD = _empty(batch, nseg, dim, like=u, dtype=f32) if D is not None else None
+    dbias = _empty(batch, nseg, dim, like=u, dtype=f32) if delta_bias is not None else None
+    grads_bc = [X.new_zeros(X.shape, dtype=f32) if X.dim() == 4 else _empty(batch, nseg, dim, p.d_state, like=u,
+                                                                             dtype=f32) for X in (B, C)]
+    for first in range(0, programs, wave):
+        n_wave = min(wave, programs - first)
+        parts = [_empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 else grad
+                 for X, grad in zip((B, C), grads_bc)]
+        _bwd_kernel[(n_wave, batch, nseg)](
+            u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, states, dout,
+            dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
+            du, ddelta, dz if dz is not None else dummy, dh0 if dh0 is not None else dummy,
+            dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy, *parts,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, first, cpg, bpg, gb, ppgb, gc, ppgc,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
+            HAS_DLAST=dlast is not None, SOFTPLUS=softplus, B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, num_warps=warps,
+        )
+        for X, grad, part in zip((B, C), grads_bc, parts):
+            if X.dim() == 4:
+                _add_group_sums(grad, part, first, programs // X.shape[1])
+    dB, dC = (grad if X.dim() == 4 else grad.sum((0, 1)) for X, grad in zip((B, C), grads_bc))
+    return (du, ddelta, dA.sum((0, 1)), dB, dC, dD.sum((0, 1)) if dD is not None else None, dz,
+            dbias.sum((0, 1)) if dbias is not None else None, dh0)
 
-    def bc_partial(X):  # per-program sums over channels, or per-segment sums over time
-        if X.dim() == 4:
-            return torch.empty(batch, programs, p.d_state, seqlen, device=dev, dtype=f32)
-        return torch.empty(batch, nseg, dim, p.d_state, device=dev, dtype=f32)
 
-    dB, dC = bc_partial(B), bc_partial(C)
-    _bwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, states, dout,
-        dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
-        du, ddelta, dz if dz is not None else dummy, dh0 if dh0 is not None else dummy,
-        dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy, dB, dC,
-        dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, cpg, bpg, gb, ppgb, gc, ppgc,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
-        HAS_DLAST=dlast is not None, SOFTPLUS=softplus, B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
-        BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, num_warps=warps,
-    )
-
-    return (du, ddelta, dA.sum((0, 1)), _reduce_bc(dB, B, batch), _reduce_bc(dC, C, batch),
-            dD.sum((0, 1)) if dD is not None else None, dz, dbias.sum((0, 1)) if dbias is not None else None, dh0)
-
-
-def _reduce_bc(part: torch.Tensor, X: torch.Tensor, batch: int) -> torch.Tensor:
-    """Partial sums -> gradient in X's grouped layout. Fixed X (dim, d_state): part is (batch, nseg, dim, d_state).
-    Varying X (batch, groups, d_state, seqlen): part is (batch, programs, d_state, seqlen) and the programs of one
-    group are consecutive."""
-    if X.dim() == 2:
-        return part.sum((0, 1))
-    groups, d_state, seqlen = X.shape[1:]
-    return part.view(batch, groups, -1, d_state, seqlen).sum(2)
+def _add_group_sums(grad: torch.Tensor, part: torch.Tensor, first: int, programs_per_group: int) -> None:
+    """grad[:, g] += sum of the partials of group g's programs, for the wave of programs [first, first + len).
+    grad: (batch, groups, d_state, seqlen); part: (batch, wave, d_state, seqlen). A group's programs are
+    consecutive, so each group is a contiguous run of the wave: summed in a fixed order (deterministic)."""
+    end = first + part.shape[1]
+    for g in range(first // programs_per_group, (end - 1) // programs_per_group + 1):
+        lo, hi = max(first, g * programs_per_group), min(end, (g + 1) * programs_per_group)
+        grad[:, g] += part[:, lo - first:hi - first].sum(1)
 
 
 class _SelectiveScanFn(torch.autograd.Function):
@@ -685,13 +708,16 @@ def selective_scan_triton(
         u, delta: (batch, dim, seqlen). z: (batch, dim, seqlen) or None. A: (dim, d_state), real.
         B, C: (dim, d_state) fixed, (batch, d_state, seqlen), or (batch, groups, d_state, seqlen).
         D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
-        chunk_size: time steps per scan tile (power of 2; default 32). The backward reuses the forward's chunks.
-        block_d: channels per program (power of 2; default 8 forward, 4 backward).
-        num_warps: warps per program (default 4).
-        n_segments: time segments per sequence (default: enough to give the GPU ~4 programs per SM).
+        chunk_size: time steps per tile and between saved states (power of 2; default 8). The backward
+            recomputes each chunk from its saved state: the saved fp32 states take 4 d_state / chunk_size bytes
+            per (batch, channel, step).
+        block_d: channels per program (power of 2; default 8).
+        num_warps: warps per program (default 1).
+        n_segments: time segments per sequence (default: split only when the channel blocks alone would leave
+            the GPU nearly idle, e.g. batch 1 with long sequences).
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
-    tun = _Tunables(chunk_size, block_d, num_warps, n_segments)
+    tun = _Tunables(chunk_size or DEFAULT_CHUNK, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments)
     out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, tun)
     return (out, last) if return_last_state else out

@@ -44,6 +44,11 @@ class MambaLM(nn.Module, PretrainedMixin):
             hidden = hidden[:, -num_last_tokens:]
         return self.lm_head(hidden)[..., : self.config.vocab_size]
 
+    def forward_segment(self, input_ids: torch.Tensor, carries: list | None = None):
+        """Logits of one segment and the carries for the next (see ``MambaBackbone.forward_segment``)."""
+        hidden, carries = self.backbone.forward_segment(input_ids, carries)
+        return self.lm_head(hidden)[..., : self.config.vocab_size], carries
+
     def step(self, input_ids: torch.Tensor, states: list[dict]) -> torch.Tensor:
         """One token per sequence: input_ids (batch,) -> logits (batch, vocab_size); states advanced in place."""
         return self.lm_head(self.backbone.step(input_ids, states))[..., : self.config.vocab_size]

@@ -47,6 +47,12 @@ class Block(nn.Module):
         hidden, residual = self._add_norm(hidden, residual)
         return self.mixer(hidden, state), residual
 
+    def forward_segment(self, hidden, residual, carry):
+        """Like :meth:`forward` for one segment of a longer sequence; returns (output, residual, new carry)."""
+        hidden, residual = self._add_norm(hidden, residual)
+        out, carry = self.mixer.forward_segment(hidden, carry)
+        return out, residual, carry
+
     def step(self, hidden, residual, state: dict):
         """hidden, residual: (batch, d_model) for one token."""
         hidden, residual = self._add_norm(hidden, residual)
@@ -92,6 +98,20 @@ class MambaBackbone(nn.Module):
                 hidden, residual = layer(hidden, residual, state)
         residual = hidden if residual is None else hidden + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def forward_segment(self, input_ids: torch.Tensor, carries: list | None = None):
+        """One segment of a long sequence: input_ids (batch, seqlen) and the previous segment's carries (one per
+        layer, None at the start) -> (hidden (batch, seqlen, d_model), carries for the next segment).
+        Gradients flow through the carries, so chaining segments gives the gradients of one pass."""
+        hidden = self.embedding(input_ids)
+        residual = None
+        new_carries = []
+        for i, layer in enumerate(self.layers):
+            carry = None if carries is None else carries[i]
+            hidden, residual, carry = layer.forward_segment(hidden, residual, carry)
+            new_carries.append(carry)
+        residual = hidden + residual
+        return self.norm_f(residual.to(self.norm_f.weight.dtype)), new_carries
 
     def step(self, input_ids: torch.Tensor, states: list[dict]) -> torch.Tensor:
         """input_ids (batch,) -> final hidden state (batch, d_model); states advanced in place."""

@@ -19,6 +19,11 @@ from mamba_bio_audio import ops
 from mamba_bio_audio.config import MambaConfig
 
 
+def _fp32(p: torch.Tensor) -> torch.Tensor:
+    """SSM parameters enter the scan in fp32 (fp64 models keep fp64, for exact tests)."""
+    return p if p.dtype == torch.float64 else p.float()
+
+
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """y with softplus(y) = x (x > 0)."""
     return x + torch.log(-torch.expm1(-x))
@@ -76,7 +81,7 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(d_inner, config.d_model, bias=config.bias)
 
-    # ---- parallel (training / prefill) ---------------------------------------------------------------------
+    # ---- parallel (training / prefill / segments) -----------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, state: dict | None = None) -> torch.Tensor:
         """hidden_states (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
@@ -84,41 +89,63 @@ class Mamba(nn.Module):
         (batch, d_inner, d_state)), the states after the last position are written into it (prefill).
         """
         if not self.bidirectional:
-            return self._forward_one_direction(hidden_states, state)
+            return self._forward_one_direction(hidden_states, state)[0]
         if state is not None:
             raise ValueError("a bidirectional mixer has no recurrent state (it sees the whole sequence)")
-        forward = self._forward_one_direction(hidden_states)
-        backward = self._forward_one_direction(hidden_states.flip(1)).flip(1)
+        forward = self._forward_one_direction(hidden_states)[0]
+        backward = self._forward_one_direction(hidden_states.flip(1))[0].flip(1)
         return forward + backward
 
-    def _forward_one_direction(self, hidden_states: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    def forward_segment(self, hidden_states: torch.Tensor, carry: tuple | None = None):
+        """One segment of a longer sequence, differentiable through the states passed between segments.
+
+        Args:
+            hidden_states: (batch, seqlen, d_model).
+            carry: None at the sequence start, else the previous segment's (conv inputs (batch, d_inner,
+                d_conv - 1), ssm state (batch, d_inner, d_state) fp32).
+        Returns:
+            (output (batch, seqlen, d_model), carry for the next segment). Gradients flow into ``carry``.
+        """
+        if self.bidirectional:
+            raise ValueError("a bidirectional mixer cannot be split into causal segments")
+        out, new_carry = self._forward_one_direction(hidden_states, carry=carry, return_carry=True)
+        return out, new_carry
+
+    def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False):
         seqlen = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, seqlen)
         x, z = xz.chunk(2, dim=1)
         if state is not None:
             state["conv_state"].copy_(F.pad(x, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
                                       else x[:, :, -self.d_conv:])
+        conv_init, ssm_init = carry if carry is not None else (None, None)
         x = ops.causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
-                                 backend=self.backend)
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+                                 initial_state=conv_init, return_final_state=return_carry, backend=self.backend)
+        if return_carry:
+            x, conv_final = x
+        A = -torch.exp(_fp32(self.A_log))  # (d_inner, d_state)
         delta, B, C, delta_bias = self._delta_B_C(x)
         y = ops.selective_scan_fn(
-            x, delta, A, B, C, self.D.float(), z=z, delta_bias=delta_bias, delta_softplus=True,
-            return_last_state=state is not None, backend=self.backend,
+            x, delta, A, B, C, _fp32(self.D), z=z, delta_bias=delta_bias, delta_softplus=True,
+            return_last_state=state is not None or return_carry, initial_state=ssm_init, backend=self.backend,
         )
-        if state is not None:
+        new_carry = None
+        if state is not None or return_carry:
             y, last_state = y
-            state["ssm_state"].copy_(last_state)
-        return self.out_proj(y.transpose(1, 2))
+            if state is not None:
+                state["ssm_state"].copy_(last_state)
+            if return_carry:
+                new_carry = (conv_final, last_state)
+        return self.out_proj(y.transpose(1, 2)), new_carry
 
     def _delta_B_C(self, x: torch.Tensor):
         """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C, delta_bias (d_inner,) fp32."""
         if not self.selective:
-            return torch.zeros_like(x), self.B.float(), self.C.float(), self.dt_bias.float()
+            return torch.zeros_like(x), _fp32(self.B), _fp32(self.C), _fp32(self.dt_bias)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, seqlen, dt_rank + 2 * d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias, in fp32
-        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), self.dt_proj.bias.float()
+        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), _fp32(self.dt_proj.bias)
 
     # ---- recurrent (decode) --------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict:
@@ -138,19 +165,19 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
         x = ops.causal_conv1d_update(x, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      activation="silu", backend=self.backend)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(_fp32(self.A_log))
         if self.selective:
             dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
             dt = F.linear(dt, self.dt_proj.weight)
-            dt_bias = self.dt_proj.bias.float()
+            dt_bias = _fp32(self.dt_proj.bias)
         else:
             batch = x.shape[0]
             dt = torch.zeros_like(x)
             # per-channel B, C are "groups" of one channel each
-            B = self.B.float().expand(batch, -1, -1)
-            C = self.C.float().expand(batch, -1, -1)
-            dt_bias = self.dt_bias.float()
-        y = ops.selective_state_update(state["ssm_state"], x, dt, A, B, C, self.D.float(), z=z, dt_bias=dt_bias,
+            B = _fp32(self.B).expand(batch, -1, -1)
+            C = _fp32(self.C).expand(batch, -1, -1)
+            dt_bias = _fp32(self.dt_bias)
+        y = ops.selective_state_update(state["ssm_state"], x, dt, A, B, C, _fp32(self.D), z=z, dt_bias=dt_bias,
                                        dt_softplus=True, backend=self.backend)
         return self.out_proj(y)
 

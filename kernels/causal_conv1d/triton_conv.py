@@ -1,0 +1,271 @@
+"""Depthwise causal conv1d in Triton: forward, backward (autograd Function) and the in-place decode update.
+
+Semantics of :mod:`mamba_bio_audio.kernels.causal_conv1d.reference`. With W the width and xp = [initial_state, x]
+(the W - 1 inputs before x, then x; zeros when there is no initial state):
+
+    pre[t] = bias + sum_k weight[k] xp[t + k],   out[t] = act(pre[t])          t in [0, seqlen)
+
+Backward, with dpre[t] = dout[t] act'(pre[t]) (pre recomputed, never stored):
+
+    dxp[p]     = sum_k weight[k] dpre[p - k]          p in [0, W - 1 + seqlen): x and initial_state positions
+    dweight[k] = sum_{batch, t} dpre[t] xp[t + k] ;  dbias = sum_{batch, t} dpre[t]
+
+Each program owns (one batch row, BLOCK_D channels, BLOCK_T steps); the W shifted windows it reads overlap and
+come from L1, so HBM sees each input once. Weight and bias gradients are per-program partial sums reduced with
+torch.sum (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_bio_audio.kernels.causal_conv1d.reference import _check_activation
+
+DEFAULT_BLOCK_D = 32  # H100, (8, 1536, 2048), width 4: best of 5 configs timed, forward and backward
+DEFAULT_BLOCK_T = 64
+DEFAULT_NUM_WARPS = 2
+
+
+@triton.jit
+def _xp(x_ptr, init_ptr, row, init_row, d_mask, p, seqlen, WIDTH: tl.constexpr, HAS_INIT: tl.constexpr):
+    """xp at positions p (BLOCK_T,) as fp32 (BLOCK_D, BLOCK_T): x[p - (W - 1)], initial_state[p] before it,
+    zero outside [0, W - 1 + seqlen). row, init_row: (BLOCK_D,) offsets of the channels' rows."""
+    t = p - (WIDTH - 1)
+    v = tl.load(x_ptr + row[:, None] + t[None, :], mask=d_mask[:, None] & ((t >= 0) & (t < seqlen))[None, :],
+                other=0.0).to(tl.float32)
+    if HAS_INIT:
+        v += tl.load(init_ptr + init_row[:, None] + p[None, :], mask=d_mask[:, None] & ((p >= 0) & (t < 0))[None, :],
+                     other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t, bias, seqlen,
+         WIDTH: tl.constexpr, HAS_INIT: tl.constexpr):
+    """pre[t] = bias + sum_k weight[k] xp[t + k] for output steps t (BLOCK_T,)."""
+    acc = tl.zeros([d.shape[0], t.shape[0]], tl.float32) + bias[:, None]
+    for k in tl.static_range(WIDTH):
+        w = tl.load(w_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32)
+        acc += w[:, None] * _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
+    return acc
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, dim, seqlen,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """out (batch, dim, seqlen) = act(conv(x)); grid (time blocks, channel blocks, batch)."""
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    d_mask = d < dim
+    row = (b * dim + d).to(tl.int64) * seqlen
+    init_row = (b * dim + d) * (WIDTH - 1)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    out = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t, bias, seqlen, WIDTH, HAS_INIT)
+    if SILU:
+        out = out * tl.sigmoid(out)
+    tl.store(out_ptr + row[:, None] + t[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=d_mask[:, None] & (t < seqlen)[None, :])
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, dw_ptr, dbias_ptr, dim, seqlen,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Program (time block, channel block, batch) covers xp positions p = pid_t BLOCK_T + [0, BLOCK_T) and writes
+    dxp there (dx for p >= W - 1, d initial_state before), plus its partial dweight (batch, blocks, dim, W) and
+    dbias (batch, blocks, dim) over the output steps t = p - (W - 1) >= 0."""
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    p = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t = p - (WIDTH - 1)
+    d_mask = d < dim
+    row = (b * dim + d).to(tl.int64) * seqlen
+    init_row = (b * dim + d) * (WIDTH - 1)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    part = (b * tl.num_programs(0) + pid_t) * dim + d  # row of the partial sums
+
+    dxp = tl.zeros([BLOCK_D, BLOCK_T], tl.float32)
+    for s in tl.static_range(WIDTH):
+        # Output step t + s reads xp[p] with weight k = W - 1 - s.
+        ts = t + s
+        valid = d_mask[:, None] & ((ts >= 0) & (ts < seqlen))[None, :]
+        dpre = tl.load(dout_ptr + row[:, None] + ts[None, :], mask=valid, other=0.0).to(tl.float32)
+        if SILU:
+            pre = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, ts, bias, seqlen, WIDTH, HAS_INIT)
+            sig = tl.sigmoid(pre)
+            dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
+        w = tl.load(w_ptr + d * WIDTH + (WIDTH - 1 - s), mask=d_mask, other=0.0).to(tl.float32)
+        dxp += w[:, None] * dpre
+        if s == 0:  # the output steps t themselves: weight and bias partials
+            for k in tl.static_range(WIDTH):
+                xk = _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
+                tl.store(dw_ptr + part * WIDTH + k, tl.sum(dpre * xk, axis=1), mask=d_mask)
+            if HAS_BIAS:
+                tl.store(dbias_ptr + part, tl.sum(dpre, axis=1), mask=d_mask)
+
+    tl.store(dx_ptr + row[:, None] + t[None, :], dxp.to(dx_ptr.dtype.element_ty),
+             mask=d_mask[:, None] & ((t >= 0) & (t < seqlen))[None, :])
+    if HAS_INIT:
+        tl.store(dinit_ptr + init_row[:, None] + p[None, :], dxp.to(dinit_ptr.dtype.element_ty),
+                 mask=d_mask[:, None] & (t < 0)[None, :])
+
+
+def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
+    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
+
+
+def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[int, int, int]:
+    return triton.cdiv(rows, block_t), triton.cdiv(dim, block_d), batch
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, silu, want_final, block_d, block_t, num_warps):
+        batch, dim, seqlen = x.shape
+        width = weight.shape[1]
+        out = _empty(*x.shape, like=x)
+        if seqlen > 0:
+            _conv_fwd_kernel[_grid(seqlen, dim, batch, block_t, block_d)](
+                x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x, out,
+                dim, seqlen, WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
+                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
+            )
+        final_state = None
+        if want_final:  # the last W - 1 inputs of xp, in x's dtype
+            prev = initial_state if initial_state is not None else x.new_zeros(batch, dim, width - 1)
+            final_state = torch.cat([prev.to(x.dtype), x[:, :, max(0, seqlen - (width - 1)):]], dim=-1)
+            final_state = final_state[:, :, final_state.shape[-1] - (width - 1):].contiguous()
+        ctx.save_for_backward(x, weight, bias, initial_state)
+        ctx.launch = (silu, block_d, block_t, num_warps)
+        ctx.set_materialize_grads(False)
+        return out, final_state
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        x, weight, bias, initial_state = ctx.saved_tensors
+        silu, block_d, block_t, num_warps = ctx.launch
+        batch, dim, seqlen = x.shape
+        width = weight.shape[1]
+        dx = torch.zeros_like(x) if dout is None or seqlen == 0 else _empty(*x.shape, like=x)
+        dinit = torch.zeros_like(initial_state) if initial_state is not None else None
+        dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
+        dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
+        if dout is not None and seqlen > 0:
+            grid = _grid(seqlen + width - 1, dim, batch, block_t, block_d)
+            dw_part = _empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
+            dbias_part = _empty(batch, grid[0], dim, like=x, dtype=torch.float32)
+            _conv_bwd_kernel[grid](
+                x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
+                dout.contiguous(), dx, dinit if dinit is not None else x, dw_part, dbias_part, dim, seqlen,
+                WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
+                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
+            )
+            dw = dw_part.sum((0, 1))
+            dbias = dbias_part.sum((0, 1)) if bias is not None else None
+        if dfinal is not None:
+            # final_state[j] = xp[seqlen + j]: from x where seqlen + j >= W - 1, else from initial_state.
+            from_init = max(0, width - 1 - seqlen)
+            dx[:, :, seqlen + from_init - (width - 1):] += dfinal[:, :, from_init:].to(dx.dtype)
+            if dinit is not None and from_init > 0:
+                dinit[:, :, seqlen:seqlen + from_init] += dfinal[:, :, :from_init].to(dinit.dtype)
+        return (dx, dw.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else None, dinit,
+                None, None, None, None, None)
+
+
+def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False, *,
+                         block_d=None, block_t=None, num_warps=None):
+    """out[b, d, t] = act(bias[d] + sum_k weight[d, k] xp[b, d, t + k]), xp = [initial_state, x]; differentiable.
+
+    Args:
+        x: (batch, dim, seqlen). weight: (dim, width). bias: (dim,) or None.
+        activation: None | "silu" | "swish". initial_state: (batch, dim, width - 1) or None (zeros).
+        block_d, block_t, num_warps: launch tunables (default 32 channels x 64 steps, 2 warps).
+    Returns:
+        out (batch, dim, seqlen) in x's dtype; with return_final_state also final_state (batch, dim, width - 1),
+        the last width - 1 inputs in x's dtype.
+    """
+    _check_activation(activation)
+    out, final_state = _CausalConv1dFn.apply(
+        x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
+        initial_state.contiguous() if initial_state is not None else None, activation is not None,
+        return_final_state, block_d or DEFAULT_BLOCK_D, block_t or DEFAULT_BLOCK_T, num_warps or DEFAULT_NUM_WARPS,
+    )
+    return (out, final_state) if return_final_state else out
+
+
+@triton.jit
+def _conv_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim, seqlen, state_len,
+    stride_sb, stride_sd, stride_sl,
+    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """x, out (batch, dim, seqlen); state (batch, dim, state_len) strided, updated in place. xp = [state, x];
+    state values pass through x's dtype, as in the reference."""
+    pid_d, b = tl.program_id(0), tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    row = (b * dim + d).to(tl.int64) * seqlen
+    s_row = state_ptr + b.to(tl.int64) * stride_sb + d.to(tl.int64) * stride_sd  # (BLOCK_D,) pointers
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+
+    for i in range(0, seqlen):
+        acc = bias
+        for k in tl.static_range(WIDTH):
+            p = state_len + i - (WIDTH - 1) + k  # position in xp
+            from_state = tl.load(s_row + p * stride_sl, mask=d_mask & (p < state_len), other=0.0)
+            v = tl.where(p < state_len, from_state.to(x_ptr.dtype.element_ty),
+                         tl.load(x_ptr + row + (p - state_len), mask=d_mask & (p >= state_len), other=0.0))
+            w = tl.load(w_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32)
+            acc += w * v.to(tl.float32)
+        if SILU:
+            acc = acc * tl.sigmoid(acc)
+        tl.store(out_ptr + row + i, acc.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+    # New state = the last state_len entries of xp: new[j] = xp[seqlen + j].
+    j = tl.arange(0, BLOCK_S)
+    p = seqlen + j
+    j_ok = d_mask[:, None] & (j < state_len)[None, :]
+    from_state = tl.load(s_row[:, None] + p[None, :] * stride_sl, mask=j_ok & (p < state_len)[None, :], other=0.0)
+    from_x = tl.load(x_ptr + row[:, None] + (p - state_len)[None, :], mask=j_ok & (p >= state_len)[None, :], other=0.0)
+    new = tl.where((p < state_len)[None, :], from_state.to(x_ptr.dtype.element_ty), from_x)
+    tl.debug_barrier()  # every read of the old state above happens before any write below
+    tl.store(s_row[:, None] + j[None, :] * stride_sl, new.to(state_ptr.dtype.element_ty), mask=j_ok)
+
+
+def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=None, *, block_d=None, num_warps=None):
+    """Decode step(s): out = act(conv over [conv_state, x])[-seqlen:]; ``conv_state`` is updated in place.
+
+    Args:
+        x: (batch, dim) or (batch, dim, seqlen). conv_state: (batch, dim, state_len >= width - 1), any strides.
+        weight: (dim, width). bias: (dim,) or None. activation: None | "silu" | "swish".
+        block_d, num_warps: launch tunables (default 64 channels, 2 warps).
+    Returns:
+        out with x's shape and dtype.
+    """
+    _check_activation(activation)
+    squeeze = x.dim() == 2
+    x = (x.unsqueeze(-1) if squeeze else x).contiguous()
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    state_len = conv_state.shape[-1]
+    if state_len < width - 1:
+        raise ValueError(f"conv_state holds {state_len} steps, fewer than width - 1 = {width - 1}")
+    out = _empty(*x.shape, like=x)
+    block_d = block_d or 64
+    _conv_update_kernel[(triton.cdiv(dim, block_d), batch)](
+        x, conv_state, weight.contiguous(), bias.contiguous() if bias is not None else x, out,
+        dim, seqlen, state_len, *conv_state.stride(),
+        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation is not None, BLOCK_D=block_d,
+        BLOCK_S=triton.next_power_of_2(state_len), num_warps=num_warps or 2,
+    )
+    return out.squeeze(-1) if squeeze else out

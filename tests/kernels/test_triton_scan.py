@@ -1,0 +1,202 @@
+"""Fused Triton selective scan vs the float64 sequential oracle: outputs, last_state and every gradient.
+
+CPU cases run the kernels under the Triton interpreter at tiny sizes with small chunks, so that chunk, segment and
+channel-block boundaries are all crossed. GPU cases (``-m gpu``, with TRITON_INTERPRET=0) use realistic sizes.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+
+from mamba_bio_audio.kernels.selective_scan import triton_scan  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan.naive import selective_scan_naive  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan.triton_scan import (  # noqa: E402
+    autotune_candidates,
+    selective_scan_triton,
+)
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+cpu_only = pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")
+NAMES = ["out", "last_state", "u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Kernel outputs start as NaN, so an element a kernel forgets to write fails the comparison."""
+    def nan_empty(*shape, like, dtype=None):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+
+    monkeypatch.setattr(triton_scan, "_empty", nan_empty)
+
+
+def make_inputs(batch, dim, seqlen, d_state, *, bc="varying", groups=1, z=True, D=True, bias=True, h0=False,
+                seed=0, device="cpu"):
+    """float64 leaves in the naive oracle's argument order (B/C layout by ``bc``), None for absent ones."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device)
+
+    def bc_tensor():
+        if bc == "fixed":
+            return randn(dim, d_state)
+        if bc == "varying":
+            return randn(batch, d_state, seqlen)
+        return randn(batch, groups, d_state, seqlen)
+
+    A = -(torch.rand(dim, d_state, generator=g, dtype=torch.float64) * 2 + 0.1).to(device)
+    return [
+        randn(batch, dim, seqlen), randn(batch, dim, seqlen, scale=0.5), A, bc_tensor(), bc_tensor(),
+        randn(dim) if D else None, randn(batch, dim, seqlen) if z else None,
+        randn(dim, scale=0.5) if bias else None, randn(batch, dim, d_state) if h0 else None,
+    ]
+
+
+def run(fn, leaves, dtype, softplus, seed, last_grad=True, out_grad=True, **kw):
+    """out, last_state and the gradients of every leaf, for loss = <out, g_out> + <last_state, g_last>."""
+    xs = [x.detach().to(dtype).requires_grad_(True) if x is not None else None for x in leaves]
+    out, last = fn(*xs[:8], delta_softplus=softplus, return_last_state=True, initial_state=xs[8], **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    loss = 0
+    if out_grad:
+        loss = loss + (out * torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)).sum()
+    if last_grad:
+        loss = loss + (last * torch.randn(last.shape, generator=g, dtype=torch.float64).to(last)).sum()
+    present = [x for x in xs if x is not None]
+    grads = iter(torch.autograd.grad(loss, present, allow_unused=True))
+    return [out, last] + [next(grads) if x is not None else None for x in xs]
+
+
+def assert_matches(leaves, dtype=torch.float32, softplus=True, seed=0, tol=None, last_grad=True, out_grad=True,
+                   **kw):
+    tol = tol or (1e-5 if dtype in (torch.float32, torch.float64) else 1e-2)
+    # The oracle sees exactly the (rounded) values the kernel sees.
+    ref = run(selective_scan_naive, [x.to(dtype).double() if x is not None else None for x in leaves],
+              torch.float64, softplus, seed, last_grad, out_grad)
+    got = run(selective_scan_triton, leaves, dtype, softplus, seed, last_grad, out_grad, **kw)
+    for name, a, r, leaf in zip(NAMES, got, ref, [None, None, *leaves]):
+        if r is None:  # absent input, or one the loss does not depend on
+            assert a is None or not a.any(), f"{name}: gradient should be zero"
+            continue
+        assert a is not None, f"{name}: no gradient"
+        assert a.shape == r.shape, f"{name}: shape {tuple(a.shape)} != {tuple(r.shape)}"
+        if leaf is not None:
+            assert a.dtype == dtype or name in ("A", "D", "delta_bias", "initial_state"), f"{name}: dtype {a.dtype}"
+        assert torch.isfinite(a).all(), f"{name}: non-finite values"
+        err = ((a.double() - r).norm() / r.norm().clamp_min(1e-30)).item()
+        assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+SMALL = dict(chunk_size=4, block_d=4)
+
+
+@cpu_only
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shape=(2, 6, 21, 4)),  # dim not a multiple of block_d, seqlen not a multiple of chunk_size
+        dict(shape=(2, 5, 1, 4)),  # one step
+        dict(shape=(1, 4, 9, 1)),  # d_state 1
+        dict(shape=(2, 3, 10, 16), kw=dict(chunk_size=8, block_d=2)),
+        dict(shape=(1, 2, 6, 64), kw=dict(chunk_size=4, block_d=2)),
+        dict(shape=(2, 5, 13, 3)),  # d_state padded to 4
+        dict(shape=(2, 8, 11, 4), bc="grouped", groups=2),
+        dict(shape=(2, 8, 11, 4), bc="grouped", groups=4, kw=dict(chunk_size=4, block_d=2)),
+        dict(shape=(2, 6, 11, 4), bc="fixed"),
+        dict(shape=(2, 6, 11, 4), z=False, D=False, bias=False, softplus=False),
+        dict(shape=(2, 6, 17, 4), h0=True),
+        dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=3)),
+        dict(shape=(1, 4, 23, 4), bc="fixed", h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=4)),
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", ""),
+)
+def test_fp32_matches_oracle(case):
+    case = dict(case)
+    kw = case.pop("kw", SMALL)
+    softplus = case.pop("softplus", True)
+    shape = case.pop("shape")
+    leaves = make_inputs(*shape, seed=sum(shape), **case)
+    assert_matches(leaves, softplus=softplus, seed=sum(shape), **kw)
+
+
+@cpu_only
+def test_backward_in_waves(monkeypatch):
+    """dB/dC partials bounded to one channel block per launch: waves that split B/C groups still sum right."""
+    monkeypatch.setattr(triton_scan, "PARTIAL_BYTES", 1)
+    leaves = make_inputs(2, 12, 9, 4, bc="grouped", groups=2, h0=True, seed=8)
+    assert_matches(leaves, seed=8, **SMALL)
+
+
+@cpu_only
+def test_bf16_inputs():
+    leaves = make_inputs(2, 6, 19, 4, h0=True, seed=3)
+    assert_matches(leaves, dtype=torch.bfloat16, seed=3, **SMALL)
+
+
+@cpu_only
+def test_float64_inputs_compute_in_fp32():
+    leaves = make_inputs(1, 4, 9, 4, seed=4)
+    assert_matches(leaves, dtype=torch.float64, seed=4, **SMALL)
+
+
+@cpu_only
+@pytest.mark.parametrize("out_grad,last_grad", [(False, True), (True, False)])
+def test_gradient_through_one_output(out_grad, last_grad):
+    leaves = make_inputs(2, 4, 10, 4, h0=True, seed=5)
+    assert_matches(leaves, seed=5, out_grad=out_grad, last_grad=last_grad, **SMALL)
+
+
+@cpu_only
+def test_non_contiguous_inputs():
+    u, delta, A, B, C, D, z, bias, _ = make_inputs(2, 6, 10, 4, seed=6)
+    # Same values, strided storage: time-major buffers viewed as (batch, dim, seqlen).
+    leaves = [u.transpose(1, 2).contiguous().transpose(1, 2), delta.transpose(1, 2).contiguous().transpose(1, 2),
+              A.t().contiguous().t(), B.transpose(1, 2).contiguous().transpose(1, 2), C[:, :, :], D, z,
+              bias, None]
+    assert not leaves[0].is_contiguous()
+    assert_matches(leaves, seed=6, **SMALL)
+
+
+@cpu_only
+def test_seqlen_zero():
+    u, delta, A, B, C, D, z, bias, h0 = (x.float() for x in make_inputs(2, 3, 0, 4, h0=True, seed=7))
+    h0.requires_grad_(True)
+    out, last = selective_scan_triton(u, delta, A, B, C, D, z, bias, True, True, h0)
+    assert out.shape == (2, 3, 0)
+    torch.testing.assert_close(last, h0)
+    (grad,) = torch.autograd.grad(last.sum(), h0)
+    torch.testing.assert_close(grad, torch.ones_like(h0))
+
+
+def test_autotune_candidates_are_kwargs():
+    for cfg in autotune_candidates():
+        assert set(cfg) <= {"chunk_size", "block_d", "num_warps", "n_segments"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "case",
+    [dict(), dict(bc="grouped", groups=4), dict(bc="fixed", h0=True), dict(h0=True, kw=dict(n_segments=4))],
+    ids=["varying", "grouped", "fixed-h0", "segments-h0"],
+)
+def test_gpu_realistic(dtype, case):
+    case = dict(case)
+    kw = case.pop("kw", {})
+    leaves = make_inputs(2, 96, 2048, 16, device="cuda", seed=11, **case)
+    assert_matches(leaves, dtype=dtype, seed=11, **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")
+@pytest.mark.parametrize("cfg", autotune_candidates(), ids=str)
+def test_gpu_autotune_candidates(cfg):
+    leaves = make_inputs(2, 80, 1000, 16, h0=True, device="cuda", seed=12)
+    assert_matches(leaves, seed=12, **cfg)

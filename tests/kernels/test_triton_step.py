@@ -1,0 +1,101 @@
+"""Triton decode step vs the float64 oracle, and against the fused scan run one token at a time."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+
+from mamba_bio_audio.kernels.selective_scan import triton_step  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan.naive import (  # noqa: E402
+    selective_scan_naive,
+    selective_state_update_naive,
+)
+from mamba_bio_audio.kernels.selective_scan.triton_step import selective_state_update_triton  # noqa: E402
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")]),
+]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    def nan_empty(*shape, like, dtype=None):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+
+    monkeypatch.setattr(triton_step, "_empty", nan_empty)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def inputs(batch, dim, d_state, groups, device, seed, dtype=torch.float32, state_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    bc_shape = (batch, d_state) if groups is None else (batch, groups, d_state)
+    t = dict(state=randn(batch, dim, d_state), x=randn(batch, dim), dt=randn(batch, dim) * 0.5,
+             A=-torch.rand(dim, d_state, generator=g, dtype=torch.float64) - 0.1, B=randn(*bc_shape),
+             C=randn(*bc_shape), D=randn(dim), z=randn(batch, dim), dt_bias=randn(dim) * 0.5)
+    return {k: v.to(device, state_dtype if k == "state" else dtype) for k, v in t.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "shape,groups,optional",
+    [((2, 12, 4), None, True), ((3, 10, 16), None, False), ((2, 12, 5), 3, True), ((1, 40, 1), 4, True),
+     ((2, 7, 64), None, True)],
+)
+@pytest.mark.parametrize("softplus", [True, False])
+def test_step_matches_oracle(device, shape, groups, optional, softplus):
+    t = inputs(*shape, groups, device, seed=sum(shape))
+    if not optional:
+        t.update(D=None, z=None, dt_bias=None)
+    ref_state = t["state"].double()
+    ref = selective_state_update_naive(ref_state, *(t[k].double() if t[k] is not None else None
+                                                    for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")), softplus)
+    state = t.pop("state")
+    out = selective_state_update_triton(state, **t, dt_softplus=softplus, block_d=8)
+    assert out.dtype == torch.float32 and out.shape == shape[:2]
+    assert rel(out, ref) <= 1e-5
+    assert rel(state, ref_state) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_precision_state_and_strided_state(device):
+    t = inputs(2, 12, 8, None, device, seed=3, dtype=torch.bfloat16, state_dtype=torch.float16)
+    # A strided state: (batch, d_state, dim) storage viewed as (batch, dim, d_state).
+    state = t.pop("state").transpose(1, 2).contiguous().transpose(1, 2)
+    ref_state = state.clone()
+    ref = selective_state_update_naive(ref_state, **t, dt_softplus=True)
+    out = selective_state_update_triton(state, **t, dt_softplus=True)
+    assert out.dtype == torch.bfloat16
+    assert rel(out, ref) <= 1e-2
+    assert rel(state, ref_state) <= 1e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_steps_reproduce_the_scan(device):
+    """Feeding the tokens one by one through the step gives the scan's outputs and last state."""
+    batch, dim, seqlen, d_state = 2, 6, 5, 4
+    g = torch.Generator().manual_seed(9)
+    u, delta, z = (torch.randn(batch, dim, seqlen, generator=g).to(device) for _ in range(3))
+    B, C = (torch.randn(batch, d_state, seqlen, generator=g).to(device) for _ in range(2))
+    A = -torch.rand(dim, d_state, generator=g).to(device)
+    D, bias = torch.randn(dim, generator=g).to(device), torch.randn(dim, generator=g).to(device)
+    ref, last = selective_scan_naive(u, delta, A, B, C, D, z, bias, True, True)
+    state = torch.zeros(batch, dim, d_state, device=device)
+    outs = [selective_state_update_triton(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+                                          bias, True) for t in range(seqlen)]
+    assert rel(torch.stack(outs, -1), ref) <= 1e-5
+    assert rel(state, last) <= 1e-5
