@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -26,6 +28,9 @@ CASES = [
 def _run_both(case, seed, options):
     batch, dim, seqlen, d_state, bc, groups, chunk, softplus = case
     kw = scan_inputs(batch, dim, seqlen, d_state, bc=bc, groups=groups, seed=seed, **options)
+    if not softplus:  # without softplus, dt = delta + bias must stay positive for a stable (decaying) scan
+        kw["delta"] = kw["delta"].abs() + 0.01
+        kw["delta_bias"] = None if kw["delta_bias"] is None else kw["delta_bias"].abs()
     leaves = tensor_inputs(kw)
     ref_leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
     ours_leaves = {k: v.float().requires_grad_() for k, v in leaves.items()}
@@ -43,7 +48,7 @@ def _run_both(case, seed, options):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("options", [{}, {"with_z": False, "with_D": False, "with_bias": False, "with_init": False}])
 def test_chunked_matches_oracle_fp32(case, options):
-    seed = hash((case, tuple(options))) % 10_000
+    seed = zlib.crc32(repr((case, sorted(options))).encode())  # a different input per case, stable across runs
     (out, last, leaves), (ref_out, ref_last, ref_leaves) = _run_both(case, seed, options)
     assert out.dtype == torch.float32
     assert rel_err(out, ref_out) < 1e-5

@@ -38,7 +38,7 @@ class Block(nn.Module):
     def _add_norm(self, hidden, residual):
         residual = hidden if residual is None else hidden + residual
         hidden = self.norm(residual.to(self.norm.weight.dtype))
-        if self.residual_in_fp32:
+        if self.residual_in_fp32 and residual.dtype != torch.float64:
             residual = residual.float()
         return hidden, residual
 

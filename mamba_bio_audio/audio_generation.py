@@ -1,0 +1,179 @@
+"""Unconditional audio sampling from an 8-bit audio LM (:class:`SashimiLM` or :class:`MambaLM`), and loading one.
+
+Both models share the recurrent interface ``state = model.allocate_inference_cache(batch, device, dtype)`` and
+``logits = model.step(input_ids, state)`` (``(batch,) -> (batch, vocab)``). Sampling starts from the silence token
+(the waveform before a clip is taken to be silence, as in training, where the input sequence is
+``[silence, x_0, ..., x_{L-2}]`` and the targets ``x_0 .. x_{L-1}``), then feeds every sampled token back.
+
+Each generated sequence's log-likelihood under the model is accumulated on the way: the untempered, unfiltered
+``log p(x_t | x_<t)`` (nats, float64) of the tokens actually drawn, whatever ``temperature`` / ``top_p`` drew them.
+
+GPU: a decode step is a few hundred small kernels, so Python and launch overhead dominate. ``model.step`` has no
+data-dependent control flow: its only branch is on the position counter and repeats with the model's
+``step_period`` (``prod(pools)`` = 16 for SaShiMi, 1 for MambaLM). On CUDA, :func:`generate` therefore captures one
+CUDA graph per phase of that period (:class:`GraphedStep`; all states are updated in place, so replaying the
+graphs in order is the recurrence) and replays them; sampling from the logits stays outside the graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mamba_bio_audio.checkpoint import CONFIG_NAME
+from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
+from mamba_bio_audio.errors import CheckpointError
+from mamba_bio_audio.generation import sample_next
+
+MODEL_FOLDER = "model"  # where a training run keeps its save_pretrained folder
+
+
+@dataclass
+class GeneratedAudio:
+    """``tokens: (batch, num_samples)`` int64 in 0..vocab-1; ``log_likelihood: (batch,)`` float64, nats."""
+
+    tokens: torch.Tensor
+    log_likelihood: torch.Tensor
+
+    @property
+    def bits_per_sample(self) -> torch.Tensor:
+        """``-log2 p(sequence) / num_samples`` per sequence, ``(batch,)``."""
+        return -self.log_likelihood / (self.tokens.shape[1] * torch.log(torch.tensor(2.0, dtype=torch.float64)))
+
+
+def _reset_state(state) -> None:
+    """Zero every tensor of a (nested) recurrent state in place and set its position counter ``"t"`` to 0."""
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for key, value in items:
+        if torch.is_tensor(value):
+            value.zero_()
+        elif isinstance(value, dict | list):
+            _reset_state(value)
+        elif key == "t":
+            state[key] = 0
+
+
+class GraphedStep:
+    """``model.step`` captured as CUDA graphs, one per phase ``t mod step_period`` of the decode schedule.
+
+    Call with the next input ids ``(batch,)`` at positions 0, 1, 2, ... in order; returns that position's logits
+    ``(batch, vocab)`` (a view into graph memory, valid until the next call). ``state`` is the model's recurrent
+    state (from ``allocate_inference_cache``), reset to zero at the end of construction.
+    """
+
+    def __init__(self, model, state, batch_size: int, device: torch.device):
+        self.model, self.state = model, state
+        self.period = int(getattr(model, "step_period", 1))
+        self.ids = torch.full((batch_size,), SILENCE_TOKEN, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up (kernel compilation, lazy init) outside the capture
+            for _ in range(self.period):
+                model.step(self.ids, state)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graphs, self.logits, pool = [], [], None
+        for phase in range(self.period):
+            _reset_state(state)
+            if isinstance(state, dict) and "t" in state:
+                state["t"] = phase
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits.append(model.step(self.ids, state))
+            pool = graph.pool()
+            self.graphs.append(graph)
+        _reset_state(state)
+        self.t = 0
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.ids.copy_(input_ids)
+        phase = self.t % self.period
+        self.graphs[phase].replay()
+        self.t += 1
+        return self.logits[phase]
+
+
+@torch.no_grad()
+def generate(model, batch_size: int, num_samples: int, *, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int | None = None, progress: bool | None = None, device: str | torch.device | None = None,
+             start_token: int = SILENCE_TOKEN, cuda_graph: bool | None = None) -> GeneratedAudio:
+    """Sample ``batch_size`` sequences of ``num_samples`` tokens, one recurrent step per sample.
+
+    Args:
+        model: a :class:`~mamba_bio_audio.models.sashimi.SashimiLM` or :class:`~mamba_bio_audio.models.lm.MambaLM`.
+        batch_size, num_samples: sequences and tokens per sequence.
+        temperature: 0 = argmax; top_p: nucleus filter (1.0 = off); seed: makes sampling repeatable.
+        progress: a tqdm bar (None: only for long runs, >= 4096 samples).
+        device: where the states and samples live (default, and normally: the device of the model).
+        start_token: the first input (the silence token of the 8-bit encodings).
+        cuda_graph: replay the decode step as CUDA graphs (:class:`GraphedStep`); None = on CUDA devices.
+
+    Returns:
+        :class:`GeneratedAudio` with tokens ``(batch_size, num_samples)`` on the CPU.
+    """
+    if batch_size < 1 or num_samples < 1:
+        raise ValueError("need batch_size >= 1 and num_samples >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.allocate_inference_cache(batch_size, device=device, dtype=param.dtype)
+        step = lambda ids: model.step(ids, state)
+        if cuda_graph or (cuda_graph is None and device.type == "cuda"):
+            step = GraphedStep(model, state, batch_size, device)
+        tokens = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
+        log_likelihood = torch.zeros(batch_size, dtype=torch.float64, device=device)
+        current = torch.full((batch_size,), start_token, dtype=torch.long, device=device)
+        steps = range(num_samples)
+        if progress or (progress is None and num_samples >= 4096):
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="generate", unit="sample")
+        for t in steps:
+            logits = step(current).float()
+            current = sample_next(logits, temperature, 0, top_p, generator)
+            log_likelihood += torch.log_softmax(logits, dim=-1).gather(-1, current[:, None])[:, 0].double()
+            tokens[:, t] = current
+        return GeneratedAudio(tokens=tokens.cpu(), log_likelihood=log_likelihood.cpu())
+    finally:
+        model.train(was_training)
+
+
+def load_audio_lm(directory: str | os.PathLike, device=None):
+    """Load a SaShiMi or plain Mamba LM from a ``save_pretrained`` folder, or from a training run holding one in
+    ``model/`` (the architecture is in config.json).
+
+    Returns the model in eval mode; a missing or foreign folder raises
+    :class:`~mamba_bio_audio.errors.CheckpointError` (one line).
+    """
+    from mamba_bio_audio.models.lm import MambaLM
+    from mamba_bio_audio.models.sashimi import ARCHITECTURE, SashimiLM
+
+    directory = Path(directory)
+    if (directory / MODEL_FOLDER / CONFIG_NAME).is_file():
+        directory = directory / MODEL_FOLDER
+    path = directory / CONFIG_NAME
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint folder")
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a model checkpoint or training run (no {CONFIG_NAME} or "
+                              f"{MODEL_FOLDER}/{CONFIG_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
+    if isinstance(data, dict) and data.get("architecture") == ARCHITECTURE:
+        model = SashimiLM.from_pretrained(directory, device=device)
+    else:
+        model = MambaLM.from_pretrained(directory, device=device)
+    return model.eval()

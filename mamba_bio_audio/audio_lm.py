@@ -1,0 +1,245 @@
+"""Training examples, test NLL, sample scoring and plots for 8-bit audio language models (the SC09 recipe's library).
+
+Training example of a clip of tokens ``x_0 .. x_{L-1}``: ``input_ids = [silence, x_0, ..., x_{L-1}]`` (length
+``L + 1``); the LM reads ``input_ids[:-1]`` and predicts ``input_ids[1:]``, so every sample of the clip is predicted
+and the NLL is averaged over all ``L`` samples ("bits per sample": ``-log2 p(x_t | x_<t)`` averaged over ``t`` and
+clips). The silence token (128) stands for the zero waveform before the clip; sampling starts from it too.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mamba_bio_audio.data_prep.audio.clips import fix_length
+from mamba_bio_audio.data_prep.audio.dataset import AudioClipDataset
+from mamba_bio_audio.data_prep.audio.io import AUDIO_SUFFIXES, read_audio
+from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
+from mamba_bio_audio.errors import DataError, UserError
+
+LN2 = float(np.log(2.0))
+
+
+def torch_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a missing GPU is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is available here")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name}: expected cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPUs here")
+        return device
+    raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+ARCHS = ("sashimi", "mamba-lm")
+PRESETS = ("tiny", "paper-6m")
+AUDIO_KEYS = ("sample_rate", "encoding", "clip_samples")
+
+
+def build_audio_lm(arch: str, preset: str, audio: dict):
+    """A fresh 256-token LM: ``arch`` "sashimi" (:mod:`mamba_bio_audio.models.sashimi` presets) or "mamba-lm"
+    (plain :class:`MambaLM`: "paper-6m" is d_model 256 x 14 blocks, 6.2 M parameters, like the SaShiMi preset).
+
+    ``audio`` (``sample_rate``, ``encoding``, ``clip_samples``) is stored in ``config.extra`` so that a saved model
+    says how to turn its tokens back into a waveform.
+    """
+    from mamba_bio_audio.config import MambaConfig
+    from mamba_bio_audio.models.lm import MambaLM
+    from mamba_bio_audio.models.sashimi import SashimiLM
+    from mamba_bio_audio.models.sashimi import preset as sashimi_preset
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
+    if arch == "sashimi":
+        return SashimiLM(sashimi_preset(preset, extra=dict(audio)))
+    if arch == "mamba-lm":
+        size = {"tiny": {"d_model": 32, "n_layer": 2, "d_state": 4}, "paper-6m": {"d_model": 256, "n_layer": 14}}
+        return MambaLM(MambaConfig(vocab_size=256, **size[preset], extra=dict(audio)))
+    raise UserError(f"unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
+
+
+def audio_settings(model) -> dict:
+    """``{"sample_rate", "encoding", "clip_samples"}`` saved with an audio LM; a CheckpointError if absent."""
+    from mamba_bio_audio.errors import CheckpointError
+
+    extra = getattr(model.config, "extra", {}) or {}
+    missing = [k for k in AUDIO_KEYS if k not in extra]
+    if missing:
+        raise CheckpointError(f"the checkpoint is not an audio model (its config lacks {', '.join(missing)})")
+    return {k: extra[k] for k in AUDIO_KEYS}
+
+
+# ---- training examples ----------------------------------------------------------------------------------------
+def lm_example(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens: (L,)`` -> ``input_ids: (L + 1,)`` with the silence token in front."""
+    return torch.cat([torch.tensor([SILENCE_TOKEN], dtype=torch.long), tokens.long()])
+
+
+def clip_sample_fn(dataset: AudioClipDataset, seed: int) -> Callable[[int], dict]:
+    """Sample ``i`` -> ``{"input_ids": (L + 1,)}``: epochs of a seeded shuffle of the clips (``i // len`` is the
+    epoch), a pure function of ``i`` so training resumes exactly (see :mod:`mamba_bio_audio.training.data`)."""
+    n = len(dataset)
+    cache: dict[int, np.ndarray] = {}
+
+    def sample(i: int) -> dict:
+        epoch = i // n
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        return {"input_ids": lm_example(dataset[int(cache[epoch][i % n])]["input_ids"])}
+
+    return sample
+
+
+# ---- test NLL ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def nll_bits_per_sample(model, dataset: AudioClipDataset, *, batch_size: int = 16, max_clips: int | None = None,
+                        device: str | torch.device = "cpu") -> float:
+    """Mean ``-log2 p(x_t | x_<t)`` over every sample of the first ``max_clips`` clips (all by default)."""
+    n = len(dataset) if max_clips is None else min(len(dataset), max_clips)
+    was_training = model.training
+    model.eval().to(device)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, n, batch_size):
+            ids = torch.stack([lm_example(dataset[i]["input_ids"]) for i in range(start, min(n, start + batch_size))])
+            ids = ids.to(device)
+            logits = model(ids[:, :-1]).float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                     reduction="sum").item()
+            count += ids[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return total / count / LN2
+
+
+# ---- generated audio in, scores out -------------------------------------------------------------------------------
+def read_wav_folder(folder: str | os.PathLike, sample_rate: int,
+                    num_samples: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """The audio files of ``folder`` (sorted, not recursive) as ``(n, num_samples)`` float waveforms.
+
+    Conversions as :func:`~mamba_bio_audio.data_prep.audio.io.read_audio` (mono average, resample to
+    ``sample_rate``), then cut or zero-padded at the end to ``num_samples``. Unusable files are skipped with a
+    warning; returns ``(waves, names, skipped_messages)``. No usable file at all is a DataError.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder of samples")
+    waves, names, skipped = [], [], []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
+        try:
+            wave, _ = read_audio(path, sample_rate)
+        except DataError as e:
+            warnings.warn(f"{e} -- skipped", stacklevel=2)
+            skipped.append(str(e))
+            continue
+        waves.append(fix_length(wave, num_samples))
+        names.append(path.name)
+    if not waves:
+        raise DataError(f"{folder}: no usable .wav/.flac files")
+    return torch.stack(waves), names, skipped
+
+
+def classifier_config(preset: str, sample_rate: int, n_classes: int = 10):
+    """The digit classifier for ``preset`` ("paper": the s4 SC09 classifier; "tiny": for tests) at ``sample_rate``.
+
+    The STFT scales with the rate (n_fft 2048, hop 512 at 16 kHz; 1024, 256 at 8 kHz) so that a 1 s clip always
+    gives 32 frames of 32 mel bands, as the s4 classifier sees at 16 kHz.
+    """
+    from mamba_bio_audio.models.digit_classifier import DigitClassifierConfig
+
+    stft = {"sample_rate": sample_rate, "n_fft": 2048 * sample_rate // 16000,
+            "hop_length": 512 * sample_rate // 16000, "n_classes": n_classes}
+    if preset == "paper":
+        return DigitClassifierConfig(**stft)
+    if preset == "tiny":
+        return DigitClassifierConfig(**stft, depth=11, cardinality=2, base_width=4, widen_factor=1, stem_channels=8)
+    raise UserError(f"unknown classifier preset {preset!r} (expected paper or tiny)")
+
+
+def classifier_accuracy(classifier, dataset: AudioClipDataset, *, batch_size: int = 64,
+                        device: str | torch.device = "cpu") -> float:
+    """Fraction of ``dataset`` (items with ``"waveform"``) whose arg-max class is the label."""
+    from mamba_bio_audio.metrics.classifier_training import classifier_outputs
+
+    probs, _ = classifier_outputs(classifier, dataset, batch_size=batch_size, device=device)
+    return float((probs.argmax(axis=1) == dataset.labels).mean())
+
+
+def score_sets(classifier, train_data, sets: dict[str, object], *, batch_size: int = 64,
+               device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """FID / IS / mIS / AM (:mod:`mamba_bio_audio.metrics.sample_quality`) of each named set against the training set.
+
+    ``train_data`` and every value of ``sets`` are what
+    :func:`~mamba_bio_audio.metrics.classifier_training.classifier_outputs` takes: a dataset with ``"waveform"``
+    items or a tensor ``(n, samples)``. Returns ``{name: {"fid", "is", "mis", "am", "n"}}``.
+    """
+    from mamba_bio_audio.metrics.classifier_training import classifier_outputs
+    from mamba_bio_audio.metrics.sample_quality import sample_quality_scores
+
+    for name, data in {"training set": train_data, **sets}.items():
+        if len(data) < 2:
+            raise DataError(f"the {name} has {len(data)} clip(s); FID needs at least 2")
+    train_probs, train_feats = classifier_outputs(classifier, train_data, batch_size=batch_size, device=device)
+    rows = {}
+    for name, data in sets.items():
+        probs, feats = classifier_outputs(classifier, data, batch_size=batch_size, device=device)
+        rows[name] = {**sample_quality_scores(train_feats, train_probs, feats, probs), "n": len(probs)}
+    return rows
+
+
+# ---- plots --------------------------------------------------------------------------------------------------------
+def spectrogram_grid(path: str | os.PathLike, waves: torch.Tensor, sample_rate: int, titles: list[str],
+                     columns: int = 4) -> Path:
+    """Save log-magnitude spectrograms of ``waves: (n, samples)`` as one PNG grid (headless, atomic write).
+
+    STFT: Hann window of ~32 ms (a power of two), hop a quarter of it; dB relative to each clip's peak, floor -80.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_fft = 1 << max(4, round(np.log2(0.032 * sample_rate)))
+    n_fft = min(n_fft, 1 << int(np.log2(max(16, waves.shape[-1]))))
+    hop = n_fft // 4
+    padded = F.pad(waves.float(), (0, max(0, n_fft - waves.shape[-1])))  # very short clips: at least one frame
+    spec = torch.stft(padded, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs()
+    db = 20 * torch.log10(spec.clamp_min(1e-8))
+    db = (db - db.amax(dim=(-2, -1), keepdim=True)).clamp_min(-80.0)
+    rows = -(-len(waves) // columns)
+    cols = min(columns, len(waves))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), dpi=100, squeeze=False)
+    seconds = waves.shape[-1] / sample_rate
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, db, titles):
+        ax.imshow(image.numpy(), origin="lower", aspect="auto", cmap="magma",
+                  extent=(0.0, seconds, 0.0, sample_rate / 2000))
+        ax.set_title(title, fontsize=8)
+        ax.axis("on")
+        ax.tick_params(labelsize=6)
+    axes[-1][0].set_xlabel("s", fontsize=7)
+    axes[-1][0].set_ylabel("kHz", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

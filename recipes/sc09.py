@@ -1,0 +1,345 @@
+"""``mba sc09 ...``: unconditional spoken-digit generation from raw 8-bit audio (the Mamba paper's SC09 benchmark).
+
+``prepare`` (Speech Commands or an FSDD-layout folder -> token store), ``train`` (SaShiMi-style Mamba U-Net or a
+plain Mamba LM), ``generate`` (WAVs, log-likelihoods, spectrograms), ``train-classifier`` (the evaluation CNN),
+``evaluate`` (test NLL; FID / IS / mIS / AM of generated WAVs beside the real test set). recipes/README_sc09.md
+walks through the real run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.recipes.options import common_options, config_option, out_option
+from mamba_bio_audio.recipes.outputs import (
+    atomic_write_text,
+    plot_curve,
+    prepare_out_dir,
+    read_csv_metric,
+    write_json,
+    write_yaml,
+)
+
+ARCHS = ("sashimi", "mamba-lm")
+MODEL_PRESETS = ("tiny", "paper-6m")
+CLASSIFIER_PRESETS = ("tiny", "paper")
+STRATEGIES = ("auto", "ddp", "fsdp")
+ENCODINGS = ("mulaw8", "linear8")
+PAPER_ROW = "Mamba paper, SC09 test at 16 kHz: Mamba 6.1M NLL 1.852, FID 0.94, IS 6.26, mIS 88.54, AM 0.52"
+data_option = click.option("--data", required=True, type=click.Path(path_type=Path),
+                           help="Token store written by `mba sc09 prepare`.")
+
+
+def _options() -> dict:
+    """The current command's option values (what ran), paths as strings: replayable with --config."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in click.get_current_context().params.items()}
+
+
+def _clips(store: Path, split: str, waveform: bool = False, required: bool = True):
+    """The split's AudioClipDataset, or None when it is empty and not required."""
+    from mamba_bio_audio.data_prep.audio.dataset import AudioClipDataset
+    from mamba_bio_audio.errors import DataError
+
+    try:
+        return AudioClipDataset(store, split=split, waveform=waveform)
+    except DataError as e:
+        if required or "no clips in split" not in str(e):
+            raise
+        return None
+
+
+@click.group("sc09")
+def sc09() -> None:
+    """SC09 speech generation: prepare, train, generate, train-classifier, evaluate."""
+
+
+# ---- prepare ------------------------------------------------------------------------------------------------------
+@sc09.command("prepare")
+@click.option("--from", "src", type=click.Path(file_okay=False, path_type=Path),
+              help="Extracted Speech Commands folder (or the folder holding speech_commands_v0.02/).")
+@click.option("--from-folder", "folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of {digit}_{speaker}_{take}.wav files (FSDD layout; takes 0-4 test, 5-9 val).")
+@click.option("--download", is_flag=True, help="First fetch Speech Commands v0.02 (2.3 GB) into the --from folder.")
+@out_option(help_text="Token store folder to write (replaced atomically).")
+@click.option("--sample-rate", type=click.Choice(["16000", "8000"]), default="16000", show_default=True,
+              help="Store rate; other file rates are resampled.")
+@click.option("--encoding", type=click.Choice(ENCODINGS), default="mulaw8", show_default=True)
+@click.option("--normalization", type=click.Choice(["none", "peak"]), default="none", show_default=True,
+              help="Amplitude: as read, or each clip scaled to peak 1.")
+@click.option("--clip-seconds", type=click.FloatRange(min=0.01), default=None,
+              help="Clip length for --from-folder [default: 1.0; SC09 is always 1 s].")
+@click.option("--strict", is_flag=True, help="Stop at the first unusable file (exit 2) instead of skipping it.")
+@config_option
+def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sample_rate: str, encoding: str,
+            normalization: str, clip_seconds: float | None, strict: bool) -> None:
+    """Audio files -> 8-bit token store (train/val/test splits)."""
+    from mamba_bio_audio.data_prep.audio.download import SPEECH_COMMANDS_FOLDER, download_speech_commands
+    from mamba_bio_audio.data_prep.audio.folder import prepare_folder
+    from mamba_bio_audio.data_prep.audio.sc09 import prepare_speech_commands
+
+    if (src is None) == (folder is None):
+        raise UserError("give exactly one of --from DIR (Speech Commands) or --from-folder DIR")
+    if download and src is None:
+        raise UserError("--download needs --from DIR: the folder to download into")
+    if src is not None and clip_seconds not in (None, 1.0):
+        raise UserError("--clip-seconds applies to --from-folder; SC09 clips are 1 s")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
+        raise UserError(f"--out {out}: exists and is not a token store; refusing to replace it")
+    rate = int(sample_rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped files come back in result.skipped, reported below
+        if src is not None:
+            if download:
+                src = download_speech_commands(src)
+            elif (src / SPEECH_COMMANDS_FOLDER).is_dir():
+                src = src / SPEECH_COMMANDS_FOLDER
+            result = prepare_speech_commands(src, out, rate, encoding=encoding, normalization=normalization,
+                                             strict=strict)
+        else:
+            result = prepare_folder(folder, out, rate, clip_seconds=clip_seconds or 1.0, encoding=encoding,
+                                    normalization=normalization, strict=strict)
+    for message in result.skipped:
+        click.echo(f"mba sc09 prepare: warning: skipped {message}", err=True)
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    click.echo(f"wrote {out}: {counts} clips at {rate} Hz ({encoding}); {len(result.skipped)} files skipped")
+
+
+# ---- train --------------------------------------------------------------------------------------------------------
+@sc09.command("train")
+@data_option
+@out_option(help_text="Run folder: config.yaml, checkpoints/, logs/, model/, metrics.json, loss.png.")
+@click.option("--preset", type=click.Choice(MODEL_PRESETS), default="paper-6m", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default="sashimi", show_default=True,
+              help="Multi-scale SaShiMi-style Mamba U-Net, or a plain Mamba LM.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+              help="Peak AdamW lr (betas 0.9/0.95, weight decay 0.1, 10% warm-up, cosine; grad clip 0.1).")
+@click.option("--val-every", type=click.IntRange(min=0), default=0,
+              help="Steps between validations [default: max_steps / 10].")
+@click.option("--val-clips", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Validation clips scored (NLL in bits per sample).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--precision", default=None, help="Lightning precision [default: bf16-mixed on GPU, 32-true on CPU].")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.ckpt (same flags).")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True)
+@common_options
+def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_size: int, lr: float,
+          val_every: int, val_clips: int, checkpoint_every: int, num_workers: int, precision: str | None,
+          resume: bool, devices: int, strategy: str, device: str, seed: int) -> None:
+    """Train an 8-bit audio LM on next-sample prediction."""
+    import lightning.pytorch as pl
+
+    from mamba_bio_audio.audio_lm import build_audio_lm, clip_sample_fn, lm_example, nll_bits_per_sample
+    from mamba_bio_audio.training.data import IndexedDataModule
+    from mamba_bio_audio.training.module import LMTask, OptimConfig
+    from mamba_bio_audio.training.trainer import TrainerConfig, fit
+
+    train_set = _clips(data, "train")
+    val_set = _clips(data, "val", required=False)
+    out = prepare_out_dir(out)
+    write_yaml(out / "config.yaml", _options())
+    pl.seed_everything(seed, verbose=False)
+    audio = {"sample_rate": train_set.sample_rate, "encoding": train_set.encoding,
+             "clip_samples": train_set.clip_samples}
+    model = build_audio_lm(arch, preset, audio)
+    val = [] if val_set is None else [{"input_ids": lm_example(val_set[i]["input_ids"])}
+                                      for i in range(min(val_clips, len(val_set)))]
+    task = LMTask(model, OptimConfig(lr=lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1, max_steps=max_steps))
+    datamodule = IndexedDataModule(clip_sample_fn(train_set, seed), batch_size, val_samples=val,
+                                   num_workers=num_workers)
+    settings = TrainerConfig(max_steps=max_steps, device=device, devices=devices, strategy=strategy,
+                             precision=precision, grad_clip=0.1, checkpoint_every=checkpoint_every,
+                             val_every=(val_every or max(1, max_steps // 10)) if val else 0,
+                             log_every=max(1, min(50, max_steps // 20)))
+    started = time.time()
+    trainer = fit(task, datamodule, out, settings, resume=resume)
+    train_seconds = time.time() - started
+    if not trainer.is_global_zero:
+        return
+    model.save_pretrained(out / "model")
+    val_bits = None
+    if val_set is not None:
+        val_bits = nll_bits_per_sample(model, val_set, batch_size=batch_size, max_clips=val_clips,
+                                       device=next(model.parameters()).device)
+    steps, bits = read_csv_metric(out / "logs", "train/bits_per_token")
+    if steps:
+        plot_curve(out / "loss.png", steps, bits, "step", "train NLL (bits per sample)",
+                   f"sc09 {arch} {preset}: {audio['sample_rate']} Hz {audio['encoding']}")
+    metrics = {"val_bits_per_sample": val_bits, "val_clips": min(val_clips, len(val_set or [])),
+               "max_steps": max_steps, "train_seconds": train_seconds, "arch": arch, "preset": preset,
+               "parameters": sum(p.numel() for p in model.parameters()), **audio}
+    write_json(out / "metrics.json", metrics)
+    shown = "n/a (no val split)" if val_bits is None else f"{val_bits:.4f}"
+    click.echo(f"val NLL {shown} bits/sample after {max_steps} steps ({train_seconds:.0f} s); wrote {out}/model")
+
+
+# ---- generate -----------------------------------------------------------------------------------------------------
+@sc09.command("generate")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training run folder (or its model/ folder).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=16, show_default=True, help="Clips to generate.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip length [default: the training clip length].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--cuda-graph/--eager", "cuda_graph", default=None,
+              help="Replay the decode step as CUDA graphs [default: on CUDA devices].")
+@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, spectrograms.png, metrics.json.")
+@common_options
+def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_size: int, temperature: float,
+             top_p: float, cuda_graph: bool | None, out: Path, device: str, seed: int) -> None:
+    """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
+    import torch
+
+    from mamba_bio_audio.audio_generation import generate as sample_audio
+    from mamba_bio_audio.audio_generation import load_audio_lm
+    from mamba_bio_audio.audio_lm import audio_settings, spectrogram_grid, torch_device
+    from mamba_bio_audio.data_prep.audio.io import write_wav
+    from mamba_bio_audio.data_prep.audio.mulaw import decode
+
+    where = torch_device(device)
+    if cuda_graph and where.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
+    model = load_audio_lm(checkpoint, device=where)
+    audio = audio_settings(model)
+    rate = int(audio["sample_rate"])
+    length = round(seconds * rate) if seconds else int(audio["clip_samples"])
+    if length < 1:
+        raise UserError(f"--seconds {seconds}: shorter than one sample at {rate} Hz")
+    out = prepare_out_dir(out)
+    write_yaml(out / "config.yaml", _options())
+    rows, waves, started = [], [], time.time()
+    for batch, start in enumerate(range(0, num_samples, batch_size)):
+        result = sample_audio(model, min(batch_size, num_samples - start), length, temperature=temperature,
+                              top_p=top_p, seed=seed * 1_000_003 + batch, cuda_graph=cuda_graph)
+        for wave, bits, loglik in zip(decode(result.tokens, audio["encoding"]), result.bits_per_sample,
+                                      result.log_likelihood):
+            name = f"sample_{len(rows):04d}.wav"
+            write_wav(out / name, wave, rate)
+            rows.append((name, float(bits), float(loglik)))
+            waves.append(wave)
+    seconds_taken = time.time() - started
+    table = "file\tbits_per_sample\tlog_likelihood_nats\n" + "".join(f"{n}\t{b:.6f}\t{ll:.4f}\n" for n, b, ll in rows)
+    atomic_write_text(out / "likelihoods.tsv", table)
+    shown = min(16, len(waves))
+    spectrogram_grid(out / "spectrograms.png", torch.stack(waves[:shown]), rate,
+                     [f"{n} ({b:.2f} bits)" for n, b, _ in rows[:shown]])
+    audio_seconds = num_samples * length / rate
+    write_json(out / "metrics.json", {
+        "num_samples": num_samples, "samples_per_clip": length, "sample_rate": rate,
+        "mean_bits_per_sample": sum(b for _, b, _ in rows) / len(rows), "generation_seconds": seconds_taken,
+        "audio_seconds_per_second": audio_seconds / seconds_taken, "batch_size": batch_size,
+        "device": str(where), "cuda_graph": cuda_graph is not False and where.type == "cuda",
+        "temperature": temperature, "top_p": top_p})
+    click.echo(f"wrote {num_samples} clips of {length / rate:.3f} s to {out} "
+               f"({audio_seconds / seconds_taken:.3g} s of audio per second)")
+
+
+# ---- train-classifier ---------------------------------------------------------------------------------------------
+@sc09.command("train-classifier")
+@data_option
+@out_option(help_text="Classifier folder: config.json, model.safetensors, metrics.json, config.yaml.")
+@click.option("--preset", type=click.Choice(CLASSIFIER_PRESETS), default="paper", show_default=True,
+              help="paper: the s4 SC09 ResNeXt (34 M parameters); tiny: for tests.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@common_options
+def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size: int, lr: float, device: str,
+                     seed: int) -> None:
+    """Train the digit classifier behind FID / IS / mIS / AM."""
+    from mamba_bio_audio.audio_lm import classifier_accuracy, classifier_config, torch_device
+    from mamba_bio_audio.metrics.classifier_training import train_digit_classifier
+
+    train_set = _clips(data, "train", waveform=True)
+    val_set = _clips(data, "val", waveform=True, required=False)
+    test_set = _clips(data, "test", waveform=True, required=False)
+    where = torch_device(device)
+    out = prepare_out_dir(out)
+    write_yaml(out / "config.yaml", _options())
+    config = classifier_config(preset, train_set.sample_rate, len(train_set.store.meta["label_names"]))
+    model, history = train_digit_classifier(train_set, val_data=val_set, config=config, epochs=epochs,
+                                            batch_size=batch_size, lr=lr, device=where, seed=seed,
+                                            log=lambda line: click.echo(line, err=True))
+    model.save_pretrained(out)
+    test_acc = None if test_set is None else classifier_accuracy(model, test_set, device=where)
+    write_json(out / "metrics.json", {"history": history, "test_accuracy": test_acc, "preset": preset,
+                                      "parameters": sum(p.numel() for p in model.parameters())})
+    shown = "n/a" if test_acc is None else f"{test_acc:.3f}"
+    click.echo(f"classifier test accuracy {shown}; wrote {out}")
+
+
+# ---- evaluate -----------------------------------------------------------------------------------------------------
+@sc09.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training run folder (or its model/ folder).")
+@data_option
+@click.option("--classifier", type=click.Path(path_type=Path), default=None,
+              help="Folder from `mba sc09 train-classifier` (without it: NLL only).")
+@click.option("--samples", type=click.Path(path_type=Path), default=None,
+              help="Folder of generated WAVs to score (e.g. from `mba sc09 generate`).")
+@out_option(help_text="Folder for metrics.json and metrics.md.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-clips", type=click.IntRange(min=1), default=None, help="Test clips for the NLL [default: all].")
+@common_options
+def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Path | None, out: Path,
+             batch_size: int, max_clips: int | None, device: str, seed: int) -> None:
+    """Test NLL (bits per sample); FID / IS / mIS / AM of generated WAVs beside the real test set."""
+    from mamba_bio_audio.audio_generation import load_audio_lm
+    from mamba_bio_audio.audio_lm import (
+        audio_settings,
+        nll_bits_per_sample,
+        read_wav_folder,
+        score_sets,
+        torch_device,
+    )
+    from mamba_bio_audio.benchmarks.report import environment, markdown_table
+    from mamba_bio_audio.models.digit_classifier import DigitClassifier
+
+    where = torch_device(device)
+    model = load_audio_lm(checkpoint, device=where)
+    audio = audio_settings(model)
+    test_set = _clips(data, "test", waveform=True)
+    store_audio = {"sample_rate": test_set.sample_rate, "encoding": test_set.encoding}
+    if any(audio[k] != v for k, v in store_audio.items()):
+        raise UserError(f"the model was trained on {audio['sample_rate']} Hz {audio['encoding']} audio, "
+                        f"the store {data} holds {test_set.sample_rate} Hz {test_set.encoding}")
+    if samples is not None and classifier is None:
+        raise UserError("--samples needs --classifier DIR (from `mba sc09 train-classifier`)")
+    net = None
+    if classifier is not None:
+        net = DigitClassifier.from_pretrained(classifier)
+        if net.config.sample_rate != test_set.sample_rate:
+            raise UserError(f"--classifier {classifier}: trained at {net.config.sample_rate} Hz, "
+                            f"the store is {test_set.sample_rate} Hz")
+    sets: dict = {"real test set": test_set}
+    skipped: list[str] = []
+    if samples is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skipped files are reported below
+            waves, names, skipped = read_wav_folder(samples, test_set.sample_rate, test_set.clip_samples)
+        for message in skipped:
+            click.echo(f"mba sc09 evaluate: warning: skipped {message}", err=True)
+        sets["generated"] = waves
+    scores = {} if net is None else score_sets(net, _clips(data, "train", waveform=True), sets, device=where)
+    nll = nll_bits_per_sample(model, test_set, batch_size=batch_size, max_clips=max_clips, device=where)
+    metrics = {"test_nll_bits_per_sample": nll, "nll_test_clips": min(max_clips or len(test_set), len(test_set)),
+               "scores": scores, "skipped_samples": skipped, "options": _options(), "environment": environment()}
+    rows = [[name, None, s["fid"], s["is"], s["mis"], s["am"], s["n"]] for name, s in scores.items()]
+    rows.insert(0, ["model (test NLL)", nll, None, None, None, None, metrics["nll_test_clips"]])
+    table = markdown_table(["set", "NLL bits/sample", "FID", "IS", "mIS", "AM", "clips"], rows)
+    note = (f"\n\nFID against the training set's classifier features; AM against its mean prediction "
+            f"({test_set.sample_rate} Hz, {test_set.encoding}).\nReference: {PAPER_ROW}.\n")
+    out = prepare_out_dir(out)
+    write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "metrics.md", table + note)
+    click.echo(table)
