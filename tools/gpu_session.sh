@@ -3,7 +3,10 @@
 #
 #   (here)   tools/fetch_gpu_wheels.sh             # once: cp312 wheels of biopython and soundfile into .whl/
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
-#   (device) bash tools/gpu_session.sh [what ...]  # what: tests | bench | sweep | train (default: tests bench)
+#   (device) bash tools/gpu_session.sh [what ...]  # what: tests | bench | species | sc09 | synthetic (default: tests bench)
+#
+# species / sc09 read development data from .gpudata/ (git-ignored; copy ../shared/data/dna/bacteria and
+# ../shared/data/audio/fsdd_dev/recordings there and carry it): results come back as one tarball per step.
 #
 # Never builds inside the carried repo: the package is installed from a copy under /tmp. Results go to $OUT
 # (the device tool brings them back) or ./gpu-out when OUT is unset.
@@ -43,8 +46,40 @@ for step in $what; do
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         bench)
             python3 -m mamba_bio_audio bench scan --out "$out" --backends triton,cuda,reference 2>&1 | tail -20 ;;
-        sweep)
-            python3 -m mamba_bio_audio.benchmarks.scan_sweep --out "$out" 2>&1 | tail -40 ;;
+        species)  # held-out strains of 5 bacteria, lengths 2^10 .. 2^16, beside the 6-mer baseline
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            mba species prepare --genomes "$repo/.gpudata/bacteria" --out $r/bact --split-by strain &&
+            mba species train --data $r/bact --out $r/species --length 65536 --preset paper-1.4m --batch-size 4 \
+                --lr 1e-3 --max-steps 400 --warmup-min-length 1024 --warmup-stage-steps 40 --device cuda 2>&1 | tail -5 &&
+            mba species evaluate --checkpoint $r/species --data $r/bact --lengths 1024,4096,16384,65536 \
+                --per-species 40 --out $r/species_eval --device cuda 2>&1 | tail -15
+            echo "species: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/species_eval/gpu_seconds.txt
+            tar czf "$out/species.tar.gz" -C $r species/config.yaml species/metrics.json species/logs species_eval ;;
+        sc09)  # FSDD at 8 kHz: short paper-6m training, samples, classifier, metrics
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            mba sc09 prepare --from-folder "$repo/.gpudata/fsdd/recordings" --out $r/fsdd --sample-rate 8000 \
+                --clip-seconds 0.5 2>&1 | tail -3 &&
+            mba sc09 train --data $r/fsdd --out $r/sc09 --preset paper-6m --max-steps 300 --val-every 100 \
+                --device cuda 2>&1 | tail -3 &&
+            mba sc09 generate --checkpoint $r/sc09 --num-samples 64 --batch-size 64 --out $r/sc09_samples \
+                --device cuda 2>&1 | tail -3 &&
+            mba sc09 generate --checkpoint $r/sc09 --num-samples 1 --batch-size 1 --seconds 1 --out $r/sc09_b1 \
+                --device cuda 2>&1 | tail -2 &&
+            mba sc09 train-classifier --data $r/fsdd --out $r/clf --preset paper --epochs 10 --device cuda 2>&1 | tail -3 &&
+            mba sc09 evaluate --checkpoint $r/sc09 --data $r/fsdd --classifier $r/clf --samples $r/sc09_samples \
+                --out $r/sc09_eval --device cuda 2>&1 | tail -15
+            echo "sc09: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/sc09_eval/gpu_seconds.txt
+            tar czf "$out/sc09.tar.gz" -C $r sc09/config.yaml sc09/metrics.json sc09/logs sc09_eval \
+                sc09_samples/metrics.json sc09_samples/likelihoods.tsv sc09_samples/spectrograms.png \
+                sc09_samples/sample_0000.wav sc09_samples/sample_0001.wav sc09_b1/metrics.json clf/metrics.json ;;
+        memory)  # the d_model 256 x 8 classifier at 2^17 and 2^20, with and without activation checkpointing
+            timeout 200 mba bench memory --lengths 131072,1048576 --out "$out" 2>&1 | tail -8 ;;
+        synthetic)
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            timeout ${SYNTHETIC_SECONDS:-360} mba synthetic table --out $r/synthetic --runs $r/synthetic-runs \
+                --preset paper --max-steps ${SYNTHETIC_STEPS:-1500} --device cuda 2>&1 | tail -25
+            echo "synthetic: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/synthetic/gpu_seconds.txt
+            tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json 2>/dev/null) ;;
         *)
             echo "unknown step $step"; status=2 ;;
     esac
