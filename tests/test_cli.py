@@ -50,14 +50,18 @@ def test_user_mistakes_are_one_line_and_exit_2(args, fragment, capsys, tmp_path,
     assert "Traceback" not in err
 
 
+DEMO_SMALL = ["--genome-length", "3000", "--species", "3", "--per-species", "2", "--batch-size", "2"]
+
+
 def test_config_yaml_values_and_flag_override(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("max_steps: 2\nseqlen: 16\nbatch-size: 2\n")
-    code, out, err = run(["demo", "--config", str(cfg), "--out", str(tmp_path / "d"), "--seqlen", "24"], capsys)
+    cfg.write_text("max_steps: 1\nlength: 32\neval-lengths: '32'\nbatch-size: 3\n")
+    code, out, err = run(["demo", "--config", str(cfg), "--out", str(tmp_path / "d"), *DEMO_SMALL[:6],
+                          "--length", "48"], capsys)
     assert code == 0, err
     written = (tmp_path / "d" / "config.yaml").read_text()
-    assert "max_steps: 2" in written and "seqlen: 24" in written and "batch_size: 2" in written
+    assert "max_steps: 1" in written and "length: 48" in written and "batch_size: 3" in written
     (tmp_path / "bad.yaml").write_text("colour: red\n")
     code, _, err = run(["demo", "--config", str(tmp_path / "bad.yaml")], capsys)
     assert code == 2 and "unknown options colour" in err
@@ -65,13 +69,17 @@ def test_config_yaml_values_and_flag_override(tmp_path, capsys, monkeypatch):
 
 def test_demo_writes_its_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, stdout, err = run(["demo", "--out", str(out), "--max-steps", "6", "--seqlen", "32"], capsys)
+    code, stdout, err = run(["demo", "--out", str(out), "--max-steps", "2", "--length", "32",
+                             "--eval-lengths", "32,64", *DEMO_SMALL], capsys)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 < metrics["val_bits_per_token"] < 10 and metrics["max_steps"] == 6
-    for name in ("loss.png", "samples.txt", "config.yaml", "model/model.safetensors", "model/config.json"):
+    assert [row["length"] for row in metrics["per_length"]] == [32, 64]
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["baseline_accuracy"] <= 1 and metrics["synthetic"]
+    assert metrics["train"]["max_steps"] == 2 and len(metrics["confusion_matrix"]) == 3
+    for name in ("accuracy_vs_length.png", "config.yaml", "run/model/model.safetensors", "run/model/config.json",
+                 "store/index.json", "genomes/synth_00.fa"):
         assert (out / name).is_file(), name
-    assert "bits/token" in stdout
+    assert "6-mer LR" in stdout
 
 
 def test_bench_scan_runs_on_cpu(tmp_path, capsys):

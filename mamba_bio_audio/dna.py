@@ -1,0 +1,420 @@
+"""DNA models and their training: presets, the shared training set-up, and genome LM pretraining (``mba dna``).
+
+Every DNA model reads token ids of the "hyena-12" tokenizer (:mod:`mamba_bio_audio.data_prep.dna.tokenizer`,
+``vocab_size`` 12) and is trained on windows of a DNA token store (:mod:`mamba_bio_audio.data_prep.dna.windows`):
+item ``i`` of the training stream is a pure function of ``(seed, i)``, so ``--resume`` continues exactly.
+
+Windows travel as uint8 ``(batch, seqlen)`` tensors and become int64 only on the device
+(:meth:`WindowData.on_after_batch_transfer`): at 2^20 bases a window is 1 MiB instead of 8 MiB in the
+loader, the pinned buffer and the host-to-device copy.
+
+Presets (``PRESETS``), with d_state 16 and expand 2 throughout:
+
+- ``tiny``: d_model 64, 2 blocks (67 k parameters): CPU-sized, for demos and tests.
+- ``paper-1.4m``: d_model 128, 12 blocks (1.40 M). The Mamba paper's DNA models across context lengths are, as
+  we recall its Section 4.3, "6 layers by width 128 (about 1.3M-1.4M parameters)", where one paper layer is two
+  Mamba blocks (as in the mamba_ssm README's model table); 12 blocks of width 128 count exactly 1.40 M here.
+- ``paper-7m``: d_model 256, 16 blocks (7.01 M): the paper's Great Apes "Mamba 7M", whose shape we did not find
+  spelled out; width 256 with 16 blocks (8 paper layers) is the model of 7 M parameters.
+
+Fine-tuning defaults of the paper presets follow the Great Apes recipe as we recall the paper's appendix (not
+re-checked against its text here): AdamW at lr 1e-4, batch 64, a linear warm-up over half of training, a cosine
+decay to 1e-6 (``min_lr_ratio`` 0.01), and a sequence-length warm-up from 2^14, one stage per tenth of training.
+Pretraining learning rates are our defaults, not the paper's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_bio_audio.checkpoint import CONFIG_NAME
+from mamba_bio_audio.config import MambaConfig
+from mamba_bio_audio.data_prep.dna.tokenizer import NAME as TOKENIZER
+from mamba_bio_audio.data_prep.dna.tokenizer import VOCAB_SIZE
+from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, eval_windows
+from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.training.data import IndexedDataModule
+from mamba_bio_audio.training.module import LMTask, OptimConfig
+from mamba_bio_audio.training.trainer import TrainerConfig, last_checkpoint
+
+LN2 = math.log(2.0)
+WARMUP_ABOVE = 2**14  # the sequence-length warm-up is on by default above this window length (HyenaDNA, Mamba)
+CHECKPOINT_ACTIVATIONS_FROM = 2**17  # activation checkpointing is on by default from this window length
+
+
+# ---- presets and models --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DnaPreset:
+    """A DNA model size with its training defaults.
+
+    ``batch_size`` is the most windows per optimizer step; the default batch is also capped at ``max_batch_tokens``
+    tokens (so a 2^20 window trains one at a time: use ``--accumulate`` or more devices for bigger batches).
+    ``warmup`` is the learning-rate warm-up as a fraction of the steps; ``min_lr_ratio`` ends the cosine decay.
+    """
+
+    d_model: int
+    n_layer: int
+    batch_size: int
+    max_batch_tokens: int
+    lr: float
+    pretrain_lr: float
+    warmup: float
+    min_lr_ratio: float
+
+    def model_config(self, bidirectional: bool = False) -> MambaConfig:
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=VOCAB_SIZE, d_state=16, expand=2,
+                           bidirectional=bidirectional)
+
+
+PRESETS = {
+    "tiny": DnaPreset(d_model=64, n_layer=2, batch_size=16, max_batch_tokens=2**16, lr=2e-3, pretrain_lr=2e-3,
+                      warmup=0.1, min_lr_ratio=0.1),
+    "paper-1.4m": DnaPreset(d_model=128, n_layer=12, batch_size=64, max_batch_tokens=2**20, lr=1e-4,
+                            pretrain_lr=1e-3, warmup=0.5, min_lr_ratio=0.01),
+    "paper-7m": DnaPreset(d_model=256, n_layer=16, batch_size=64, max_batch_tokens=2**20, lr=1e-4,
+                          pretrain_lr=1e-3, warmup=0.5, min_lr_ratio=0.01),
+}
+
+
+def preset_name_of(config: MambaConfig) -> str | None:
+    """The name of the preset with ``config``'s shape (d_model, n_layer), or None."""
+    return next((name for name, p in PRESETS.items() if (p.d_model, p.n_layer) == (config.d_model, config.n_layer)),
+                None)
+
+
+def get_preset(name: str) -> DnaPreset:
+    if name not in PRESETS:
+        raise UserError(f"--preset {name}: expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def dna_extra(window: int) -> dict:
+    """What a saved DNA model records beside its weights: its tokenizer and the window length it was trained on."""
+    return {"dna": {"tokenizer": TOKENIZER, "window": window}}
+
+
+def model_dir(path: str | os.PathLike) -> Path:
+    """The ``save_pretrained`` folder of a run folder (``RUN/model``) or of a model folder itself."""
+    path = Path(path)
+    if (path / "model" / CONFIG_NAME).is_file():
+        return path / "model"
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run or model folder")
+    raise CheckpointError(f"{path}: not a run folder (no model/{CONFIG_NAME}) nor a model folder (no {CONFIG_NAME})")
+
+
+def check_dna_config(config: MambaConfig, source: str | os.PathLike) -> None:
+    """A model for the hyena-12 tokenizer, or a CheckpointError naming ``source``."""
+    tokenizer = config.extra.get("dna", {}).get("tokenizer", TOKENIZER)
+    if config.vocab_size != VOCAB_SIZE or tokenizer != TOKENIZER:
+        raise CheckpointError(f"{source}: a model for vocab {config.vocab_size} ({tokenizer}), DNA models here read "
+                              f"the {VOCAB_SIZE}-token {TOKENIZER} tokenizer")
+
+
+def torch_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a missing GPU is a UserError."""
+    from mamba_bio_audio.training.trainer import resolve_device
+
+    accelerator, devices = resolve_device(name)  # validates the name and the GPU count
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda", devices[0]) if isinstance(devices, list) else torch.device("cuda")
+
+
+def is_main_process() -> bool:
+    """False in the extra processes a multi-device run launches (they must not write the run's outputs)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+# ---- training set-up shared by species classification and LM pretraining -----------------------------------------
+@dataclass
+class TrainSettings:
+    """What a DNA training run needs besides its data. ``None`` means "the preset's value" (or "automatic").
+
+    length: window length in tokens. preset: a name in ``PRESETS`` (None: "tiny", or the shape of an ``init_from``).
+    warmup_min_length: first stage of the sequence-length warm-up (None: 2^14 when ``length`` > 2^14, else off;
+    0: off); stages double up to ``length``, ``warmup_stage_steps`` steps each (None: a tenth of ``max_steps``).
+    checkpoint_activations: None = on from 2^17 tokens. rc_prob: reverse-complement probability of a training
+    window. val_per_species: validation windows per species (0: no validation). val_every / checkpoint_every: steps
+    (None: five validations per run; 500).
+    """
+
+    length: int
+    max_steps: int = 1000
+    preset: str | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    accumulate: int = 1
+    warmup_min_length: int | None = None
+    warmup_stage_steps: int | None = None
+    checkpoint_activations: bool | None = None
+    rc_prob: float = 0.5
+    max_n_fraction: float = 0.1
+    val_per_species: int = 8
+    val_every: int | None = None
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    device: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.length < 2:
+            raise UserError(f"--length must be at least 2, got {self.length}")
+        if self.max_steps < 1:
+            raise UserError(f"--max-steps must be positive, got {self.max_steps}")
+        if not 0 <= self.rc_prob <= 1:
+            raise UserError(f"--rc-prob must lie in [0, 1], got {self.rc_prob}")
+
+
+def batch_size_for(preset: DnaPreset, settings: TrainSettings) -> int:
+    """The given batch size, else the preset's, capped at its token budget (at least one window)."""
+    if settings.batch_size is not None:
+        if settings.batch_size < 1:
+            raise UserError(f"--batch-size must be positive, got {settings.batch_size}")
+        return settings.batch_size
+    return max(1, min(preset.batch_size, preset.max_batch_tokens // settings.length))
+
+
+def warmup_stages(settings: TrainSettings) -> tuple[int, int] | None:
+    """``(min_length, steps_per_stage)`` of the sequence-length warm-up, or None when it is off."""
+    first = settings.warmup_min_length
+    if first is None:
+        first = WARMUP_ABOVE if settings.length > WARMUP_ABOVE else 0
+    if first == 0:
+        return None
+    stages = settings.length / first
+    if first < 1 or first >= settings.length or stages != 2 ** round(math.log2(stages)):
+        raise UserError(f"--warmup-min-length {first}: the window length {settings.length} must be it times a "
+                        f"power of two (the warm-up doubles the length each stage)")
+    steps = settings.warmup_stage_steps or max(1, settings.max_steps // 10)
+    return first, steps
+
+
+def trainer_config(settings: TrainSettings, callbacks: list, validate: bool) -> TrainerConfig:
+    val_every = settings.val_every if settings.val_every is not None else max(1, settings.max_steps // 5)
+    if not validate:
+        val_every = 0
+    return TrainerConfig(max_steps=settings.max_steps, device=settings.device, devices=settings.devices,
+                         strategy=settings.strategy, accumulate=settings.accumulate,
+                         checkpoint_every=settings.checkpoint_every, val_every=val_every,
+                         log_every=max(1, min(10, settings.max_steps // 10)),
+                         progress=settings.progress, callbacks=callbacks)
+
+
+def optim_config(preset: DnaPreset, settings: TrainSettings, lr: float) -> OptimConfig:
+    return OptimConfig(lr=lr, warmup=preset.warmup, min_lr_ratio=preset.min_lr_ratio, max_steps=settings.max_steps)
+
+
+def warmup_callbacks(settings: TrainSettings) -> tuple[list, dict | None]:
+    """The SeqLenWarmup callback (or none) and its JSON description."""
+    from mamba_bio_audio.training.callbacks import SeqLenWarmup, warmup_schedule
+
+    stages = warmup_stages(settings)
+    if stages is None:
+        return [], None
+    first, steps = stages
+    return [SeqLenWarmup(first, settings.length, steps)], {
+        "min_length": first, "steps_per_stage": steps,
+        "stages": [{"from_step": s, "length": n} for s, n in warmup_schedule(first, settings.length, steps)]}
+
+
+class WindowData(IndexedDataModule):
+    """:class:`~mamba_bio_audio.training.data.IndexedDataModule` of uint8 windows: ``input_ids`` become int64 only
+    after the copy to the device (a 2^20-base window moves as 1 MiB, not 8)."""
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        ids = batch["input_ids"]
+        return batch if ids.dtype == torch.long else {**batch, "input_ids": ids.long()}
+
+
+class WindowTokens:
+    """``sample_fn(i)`` of a :class:`WindowSampler`: ``{"input_ids": uint8 (length,)}`` plus ``"label"`` () int64
+    when ``labels``. A class rather than a closure, so DataLoader workers can pickle it."""
+
+    def __init__(self, sampler: WindowSampler, labels: bool):
+        self.sampler = sampler
+        self.labels = labels
+
+    def __call__(self, i: int) -> dict[str, torch.Tensor]:
+        tokens, label = self.sampler[i]
+        item = {"input_ids": torch.from_numpy(tokens)}
+        if self.labels:
+            item["label"] = torch.tensor(label, dtype=torch.long)
+        return item
+
+
+def open_store(path: str | os.PathLike) -> TokenStore:
+    store = TokenStore(path)
+    if store.meta.get("domain") != "dna":
+        raise DataError(f"{store.path}: not a DNA token store (made by 'mba species prepare' or 'mba dna pretrain')")
+    return store
+
+
+def validation_windows(store: TokenStore, settings: TrainSettings) -> tuple[WindowSet | None, str | None]:
+    """Fixed validation windows of the "val" split, or ``(None, why not)`` when the store cannot give them."""
+    if settings.val_per_species == 0:
+        return None, "--val-per-species 0"
+    try:
+        return eval_windows(store, "val", settings.length, settings.val_per_species, settings.seed + 1,
+                            max_n_fraction=settings.max_n_fraction), None
+    except DataError as e:
+        return None, str(e)
+
+
+def refuse_to_overwrite(out: Path, resume: bool) -> None:
+    """A fresh run must not silently add to a folder that already holds a training run."""
+    if not resume and last_checkpoint(out) is not None:
+        raise UserError(f"--out {out}: already holds a training run (checkpoints/last.ckpt); pass --resume to "
+                        f"continue it, or choose another folder")
+
+
+def train_and_export(task, datamodule, out: Path, tcfg: TrainerConfig, resume: bool) -> float:
+    """Fit (or resume), then on the main process save the model to ``out/model``; returns the training seconds."""
+    from mamba_bio_audio.training.trainer import fit
+
+    started = time.time()
+    fit(task, datamodule, out, tcfg, resume=resume)
+    seconds = time.time() - started
+    if is_main_process():
+        if tcfg.strategy == "fsdp":  # the in-memory weights are shards: read the full ones back from the checkpoint
+            # a file this run wrote moments ago; Lightning pickles its hyper-parameters, so weights_only cannot read it
+            ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            state = ckpt["state_dict"]
+            task.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+        task.model.save_pretrained(out / "model")
+    return seconds
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def batches(windows: Iterable[np.ndarray], batch_size: int | None = None) -> Iterator[np.ndarray]:
+    """Stack consecutive windows of equal length into ``(b, seqlen)`` arrays of at most ``batch_size`` rows
+    (None: :func:`eval_batch_size` of their length)."""
+    group: list[np.ndarray] = []
+    for w in windows:
+        if group and (w.size != group[0].size or len(group) == eval_batch_size(group[0].size, batch_size)):
+            yield np.stack(group)
+            group = []
+        group.append(np.asarray(w))
+    if group:
+        yield np.stack(group)
+
+
+def eval_batch_size(length: int, batch_size: int | None, budget_tokens: int = 2**18) -> int:
+    """The given batch size, else as many windows as fit ``budget_tokens`` (1 to 64)."""
+    return batch_size if batch_size else max(1, min(64, budget_tokens // max(1, length)))
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (as training), a no-op context on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                     enabled=False)
+
+
+# ---- genome LM pretraining ----------------------------------------------------------------------------------------
+@dataclass
+class PretrainPlan:
+    """A validated pretraining run, ready to :func:`run_pretraining`; nothing has been written yet."""
+
+    model: nn.Module
+    task: LMTask
+    datamodule: WindowData
+    trainer: TrainerConfig
+    val: WindowSet | None
+    summary: dict
+
+
+def plan_pretraining(store_path: str | os.PathLike, settings: TrainSettings) -> PretrainPlan:
+    """Build the MambaLM, its task and data for next-base prediction on ``store_path``'s train windows.
+
+    Raises DataError/UserError before anything is written (a missing store, windows longer than every record).
+    """
+    from mamba_bio_audio.models.lm import MambaLM
+
+    store = open_store(store_path)
+    preset = get_preset(settings.preset or "tiny")
+    sampler = WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
+                            rc_prob=settings.rc_prob, seed=settings.seed)
+    val, val_note = validation_windows(store, settings)
+    callbacks, warmup = warmup_callbacks(settings)
+    torch.manual_seed(settings.seed)
+    config = dataclasses.replace(preset.model_config(), extra=dna_extra(settings.length))
+    model = MambaLM(config)
+    model.gradient_checkpointing = use_checkpointing(settings)
+    batch = batch_size_for(preset, settings)
+    lr = settings.lr or preset.pretrain_lr
+    task = LMTask(model, optim_config(preset, settings, lr))
+    val_samples = [] if val is None else [{"input_ids": torch.from_numpy(t)} for t, _ in val]
+    datamodule = WindowData(WindowTokens(sampler, labels=False), batch, val_samples=val_samples,
+                            num_workers=settings.num_workers)
+    summary = {"preset": settings.preset or "tiny", "d_model": config.d_model, "n_layer": config.n_layer,
+               "parameters": param_count(model), "batch_size": batch,
+               "lr": lr, "sequence_length_warmup": warmup, "checkpoint_activations": model.gradient_checkpointing,
+               "species": sampler.species, "validation": val_note or f"{len(val)} windows of the val split"}
+    return PretrainPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary)
+
+
+def use_checkpointing(settings: TrainSettings) -> bool:
+    if settings.checkpoint_activations is not None:
+        return settings.checkpoint_activations
+    return settings.length >= CHECKPOINT_ACTIVATIONS_FROM
+
+
+def run_pretraining(plan: PretrainPlan, out: Path, resume: bool = False,
+                    batch_size: int | None = None) -> dict:
+    """Train, save ``out/model``, and return the metrics: val loss (nats per base), perplexity, bits per base."""
+    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
+    metrics = {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
+    if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
+        device = torch_device(plan.trainer.device)
+        metrics.update(lm_loss(plan.model, (t for t, _ in plan.val), batch_size, device))
+    return metrics
+
+
+@torch.inference_mode()
+def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | None = None,
+            device: torch.device | str = "cpu") -> dict:
+    """Next-base cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids; the model reads the first
+    ``seqlen - 1`` and predicts the last ``seqlen - 1``).
+
+    Returns ``{"val_loss": nats per base, "val_perplexity": exp(loss), "val_bits_per_base": loss / ln 2,
+    "val_tokens": predicted bases}``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    total, count = 0.0, 0
+    for batch in batches(windows, batch_size):
+        ids = torch.from_numpy(batch).to(device).long()
+        with autocast(device):
+            logits = model(ids[:, :-1])
+        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                 reduction="sum").item()
+        count += ids[:, 1:].numel()
+    if count == 0:
+        raise UserError("no windows to evaluate")
+    model.train(was_training)
+    loss = total / count
+    return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_bits_per_base": loss / LN2,
+            "val_tokens": count}

@@ -1,0 +1,411 @@
+"""Species classification of DNA windows: the library behind ``mba species`` and ``mba demo``.
+
+A :class:`~mamba_bio_audio.models.classifier.MambaClassifier` reads a window of token ids ``(batch, seqlen)`` and
+returns species logits ``(batch, num_species)`` from the hidden state of the last token (a causal model has read
+the whole window there), as in the Mamba paper's Great Apes task. The species names travel in the saved model's
+config (``config.extra["classifier"]["labels"]``) with the window length it was trained on
+(``config.extra["dna"]["window"]``).
+
+- training: :func:`plan_training` validates a run and builds it (nothing written), :func:`run_training` fits it;
+- evaluation: :func:`evaluate_lengths` scores a model on the same fixed windows (:func:`~mamba_bio_audio.data_prep.
+  dna.windows.eval_windows`) at each length, beside a k-mer frequency + logistic-regression baseline trained on
+  train-split windows of that length (:func:`kmer_baseline`); :func:`plot_accuracy_vs_length` draws the result;
+- prediction: :func:`predict_records` gives species probabilities per FASTA record or per window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamba_bio_audio.baselines import LogisticRegression
+from mamba_bio_audio.data_prep.dna.kmer import kmer_features
+from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, eval_windows
+from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.dna import (
+    TrainSettings,
+    WindowData,
+    WindowTokens,
+    autocast,
+    batch_size_for,
+    batches,
+    check_dna_config,
+    dna_extra,
+    get_preset,
+    model_dir,
+    open_store,
+    optim_config,
+    param_count,
+    preset_name_of,
+    torch_device,
+    train_and_export,
+    trainer_config,
+    use_checkpointing,
+    validation_windows,
+    warmup_callbacks,
+)
+from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.models.classifier import MambaClassifier
+from mamba_bio_audio.training.module import ClassificationTask
+from mamba_bio_audio.training.trainer import TrainerConfig
+
+BASELINE_K = 6
+BASELINE_L2 = 1.0
+BASELINE_NAME = "k-mer frequencies (k=6) + logistic regression"
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+def build_classifier(labels: Sequence[str], window: int, preset: str | None = None, bidirectional: bool = False,
+                     init_from: str | os.PathLike | None = None) -> MambaClassifier:
+    """A fresh classifier over ``labels`` for windows of ``window`` tokens.
+
+    Its shape is the preset's, or (no preset, ``init_from`` given) the pretrained LM's; ``init_from`` (a
+    ``mba dna pretrain`` run or model folder) then supplies the backbone weights (:func:`load_backbone`).
+    """
+    if init_from is not None and preset is None:
+        config = _pretrained_config(init_from)
+        config = dataclasses.replace(config, bidirectional=bidirectional, extra={})
+    else:
+        config = get_preset(preset or "tiny").model_config(bidirectional)
+    config = dataclasses.replace(config, extra=dna_extra(window))
+    model = MambaClassifier(config, num_classes=len(labels), pooling="last", labels=list(labels))
+    if init_from is not None:
+        load_backbone(model, init_from)
+    return model
+
+
+def _pretrained_config(path: str | os.PathLike):
+    from mamba_bio_audio.config import MambaConfig
+
+    folder = model_dir(path)
+    config = MambaConfig.load(folder / "config.json")
+    check_dna_config(config, folder)
+    return config
+
+
+def load_backbone(model: MambaClassifier, path: str | os.PathLike) -> None:
+    """Copy the backbone of a pretrained MambaLM (``mba dna pretrain``) into ``model``'s backbone.
+
+    A CheckpointError names the folder and the first tensor whose shape differs (different d_model or n_layer).
+    """
+    from mamba_bio_audio.models.lm import MambaLM
+
+    folder = model_dir(path)
+    lm = MambaLM.from_pretrained(folder)
+    check_dna_config(lm.config, folder)
+    source, target = lm.backbone.state_dict(), model.backbone.state_dict()
+    if len(source) != len(target) or lm.config.n_layer != model.config.n_layer:
+        raise CheckpointError(f"{folder}: the pretrained model has {lm.config.n_layer} layers, this classifier "
+                              f"{model.config.n_layer} (drop --preset to take the pretrained shape)")
+    for name, tensor in target.items():
+        if name not in source or source[name].shape != tensor.shape:
+            got = tuple(source[name].shape) if name in source else "nothing"
+            raise CheckpointError(f"{folder}: pretrained tensor backbone.{name} has shape {got}, this classifier "
+                                  f"needs {tuple(tensor.shape)} (drop --preset to take the pretrained shape)")
+    model.backbone.load_state_dict(source)
+
+
+def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu") -> MambaClassifier:
+    """A trained species classifier from a ``mba species train`` run folder (or its ``model/`` folder)."""
+    folder = model_dir(path)
+    try:
+        model = MambaClassifier.from_pretrained(folder)
+    except UserError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{folder}: not a species classifier ({e})") from None
+    check_dna_config(model.config, folder)
+    if not model.labels:
+        raise CheckpointError(f"{folder}: the classifier config holds no species labels")
+    return model.to(device).eval()
+
+
+def model_window(model: MambaClassifier) -> int | None:
+    """The window length the model was trained on (None if the config does not say)."""
+    return model.config.extra.get("dna", {}).get("window")
+
+
+def label_map(model_labels: Sequence[str], store: TokenStore) -> np.ndarray:
+    """``(num_store_species,)`` int64: the model's class index of each store label; a DataError if one is unknown."""
+    species = store.meta["species"]
+    unknown = [s for s in species if s not in model_labels]
+    if unknown:
+        raise DataError(f"{store.path}: species {', '.join(unknown)} unknown to the model (it knows "
+                        f"{', '.join(model_labels)})")
+    return np.array([list(model_labels).index(s) for s in species], dtype=np.int64)
+
+
+# ---- training -----------------------------------------------------------------------------------------------------
+@dataclass
+class SpeciesSettings(TrainSettings):
+    """:class:`~mamba_bio_audio.dna.TrainSettings` plus ``bidirectional`` mixers and ``init_from`` a pretrained LM."""
+
+    bidirectional: bool = False
+    init_from: str | None = None
+
+
+@dataclass
+class TrainingPlan:
+    """A validated species training run, ready for :func:`run_training`; nothing has been written yet."""
+
+    model: MambaClassifier
+    task: ClassificationTask
+    datamodule: WindowData
+    trainer: TrainerConfig
+    val: WindowSet | None
+    summary: dict
+
+
+def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> TrainingPlan:
+    """Build the classifier, its task and data: random RC-augmented train windows, fixed val windows.
+
+    Every problem of the inputs (missing store, a species without a record as long as the window, a pretrained
+    model of another shape) raises here, before the caller writes anything.
+    """
+    store = open_store(store_path)
+    labels = list(store.meta["species"])
+    if len(labels) < 2:
+        raise DataError(f"{store.path}: holds {len(labels)} species; classification needs at least 2")
+    sampler = WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
+                            rc_prob=settings.rc_prob, seed=settings.seed)
+    val, val_note = validation_windows(store, settings)
+    callbacks, warmup = warmup_callbacks(settings)
+    torch.manual_seed(settings.seed)
+    model = build_classifier(labels, settings.length, settings.preset, settings.bidirectional, settings.init_from)
+    model.gradient_checkpointing = use_checkpointing(settings)
+    preset_name = settings.preset or preset_name_of(model.config)  # an --init-from model of a preset's shape
+    preset = get_preset(preset_name or "tiny")
+    batch = batch_size_for(preset, settings)
+    lr = settings.lr or preset.lr
+    task = ClassificationTask(model, optim_config(preset, settings, lr))
+    val_samples = [] if val is None else [
+        {"input_ids": torch.from_numpy(t), "label": torch.tensor(y)} for t, y in val]
+    datamodule = WindowData(WindowTokens(sampler, labels=True), batch, val_samples=val_samples,
+                            num_workers=settings.num_workers)
+    summary = {"preset": preset_name or "pretrained (tiny's batch and lr)",
+               "d_model": model.config.d_model, "n_layer": model.config.n_layer,
+               "parameters": param_count(model), "batch_size": batch, "lr": lr, "labels": labels,
+               "train_species": sampler.species, "init_from": settings.init_from,
+               "bidirectional": settings.bidirectional, "sequence_length_warmup": warmup,
+               "checkpoint_activations": model.gradient_checkpointing,
+               "validation": val_note or f"{len(val)} windows of the val split"}
+    return TrainingPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary)
+
+
+def run_training(plan: TrainingPlan, out: Path, resume: bool = False) -> dict:
+    """Fit, save ``out/model``, and return the metrics (with the val accuracy at the training length if any)."""
+    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
+    metrics = {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
+    if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
+        probs = predict_proba(plan.model, (t for t, _ in plan.val), device=torch_device(plan.trainer.device))
+        metrics["val_accuracy"] = float((probs.argmax(1) == plan.val.labels).mean())
+        metrics["val_windows"] = len(plan.val)
+    return metrics
+
+
+# ---- inference ----------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def predict_proba(model: MambaClassifier, windows: Iterable[np.ndarray], batch_size: int | None = None,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Species probabilities ``(n, num_classes)`` float64 of windows (each ``(seqlen,)`` token ids, any lengths:
+    consecutive windows of equal length share a batch). bf16 autocast on CUDA."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    out = []
+    for batch in batches(windows, batch_size):
+        ids = torch.from_numpy(batch).to(device).long()
+        with autocast(device):
+            logits = model(ids)
+        out.append(torch.softmax(logits.double(), dim=-1).cpu().numpy())
+    model.train(was_training)
+    if not out:
+        return np.zeros((0, model.num_classes))
+    return np.concatenate(out)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(num_classes, num_classes)`` int64 counts: row = true class, column = predicted class."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def kmer_baseline(train: WindowSet, train_labels: np.ndarray, test: WindowSet, num_classes: int,
+                  k: int = BASELINE_K, l2: float = BASELINE_L2) -> np.ndarray:
+    """Class probabilities ``(len(test), num_classes)`` of a logistic regression on k-mer frequencies
+    (``(n, 4**k)`` features, :func:`~mamba_bio_audio.data_prep.dna.kmer.kmer_features`) fit on ``train`` windows
+    with labels ``train_labels`` ``(len(train),)``."""
+    model = LogisticRegression(l2=l2, num_classes=num_classes)
+    model.fit(kmer_features((t for t, _ in train), k), train_labels)
+    return model.predict_proba(kmer_features((t for t, _ in test), k))
+
+
+def evaluate_lengths(model: MambaClassifier, store_path: str | os.PathLike, lengths: Sequence[int], *,
+                     split: str = "test", per_species: int = 100, seed: int = 0, batch_size: int | None = None,
+                     device: torch.device | str = "cpu", baseline: bool = True,
+                     baseline_per_species: int | None = None, max_n_fraction: float = 0.1,
+                     log: Callable[[str], None] | None = None) -> dict:
+    """Accuracy and confusion matrix of ``model`` at each window length, beside the k-mer baseline.
+
+    At each length: ``per_species`` fixed windows of each species of ``split`` (the same windows on every call
+    with the same arguments), scored by the model and by a k-mer (k=6) logistic regression fit on
+    ``baseline_per_species`` (default: ``per_species``, at least 32) windows per species of the train split at that
+    length. Confusion matrices are in the model's label order.
+
+    Returns a JSON-ready dict: ``accuracy``, ``confusion_matrix``, ``baseline_accuracy`` of the first length,
+    ``labels``, ``chance``, and ``per_length``: one ``{"length", "windows", "accuracy", "confusion_matrix",
+    "baseline_accuracy", "baseline_confusion_matrix", "seconds"}`` per length.
+    """
+    store = open_store(store_path)
+    labels = list(model.labels)
+    to_model = label_map(labels, store)
+    C = len(labels)
+    baseline_per_species = baseline_per_species or max(per_species, 32)
+    rows = []
+    for length in lengths:
+        started = time.time()
+        test = eval_windows(store, split, length, per_species, seed, max_n_fraction=max_n_fraction)
+        y = to_model[test.labels]
+        pred = predict_proba(model, (t for t, _ in test), batch_size, device).argmax(1)
+        row = {"length": int(length), "windows": len(test), "species": len(np.unique(y)),
+               "accuracy": float((pred == y).mean()),
+               "confusion_matrix": confusion_matrix(y, pred, C).tolist()}
+        if baseline:
+            train = eval_windows(store, "train", length, baseline_per_species, seed + 1,
+                                 max_n_fraction=max_n_fraction)
+            base = kmer_baseline(train, to_model[train.labels], test, C).argmax(1)
+            row["baseline_accuracy"] = float((base == y).mean())
+            row["baseline_confusion_matrix"] = confusion_matrix(y, base, C).tolist()
+        row["seconds"] = round(time.time() - started, 2)
+        rows.append(row)
+        if log is not None:
+            log(format_row(row))
+    first = rows[0]
+    result = {"accuracy": first["accuracy"], "confusion_matrix": first["confusion_matrix"], "length": first["length"],
+              "labels": labels, "split": split, "per_species": per_species, "seed": seed,
+              "chance": 1.0 / first["species"], "per_length": rows}
+    if baseline:
+        result["baseline_accuracy"] = first["baseline_accuracy"]
+        result["baseline"] = {"name": BASELINE_NAME, "k": BASELINE_K, "l2": BASELINE_L2, "train_split": "train",
+                              "train_per_species": baseline_per_species}
+    return result
+
+
+def format_row(row: dict) -> str:
+    base = f"   k-mer baseline {row['baseline_accuracy']:.3f}" if "baseline_accuracy" in row else ""
+    return f"length {row['length']:>8}: accuracy {row['accuracy']:.3f}{base}   ({row['windows']} windows)"
+
+
+def accuracy_table(result: dict) -> str:
+    """A small plain-text table of :func:`evaluate_lengths`' result."""
+    lines = [f"{'length':>9}  {'mamba':>6}  {'6-mer LR':>8}  windows",
+             *(f"{r['length']:>9}  {r['accuracy']:>6.3f}  {r.get('baseline_accuracy', float('nan')):>8.3f}  "
+               f"{r['windows']:>7}" for r in result["per_length"])]
+    lines.append(f"(chance {result['chance']:.3f}; {result['split']} split)")
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_length(path: str | os.PathLike, result: dict, title: str = "") -> None:
+    """PNG of accuracy against window length (log2 axis): the model, the k-mer baseline and chance. Atomic write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["per_length"]
+    lengths = [r["length"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    ax.plot(lengths, [r["accuracy"] for r in rows], "o-", label="Mamba classifier")
+    if "baseline_accuracy" in rows[0]:
+        ax.plot(lengths, [r["baseline_accuracy"] for r in rows], "s--", label="6-mer logistic regression")
+    ax.axhline(result["chance"], color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths)
+    ax.set_xticklabels([_short(n) for n in lengths])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("window length (bases)")
+    ax.set_ylabel(f"accuracy ({result['split']} split)")
+    ax.set_title(title or "species accuracy vs window length", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _short(n: int) -> str:
+    for unit, size in (("M", 2**20), ("k", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+# ---- prediction on FASTA files ------------------------------------------------------------------------------------
+def window_starts(record_length: int, window: int, max_windows: int = 0) -> np.ndarray:
+    """Starts of non-overlapping windows tiling a record; the last one is moved back to end at the record's end.
+
+    A record shorter than ``window`` is one window ``[0]`` (shorter than the others). ``max_windows`` > 0 keeps that
+    many, evenly spaced.
+    """
+    if record_length <= window:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, record_length - window + 1, window)
+    if starts[-1] + window < record_length:
+        starts = np.append(starts, record_length - window)
+    if 0 < max_windows < starts.size:
+        starts = starts[np.linspace(0, starts.size - 1, max_windows).round().astype(np.int64)]
+    return starts
+
+
+def predict_records(model: MambaClassifier, paths: Sequence[str | os.PathLike], *, window: int | None = None,
+                    per_window: bool = False, max_windows: int = 0, batch_size: int | None = None,
+                    device: torch.device | str = "cpu", lenient: bool = False) -> Iterator[dict]:
+    """Species probabilities for every record of FASTA (or 2bit) files, or for every window of it.
+
+    Windows of ``window`` tokens (default: the model's training window) tile each record
+    (:func:`window_starts`). Yields, per record (``per_window`` False), ``{"file", "record", "length", "windows",
+    "probs": (num_classes,)}`` with the mean of its windows' probabilities, or, per window, ``{"file", "record",
+    "start", "end", "probs"}``. Files are read one record at a time; a bad file raises a DataError naming it.
+    """
+    from mamba_bio_audio.data_prep.dna.fasta import read_records
+
+    window = window or model_window(model)
+    if not window:
+        raise UserError("the model does not record its training window length: pass --window")
+    for path in paths:
+        for header, tokens in read_records(path, lenient):
+            starts = window_starts(tokens.size, window, max_windows)
+            probs = predict_proba(model, (tokens[s: s + window] for s in starts), batch_size, device)
+            if per_window:
+                for s, p in zip(starts.tolist(), probs):
+                    yield {"file": str(path), "record": header.id, "start": s, "end": min(s + window, tokens.size),
+                           "probs": p}
+            else:
+                yield {"file": str(path), "record": header.id, "length": int(tokens.size),
+                       "windows": int(starts.size), "probs": probs.mean(axis=0)}
+
+
+def predictions_tsv(rows: Iterable[dict], labels: Sequence[str]) -> str:
+    """Tab-separated text of :func:`predict_records` rows: the row's fields, ``predicted``, then one probability
+    column ``p_<species>`` per label (each row's probabilities sum to 1 up to the 6 printed decimals)."""
+    lines, keys = [], None
+    for row in rows:
+        if keys is None:
+            keys = [k for k in row if k != "probs"]
+            lines.append("\t".join([*keys, "predicted", *(f"p_{name}" for name in labels)]))
+        probs = row["probs"]
+        lines.append("\t".join([*(str(row[k]) for k in keys), labels[int(np.argmax(probs))],
+                                *(f"{p:.6f}" for p in probs)]))
+    return "\n".join(lines) + "\n" if lines else ""
+

@@ -1,0 +1,117 @@
+"""``mba dna pretrain``: next-base language model on genomes, the starting point of ``species train --init-from``.
+
+    mba dna pretrain --genomes DIR --out RUN --length 1024                 # a folder of FASTA files
+    mba dna pretrain --data STORE --out RUN --length 1024                  # a store from 'species prepare'
+    mba dna pretrain --bed sequences.bed --fasta hg38.fa.gz --out RUN ...  # HyenaDNA's hg38 intervals
+
+The work is done by :mod:`mamba_bio_audio.dna` (model presets, training, perplexity) and
+:mod:`mamba_bio_audio.data_prep.dna` (genomes or BED intervals -> token store -> windows).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.recipes.options import common_options
+from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json
+from mamba_bio_audio.recipes.species import DIR, PRESET_NAMES, echo_summary, write_run_config
+
+
+@click.group("dna")
+def dna() -> None:
+    """Genome language-model pretraining."""
+
+
+@dna.command("pretrain")
+@click.option("--genomes", type=click.Path(path_type=Path), default=None,
+              help="Folder of <species>.fa[.gz]/.2bit files (prepared into RUN/store).")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="An existing DNA token store.")
+@click.option("--bed", type=click.Path(path_type=Path), default=None,
+              help="BED intervals 'chrom start end [split]' over --fasta (HyenaDNA's sequences.bed).")
+@click.option("--fasta", type=click.Path(path_type=Path), default=None, help="The genome the --bed intervals cut.")
+@click.option("--split-by", type=click.Choice(["record", "strain", "fraction"]), default="record", show_default=True,
+              help="Held-out part of --genomes (see 'species prepare').")
+@click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
+@click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny", show_default=True, help="Model size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Windows per step [default: the preset's, at most its token budget].")
+@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: the preset's].")
+@click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
+              help="Sequence-length warm-up from this length [default: 16384 above 16384, else off; 0: off].")
+@click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
+              help="Steps per warm-up stage [default: max-steps / 10].")
+@click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
+              help="[default: on from 131072 bases]")
+@click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Probability of reverse-complementing a training window.")
+@click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@common_options
+def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: Path | None, split_by: str,
+             out: Path, length: int, max_steps: int, preset: str, batch_size: int | None, accumulate: int,
+             lr: float | None, warmup_min_length: int | None, warmup_stage_steps: int | None,
+             checkpoint_activations: bool | None, rc_prob: float, val_per_species: int, val_every: int | None,
+             checkpoint_every: int, num_workers: int, devices: int, strategy: str, resume: bool, device: str,
+             seed: int) -> None:
+    """Train a MambaLM to predict the next base; report val perplexity and bits per base."""
+    from mamba_bio_audio.data_prep.dna.bed import prepare_bed
+    from mamba_bio_audio.data_prep.dna.store import prepare_genomes
+    from mamba_bio_audio.dna import (
+        TrainSettings,
+        is_main_process,
+        plan_pretraining,
+        refuse_to_overwrite,
+        run_pretraining,
+    )
+
+    sources = [name for name, value in (("--genomes", genomes), ("--data", data), ("--bed", bed)) if value]
+    if len(sources) != 1:
+        raise UserError("give exactly one of --genomes DIR, --data STORE or --bed FILE --fasta FILE")
+    if (bed is None) != (fasta is None):
+        raise UserError("--bed and --fasta go together")
+    settings = TrainSettings(
+        length=length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
+        warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
+        checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
+        val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
+        devices=devices, strategy=strategy, seed=seed)
+    refuse_to_overwrite(out, resume)
+    created = not out.exists()
+    store = data or out / "store"
+    try:
+        if data is None and is_main_process() and not (resume and (store / "index.json").is_file()):
+            if genomes is not None:
+                prepare_genomes(genomes, store, split_by, seed=seed)
+            else:
+                prepare_bed(bed, fasta, store, extend_to=length)
+        plan = plan_pretraining(store, settings)
+    except Exception:
+        if created and out.exists() and is_main_process():  # leave no half-made run behind
+            shutil.rmtree(out)
+        raise
+    if is_main_process():
+        echo_summary(plan.summary)
+        prepare_out_dir(out)
+        write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
+                         lr=plan.summary["lr"])
+    metrics = run_pretraining(plan, out, resume=resume)
+    if is_main_process():
+        metrics["data"] = str(store)
+        write_json(out / "metrics.json", metrics)
+        if "val_perplexity" in metrics:
+            click.echo(f"val perplexity {metrics['val_perplexity']:.3f}, {metrics['val_bits_per_base']:.3f} bits per "
+                       f"base (uniform over A/C/G/T: 4, 2 bits)")
+        click.echo(f"{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")

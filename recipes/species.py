@@ -1,0 +1,215 @@
+"""``mba species prepare | train | evaluate | predict``: which species does a DNA window come from?
+
+    mba species prepare  --genomes DIR --out STORE --split-by strain
+    mba species train    --data STORE --out RUN --length 1024 [--preset paper-7m] [--init-from PRETRAINED]
+    mba species evaluate --checkpoint RUN --data STORE --lengths 1024,4096,16384 --out EVAL
+    mba species predict  --checkpoint RUN genome.fa ... --out preds.tsv [--window 1024]
+
+The work is done by :mod:`mamba_bio_audio.species` (models, training, evaluation, baseline, prediction) and
+:mod:`mamba_bio_audio.data_prep.dna` (genomes -> token store -> windows); these commands parse flags and write
+outputs. Every input is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mamba_bio_audio.recipes.options import common_options, config_option, device_option, parse_int_list
+from mamba_bio_audio.recipes.outputs import atomic_write_text, prepare_out_dir, write_json, write_yaml
+
+PRESET_NAMES = ("tiny", "paper-1.4m", "paper-7m")
+DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.group("species")
+def species() -> None:
+    """DNA species classification: prepare genomes, train, evaluate across window lengths, predict."""
+
+
+def write_run_config(out: Path, params: dict, **resolved) -> None:
+    """``out/config.yaml``: the command's option values (``resolved`` ones replaced by what the run used), so that
+    ``--config out/config.yaml`` repeats the run."""
+    values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+              for k, v in {**params, **resolved}.items()}
+    write_yaml(out / "config.yaml", values)
+
+
+def echo_summary(summary: dict) -> None:
+    click.echo(f"model: {summary['n_layer']} layers x d_model {summary['d_model']}, {summary['parameters']:,} "
+               f"parameters; batch {summary['batch_size']}, lr {summary['lr']:g}; validation: {summary['validation']}")
+    if summary.get("sequence_length_warmup"):
+        stages = summary["sequence_length_warmup"]["stages"]
+        click.echo("sequence-length warm-up: " + ", ".join(f"{s['length']} from step {s['from_step']}"
+                                                           for s in stages))
+
+
+# ---- prepare ------------------------------------------------------------------------------------------------------
+@species.command("prepare")
+@click.option("--genomes", type=click.Path(path_type=Path), required=True,
+              help="Folder of <species>.fa[.gz]/.2bit files or <species>/ folders of them.")
+@click.option("--out", type=DIR, required=True, help="Token store folder to write (replaced atomically).")
+@click.option("--split-by", type=click.Choice(["record", "strain", "fraction"]), default="record", show_default=True,
+              help="Hold out whole records (chromosomes), whole strains, or a region of every record.")
+@click.option("--val", "val_names", default=None, help="Comma-separated records/strains for val (default: drawn).")
+@click.option("--test", "test_names", default=None, help="Comma-separated records/strains for test (default: drawn).")
+@click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn held-out records/strains.")
+@config_option
+def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test_names: str | None,
+            lenient: bool, seed: int) -> None:
+    """Genome FASTA files -> a token store with species labels and train/val/test splits."""
+    from mamba_bio_audio.data_prep.dna.store import prepare_genomes
+    from mamba_bio_audio.data_prep.store import TokenStore
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    prepare_genomes(genomes, out, split_by, val=names(val_names), test=names(test_names), seed=seed,
+                    lenient=lenient)
+    bases: dict[str, dict[str, int]] = {}
+    for rec in TokenStore(out).records:
+        per_split = bases.setdefault(rec["species"], {})
+        per_split[rec["split"]] = per_split.get(rec["split"], 0) + rec["length"]
+    for name, per_split in bases.items():
+        click.echo(f"{name}: " + ", ".join(f"{split} {n:,}" for split, n in sorted(per_split.items())) + " bases")
+    click.echo(f"wrote {out}")
+
+
+# ---- train --------------------------------------------------------------------------------------------------------
+@species.command("train")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Token store from 'species prepare'.")
+@click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
+@click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="Model size [default: tiny, or the shape of --init-from].")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+              help="A 'dna pretrain' run (or its model/ folder) whose backbone starts the classifier.")
+@click.option("--bidirectional", is_flag=True, help="Each mixer also reads the window backwards (shared weights).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Windows per step [default: the preset's, at most its token budget].")
+@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batches per optimizer step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: the preset's].")
+@click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
+              help="Sequence-length warm-up from this length, doubling to --length at constant tokens per batch "
+                   "[default: 16384 above 16384, else off; 0: off].")
+@click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
+              help="Steps per warm-up stage [default: max-steps / 10].")
+@click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
+              help="Recompute activations in the backward pass [default: on from 131072 bases].")
+@click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Probability of reverse-complementing a training window.")
+@click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@common_options
+def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None, init_from: Path | None,
+          bidirectional: bool, batch_size: int | None, accumulate: int, lr: float | None,
+          warmup_min_length: int | None, warmup_stage_steps: int | None, checkpoint_activations: bool | None,
+          rc_prob: float, val_per_species: int, val_every: int | None, checkpoint_every: int, num_workers: int,
+          devices: int, strategy: str, resume: bool, device: str, seed: int) -> None:
+    """Train a MambaClassifier (last-token head) on random RC-augmented windows of the train split."""
+    from mamba_bio_audio.dna import is_main_process, refuse_to_overwrite
+    from mamba_bio_audio.species import SpeciesSettings, plan_training, run_training
+
+    settings = SpeciesSettings(
+        length=length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
+        warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
+        checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
+        val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
+        devices=devices, strategy=strategy, seed=seed, bidirectional=bidirectional,
+        init_from=None if init_from is None else str(init_from))
+    refuse_to_overwrite(out, resume)
+    plan = plan_training(data, settings)
+    if is_main_process():
+        echo_summary(plan.summary)
+        prepare_out_dir(out)
+        write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
+                         lr=plan.summary["lr"])
+    metrics = run_training(plan, out, resume=resume)
+    if is_main_process():
+        write_json(out / "metrics.json", metrics)
+        val = f"val accuracy {metrics['val_accuracy']:.3f}, " if "val_accuracy" in metrics else ""
+        click.echo(f"{val}{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")
+
+
+# ---- evaluate -----------------------------------------------------------------------------------------------------
+@species.command("evaluate")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A 'species train' run folder.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Token store to evaluate on.")
+@click.option("--lengths", default=None, help="Comma-separated window lengths [default: the training length].")
+@click.option("--out", type=DIR, required=True, help="Folder for metrics.json and accuracy_vs_length.png.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--per-species", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Fixed evaluation windows per species and length (and k-mer baseline training windows).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: by length]")
+@click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also score the 6-mer baseline.")
+@common_options
+def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split: str, per_species: int,
+             batch_size: int | None, baseline: bool, device: str, seed: int) -> None:
+    """Accuracy and confusion matrix per window length, beside a 6-mer logistic regression on the same windows."""
+    from mamba_bio_audio.dna import torch_device
+    from mamba_bio_audio.species import (
+        accuracy_table,
+        evaluate_lengths,
+        load_classifier,
+        model_window,
+        plot_accuracy_vs_length,
+    )
+
+    torch_dev = torch_device(device)
+    model = load_classifier(checkpoint, torch_dev)
+    window_lengths = parse_int_list(lengths, "--lengths") if lengths else [model_window(model) or 0]
+    if min(window_lengths) < 2:
+        raise click.BadParameter("window lengths must be at least 2 (the model does not record its own)",
+                                 param_hint="--lengths")
+    result = evaluate_lengths(model, data, window_lengths, split=split, per_species=per_species, seed=seed,
+                              batch_size=batch_size, device=torch_dev, baseline=baseline,
+                              log=lambda line: click.echo(line, err=True))
+    result.update(checkpoint=str(checkpoint), data=str(data))
+    prepare_out_dir(out)
+    write_run_config(out, click.get_current_context().params, lengths=",".join(map(str, window_lengths)))
+    write_json(out / "metrics.json", result)
+    plot_accuracy_vs_length(out / "accuracy_vs_length.png", result, title=f"{Path(checkpoint).name} on {Path(data).name}")
+    click.echo(accuracy_table(result))
+    click.echo(f"wrote {out}/: metrics.json, accuracy_vs_length.png, config.yaml")
+
+
+# ---- predict ------------------------------------------------------------------------------------------------------
+@species.command("predict")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A 'species train' run folder.")
+@click.argument("fasta", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TSV file to write.")
+@click.option("--window", type=click.IntRange(min=2), default=None,
+              help="One row per window of this length (default: one row per record, the mean over windows of "
+                   "the training length).")
+@click.option("--max-windows", type=click.IntRange(min=0), default=None,
+              help="At most this many evenly spaced windows per record, 0: all [default: 256 per record, all with "
+                   "--window].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: by window length]")
+@click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing.")
+@device_option
+@config_option
+def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | None, max_windows: int | None,
+            batch_size: int | None, lenient: bool, device: str) -> None:
+    """Species probabilities per record (or per window) of FASTA/2bit files, as a TSV."""
+    from mamba_bio_audio.dna import torch_device
+    from mamba_bio_audio.species import load_classifier, predict_records, predictions_tsv
+
+    torch_dev = torch_device(device)
+    model = load_classifier(checkpoint, torch_dev)
+    if max_windows is None:
+        max_windows = 0 if window else 256
+    rows = list(predict_records(model, fasta, window=window, per_window=window is not None,
+                                max_windows=max_windows, batch_size=batch_size, device=torch_dev, lenient=lenient))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, predictions_tsv(rows, model.labels))
+    click.echo(f"wrote {len(rows)} rows to {out}")
