@@ -2,7 +2,7 @@
 
 ``prepare`` (Speech Commands or an FSDD-layout folder -> token store), ``train`` (SaShiMi-style Mamba U-Net or a
 plain Mamba LM), ``generate`` (WAVs, log-likelihoods, spectrograms), ``train-classifier`` (the evaluation CNN),
-``evaluate`` (test NLL; FID / IS / mIS / AM of generated WAVs beside the real test set). recipes/README_sc09.md
+``evaluate`` (test NLL; FID / IS / mIS / AM of generated WAVs beside the real test set). README.md ("SC09")
 walks through the real run.
 """
 
