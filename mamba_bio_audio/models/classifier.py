@@ -10,12 +10,12 @@ import torch.nn as nn
 from mamba_bio_audio.checkpoint import PretrainedMixin
 from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.modules.block import MambaBackbone
+from mamba_bio_audio.modules.block import BackboneMixin, MambaBackbone
 
 POOLINGS = ("last", "mean")
 
 
-class MambaClassifier(nn.Module, PretrainedMixin):
+class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
     """input_ids (batch, seqlen) [+ attention_mask (batch, seqlen), True = real token] -> logits (batch, num_classes).
 
     pooling "last": the hidden state of the last real token (a causal model has then read the whole window);
@@ -44,14 +44,6 @@ class MambaClassifier(nn.Module, PretrainedMixin):
         self.labels = labels
         self.backbone = MambaBackbone(config)
         self.head = nn.Linear(config.d_model, num_classes)
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.backbone.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value: bool) -> None:
-        self.backbone.gradient_checkpointing = bool(value)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """hidden (batch, seqlen, d_model) -> (batch, d_model)."""

@@ -7,10 +7,10 @@ import torch.nn as nn
 
 from mamba_bio_audio.checkpoint import PretrainedMixin
 from mamba_bio_audio.config import MambaConfig
-from mamba_bio_audio.modules.block import MambaBackbone
+from mamba_bio_audio.modules.block import BackboneMixin, MambaBackbone
 
 
-class MambaLM(nn.Module, PretrainedMixin):
+class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
     """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab_size).
 
     The embedding and head are padded to ``config.padded_vocab_size`` (so mamba_ssm checkpoints load); the
@@ -27,14 +27,6 @@ class MambaLM(nn.Module, PretrainedMixin):
     def tie_weights(self) -> None:
         if self.config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.backbone.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value: bool) -> None:
-        self.backbone.gradient_checkpointing = bool(value)
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
                 num_last_tokens: int = 0) -> torch.Tensor:

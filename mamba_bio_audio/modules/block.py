@@ -124,3 +124,18 @@ class MambaBackbone(nn.Module):
 
     def allocate_states(self, batch_size: int, device=None, dtype=None) -> list[dict]:
         return [layer.mixer.allocate_state(batch_size, device, dtype) for layer in self.layers]
+
+
+class BackboneMixin:
+    """For models holding a ``self.backbone`` (MambaBackbone): ``model.gradient_checkpointing = True`` recomputes
+    each block in the backward pass (activation checkpointing)."""
+
+    backbone: MambaBackbone
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.backbone.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.backbone.gradient_checkpointing = bool(value)
