@@ -22,6 +22,7 @@ from mamba_bio_audio.data_prep.audio.dataset import AudioClipDataset
 from mamba_bio_audio.data_prep.audio.io import AUDIO_SUFFIXES, read_audio
 from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
 from mamba_bio_audio.errors import DataError, UserError
+from mamba_bio_audio.files import pyplot, save_figure
 
 LN2 = float(np.log(2.0))
 
@@ -210,10 +211,7 @@ def spectrogram_grid(path: str | os.PathLike, waves: torch.Tensor, sample_rate: 
 
     STFT: Hann window of ~32 ms (a power of two), hop a quarter of it; dB relative to each clip's peak, floor -80.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_fft = 1 << max(4, round(np.log2(0.032 * sample_rate)))
     n_fft = min(n_fft, 1 << int(np.log2(max(16, waves.shape[-1]))))
@@ -237,9 +235,5 @@ def spectrogram_grid(path: str | os.PathLike, waves: torch.Tensor, sample_rate: 
     axes[-1][0].set_xlabel("s", fontsize=7)
     axes[-1][0].set_ylabel("kHz", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return path

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mamba_bio_audio.errors import CheckpointError, UserError
+from mamba_bio_audio.files import atomic_write_text
 
 SSM_LAYERS = ("S6", "S4D")
 
@@ -128,10 +129,7 @@ class MambaConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write config JSON atomically (temp file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MambaConfig:

@@ -52,6 +52,7 @@ from mamba_bio_audio.dna import (
     warmup_callbacks,
 )
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.files import pyplot, save_figure
 from mamba_bio_audio.models.classifier import MambaClassifier
 from mamba_bio_audio.training.module import ClassificationTask
 from mamba_bio_audio.training.trainer import TrainerConfig
@@ -315,10 +316,7 @@ def accuracy_table(result: dict) -> str:
 
 def plot_accuracy_vs_length(path: str | os.PathLike, result: dict, title: str = "") -> None:
     """PNG of accuracy against window length (log2 axis): the model, the k-mer baseline and chance. Atomic write."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["per_length"]
     lengths = [r["length"] for r in rows]
@@ -337,11 +335,7 @@ def plot_accuracy_vs_length(path: str | os.PathLike, result: dict, title: str = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _short(n: int) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.files import atomic_write_text, pyplot, save_figure
+
+__all__ = ["atomic_write_text", "plot_curve", "prepare_out_dir", "read_csv_metric", "write_json", "write_yaml"]
 
 
 def prepare_out_dir(out: Path) -> Path:
@@ -19,11 +21,6 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -51,10 +48,7 @@ def read_csv_metric(logs_dir: Path, column: str) -> tuple[list[int], list[float]
 
 def plot_curve(path: Path, xs, ys, xlabel: str, ylabel: str, title: str) -> None:
     """A line plot saved as PNG (headless matplotlib), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(xs, ys)
@@ -63,8 +57,4 @@ def plot_curve(path: Path, xs, ys, xlabel: str, ylabel: str, title: str) -> None
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from mamba_bio_audio.files import atomic_write_text
+
 
 def environment() -> dict[str, Any]:
     import torch
@@ -51,9 +53,5 @@ def write_report(out_dir: Path, name: str, data: dict[str, Any], markdown: str) 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for suffix, text in ((".json", json.dumps(data, indent=2, default=str) + "\n"), (".md", markdown + "\n")):
-        path = out_dir / f"{name}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(atomic_write_text(out_dir / f"{name}{suffix}", text))
     return paths[0], paths[1]

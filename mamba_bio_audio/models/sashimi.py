@@ -53,6 +53,7 @@ from mamba_bio_audio.checkpoint import (
 )
 from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.errors import CheckpointError, UserError
+from mamba_bio_audio.files import atomic_write_text
 from mamba_bio_audio.modules.block import Block, init_weights, make_norm
 
 ARCHITECTURE = "sashimi"
@@ -133,10 +134,7 @@ class SashimiConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the config JSON atomically (temp file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SashimiConfig:
