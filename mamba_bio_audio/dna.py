@@ -79,7 +79,7 @@ class DnaPreset:
 
 
 PRESETS = {
-    "tiny": DnaPreset(d_model=64, n_layer=2, batch_size=16, max_batch_tokens=2**16, lr=2e-3, pretrain_lr=2e-3,
+    "tiny": DnaPreset(d_model=64, n_layer=2, batch_size=16, max_batch_tokens=2**16, lr=1e-2, pretrain_lr=2e-3,
                       warmup=0.1, min_lr_ratio=0.1),
     "paper-1.4m": DnaPreset(d_model=128, n_layer=12, batch_size=64, max_batch_tokens=2**20, lr=1e-4,
                             pretrain_lr=1e-3, warmup=0.5, min_lr_ratio=0.01),

@@ -64,8 +64,9 @@ BASELINE_NAME = "k-mer frequencies (k=6) + logistic regression"
 
 # ---- models -------------------------------------------------------------------------------------------------------
 def build_classifier(labels: Sequence[str], window: int, preset: str | None = None, bidirectional: bool = False,
-                     init_from: str | os.PathLike | None = None) -> MambaClassifier:
-    """A fresh classifier over ``labels`` for windows of ``window`` tokens.
+                     init_from: str | os.PathLike | None = None, pooling: str = "last") -> MambaClassifier:
+    """A fresh classifier over ``labels`` for windows of ``window`` tokens, pooling the ``"last"`` token's hidden
+    state (the paper's head) or the ``"mean"`` over the window.
 
     Its shape is the preset's, or (no preset, ``init_from`` given) the pretrained LM's; ``init_from`` (a
     ``mba dna pretrain`` run or model folder) then supplies the backbone weights (:func:`load_backbone`).
@@ -76,7 +77,7 @@ def build_classifier(labels: Sequence[str], window: int, preset: str | None = No
     else:
         config = get_preset(preset or "tiny").model_config(bidirectional)
     config = dataclasses.replace(config, extra=dna_extra(window))
-    model = MambaClassifier(config, num_classes=len(labels), pooling="last", labels=list(labels))
+    model = MambaClassifier(config, num_classes=len(labels), pooling=pooling, labels=list(labels))
     if init_from is not None:
         load_backbone(model, init_from)
     return model
@@ -146,10 +147,12 @@ def label_map(model_labels: Sequence[str], store: TokenStore) -> np.ndarray:
 # ---- training -----------------------------------------------------------------------------------------------------
 @dataclass
 class SpeciesSettings(TrainSettings):
-    """:class:`~mamba_bio_audio.dna.TrainSettings` plus ``bidirectional`` mixers and ``init_from`` a pretrained LM."""
+    """:class:`~mamba_bio_audio.dna.TrainSettings` plus ``bidirectional`` mixers, ``init_from`` a pretrained LM and
+    the classifier's ``pooling`` ("last" or "mean")."""
 
     bidirectional: bool = False
     init_from: str | None = None
+    pooling: str = "last"
 
 
 @dataclass
@@ -179,7 +182,8 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> T
     val, val_note = validation_windows(store, settings)
     callbacks, warmup = warmup_callbacks(settings)
     torch.manual_seed(settings.seed)
-    model = build_classifier(labels, settings.length, settings.preset, settings.bidirectional, settings.init_from)
+    model = build_classifier(labels, settings.length, settings.preset, settings.bidirectional, settings.init_from,
+                             settings.pooling)
     model.gradient_checkpointing = use_checkpointing(settings)
     preset_name = settings.preset or preset_name_of(model.config)  # an --init-from model of a preset's shape
     preset = get_preset(preset_name or "tiny")
@@ -194,7 +198,8 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> T
                "d_model": model.config.d_model, "n_layer": model.config.n_layer,
                "parameters": param_count(model), "batch_size": batch, "lr": lr, "labels": labels,
                "train_species": sampler.species, "init_from": settings.init_from,
-               "bidirectional": settings.bidirectional, "sequence_length_warmup": warmup,
+               "bidirectional": settings.bidirectional, "pooling": settings.pooling,
+               "sequence_length_warmup": warmup,
                "checkpoint_activations": model.gradient_checkpointing,
                "validation": val_note or f"{len(val)} windows of the val split"}
     return TrainingPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary)

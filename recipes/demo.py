@@ -31,12 +31,14 @@ from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json, write_y
 @click.option("--per-species", type=click.IntRange(min=1), default=8, show_default=True,
               help="Test windows per species and length.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--pooling", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+              help="Classifier head: the last base's hidden state (the paper's) or the window's mean.")
 @click.option("--species", "n_species", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--genome-length", type=click.IntRange(min=1000), default=50_000, show_default=True,
               help="Bases per synthetic strain (3 strains per species).")
 @common_options
 def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_species: int, batch_size: int,
-         n_species: int, genome_length: int, device: str, seed: int) -> None:
+         pooling: str, n_species: int, genome_length: int, device: str, seed: int) -> None:
     """Species classification on synthetic genomes: prepare, train a tiny model, evaluate across window lengths."""
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
     from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
@@ -56,7 +58,8 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
         raise UserError(f"window lengths must lie in 8..--genome-length ({genome_length}), got {length} and "
                         f"{eval_lengths}")
     settings = SpeciesSettings(length=length, max_steps=max_steps, preset="tiny", batch_size=batch_size,
-                               val_per_species=0, checkpoint_every=0, device=device, seed=seed, progress=False)
+                               pooling=pooling, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
+                               progress=False)
     torch_dev = torch_device(device)
     out = prepare_out_dir(out or Path("mba-demo"))
     write_yaml(out / "config.yaml", {"command": "demo", **click.get_current_context().params, "out": str(out)})
@@ -72,8 +75,7 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
         shutil.rmtree(out / "run")  # the previous demo's run
     train_metrics = run_training(plan, out / "run")
     click.echo(f"evaluating on {per_species} test windows per species and length ...")
-    result = evaluate_lengths(plan.model, store, lengths, per_species=per_species, seed=seed, device=torch_dev,
-                              log=click.echo)
+    result = evaluate_lengths(plan.model, store, lengths, per_species=per_species, seed=seed, device=torch_dev)
     result.update(train=train_metrics, synthetic=True, seconds=round(time.time() - started, 1))
     write_json(out / "metrics.json", result)
     plot_accuracy_vs_length(out / "accuracy_vs_length.png", result,

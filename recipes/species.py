@@ -88,6 +88,8 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="A 'dna pretrain' run (or its model/ folder) whose backbone starts the classifier.")
 @click.option("--bidirectional", is_flag=True, help="Each mixer also reads the window backwards (shared weights).")
+@click.option("--pooling", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+              help="Classify from the last base's hidden state (the paper's causal head) or the window's mean.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step [default: the preset's, at most its token budget].")
 @click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
@@ -112,7 +114,7 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @common_options
 def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None, init_from: Path | None,
-          bidirectional: bool, batch_size: int | None, accumulate: int, lr: float | None,
+          bidirectional: bool, pooling: str, batch_size: int | None, accumulate: int, lr: float | None,
           warmup_min_length: int | None, warmup_stage_steps: int | None, checkpoint_activations: bool | None,
           rc_prob: float, val_per_species: int, val_every: int | None, checkpoint_every: int, num_workers: int,
           devices: int, strategy: str, resume: bool, device: str, seed: int) -> None:
@@ -125,7 +127,7 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
         warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
-        devices=devices, strategy=strategy, seed=seed, bidirectional=bidirectional,
+        devices=devices, strategy=strategy, seed=seed, bidirectional=bidirectional, pooling=pooling,
         init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
     plan = plan_training(data, settings)
@@ -149,7 +151,8 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
 @click.option("--out", type=DIR, required=True, help="Folder for metrics.json and accuracy_vs_length.png.")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--per-species", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Fixed evaluation windows per species and length (and k-mer baseline training windows).")
+              help="Fixed evaluation windows per species and length; the k-mer baseline trains on as many "
+                   "train-split windows (at least 32).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: by length]")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also score the 6-mer baseline.")
 @common_options
@@ -178,7 +181,8 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
     prepare_out_dir(out)
     write_run_config(out, click.get_current_context().params, lengths=",".join(map(str, window_lengths)))
     write_json(out / "metrics.json", result)
-    plot_accuracy_vs_length(out / "accuracy_vs_length.png", result, title=f"{Path(checkpoint).name} on {Path(data).name}")
+    plot_accuracy_vs_length(out / "accuracy_vs_length.png", result,
+                            title=f"{Path(checkpoint).name} on {Path(data).name}, {split} split")
     click.echo(accuracy_table(result))
     click.echo(f"wrote {out}/: metrics.json, accuracy_vs_length.png, config.yaml")
 

@@ -56,12 +56,13 @@ DEMO_SMALL = ["--genome-length", "3000", "--species", "3", "--per-species", "2",
 def test_config_yaml_values_and_flag_override(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("max_steps: 1\nlength: 32\neval-lengths: '32'\nbatch-size: 3\n")
+    cfg.write_text("max_steps: 1\nlength: 32\neval-lengths: '32'\nbatch-size: 3\npooling: mean\n")
     code, out, err = run(["demo", "--config", str(cfg), "--out", str(tmp_path / "d"), *DEMO_SMALL[:6],
                           "--length", "48"], capsys)
     assert code == 0, err
     written = (tmp_path / "d" / "config.yaml").read_text()
     assert "max_steps: 1" in written and "length: 48" in written and "batch_size: 3" in written
+    assert "pooling: mean" in written
     (tmp_path / "bad.yaml").write_text("colour: red\n")
     code, _, err = run(["demo", "--config", str(tmp_path / "bad.yaml")], capsys)
     assert code == 2 and "unknown options colour" in err

@@ -104,5 +104,5 @@ def fit(task: pl.LightningModule, datamodule: pl.LightningDataModule, out_dir: s
             raise UserError(f"--resume: no checkpoint to resume from in {Path(out_dir) / 'checkpoints'}")
     trainer = make_trainer(out_dir, cfg)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     return trainer

@@ -146,7 +146,8 @@ def test_warmup_checkpointing_and_bidirectional(store, work, capsys):
     out = work / "warm"
     code, stdout, err = run(["species", "train", "--data", store, "--out", out, "--length", "128", "--max-steps", "3",
                              "--batch-size", "2", "--warmup-min-length", "32", "--warmup-stage-steps", "1",
-                             "--checkpoint-activations", "--bidirectional", "--val-per-species", "0",
+                             "--checkpoint-activations", "--bidirectional", "--pooling", "mean",
+                             "--val-per-species", "0",
                              "--device", "cpu"], capsys)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
@@ -157,7 +158,8 @@ def test_warmup_checkpointing_and_bidirectional(store, work, capsys):
     logged = (out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
     seqlens = [row.split(",")[logged[0].split(",").index("train/seqlen")] for row in logged[1:]]
     assert {float(x) for x in seqlens if x} == {32.0, 64.0}  # logged while folded; the last stage is unfolded
-    assert json.loads((out / "model" / "config.json").read_text())["bidirectional"] is True
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["bidirectional"] is True and config["extra"]["classifier"]["pooling"] == "mean"
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
