@@ -18,7 +18,13 @@ import click
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.options import common_options
 from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json
-from mamba_bio_audio.recipes.species import DIR, PRESET_NAMES, echo_summary, write_run_config
+from mamba_bio_audio.recipes.species import (
+    DIR,
+    PRESET_NAMES,
+    echo_summary,
+    window_training_options,
+    write_run_config,
+)
 
 
 @click.group("dna")
@@ -41,24 +47,9 @@ def dna() -> None:
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny", show_default=True, help="Model size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step [default: the preset's, at most its token budget].")
-@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate [default: the preset's].")
-@click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
-              help="Sequence-length warm-up from this length [default: 16384 above 16384, else off; 0: off].")
-@click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
-              help="Steps per warm-up stage [default: max-steps / 10].")
-@click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
-              help="[default: on from 131072 bases]")
 @click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Probability of reverse-complementing a training window.")
-@click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True)
-@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@window_training_options
 @common_options
 def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: Path | None, split_by: str,
              out: Path, length: int, max_steps: int, preset: str, batch_size: int | None, accumulate: int,

@@ -23,6 +23,33 @@ PRESET_NAMES = ("tiny", "paper-1.4m", "paper-7m")
 DIR = click.Path(file_okay=False, path_type=Path)
 
 
+def window_training_options(f):
+    """Options shared by ``species train`` and ``dna pretrain``: batch, schedule, sequence-length warm-up,
+    activation checkpointing, validation, checkpoints, workers, devices and ``--resume``."""
+    for option in reversed([
+        click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Batches per optimizer step."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Peak learning rate [default: the preset's]."),
+        click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
+                     help="Sequence-length warm-up from this length, doubling to --length at constant tokens per batch "
+                          "[default: 16384 above 16384, else off; 0: off]."),
+        click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
+                     help="Steps per warm-up stage [default: max-steps / 10]."),
+        click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
+                     help="Recompute activations in the backward pass [default: on from 131072 bases]."),
+        click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True),
+        click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]"),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True),
+        click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+    ]):
+        f = option(f)
+    return f
+
+
 @click.group("species")
 def species() -> None:
     """DNA species classification: prepare genomes, train, evaluate across window lengths, predict."""
@@ -92,26 +119,9 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
               help="Classify from the last base's hidden state (the paper's causal head) or the window's mean.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step [default: the preset's, at most its token budget].")
-@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batches per optimizer step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate [default: the preset's].")
-@click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
-              help="Sequence-length warm-up from this length, doubling to --length at constant tokens per batch "
-                   "[default: 16384 above 16384, else off; 0: off].")
-@click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
-              help="Steps per warm-up stage [default: max-steps / 10].")
-@click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
-              help="Recompute activations in the backward pass [default: on from 131072 bases].")
 @click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability of reverse-complementing a training window.")
-@click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True)
-@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@window_training_options
 @common_options
 def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None, init_from: Path | None,
           bidirectional: bool, pooling: str, batch_size: int | None, accumulate: int, lr: float | None,
