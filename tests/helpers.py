@@ -30,3 +30,23 @@ def scan_inputs(batch, dim, seqlen, d_state, *, bc="input", groups=1, dtype=torc
 
 def tensor_inputs(kwargs):
     return {k: v for k, v in kwargs.items() if torch.is_tensor(v)}
+
+
+def run_cli(args, capsys):
+    """Run ``mba ARGS`` in-process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from mamba_bio_audio.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """A user mistake: exit code 2, one line on stderr naming each fragment, no traceback."""
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err

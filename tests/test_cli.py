@@ -9,14 +9,8 @@ import sys
 import pytest
 
 from mamba_bio_audio import __version__
-from mamba_bio_audio.cli import main
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from helpers import run_cli as run
 
 
 def test_version_and_help(capsys):

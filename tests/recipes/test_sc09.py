@@ -14,21 +14,12 @@ import torch
 from mamba_bio_audio.cli import main
 from mamba_bio_audio.data_prep.audio.synthetic import write_synthetic_digits
 
+from helpers import assert_one_line_error
+from helpers import run_cli as run
+
 RATE, CLIP = 8000, 800
 
 
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, fragment):
-    assert code == 2, err
-    assert fragment in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
 
 
 @pytest.fixture(autouse=True)

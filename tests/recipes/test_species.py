@@ -14,22 +14,13 @@ import yaml
 from mamba_bio_audio.cli import main
 from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
 
+from helpers import assert_one_line_error
+from helpers import run_cli as run
+
 TRAIN = ["--length", "64", "--batch-size", "4", "--val-per-species", "2", "--checkpoint-every", "1",
          "--device", "cpu"]
 
 
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 @pytest.fixture(scope="module")

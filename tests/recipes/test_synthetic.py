@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mamba_bio_audio.cli import main
 from mamba_bio_audio.recipes import synthetic
 from mamba_bio_audio.recipes.synthetic import TaskPreset, run_task
+
+from helpers import run_cli as run
 
 
 @pytest.fixture
@@ -21,12 +22,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 # ---- learning: short versions of both tasks reach high accuracy within a bounded number of steps --------------------
