@@ -27,7 +27,7 @@ import torch
 from mamba_bio_audio.checkpoint import CONFIG_NAME
 from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
 from mamba_bio_audio.errors import CheckpointError
-from mamba_bio_audio.generation import sample_next
+from mamba_bio_audio.generation import sample_next, seeded_generator
 
 MODEL_FOLDER = "model"  # where a training run keeps its save_pretrained folder
 
@@ -120,10 +120,7 @@ def generate(model, batch_size: int, num_samples: int, *, temperature: float = 1
         raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    generator = seeded_generator(seed, device)
     was_training = model.training
     model.eval()
     try:

@@ -22,6 +22,15 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def seeded_generator(seed: int | None, device) -> torch.Generator | None:
+    """A torch.Generator on ``device`` seeded with ``seed``, or None (global RNG) when seed is None."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None) -> torch.Tensor:
     """logits (batch, vocab) -> token ids (batch,). temperature 0 = argmax."""
@@ -40,10 +49,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0:
         raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0")
     device = input_ids.device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    generator = seeded_generator(seed, device)
     was_training = model.training
     model.eval()
     try:
