@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from mamba_bio_audio.checkpoint import CONFIG_NAME
+from mamba_bio_audio.cuda_graph import GraphedStep
 from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
 from mamba_bio_audio.errors import CheckpointError
 from mamba_bio_audio.generation import sample_next, seeded_generator
@@ -43,57 +44,6 @@ class GeneratedAudio:
     def bits_per_sample(self) -> torch.Tensor:
         """``-log2 p(sequence) / num_samples`` per sequence, ``(batch,)``."""
         return -self.log_likelihood / (self.tokens.shape[1] * torch.log(torch.tensor(2.0, dtype=torch.float64)))
-
-
-def _reset_state(state) -> None:
-    """Zero every tensor of a (nested) recurrent state in place and set its position counter ``"t"`` to 0."""
-    items = state.items() if isinstance(state, dict) else enumerate(state)
-    for key, value in items:
-        if torch.is_tensor(value):
-            value.zero_()
-        elif isinstance(value, dict | list):
-            _reset_state(value)
-        elif key == "t":
-            state[key] = 0
-
-
-class GraphedStep:
-    """``model.step`` captured as CUDA graphs, one per phase ``t mod step_period`` of the decode schedule.
-
-    Call with the next input ids ``(batch,)`` at positions 0, 1, 2, ... in order; returns that position's logits
-    ``(batch, vocab)`` (a view into graph memory, valid until the next call). ``state`` is the model's recurrent
-    state (from ``allocate_inference_cache``), reset to zero at the end of construction.
-    """
-
-    def __init__(self, model, state, batch_size: int, device: torch.device):
-        self.model, self.state = model, state
-        self.period = int(getattr(model, "step_period", 1))
-        self.ids = torch.full((batch_size,), SILENCE_TOKEN, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up (kernel compilation, lazy init) outside the capture
-            for _ in range(self.period):
-                model.step(self.ids, state)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graphs, self.logits, pool = [], [], None
-        for phase in range(self.period):
-            _reset_state(state)
-            if isinstance(state, dict) and "t" in state:
-                state["t"] = phase
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits.append(model.step(self.ids, state))
-            pool = graph.pool()
-            self.graphs.append(graph)
-        _reset_state(state)
-        self.t = 0
-
-    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        self.ids.copy_(input_ids)
-        phase = self.t % self.period
-        self.graphs[phase].replay()
-        self.t += 1
-        return self.logits[phase]
 
 
 @torch.no_grad()
@@ -127,7 +77,8 @@ def generate(model, batch_size: int, num_samples: int, *, temperature: float = 1
         state = model.allocate_inference_cache(batch_size, device=device, dtype=param.dtype)
         step = lambda ids: model.step(ids, state)
         if cuda_graph or (cuda_graph is None and device.type == "cuda"):
-            step = GraphedStep(model, state, batch_size, device)
+            step = GraphedStep(step, state, batch_size, device, period=int(getattr(model, "step_period", 1)),
+                               fill_token=start_token)
         tokens = torch.empty(batch_size, num_samples, dtype=torch.long, device=device)
         log_likelihood = torch.zeros(batch_size, dtype=torch.float64, device=device)
         current = torch.full((batch_size,), start_token, dtype=torch.long, device=device)
