@@ -1,8 +1,18 @@
-"""Sampling from a MambaLM: prefill the prompt with the parallel scan, then one recurrent step per token."""
+"""Sampling from a language model: prefill the prompt in parallel, then one step per new token.
+
+:func:`decode_loop` is the loop every LM shares (the MambaLM here, the Transformer baseline with its KV cache);
+:class:`Decoder` holds a MambaLM's recurrent states and its step, replayed as a CUDA graph on CUDA
+(:class:`mamba_bio_audio.cuda_graph.GraphedStep`); the eager path calls the same step function.
+Sampling (:func:`sample_next`) always runs outside the graph, on the logits the step returns.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from mamba_bio_audio.cuda_graph import GraphedStep
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -41,31 +51,110 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int | None = None, progress: bool | None = None) -> torch.Tensor:
-    """See :meth:`mamba_bio_audio.models.lm.MambaLM.generate`. Returns (batch, prompt_len + max_new_tokens)."""
+def check_generate_args(input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int,
+                        top_p: float) -> None:
+    """ValueError unless input_ids is (batch, prompt_len >= 1) and the sampling settings are in range."""
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
         raise ValueError(f"input_ids must be (batch, prompt_len >= 1), got shape {tuple(input_ids.shape)}")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 0:
         raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 0")
-    device = input_ids.device
-    generator = seeded_generator(seed, device)
-    was_training = model.training
-    model.eval()
-    try:
-        states = model.allocate_inference_cache(input_ids.shape[0], device=device)
-        logits = model(input_ids, states=states, num_last_tokens=1)[:, -1]
-        tokens = [input_ids]
-        steps = range(max_new_tokens)
-        if progress or (progress is None and max_new_tokens >= 4096):
-            from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc="generate", unit="tok")
-        for i in steps:
-            next_ids = sample_next(logits, temperature, top_k, top_p, generator)
-            tokens.append(next_ids[:, None])
-            if i + 1 < max_new_tokens:
-                logits = model.step(next_ids, states)
-        return torch.cat(tokens, dim=1)
-    finally:
-        model.train(was_training)
+
+def decode_loop(logits: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
+                max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None, progress: bool | None = None) -> torch.Tensor:
+    """Sample ``max_new_tokens`` tokens after a prefilled prompt.
+
+    Args:
+        logits: (batch, vocab), the prediction after the prompt's last token (from the prefill).
+        step: ``ids (batch,) -> logits (batch, vocab)`` for the next position (advances the model's cache).
+        input_ids: (batch, prompt_len), the prompt (copied into the output).
+        temperature, top_k, top_p, generator: see :func:`sample_next`.
+        progress: a tqdm bar (None: only for long runs, >= 4096 tokens).
+    Returns:
+        (batch, prompt_len + max_new_tokens) int64 on the prompt's device.
+    """
+    batch, prompt_len = input_ids.shape
+    out = torch.empty(batch, prompt_len + max_new_tokens, dtype=torch.long, device=input_ids.device)
+    out[:, :prompt_len] = input_ids
+    steps = range(max_new_tokens)
+    if progress or (progress is None and max_new_tokens >= 4096):
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="generate", unit="tok")
+    for i in steps:
+        next_ids = sample_next(logits, temperature, top_k, top_p, generator)
+        out[:, prompt_len + i] = next_ids
+        if i + 1 < max_new_tokens:
+            logits = step(next_ids)
+    return out
+
+
+def use_cuda_graph(cuda_graph: bool | None, device: torch.device) -> bool:
+    """Graphs on CUDA unless ``cuda_graph`` is False; never on other devices (eager there)."""
+    return device.type == "cuda" and cuda_graph is not False
+
+
+class Decoder:
+    """Reusable decoding for one MambaLM at one batch size: its recurrent states and its decode step.
+
+    ``decoder = Decoder(model, batch_size)`` allocates the states (``model.allocate_inference_cache``) and, on
+    CUDA (unless ``cuda_graph=False``), captures ``model.step`` as a CUDA graph once; every call
+    ``decoder(input_ids, max_new_tokens, ...)`` then prefills the prompt into the same state buffers (in place)
+    and replays the graph per token. Build one to generate repeatedly without paying for the capture each time
+    (benchmarks do); :meth:`MambaLM.generate` builds one per call. The graph reads the model's parameters where
+    they are: update them in place (an optimizer step, ``load_state_dict``) and the graph follows; move or cast
+    the model (``.to``, ``.half``) or change its backend and you need a new Decoder.
+    """
+
+    def __init__(self, model, batch_size: int, cuda_graph: bool | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.batch_size = model, batch_size
+        self.device = next(model.parameters()).device
+        self.graphed = use_cuda_graph(cuda_graph, self.device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                self.states = model.allocate_inference_cache(batch_size, device=self.device)
+                self.step = self.eager_step
+                if self.graphed:
+                    self.step = GraphedStep(self.eager_step, self.states, batch_size, self.device)
+        finally:
+            model.train(was_training)
+
+    def eager_step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (batch,) -> logits (batch, vocab); the states advance in place (also what the graph runs)."""
+        return self.model.step(input_ids, self.states)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, progress: bool | None = None) -> torch.Tensor:
+        """input_ids (batch, prompt_len) -> (batch, prompt_len + max_new_tokens); see :meth:`MambaLM.generate`."""
+        check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
+        if input_ids.shape[0] != self.batch_size:
+            raise ValueError(f"this Decoder was built for batch {self.batch_size}, got {input_ids.shape[0]} prompts")
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            input_ids = input_ids.to(self.device)
+            generator = seeded_generator(seed, self.device)
+            # the prefill overwrites every state tensor in place, so the graph's buffers now hold the prompt's state
+            logits = model(input_ids, states=self.states, num_last_tokens=1)[:, -1]
+            if self.graphed:
+                self.step.t = 0
+            return decode_loop(logits, self.step, input_ids, max_new_tokens, temperature, top_k, top_p, generator,
+                               progress)
+        finally:
+            model.train(was_training)
+
+
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None, progress: bool | None = None,
+             cuda_graph: bool | None = None) -> torch.Tensor:
+    """See :meth:`mamba_bio_audio.models.lm.MambaLM.generate`. Returns (batch, prompt_len + max_new_tokens)."""
+    check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
+    return Decoder(model, input_ids.shape[0], cuda_graph)(input_ids, max_new_tokens, temperature, top_k, top_p,
+                                                          seed, progress)

@@ -51,13 +51,17 @@ class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, progress: bool | None = None) -> torch.Tensor:
+                 top_p: float = 1.0, seed: int | None = None, progress: bool | None = None,
+                 cuda_graph: bool | None = None) -> torch.Tensor:
         """Sample a continuation: input_ids (batch, prompt_len) -> (batch, prompt_len + max_new_tokens).
 
         The prompt is read once by the parallel scan (prefill); then one recurrent :meth:`step` per new token.
         temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters; ``seed`` makes sampling repeatable.
+        On CUDA the step is captured once as a CUDA graph and replayed per token (``cuda_graph=False``: eager);
+        on other devices it runs eagerly whatever ``cuda_graph`` says. To generate repeatedly without capturing
+        each time, build a :class:`mamba_bio_audio.generation.Decoder` once and call it.
         """
         from mamba_bio_audio.generation import generate
 
         return generate(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, cuda_graph=cuda_graph)
