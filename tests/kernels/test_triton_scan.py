@@ -126,6 +126,16 @@ def test_fp32_matches_oracle(case):
 
 
 @cpu_only
+@pytest.mark.parametrize("bias", [True, False])
+def test_softplus_over_a_wide_range(bias):
+    """delta + bias from about -18 to 18: dt from ~1e-8 to 18, so the softplus pass and the sigmoid recovered
+    from dt in the backward (series below dt = 1/16, 1 - exp(-dt) above) are both exercised."""
+    leaves = make_inputs(2, 6, 21, 4, seed=7, bias=bias)
+    leaves[1] = leaves[1] * 12  # delta: scale 0.5 -> 6
+    assert_matches(leaves, softplus=True, seed=7, **SMALL)
+
+
+@cpu_only
 def test_backward_in_waves(monkeypatch):
     """dB/dC partials bounded to one channel block per launch: waves that split B/C groups still sum right."""
     monkeypatch.setattr(triton_scan, "PARTIAL_BYTES", 1)

@@ -1,0 +1,149 @@
+"""Count the SASS instructions of the Triton scan kernels for sm_90, offline (no GPU needed).
+
+    python tools/sass_count.py [fwd|bwd ...] [--chunk 8 --block-d 8 --warps 1]
+
+Compiles with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``, disassembles with the
+cuobjdump bundled with Triton, and prints the instruction count per opcode class for the whole kernel and for its
+hottest loop (the longest backward branch target range). Used to compare kernel variants before spending GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import types
+
+try:
+    import torch  # noqa: F401
+except ImportError:  # a Triton-only environment (e.g. another Triton version): stub what the module body touches
+    _torch = types.ModuleType("torch")
+    _torch.autograd = types.SimpleNamespace(Function=object)
+    sys.modules["torch"] = _torch
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+_module = os.environ.get("SCAN_MODULE")  # a scratch copy of triton_scan.py to try a variant
+if _module:
+    _spec = importlib.util.spec_from_file_location("scan_variant", _module)
+    ts = importlib.util.module_from_spec(_spec)
+    sys.modules["scan_variant"] = ts
+    _spec.loader.exec_module(ts)
+else:
+    from kernels.selective_scan import triton_scan as ts  # noqa: E402
+
+
+def compile_kernel(kernel, constexprs: dict, dtypes: dict, num_warps: int):
+    params = kernel.params
+    sig = {}
+    for p in params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = "*" + dtypes.get(p.name, "fp32")
+        else:
+            sig[p.name] = "i32"
+    src = ASTSource(fn=kernel, signature=sig, constexprs={k: v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def sass(compiled) -> list[str]:
+    cubin = compiled.asm["cubin"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    return [line for line in text.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+
+
+def opcode(line: str) -> str:
+    body = line.split("*/", 1)[1].strip()
+    body = re.sub(r"^@!?U?P\w+\s+", "", body)
+    return body.split()[0].split(".")[0] if body else "?"
+
+
+def classify(op: str) -> str:
+    if op in ("SHFL",):
+        return "shfl"
+    if op in ("MUFU",):
+        return "mufu"
+    if op.startswith(("FFMA", "FMUL", "FADD", "FSEL", "FSETP", "FMNMX", "FCHK", "FSET")):
+        return "fp32"
+    if op.startswith(("LDG", "STG", "LDGSTS")):
+        return "global"
+    if op.startswith(("LDS", "STS", "BAR", "LDSM")):
+        return "shared"
+    if op.startswith(("IMAD", "IADD", "LEA", "ISETP", "LOP", "SHF", "SEL", "IABS", "IMNMX", "PRMT", "SGXT", "UIADD",
+                      "ULEA", "UISETP", "UIMAD", "USEL", "ULOP", "USHF", "UMOV", "PLOP", "P2R", "R2P", "IMUL", "VIADD")):
+        return "int/addr"
+    if op.startswith(("MOV", "S2R", "S2UR", "CS2R", "R2UR")):
+        return "mov"
+    if op.startswith(("F2F", "F2I", "I2F", "F2FP", "HADD", "HMUL", "HFMA")):
+        return "convert/half"
+    return "other"
+
+
+def loop_ranges(lines: list[str]) -> list[tuple[int, int]]:
+    addrs = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", ln).group(1), 16) for ln in lines]
+    ranges = []
+    for i, ln in enumerate(lines):
+        if "BRA" in ln:
+            tgt = re.search(r"0x([0-9a-f]+)", ln.split("BRA", 1)[1])
+            if tgt:
+                t = int(tgt.group(1), 16)
+                if t < addrs[i]:
+                    ranges.append((t, addrs[i]))
+    return ranges
+
+
+def report(name: str, lines: list[str]) -> None:
+    counts = collections.Counter(classify(opcode(ln)) for ln in lines)
+    print(f"{name}: {len(lines)} instructions  " + "  ".join(f"{k} {v}" for k, v in counts.most_common()))
+    ranges = loop_ranges(lines)
+    if ranges:
+        lo, hi = max(ranges, key=lambda r: r[1] - r[0])
+        body = [ln for ln in lines if lo <= int(re.match(r"\s+/\*([0-9a-f]{4})\*/", ln).group(1), 16) <= hi]
+        counts = collections.Counter(classify(opcode(ln)) for ln in body)
+        print(f"  longest loop: {len(body)} instructions  " + "  ".join(f"{k} {v}" for k, v in counts.most_common()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("which", nargs="*", default=["fwd", "bwd"])
+    ap.add_argument("--chunk", type=int, default=ts.DEFAULT_CHUNK)
+    ap.add_argument("--block-d", type=int, default=ts.DEFAULT_BLOCK_D)
+    ap.add_argument("--warps", type=int, default=ts.DEFAULT_NUM_WARPS)
+    ap.add_argument("--dump", help="write the SASS of the last kernel here")
+    ap.add_argument("--set", action="append", default=[], help="NAME=0|1: override a constexpr flag")
+    args = ap.parse_args()
+    bf16 = {n: "bf16" for n in ("u_ptr", "delta_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "dout_ptr", "du_ptr",
+                                 "ddelta_ptr", "dz_ptr")}
+    # the training configuration: softplus precomputed by the wrapper, so the kernels add no bias
+    common = dict(HAS_BIAS=False, BLOCK_D=args.block_d, BLOCK_N=16, CHUNK=args.chunk)
+    kernels = {
+        "fwd": (ts._fwd_kernel, dict(common, HAS_D=True, HAS_Z=True, HAS_H0=False, B_VARYING=True, C_VARYING=True)),
+        "bwd": (ts._bwd_kernel, dict(common, HAS_D=True, HAS_Z=True, HAS_H0=False, HAS_DLAST=False,
+                                     DT_SOFTPLUS=True, WANT_DBIAS=True,
+                                     B_VARYING=True, C_VARYING=True)),
+    }
+    for name in args.which:
+        kernel, constexprs = kernels[name]
+        constexprs = dict(constexprs, **{k: bool(int(v)) for k, v in (kv.split("=") for kv in args.set)})
+        lines = sass(compile_kernel(kernel, constexprs, bf16, args.warps))
+        report(name, lines)
+        if args.dump:
+            with open(args.dump, "w") as f:
+                f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
