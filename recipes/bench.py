@@ -102,3 +102,166 @@ def memory(lengths: str, d_model: int, n_layer: int, steps: int, device: str | N
     json_path, _ = write_report(out, "bench_memory", {"rows": rows, "environment": env}, md)
     click.echo(md)
     click.echo(f"wrote {json_path} and .md")
+
+
+# ---- whole-model training and generation throughput (mamba_bio_audio.benchmarks.train / .generate) ------------
+def _parse_pairs(text: str, what: str) -> list[tuple[int, int]]:
+    """'batch,seqlen;batch,seqlen' -> [(batch, seqlen), ...] (positive integers), else a one-line UserError."""
+    pairs = []
+    for part in text.split(";"):
+        try:
+            b, L = (int(v) for v in part.split(","))
+        except ValueError:
+            raise UserError(f"{what}: expected 'batch,seqlen;...', got {part!r}") from None
+        if min(b, L) < 1:
+            raise UserError(f"{what}: sizes must be positive, got {part!r}")
+        pairs.append((b, L))
+    return pairs
+
+
+def _parse_models(text: str) -> list[str]:
+    from mamba_bio_audio.benchmarks.train import MODELS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        if name not in MODELS:
+            raise UserError(f"--models: unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if not names:
+        raise UserError("--models: empty list")
+    return list(dict.fromkeys(names))
+
+
+def _bench_device(device: str | None) -> str:
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available here")
+    return device
+
+
+def _size_options(f):
+    """--d-model --n-layer --transformer-layers --n-head --vocab-size (defaults: the 90.7M / 85.3M pair)."""
+    options = [
+        click.option("--d-model", type=click.IntRange(min=1), default=768, show_default=True,
+                     help="Width of both models."),
+        click.option("--n-layer", type=click.IntRange(min=1), default=24, show_default=True, help="Mamba blocks."),
+        click.option("--transformer-layers", type=click.IntRange(min=1), default=12, show_default=True),
+        click.option("--n-head", type=click.IntRange(min=1), default=12, show_default=True,
+                     help="Transformer heads (must divide --d-model)."),
+        click.option("--vocab-size", type=click.IntRange(min=2), default=256, show_default=True),
+        click.option("--models", default="mamba,mamba_ssm,transformer", show_default=True,
+                     help="Comma-separated: mamba (ours), mamba_ssm (when importable), transformer."),
+        click.option("--backend", type=click.Choice(["auto", "reference", "triton", "cuda"]), default=None,
+                     help="Ops backend of our Mamba [default: triton on CUDA, auto (torch reference) on CPU]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _bench_size(d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int):
+    from mamba_bio_audio.benchmarks.train import BenchSize
+
+    if d_model % n_head:
+        raise UserError(f"--n-head {n_head} must divide --d-model {d_model}")
+    return BenchSize(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size,
+                     transformer_layers=transformer_layers, n_head=n_head)
+
+
+@bench.command("train")
+@click.option("--shapes", default="8,2048;1,16384;1,65536", show_default=True,
+              help="'batch,seqlen' list separated by ';'.")
+@_size_options
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps (median).")
+@click.option("--device", default=None, help="cuda (default when present) or cpu.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@config_option
+def train(shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
+          models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path) -> None:
+    """Whole-model training tokens/s and peak memory: our Mamba, mamba_ssm, a same-size Transformer."""
+    from dataclasses import asdict
+
+    from mamba_bio_audio.benchmarks.report import environment, write_report
+    from mamba_bio_audio.benchmarks.train import (
+        default_backend,
+        run_train_bench,
+        train_figure,
+        train_markdown,
+    )
+
+    pairs = _parse_pairs(shapes, "--shapes")
+    names = _parse_models(models)
+    size = _bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
+    device = _bench_device(device)
+    backend = default_backend(backend, device)
+    rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
+                           progress=lambda m: click.echo(m, err=True))
+    env = environment()
+    md = train_markdown(rows, env, size, warmup, steps)
+    data = {"rows": rows, "size": asdict(size), "warmup": warmup, "steps": steps, "device": device,
+            "environment": env}
+    json_path, _ = write_report(out, "bench_train", data, md)
+    train_figure(Path(out) / "bench_train.png", rows)
+    click.echo(md)
+    click.echo(f"wrote {json_path}, .md and .png")
+
+
+@bench.command("generate")
+@click.option("--batch-sizes", default="1,64", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--prompt-len", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed runs (median).")
+@_size_options
+@click.option("--cuda-graph/--eager", "cuda_graph", default=None,
+              help="Our decode step as a CUDA graph [default: on CUDA].")
+@click.option("--largest-batch", is_flag=True,
+              help="Also find the largest batch that fits --largest-new-tokens for ours and the Transformer, and "
+                   "compare their throughput there.")
+@click.option("--largest-new-tokens", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+              help="Upper end of the largest-batch search.")
+@click.option("--device", default=None, help="cuda (default when present) or cpu.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@config_option
+def generate(batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int, d_model: int, n_layer: int,
+             transformer_layers: int, n_head: int, vocab_size: int, models: str, backend: str | None,
+             cuda_graph: bool | None, largest_batch: bool, largest_new_tokens: int, max_batch: int,
+             device: str | None, out: Path) -> None:
+    """Generation tokens/s and ms/step: our Mamba (CUDA graph), mamba_ssm (cg=True), the KV-cache Transformer."""
+    from dataclasses import asdict
+
+    from mamba_bio_audio.benchmarks.generate import (
+        LARGEST_MODELS,
+        generate_figure,
+        generate_markdown,
+        run_generate_bench,
+        run_largest_batch,
+    )
+    from mamba_bio_audio.benchmarks.report import environment, write_report
+    from mamba_bio_audio.benchmarks.train import default_backend
+    from mamba_bio_audio.recipes.options import parse_int_list
+
+    batches = parse_int_list(batch_sizes, "--batch-sizes")
+    if min(batches) < 1:
+        raise UserError(f"--batch-sizes: sizes must be positive, got {batch_sizes!r}")
+    names = _parse_models(models)
+    size = _bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
+    device = _bench_device(device)
+    backend = default_backend(backend, device)
+    progress = lambda m: click.echo(m, err=True)
+    rows = run_generate_bench(names, batches, size, device, prompt_len=prompt_len, new_tokens=new_tokens,
+                              repeats=repeats, backend=backend, cuda_graph=cuda_graph, progress=progress)
+    largest = None
+    if largest_batch:
+        largest = run_largest_batch([m for m in LARGEST_MODELS if m in names] or list(LARGEST_MODELS), size,
+                                    device, prompt_len=prompt_len, new_tokens=largest_new_tokens,
+                                    max_batch=max_batch, backend=backend, cuda_graph=cuda_graph, progress=progress)
+    env = environment()
+    md = generate_markdown(rows, largest, env, size)
+    data = {"rows": rows, "largest_batch": largest, "size": asdict(size), "device": device, "environment": env}
+    json_path, _ = write_report(out, "bench_generate", data, md)
+    generate_figure(Path(out) / "bench_generate.png", rows, largest)
+    click.echo(md)
+    click.echo(f"wrote {json_path}, .md and .png")

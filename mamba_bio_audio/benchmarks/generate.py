@@ -1,0 +1,316 @@
+"""Generation throughput (``mba bench generate``): our MambaLM (CUDA-graph decode), mamba_ssm's ``generate``
+(``cg=True``) and the Transformer with a KV cache, greedy, after a short random prompt.
+
+A timed run is one whole generate call: prefill of the prompt plus ``new_tokens`` decode steps with sampling,
+between two ``torch.cuda.synchronize()`` — what mamba_ssm's own generation benchmark times. Setup that a user
+pays once per model and batch size (our :class:`~mamba_bio_audio.generation.Decoder`'s graph capture, mamba_ssm's
+graph cache) happens before: it is reported as ``setup_seconds``, and one untimed warm-up call precedes the
+median of ``repeats`` timed calls. ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds.
+The Transformer decodes eagerly (no CUDA graph): its attention reads a cache that grows by one position per step.
+
+Largest batch (the Mamba paper's "5x the Transformer's inference throughput"): for 2,048 new tokens, a doubling
+search (then bisection to 1/8) over batch sizes finds the largest batch whose memory fits — a probe allocates the
+full-length state (Mamba) or KV cache (Transformer), prefills and takes steps at the last positions, and catches
+``torch.cuda.OutOfMemoryError`` — then one full generation at that batch gives each model's throughput.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from mamba_bio_audio.benchmarks.train import (
+    LABELS,
+    BenchSize,
+    Unavailable,
+    bar_chart,
+    build_model,
+    count_parameters,
+    error_text,
+    free_memory,
+)
+
+LARGEST_MODELS = ("mamba", "transformer")
+
+
+def make_generate_fn(name: str, model, prompt: torch.Tensor, new_tokens: int,
+                     cuda_graph: bool | None = None) -> Callable[..., torch.Tensor]:
+    """``fn(n=new_tokens)`` runs one greedy generation of n tokens after ``prompt`` (batch, prompt_len); for our
+    model it holds a :class:`~mamba_bio_audio.generation.Decoder` built (its step captured) here, once."""
+    if name == "mamba":
+        from mamba_bio_audio.generation import Decoder
+
+        decoder = Decoder(model, prompt.shape[0], cuda_graph)
+        return lambda n=new_tokens: decoder(prompt, n, temperature=0)
+    if name == "mamba_ssm":
+        cg = prompt.is_cuda
+        return lambda n=new_tokens: model.generate(prompt, max_length=prompt.shape[1] + n, cg=cg, top_k=1)
+    return lambda n=new_tokens: model.generate(prompt, n, temperature=0)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_generation(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str, *,
+                    repeats: int = 3, warmup_tokens: int | None = None, cuda_graph: bool | None = None) -> dict:
+    """Setup, warm-up and the median of ``repeats`` timed generate calls: a partial row (raises on OOM)."""
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device=device).manual_seed(2)
+    prompt = torch.randint(0, vocab, (batch, prompt_len), device=device, generator=gen)
+    t0 = time.perf_counter()
+    fn = make_generate_fn(name, model, prompt, new_tokens, cuda_graph)
+    _sync(device)
+    row = {"setup_seconds": time.perf_counter() - t0}
+    # untimed warm-up (kernels compiled, caches allocated); shorter if asked, except for mamba_ssm, whose graph
+    # cache is rebuilt when a call is longer than the one it was captured for
+    fn(new_tokens if warmup_tokens is None or name == "mamba_ssm" else warmup_tokens)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if tuple(out.shape) != (batch, prompt_len + new_tokens):
+            raise RuntimeError(f"{name} generated shape {tuple(out.shape)}, expected {(batch, prompt_len + new_tokens)}")
+        del out
+    seconds = sorted(times)[len(times) // 2]
+    row.update(seconds=seconds, ms_per_step=1000 * seconds / new_tokens,
+               tokens_per_second=batch * new_tokens / seconds)
+    return row
+
+
+def _dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def _base_row(name: str, device: str, backend: str, cuda_graph: bool | None, prompt_len: int,
+              new_tokens: int) -> dict:
+    """What every row of ``name`` says about the run: sizes, dtype, backend (ours), whether a CUDA graph is used."""
+    cuda = str(device).startswith("cuda")
+    row = {"model": name, "prompt_len": prompt_len, "new_tokens": new_tokens, "dtype": str(_dtype(device))[6:]}
+    if name == "mamba":
+        row.update(backend=backend, cuda_graph=cuda and cuda_graph is not False)
+    else:  # mamba_ssm runs generate(cg=True) on CUDA; the Transformer decodes eagerly
+        row["cuda_graph"] = cuda and name == "mamba_ssm"
+    return row
+
+
+def run_generate_bench(models: list[str], batch_sizes: list[int], size: BenchSize, device: str, *,
+                       prompt_len: int = 16, new_tokens: int = 1000, repeats: int = 3, backend: str = "auto",
+                       cuda_graph: bool | None = None, progress: Callable[[str], None] = print) -> list[dict]:
+    """One row per (model, batch size): ms/step, tokens/s, peak GiB (or a note / an error)."""
+    rows = []
+    cuda = str(device).startswith("cuda")
+    dtype = _dtype(device)
+    for name in models:
+        base = _base_row(name, device, backend, cuda_graph, prompt_len, new_tokens)
+        model = None
+        try:
+            model = build_model(name, size, device, dtype, backend).eval()
+            base["parameters"] = count_parameters(model)
+        except Unavailable as e:
+            rows += [{**base, "batch": b, "note": str(e)} for b in batch_sizes]
+            progress(f"generate bench: {name}: {e}")
+            continue
+        for batch in batch_sizes:
+            progress(f"generate bench: {name}, batch {batch}, {new_tokens} new tokens")
+            row = {**base, "batch": batch}
+            try:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                row.update(time_generation(name, model, batch, prompt_len, new_tokens, device, repeats=repeats,
+                                           cuda_graph=cuda_graph))
+                if cuda:
+                    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on
+                row["error"] = error_text(e)
+                if not isinstance(e, torch.cuda.OutOfMemoryError):
+                    progress(traceback.format_exc().rstrip())
+            free_memory(device)
+            progress("  " + _summary(row))
+            rows.append(row)
+        del model
+        free_memory(device)
+    return rows
+
+
+def _summary(row: dict) -> str:
+    if "tokens_per_second" in row:
+        return f"{row['tokens_per_second']:,.0f} tokens/s, {row['ms_per_step']:.3f} ms/step"
+    return row.get("error") or row.get("note", "")
+
+
+# ---- largest batch ------------------------------------------------------------------------------------------
+def _probe(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str,
+           cuda_graph: bool | None) -> None:
+    """Allocate what a generation of ``new_tokens`` at ``batch`` holds, prefill, and take steps at the last
+    positions (the largest attention for the Transformer). Raises torch.cuda.OutOfMemoryError when it does not fit."""
+    prompt = torch.zeros(batch, prompt_len, dtype=torch.long, device=device)
+    with torch.no_grad():
+        if name == "mamba":
+            make_generate_fn(name, model, prompt, 3, cuda_graph)()  # its state does not grow with length
+        else:
+            cache = model.allocate_cache(batch, prompt_len + new_tokens)
+            ids = model(prompt, cache=cache, num_last_tokens=1)[:, -1].argmax(-1)
+            cache.pos = cache.max_len - 2
+            for _ in range(2):
+                ids = model.step(ids, cache).argmax(-1)
+    _sync(device)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation failure: torch's OutOfMemoryError, or the error a CUDA-graph capture ends with when an
+    allocation inside it failed."""
+    text = str(e).lower()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "captur" in text))
+
+
+def fits(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str,
+         cuda_graph: bool | None = None) -> bool:
+    """Whether a generation of ``new_tokens`` at ``batch`` fits in memory (see :func:`_probe`)."""
+    try:
+        _probe(name, model, batch, prompt_len, new_tokens, device, cuda_graph)
+        return True
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if not out_of_memory(e):
+            raise
+        return False
+    finally:
+        free_memory(device)
+
+
+def largest_batch(fit: Callable[[int], bool], max_batch: int, progress: Callable[[str], None] = print) -> tuple[int, bool]:
+    """(largest batch b <= max_batch with fit(b), capped) by doubling from 1, then bisecting to within b/8.
+    ``capped``: max_batch itself fit (the true limit may be higher). (0, False) when batch 1 does not fit."""
+    lo, hi, batch = 0, None, 1
+    while batch <= max_batch:
+        ok = fit(batch)
+        progress(f"  batch {batch}: {'fits' if ok else 'out of memory'}")
+        if not ok:
+            hi = batch
+            break
+        lo, batch = batch, batch * 2
+    if hi is None:
+        if lo == max_batch:
+            return lo, True
+        ok = fit(max_batch)
+        progress(f"  batch {max_batch}: {'fits' if ok else 'out of memory'}")
+        if ok:
+            return max_batch, True
+        hi = max_batch
+    while lo and hi - lo > max(1, lo // 8):
+        mid = (lo + hi) // 2
+        ok = fit(mid)
+        progress(f"  batch {mid}: {'fits' if ok else 'out of memory'}")
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo, False
+
+
+def _largest_for(name: str, size: BenchSize, device: str, prompt_len: int, new_tokens: int, max_batch: int,
+                 backend: str, cuda_graph: bool | None, progress: Callable[[str], None]) -> dict:
+    """One model's largest-batch row: the search, then one full timed generation there."""
+    dtype = _dtype(device)
+    cuda = str(device).startswith("cuda")
+    row = _base_row(name, device, backend, cuda_graph, prompt_len, new_tokens)
+    model = build_model(name, size, device, dtype, backend).eval()
+    row["parameters"] = count_parameters(model)
+    progress(f"largest batch: {name}, {new_tokens} new tokens (search up to {max_batch})")
+    batch, capped = largest_batch(lambda b: fits(name, model, b, prompt_len, new_tokens, device, cuda_graph),
+                                  max_batch, progress)
+    row.update(largest_batch=batch, capped=capped)
+    for _ in range(3):  # the full run may still run out where the probe did not: back off and retry
+        if batch < 1:
+            row["error"] = "batch 1 does not fit"
+            return row
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            row.update(batch=batch, **time_generation(name, model, batch, prompt_len, new_tokens, device,
+                                                      repeats=1, warmup_tokens=8, cuda_graph=cuda_graph))
+            if cuda:
+                row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            return row
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
+            free_memory(device)
+            batch = batch * 3 // 4
+            progress(f"  the full run ran out of memory; retrying at batch {batch}")
+    row["error"] = "out of memory"
+    return row
+
+
+def run_largest_batch(models: list[str], size: BenchSize, device: str, *, prompt_len: int = 16,
+                      new_tokens: int = 2048, max_batch: int = 1 << 20, backend: str = "auto",
+                      cuda_graph: bool | None = None, progress: Callable[[str], None] = print) -> dict:
+    """For each of ``models`` (ours, the Transformer): the largest batch that fits ``new_tokens`` and the
+    throughput of one full generation there; ``ratio`` = Mamba tokens/s / Transformer tokens/s."""
+    rows = []
+    for name in models:
+        try:
+            row = _largest_for(name, size, device, prompt_len, new_tokens, max_batch, backend, cuda_graph, progress)
+        except Exception as e:  # noqa: BLE001 - a failing model becomes a row
+            row = {**_base_row(name, device, backend, cuda_graph, prompt_len, new_tokens), "error": error_text(e)}
+            progress(traceback.format_exc().rstrip())
+        free_memory(device)
+        progress("  " + _summary(row))
+        rows.append(row)
+    speed = {r["model"]: r.get("tokens_per_second") for r in rows}
+    ratio = speed["mamba"] / speed["transformer"] if speed.get("mamba") and speed.get("transformer") else None
+    return {"rows": rows, "ratio": ratio, "max_batch": max_batch}
+
+
+# ---- report -------------------------------------------------------------------------------------------------
+def generate_markdown(rows: list[dict], largest: dict | None, env: dict, size: BenchSize) -> str:
+    from mamba_bio_audio.benchmarks.report import markdown_table
+
+    def label(r):
+        extra = [r["backend"]] if "backend" in r else []
+        extra += ["CUDA graph"] if r.get("cuda_graph") else (["eager"] if "cuda_graph" in r else [])
+        return LABELS[r["model"]] + (f" [{', '.join(extra)}]" if extra else "")
+
+    first = (rows or (largest or {}).get("rows") or [{}])[0]
+    text = (f"# Generation throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
+            f"mamba_ssm {env['mamba_ssm']}, {env['date']}. Greedy decoding, {first.get('dtype', '')} weights, "
+            f"random weights and a random prompt of {first.get('prompt_len', '')} tokens; one timed run = "
+            f"prefill + all decode steps (setup such as graph capture excluded, reported separately). Mamba: "
+            f"d_model {size.d_model}, {size.n_layer} layers; Transformer: {size.transformer_layers} layers, "
+            f"{size.n_head} heads, KV cache, SDPA; vocab {size.vocab_size}.")
+    if rows:
+        table = markdown_table(
+            ["model", "batch", "new tokens", "tokens/s", "ms/step", "peak GiB", "setup s", "note"],
+            [[label(r), r["batch"], r["new_tokens"], r.get("tokens_per_second"), r.get("ms_per_step"),
+              r.get("peak_gib"), r.get("setup_seconds"), r.get("error") or r.get("note", "")] for r in rows])
+        text += f"\n\n## Fixed batch sizes (median of repeated runs)\n\n{table}"
+    if largest:
+        table = markdown_table(
+            ["model", "largest batch", "new tokens", "tokens/s", "ms/step", "peak GiB", "note"],
+            [[label(r), r.get("batch", r.get("largest_batch")), r["new_tokens"], r.get("tokens_per_second"),
+              r.get("ms_per_step"), r.get("peak_gib"),
+              r.get("error") or (f"search capped at {largest['max_batch']}" if r.get("capped") else "")]
+             for r in largest["rows"]])
+        ratio = f"{largest['ratio']:.2f}x" if largest.get("ratio") else "—"
+        text += (f"\n\n## Largest batch that fits (one run each)\n\n{table}\n\nMamba / Transformer throughput at "
+                 f"their largest batches: **{ratio}** (the Mamba paper reports about 5x).")
+    return text
+
+
+def generate_figure(path, rows: list[dict], largest: dict | None):
+    """tokens/s per batch size (log scale), one bar per model; the largest-batch throughputs in a second panel."""
+    batches = list(dict.fromkeys(r["batch"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    series = {LABELS[m]: [next((r.get("tokens_per_second") for r in rows if r["model"] == m and r["batch"] == b),
+                               None) for b in batches] for m in models}
+    panels = [([f"batch {b}" for b in batches], series, "tokens/s", True)]
+    if largest:
+        panels.append(([LABELS[r["model"]] + f"\nbatch {r.get('batch', '?')}" for r in largest["rows"]],
+                       {"largest batch": [r.get("tokens_per_second") for r in largest["rows"]]},
+                       "tokens/s at the largest batch", False))
+    return bar_chart(path, panels, "generation throughput")

@@ -1,0 +1,248 @@
+"""Whole-model training throughput (``mba bench train``): our MambaLM, mamba_ssm's ``MambaLMHeadModel`` and a
+same-size Transformer, one optimizer step at a time.
+
+A step is forward (bf16 autocast on the GPU, fp32 parameters), cross-entropy in fp32, backward and AdamW, between
+two ``torch.cuda.synchronize()``; after warm-up steps (Triton compilation, autotuning, cuBLAS heuristics) the median
+of the timed steps gives tokens/s = batch * seqlen / seconds. Peak memory is ``torch.cuda.max_memory_allocated``
+over the whole run (parameters, gradients, AdamW state and activations). Out-of-memory and other failures become a
+row with an ``error`` and the run goes on.
+
+The benchmark models (also used by :mod:`mamba_bio_audio.benchmarks.generate`):
+- ``mamba``: our :class:`MambaLM` (d_model 768, 24 layers, vocab 256: 90,716,928 parameters), ops backend chosen
+  by ``--backend`` (Triton on CUDA by default).
+- ``mamba_ssm``: ``MambaLMHeadModel`` with mamba_ssm's defaults as in the anchors of TARGETS.md (Mamba1 layers,
+  RMSNorm, fused add-norm, residual in fp32, vocab padded to a multiple of 8 (256 stays 256), tied embeddings);
+  the same parameter count. Skipped with a note when mamba_ssm does not import.
+- ``transformer``: :class:`TransformerLM` (d_model 768, 12 layers, 12 heads: 85,252,608 parameters).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MODELS = ("mamba", "mamba_ssm", "transformer")
+DEFAULT_SHAPES = [(8, 2048), (1, 16384), (1, 65536)]
+LABELS = {"mamba": "Mamba (ours)", "mamba_ssm": "mamba_ssm", "transformer": "Transformer (SDPA)"}
+
+
+@dataclass
+class BenchSize:
+    """Model sizes of the benchmarks (defaults: the 90.7M Mamba and the 85.3M Transformer)."""
+
+    d_model: int = 768
+    n_layer: int = 24  # Mamba blocks
+    vocab_size: int = 256
+    transformer_layers: int = 12
+    n_head: int = 12
+
+
+class Unavailable(Exception):
+    """The model cannot be built here (e.g. mamba_ssm is not installed); the message becomes the row's note."""
+
+
+def default_backend(backend: str | None, device: str) -> str:
+    """Our ops backend: the one asked for, else Triton on CUDA and "auto" (the torch reference) elsewhere."""
+    return backend or ("triton" if str(device).startswith("cuda") else "auto")
+
+
+def build_model(name: str, size: BenchSize, device: str, dtype: torch.dtype = torch.float32,
+                backend: str = "auto") -> torch.nn.Module:
+    """One benchmark model on ``device`` in ``dtype``, seeded; raises :class:`Unavailable` for a missing package."""
+    torch.manual_seed(0)
+    if name == "mamba":
+        from mamba_bio_audio import MambaConfig, MambaLM
+        from mamba_bio_audio.modules.mixer import set_backend
+
+        with torch.device(device):  # built in place: no host copy (and a "meta" model keeps its tied weights)
+            model = MambaLM(MambaConfig(d_model=size.d_model, n_layer=size.n_layer, vocab_size=size.vocab_size))
+        model = set_backend(model, backend).to(dtype=dtype)
+        for name, p in model.named_parameters():  # as mamba_ssm keeps them: A_log and D in fp32 at any dtype
+            if name.endswith(("A_log", "D")):
+                p.data = p.data.float()
+        return model
+    if name == "mamba_ssm":
+        try:
+            from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
+            from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+        except Exception as e:  # noqa: BLE001 - missing, or built for another torch
+            raise Unavailable(f"not installed ({_first_line(e)})") from None
+        config = SsmConfig(d_model=size.d_model, n_layer=size.n_layer, vocab_size=size.vocab_size,
+                           ssm_cfg={"layer": "Mamba1"}, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,
+                           pad_vocab_size_multiple=8, tie_embeddings=True)
+        return MambaLMHeadModel(config, device=device, dtype=dtype)
+    if name == "transformer":
+        from mamba_bio_audio.models.transformer import TransformerConfig, TransformerLM
+
+        config = TransformerConfig(d_model=size.d_model, n_layer=size.transformer_layers, n_head=size.n_head,
+                                   vocab_size=size.vocab_size)
+        with torch.device(device):
+            return TransformerLM(config).to(dtype=dtype)
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+
+
+def logits_of(name: str, model, input_ids: torch.Tensor) -> torch.Tensor:
+    """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab) for any benchmark model."""
+    out = model(input_ids)
+    return out.logits if name == "mamba_ssm" else out
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def free_memory(device: str) -> None:
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def error_text(e: BaseException) -> str:
+    """A row's ``error``: "out of memory", or the exception's first line."""
+    return "out of memory" if isinstance(e, torch.cuda.OutOfMemoryError) else _first_line(e)
+
+
+def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: str, *, warmup: int = 3,
+                  steps: int = 10, backend: str = "auto", progress: Callable[[str], None] = print) -> dict:
+    """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict)."""
+    cuda = str(device).startswith("cuda")
+    row = {"model": name, "batch": batch, "seqlen": seqlen, "autocast": "bf16" if cuda else "off"}
+    if name == "mamba":
+        row["backend"] = backend
+    model = opt = None
+    try:
+        model = build_model(name, size, device, backend=backend)
+        row["parameters"] = count_parameters(model)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        gen = torch.Generator(device=device).manual_seed(1)
+        ids = torch.randint(0, size.vocab_size, (batch, seqlen + 1), device=device, generator=gen)
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(warmup + steps):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            _train_step(name, model, opt, inputs, targets, size.vocab_size, cuda)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        seconds = sorted(times)[len(times) // 2]
+        row.update(seconds_per_step=seconds, ms_per_step=1000 * seconds, tokens_per_second=batch * seqlen / seconds)
+        if cuda:
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except Unavailable as e:
+        row["note"] = str(e)
+    except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on
+        row["error"] = error_text(e)
+        if not isinstance(e, torch.cuda.OutOfMemoryError):
+            progress(traceback.format_exc().rstrip())
+    finally:
+        del model, opt
+        free_memory(device)
+    return row
+
+
+def _train_step(name: str, model, opt, inputs: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                cuda: bool) -> None:
+    """forward (bf16 autocast on CUDA) + fp32 cross-entropy + backward + AdamW; activations die on return."""
+    with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+        logits = logits_of(name, model, inputs)
+    loss = F.cross_entropy(logits[..., :vocab_size].float().flatten(0, 1), targets.flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def run_train_bench(models: list[str], shapes: list[tuple[int, int]], size: BenchSize, device: str, *,
+                    warmup: int = 3, steps: int = 10, backend: str = "auto",
+                    progress: Callable[[str], None] = print) -> list[dict]:
+    """One row per (model, shape), models in the order given; a missing model gives one "note" row per shape."""
+    rows = []
+    for name in models:
+        for batch, seqlen in shapes:
+            progress(f"train bench: {name}, batch {batch}, seqlen {seqlen}")
+            row = measure_train(name, size, batch, seqlen, device, warmup=warmup, steps=steps, backend=backend,
+                                progress=progress)
+            progress("  " + _summary(row))
+            rows.append(row)
+    return rows
+
+
+def _summary(row: dict) -> str:
+    if "tokens_per_second" in row:
+        peak = f", {row['peak_gib']:.2f} GiB" if "peak_gib" in row else ""
+        return f"{row['tokens_per_second']:,.0f} tokens/s, {row['ms_per_step']:.1f} ms/step{peak}"
+    return row.get("error") or row.get("note", "")
+
+
+def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, steps: int) -> str:
+    from mamba_bio_audio.benchmarks.report import markdown_table
+
+    headers = ["model", "(batch, seqlen)", "parameters", "tokens/s", "ms/step", "peak GiB", "note"]
+    table = markdown_table(headers, [
+        [LABELS[r["model"]] + (f" [{r['backend']}]" if "backend" in r else ""), f"({r['batch']}, {r['seqlen']})",
+         f"{r['parameters']:,}" if "parameters" in r else None, r.get("tokens_per_second"), r.get("ms_per_step"),
+         r.get("peak_gib"), r.get("error") or r.get("note", "")] for r in rows])
+    autocast = "bf16 autocast" if rows and rows[0]["autocast"] == "bf16" else "no autocast"
+    return (f"# Whole-model training throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
+            f"mamba_ssm {env['mamba_ssm']}, {env['date']}. One step = forward ({autocast}, fp32 parameters) + "
+            f"fp32 cross-entropy + backward + AdamW; median of {steps} steps after {warmup} warm-up steps; "
+            f"peak = torch.cuda.max_memory_allocated. Mamba: d_model {size.d_model}, {size.n_layer} layers; "
+            f"Transformer: {size.transformer_layers} layers, {size.n_head} heads, SDPA causal, no position "
+            f"embedding; vocab {size.vocab_size}.\n\n{table}")
+
+
+def bar_chart(path, panels: list[tuple[list[str], dict[str, list[float | None]], str, bool]], title: str):
+    """Grouped bars saved as PNG: each panel is (x labels, {series: values (None = missing)}, y label, log y)."""
+    from mamba_bio_audio.files import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 3.8), dpi=120, squeeze=False)
+    for ax, (groups, data, label, log) in zip(axes[0], panels):
+        width = 0.8 / max(1, len(data))
+        for k, (name, values) in enumerate(data.items()):
+            xs = [i + (k - (len(data) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, [float("nan") if v is None else v for v in values], width, label=name)
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def train_figure(path, rows: list[dict]):
+    """tokens/s and peak GiB per shape, one bar per model."""
+    shapes = list(dict.fromkeys((r["batch"], r["seqlen"]) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def series(key):
+        return {LABELS[m]: [next((r.get(key) for r in rows if r["model"] == m and (r["batch"], r["seqlen"]) == s),
+                                 None) for s in shapes] for m in models}
+
+    groups = [f"({b}, {L})" for b, L in shapes]
+    panels = [(groups, series("tokens_per_second"), "tokens/s", False)]
+    peaks = series("peak_gib")
+    if any(v is not None for values in peaks.values() for v in values):  # CUDA only
+        panels.append((groups, peaks, "peak GiB", False))
+    return bar_chart(path, panels, "training step throughput")
+
