@@ -177,7 +177,7 @@ def context_parallel_backward(backbone: nn.Module, input_ids: torch.Tensor, loss
     fwd_ctx = lambda: torch.autocast(device.type, dtype=amp[1], enabled=amp[0])
     peers = _Neighbours(group, device)
     specs = carry_specs(backbone, input_ids.shape[0], amp)
-    checkpointing = bool(getattr(backbone, "gradient_checkpointing", False))
+    checkpointing = _checkpointing(backbone)
     params = [p for p in backbone.parameters() if p.requires_grad] + [
         p for p in _extra_params(loss_fn) if p.requires_grad]
     params = list({id(p): p for p in params}.values())
@@ -242,6 +242,12 @@ def context_parallel_backward(backbone: nn.Module, input_ids: torch.Tensor, loss
         if earlier[id(p)] is not None:
             p.grad = earlier[id(p)] if p.grad is None else p.grad + earlier[id(p)]
     return total_loss / total_count
+
+
+def _checkpointing(backbone: nn.Module) -> bool:
+    """Recompute each layer in the backward: ``gradient_checkpointing`` on, or a ``config.checkpoint_level`` > 0."""
+    level = getattr(getattr(backbone, "config", None), "checkpoint_level", 0) or 0
+    return bool(getattr(backbone, "gradient_checkpointing", False)) or level > 0
 
 
 def _extra_params(loss_fn) -> list[nn.Parameter]:
