@@ -194,6 +194,7 @@ def bench(args, device) -> dict:
     result = {"world_size": world, "seqlen": args.seqlen, "batch": args.batch,
               "segments": segment_bounds(args.seqlen, world), "checkpointing": args.checkpointing,
               "autocast": "bfloat16" if amp == torch.bfloat16 else None, "per_rank": per_rank,
+              "checkpoint_level": getattr(model.backbone, "checkpoint_level", None),
               "parameters": sum(p.numel() for p in model.parameters()),
               "message_bytes_per_layer": message_bytes(model, args.batch)}
     cp = [r["context_parallel"] for r in per_rank]
@@ -255,6 +256,8 @@ def markdown(data: dict) -> str:
                   f"{'on' if b['checkpointing'] else 'off'}; median of {data['steps']} steps after {data['warmup']}"
                   " warm-up; peak = torch.cuda.max_memory_allocated per rank.", "",
                   markdown_table(["setup", "rank", "tokens on the rank", "s/step", "peak GiB"], rows), "",
+                  "Context parallel recomputes each block on the rank's whole segment in the backward; the one-device "
+                  f"rows use the model's own checkpointing (checkpoint level {b['checkpoint_level']}).", "",
                   f"The relay is a wavefront over layers: at best {n_layer + world - 1}/{n_layer} of one segment's "
                   f"step time ({(n_layer + world - 1) / n_layer:.2f}x), i.e. at most {n_layer * world / (n_layer + world - 1):.2f}x "
                   f"faster than one device on the whole sequence. Each message: {b['message_bytes_per_layer']:,} "

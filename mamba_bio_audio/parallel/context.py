@@ -245,9 +245,10 @@ def context_parallel_backward(backbone: nn.Module, input_ids: torch.Tensor, loss
 
 
 def _checkpointing(backbone: nn.Module) -> bool:
-    """Recompute each layer in the backward: ``gradient_checkpointing`` on, or a ``config.checkpoint_level`` > 0."""
-    level = getattr(getattr(backbone, "config", None), "checkpoint_level", 0) or 0
-    return bool(getattr(backbone, "gradient_checkpointing", False)) or level > 0
+    """Recompute each layer in the backward: the backbone's ``checkpoint_level`` > 0 (``gradient_checkpointing``).
+    Any level recomputes whole blocks on the rank's segment here (level 1's memory, not level 2's)."""
+    level = getattr(backbone, "checkpoint_level", None)
+    return level > 0 if level is not None else bool(getattr(backbone, "gradient_checkpointing", False))
 
 
 def _extra_params(loss_fn) -> list[nn.Parameter]:
