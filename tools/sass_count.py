@@ -43,6 +43,7 @@ else:
 
 def compile_kernel(kernel, constexprs: dict, dtypes: dict, num_warps: int):
     params = kernel.params
+    source = ASTSource
     sig = {}
     for p in params:
         if p.is_constexpr:
@@ -51,7 +52,11 @@ def compile_kernel(kernel, constexprs: dict, dtypes: dict, num_warps: int):
             sig[p.name] = "*" + dtypes.get(p.name, "fp32")
         else:
             sig[p.name] = "i32"
-    src = ASTSource(fn=kernel, signature=sig, constexprs={k: v for k, v in constexprs.items()})
+    # as a real launch specializes them: 16-byte aligned pointers, sizes divisible by 16
+    aligned = {"seqlen", "dim", "d_state", "channels_per_group"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params)
+             if not p.is_constexpr and (p.name.endswith("_ptr") or p.name in aligned)}
+    src = source(fn=kernel, signature=sig, constexprs=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
@@ -123,6 +128,7 @@ def main() -> None:
     ap.add_argument("--block-d", type=int, default=ts.DEFAULT_BLOCK_D)
     ap.add_argument("--warps", type=int, default=ts.DEFAULT_NUM_WARPS)
     ap.add_argument("--dump", help="write the SASS of the last kernel here")
+    ap.add_argument("--ttgir", help="write the TritonGPU IR (layouts, conversions) of the last kernel here")
     ap.add_argument("--set", action="append", default=[], help="NAME=0|1: override a constexpr flag")
     args = ap.parse_args()
     bf16 = {n: "bf16" for n in ("u_ptr", "delta_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "dout_ptr", "du_ptr",
@@ -138,7 +144,11 @@ def main() -> None:
     for name in args.which:
         kernel, constexprs = kernels[name]
         constexprs = dict(constexprs, **{k: bool(int(v)) for k, v in (kv.split("=") for kv in args.set)})
-        lines = sass(compile_kernel(kernel, constexprs, bf16, args.warps))
+        compiled = compile_kernel(kernel, constexprs, bf16, args.warps)
+        lines = sass(compiled)
+        if args.ttgir:
+            with open(args.ttgir, "w") as f:
+                f.write(compiled.asm["ttgir"])
         report(name, lines)
         if args.dump:
             with open(args.dump, "w") as f:
