@@ -172,6 +172,7 @@ class TrainSettings:
     num_workers: int = 0
     device: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
     strategy: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -214,6 +215,7 @@ def trainer_config(settings: TrainSettings, callbacks: list, validate: bool) -> 
     if not validate:
         val_every = 0
     return TrainerConfig(max_steps=settings.max_steps, device=settings.device, devices=settings.devices,
+                         num_nodes=settings.num_nodes,
                          strategy=settings.strategy, accumulate=settings.accumulate,
                          checkpoint_every=settings.checkpoint_every, val_every=val_every,
                          log_every=max(1, min(10, settings.max_steps // 10)),

@@ -55,8 +55,8 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
              out: Path, length: int, max_steps: int, preset: str, batch_size: int | None, accumulate: int,
              lr: float | None, warmup_min_length: int | None, warmup_stage_steps: int | None,
              checkpoint_activations: bool | None, rc_prob: float, val_per_species: int, val_every: int | None,
-             checkpoint_every: int, num_workers: int, devices: int, strategy: str, resume: bool, device: str,
-             seed: int) -> None:
+             checkpoint_every: int, num_workers: int, devices: int, num_nodes: int, strategy: str, resume: bool,
+             device: str, seed: int) -> None:
     """Train a MambaLM to predict the next base; report val perplexity and bits per base."""
     from mamba_bio_audio.data_prep.dna.bed import prepare_bed
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
@@ -78,7 +78,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
-        devices=devices, strategy=strategy, seed=seed)
+        devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed)
     refuse_to_overwrite(out, resume)
     created = not out.exists()
     store = data or out / "store"

@@ -128,12 +128,15 @@ def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sa
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--precision", default=None, help="Lightning precision [default: bf16-mixed on GPU, 32-true on CPU].")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.ckpt (same flags).")
-@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs per node (data parallel with --strategy ddp|fsdp).")
+@click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes (launch one process per GPU: docs/multi_gpu.md).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True)
 @common_options
 def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_size: int, lr: float,
           val_every: int, val_clips: int, checkpoint_every: int, num_workers: int, precision: str | None,
-          resume: bool, devices: int, strategy: str, device: str, seed: int) -> None:
+          resume: bool, devices: int, num_nodes: int, strategy: str, device: str, seed: int) -> None:
     """Train an 8-bit audio LM on next-sample prediction."""
     import lightning.pytorch as pl
 
@@ -155,7 +158,8 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
     task = LMTask(model, OptimConfig(lr=lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1, max_steps=max_steps))
     datamodule = IndexedDataModule(clip_sample_fn(train_set, seed), batch_size, val_samples=val,
                                    num_workers=num_workers)
-    settings = TrainerConfig(max_steps=max_steps, device=device, devices=devices, strategy=strategy,
+    settings = TrainerConfig(max_steps=max_steps, device=device, devices=devices, num_nodes=num_nodes,
+                             strategy=strategy,
                              precision=precision, grad_clip=0.1, checkpoint_every=checkpoint_every,
                              val_every=(val_every or max(1, max_steps // 10)) if val else 0,
                              log_every=max(1, min(50, max_steps // 20)))

@@ -42,7 +42,10 @@ def window_training_options(f):
         click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]"),
         click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True),
         click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="GPUs per node (data parallel with --strategy ddp|fsdp)."),
+        click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Nodes (launch one process per GPU: docs/multi_gpu.md)."),
         click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
     ]):
@@ -127,7 +130,7 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
           bidirectional: bool, pooling: str, batch_size: int | None, accumulate: int, lr: float | None,
           warmup_min_length: int | None, warmup_stage_steps: int | None, checkpoint_activations: bool | None,
           rc_prob: float, val_per_species: int, val_every: int | None, checkpoint_every: int, num_workers: int,
-          devices: int, strategy: str, resume: bool, device: str, seed: int) -> None:
+          devices: int, num_nodes: int, strategy: str, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier (last-token head) on random RC-augmented windows of the train split."""
     from mamba_bio_audio.dna import is_main_process, refuse_to_overwrite
     from mamba_bio_audio.species import SpeciesSettings, plan_training, run_training
@@ -137,7 +140,7 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
         warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
-        devices=devices, strategy=strategy, seed=seed, bidirectional=bidirectional, pooling=pooling,
+        devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed, bidirectional=bidirectional, pooling=pooling,
         init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
     plan = plan_training(data, settings)

@@ -28,6 +28,7 @@ class TrainerConfig:
     max_steps: int = 1000
     device: str = "auto"
     devices: int = 1
+    num_nodes: int = 1
     strategy: str = "auto"
     precision: str | None = None
     grad_clip: float = 1.0
@@ -67,8 +68,8 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
     accelerator, devices = resolve_device(cfg.device)
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy {cfg.strategy}: expected one of {', '.join(STRATEGIES)}")
-    if cfg.devices > 1:
-        devices = cfg.devices if devices in ("auto", 1) else devices
+    if devices in ("auto", 1):  # "auto" would take every GPU: train on the number asked for (default 1)
+        devices = cfg.devices
     precision = cfg.precision or ("bf16-mixed" if accelerator == "gpu" else "32-true")
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step{step:07d}",
                                  auto_insert_metric_name=False, every_n_train_steps=cfg.checkpoint_every or None,
@@ -79,7 +80,8 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
     # version_0, version_1, ...: a resumed run logs beside the first part instead of overwriting it
     loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")]
     return pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy=cfg.strategy, precision=precision,
+        accelerator=accelerator, devices=devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+        precision=precision,
         max_steps=cfg.max_steps, max_epochs=-1, gradient_clip_val=cfg.grad_clip or None,
         accumulate_grad_batches=cfg.accumulate, callbacks=callbacks, logger=loggers,
         log_every_n_steps=cfg.log_every, val_check_interval=cfg.val_every or None,
