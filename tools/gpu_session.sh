@@ -3,7 +3,8 @@
 #
 #   (here)   tools/fetch_gpu_wheels.sh             # once: cp312 wheels of biopython and soundfile into .whl/
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
-#   (device) bash tools/gpu_session.sh [what ...]  # what: tests | bench | species | sc09 | synthetic (default: tests bench)
+#   (device) bash tools/gpu_session.sh [what ...]  # what: tests | kernel-tests | bench | train | generate | memory |
+#                                                   #       species | sc09 | synthetic (default: tests bench)
 #
 # species / sc09 read development data from .gpudata/ (git-ignored; copy ../shared/data/dna/bacteria and
 # ../shared/data/audio/fsdd_dev/recordings there and carry it): results come back as one tarball per step.
@@ -45,7 +46,7 @@ for step in $what; do
                 2>&1 | tee "$out/gpu_tests.txt" | tail -25
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         bench)
-            python3 -m mamba_bio_audio bench scan --out "$out" --backends triton,cuda,reference 2>&1 | tail -20 ;;
+            python3 -m mamba_bio_audio bench scan --out "$out" --backends "${BENCH_BACKENDS:-triton,cuda,reference}" 2>&1 | tail -20 ;;
         species)  # held-out strains of 5 bacteria, lengths 2^10 .. 2^16, beside the 6-mer baseline
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             mba species prepare --genomes "$repo/.gpudata/bacteria" --out $r/bact --split-by strain &&
@@ -74,6 +75,14 @@ for step in $what; do
                 sc09_samples/sample_0000.wav sc09_samples/sample_0001.wav sc09_b1/metrics.json clf/metrics.json ;;
         memory)  # the d_model 256 x 8 classifier at 2^17 and 2^20, with and without activation checkpointing
             timeout 200 mba bench memory --lengths 131072,1048576 --out "$out" 2>&1 | tail -8 ;;
+        train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
+            timeout 420 python3 -m mamba_bio_audio bench train --out "$out" 2>&1 | tail -12 ;;
+        generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
+            timeout 540 python3 -m mamba_bio_audio bench generate --largest-batch --out "$out" 2>&1 | tail -16 ;;
+        kernel-tests)  # only the kernel and model GPU tests (faster than "tests")
+            python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
+                /tmp/src/tests/test_gpu_model.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         synthetic)
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             timeout ${SYNTHETIC_SECONDS:-360} mba synthetic table --out $r/synthetic --runs $r/synthetic-runs \
