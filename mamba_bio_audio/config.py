@@ -20,6 +20,7 @@ from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.files import atomic_write_text
 
 SSM_LAYERS = ("S6", "S4D")
+CHECKPOINT_LEVELS = (0, 1, 2)
 
 # mamba_ssm config keys we accept and ignore: they only select fused kernels, which we choose ourselves.
 _IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "model_type", "torch_dtype",
@@ -41,6 +42,11 @@ class MambaConfig:
         tie_embeddings: LM head shares the embedding matrix.
         ssm_layer: "S6" (selective: Delta, B, C from the input) or "S4D" (time-invariant, learned per channel).
         bidirectional: each mixer also runs on the reversed sequence with the same weights; outputs are summed.
+        checkpoint_level: activation memory of training (train mode with autograd only; no effect on results):
+            0 keeps every block's activations; 1 keeps one (batch, seqlen, d_model) tensor per block and recomputes
+            each block in the backward pass (torch.utils.checkpoint); 2 also recomputes each block's backward in
+            time segments, carrying its conv and SSM states, so the recomputed activations are one segment's
+            (mamba_bio_audio.modules.recompute). ``model.gradient_checkpointing = True`` sets 2.
     """
 
     d_model: int = 256
@@ -64,6 +70,7 @@ class MambaConfig:
     tie_embeddings: bool = True
     ssm_layer: str = "S6"
     bidirectional: bool = False
+    checkpoint_level: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +84,8 @@ class MambaConfig:
             raise UserError(f"MambaConfig.dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
         if not 0 < self.dt_min <= self.dt_max:
             raise UserError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.checkpoint_level not in CHECKPOINT_LEVELS or isinstance(self.checkpoint_level, bool):
+            raise UserError(f"MambaConfig.checkpoint_level must be one of {CHECKPOINT_LEVELS}, got {self.checkpoint_level!r}")
         if self.dt_init not in ("random", "constant"):
             raise UserError(f"MambaConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
 

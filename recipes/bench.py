@@ -69,36 +69,47 @@ def scan(shapes: str, backends: str, dtype: str, d_state: int, device: str | Non
 
 @bench.command("memory")
 @click.option("--lengths", default="131072,1048576", show_default=True, help="Comma-separated sequence lengths.")
+@click.option("--checkpoint-level", "levels", default="0,1,2", show_default=True,
+              help="Comma-separated MambaConfig.checkpoint_level values to measure: 0 keeps all activations, "
+                   "1 recomputes each block, 2 recomputes each block in time segments.")
+@click.option("--segment", type=click.IntRange(min=1), default=None,
+              help="Steps per recomputed segment at level 2 (default: 2^26 / (batch * d_inner)).")
 @click.option("--d-model", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--n-layer", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps (median).")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
 @config_option
-def memory(lengths: str, d_model: int, n_layer: int, steps: int, device: str | None, out: Path) -> None:
-    """Training step time and peak memory vs sequence length, with and without activation checkpointing."""
+def memory(lengths: str, levels: str, segment: int | None, d_model: int, n_layer: int, steps: int,
+           device: str | None, out: Path) -> None:
+    """Training step time and peak memory vs sequence length, per activation checkpoint level."""
     import torch
 
-    from mamba_bio_audio.benchmarks.memory import measure_step
+    from mamba_bio_audio.benchmarks.memory import LEVEL_NAMES, measure_step
     from mamba_bio_audio.benchmarks.report import environment, markdown_table, write_report
     from mamba_bio_audio.recipes.options import parse_int_list
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA GPU is available here")
+    level_list = parse_int_list(levels, "--checkpoint-level")
+    for level in level_list:
+        if level not in LEVEL_NAMES:
+            raise UserError(f"--checkpoint-level: expected values among {sorted(LEVEL_NAMES)}, got {level}")
     rows = []
     for seqlen in parse_int_list(lengths, "--lengths"):
-        for checkpointing in (True, False):
-            click.echo(f"memory bench: seqlen {seqlen}, checkpointing {checkpointing}", err=True)
-            rows.append(measure_step(d_model, n_layer, seqlen, checkpointing, device, steps))
+        for level in level_list:
+            click.echo(f"memory bench: seqlen {seqlen}, checkpoint level {level}", err=True)
+            rows.append(measure_step(d_model, n_layer, seqlen, level, device, steps, segment=segment))
     env = environment()
     table = markdown_table(
-        ["seqlen", "activation checkpointing", "s/step", "tokens/s", "peak GiB", "note"],
-        [[r["seqlen"], r["checkpointing"], r.get("seconds_per_step"), r.get("tokens_per_second"), r.get("peak_gib"),
-          r.get("error", "")] for r in rows])
+        ["seqlen", "checkpoint level", "s/step", "tokens/s", "peak GiB", "note"],
+        [[r["seqlen"], f"{r['checkpoint_level']} ({LEVEL_NAMES[r['checkpoint_level']]})", r.get("seconds_per_step"),
+          r.get("tokens_per_second"), r.get("peak_gib"), r.get("error", "")] for r in rows])
     md = (f"# Training memory vs length\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['date']}; "
           f"MambaClassifier d_model {d_model} x {n_layer} layers ({rows[0]['parameters']:,} parameters), batch 1, "
-          f"bf16 autocast, AdamW; peak = torch.cuda.max_memory_allocated.\n\n{table}")
+          f"bf16 autocast, AdamW; peak = torch.cuda.max_memory_allocated; level 2 segments: "
+          f"{segment or 'automatic'}.\n\n{table}")
     json_path, _ = write_report(out, "bench_memory", {"rows": rows, "environment": env}, md)
     click.echo(md)
     click.echo(f"wrote {json_path} and .md")

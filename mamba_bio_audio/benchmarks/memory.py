@@ -1,8 +1,12 @@
 """Whole-model training memory and step time at long sequence lengths (``mba bench memory``).
 
-One optimizer step (forward, backward, AdamW) of a MambaClassifier or MambaLM on one sequence per length, bf16
-autocast on the GPU, with and without per-block activation checkpointing; peak memory from
-``torch.cuda.max_memory_allocated`` (parameters, optimizer state and activations together).
+:func:`measure_step`: one optimizer step (forward, backward, AdamW) of a MambaClassifier on one sequence per
+length, bf16 autocast on the GPU, at a given ``checkpoint_level`` (0 none, 1 per-block recompute, 2 per-block
+recompute in time segments: modules/recompute.py); peak memory from ``torch.cuda.max_memory_allocated``
+(parameters, optimizer state and activations together).
+
+:class:`LiveBytes` / :func:`activation_bytes`: the same question answered exactly on any device by counting
+the storages that autograd ops allocate (a TorchDispatchMode), so CPU tests can check what each level keeps.
 """
 
 from __future__ import annotations
@@ -11,23 +15,92 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from mamba_bio_audio import MambaClassifier, MambaConfig
 
+#: MambaConfig.checkpoint_level -> what it recomputes (report wording).
+LEVEL_NAMES = {0: "none", 1: "per block", 2: "per block, time segments"}
 
-def measure_step(d_model: int, n_layer: int, seqlen: int, checkpointing: bool, device: str,
-                 steps: int = 3, batch: int = 1, vocab: int = 12) -> dict:
-    """Median seconds per step and peak GiB for a classifier with ``d_model`` x ``n_layer`` at ``seqlen``."""
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the tensor storages created by ops run while active and still alive.
+
+    ``live()``: bytes alive now; ``peak``: the most alive after any op. Storages made before entering (parameters,
+    inputs) are not counted; views share their base's storage and count once. Exact and deterministic, but slow
+    (every op scans the tracked storages): for small models.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def live(self) -> int:
+        self._storages = {k: v for k, v in self._storages.items() if not v[0].expired()}
+        return sum(nbytes for _, nbytes in self._storages.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
+        allocated = False
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in inputs:  # a view of an input, or written in place: no new memory
+                continue
+            known = self._storages.get(key)
+            if known is None or known[0].expired():
+                self._storages[key] = (StorageWeakRef(storage), storage.nbytes())
+                allocated = True
+        if allocated:  # the peak can only rise when something is allocated
+            self.peak = max(self.peak, self.live())
+        return out
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor) and t.device.type != "meta"]
+
+
+def activation_bytes(model: torch.nn.Module, input_ids: torch.Tensor, loss_fn=None) -> dict:
+    """Bytes a forward keeps for the backward, and the peak over forward + backward, for ``model`` as it is
+    (train mode and its ``checkpoint_level`` included).
+
+    Returns {"kept": bytes alive after the forward (the output included), "output": the output's bytes,
+    "peak": most bytes alive during forward + backward, "after": bytes alive after the backward (parameter
+    gradients)}. ``loss_fn(output) -> scalar`` defaults to the sum of squares.
+    """
+    loss_fn = loss_fn or (lambda out: out.float().square().sum())
+    mode = LiveBytes()
+    with mode:
+        out = model(input_ids)
+        kept = mode.live()
+        output = out.untyped_storage().nbytes()
+        loss_fn(out).backward()
+        del out
+        after = mode.live()
+    return {"kept": kept, "output": output, "peak": mode.peak, "after": after}
+
+
+def measure_step(d_model: int, n_layer: int, seqlen: int, checkpoint_level: int, device: str,
+                 steps: int = 3, batch: int = 1, vocab: int = 12, segment: int | None = None) -> dict:
+    """Median seconds per step and peak GiB for a classifier with ``d_model`` x ``n_layer`` at ``seqlen``
+    (``segment``: steps per recomputed segment at level 2, None = automatic)."""
     torch.manual_seed(0)
     model = MambaClassifier(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab), num_classes=5)
     model = model.to(device)
-    model.gradient_checkpointing = checkpointing
+    model.checkpoint_level = checkpoint_level
+    model.backbone.recompute_segment = segment
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab, (batch, seqlen), device=device)
     labels = torch.randint(0, 5, (batch,), device=device)
     cuda = device.startswith("cuda")
-    row = {"d_model": d_model, "n_layer": n_layer, "seqlen": seqlen, "batch": batch, "checkpointing": checkpointing,
+    row = {"d_model": d_model, "n_layer": n_layer, "seqlen": seqlen, "batch": batch,
+           "checkpoint_level": checkpoint_level, "segment": segment,
            "parameters": sum(p.numel() for p in model.parameters())}
     try:
         if cuda:

@@ -5,6 +5,9 @@ Follows mamba_ssm's ``Block`` / ``MixerModel`` exactly (names ``backbone.embeddi
 
     residual = hidden + residual;  hidden = mixer(norm(residual))      (residual kept in fp32 if asked)
     output   = norm_f(hidden + residual)
+
+Training at length recomputes instead of storing (``MambaConfig.checkpoint_level``, modules/recompute.py): the
+same sums written as one residual stream, s_{i+1} = s_i + mixer_i(norm_i(s_i)) (:meth:`Block.residual_step`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
-from mamba_bio_audio.config import MambaConfig
+from mamba_bio_audio.config import CHECKPOINT_LEVELS, MambaConfig
 from mamba_bio_audio.modules.mixer import Mamba
+from mamba_bio_audio.modules.recompute import ResidualUnit, checkpoint_unit, recompute_unit
 
 
 def make_norm(config: MambaConfig) -> nn.Module:
@@ -35,12 +38,24 @@ class Block(nn.Module):
         self.norm = make_norm(config)
         self.mixer = Mamba(config, layer_idx)
 
+    def _as_residual(self, residual: torch.Tensor) -> torch.Tensor:
+        return residual.float() if self.residual_in_fp32 and residual.dtype != torch.float64 else residual
+
     def _add_norm(self, hidden, residual):
         residual = hidden if residual is None else hidden + residual
         hidden = self.norm(residual.to(self.norm.weight.dtype))
-        if self.residual_in_fp32 and residual.dtype != torch.float64:
-            residual = residual.float()
-        return hidden, residual
+        return hidden, self._as_residual(residual)
+
+    def residual_step(self, stream, carry=None, return_carry: bool = False):
+        """stream (batch, seqlen, d_model) -> (stream + mixer(norm(stream)), carry): the residual stream entering
+        the next block (mamba_ssm's hidden + residual after this block, the same operations in the same order).
+        With ``return_carry`` the mixer runs as one segment (:meth:`Mamba.forward_segment`) from ``carry``."""
+        hidden = self.norm(stream.to(self.norm.weight.dtype))
+        if return_carry:
+            out, carry = self.mixer.forward_segment(hidden, carry)
+        else:
+            out = self.mixer(hidden)
+        return out + self._as_residual(stream), carry
 
     def forward(self, hidden, residual=None, state: dict | None = None):
         """hidden, residual: (batch, seqlen, d_model) -> (mixer output, new residual)."""
@@ -82,22 +97,55 @@ class MambaBackbone(nn.Module):
         self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.gradient_checkpointing = False
+        self.checkpoint_level = config.checkpoint_level
+        #: steps per recomputed segment at checkpoint level 2 (None: modules.recompute.segment_length decides)
+        self.recompute_segment: int | None = None
         self.apply(partial(init_weights, n_layer=config.n_layer))
+
+    @property
+    def checkpoint_level(self) -> int:
+        """0: keep activations; 1: recompute each block; 2: recompute each block in time segments (see
+        ``MambaConfig.checkpoint_level``). Starts at the config's value; applies in train mode with autograd."""
+        return self._checkpoint_level
+
+    @checkpoint_level.setter
+    def checkpoint_level(self, value: int) -> None:
+        if value not in CHECKPOINT_LEVELS or isinstance(value, bool):
+            raise ValueError(f"checkpoint_level must be one of {CHECKPOINT_LEVELS}, got {value!r}")
+        self._checkpoint_level = int(value)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.checkpoint_level > 0
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        """True: level 2 (or the level already set, if any); False: level 0."""
+        self.checkpoint_level = (self.checkpoint_level or 2) if value else 0
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """``states``: one dict per layer (see :meth:`Mamba.allocate_state`), filled with the prefill states."""
+        if self.checkpoint_level and self.training and torch.is_grad_enabled() and states is None:
+            return self._forward_recomputed(input_ids, inputs_embeds)
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         for i, layer in enumerate(self.layers):
-            state = None if states is None else states[i]
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and state is None:
-                hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
-            else:
-                hidden, residual = layer(hidden, residual, state)
+            hidden, residual = layer(hidden, residual, None if states is None else states[i])
         residual = hidden if residual is None else hidden + residual
         return self.norm_f(residual.to(self.norm_f.weight.dtype))
+
+    def _forward_recomputed(self, input_ids, inputs_embeds):
+        """The forward at checkpoint level 1 or 2: one unit per block over the residual stream, the embedding in
+        the first unit (unless ``inputs_embeds``), norm_f in the last (modules/recompute.py)."""
+        x = input_ids if inputs_embeds is None else inputs_embeds
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            unit = ResidualUnit(layer, self.embedding if i == 0 and inputs_embeds is None else None,
+                                self.norm_f if i == last else None)
+            x = checkpoint_unit(unit, x) if self.checkpoint_level == 1 else recompute_unit(unit, x,
+                                                                                          self.recompute_segment)
+        return x
 
     def forward_segment(self, input_ids: torch.Tensor, carries: list | None = None):
         """One segment of a long sequence: input_ids (batch, seqlen) and the previous segment's carries (one per
@@ -127,10 +175,19 @@ class MambaBackbone(nn.Module):
 
 
 class BackboneMixin:
-    """For models holding a ``self.backbone`` (MambaBackbone): ``model.gradient_checkpointing = True`` recomputes
-    each block in the backward pass (activation checkpointing)."""
+    """For models holding a ``self.backbone`` (MambaBackbone): ``model.checkpoint_level = 0 | 1 | 2`` chooses how
+    much of the activations the backward pass recomputes (``MambaConfig.checkpoint_level``);
+    ``model.gradient_checkpointing = True`` is level 2, False level 0."""
 
     backbone: MambaBackbone
+
+    @property
+    def checkpoint_level(self) -> int:
+        return self.backbone.checkpoint_level
+
+    @checkpoint_level.setter
+    def checkpoint_level(self, value: int) -> None:
+        self.backbone.checkpoint_level = value
 
     @property
     def gradient_checkpointing(self) -> bool:

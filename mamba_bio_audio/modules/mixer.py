@@ -5,6 +5,15 @@ Parameter names follow mamba_ssm's ``Mamba`` module so its checkpoints load: ``i
 parameters ``dt_bias``, ``B``, ``C`` (Delta, B, C no longer depend on the input).
 
 Shapes: hidden_states (batch, seqlen, d_model); inside, x and z (batch, d_inner, seqlen).
+
+Layout: the projections that feed the conv and the scan are computed channels-first (``W @ hidden^T`` by
+:func:`channels_first`, as mamba_ssm does), so x and z (halves of one (batch, 2 * d_inner, seqlen) product) and
+delta have time contiguous: for batch 1 the Triton conv and scan, which call ``.contiguous()`` on their inputs,
+copy none of them. ``F.linear`` then ``transpose(1, 2)`` gave channel-last views instead; at seqlen 2^20,
+d_inner 512, bf16 that cost per block a 1 GiB copy each of z and delta (saved for the backward) and one of x in
+the Triton conv (or, with causal-conv1d, the whole 2 GiB xz kept alive by its saved x view). B and C are
+(batch, d_state, seqlen) views of the x_proj product. For batch > 1, x and z are batch-strided views and the
+Triton kernels still copy them.
 """
 
 from __future__ import annotations
@@ -22,6 +31,12 @@ from mamba_bio_audio.config import MambaConfig
 def _fp32(p: torch.Tensor) -> torch.Tensor:
     """SSM parameters enter the scan in fp32 (fp64 models keep fp64, for exact tests)."""
     return p if p.dtype == torch.float64 else p.float()
+
+
+def channels_first(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) @ x (batch, in, seqlen) -> (batch, out, seqlen), contiguous for any strides of x
+    (torch.bmm's output always is; torch.matmul may fold the batch into rows and return a transposed view)."""
+    return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -111,10 +126,24 @@ class Mamba(nn.Module):
         out, new_carry = self._forward_one_direction(hidden_states, carry=carry, return_carry=True)
         return out, new_carry
 
+    def carries_state(self, like: torch.Tensor) -> bool:
+        """Whether :meth:`forward_segment` can split this mixer's forward into causal segments for tensors like
+        ``like``: a causal mixer using Mamba's own forward, and a scan backend that takes an initial state
+        (mamba_ssm's "cuda" scan does not)."""
+        return (not self.bidirectional and type(self).forward is Mamba.forward
+                and ops.resolve_backend(self.backend, "scan", like)[0] != "cuda")
+
+    def _in_proj(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states (batch, seqlen, d_model) -> x, z (batch, d_inner, seqlen), halves of one contiguous
+        (batch, 2 * d_inner, seqlen) product (contiguous themselves for batch 1)."""
+        xz = channels_first(self.in_proj.weight, hidden_states.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        return xz.chunk(2, dim=1)
+
     def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False):
         seqlen = hidden_states.shape[1]
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2 * d_inner, seqlen)
-        x, z = xz.chunk(2, dim=1)
+        x, z = self._in_proj(hidden_states)  # (batch, d_inner, seqlen) each
         if state is not None:
             state["conv_state"].copy_(F.pad(x, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
                                       else x[:, :, -self.d_conv:])
@@ -139,13 +168,14 @@ class Mamba(nn.Module):
         return self.out_proj(y.transpose(1, 2)), new_carry
 
     def _delta_B_C(self, x: torch.Tensor):
-        """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C, delta_bias (d_inner,) fp32."""
+        """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C (batch, d_state, seqlen) (S6) or
+        (d_inner, d_state) (S4D), delta_bias (d_inner,) fp32. delta is contiguous; B, C are views of one product."""
         if not self.selective:
             return torch.zeros_like(x), _fp32(self.B), _fp32(self.C), _fp32(self.dt_bias)
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (batch, seqlen, dt_rank + 2 * d_state)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias, in fp32
-        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(), _fp32(self.dt_proj.bias)
+        x_dbl = channels_first(self.x_proj.weight, x)  # (batch, dt_rank + 2 * d_state, seqlen)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = channels_first(self.dt_proj.weight, dt)  # (batch, d_inner, seqlen); bias: delta_bias, in fp32
+        return delta, B, C, _fp32(self.dt_proj.bias)
 
     # ---- recurrent (decode) --------------------------------------------------------------------------------
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict:
