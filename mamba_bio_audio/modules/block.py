@@ -116,11 +116,12 @@ class MambaBackbone(nn.Module):
 
     @property
     def gradient_checkpointing(self) -> bool:
+        """Whether the backward recomputes activations; setting True chooses level 2 (or keeps a level already
+        set), False level 0."""
         return self.checkpoint_level > 0
 
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, value: bool) -> None:
-        """True: level 2 (or the level already set, if any); False: level 0."""
         self.checkpoint_level = (self.checkpoint_level or 2) if value else 0
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
@@ -143,8 +144,10 @@ class MambaBackbone(nn.Module):
         for i, layer in enumerate(self.layers):
             unit = ResidualUnit(layer, self.embedding if i == 0 and inputs_embeds is None else None,
                                 self.norm_f if i == last else None)
-            x = checkpoint_unit(unit, x) if self.checkpoint_level == 1 else recompute_unit(unit, x,
-                                                                                          self.recompute_segment)
+            if self.checkpoint_level == 1:
+                x = checkpoint_unit(unit, x)
+            else:
+                x = recompute_unit(unit, x, self.recompute_segment)
         return x
 
     def forward_segment(self, input_ids: torch.Tensor, carries: list | None = None):
