@@ -79,6 +79,12 @@ for step in $what; do
             timeout 420 python3 -m mamba_bio_audio bench train --out "$out" 2>&1 | tail -12 ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
             timeout 540 python3 -m mamba_bio_audio bench generate --largest-batch --out "$out" 2>&1 | tail -16 ;;
+        variants)  # the scan under several tunings (chooses the defaults)
+            timeout 400 python3 /tmp/src/tools/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
+        decode-tests)  # CUDA-graph decoding of MambaLM and the audio model
+            python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/test_lm_decode.py \
+                /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         kernel-tests)  # only the kernel and model GPU tests (faster than "tests")
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
                 /tmp/src/tests/test_gpu_model.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15

@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=ts.DEFAULT_CHUNK)
     ap.add_argument("--block-d", type=int, default=ts.DEFAULT_BLOCK_D)
     ap.add_argument("--warps", type=int, default=ts.DEFAULT_NUM_WARPS)
+    ap.add_argument("--stages", type=int, default=ts.DEFAULT_NUM_STAGES)
     ap.add_argument("--dump", help="write the SASS of the last kernel here")
     ap.add_argument("--ttgir", help="write the TritonGPU IR (layouts, conversions) of the last kernel here")
     ap.add_argument("--set", action="append", default=[], help="NAME=0|1: override a constexpr flag")
@@ -135,9 +136,10 @@ def main() -> None:
                                  "ddelta_ptr", "dz_ptr")}
     # the training configuration: softplus precomputed by the wrapper, so the kernels add no bias
     common = dict(HAS_BIAS=False, BLOCK_D=args.block_d, BLOCK_N=16, CHUNK=args.chunk)
+    stages = dict(STAGES=args.stages)
     kernels = {
-        "fwd": (ts._fwd_kernel, dict(common, HAS_D=True, HAS_Z=True, HAS_H0=False, B_VARYING=True, C_VARYING=True)),
-        "bwd": (ts._bwd_kernel, dict(common, HAS_D=True, HAS_Z=True, HAS_H0=False, HAS_DLAST=False,
+        "fwd": (ts._fwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, B_VARYING=True, C_VARYING=True)),
+        "bwd": (ts._bwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, HAS_DLAST=False,
                                      DT_SOFTPLUS=True, WANT_DBIAS=True,
                                      B_VARYING=True, C_VARYING=True)),
     }

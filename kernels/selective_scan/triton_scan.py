@@ -239,7 +239,7 @@ def _fwd_kernel(
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """out (batch, dim, seqlen); states (batch, dim, nchunks, d_state) = the fp32 state before each chunk;
     last (batch, dim, d_state) = the final state (written by the last segment)."""
@@ -267,7 +267,7 @@ def _fwd_kernel(
         h = tl.exp2(dt_sum[None, :] * A2) * h + h_seg
 
     c_begin = seg * chunks_per_seg
-    for c in range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks)):
+    for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
         tn_mask = t_mask[:, None] & n_mask[None, :]
@@ -359,7 +359,7 @@ def _bwd_kernel(
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -407,7 +407,7 @@ def _bwd_kernel(
     dbias_acc = tl.zeros([BLOCK_D], tl.float32)
     c_begin = seg * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
-    for i in range(0, c_end - c_begin):
+    for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
         c = c_end - 1 - i
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
@@ -484,6 +484,7 @@ def _bwd_kernel(
 DEFAULT_CHUNK = 8  # H100: fastest forward; 4 gives a faster fwd + bwd but doubles the saved states
 DEFAULT_BLOCK_D = 8
 DEFAULT_NUM_WARPS = 1
+DEFAULT_NUM_STAGES = 1  # software pipelining of the chunk loops' loads (tl.range num_stages); 1 = none
 # Time segments are added when fewer warps than LOW_WARPS_PER_SM would run, aiming at TARGET_WARPS_PER_SM.
 LOW_WARPS_PER_SM, TARGET_WARPS_PER_SM, MAX_SEGMENTS = 8, 24, 256
 PARTIAL_BYTES = 1 << 30  # bound on the backward's dB + dC partial sums (varying B/C)
@@ -587,6 +588,7 @@ class _Tunables:
     block_d: int
     num_warps: int
     n_segments: int | None
+    num_stages: int = 1
 
 
 SOFTPLUS_BLOCK_T = 1024
@@ -640,7 +642,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: _Plan, tun: _
         dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, cpg, bpg, gb, ppgb, gc, ppgc,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
-        BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, num_warps=warps,
+        BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
     )
     return out, last, states
 
@@ -695,7 +697,7 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
-            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, num_warps=warps,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
             if X.dim() == 4:
@@ -756,7 +758,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    initial_state=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None,
+    initial_state=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
 ):
     """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
 
@@ -771,9 +773,12 @@ def selective_scan_triton(
         num_warps: warps per program (default 1).
         n_segments: time segments per sequence (default: split only when the channel blocks alone would leave
             the GPU nearly idle, e.g. batch 1 with long sequences).
+        num_stages: software-pipelining depth of the loads in the chunk loops (1 = none; default
+            DEFAULT_NUM_STAGES).
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
-    tun = _Tunables(chunk_size or DEFAULT_CHUNK, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments)
+    tun = _Tunables(chunk_size or DEFAULT_CHUNK, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
+                    num_stages or DEFAULT_NUM_STAGES)
     out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, tun)
     return (out, last) if return_last_state else out

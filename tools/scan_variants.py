@@ -1,0 +1,101 @@
+"""Time the Triton selective scan under several tunings on one GPU (a sweep for choosing defaults).
+
+    python tools/scan_variants.py --out DIR [--shapes "8,1536,2048;1,1536,65536"] [--configs "chunk=8,block_d=8,..."]
+
+Each config is keyword arguments of ``selective_scan_triton`` (chunk_size, block_d, num_warps, num_stages,
+n_segments). Inputs as in ``mba bench scan`` (bf16, d_state 16, softplus, z); median of triton.testing.do_bench.
+Every config's out and input gradients are compared with the first config's, so a fast but wrong tuning shows up.
+Writes scan_variants.json and .md under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+DEFAULT_CONFIGS = ";".join([
+    "chunk_size=8,block_d=8,num_warps=1,num_stages=1",
+    "chunk_size=8,block_d=8,num_warps=1,num_stages=2",
+    "chunk_size=8,block_d=8,num_warps=1,num_stages=3",
+    "chunk_size=4,block_d=8,num_warps=1,num_stages=1",
+    "chunk_size=4,block_d=8,num_warps=1,num_stages=2",
+    "chunk_size=8,block_d=4,num_warps=1,num_stages=1",
+    "chunk_size=4,block_d=16,num_warps=1,num_stages=1",
+    "chunk_size=8,block_d=16,num_warps=2,num_stages=1",
+    "chunk_size=16,block_d=8,num_warps=1,num_stages=1",
+])
+
+
+def parse_configs(text: str) -> list[dict]:
+    return [{k: int(v) for k, v in (kv.split("=") for kv in part.split(","))} for part in text.split(";") if part]
+
+
+def main() -> None:
+    from triton.testing import do_bench
+
+    from mamba_bio_audio.benchmarks.report import environment
+    from mamba_bio_audio.benchmarks.scan import make_inputs
+    from mamba_bio_audio.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shapes", default="8,1536,2048;1,1536,65536;1,512,1048576")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS)
+    args = ap.parse_args()
+    configs = parse_configs(args.configs)
+    rows = []
+    for shape_text in args.shapes.split(";"):
+        batch, dim, seqlen = (int(v) for v in shape_text.split(","))
+        x = make_inputs(batch, dim, seqlen, 16, torch.bfloat16, "cuda", requires_grad=True)
+        grad = torch.randn_like(x.u)
+        reference = None
+        for cfg in configs:
+            row = {"batch": batch, "dim": dim, "seqlen": seqlen, **cfg}
+
+            def forward():
+                return selective_scan_triton(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
+                                             delta_softplus=True, **cfg)
+
+            try:
+                out = forward()
+                grads = torch.autograd.grad(out, x.leaves(), grad)
+                result = [out.float()] + [g.float() for g in grads]
+                if reference is None:
+                    reference = result
+                row["max_rel_diff_vs_first"] = max(
+                    ((a - r).norm() / r.norm().clamp_min(1e-30)).item() for a, r in zip(result, reference))
+                del out, grads, result
+                with torch.no_grad():
+                    row["fwd_ms"] = float(do_bench(forward, warmup=25, rep=200, return_mode="median"))
+                row["fwd_bwd_ms"] = float(do_bench(lambda: torch.autograd.grad(forward(), x.leaves(), grad),
+                                                   warmup=25, rep=200, return_mode="median"))
+            except Exception as e:  # noqa: BLE001 - a config that fails to compile or run is a row, not the end
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            torch.cuda.empty_cache()
+        del x, grad, reference
+    os.makedirs(args.out, exist_ok=True)
+    env = environment()
+    with open(os.path.join(args.out, "scan_variants.json"), "w") as f:
+        json.dump({"rows": rows, "environment": env}, f, indent=1)
+    keys = ["batch", "dim", "seqlen", "chunk_size", "block_d", "num_warps", "num_stages", "fwd_ms", "fwd_bwd_ms",
+            "max_rel_diff_vs_first", "error"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, ""))
+                                       for k in keys) + " |")
+    with open(os.path.join(args.out, "scan_variants.md"), "w") as f:
+        f.write(f"# Scan tunings\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['date']}\n\n"
+                + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
