@@ -18,13 +18,20 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
 # .whl: pure packages the image lacks; .anchor-whl: mamba_ssm / causal-conv1d built for sm_90 (side-by-side runs).
-for wheels in .whl .anchor-whl; do
+# .anchor-xz: the same two anchor wheels without their CUDA extension, plus the stripped extension xz-compressed
+# beside it (both wheels whole are over the device call's 64 MiB).
+for wheels in .whl .anchor-whl .anchor-xz; do
     if ls "$repo/$wheels"/*.whl >/dev/null 2>&1; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
             "$repo/$wheels"/*.whl || exit 1
     fi
 done
-rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/src/.whl /tmp/src/.anchor-whl /tmp/src/.anchor
+for packed in "$repo"/.anchor-xz/*.so.xz; do
+    [ -e "$packed" ] || continue
+    python3 -c "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.open(sys.argv[1]).read())" \
+        "$packed" "/tmp/site/$(basename "$packed" .xz)" || exit 1
+done
+rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/src/.whl /tmp/src/.anchor-whl /tmp/src/.anchor-xz /tmp/src/.anchor
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/pkg /tmp/src >/dev/null || exit 1
 export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=/tmp/pkg/bin:$PATH

@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 DEFAULT_CONFIGS = ";".join([
     "chunk_size=8,block_d=8,num_warps=1,num_stages=1",
