@@ -33,12 +33,36 @@ def parse_configs(text: str) -> list[dict]:
     return [{k: int(v) for k, v in (kv.split("=") for kv in part.split(","))} for part in text.split(";") if part]
 
 
-def main() -> None:
+def time_config(x, grad, cfg: dict, reference: list | None) -> tuple[dict, list | None]:
+    """fwd and fwd+bwd ms of one tuning, and its outputs' largest relative difference from ``reference``."""
     from triton.testing import do_bench
 
+    from mamba_bio_audio.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    def forward():
+        return selective_scan_triton(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias, delta_softplus=True,
+                                     **cfg)
+
+    row: dict = {}
+    try:
+        out = forward()
+        result = [out.float()] + [g.float() for g in torch.autograd.grad(out, x.leaves(), grad)]
+        reference = reference or result
+        row["max_rel_diff_vs_first"] = max(((a - r).norm() / r.norm().clamp_min(1e-30)).item()
+                                           for a, r in zip(result, reference))
+        del out, result
+        with torch.no_grad():
+            row["fwd_ms"] = float(do_bench(forward, warmup=25, rep=200, return_mode="median"))
+        row["fwd_bwd_ms"] = float(do_bench(lambda: torch.autograd.grad(forward(), x.leaves(), grad),
+                                           warmup=25, rep=200, return_mode="median"))
+    except Exception as e:  # noqa: BLE001 - a config that fails to compile or run is a row, not the end
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    return row, reference
+
+
+def main() -> None:
     from mamba_bio_audio.benchmarks.report import environment
     from mamba_bio_audio.benchmarks.scan import make_inputs
-    from mamba_bio_audio.kernels.selective_scan.triton_scan import selective_scan_triton
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -53,31 +77,11 @@ def main() -> None:
         grad = torch.randn_like(x.u)
         reference = None
         for cfg in configs:
-            row = {"batch": batch, "dim": dim, "seqlen": seqlen, **cfg}
-
-            def forward():
-                return selective_scan_triton(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
-                                             delta_softplus=True, **cfg)
-
-            try:
-                out = forward()
-                grads = torch.autograd.grad(out, x.leaves(), grad)
-                result = [out.float()] + [g.float() for g in grads]
-                if reference is None:
-                    reference = result
-                row["max_rel_diff_vs_first"] = max(
-                    ((a - r).norm() / r.norm().clamp_min(1e-30)).item() for a, r in zip(result, reference))
-                del out, grads, result
-                with torch.no_grad():
-                    row["fwd_ms"] = float(do_bench(forward, warmup=25, rep=200, return_mode="median"))
-                row["fwd_bwd_ms"] = float(do_bench(lambda: torch.autograd.grad(forward(), x.leaves(), grad),
-                                                   warmup=25, rep=200, return_mode="median"))
-            except Exception as e:  # noqa: BLE001 - a config that fails to compile or run is a row, not the end
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            result, reference = time_config(x, grad, cfg, reference)
+            row = {"batch": batch, "dim": dim, "seqlen": seqlen, **cfg, **result}
             print(json.dumps(row), flush=True)
             rows.append(row)
             torch.cuda.empty_cache()
-        del x, grad, reference
     os.makedirs(args.out, exist_ok=True)
     env = environment()
     with open(os.path.join(args.out, "scan_variants.json"), "w") as f:
