@@ -92,6 +92,8 @@ for step in $what; do
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/test_lm_decode.py \
                 /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+        profile)  # the 90.7M model's training step by CUDA kernel (where the time goes)
+            timeout 200 python3 /tmp/src/tools/profile_step.py --out "$out" 2>&1 | head -60 ;;
         kernel-tests)  # only the kernel and model GPU tests (faster than "tests")
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
                 /tmp/src/tests/test_gpu_model.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
