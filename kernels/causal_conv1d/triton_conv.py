@@ -5,7 +5,8 @@ Semantics of :mod:`mamba_bio_audio.kernels.causal_conv1d.reference`. With W the 
 
     pre[t] = bias + sum_k weight[k] xp[t + k],   out[t] = act(pre[t])          t in [0, seqlen)
 
-Backward, with dpre[t] = dout[t] act'(pre[t]) (pre recomputed, never stored):
+Backward, with dpre[t] = dout[t] act'(pre[t]) (pre recomputed; dpre written once, in x's dtype, then read back
+W times by the dx pass):
 
     dxp[p]     = sum_k weight[k] dpre[p - k]          p in [0, W - 1 + seqlen): x and initial_state positions
     dweight[k] = sum_{batch, t} dpre[t] xp[t + k] ;  dbias = sum_{batch, t} dpre[t]
@@ -74,46 +75,61 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
-def _conv_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, dw_ptr, dbias_ptr, dim, seqlen,
+def _conv_dpre_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, seqlen,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """Program (time block, channel block, batch) covers xp positions p = pid_t BLOCK_T + [0, BLOCK_T) and writes
-    dxp there (dx for p >= W - 1, d initial_state before), plus its partial dweight (batch, blocks, dim, W) and
-    dbias (batch, blocks, dim) over the output steps t = p - (W - 1) >= 0."""
+    """Backward pass 1, program (time block, channel block, batch) over output steps t: dpre[t] = dout[t] act'(pre[t])
+    -> dpre (batch, dim, seqlen), and the partial dweight (batch, blocks, dim, W) and dbias (batch, blocks, dim).
+    pre is recomputed from the W shifted inputs, which the dweight partials reuse."""
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    d_mask = d < dim
+    mask = d_mask[:, None] & (t < seqlen)[None, :]
+    row = (b * dim + d).to(tl.int64) * seqlen
+    init_row = (b * dim + d) * (WIDTH - 1)
+    part = (b * tl.num_programs(0) + pid_t) * dim + d  # row of the partial sums
+    dpre = tl.load(dout_ptr + row[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        pre = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t,
+                   tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS
+                   else tl.zeros([BLOCK_D], tl.float32), seqlen, WIDTH, HAS_INIT)
+        sig = tl.sigmoid(pre)
+        dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
+    tl.store(dpre_ptr + row[:, None] + t[None, :], dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+    for k in tl.static_range(WIDTH):
+        xk = _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
+        tl.store(dw_ptr + part * WIDTH + k, tl.sum(dpre * xk, axis=1), mask=d_mask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + part, tl.sum(dpre, axis=1), mask=d_mask)
+
+
+@triton.jit
+def _conv_dx_kernel(
+    w_ptr, dpre_ptr, dx_ptr, dinit_ptr, dim, seqlen,
+    WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Backward pass 2, program (position block, channel block, batch) over xp positions p:
+    dxp[p] = sum_s weight[W - 1 - s] dpre[p - (W - 1) + s] (output step t + s read xp[p] with weight W - 1 - s),
+    written as dx for p >= W - 1 and as d initial_state before."""
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     p = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t = p - (WIDTH - 1)
     d_mask = d < dim
     row = (b * dim + d).to(tl.int64) * seqlen
-    init_row = (b * dim + d) * (WIDTH - 1)
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    part = (b * tl.num_programs(0) + pid_t) * dim + d  # row of the partial sums
-
     dxp = tl.zeros([BLOCK_D, BLOCK_T], tl.float32)
     for s in tl.static_range(WIDTH):
-        # Output step t + s reads xp[p] with weight k = W - 1 - s.
         ts = t + s
         valid = d_mask[:, None] & ((ts >= 0) & (ts < seqlen))[None, :]
-        dpre = tl.load(dout_ptr + row[:, None] + ts[None, :], mask=valid, other=0.0).to(tl.float32)
-        if SILU:
-            pre = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, ts, bias, seqlen, WIDTH, HAS_INIT)
-            sig = tl.sigmoid(pre)
-            dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
         w = tl.load(w_ptr + d * WIDTH + (WIDTH - 1 - s), mask=d_mask, other=0.0).to(tl.float32)
-        dxp += w[:, None] * dpre
-        if s == 0:  # the output steps t themselves: weight and bias partials
-            for k in tl.static_range(WIDTH):
-                xk = _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
-                tl.store(dw_ptr + part * WIDTH + k, tl.sum(dpre * xk, axis=1), mask=d_mask)
-            if HAS_BIAS:
-                tl.store(dbias_ptr + part, tl.sum(dpre, axis=1), mask=d_mask)
-
+        dxp += w[:, None] * tl.load(dpre_ptr + row[:, None] + ts[None, :], mask=valid, other=0.0).to(tl.float32)
     tl.store(dx_ptr + row[:, None] + t[None, :], dxp.to(dx_ptr.dtype.element_ty),
              mask=d_mask[:, None] & ((t >= 0) & (t < seqlen))[None, :])
     if HAS_INIT:
+        init_row = (b * dim + d) * (WIDTH - 1)
         tl.store(dinit_ptr + init_row[:, None] + p[None, :], dxp.to(dinit_ptr.dtype.element_ty),
                  mask=d_mask[:, None] & (t < 0)[None, :])
 
@@ -160,15 +176,24 @@ class _CausalConv1dFn(torch.autograd.Function):
         dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
         dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
         if dout is not None and seqlen > 0:
-            grid = _grid(seqlen + width - 1, dim, batch, block_t, block_d)
+            # Two passes: dpre once per step (pre recomputed from W shifted inputs), then dx from W shifted dpre.
+            # dpre is kept in x's dtype (fp32 for fp32 inputs), the precision of the dx it feeds.
+            grid = _grid(seqlen, dim, batch, block_t, block_d)
+            dpre = _empty(*x.shape, like=x)
             dw_part = _empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
             dbias_part = _empty(batch, grid[0], dim, like=x, dtype=torch.float32)
-            _conv_bwd_kernel[grid](
+            _conv_dpre_kernel[grid](
                 x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
-                dout.contiguous(), dx, dinit if dinit is not None else x, dw_part, dbias_part, dim, seqlen,
+                dout.contiguous(), dpre, dw_part, dbias_part, dim, seqlen,
                 WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
                 BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
             )
+            _conv_dx_kernel[_grid(seqlen + width - 1, dim, batch, block_t, block_d)](
+                weight, dpre, dx, dinit if dinit is not None else x, dim, seqlen,
+                WIDTH=width, HAS_INIT=initial_state is not None, BLOCK_D=block_d, BLOCK_T=block_t,
+                num_warps=num_warps,
+            )
+            del dpre
             dw = dw_part.sum((0, 1))
             dbias = dbias_part.sum((0, 1)) if bias is not None else None
         if dfinal is not None:
