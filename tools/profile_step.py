@@ -44,11 +44,15 @@ def main() -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         for _ in range(3):
             step()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=40, max_shapes_column_width=100)
+    table = table + "\n\nBy operator and input shapes:\n" + by_shape
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "profile_step.txt"), "w") as f:
         f.write(f"{args}\n{table}\n")
