@@ -21,7 +21,10 @@ Design (NOTES.md has the floor analysis, the measurements and what to try next):
   ``n_segments`` time segments: a summary pass gives each segment's end state from a zero start and its total
   decay exp(A sum dt); each segment's program then folds in the summaries of the segments before it.
   The backward does the same, right to left, for the state gradient.
-* Deterministic: no atomics. Per-program partial sums (dA, dD, d delta_bias, dB, dC) are reduced with
+* Deterministic under ``torch.use_deterministic_algorithms(True)``: then no atomics, and per-program partial sums
+  of varying dB / dC are reduced in a fixed order; otherwise those two are added atomically (fp32), as mamba_ssm
+  does, which saves writing and reading back 2 x 4 x batch x programs x d_state x seqlen bytes. Per-program partial
+  sums (dA, dD, d delta_bias, fixed dB/dC) are always reduced with
   torch.sum in the wrapper.
 """
 
@@ -358,8 +361,9 @@ def _bwd_kernel(
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, first_block,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
+    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -386,7 +390,12 @@ def _bwd_kernel(
     Dv = _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
     b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
     c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
-    part_row = (b * tl.num_programs(0) + pid).to(tl.int64) * d_state * seqlen  # into (batch, wave, d_state, seqlen)
+    if ATOMIC_BC:  # varying dB/dC added into their (batch, groups, d_state, seqlen) gradients
+        bc_row_b = b_base
+        bc_row_c = c_base
+    else:  # per-program partials (batch, wave, d_state, seqlen), summed by the wrapper in a fixed order
+        bc_row_b = (b * tl.num_programs(0) + pid).to(tl.int64) * d_state * seqlen
+        bc_row_c = bc_row_b
     seg_row = (b * nseg + seg) * dim + d
 
     # g after this segment: dL/d last_state, carried back through the later segments with their summaries.
@@ -452,12 +461,19 @@ def _bwd_kernel(
             dbias_acc += tl.sum(ddt, axis=0)
         gdtu = gs * (dt * u)[:, None, :]
         hdy = hs * dy[:, None, :]
+        tn_offs = n[None, :] * seqlen + t[:, None]
         if B_VARYING:
-            tl.store(dB_ptr + part_row + n[None, :] * seqlen + t[:, None], tl.sum(gdtu, axis=2), mask=tn_mask)
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask, sem="relaxed")
+            else:
+                tl.store(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask)
         else:
             dB_acc += tl.sum(gdtu, axis=0)
         if C_VARYING:
-            tl.store(dC_ptr + part_row + n[None, :] * seqlen + t[:, None], tl.sum(hdy, axis=2), mask=tn_mask)
+            if ATOMIC_BC:
+                tl.atomic_add(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask, sem="relaxed")
+            else:
+                tl.store(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask)
         else:
             dC_acc += tl.sum(hdy, axis=0)
 
@@ -658,7 +674,9 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
     programs = p.groups * p.blocks(block_d)
     # Varying B/C get per-program partial sums over channels, (batch, wave, d_state, seqlen) each: launch the
     # channel blocks in waves small enough to keep those under PARTIAL_BYTES.
-    partial_bytes = batch * p.d_state * seqlen * 4 * ((B.dim() == 4) + (C.dim() == 4))
+    # Unless torch.use_deterministic_algorithms is on, they are atomically added instead (as mamba_ssm does).
+    atomic = not torch.are_deterministic_algorithms_enabled()
+    partial_bytes = 0 if atomic else batch * p.d_state * seqlen * 4 * ((B.dim() == 4) + (C.dim() == 4))
     wave = programs if partial_bytes == 0 else max(1, min(programs, PARTIAL_BYTES // partial_bytes))
     nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device, programs=wave)
     cpg, bpg, gb, ppgb, gc, ppgc = _shape_args(p, block_d)
@@ -687,8 +705,8 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
                                                                              dtype=f32) for X in (B, C)]
     for first in range(0, programs, wave):
         n_wave = min(wave, programs - first)
-        parts = [_empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 else grad
-                 for X, grad in zip((B, C), grads_bc)]
+        parts = [_empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 and not atomic
+                 else grad for X, grad in zip((B, C), grads_bc)]
         _bwd_kernel[(n_wave, batch, nseg)](
             u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, states, dout,
             dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
@@ -697,11 +715,11 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, first, cpg, bpg, gb, ppgb, gc, ppgc,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
-            B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
+            B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
-            if X.dim() == 4:
+            if X.dim() == 4 and not atomic:
                 _add_group_sums(grad, part, first, programs // X.shape[1])
     dB, dC = (grad if X.dim() == 4 else grad.sum((0, 1)) for X, grad in zip((B, C), grads_bc))
     return (du, ddelta, dA.sum((0, 1)), dB, dC, dD.sum((0, 1)) if dD is not None else None, dz,

@@ -136,11 +136,33 @@ def test_softplus_over_a_wide_range(bias):
 
 
 @cpu_only
-def test_backward_in_waves(monkeypatch):
-    """dB/dC partials bounded to one channel block per launch: waves that split B/C groups still sum right."""
+def test_backward_in_waves(monkeypatch, deterministic):
+    """Deterministic mode: dB/dC partials bounded to one channel block per launch; waves that split B/C groups
+    still sum right."""
     monkeypatch.setattr(triton_scan, "PARTIAL_BYTES", 1)
     leaves = make_inputs(2, 12, 9, 4, bc="grouped", groups=2, h0=True, seed=8)
     assert_matches(leaves, seed=8, **SMALL)
+
+
+@cpu_only
+@pytest.mark.parametrize("bc", ["input", "grouped"])
+def test_deterministic_mode_matches_and_repeats(deterministic, bc):
+    """Under torch.use_deterministic_algorithms the varying dB/dC come from per-program partials (no atomics):
+    right, and bitwise the same on a second run."""
+    leaves = make_inputs(2, 12, 13, 4, bc=bc, groups=2, seed=9)
+    assert_matches(leaves, seed=9, **SMALL)
+    first = run(selective_scan_triton, leaves, torch.float32, True, 9, **SMALL)
+    second = run(selective_scan_triton, leaves, torch.float32, True, 9, **SMALL)
+    for a, b in zip(first, second):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.fixture
+def deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous)
 
 
 @cpu_only
@@ -186,7 +208,7 @@ def test_seqlen_zero():
 
 def test_autotune_candidates_are_kwargs():
     for cfg in autotune_candidates():
-        assert set(cfg) <= {"chunk_size", "block_d", "num_warps", "n_segments"}
+        assert set(cfg) <= {"chunk_size", "block_d", "num_warps", "n_segments", "num_stages"}
 
 
 @pytest.mark.gpu
