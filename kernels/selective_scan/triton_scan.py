@@ -72,12 +72,14 @@ def _dt(raw, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _softplus_kernel(delta_ptr, bias_ptr, dt_ptr, dim, seqlen, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr):
-    """dt = softplus(delta + bias) in fp32, (batch, dim, seqlen); program (row = b * dim + d, time block)."""
+def _softplus_kernel(delta_ptr, bias_ptr, dt_ptr, dim, seqlen, stride_b, stride_d,
+                     HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """dt = softplus(delta + bias) in fp32, (batch, dim, seqlen) with delta's strides (stride_b, stride_d, 1);
+    program (row = b * dim + d, time block)."""
     row, tb = tl.program_id(0), tl.program_id(1)
     t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     mask = t < seqlen
-    offs = row.to(tl.int64) * seqlen + t
+    offs = (row // dim).to(tl.int64) * stride_b + (row % dim).to(tl.int64) * stride_d + t
     x = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(bias_ptr + row % dim).to(tl.float32)
@@ -103,14 +105,14 @@ def _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
-def _bc_tile(ptr, base, d, n, t, nd_mask, tn_mask, d_state, seqlen, VARYING: tl.constexpr):
+def _bc_tile(ptr, base, d, n, t, nd_mask, tn_mask, d_state, stride_n, VARYING: tl.constexpr):
     """B or C as an fp32 tile broadcastable to (CHUNK, BLOCK_N, BLOCK_D).
 
-    VARYING: ptr is (batch, groups, d_state, seqlen) and ``base`` the offset of this program's (batch, group);
-    else ptr is (dim, d_state), the same for every step.
+    VARYING: ptr is (batch, groups, d_state, seqlen) with state stride ``stride_n`` (time stride 1) and ``base``
+    the offset of this program's (batch, group); else ptr is (dim, d_state), the same for every step.
     """
     if VARYING:
-        x = tl.load(ptr + base + n[None, :] * seqlen + t[:, None], mask=tn_mask, other=0.0).to(tl.float32)[:, :, None]
+        x = tl.load(ptr + base + n[None, :] * stride_n + t[:, None], mask=tn_mask, other=0.0).to(tl.float32)[:, :, None]
     else:
         x = tl.load(ptr + d[None, :] * d_state + n[:, None], mask=nd_mask, other=0.0).to(tl.float32)[None, :, :]
     return x
@@ -126,9 +128,10 @@ def _channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D: tl.conste
 
 
 @triton.jit
-def _group_base(b, part, groups, parts_per_group, d_state, seqlen):
-    """Offset of B/C[b, group] in a (batch, groups, d_state, seqlen) tensor for partition ``part``."""
-    return (b * groups + part // parts_per_group).to(tl.int64) * d_state * seqlen
+def _group_base(b, part, parts_per_group, stride_b, stride_g):
+    """Offset of B/C[b, group] in a (batch, groups, d_state, seqlen) tensor with strides (stride_b, stride_g, .,
+    1) for partition ``part``."""
+    return b.to(tl.int64) * stride_b + (part // parts_per_group).to(tl.int64) * stride_g
 
 
 @triton.jit
@@ -197,7 +200,7 @@ def _load_vec(ptr, d, d_mask, HAS: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def _fwd_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, seg_h_ptr, seg_dt_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
     HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
@@ -209,10 +212,10 @@ def _fwd_summary_kernel(
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
     nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A2 = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * _LOG2E
     bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
-    b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
+    b_base = _group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
 
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dt_sum = tl.zeros([BLOCK_D], tl.float32)
@@ -224,7 +227,7 @@ def _fwd_summary_kernel(
         offs = row[None, :] + t[:, None]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
-        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, seqlen, B_VARYING)
+        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
         hs, _ = _chunk_states(dt, u, Bt, A2, h)
         h = _at_step(hs, CHUNK - 1, CHUNK)
         dt_sum += tl.sum(dt, axis=0)
@@ -238,7 +241,7 @@ def _fwd_summary_kernel(
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
     out_ptr, states_ptr, last_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
@@ -251,12 +254,12 @@ def _fwd_kernel(
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
     nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A2 = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * _LOG2E
     bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
     Dv = _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
-    b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
-    c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
+    b_base = _group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
+    c_base = _group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
 
     if HAS_H0:
         h = tl.load(_state_ptrs(h0_ptr, b * dim + d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
@@ -280,8 +283,8 @@ def _fwd_kernel(
 
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
-        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, B_VARYING)
-        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, C_VARYING)
+        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
+        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
         hs, _ = _chunk_states(dt, u, Bt, A2, h)
         y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
         if HAS_Z:
@@ -313,7 +316,7 @@ def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
 @triton.jit
 def _bwd_summary_kernel(
     dout_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seg_g_ptr, seg_dt_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
@@ -326,10 +329,10 @@ def _bwd_summary_kernel(
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
     nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A2 = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * _LOG2E
     bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
-    c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
+    c_base = _group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
 
     g = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dt_sum = tl.zeros([BLOCK_D], tl.float32)
@@ -342,7 +345,7 @@ def _bwd_summary_kernel(
         offs = row[None, :] + t[:, None]
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next = _dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
-        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, seqlen, C_VARYING)
+        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
         g = _at_step(gs, 0, CHUNK)
@@ -358,7 +361,7 @@ def _bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
     seg_g_ptr, seg_dt_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, first_block,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
@@ -383,16 +386,16 @@ def _bwd_kernel(
     n = tl.arange(0, BLOCK_N)
     n_mask = n < d_state
     nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A = tl.load(_state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
     A2 = A * _LOG2E
     bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
     Dv = _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
-    b_base = _group_base(b, part, groups_b, parts_per_group_b, d_state, seqlen)
-    c_base = _group_base(b, part, groups_c, parts_per_group_c, d_state, seqlen)
-    if ATOMIC_BC:  # varying dB/dC added into their (batch, groups, d_state, seqlen) gradients
-        bc_row_b = b_base
-        bc_row_c = c_base
+    b_base = _group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
+    c_base = _group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
+    if ATOMIC_BC:  # varying dB/dC added into their contiguous (batch, groups, d_state, seqlen) gradients
+        bc_row_b = (b * groups_b + part // parts_per_group_b).to(tl.int64) * d_state * seqlen
+        bc_row_c = (b * groups_c + part // parts_per_group_c).to(tl.int64) * d_state * seqlen
     else:  # per-program partials (batch, wave, d_state, seqlen), summed by the wrapper in a fixed order
         bc_row_b = (b * tl.num_programs(0) + pid).to(tl.int64) * d_state * seqlen
         bc_row_c = bc_row_b
@@ -428,8 +431,8 @@ def _bwd_kernel(
         h = tl.load(_state_ptrs(states_ptr, (b * dim + d) * nchunks + c, n, d_state), mask=nd_mask, other=0.0)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
-        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, B_VARYING)
-        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, seqlen, C_VARYING)
+        Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
+        Ct = _bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
         hs, dBu = _chunk_states(dt, u, Bt, A2, h)
 
         # Output gate: out = y_pre silu(z).
@@ -585,9 +588,39 @@ def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) ->
     return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
-def _as_groups(X: torch.Tensor) -> torch.Tensor:
-    """Varying B/C -> contiguous (batch, groups, d_state, seqlen); fixed -> contiguous (dim, d_state)."""
-    return (X.unsqueeze(1) if X.dim() == 3 else X).contiguous()
+def _empty_as(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialised, with t's shape and strides (t dense): through :func:`_empty`, which tests poison."""
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+    return _empty(span, like=t, dtype=dtype).as_strided(t.shape, t.stride())
+
+
+def _same_layout(u: torch.Tensor, *others: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """u, delta, z (batch, dim, seqlen) in one layout (stride_b, stride_d, 1) that the kernels index: theirs when
+    they share it and time is contiguous (e.g. channel-major views (L, batch * L, 1) of a projection's output),
+    else contiguous copies."""
+    tensors = [u, *others]
+    present = [t for t in tensors if t is not None]
+    dense = all(t.stride() == u.stride() for t in present) and u.stride(2) == 1 and u.dim() == 3
+    if dense:
+        span = 1 + sum((n - 1) * st for n, st in zip(u.shape, u.stride()))
+        dense = span == u.numel() and min(u.stride(0), u.stride(1)) >= 1
+    return [t.contiguous() if t is not None and not dense else t for t in tensors]
+
+
+def _as_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Varying B/C -> (batch, groups, d_state, seqlen) views sharing one layout with time contiguous (copied
+    when they do not); fixed -> contiguous (dim, d_state)."""
+    B, C = ((X.unsqueeze(1) if X.dim() == 3 else X) for X in (B, C))
+    varying = [X for X in (B, C) if X.dim() == 4]
+    ok = all(X.stride(-1) == 1 and X.stride() == varying[0].stride() for X in varying)
+    return tuple(X.contiguous() if X.dim() == 2 or not ok else X for X in (B, C))
+
+
+def _strides(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """(stride_b, stride_d) of the (batch, dim, seqlen) tensors and (batch, group, state) strides of B/C."""
+    varying = B if B.dim() == 4 else C
+    bc = varying.stride()[:3] if varying.dim() == 4 else (0, 0, 0)
+    return (u.stride(0), u.stride(1), *bc)
 
 
 def _shape_args(p: _Plan, block_d: int) -> tuple:
@@ -623,9 +656,9 @@ def _dt_input(delta, delta_bias, softplus):
     if not softplus:
         return delta, delta_bias
     batch, dim, seqlen = delta.shape
-    dt = _empty(batch, dim, seqlen, like=delta, dtype=torch.float32)
+    dt = _empty_as(delta, torch.float32)
     _softplus_kernel[(batch * dim, triton.cdiv(seqlen, SOFTPLUS_BLOCK_T))](
-        delta, delta_bias if delta_bias is not None else delta, dt, dim, seqlen,
+        delta, delta_bias if delta_bias is not None else delta, dt, dim, seqlen, delta.stride(0), delta.stride(1),
         HAS_BIAS=delta_bias is not None, BLOCK_T=SOFTPLUS_BLOCK_T, num_warps=4,
     )
     return dt, None
@@ -636,7 +669,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: _Plan, tun: _
     batch, dim, seqlen = u.shape
     delta, delta_bias = _dt_input(delta, delta_bias, softplus)
     f32 = torch.float32
-    out = _empty(*u.shape, like=u)
+    out = _empty_as(u)
     last = _empty(batch, dim, p.d_state, like=u, dtype=f32)
     states = _empty(batch, dim, p.nchunks, p.d_state, like=u, dtype=f32)
     block_d, warps = tun.block_d, tun.num_warps
@@ -650,14 +683,14 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: _Plan, tun: _
     if nseg > 1:
         _fwd_summary_kernel[grid](
             u, delta, A, B, bias, seg_h, seg_dt,
-            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, cpg, bpg, gb, ppgb,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *_strides(u, B, C), cpg, bpg, gb, ppgb,
             HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
     _fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
         h0 if h0 is not None else dummy, seg_h, seg_dt, out, states, last,
-        dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, cpg, bpg, gb, ppgb, gc, ppgc,
+        dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *_strides(u, B, C), cpg, bpg, gb, ppgb, gc, ppgc,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
         BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
@@ -681,7 +714,10 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
     wave = programs if partial_bytes == 0 else max(1, min(programs, PARTIAL_BYTES // partial_bytes))
     nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device, programs=wave)
     cpg, bpg, gb, ppgb, gc, ppgc = _shape_args(p, block_d)
-    dout = dout.contiguous() if dout is not None else torch.zeros_like(u)
+    if dout is None:
+        dout = torch.zeros_like(u)
+    elif dout.stride() != u.stride():  # the kernels index every (batch, dim, seqlen) tensor alike
+        dout = _empty_as(u, dout.dtype).copy_(dout)
     dummy = u
     bias = delta_bias if delta_bias is not None else dummy
     z_arg = z if z is not None else dummy
@@ -691,13 +727,13 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
     if nseg > 1:
         _bwd_summary_kernel[(programs, batch, nseg)](
             dout, delta, A, C, z_arg, bias, seg_g, seg_dt,
-            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, cpg, bpg, gc, ppgc,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *_strides(u, B, C), cpg, bpg, gc, ppgc,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
 
-    du, ddelta = _empty(*u.shape, like=u), _empty(*delta_in.shape, like=delta_in)
-    dz = _empty(*z.shape, like=z) if z is not None else None
+    du, ddelta = _empty_as(u), _empty_as(delta_in)
+    dz = _empty_as(z) if z is not None else None
     dh0 = _empty(batch, dim, p.d_state, like=u, dtype=f32) if h0 is not None else None
     dA = _empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
     dD = _empty(batch, nseg, dim, like=u, dtype=f32) if D is not None else None
@@ -713,7 +749,8 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
             dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
             du, ddelta, dz if dz is not None else dummy, dh0 if dh0 is not None else dummy,
             dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy, *parts,
-            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, first, cpg, bpg, gb, ppgb, gc, ppgc,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, first, *_strides(u, B, C), cpg, bpg, gb, ppgb, gc,
+            ppgc,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic,
@@ -742,9 +779,9 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, tun):
         p = _plan(u, A, B, C, tun.chunk_size)
         B_in, C_in = B, C
-        u, delta, A, B, C = u.contiguous(), delta.contiguous(), A.contiguous(), _as_groups(B), _as_groups(C)
-        D, z, delta_bias, initial_state = (x.contiguous() if x is not None else None
-                                           for x in (D, z, delta_bias, initial_state))
+        u, delta, z = _same_layout(u, delta, z)
+        (B, C), A = _as_groups(B, C), A.contiguous()
+        D, delta_bias, initial_state = (x.contiguous() if x is not None else None for x in (D, delta_bias, initial_state))
         if p.seqlen == 0:
             out = torch.empty_like(u)
             last = (initial_state.float() if initial_state is not None

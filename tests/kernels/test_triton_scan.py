@@ -165,6 +165,38 @@ def deterministic():
     torch.use_deterministic_algorithms(previous)
 
 
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """The same values as x (batch, rows, seqlen), stored as one (rows, batch * seqlen) matrix: strides
+    (seqlen, batch * seqlen, 1), as a projection's output viewed per batch row."""
+    batch, rows, seqlen = x.shape
+    return x.permute(1, 0, 2).contiguous().view(rows, batch, seqlen).permute(1, 0, 2)
+
+
+@cpu_only
+def test_strided_layouts_match_contiguous():
+    """u, delta, z channel-major (no copies); B, C views of one (batch, 2 * d_state, seqlen) product; dout in
+    another layout: same out and gradients as contiguous inputs."""
+    torch.manual_seed(3)
+    batch, dim, seqlen, d_state = 2, 6, 19, 4
+    u, delta, z = (torch.randn(batch, dim, seqlen) for _ in range(3))
+    BC = torch.randn(batch, 2 * d_state + 3, seqlen)
+    A = -torch.rand(dim, d_state) - 0.5
+    D, bias = torch.randn(dim), torch.randn(dim) * 0.5
+    g = torch.randn(batch, dim, seqlen)
+
+    def grads(u, delta, z, BC):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (u, delta, z, BC)]  # clone keeps the strides
+        assert leaves[0].stride() == u.stride()
+        B, C = leaves[3][:, 3:3 + d_state], leaves[3][:, 3 + d_state:]
+        out = selective_scan_triton(leaves[0], leaves[1], A, B, C, D, leaves[2], bias, delta_softplus=True, **SMALL)
+        return [out] + list(torch.autograd.grad(out, leaves, g.transpose(1, 2).contiguous().transpose(1, 2)))
+
+    reference = grads(u, delta, z, BC.contiguous())
+    strided = grads(_channel_major(u), _channel_major(delta), _channel_major(z), BC)
+    for a, r in zip(strided, reference):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-6), (a - r).abs().max()
+
+
 @cpu_only
 def test_bf16_inputs():
     leaves = make_inputs(2, 6, 19, 4, h0=True, seed=3)
