@@ -55,7 +55,7 @@ def _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t, bias, seqlen,
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, dim, seqlen,
+    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, dim, seqlen, stride_b, stride_d,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
@@ -64,7 +64,7 @@ def _conv_fwd_kernel(
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     d_mask = d < dim
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d  # x, out, dout, dpre, dx share a layout
     init_row = (b * dim + d) * (WIDTH - 1)
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
     out = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t, bias, seqlen, WIDTH, HAS_INIT)
@@ -76,7 +76,7 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_dpre_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, seqlen,
+    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, seqlen, stride_b, stride_d,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
@@ -88,7 +88,7 @@ def _conv_dpre_kernel(
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     d_mask = d < dim
     mask = d_mask[:, None] & (t < seqlen)[None, :]
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d  # x, out, dout, dpre, dx share a layout
     init_row = (b * dim + d) * (WIDTH - 1)
     part = (b * tl.num_programs(0) + pid_t) * dim + d  # row of the partial sums
     dpre = tl.load(dout_ptr + row[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -108,7 +108,7 @@ def _conv_dpre_kernel(
 
 @triton.jit
 def _conv_dx_kernel(
-    w_ptr, dpre_ptr, dx_ptr, dinit_ptr, dim, seqlen,
+    w_ptr, dpre_ptr, dx_ptr, dinit_ptr, dim, seqlen, stride_b, stride_d,
     WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """Backward pass 2, program (position block, channel block, batch) over xp positions p:
@@ -119,7 +119,7 @@ def _conv_dx_kernel(
     p = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t = p - (WIDTH - 1)
     d_mask = d < dim
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d  # x, out, dout, dpre, dx share a layout
     dxp = tl.zeros([BLOCK_D, BLOCK_T], tl.float32)
     for s in tl.static_range(WIDTH):
         ts = t + s
@@ -139,6 +139,20 @@ def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) ->
     return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
+def _empty_as(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialised with t's shape and strides (t dense), through :func:`_empty`."""
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+    return _empty(span, like=t, dtype=dtype).as_strided(t.shape, t.stride())
+
+
+def _time_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x (batch, dim, seqlen) as it is when time is contiguous and the layout dense (e.g. a channel-major view
+    of a projection's output), else a contiguous copy."""
+    span = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride())) if x.numel() else 0
+    dense = x.dim() == 3 and x.stride(2) == 1 and span == x.numel() and min(x.stride(0), x.stride(1)) >= 1
+    return x if dense else x.contiguous()
+
+
 def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[int, int, int]:
     return triton.cdiv(rows, block_t), triton.cdiv(dim, block_d), batch
 
@@ -148,11 +162,12 @@ class _CausalConv1dFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, initial_state, silu, want_final, block_d, block_t, num_warps):
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
-        out = _empty(*x.shape, like=x)
+        out = _empty_as(x)
         if seqlen > 0:
             _conv_fwd_kernel[_grid(seqlen, dim, batch, block_t, block_d)](
                 x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x, out,
-                dim, seqlen, WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
+                dim, seqlen, *x.stride()[:2], WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
+                SILU=silu,
                 BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
             )
         final_state = None
@@ -171,7 +186,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         silu, block_d, block_t, num_warps = ctx.launch
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
-        dx = torch.zeros_like(x) if dout is None or seqlen == 0 else _empty(*x.shape, like=x)
+        dx = torch.zeros_like(x) if dout is None or seqlen == 0 else _empty_as(x)
         dinit = torch.zeros_like(initial_state) if initial_state is not None else None
         dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
         dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
@@ -179,17 +194,19 @@ class _CausalConv1dFn(torch.autograd.Function):
             # Two passes: dpre once per step (pre recomputed from W shifted inputs), then dx from W shifted dpre.
             # dpre is kept in x's dtype (fp32 for fp32 inputs), the precision of the dx it feeds.
             grid = _grid(seqlen, dim, batch, block_t, block_d)
-            dpre = _empty(*x.shape, like=x)
+            dpre = _empty_as(x)
+            if dout.stride() != x.stride():  # the kernels index x, dout, dpre and dx alike
+                dout = _empty_as(x, dout.dtype).copy_(dout)
             dw_part = _empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
             dbias_part = _empty(batch, grid[0], dim, like=x, dtype=torch.float32)
             _conv_dpre_kernel[grid](
                 x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
-                dout.contiguous(), dpre, dw_part, dbias_part, dim, seqlen,
+                dout, dpre, dw_part, dbias_part, dim, seqlen, *x.stride()[:2],
                 WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
                 BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
             )
             _conv_dx_kernel[_grid(seqlen + width - 1, dim, batch, block_t, block_d)](
-                weight, dpre, dx, dinit if dinit is not None else x, dim, seqlen,
+                weight, dpre, dx, dinit if dinit is not None else x, dim, seqlen, *x.stride()[:2],
                 WIDTH=width, HAS_INIT=initial_state is not None, BLOCK_D=block_d, BLOCK_T=block_t,
                 num_warps=num_warps,
             )
@@ -220,7 +237,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
     """
     _check_activation(activation)
     out, final_state = _CausalConv1dFn.apply(
-        x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
+        _time_contiguous(x), weight.contiguous(), bias.contiguous() if bias is not None else None,
         initial_state.contiguous() if initial_state is not None else None, activation is not None,
         return_final_state, block_d or DEFAULT_BLOCK_D, block_t or DEFAULT_BLOCK_T, num_warps or DEFAULT_NUM_WARPS,
     )

@@ -77,6 +77,27 @@ def test_conv_matches_reference(width, seqlen, activation, bias, init):
 
 
 @cpu_only
+def test_conv_channel_major_input_matches_contiguous():
+    """x as a channel-major view (strides (seqlen, batch * seqlen, 1), a projection's output) and dout in yet
+    another layout: out and every gradient as for contiguous x, and out / dx keep x's layout."""
+    torch.manual_seed(4)
+    batch, dim, seqlen, width = 2, 6, 37, 4
+    x = torch.randn(dim, batch, seqlen).permute(1, 0, 2)
+    weight, bias, init = torch.randn(dim, width), torch.randn(dim), torch.randn(batch, dim, width - 1)
+    g = torch.randn(batch, seqlen, dim).transpose(1, 2)
+
+    def run(x):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, bias, init)]
+        out = causal_conv1d_triton(leaves[0], leaves[1], leaves[2], "silu", leaves[3], block_t=16, block_d=4)
+        return [out] + list(torch.autograd.grad(out, leaves, g))
+
+    strided, reference = run(x), run(x.contiguous())
+    assert strided[0].stride() == x.stride() and strided[1].stride() == x.stride()
+    for a, r in zip(strided, reference):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+@cpu_only
 def test_conv_bf16():
     check_conv(2, 5, 20, 4, "silu", True, True, torch.bfloat16, "cpu", seed=1, block_t=16, block_d=4)
 
