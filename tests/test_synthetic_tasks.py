@@ -1,16 +1,24 @@
 """The synthetic tasks' generators (answers recoverable, positions varying, deterministic), the no-gate model,
-the masked loss, and evaluation at several lengths under a memory budget."""
+the masked loss, evaluation at several lengths under a memory budget (segments with carried states, a deadline),
+and the early stop."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 from mamba_bio_audio import MambaConfig, MambaLM
 from mamba_bio_audio.data_prep.synthetic_tasks import IGNORE_INDEX, InductionHeads, SelectiveCopying
-from mamba_bio_audio.metrics.synthetic import evaluate_accuracy, evaluate_lengths, forward_bytes_per_token
+from mamba_bio_audio.metrics.synthetic import (
+    answer_logits,
+    evaluate_accuracy,
+    evaluate_lengths,
+    forward_bytes_per_token,
+)
 from mamba_bio_audio.models.ssm_only import SSMOnlyLM
-from mamba_bio_audio.training.synthetic_task import masked_loss_and_counts
+from mamba_bio_audio.training.synthetic_task import LengthCurriculum, StopTraining, masked_loss_and_counts
 
 
 # ---- oracles: read the answer off the input alone ----------------------------------------------------------------
@@ -155,3 +163,97 @@ def test_evaluate_lengths_skips_what_does_not_fit():
     assert results[0].accuracy is not None and results[1].accuracy is not None
     assert results[2].accuracy is None and "budget" in results[2].skipped
     assert len(lines) == 3 and "skipped" in lines[2]
+
+
+# ---- segmented evaluation: long sequences in segments with carried states ------------------------------------------
+@pytest.mark.parametrize("model_cls, layer", [(MambaLM, "S6"), (SSMOnlyLM, "S6"), (SSMOnlyLM, "S4D")])
+def test_answer_logits_in_segments_equal_one_pass(model_cls, layer):
+    torch.manual_seed(0)
+    model = model_cls(MambaConfig(d_model=16, n_layer=2, vocab_size=17, d_state=4, ssm_layer=layer)).double()
+    ids = torch.randint(0, 17, (3, 50))
+    whole = model(ids, num_last_tokens=7)
+    for segment in (8, 16, 49):  # segments that do and do not divide the length; the span crosses a boundary
+        torch.testing.assert_close(answer_logits(model, ids, 7, segment_len=segment), whole, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(answer_logits(model, ids, 7, segment_len=64), whole)  # one segment: one pass
+
+
+def test_evaluate_lengths_in_segments_fits_what_one_pass_does_not():
+    model = _tiny_model(17).double()
+    per_token = forward_bytes_per_token(model)
+    sample = lambda n, i: InductionHeads(seqlen=n).sample(i)  # noqa: E731
+    budget = per_token * 100
+    one_pass = evaluate_lengths(model, sample, [16, 256], n_samples=4, memory_budget=budget, segment_len=None)
+    assert one_pass[1].accuracy is None and "budget" in one_pass[1].skipped
+    segmented = evaluate_lengths(model, sample, [16, 256], n_samples=4, memory_budget=budget, segment_len=32)
+    assert segmented[1].accuracy is not None and segmented[1].batch_size >= 1
+    reference = evaluate_accuracy(model, lambda i: sample(256, i), n_samples=4, batch_size=4)
+    assert segmented[1].accuracy == reference["accuracy"]
+    scored = evaluate_accuracy(model, lambda i: sample(256, i), n_samples=4, batch_size=4, segment_len=32)
+    assert scored["loss"] == pytest.approx(reference["loss"], rel=1e-9)
+
+
+def test_evaluate_lengths_skips_lengths_after_the_deadline():
+    model = _tiny_model(17)
+    lines = []
+    results = evaluate_lengths(model, lambda n, i: InductionHeads(seqlen=n).sample(i), [16, 32], n_samples=2,
+                               deadline=time.monotonic() - 1, progress=lines.append)
+    assert all(r.accuracy is None and r.skipped.startswith("time budget") for r in results)
+    assert "skipped" in lines[0]
+
+
+# ---- stopping a run early ---------------------------------------------------------------------------------------
+class _FakeTrainer:
+    def __init__(self, metrics: dict, step: int = 10):
+        self.callback_metrics = metrics
+        self.sanity_checking = False
+        self.global_step = step
+        self.should_stop = False
+
+
+def test_stop_training_at_target_accuracy_and_deadline():
+    stop = StopTraining(target_accuracy=0.99)
+    low, high = _FakeTrainer({"val/accuracy": torch.tensor(0.5)}), _FakeTrainer({"val/accuracy": torch.tensor(1.0)}, 40)
+    stop.on_validation_end(low, None)
+    assert not low.should_stop and stop.reason is None and stop.best == 0.5
+    stop.on_train_batch_end(low)  # no deadline: nothing happens
+    assert not low.should_stop
+    stop.on_validation_end(high, None)
+    assert high.should_stop and stop.reason == "target" and stop.reached_at == 40 and stop.best == 1.0
+
+    timed = StopTraining(deadline=time.monotonic() - 1)
+    trainer = _FakeTrainer({})
+    timed.on_validation_end(trainer, None)  # no metric yet: ignored
+    timed.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.should_stop and timed.reason == "time" and timed.reached_at is None
+
+    last = StopTraining(deadline=time.monotonic() - 1)
+    trainer = _FakeTrainer({}, step=10)
+    trainer.max_steps = 10
+    last.on_train_batch_end(trainer)  # the deadline passed at the last step: the run is complete, not cut
+    assert not trainer.should_stop and last.reason is None
+
+
+def test_length_curriculum_moves_on_at_its_cap_or_when_learned():
+    capped = LengthCurriculum(((16, 5), (32, 5)), final_len=64)
+    assert [capped.seqlen_at(s) for s in (0, 4, 5, 9, 10, 10**6)] == [16, 16, 32, 32, 64, 64]
+    for step in range(1, 12):
+        capped.on_train_batch_end(_FakeTrainer({}, step), None)
+    assert capped.starts == [0, 5, 10]
+
+    early = LengthCurriculum(((16, 1000), (32, 1000)), final_len=64, advance_at=0.99, check_every=10, checks=2, lag=2)
+    for step, accuracy in ((10, 0.995), (20, 0.5), (30, 1.0), (40, 1.0)):
+        early.on_train_batch_end(_FakeTrainer({"train/accuracy": torch.tensor(accuracy)}, step), None)
+    assert early.starts == [0, 42]  # two good checks in a row (30, 40), effective two steps later
+    assert [early.seqlen_at(s) for s in (41, 42, 1041, 1042)] == [16, 32, 32, 64]
+    early.on_train_batch_end(_FakeTrainer({"train/accuracy": torch.tensor(1.0)}, 50), None)  # one check at 32
+    assert early.starts == [0, 42]
+    with pytest.raises(ValueError, match="max_steps >= 1"):
+        LengthCurriculum(((16, 0),), final_len=32)
+
+
+def test_length_curriculum_moves_on_at_its_time_cap():
+    timed = LengthCurriculum(((16, 1000), (32, 1000)), final_len=64, time_caps=[time.monotonic() - 1, 1e18])
+    for step in (1, 2, 3, 4):
+        timed.on_train_batch_end(_FakeTrainer({}, step), None)
+    assert timed.starts == [0, 3]  # out of time at step 1: the next stage from step 3, scheduled once
+    assert [timed.seqlen_at(s) for s in (2, 3, 1002, 1003)] == [16, 32, 32, 64]

@@ -6,7 +6,8 @@
 The scan is the same S6 (Delta, B, C from the input through ``x_proj``/``dt_proj``) or S4D (per-channel Delta, B,
 C) as :class:`~mamba_bio_audio.modules.mixer.Mamba`, with the same parameters and initialisation (inherited), and
 runs through :func:`mamba_bio_audio.ops.selective_scan_fn`. :class:`SSMOnlyLM` is a :class:`MambaLM` (pre-norm
-residual blocks, final norm, tied head) whose mixers are SSM-only.
+residual blocks, final norm, tied head) whose mixers are SSM-only; its ``forward_segment`` (long sequences in
+segments, as in metrics/synthetic.py) carries the SSM state alone, a 1-tuple per layer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ class SSMOnlyMixer(Mamba):
             y, last_state = y
             state["ssm_state"].copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
+
+    def forward_segment(self, hidden_states: torch.Tensor, carry: tuple | None = None):
+        """One segment of a longer sequence: hidden_states (batch, seqlen, d_model) and the previous segment's
+        carry (``(ssm_state,)``, (batch, d_inner, d_state) fp32; None at the start) -> (output, carry for the
+        next segment). Gradients flow into the carry (there is no conv state to pass)."""
+        x = self.in_proj(hidden_states).transpose(1, 2)  # (batch, d_inner, seqlen)
+        y, last_state = ops.selective_scan_fn(x, **self._scan_params(x), delta_softplus=True, return_last_state=True,
+                                              initial_state=None if carry is None else carry[0],
+                                              backend=self.backend)
+        return self.out_proj(y.transpose(1, 2)), (last_state,)
+
+    def carries_state(self, like: torch.Tensor) -> bool:
+        """Segments can carry the state unless the scan backend is mamba_ssm's (no initial state)."""
+        return ops.resolve_backend(self.backend, "scan", like)[0] != "cuda"
 
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> dict:
         """Zero ``ssm_state`` (batch, d_inner, d_state), fp32 (fp64 for fp64 models); there is no conv state."""

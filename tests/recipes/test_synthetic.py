@@ -130,3 +130,92 @@ def test_missing_gpu_is_a_one_line_error(capsys, tmp_path, micro_presets):
                  ["synthetic", "selective-copy", "--out", str(tmp_path / "r"), "--device", "cuda"]):
         code, _, err = run(args, capsys)
         assert code == 2 and "cuda" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- presets: the paper's as Appendix E.1 states them; gpu-fast is ours ------------------------------------------
+def test_paper_presets_follow_appendix_e1():
+    from mamba_bio_audio.data_prep.synthetic_tasks import InductionHeads, SelectiveCopying
+
+    sc, ih = synthetic.PRESETS["paper"]["selective-copy"], synthetic.PRESETS["paper"]["induction-heads"]
+    assert (sc.data["seqlen"], sc.data["n_memorize"], sc.batch_size, sc.lr, sc.max_steps) == (4096, 16, 64, 1e-4,
+                                                                                                400_000)
+    assert SelectiveCopying(**sc.data).vocab_size == 16  # "a vocab size of 16 possible tokens (including noise)"
+    assert (ih.data["seqlen"], ih.batch_size, ih.lr, ih.max_steps) == (256, 8, 1e-3, 8192 * 25)
+    assert InductionHeads(**ih.data).vocab_size == 16
+    assert ih.test_log2_lengths == tuple(range(6, 21))
+    for preset in (sc, ih):
+        assert preset.model == {"d_model": 64, "n_layer": 2, "d_state": 16}
+        assert preset.warmup == 0 and preset.min_lr_ratio == 1.0  # constant learning rate
+        assert preset.curriculum == () and preset.target_accuracy is None
+
+
+def test_gpu_fast_presets_keep_the_papers_tasks_and_models():
+    for task in synthetic.TASKS:
+        fast, paper = synthetic.PRESETS["gpu-fast"][task], synthetic.PRESETS["paper"][task]
+        assert fast.data == paper.data and fast.model == paper.model
+        assert fast.test_log2_lengths == paper.test_log2_lengths
+        assert fast.target_accuracy is not None and fast.val_every > 0
+        lengths = fast.length_curriculum().lengths
+        assert lengths == sorted(lengths) and lengths[-1] == fast.data["seqlen"]
+    assert synthetic.PRESETS["gpu-fast"]["induction-heads"].length_curriculum().lengths == [256]  # trained at 256
+
+
+def test_curriculum_picks_the_training_length_by_step():
+    preset = TaskPreset(data={"seqlen": 64, "n_memorize": 2, "n_data_tokens": 4}, batch_size=4, max_steps=10,
+                        lr=1e-3, curriculum=((16, 3), (32, 3)))
+    curriculum = preset.length_curriculum()
+    assert [curriculum.seqlen_at(s) for s in (0, 2, 3, 5, 6, 100)] == [16, 16, 32, 32, 64, 64]
+    sample = synthetic._train_sample_fn("selective-copy", preset, seed=0)
+    assert [len(sample(i)["input_ids"]) for i in (0, 11, 12, 23, 24, 1000)] == [16, 16, 32, 32, 64, 64]
+    plain = replace(preset, curriculum=())
+    assert len(synthetic._train_sample_fn("selective-copy", plain, seed=0)(0)["input_ids"]) == 64
+
+
+def test_run_with_a_curriculum_records_its_stages(tmp_path, micro_presets):
+    preset = replace(micro_presets["selective-copy"], max_steps=5, curriculum=((8, 2), (10, 1)))
+    m = run_task("selective-copy", preset, "S6", "mamba", tmp_path / "run", device="cpu", progress=False)
+    assert m["curriculum_starts"] == [[8, 0], [10, 2], [12, 3]] and m["final_train_seqlen"] == 12
+    assert m["eval_answers"] == preset.eval_samples * 2  # scored at the full length
+
+
+# ---- stopping early: at a target accuracy, at a time limit -------------------------------------------------------
+def test_run_stops_at_target_accuracy(tmp_path, micro_presets):
+    preset = replace(micro_presets["selective-copy"], max_steps=50, val_every=2, target_accuracy=0.0)
+    m = run_task("selective-copy", preset, "S6", "mamba", tmp_path / "run", device="cpu", progress=False)
+    assert (m["stopped"], m["target_reached_at"], m["steps"], m["finished"]) == ("target", 2, 2, True)
+    assert synthetic._status(m) == "reached target at step 2"
+
+
+def test_run_stops_at_its_time_budget_and_says_so(tmp_path, micro_presets):
+    preset = replace(micro_presets["induction-heads"], max_steps=100_000)
+    m = run_task("induction-heads", preset, "S6", "mamba", tmp_path / "run", device="cpu", progress=False,
+                 time_budget_s=2.0)
+    assert m["stopped"] == "time" and 0 < m["steps"] < 100_000 and not m["finished"]
+    assert synthetic._status(m).startswith("UNFINISHED")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "time"
+
+
+def test_table_under_a_time_limit_writes_what_finished(micro_presets, tmp_path, capsys):
+    # A limit too short for anything: every row is marked, and the report is still written.
+    code, stdout, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs",
+                             str(tmp_path / "runs"), "--device", "cpu", "--max-minutes", "0.0001"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "results" / "synthetic_tiny.json").read_text())
+    assert all(r["status"] == "not run (time limit)" and r["accuracy"] is None for r in report["selective_copying"])
+    assert report["induction_heads"]["status"] == "not run (time limit)"
+    assert all(r["accuracy"] is None for r in report["induction_heads"]["lengths"])
+    md = (tmp_path / "results" / "synthetic_tiny.md").read_text()
+    assert "not run (time limit)" in md and "2^5" in md
+    assert not (tmp_path / "results" / "synthetic_tiny.png").exists()
+
+
+def test_table_rows_say_how_each_run_ended(micro_presets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(micro_presets, "selective-copy",
+                        replace(micro_presets["selective-copy"], target_accuracy=0.0, val_every=1))
+    code, stdout, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs",
+                             str(tmp_path / "runs"), "--device", "cpu", "--max-minutes", "30"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "results" / "synthetic_tiny.json").read_text())
+    assert {r["status"] for r in report["selective_copying"]} == {"reached target at step 1"}
+    assert report["induction_heads"]["status"] == "done"
+    assert report["max_minutes"] == 30 and "2312.00752" in report["paper_source"]
