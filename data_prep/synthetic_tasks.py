@@ -52,7 +52,8 @@ class SelectiveCopying:
     Attributes:
         seqlen: total length of ``input_ids`` (context plus the ``n_memorize`` marker positions); paper: 4096.
         n_memorize: data tokens to copy; paper: 16.
-        n_data_tokens: distinct data tokens; paper: 16. The vocabulary adds a noise and a marker token.
+        n_data_tokens: distinct data tokens; paper: 14 (a vocabulary of 16 with the noise and marker tokens;
+            Appendix E.1 of Gu & Dao 2023). The vocabulary adds a noise and a marker token.
         seed: the stream; sample i of a seed is always the same.
     """
 
