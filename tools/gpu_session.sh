@@ -98,6 +98,12 @@ for step in $what; do
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
                 /tmp/src/tests/test_gpu_model.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+        install) ;;  # only the installation above (then run commands with PYTHONPATH=/tmp/pkg:/tmp/site)
+        multi-gpu)  # 2+ GPUs: context parallelism (exactness + 2^22 bench) and the DDP loss curve
+            timeout 330 torchrun --standalone --nproc_per_node "${GPUS:-2}" /tmp/src/tools/context_parallel_bench.py \
+                --check --single --out "$out/context_parallel" 2>&1 | tail -25
+            timeout 240 python3 /tmp/src/tools/ddp_loss_curve.py --accelerator gpu --devices "${GPUS:-2}" --steps 50 \
+                --out "$out/ddp_loss_curve" 2>&1 | tail -8 ;;
         synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             mba synthetic table --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-5.5} \
