@@ -6,14 +6,13 @@ parameters ``dt_bias``, ``B``, ``C`` (Delta, B, C no longer depend on the input)
 
 Shapes: hidden_states (batch, seqlen, d_model); inside, x and z (batch, d_inner, seqlen).
 
-Layout: the projections that feed the conv and the scan are computed channels-first (``W @ hidden^T`` by
-:func:`channels_first`, as mamba_ssm does), so x and z (halves of one (batch, 2 * d_inner, seqlen) product) and
-delta have time contiguous: for batch 1 the Triton conv and scan, which call ``.contiguous()`` on their inputs,
-copy none of them. ``F.linear`` then ``transpose(1, 2)`` gave channel-last views instead; at seqlen 2^20,
-d_inner 512, bf16 that cost per block a 1 GiB copy each of z and delta (saved for the backward) and one of x in
-the Triton conv (or, with causal-conv1d, the whole 2 GiB xz kept alive by its saved x view). B and C are
-(batch, d_state, seqlen) views of the x_proj product. For batch > 1, x and z are batch-strided views and the
-Triton kernels still copy them.
+Layout (as mamba_ssm's fused path): the projections run as single matrix products over all (batch, time)
+columns, ``W @ X`` with X a (features, batch * seqlen) matrix, and the tensors between them are channel-major
+views (batch, channels, seqlen) of those products, strides (seqlen, batch * seqlen, 1): x and z (halves of the
+in_proj product), the conv output, delta, B and C (views of the x_proj product), and the scan output y. The
+Triton conv and scan index that layout directly, and out_proj reads y as a matrix, so no (batch, d_inner, seqlen)
+tensor is copied in the forward or the backward (the gradient reaching the scan from out_proj is channel-major
+too). For batch 1 the layout is plain contiguous.
 """
 
 from __future__ import annotations
@@ -33,10 +32,19 @@ def _fp32(p: torch.Tensor) -> torch.Tensor:
     return p if p.dtype == torch.float64 else p.float()
 
 
-def channels_first(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """weight (out, in) @ x (batch, in, seqlen) -> (batch, out, seqlen), contiguous for any strides of x
-    (torch.bmm's output always is; torch.matmul may fold the batch into rows and return a transposed view)."""
-    return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
+def columns(x: torch.Tensor) -> torch.Tensor:
+    """x (batch, channels, seqlen) -> (channels, batch * seqlen): a view when x is channel-major."""
+    return x.transpose(0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2])
+
+
+def channel_major(matrix: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
+    """(channels, batch * seqlen) -> the (batch, channels, seqlen) view, strides (seqlen, batch * seqlen, 1)."""
+    return matrix.view(matrix.shape[0], batch, seqlen).transpose(0, 1)
+
+
+def project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) @ x (batch, in, seqlen) -> (batch, out, seqlen), channel-major, by one matrix product."""
+    return channel_major(weight @ columns(x), x.shape[0], x.shape[2])
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -134,12 +142,22 @@ class Mamba(nn.Module):
                 and ops.resolve_backend(self.backend, "scan", like)[0] != "cuda")
 
     def _in_proj(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden_states (batch, seqlen, d_model) -> x, z (batch, d_inner, seqlen), halves of one contiguous
-        (batch, 2 * d_inner, seqlen) product (contiguous themselves for batch 1)."""
-        xz = channels_first(self.in_proj.weight, hidden_states.transpose(1, 2))
+        """hidden_states (batch, seqlen, d_model) -> x, z (batch, d_inner, seqlen): channel-major views of the
+        halves of one (2 d_inner, batch * seqlen) product."""
+        batch, seqlen, _ = hidden_states.shape
+        xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, -1).t()
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
-        return xz.chunk(2, dim=1)
+        return channel_major(xz[: self.d_inner], batch, seqlen), channel_major(xz[self.d_inner:], batch, seqlen)
+
+    def _out_proj(self, y: torch.Tensor) -> torch.Tensor:
+        """y (batch, d_inner, seqlen) channel-major -> (batch, seqlen, d_model), a transposed view of
+        out_proj.weight @ columns(y): its backward hands the scan a channel-major gradient."""
+        batch, _, seqlen = y.shape
+        out = self.out_proj.weight @ columns(y)
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias.to(out.dtype)[:, None]
+        return out.t().view(batch, seqlen, -1)
 
     def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False):
         seqlen = hidden_states.shape[1]
@@ -165,16 +183,16 @@ class Mamba(nn.Module):
                 state["ssm_state"].copy_(last_state)
             if return_carry:
                 new_carry = (conv_final, last_state)
-        return self.out_proj(y.transpose(1, 2)), new_carry
+        return self._out_proj(y), new_carry
 
     def _delta_B_C(self, x: torch.Tensor):
         """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C (batch, d_state, seqlen) (S6) or
-        (d_inner, d_state) (S4D), delta_bias (d_inner,) fp32. delta is contiguous; B, C are views of one product."""
+        (d_inner, d_state) (S4D), delta_bias (d_inner,) fp32. delta, B, C are channel-major (B, C views of one product)."""
         if not self.selective:
             return torch.zeros_like(x), _fp32(self.B), _fp32(self.C), _fp32(self.dt_bias)
-        x_dbl = channels_first(self.x_proj.weight, x)  # (batch, dt_rank + 2 * d_state, seqlen)
+        x_dbl = project(self.x_proj.weight, x)  # (batch, dt_rank + 2 * d_state, seqlen)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
-        delta = channels_first(self.dt_proj.weight, dt)  # (batch, d_inner, seqlen); bias: delta_bias, in fp32
+        delta = project(self.dt_proj.weight, dt)  # (batch, d_inner, seqlen); bias: delta_bias, in fp32
         return delta, B, C, _fp32(self.dt_proj.bias)
 
     # ---- recurrent (decode) --------------------------------------------------------------------------------
