@@ -3,7 +3,7 @@
     python tools/scan_variants.py --out DIR [--shapes "8,1536,2048;1,1536,65536"] [--configs "chunk=8,block_d=8,..."]
 
 Each config is keyword arguments of ``selective_scan_triton`` (chunk_size, block_d, num_warps, num_stages,
-n_segments). Inputs as in ``mba bench scan`` (bf16, d_state 16, softplus, z); median of triton.testing.do_bench.
+n_segments, save_every), plus ``deterministic=1`` for torch.use_deterministic_algorithms during the call. Inputs as in ``mba bench scan`` (bf16, d_state 16, softplus, z); median of triton.testing.do_bench.
 Every config's out and input gradients are compared with the first config's, so a fast but wrong tuning shows up.
 Writes scan_variants.json and .md under --out.
 """
@@ -16,16 +16,15 @@ import os
 
 import torch
 
-DEFAULT_CONFIGS = ";".join([
-    "chunk_size=8,block_d=8,num_warps=1,num_stages=1",
-    "chunk_size=8,block_d=8,num_warps=1,num_stages=2",
-    "chunk_size=8,block_d=8,num_warps=1,num_stages=3",
-    "chunk_size=4,block_d=8,num_warps=1,num_stages=1",
-    "chunk_size=4,block_d=8,num_warps=1,num_stages=2",
-    "chunk_size=8,block_d=4,num_warps=1,num_stages=1",
-    "chunk_size=4,block_d=16,num_warps=1,num_stages=1",
-    "chunk_size=8,block_d=16,num_warps=2,num_stages=1",
-    "chunk_size=16,block_d=8,num_warps=1,num_stages=1",
+DEFAULT_CONFIGS = ";".join([  # the defaults first (the reference for the differences), then one change each
+    "num_stages=3",
+    "num_stages=3,deterministic=1",
+    "num_stages=3,save_every=2",
+    "num_stages=3,save_every=4",
+    "num_stages=3,save_every=8",
+    "num_stages=2",
+    "chunk_size=4,num_stages=3",
+    "chunk_size=16,num_stages=3",
 ])
 
 
@@ -38,6 +37,9 @@ def time_config(x, grad, cfg: dict, reference: list | None) -> tuple[dict, list 
     from triton.testing import do_bench
 
     from mamba_bio_audio.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    cfg = dict(cfg)
+    torch.use_deterministic_algorithms(bool(cfg.pop("deterministic", 0)))
 
     def forward():
         return selective_scan_triton(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias, delta_softplus=True,
@@ -55,8 +57,15 @@ def time_config(x, grad, cfg: dict, reference: list | None) -> tuple[dict, list 
             row["fwd_ms"] = float(do_bench(forward, warmup=25, rep=200, return_mode="median"))
         row["fwd_bwd_ms"] = float(do_bench(lambda: torch.autograd.grad(forward(), x.leaves(), grad),
                                            warmup=25, rep=200, return_mode="median"))
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        torch.autograd.grad(forward(), x.leaves(), grad)
+        torch.cuda.synchronize()
+        row["peak_extra_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
     except Exception as e:  # noqa: BLE001 - a config that fails to compile or run is a row, not the end
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    torch.use_deterministic_algorithms(False)
     return row, reference
 
 
@@ -86,7 +95,8 @@ def main() -> None:
     env = environment()
     with open(os.path.join(args.out, "scan_variants.json"), "w") as f:
         json.dump({"rows": rows, "environment": env}, f, indent=1)
-    keys = ["batch", "dim", "seqlen", "chunk_size", "block_d", "num_warps", "num_stages", "fwd_ms", "fwd_bwd_ms",
+    keys = ["batch", "dim", "seqlen", "chunk_size", "block_d", "num_warps", "num_stages", "n_segments", "save_every",
+            "deterministic", "fwd_ms", "fwd_bwd_ms", "peak_extra_gib",
             "max_rel_diff_vs_first", "error"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:

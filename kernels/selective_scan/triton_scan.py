@@ -177,6 +177,38 @@ def _at_step(x, step, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _group_start_state(u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2, b_base,
+                       dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
+                       HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
+    """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved.
+
+    Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
+    last chunk: ``first``) the group's chunk-start states are recomputed forwards from its saved state into this
+    program's scratch (L2-resident, SAVE_EVERY x (BLOCK_N, BLOCK_D)); every chunk then reads its own."""
+    tile = n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # (BLOCK_N, BLOCK_D) offsets in one slot
+    if first | (c % SAVE_EVERY == SAVE_EVERY - 1):
+        start = c - c % SAVE_EVERY
+        h = tl.load(_state_ptrs(states_ptr, (b * dim + d) * nsaved + c // SAVE_EVERY, n, d_state), mask=nd_mask,
+                    other=0.0)
+        for j in range(start, c):
+            tl.store(scratch_ptr + (j - start) * (BLOCK_N * BLOCK_D) + tile, h)
+            t = j * CHUNK + tl.arange(0, CHUNK)
+            t_mask = t < seqlen
+            mask = t_mask[:, None] & d_mask[None, :]
+            offs = row[None, :] + t[:, None]
+            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dt = _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+            Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
+                          B_VARYING)
+            hs, _ = _chunk_states(dt, u, Bt, A2, h)
+            h = _at_step(hs, CHUNK - 1, CHUNK)
+        tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
+        tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
+    return tl.load(scratch_ptr + (c % SAVE_EVERY) * (BLOCK_N * BLOCK_D) + tile)
+
+
+@triton.jit
 def _silu_parts(z_ptr, offs, mask):
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     return z, tl.sigmoid(z)
@@ -241,13 +273,15 @@ def _fwd_summary_kernel(
 def _fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
     out_ptr, states_ptr, last_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr,
 ):
-    """out (batch, dim, seqlen); states (batch, dim, nchunks, d_state) = the fp32 state before each chunk;
+    """out (batch, dim, seqlen); states (batch, dim, nsaved, d_state) = the fp32 state before every
+    SAVE_EVERY-th chunk (nsaved = cdiv(nchunks, SAVE_EVERY));
     last (batch, dim, d_state) = the final state (written by the last segment)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = _channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
@@ -279,7 +313,8 @@ def _fwd_kernel(
         tn_mask = t_mask[:, None] & n_mask[None, :]
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
-        tl.store(_state_ptrs(states_ptr, (b * dim + d) * nchunks + c, n, d_state), h, mask=nd_mask)
+        tl.store(_state_ptrs(states_ptr, (b * dim + d) * nsaved + c // SAVE_EVERY, n, d_state), h,
+                 mask=nd_mask & (c % SAVE_EVERY == 0))
 
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
@@ -359,14 +394,14 @@ def _bwd_summary_kernel(
 @triton.jit
 def _bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
-    seg_g_ptr, seg_dt_ptr,
+    seg_g_ptr, seg_dt_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
-    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
     C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    CHUNK: tl.constexpr, STAGES: tl.constexpr, SAVE_EVERY: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -412,6 +447,9 @@ def _bwd_kernel(
         g_seg = tl.load(_state_ptrs(seg_g_ptr, later, n, d_state), mask=nd_mask, other=0.0)
         g = tl.exp2(dt_sum[None, :] * A2) * g + g_seg
 
+    # This program's scratch for the chunk-start states of one save group (SAVE_EVERY x BLOCK_N x BLOCK_D fp32).
+    program = (seg * tl.num_programs(1) + b) * tl.num_programs(0) + pid
+    scratch_base = program.to(tl.int64) * (SAVE_EVERY * BLOCK_N * BLOCK_D)
     dA_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dB_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dC_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -428,7 +466,13 @@ def _bwd_kernel(
         offs = row[None, :] + t[:, None]
 
         # Recompute the chunk's states from the saved state before it.
-        h = tl.load(_state_ptrs(states_ptr, (b * dim + d) * nchunks + c, n, d_state), mask=nd_mask, other=0.0)
+        if SAVE_EVERY == 1:
+            h = tl.load(_state_ptrs(states_ptr, (b * dim + d) * nsaved + c, n, d_state), mask=nd_mask, other=0.0)
+        else:
+            h = _group_start_state(
+                u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n, bias, A2,
+                b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
+                HAS_BIAS, B_VARYING, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = _dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = _bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
@@ -503,6 +547,7 @@ def _bwd_kernel(
 DEFAULT_CHUNK = 8  # H100: fastest forward; 4 gives a faster fwd + bwd but doubles the saved states
 DEFAULT_BLOCK_D = 8
 DEFAULT_NUM_WARPS = 1
+DEFAULT_SAVE_EVERY = 1  # chunks between saved states (the backward recomputes the ones between)
 DEFAULT_NUM_STAGES = 3  # software pipelining of the chunk loops' loads (H100: fwd 0.50 -> 0.38 ms at (8, 1536, 2048))
 # Time segments are added when fewer warps than LOW_WARPS_PER_SM would run, aiming at TARGET_WARPS_PER_SM
 # (H100 sweep: (1, 512, 2^20) fwd+bwd 47.5 ms at 50 segments, 42.1 ms at 200; (1, 1536, 65536) 9.5 -> 7.7 ms at 64).
@@ -518,10 +563,10 @@ def autotune_candidates() -> list[dict]:
     whole state of a channel in one thread (no shuffles for sums over d_state, but register spills at d_state 16).
     """
     return [
-        {"chunk_size": chunk, "block_d": block_d, "num_warps": warps, "num_stages": stages}
-        for chunk, block_d, warps, stages in [
-            (8, 8, 1, 3), (8, 8, 1, 1), (8, 8, 1, 2), (4, 8, 1, 3), (16, 8, 1, 3), (8, 4, 1, 3), (4, 16, 1, 3),
-            (8, 16, 2, 3),
+        {"chunk_size": chunk, "block_d": block_d, "num_warps": warps, "num_stages": stages, "save_every": save}
+        for chunk, block_d, warps, stages, save in [
+            (8, 8, 1, 3, 1), (8, 8, 1, 1, 1), (8, 8, 1, 2, 1), (4, 8, 1, 3, 1), (16, 8, 1, 3, 1), (8, 4, 1, 3, 1),
+            (4, 16, 1, 3, 1), (8, 16, 2, 3, 1), (8, 8, 1, 3, 4),
         ]
     ]
 
@@ -640,6 +685,7 @@ class _Tunables:
     num_warps: int
     n_segments: int | None
     num_stages: int = 1
+    save_every: int = 1
 
 
 SOFTPLUS_BLOCK_T = 1024
@@ -671,7 +717,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: _Plan, tun: _
     f32 = torch.float32
     out = _empty_as(u)
     last = _empty(batch, dim, p.d_state, like=u, dtype=f32)
-    states = _empty(batch, dim, p.nchunks, p.d_state, like=u, dtype=f32)
+    save_every = tun.save_every
+    states = _empty(batch, dim, triton.cdiv(p.nchunks, save_every), p.d_state, like=u, dtype=f32)
     block_d, warps = tun.block_d, tun.num_warps
     nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device)
     grid = (p.groups * p.blocks(block_d), batch, nseg)
@@ -690,10 +737,12 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: _Plan, tun: _
     _fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
         h0 if h0 is not None else dummy, seg_h, seg_dt, out, states, last,
-        dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *_strides(u, B, C), cpg, bpg, gb, ppgb, gc, ppgc,
+        dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], *_strides(u, B, C), cpg, bpg, gb, ppgb,
+        gc, ppgc,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
-        BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+        BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+        num_warps=warps,
     )
     return out, last, states
 
@@ -702,6 +751,7 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
     """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state)."""
     u, delta_in, A, B, C, D, z, bias_in, h0, states = saved
     batch, dim, seqlen = u.shape
+    save_every = tun.save_every  # as the forward saved them
     delta, delta_bias = _dt_input(delta_in, bias_in, softplus)
     f32 = torch.float32
     block_d, warps = tun.block_d, tun.num_warps
@@ -747,14 +797,17 @@ def _backward(dout, dlast, saved, softplus, p: _Plan, tun: _Tunables):
         _bwd_kernel[(n_wave, batch, nseg)](
             u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, states, dout,
             dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
+            _empty(n_wave * batch * nseg * save_every * p.block_n * block_d, like=u, dtype=f32)
+            if save_every > 1 else dummy,
             du, ddelta, dz if dz is not None else dummy, dh0 if dh0 is not None else dummy,
             dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy, *parts,
-            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, first, *_strides(u, B, C), cpg, bpg, gb, ppgb, gc,
-            ppgc,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], first, *_strides(u, B, C), cpg, bpg,
+            gb, ppgb, gc, ppgc,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic,
-            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+            num_warps=warps,
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
             if X.dim() == 4 and not atomic:
@@ -816,6 +869,7 @@ class _SelectiveScanFn(torch.autograd.Function):
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
+    save_every=None,
 ):
     """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
 
@@ -832,10 +886,13 @@ def selective_scan_triton(
             the GPU nearly idle, e.g. batch 1 with long sequences).
         num_stages: software-pipelining depth of the loads in the chunk loops (1 = none; default
             DEFAULT_NUM_STAGES).
+        save_every: keep the state of every save_every-th chunk only (the saved states take
+            4 d_state / (chunk_size save_every) bytes per (batch, channel, step)); the backward recomputes the
+            others, one save group at a time, at the cost of one more pass over the inputs.
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
     tun = _Tunables(chunk_size or DEFAULT_CHUNK, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
-                    num_stages or DEFAULT_NUM_STAGES)
+                    num_stages or DEFAULT_NUM_STAGES, save_every or DEFAULT_SAVE_EVERY)
     out, last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, tun)
     return (out, last) if return_last_state else out

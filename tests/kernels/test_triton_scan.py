@@ -113,6 +113,10 @@ SMALL = dict(chunk_size=4, block_d=4)
         dict(shape=(2, 6, 17, 4), h0=True),
         dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=3)),
         dict(shape=(1, 4, 23, 4), bc="fixed", h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=4)),
+        # states saved every 2 or 3 chunks: save groups that end mid-sequence and straddle time segments
+        dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=2)),
+        dict(shape=(2, 6, 37, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=3, n_segments=3)),
+        dict(shape=(2, 8, 30, 4), bc="grouped", groups=2, kw=dict(chunk_size=4, block_d=2, save_every=4)),
     ],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", ""),
 )
@@ -240,7 +244,7 @@ def test_seqlen_zero():
 
 def test_autotune_candidates_are_kwargs():
     for cfg in autotune_candidates():
-        assert set(cfg) <= {"chunk_size", "block_d", "num_warps", "n_segments", "num_stages"}
+        assert set(cfg) <= {"chunk_size", "block_d", "num_warps", "n_segments", "num_stages", "save_every"}
 
 
 @pytest.mark.gpu
