@@ -80,8 +80,9 @@ for step in $what; do
             tar czf "$out/sc09.tar.gz" -C $r sc09/config.yaml sc09/metrics.json sc09/logs sc09_eval \
                 sc09_samples/metrics.json sc09_samples/likelihoods.tsv sc09_samples/spectrograms.png \
                 sc09_samples/sample_0000.wav sc09_samples/sample_0001.wav sc09_b1/metrics.json clf/metrics.json ;;
-        memory)  # the d_model 256 x 8 classifier at 2^17 and 2^20, with and without activation checkpointing
-            timeout 200 mba bench memory --lengths 131072,1048576 --out "$out" 2>&1 | tail -8 ;;
+        memory)  # the d_model 256 x 8 classifier at 2^20 and 2^22, checkpoint levels 0, 1, 2
+            timeout ${MEMORY_SECONDS:-300} mba bench memory --lengths ${MEMORY_LENGTHS:-1048576,4194304} \
+                --checkpoint-level ${MEMORY_LEVELS:-0,1,2} --out "$out" 2>&1 | tail -12 ;;
         train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
             timeout 420 python3 -m mamba_bio_audio bench train --out "$out" 2>&1 | tail -12 ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
