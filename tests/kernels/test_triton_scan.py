@@ -268,3 +268,12 @@ def test_gpu_realistic(dtype, case):
 def test_gpu_autotune_candidates(cfg):
     leaves = make_inputs(2, 80, 1000, 16, h0=True, device="cuda", seed=12)
     assert_matches(leaves, seed=12, **cfg)
+
+
+def test_auto_save_every_keeps_saved_states_under_budget():
+    """1 at training shapes; powers of 2 (at most MAX_SAVE_EVERY) once the states would pass the budget."""
+    budget = triton_scan.SAVED_STATE_BYTES
+    assert triton_scan._auto_save_every(budget) == 1
+    assert triton_scan._auto_save_every(budget + 1) == 2
+    assert triton_scan._auto_save_every(4 * budget) == 4
+    assert triton_scan._auto_save_every(1000 * budget) == triton_scan.MAX_SAVE_EVERY
