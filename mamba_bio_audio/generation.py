@@ -8,6 +8,7 @@ Sampling (:func:`sample_next`) always runs outside the graph, on the logits the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -95,6 +96,30 @@ def use_cuda_graph(cuda_graph: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" and cuda_graph is not False
 
 
+def refresh_decode_params(model) -> None:
+    """Fill every Mamba mixer's decode-parameter buffers from its current weights (see Mamba.step)."""
+    from mamba_bio_audio.modules.mixer import Mamba
+
+    for module in model.modules():
+        if isinstance(module, Mamba):
+            module.refresh_decode_params()
+
+
+@contextlib.contextmanager
+def use_decode_params(model):
+    """Within: the model's Mamba mixers decode from their decode-parameter buffers."""
+    from mamba_bio_audio.modules.mixer import Mamba
+
+    mixers = [m for m in model.modules() if isinstance(m, Mamba)]
+    for m in mixers:
+        m.use_decode_params = True
+    try:
+        yield
+    finally:
+        for m in mixers:
+            m.use_decode_params = False
+
+
 class Decoder:
     """Reusable decoding for one MambaLM at one batch size: its recurrent states and its decode step.
 
@@ -118,6 +143,7 @@ class Decoder:
         try:
             with torch.no_grad():
                 self.states = model.allocate_inference_cache(batch_size, device=self.device)
+                refresh_decode_params(model)
                 self.step = self.eager_step
                 if self.graphed:
                     self.step = GraphedStep(self.eager_step, self.states, batch_size, self.device)
@@ -125,8 +151,10 @@ class Decoder:
             model.train(was_training)
 
     def eager_step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids (batch,) -> logits (batch, vocab); the states advance in place (also what the graph runs)."""
-        return self.model.step(input_ids, self.states)
+        """input_ids (batch,) -> logits (batch, vocab); the states advance in place (also what the graph runs).
+        The mixers read their decode parameters from buffers (see ``Mamba.refresh_decode_params``)."""
+        with use_decode_params(self.model):
+            return self.model.step(input_ids, self.states)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
@@ -143,6 +171,7 @@ class Decoder:
             generator = seeded_generator(seed, self.device)
             # the prefill overwrites every state tensor in place, so the graph's buffers now hold the prompt's state
             logits = model(input_ids, states=self.states, num_last_tokens=1)[:, -1]
+            refresh_decode_params(model)  # in place: the weights may have changed since the capture
             if self.graphed:
                 self.step.t = 0
             return decode_loop(logits, self.step, input_ids, max_new_tokens, temperature, top_k, top_p, generator,

@@ -7,7 +7,7 @@ import torch
 
 from mamba_bio_audio import MambaConfig, MambaLM
 from mamba_bio_audio.cuda_graph import reset_state
-from mamba_bio_audio.generation import Decoder, decode_loop
+from mamba_bio_audio.generation import Decoder, decode_loop, refresh_decode_params, use_decode_params
 
 
 def tiny_lm(device="cpu") -> MambaLM:
@@ -76,3 +76,39 @@ def test_cuda_graph_follows_in_place_weight_updates():
             p.add_(torch.randn_like(p) * 0.05)
     assert torch.equal(decoder(prompt, 32, temperature=0), model.generate(prompt, 32, temperature=0,
                                                                          cuda_graph=False))
+
+
+@pytest.mark.parametrize("layer", ["S6", "S4D"])
+def test_decode_parameter_buffers_follow_refreshes(layer):
+    """Steps under use_decode_params read A, D, dt_bias (and S4D's B, C) from buffers: stale until refreshed,
+    then exactly the plain step; the Decoder refreshes before each generation."""
+    torch.manual_seed(2)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=9, d_state=4, ssm_layer=layer)).eval()
+    prompt, token = torch.randint(0, 9, (2, 5)), torch.randint(0, 9, (2,))
+    refresh_decode_params(model)  # buffers from the weights as they are now
+    with torch.no_grad():
+        for layer_ in model.backbone.layers:
+            mixer = layer_.mixer
+            mixer.A_log.mul_(0.5)
+            mixer.D.add_(1.0)
+            (mixer.dt_proj.bias if layer == "S6" else mixer.dt_bias).add_(0.7)
+        states = model.allocate_inference_cache(2)
+        model(prompt, states=states)
+
+        def step(buffers: bool) -> torch.Tensor:
+            copy = [{k: v.clone() for k, v in s.items()} for s in states]
+            if not buffers:
+                return model.step(token, copy)
+            with use_decode_params(model):
+                return model.step(token, copy)
+
+        plain, stale = step(False), step(True)
+        refresh_decode_params(model)
+        fresh = step(True)
+    assert torch.equal(fresh, plain) and not torch.allclose(stale, plain)
+    assert not model.backbone.layers[0].mixer.use_decode_params  # only on inside the context
+
+    decoder = Decoder(model, 2, cuda_graph=False)
+    with torch.no_grad():
+        model.backbone.layers[1].mixer.D.add_(0.5)
+    assert torch.equal(decoder(prompt, 6, temperature=0), model.generate(prompt, 6, temperature=0))

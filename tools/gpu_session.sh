@@ -86,7 +86,7 @@ for step in $what; do
         train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
             timeout 420 python3 -m mamba_bio_audio bench train --out "$out" 2>&1 | tail -12 ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
-            timeout 540 python3 -m mamba_bio_audio bench generate --largest-batch --out "$out" 2>&1 | tail -16 ;;
+            timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} --out "$out" 2>&1 | tail -16 ;;
         variants)  # the scan under several tunings (chooses the defaults)
             timeout 400 python3 /tmp/src/tools/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-tests)  # CUDA-graph decoding of MambaLM and the audio model

@@ -213,21 +213,49 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
         x = ops.causal_conv1d_update(x, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      activation="silu", backend=self.backend)
-        A = -torch.exp(_fp32(self.A_log))
+        params = self.decode_params if self.use_decode_params else self._ssm_params()
         if self.selective:
             dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
             dt = F.linear(dt, self.dt_proj.weight)
-            dt_bias = _fp32(self.dt_proj.bias)
         else:
             batch = x.shape[0]
             dt = torch.zeros_like(x)
             # per-channel B, C are "groups" of one channel each
-            B = _fp32(self.B).expand(batch, -1, -1)
-            C = _fp32(self.C).expand(batch, -1, -1)
-            dt_bias = _fp32(self.dt_bias)
-        y = ops.selective_state_update(state["ssm_state"], x, dt, A, B, C, _fp32(self.D), z=z, dt_bias=dt_bias,
-                                       dt_softplus=True, backend=self.backend)
+            B = params["B"].expand(batch, -1, -1)
+            C = params["C"].expand(batch, -1, -1)
+        y = ops.selective_state_update(state["ssm_state"], x, dt, params["A"], B, C, params["D"], z=z,
+                                       dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend)
         return self.out_proj(y)
+
+    # Decoding reads A = -exp(A_log) and the fp32 copies of D, dt_bias (and S4D's B, C) from persistent buffers
+    # (``decode_params``) that :meth:`refresh_decode_params` fills in place: inside a captured CUDA graph they
+    # cost no kernels per step (3-5 per layer otherwise), and a refresh after an in-place weight update reaches
+    # the graph. ``generation.Decoder`` turns ``use_decode_params`` on around its steps and refreshes before each
+    # generation.
+    use_decode_params = False
+    decode_params: dict | None = None
+
+    def _ssm_params(self) -> dict:
+        """The scan's parameters in fp32 (fp64 models keep fp64): A (d_inner, d_state), D, dt_bias (d_inner,),
+        and for S4D B, C (d_inner, d_state)."""
+        params = {"A": -torch.exp(_fp32(self.A_log)), "D": _fp32(self.D)}
+        if self.selective:
+            params["dt_bias"] = _fp32(self.dt_proj.bias)
+        else:
+            params.update(dt_bias=_fp32(self.dt_bias), B=_fp32(self.B), C=_fp32(self.C))
+        return params
+
+    @torch.no_grad()
+    def refresh_decode_params(self) -> None:
+        """(Re)compute ``decode_params`` from the current weights, in place when they exist already."""
+        fresh = self._ssm_params()
+        if self.decode_params is None or any(self.decode_params[k].shape != v.shape
+                                             or self.decode_params[k].device != v.device
+                                             or self.decode_params[k].dtype != v.dtype for k, v in fresh.items()):
+            self.decode_params = {k: v.clone() for k, v in fresh.items()}
+        else:
+            for k, v in fresh.items():
+                self.decode_params[k].copy_(v)
 
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
