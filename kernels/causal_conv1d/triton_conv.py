@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from mamba_bio_audio.kernels.causal_conv1d.reference import _check_activation
+from mamba_bio_audio.kernels.layout import empty_as, time_contiguous
 
 DEFAULT_BLOCK_D = 32  # H100, (8, 1536, 2048), width 4: best of 5 configs timed, forward and backward
 DEFAULT_BLOCK_T = 64
@@ -140,17 +141,7 @@ def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) ->
 
 
 def _empty_as(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Uninitialised with t's shape and strides (t dense), through :func:`_empty`."""
-    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
-    return _empty(span, like=t, dtype=dtype).as_strided(t.shape, t.stride())
-
-
-def _time_contiguous(x: torch.Tensor) -> torch.Tensor:
-    """x (batch, dim, seqlen) as it is when time is contiguous and the layout dense (e.g. a channel-major view
-    of a projection's output), else a contiguous copy."""
-    span = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride())) if x.numel() else 0
-    dense = x.dim() == 3 and x.stride(2) == 1 and span == x.numel() and min(x.stride(0), x.stride(1)) >= 1
-    return x if dense else x.contiguous()
+    return empty_as(t, _empty, dtype)
 
 
 def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[int, int, int]:
@@ -237,7 +228,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
     """
     _check_activation(activation)
     out, final_state = _CausalConv1dFn.apply(
-        _time_contiguous(x), weight.contiguous(), bias.contiguous() if bias is not None else None,
+        x if time_contiguous(x) else x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
         initial_state.contiguous() if initial_state is not None else None, activation is not None,
         return_final_state, block_d or DEFAULT_BLOCK_D, block_t or DEFAULT_BLOCK_T, num_warps or DEFAULT_NUM_WARPS,
     )

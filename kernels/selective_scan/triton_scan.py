@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_bio_audio.kernels.layout import empty_as, time_contiguous
+
 _LOG2E = tl.constexpr(1.4426950408889634)
 
 
@@ -637,9 +639,7 @@ def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) ->
 
 
 def _empty_as(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Uninitialised, with t's shape and strides (t dense): through :func:`_empty`, which tests poison."""
-    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
-    return _empty(span, like=t, dtype=dtype).as_strided(t.shape, t.stride())
+    return empty_as(t, _empty, dtype)
 
 
 def _same_layout(u: torch.Tensor, *others: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -647,12 +647,8 @@ def _same_layout(u: torch.Tensor, *others: torch.Tensor | None) -> list[torch.Te
     they share it and time is contiguous (e.g. channel-major views (L, batch * L, 1) of a projection's output),
     else contiguous copies."""
     tensors = [u, *others]
-    present = [t for t in tensors if t is not None]
-    dense = all(t.stride() == u.stride() for t in present) and u.stride(2) == 1 and u.dim() == 3
-    if dense:
-        span = 1 + sum((n - 1) * st for n, st in zip(u.shape, u.stride()))
-        dense = span == u.numel() and min(u.stride(0), u.stride(1)) >= 1
-    return [t.contiguous() if t is not None and not dense else t for t in tensors]
+    shared = time_contiguous(u) and all(t.stride() == u.stride() for t in tensors if t is not None)
+    return [t.contiguous() if t is not None and not shared else t for t in tensors]
 
 
 def _as_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
