@@ -26,6 +26,14 @@ except ImportError:  # a Triton-only environment (e.g. another Triton version): 
     _torch.autograd = types.SimpleNamespace(Function=object)
     sys.modules["torch"] = _torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+if "mamba_bio_audio" not in sys.modules:  # not installed here: map mamba_bio_audio.kernels to the repo's kernels/
+    try:
+        import mamba_bio_audio.kernels  # noqa: F401
+    except ImportError:
+        import kernels
+
+        sys.modules["mamba_bio_audio"] = types.ModuleType("mamba_bio_audio")
+        sys.modules["mamba_bio_audio.kernels"] = kernels
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -136,7 +144,7 @@ def main() -> None:
                                  "ddelta_ptr", "dz_ptr")}
     # the training configuration: softplus precomputed by the wrapper, so the kernels add no bias
     common = dict(HAS_BIAS=False, BLOCK_D=args.block_d, BLOCK_N=16, CHUNK=args.chunk)
-    stages = dict(STAGES=args.stages)
+    stages = dict(STAGES=args.stages, SAVE_EVERY=1)
     kernels = {
         "fwd": (ts._fwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, B_VARYING=True, C_VARYING=True)),
         "bwd": (ts._bwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, HAS_DLAST=False,
