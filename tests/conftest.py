@@ -26,6 +26,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny ops on 2 shared cores: one torch thread avoids OpenMP contention (~10x faster steps). Modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """../shared/data beside the checkout (development data); tests using it skip in a user's clone."""
     path = SHARED / "data"

@@ -16,14 +16,7 @@ from mamba_bio_audio.models.sashimi import PRESETS, SashimiConfig, SashimiLM, pr
 
 from conftest import rel_err
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on 2 shared cores: one thread avoids OpenMP contention (10x faster steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> SashimiConfig:

@@ -7,7 +7,6 @@ import importlib.util
 import json
 
 import pytest
-import torch
 
 from mamba_bio_audio.benchmarks.generate import largest_batch
 from mamba_bio_audio.benchmarks.train import BenchSize, build_model, count_parameters
@@ -19,12 +18,7 @@ TINY = ["--d-model", "16", "--n-layer", "1", "--transformer-layers", "1", "--n-h
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bench_train_writes_json_markdown_and_png(tmp_path, capsys):

@@ -14,16 +14,6 @@ from mamba_bio_audio.recipes.synthetic import TaskPreset, run_task
 from helpers import run_cli as run
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: these problems are too small to gain from more, and shared cores lose a lot to it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 # ---- learning: short versions of both tasks reach high accuracy within a bounded number of steps --------------------
 def test_tiny_selective_copy_learns(tmp_path, one_thread):
     # The paper's model (2 layers, d_model 64); 3 tokens to copy among noise in length 24. Measured: 90-100% at
