@@ -16,6 +16,7 @@ the issue's targets in minutes on one H100; ``tiny`` is CPU-sized (short sequenc
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.options import (
     common_options,
     config_option,
@@ -338,6 +340,41 @@ def _status(m: dict | None) -> str:
     return "done"
 
 
+def _run_name(task: str, arch: str, layer: str) -> str:
+    """The folder of one table row's run under --runs, e.g. selective_copy_mamba_S6."""
+    return f"{task.replace('-', '_')}_{arch}_{layer}"
+
+
+def _earlier_run(run: Path, preset: str) -> dict | None:
+    """metrics.json of a run trained earlier with ``preset`` (checked against its config.yaml), else None."""
+    metrics, config = run / "metrics.json", run / "config.yaml"
+    if not (metrics.is_file() and config.is_file()):
+        return None
+    import yaml
+
+    try:
+        settings = yaml.safe_load(config.read_text())
+        m = json.loads(metrics.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"{run}: cannot read the earlier run ({e})") from None
+    wanted = asdict(PRESETS[preset][m.get("task", "")]) if m.get("task") in TASKS else None
+    ran = (settings or {}).get("preset") or {}
+    if wanted is None or {k: ran.get(k) for k in ("data", "batch_size", "lr")} != {
+            k: _yaml_plain(wanted[k]) for k in ("data", "batch_size", "lr")}:
+        raise UserError(f"{run}: was trained with other settings than the {preset} preset; move it away or drop "
+                        "--reuse")
+    return m
+
+
+def _yaml_plain(value):
+    """A preset value as it reads back from config.yaml (tuples become lists)."""
+    if isinstance(value, dict):
+        return {k: _yaml_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_plain(v) for v in value]
+    return value
+
+
 @synthetic.command("table")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
               help="Report folder: synthetic_<preset>.{md,json,png}.")
@@ -348,11 +385,14 @@ def _status(m: dict | None) -> str:
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Wall-clock limit for all five runs: each gets a share of the time left (most important first); "
                    "the report is written with what finished, unfinished rows marked.")
+@click.option("--reuse", is_flag=True, default=False,
+              help="Take a row from RUNS/<row>/metrics.json when that run exists (trained earlier, e.g. by "
+                   "`mba synthetic selective-copy --out RUNS/selective_copy_mamba_S6`) instead of training it again.")
 @seed_option
 @device_option
 @config_option
-def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_minutes: float | None, seed: int,
-          device: str) -> None:
+def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_minutes: float | None, reuse: bool,
+          seed: int, device: str) -> None:
     """Selective copying for {Mamba block, no gate} x {S6, S4D}; induction heads for Mamba S6 at 2^k lengths."""
     from mamba_bio_audio.benchmarks.report import environment, write_report
 
@@ -361,19 +401,24 @@ def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_
     out = prepare_out_dir(out)
     runs = prepare_out_dir(runs or Path("runs") / f"synthetic-{preset}")
     done: dict[tuple[str, str, str], dict | None] = {}
-    for k, (task, arch, layer, _) in enumerate(TABLE_RUNS):
+    reused = {(task, arch, layer): m for task, arch, layer, _ in TABLE_RUNS
+              if reuse and (m := _earlier_run(runs / _run_name(task, arch, layer), preset)) is not None}
+    for task, arch, layer in reused:
+        click.echo(f"{task} {arch} {layer}: reused {runs / _run_name(task, arch, layer)}/metrics.json", err=True)
+    done.update(reused)
+    to_train = [row for row in TABLE_RUNS if tuple(row[:3]) not in reused]
+    for k, (task, arch, layer, _) in enumerate(to_train):
         budget = None
         if deadline is not None:
             left = deadline - time.monotonic()
-            weights = [w for *_, w in TABLE_RUNS[k:]]
+            weights = [w for *_, w in to_train[k:]]
             budget = left * weights[0] / sum(weights)
             if budget < 1.0:
                 click.echo(f"{task} {arch} {layer}: not run (time limit)", err=True)
                 done[task, arch, layer] = None
                 continue
         click.echo(f"{task}: {arch} {layer} ..." + (f" (budget {budget:.0f} s)" if budget else ""), err=True)
-        name = f"{task.replace('-', '_')}_{arch}_{layer}"
-        m = run_task(task, _preset(preset, task, max_steps), layer, arch, runs / name, device, seed,
+        m = run_task(task, _preset(preset, task, max_steps), layer, arch, runs / _run_name(task, arch, layer), device, seed,
                      progress=False, time_budget_s=budget)
         click.echo(f"  accuracy {m['accuracy']:.4f} after {m['steps']} steps{_stop_note(m)}, "
                    f"{m['train_seconds']:.0f} s training, {m['eval_seconds']:.0f} s evaluation", err=True)

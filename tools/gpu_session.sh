@@ -93,8 +93,14 @@ for step in $what; do
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/test_lm_decode.py \
                 /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
-        profile)  # the 90.7M model's training step by CUDA kernel (where the time goes)
-            timeout 200 python3 /tmp/src/tools/profile_step.py --out "$out" 2>&1 | head -60 ;;
+        profile)  # the 90.7M model's training step by CUDA kernel (where the time goes), ours beside mamba_ssm
+            for shape in ${PROFILE_SHAPES:-8x2048 1x65536}; do
+                for model in ${PROFILE_MODELS:-mamba mamba_ssm}; do
+                    timeout 150 python3 /tmp/src/tools/profile_step.py --out "$out/profiles" --model $model \
+                        --batch ${shape%x*} --seqlen ${shape#*x} 2>&1 | tail -2
+                done
+            done
+            tar czf "$out/profiles.tar.gz" -C "$out" profiles && rm -rf "$out/profiles" ;;
         kernel-tests)  # only the kernel and model GPU tests (faster than "tests")
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
                 /tmp/src/tests/test_gpu_model.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
@@ -105,9 +111,17 @@ for step in $what; do
                 --check --single --out "$out/context_parallel" 2>&1 | tail -25
             timeout 240 python3 /tmp/src/tools/ddp_loss_curve.py --accelerator gpu --devices "${GPUS:-2}" --steps 50 \
                 --out "$out/ddp_loss_curve" 2>&1 | tail -8 ;;
-        synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit
+        synthetic-copy)  # only the table's first row (selective copying, Mamba S6, gpu-fast) with the whole limit
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
-            mba synthetic table --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-5.5} \
+            mba synthetic selective-copy --preset gpu-fast --layer S6 --arch mamba --device cuda \
+                --max-minutes ${SYNTHETIC_MINUTES:-8} --out $r/synthetic-runs/selective_copy_mamba_S6 2>&1 | tail -6
+            echo "synthetic-copy: $(( $(date +%s) - t0 )) s on the GPU"
+            tar czf "$out/synthetic-runs.tar.gz" -C $r synthetic-runs ;;
+        synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit;
+            # rows already trained (synthetic-copy, carried back in .gpudata/synthetic-runs) are reused
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            if [ -d "$repo/.gpudata/synthetic-runs" ]; then cp -r "$repo/.gpudata/synthetic-runs" $r/; fi
+            mba synthetic table --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-5.5} --reuse \
                 --out $r/synthetic --runs $r/synthetic-runs 2>&1 | tail -25
             echo "synthetic: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/synthetic/gpu_seconds.txt
             tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json 2>/dev/null) ;;

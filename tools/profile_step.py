@@ -1,41 +1,42 @@
-"""Where one training step's GPU time goes: torch.profiler over AdamW steps of the 90.7M MambaLM.
+"""Where one training step's GPU time goes: torch.profiler over AdamW steps of a benchmark model.
 
-    python tools/profile_step.py --out DIR [--batch 8 --seqlen 2048 --d-model 768 --n-layer 24]
+    python tools/profile_step.py --out DIR [--model mamba|mamba_ssm|transformer] [--batch 8 --seqlen 2048]
+                                 [--backend triton|cuda] [--tag NAME]
 
-Writes profile_step.txt (the CUDA-time table by kernel, top 40) under --out.
+Writes profile_<tag>.txt under --out: the step's wall time, the summed CUDA kernel time (how busy the GPU was),
+the number of kernels per step, then the CUDA-time table by kernel (top 45) and by operator and input shapes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 
 
 def main() -> None:
-    from mamba_bio_audio import MambaConfig, MambaLM
+    from mamba_bio_audio.benchmarks.train import BenchSize, build_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="mamba", choices=("mamba", "mamba_ssm", "transformer"))
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--d-model", type=int, default=768)
-    ap.add_argument("--n-layer", type=int, default=24)
     ap.add_argument("--backend", default="triton")
+    ap.add_argument("--tag", default=None)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model = MambaLM(MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256)).cuda()
-    from mamba_bio_audio.modules.mixer import set_backend
-
-    set_backend(model, args.backend)
+    tag = args.tag or f"{args.model}_{args.backend}_{args.batch}x{args.seqlen}"
+    model = build_model(args.model, BenchSize(), "cuda", backend=args.backend)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 256, (args.batch, args.seqlen + 1), device="cuda")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(ids[:, :-1])
+            logits = getattr(logits, "logits", logits)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -44,19 +45,28 @@ def main() -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) / 5 * 1e3
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    steps = 3
     with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-        for _ in range(3):
+        for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(e.device_time for e in kernels) / 1e3 / steps
+    head = (f"{tag}: wall {wall_ms:.2f} ms/step (unprofiled, mean of 5), CUDA kernel time {busy_ms:.2f} ms/step, "
+            f"{len(kernels) / steps:.0f} kernels/step, tokens/s {args.batch * args.seqlen / wall_ms * 1e3:,.0f}")
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=80)
     by_shape = prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=40, max_shapes_column_width=100)
-    table = table + "\n\nBy operator and input shapes:\n" + by_shape
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "profile_step.txt"), "w") as f:
-        f.write(f"{args}\n{table}\n")
-    print(table)
+    with open(os.path.join(args.out, f"profile_{tag}.txt"), "w") as f:
+        f.write(f"{head}\n{args}\n{table}\n\nBy operator and input shapes:\n{by_shape}\n")
+    print(head)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,33 @@ def test_table_writes_markdown_json_and_plot(micro_presets, tmp_path, capsys):
     assert (tmp_path / "runs" / "selective_copy_no-gate_S4D" / "metrics.json").is_file()
 
 
+def test_table_reuse_takes_rows_trained_earlier(micro_presets, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code, _, err = run(["synthetic", "selective-copy", "--out", str(runs / "selective_copy_mamba_S6"), "--device",
+                        "cpu", "--max-steps", "1"], capsys)
+    assert code == 0, err
+    earlier = json.loads((runs / "selective_copy_mamba_S6" / "metrics.json").read_text())
+    code, _, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs", str(runs), "--reuse",
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "reused" in err and err.count("reused") == 1
+    report = json.loads((tmp_path / "results" / "synthetic_tiny.json").read_text())
+    row = next(r for r in report["selective_copying"] if (r["arch"], r["layer"]) == ("mamba", "S6"))
+    assert (row["steps"], row["accuracy"]) == (1, earlier["accuracy"])  # the table's own runs take 2 steps
+    assert all(r["steps"] == 2 for r in report["selective_copying"] if r is not row)
+
+
+def test_table_reuse_refuses_a_run_of_other_settings(micro_presets, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    code, _, err = run(["synthetic", "selective-copy", "--out", str(runs / "selective_copy_mamba_S6"), "--device",
+                        "cpu", "--max-steps", "1"], capsys)
+    assert code == 0, err
+    monkeypatch.setitem(micro_presets, "selective-copy", replace(micro_presets["selective-copy"], lr=5e-3))
+    code, _, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs", str(runs), "--reuse",
+                        "--device", "cpu"], capsys)
+    assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
+
+
 def test_table_max_steps_overrides_every_run(micro_presets):
     assert synthetic._preset("tiny", "induction-heads", 7) == replace(micro_presets["induction-heads"], max_steps=7)
     assert synthetic._preset("paper", "selective-copy", None).max_steps == 400_000
