@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from mamba_bio_audio.kernels.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
+from mamba_bio_audio.kernels.rms_norm.reference import add_rms_norm_ref
 from mamba_bio_audio.kernels.selective_scan.chunked import selective_scan_chunked
 from mamba_bio_audio.kernels.selective_scan.naive import selective_state_update_naive
 
@@ -30,12 +31,14 @@ _TRITON_MODULES = {
     "step": ("mamba_bio_audio.kernels.selective_scan.triton_step", "selective_state_update_triton"),
     "conv": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_triton"),
     "conv_update": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_update_triton"),
+    "norm": ("mamba_bio_audio.kernels.rms_norm.triton_norm", "add_rms_norm_triton"),
 }
 _CUDA_MODULES = {
     "scan": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
     "step": ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update"),
     "conv": ("causal_conv1d", "causal_conv1d_fn"),
     "conv_update": ("causal_conv1d", "causal_conv1d_update"),
+    "norm": _TRITON_MODULES["norm"],  # no compiled norm exists (mamba_ssm's own fused norm is Triton too)
 }
 
 
@@ -62,7 +65,8 @@ def _warn_fallback(op: str) -> None:
 
 
 def resolve_backend(backend: str, op: str, tensor: torch.Tensor):
-    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update"); None function = reference."""
+    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update", "norm"); None function =
+    reference."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -173,3 +177,19 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
     if name == "reference":
         return causal_conv1d_update_ref(x, conv_state, weight, bias, activation)
     return fn(x, conv_state, weight, bias, activation)
+
+
+def add_rms_norm(x, residual, weight, eps, out_dtype=None, residual_dtype=None, backend="auto"):
+    """Fused ``residual_out = x + residual`` and ``out = rmsnorm(residual_out) * weight`` (the pre-norm block's
+    "add then norm"; mamba_ssm's ``rms_norm_fn`` with ``prenorm=True``). fp64 inputs always take the reference.
+
+    Args:
+        x: (..., d), any strides. residual: like x, or None (x alone is the residual stream). weight: (d,).
+        out_dtype: of ``out`` (default x's). residual_dtype: of ``residual_out`` (default x and residual promoted).
+    Returns:
+        (out, residual_out), both (..., d).
+    """
+    name, fn = resolve_backend(backend, "norm", x)
+    if name == "reference" or torch.float64 in (x.dtype, weight.dtype):
+        return add_rms_norm_ref(x, residual, weight, eps, out_dtype, residual_dtype)
+    return fn(x, residual, weight, eps, out_dtype, residual_dtype)

@@ -37,7 +37,8 @@ from mamba_bio_audio.recipes.outputs import plot_curve, prepare_out_dir, write_j
 TASKS = ("selective-copy", "induction-heads")
 ARCHS = ("mamba", "no-gate")
 LAYERS = ("S6", "S4D")
-EVAL_OFFSET = 10**12  # held-out samples: indices the training stream never reaches
+EVAL_OFFSET = 10**12  # test samples: indices the training stream never reaches
+VAL_OFFSET = 2 * 10**12  # validation samples (early stopping): neither training nor test samples
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class TaskPreset:
     curriculum_time_caps: in a time-limited run, the fractions of its training time by which each short stage
         ends at the latest (so that every run, learning or not, also trains at the full length).
     val_seqlen: length of the validation sequences (default data["seqlen"]): e.g. longer than the training
-        length, to stop on extrapolation. target_accuracy: stop once the validation accuracy (every
-        ``val_every`` steps, on up to 256 held-out sequences) reaches it. eval_reserve_s: of a time-limited run's
+        length, to stop on extrapolation; ``val_samples`` sequences (their own indices, not the test
+        sequences), ``val_batch_size`` at a time (default batch_size). target_accuracy: stop once the
+        validation accuracy (every ``val_every`` steps) reaches it. eval_reserve_s: of a time-limited run's
         budget, seconds kept for evaluation.
     """
 
@@ -72,6 +74,8 @@ class TaskPreset:
     val_seqlen: int | None = None
     target_accuracy: float | None = None
     eval_reserve_s: float = 0.0
+    val_samples: int = 256
+    val_batch_size: int | None = None
 
     def length_curriculum(self, start: float | None = None, end: float | None = None):
         """The :class:`LengthCurriculum` of this preset (a single stage at data["seqlen"] without curriculum);
@@ -118,19 +122,20 @@ PRESETS: dict[str, dict[str, TaskPreset]] = {
     # at 4096 until validation at 4096 is >= 0.995. On CPU, S6 with 16 tokens (length 128, batch 16) was still at
     # chance after 500 steps; with 8 tokens (length 64, batch 32) it left chance at ~200 steps, 89% at 750, and
     # scored 42% at 4x its training length: hence a curriculum that trains at every length.
-    # Induction heads trains at 256 and stops once validation at 2^16 (256x the training length) is perfect: on
-    # CPU a model stopped at its training length's first 100% scored 89-94% at 64x, also 300 steps later; on the
-    # H100 (2026-11-23) a model stopped at its first 100% at 2^14 (600 steps) scored 91.4% at 2^16 and 60.2% at
-    # 2^20, so validation moved to 2^16.
+    # Induction heads trains at 256 and stops once validation at 2^20 (4096x the training length; 128 sequences
+    # of their own, not the test ones) is perfect: on CPU a model stopped at its training length's first 100%
+    # scored 89-94% at 64x, also 300 steps later; on the H100 (2026-11-23) a model stopped at its first 100% at
+    # 2^14 (600 steps) scored 91.4% at 2^16 and 60.2% at 2^20, and one stopped at its first 100% at 2^16 (500
+    # steps) scored 100% up to 2^18, then 95.3% at 2^19 and 75.8% at 2^20.
     "gpu-fast": {
         "selective-copy": TaskPreset(data={"seqlen": 4096, "n_memorize": 16, "n_data_tokens": 14}, batch_size=64,
                                      max_steps=20_000, lr=3e-3, warmup=100, eval_samples=1024, val_every=200,
                                      curriculum=((256, 6000), (1024, 1500)), advance_at=0.99,
                                      curriculum_time_caps=(0.6, 0.75), target_accuracy=0.995, eval_reserve_s=5.0),
-        "induction-heads": TaskPreset(data={"seqlen": 256, "n_tokens": 15}, batch_size=128, max_steps=5000,
-                                      lr=3e-3, eval_samples=128, val_every=100, val_seqlen=2**16,
-                                      target_accuracy=1.0, test_log2_lengths=tuple(range(6, 21)),
-                                      eval_reserve_s=30.0),
+        "induction-heads": TaskPreset(data={"seqlen": 256, "n_tokens": 15}, batch_size=128, max_steps=20_000,
+                                      lr=3e-3, eval_samples=128, val_every=250, val_seqlen=2**20, val_samples=128,
+                                      val_batch_size=8, target_accuracy=1.0, test_log2_lengths=tuple(range(6, 21)),
+                                      eval_reserve_s=40.0),
     },
     # CPU-sized: short sequences, a few hundred steps, the same model; each run takes a few minutes on 2 cores.
     "tiny": {
@@ -236,9 +241,11 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     optim = OptimConfig(lr=preset.lr, weight_decay=0.0, betas=(0.9, 0.999), warmup=preset.warmup,
                         min_lr_ratio=preset.min_lr_ratio, max_steps=preset.max_steps)
     val_seqlen = preset.val_seqlen or generator.seqlen
-    val = [held_out_at(val_seqlen, i) for i in range(min(preset.eval_samples, 256))] if preset.val_every else []
+    val_generator = _generator(task, {**preset.data, "seqlen": val_seqlen}, seed)
+    val = [val_generator.sample(VAL_OFFSET + i) for i in range(preset.val_samples)] if preset.val_every else []
     curriculum = preset.length_curriculum(clock, train_deadline)
-    data = IndexedDataModule(_train_sample_fn(task, preset, seed, curriculum), preset.batch_size, val_samples=val)
+    data = IndexedDataModule(_train_sample_fn(task, preset, seed, curriculum), preset.batch_size, val_samples=val,
+                             val_batch_size=preset.val_batch_size)
     stop = StopTraining(preset.target_accuracy if preset.val_every else None, train_deadline)
     started = time.time()
     trainer = fit(MaskedLMTask(model, optim), data, out,

@@ -84,7 +84,7 @@ for step in $what; do
             timeout ${MEMORY_SECONDS:-300} mba bench memory --lengths ${MEMORY_LENGTHS:-1048576,4194304} \
                 --checkpoint-level ${MEMORY_LEVELS:-0,1,2} --out "$out" 2>&1 | tail -12 ;;
         train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
-            timeout 420 python3 -m mamba_bio_audio bench train --out "$out" 2>&1 | tail -12 ;;
+            timeout 420 python3 -m mamba_bio_audio bench train --out "$out" ${TRAIN_ARGS:-} 2>&1 | tail -12 ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
             timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} --out "$out" 2>&1 | tail -16 ;;
         variants)  # the scan under several tunings (chooses the defaults)
@@ -103,7 +103,7 @@ for step in $what; do
             tar czf "$out/profiles.tar.gz" -C "$out" profiles && rm -rf "$out/profiles" ;;
         kernel-tests)  # only the kernel and model GPU tests (faster than "tests")
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
-                /tmp/src/tests/test_gpu_model.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
+                /tmp/src/tests/test_gpu_model.py /tmp/src/tests/test_lm_decode.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         install) ;;  # only the installation above (then run commands with PYTHONPATH=/tmp/pkg:/tmp/site)
         multi-gpu)  # 2+ GPUs: context parallelism (exactness + 2^22 bench) and the DDP loss curve
@@ -117,6 +117,12 @@ for step in $what; do
                 --max-minutes ${SYNTHETIC_MINUTES:-8} --out $r/synthetic-runs/selective_copy_mamba_S6 2>&1 | tail -6
             echo "synthetic-copy: $(( $(date +%s) - t0 )) s on the GPU"
             tar czf "$out/synthetic-runs.tar.gz" -C $r synthetic-runs ;;
+        synthetic-induction)  # only the table's induction-heads row (gpu-fast) with the whole limit
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            mba synthetic induction-heads --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-8} \
+                --out $r/synthetic-runs/induction_heads_mamba_S6 2>&1 | grep -v "it/s" | tail -20
+            echo "synthetic-induction: $(( $(date +%s) - t0 )) s on the GPU"
+            tar czf "$out/synthetic-runs-induction.tar.gz" -C $r synthetic-runs ;;
         synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit;
             # rows already trained (synthetic-copy, carried back in .gpudata/synthetic-runs) are reused
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
@@ -124,7 +130,8 @@ for step in $what; do
             mba synthetic table --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-5.5} --reuse \
                 --out $r/synthetic --runs $r/synthetic-runs 2>&1 | tail -25
             echo "synthetic: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/synthetic/gpu_seconds.txt
-            tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json 2>/dev/null) ;;
+            tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json \
+                synthetic-runs/*/config.yaml synthetic-runs/*/logs 2>/dev/null) ;;
         synthetic)
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             timeout ${SYNTHETIC_SECONDS:-360} mba synthetic table --out $r/synthetic --runs $r/synthetic-runs \

@@ -18,6 +18,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from mamba_bio_audio import ops
 from mamba_bio_audio.config import CHECKPOINT_LEVELS, MambaConfig
 from mamba_bio_audio.modules.mixer import Mamba
 from mamba_bio_audio.modules.recompute import ResidualUnit, checkpoint_unit, recompute_unit
@@ -27,6 +28,29 @@ def make_norm(config: MambaConfig) -> nn.Module:
     if config.rms_norm:
         return nn.RMSNorm(config.d_model, eps=config.norm_epsilon)
     return nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
+
+
+def add_norm(norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None, backend: str,
+             residual_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(hidden + residual), hidden + residual): the pre-norm block's "add then norm".
+
+    hidden, residual: (batch, seqlen, d_model); residual None for the first block. ``residual_dtype``: of the
+    returned sum (None: the promoted dtype). An RMSNorm whose ``backend`` resolves to a kernel (CUDA tensors;
+    ops.add_rms_norm) runs as one fused Triton pass, its output in the autocast dtype when autocast is on (the
+    next layer is a matrix product that would cast it anyway); otherwise the add, a cast to the norm's dtype
+    and the torch module, as mamba_ssm's unfused path does.
+    """
+    if (isinstance(norm, nn.RMSNorm) and hidden.dtype != torch.float64
+            and ops.resolve_backend(backend, "norm", hidden)[0] != "reference"):
+        device = hidden.device.type
+        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else norm.weight.dtype
+        eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
+        return ops.add_rms_norm(hidden, residual, norm.weight, eps, out_dtype, residual_dtype, backend=backend)
+    # the contiguous residual first: the sum takes the first operand's layout (a mixer's output is transposed)
+    total = hidden if residual is None else residual + hidden
+    if residual_dtype is not None and total.dtype != residual_dtype:
+        total = total.to(residual_dtype)
+    return norm(total.to(norm.weight.dtype)), total
 
 
 class Block(nn.Module):
@@ -41,21 +65,25 @@ class Block(nn.Module):
     def _as_residual(self, residual: torch.Tensor) -> torch.Tensor:
         return residual.float() if self.residual_in_fp32 and residual.dtype != torch.float64 else residual
 
+    def _residual_dtype(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype | None:
+        """fp32 when the residual stream is kept in fp32 (fp64 stays fp64), else None (the promoted dtype)."""
+        if not self.residual_in_fp32 or torch.float64 in (hidden.dtype, getattr(residual, "dtype", None)):
+            return None
+        return torch.float32
+
     def _add_norm(self, hidden, residual):
-        residual = hidden if residual is None else hidden + residual
-        hidden = self.norm(residual.to(self.norm.weight.dtype))
-        return hidden, self._as_residual(residual)
+        return add_norm(self.norm, hidden, residual, self.mixer.backend, self._residual_dtype(hidden, residual))
 
     def residual_step(self, stream, carry=None, return_carry: bool = False):
         """stream (batch, seqlen, d_model) -> (stream + mixer(norm(stream)), carry): the residual stream entering
         the next block (mamba_ssm's hidden + residual after this block, the same operations in the same order).
         With ``return_carry`` the mixer runs as one segment (:meth:`Mamba.forward_segment`) from ``carry``."""
-        hidden = self.norm(stream.to(self.norm.weight.dtype))
+        hidden, stream = add_norm(self.norm, stream, None, self.mixer.backend, self._residual_dtype(stream, None))
         if return_carry:
             out, carry = self.mixer.forward_segment(hidden, carry)
         else:
             out = self.mixer(hidden)
-        return out + self._as_residual(stream), carry
+        return stream + out, carry
 
     def forward(self, hidden, residual=None, state: dict | None = None):
         """hidden, residual: (batch, seqlen, d_model) -> (mixer output, new residual)."""
@@ -133,8 +161,12 @@ class MambaBackbone(nn.Module):
         residual = None
         for i, layer in enumerate(self.layers):
             hidden, residual = layer(hidden, residual, None if states is None else states[i])
-        residual = hidden if residual is None else hidden + residual
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self._final_norm(hidden, residual)
+
+    def _final_norm(self, hidden, residual):
+        """norm_f(hidden + residual) (batch, seqlen, d_model): fused like the blocks' norms (see add_norm)."""
+        backend = self.layers[0].mixer.backend if len(self.layers) else "reference"
+        return add_norm(self.norm_f, hidden, residual, backend)[0]
 
     def _forward_recomputed(self, input_ids, inputs_embeds):
         """The forward at checkpoint level 1 or 2: one unit per block over the residual stream, the embedding in
@@ -161,8 +193,7 @@ class MambaBackbone(nn.Module):
             carry = None if carries is None else carries[i]
             hidden, residual, carry = layer.forward_segment(hidden, residual, carry)
             new_carries.append(carry)
-        residual = hidden + residual
-        return self.norm_f(residual.to(self.norm_f.weight.dtype)), new_carries
+        return self._final_norm(hidden, residual), new_carries
 
     def step(self, input_ids: torch.Tensor, states: list[dict]) -> torch.Tensor:
         """input_ids (batch,) -> final hidden state (batch, d_model); states advanced in place."""
@@ -170,8 +201,7 @@ class MambaBackbone(nn.Module):
         residual = None
         for layer, state in zip(self.layers, states):
             hidden, residual = layer.step(hidden, residual, state)
-        residual = hidden + residual
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self._final_norm(hidden, residual)
 
     def allocate_states(self, batch_size: int, device=None, dtype=None) -> list[dict]:
         return [layer.mixer.allocate_state(batch_size, device, dtype) for layer in self.layers]

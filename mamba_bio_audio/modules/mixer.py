@@ -148,7 +148,10 @@ class Mamba(nn.Module):
         xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, -1).t()
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
-        return channel_major(xz[: self.d_inner], batch, seqlen), channel_major(xz[self.d_inner:], batch, seqlen)
+        # split, not two slices: its backward is one cat of the two gradients, where slicing would zero a
+        # (2 d_inner, batch * seqlen) buffer, copy each gradient into it and add the two
+        x, z = torch.split(xz, self.d_inner)
+        return channel_major(x, batch, seqlen), channel_major(z, batch, seqlen)
 
     def _out_proj(self, y: torch.Tensor) -> torch.Tensor:
         """y (batch, d_inner, seqlen) channel-major -> (batch, seqlen, d_model), a transposed view of

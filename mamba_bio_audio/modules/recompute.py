@@ -93,7 +93,9 @@ class ResidualUnit:
         stream = self.embedding(x) if self.embedding is not None else x
         stream, carry = self.block.residual_step(stream, carry, return_carry)
         if self.final_norm is not None:
-            stream = self.final_norm(stream.to(self.final_norm.weight.dtype))
+            from mamba_bio_audio.modules.block import add_norm  # block.py imports this module
+
+            stream = add_norm(self.final_norm, stream, None, self.block.mixer.backend)[0]
         return stream, carry
 
 

@@ -201,7 +201,7 @@ def context_parallel_backward(backbone: nn.Module, input_ids: torch.Tensor, loss
         hidden, residual = _leaf(outputs[0]), _leaf(outputs[1])
 
     # head: as MambaBackbone.forward_segment, then this rank's loss
-    final = backbone.norm_f((hidden + residual).to(backbone.norm_f.weight.dtype))
+    final = backbone._final_norm(hidden, residual)
     loss_sum, count = loss_fn(final)
     with torch.autocast(device.type, enabled=False):
         if loss_sum is not None:

@@ -177,6 +177,25 @@ def test_gpu_fast_presets_keep_the_papers_tasks_and_models():
     assert synthetic.PRESETS["gpu-fast"]["induction-heads"].length_curriculum().lengths == [256]  # trained at 256
 
 
+def test_validation_sequences_are_not_the_test_sequences(micro_presets, tmp_path, monkeypatch):
+    from mamba_bio_audio.training import data as data_module
+
+    seen = {}
+
+    class Spy(data_module.IndexedDataModule):
+        def __init__(self, *args, **kwargs):
+            seen["val"] = kwargs["val_samples"]
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "IndexedDataModule", Spy)
+    preset = replace(micro_presets["selective-copy"], val_samples=5, eval_samples=5)
+    run_task("selective-copy", preset, "S6", "mamba", tmp_path / "run", device="cpu", progress=False)
+    generator = synthetic._generator("selective-copy", preset.data, 0)
+    tests = [generator.sample(synthetic.EVAL_OFFSET + i)["input_ids"] for i in range(5)]
+    assert len(seen["val"]) == 5
+    assert not any(torch.equal(v["input_ids"], t) for v in seen["val"] for t in tests)
+
+
 def test_curriculum_picks_the_training_length_by_step():
     preset = TaskPreset(data={"seqlen": 64, "n_memorize": 2, "n_data_tokens": 4}, batch_size=4, max_steps=10,
                         lr=1e-3, curriculum=((16, 3), (32, 3)))
