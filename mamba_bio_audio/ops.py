@@ -125,17 +125,23 @@ def selective_scan_fn(
 
 
 def selective_state_update(
-    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto",
+    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto", dt_proj_weight=None,
 ):
     """One decode step of the scan; ``state`` (batch, dim, d_state) is updated in place.
 
     Args:
-        x, dt: (batch, dim). z: (batch, dim) or None. A: (dim, d_state).
+        x: (batch, dim). z: (batch, dim) or None. A: (dim, d_state).
+        dt: (batch, dim); or, with ``dt_proj_weight`` (dim, dt_rank), the low-rank (batch, dt_rank) that it
+            projects (dt @ dt_proj_weight.T; the Triton step fuses this product).
         B, C: (batch, d_state) or (batch, groups, d_state). D, dt_bias: (dim,) or None.
     Returns:
         out: (batch, dim) in x's dtype.
     """
     name, fn = resolve_backend(backend, "step", x)
+    if name == "triton":
+        return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_proj_weight)
+    if dt_proj_weight is not None:
+        dt = torch.nn.functional.linear(dt, dt_proj_weight)
     if name == "reference":
         return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -238,16 +238,18 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
 @triton.jit
 def _conv_update_kernel(
     x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr, dim, seqlen, state_len,
-    stride_sb, stride_sd, stride_sl,
+    stride_sb, stride_sd, stride_sl, stride_xb, stride_xd,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    """x, out (batch, dim, seqlen); state (batch, dim, state_len) strided, updated in place. xp = [state, x];
-    state values pass through x's dtype, as in the reference."""
+    """x (batch, dim, seqlen) with strides (stride_xb, stride_xd, 1), out (batch, dim, seqlen) contiguous; state
+    (batch, dim, state_len) strided, updated in place. xp = [state, x]; state values pass through x's dtype, as
+    in the reference."""
     pid_d, b = tl.program_id(0), tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < dim
-    row = (b * dim + d).to(tl.int64) * seqlen
+    row = (b * dim + d).to(tl.int64) * seqlen  # of out
+    x_row = b.to(tl.int64) * stride_xb + d.to(tl.int64) * stride_xd
     s_row = state_ptr + b.to(tl.int64) * stride_sb + d.to(tl.int64) * stride_sd  # (BLOCK_D,) pointers
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
 
@@ -257,7 +259,7 @@ def _conv_update_kernel(
             p = state_len + i - (WIDTH - 1) + k  # position in xp
             from_state = tl.load(s_row + p * stride_sl, mask=d_mask & (p < state_len), other=0.0)
             v = tl.where(p < state_len, from_state.to(x_ptr.dtype.element_ty),
-                         tl.load(x_ptr + row + (p - state_len), mask=d_mask & (p >= state_len), other=0.0))
+                         tl.load(x_ptr + x_row + (p - state_len), mask=d_mask & (p >= state_len), other=0.0))
             w = tl.load(w_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32)
             acc += w * v.to(tl.float32)
         if SILU:
@@ -269,7 +271,8 @@ def _conv_update_kernel(
     p = seqlen + j
     j_ok = d_mask[:, None] & (j < state_len)[None, :]
     from_state = tl.load(s_row[:, None] + p[None, :] * stride_sl, mask=j_ok & (p < state_len)[None, :], other=0.0)
-    from_x = tl.load(x_ptr + row[:, None] + (p - state_len)[None, :], mask=j_ok & (p >= state_len)[None, :], other=0.0)
+    from_x = tl.load(x_ptr + x_row[:, None] + (p - state_len)[None, :], mask=j_ok & (p >= state_len)[None, :],
+                     other=0.0)
     new = tl.where((p < state_len)[None, :], from_state.to(x_ptr.dtype.element_ty), from_x)
     tl.debug_barrier()  # every read of the old state above happens before any write below
     tl.store(s_row[:, None] + j[None, :] * stride_sl, new.to(state_ptr.dtype.element_ty), mask=j_ok)
@@ -287,17 +290,19 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=Non
     """
     _check_activation(activation)
     squeeze = x.dim() == 2
-    x = (x.unsqueeze(-1) if squeeze else x).contiguous()
+    x = x.unsqueeze(-1) if squeeze else x
+    if x.stride(-1) != 1 and x.shape[-1] > 1:  # read in place when time is contiguous (e.g. a half of in_proj)
+        x = x.contiguous()
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     state_len = conv_state.shape[-1]
     if state_len < width - 1:
         raise ValueError(f"conv_state holds {state_len} steps, fewer than width - 1 = {width - 1}")
-    out = _empty(*x.shape, like=x)
+    out = _empty(batch, dim, seqlen, like=x)
     block_d = block_d or 64
     _conv_update_kernel[(triton.cdiv(dim, block_d), batch)](
         x, conv_state, weight.contiguous(), bias.contiguous() if bias is not None else x, out,
-        dim, seqlen, state_len, *conv_state.stride(),
+        dim, seqlen, state_len, *conv_state.stride(), x.stride(0), x.stride(1),
         WIDTH=width, HAS_BIAS=bias is not None, SILU=activation is not None, BLOCK_D=block_d,
         BLOCK_S=triton.next_power_of_2(state_len), num_warps=num_warps or 2,
     )

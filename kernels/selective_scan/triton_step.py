@@ -24,40 +24,51 @@ DEFAULT_NUM_WARPS = 4
 
 @triton.jit
 def _step_kernel(
-    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
-    dim, d_state, channels_per_group_b, groups_b, channels_per_group_c, groups_c,
-    stride_sb, stride_sd, stride_sn,
+    state_ptr, x_ptr, dt_ptr, W_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    dim, d_state, dt_rank, channels_per_group_b, groups_b, channels_per_group_c, groups_c,
+    stride_sb, stride_sd, stride_sn, stride_x, stride_dt, stride_z, stride_bb, stride_bg, stride_cb, stride_cg,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DT_PROJ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """state (batch, dim, d_state) strided; x, dt, z, out (batch, dim); B, C (batch, groups, d_state)."""
+    """state (batch, dim, d_state) strided; x, z (batch, dim), B, C (batch, groups, d_state) with row strides
+    (unit stride within a row); out (batch, dim) contiguous. dt: (batch, dim), or with DT_PROJ (batch, dt_rank)
+    and dt = dt @ W.T for W (dim, dt_rank) contiguous."""
     pid, b = tl.program_id(0), tl.program_id(1)
     d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     d_mask = d < dim
     dn_mask = d_mask[:, None] & (n < d_state)[None, :]
-    row = b * dim + d
+    b64 = b.to(tl.int64)
 
-    x = tl.load(x_ptr + row, mask=d_mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b64 * stride_x + d, mask=d_mask, other=0.0).to(tl.float32)
     bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
-    dt = _dt(tl.load(dt_ptr + row, mask=d_mask, other=0.0).to(tl.float32) + bias, SOFTPLUS)
+    if DT_PROJ:  # the low-rank dt projection of this program's channels, in fp32
+        r = tl.arange(0, BLOCK_R)
+        r_mask = r < dt_rank
+        low = tl.load(dt_ptr + b64 * stride_dt + r, mask=r_mask, other=0.0).to(tl.float32)
+        W = tl.load(W_ptr + d[:, None] * dt_rank + r[None, :], mask=d_mask[:, None] & r_mask[None, :],
+                    other=0.0).to(tl.float32)
+        dt_raw = tl.sum(W * low[None, :], axis=1)
+    else:
+        dt_raw = tl.load(dt_ptr + b64 * stride_dt + d, mask=d_mask, other=0.0).to(tl.float32)
+    dt = _dt(dt_raw + bias, SOFTPLUS)
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     # Channel d reads group d // channels_per_group of B and C (a gather; B and C are tiny).
-    Bg = (b * groups_b + d // channels_per_group_b) * d_state
-    Cg = (b * groups_c + d // channels_per_group_c) * d_state
+    Bg = b64 * stride_bb + (d // channels_per_group_b) * stride_bg
+    Cg = b64 * stride_cb + (d // channels_per_group_c) * stride_cg
     Bv = tl.load(B_ptr + Bg[:, None] + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + Cg[:, None] + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
 
-    s_ptrs = state_ptr + b.to(tl.int64) * stride_sb + d[:, None].to(tl.int64) * stride_sd + n[None, :] * stride_sn
+    s_ptrs = state_ptr + b64 * stride_sb + d[:, None].to(tl.int64) * stride_sd + n[None, :] * stride_sn
     state = tl.load(s_ptrs, mask=dn_mask, other=0.0).to(tl.float32)
     state = tl.exp2(dt[:, None] * A * _LOG2E) * state + (dt * x)[:, None] * Bv
     tl.store(s_ptrs, state.to(state_ptr.dtype.element_ty), mask=dn_mask)
 
     out = tl.sum(state * Cv, axis=1) + _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D) * x
     if HAS_Z:
-        z = tl.load(z_ptr + row, mask=d_mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + b64 * stride_z + d, mask=d_mask, other=0.0).to(tl.float32)
         out = out * z * tl.sigmoid(z)
-    tl.store(out_ptr + row, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+    tl.store(out_ptr + b64 * dim + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
 def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -65,40 +76,56 @@ def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) ->
     return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A (batch, n) operand as the kernel reads it: any row stride, unit stride within a row (else copied)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _grouped(X: torch.Tensor, dim: int) -> tuple[torch.Tensor, int, int]:
-    """B or C (batch, d_state) | (batch, groups, d_state) -> (contiguous 3-D view, channels per group, groups)."""
+    """B or C (batch, d_state) | (batch, groups, d_state) -> (3-D view with unit last stride, channels per group,
+    groups)."""
     if X.dim() == 2:
         X = X.unsqueeze(1)
     groups = X.shape[1]
     if dim % groups != 0:
         raise ValueError(f"dim {dim} is not a multiple of the number of B/C groups {groups}")
-    return X.contiguous(), dim // groups, groups
+    return _rows(X), dim // groups, groups
 
 
-def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, *,
-                                  block_d=None, num_warps=None):
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                  dt_proj_weight=None, *, block_d=None, num_warps=None):
     """One recurrent step; ``state`` is updated in place (any float dtype, any strides).
 
     Args:
-        state: (batch, dim, d_state). x, dt: (batch, dim). z: (batch, dim) or None. A: (dim, d_state).
+        state: (batch, dim, d_state). x: (batch, dim). z: (batch, dim) or None. A: (dim, d_state).
+        dt: (batch, dim); or, with ``dt_proj_weight`` (dim, dt_rank), the low-rank (batch, dt_rank), projected
+            here (dt @ dt_proj_weight.T in fp32; one matrix product fewer per decode step).
         B, C: (batch, d_state) or (batch, groups, d_state). D, dt_bias: (dim,) or None.
+        x, z, dt, B, C may be row-strided views (e.g. the halves of in_proj's output): read in place.
         block_d, num_warps: launch tunables (default 32 channels, 4 warps per program).
     Returns:
-        out: (batch, dim) in x's dtype.
+        out: (batch, dim) in x's dtype, contiguous.
     """
     batch, dim, d_state = state.shape
-    x, dt, A = x.contiguous(), dt.contiguous(), A.contiguous()
+    x, dt, A = _rows(x), _rows(dt), A.contiguous()
     B, cpg_b, groups_b = _grouped(B, dim)
     C, cpg_c, groups_c = _grouped(C, dim)
-    D, z, dt_bias = (t.contiguous() if t is not None else None for t in (D, z, dt_bias))
-    out = _empty(*x.shape, like=x)
+    z = _rows(z) if z is not None else None
+    D, dt_bias = (t.contiguous() if t is not None else None for t in (D, dt_bias))
+    W = dt_proj_weight.contiguous() if dt_proj_weight is not None else None
+    dt_rank = W.shape[1] if W is not None else 0
+    if W is not None and (W.shape[0] != dim or dt.shape[-1] != dt_rank):
+        raise ValueError(f"dt_proj_weight {tuple(W.shape)} does not map dt {tuple(dt.shape)} to {dim} channels")
+    out = _empty(batch, dim, like=x)
     block_d = block_d or DEFAULT_BLOCK_D
     grid = (triton.cdiv(dim, block_d), batch)
     _step_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
+        state, x, dt, W if W is not None else x, A, B, C, D if D is not None else x, z if z is not None else x,
         dt_bias if dt_bias is not None else x, out,
-        dim, d_state, cpg_b, groups_b, cpg_c, groups_c, *state.stride(),
+        dim, d_state, dt_rank, cpg_b, groups_b, cpg_c, groups_c, *state.stride(), x.stride(0), dt.stride(0),
+        z.stride(0) if z is not None else 0, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(d_state), num_warps=num_warps or DEFAULT_NUM_WARPS,
+        DT_PROJ=W is not None, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(d_state),
+        BLOCK_R=triton.next_power_of_2(max(dt_rank, 1)), num_warps=num_warps or DEFAULT_NUM_WARPS,
     )
     return out

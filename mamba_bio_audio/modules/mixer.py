@@ -217,9 +217,11 @@ class Mamba(nn.Module):
         x = ops.causal_conv1d_update(x, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      activation="silu", backend=self.backend)
         params = self.decode_params if self.use_decode_params else self._ssm_params()
+        dt_proj_weight = None
         if self.selective:
+            # dt stays low-rank: the step projects it (fused in the Triton kernel)
             dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt = F.linear(dt, self.dt_proj.weight)
+            dt_proj_weight = self.dt_proj.weight
         else:
             batch = x.shape[0]
             dt = torch.zeros_like(x)
@@ -227,7 +229,8 @@ class Mamba(nn.Module):
             B = params["B"].expand(batch, -1, -1)
             C = params["C"].expand(batch, -1, -1)
         y = ops.selective_state_update(state["ssm_state"], x, dt, params["A"], B, C, params["D"], z=z,
-                                       dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend)
+                                       dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend,
+                                       dt_proj_weight=dt_proj_weight)
         return self.out_proj(y)
 
     # Decoding reads A = -exp(A_log) and the fp32 copies of D, dt_bias (and S4D's B, C) from persistent buffers

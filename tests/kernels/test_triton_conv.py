@@ -135,6 +135,24 @@ def test_update_strided_state_in_x_dtype():
 
 
 @cpu_only
+@pytest.mark.parametrize("seqlen", [None, 3])
+def test_update_reads_a_row_strided_x_in_place(seqlen):
+    """x as the first half of in_proj's (batch, 2 dim) output (a strided view), as the decode step passes it."""
+    g = torch.Generator().manual_seed(8)
+    xz = torch.randn(3, 14, generator=g) if seqlen is None else torch.randn(3, 14, seqlen, generator=g)
+    x = xz[:, :7]
+    assert not x.is_contiguous()
+    state = torch.randn(3, 7, 3, generator=g)
+    weight, bias = torch.randn(7, 4, generator=g), torch.randn(7, generator=g)
+    ref_state = state.clone()
+    ref = causal_conv1d_update_ref(x.clone(), ref_state, weight, bias, "silu")
+    out = causal_conv1d_update_triton(x, state, weight, bias, "silu", block_d=4)
+    assert out.shape == x.shape and out.is_contiguous()
+    assert rel(out, ref) <= 1e-5
+    torch.testing.assert_close(state, ref_state, rtol=0, atol=0)
+
+
+@cpu_only
 def test_update_continues_the_sequence():
     """Prefill with the conv's final state, then decode token by token: same outputs as one long conv."""
     g = torch.Generator().manual_seed(6)

@@ -99,3 +99,49 @@ def test_steps_reproduce_the_scan(device):
                                           bias, True) for t in range(seqlen)]
     assert rel(torch.stack(outs, -1), ref) <= 1e-5
     assert rel(state, last) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [None, 2])
+def test_row_strided_inputs_and_fused_dt_projection(device, groups):
+    """x and z as halves of one (batch, 2 dim) product, B and C (and the low-rank dt) as slices of one x_proj
+    output, as the mixer's decode step passes them; dt projected inside the kernel."""
+    batch, dim, d_state, rank = 3, 20, 6, 5
+    g = torch.Generator().manual_seed(11)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    xz, x_dbl = randn(batch, 2 * dim), randn(batch, rank + 2 * d_state * (groups or 1))
+    W = randn(dim, rank) * 0.4
+    A = -torch.rand(dim, d_state, generator=g, dtype=torch.float64) - 0.1
+    D, bias, state = randn(dim), randn(dim) * 0.3, randn(batch, dim, d_state)
+
+    def operands(dtype, dev):
+        """x, z, low-rank dt, B, C as views of xz and x_dbl (converted first, so the views stay strided)."""
+        xz_, x_dbl_ = xz.to(dev, dtype), x_dbl.to(dev, dtype)
+        n_bc = d_state * (groups or 1)
+        low, B, C = torch.split(x_dbl_, [rank, n_bc, n_bc], dim=-1)
+        if groups:
+            B, C = B.unflatten(-1, (groups, d_state)), C.unflatten(-1, (groups, d_state))
+        return xz_[:, :dim], xz_[:, dim:], low, B, C
+
+    x, z, low, B, C = operands(torch.float64, "cpu")
+    ref_state = state.clone()
+    ref = selective_state_update_naive(ref_state, x, low @ W.T, A, B, C, D, z, bias, True)
+    x, z, low, B, C = operands(torch.float32, device)
+    assert not x.is_contiguous() and not B.is_contiguous()
+    state32 = state.to(device, torch.float32)
+    out = selective_state_update_triton(state32, x, low, A.to(device, torch.float32), B, C,
+                                        D.to(device, torch.float32), z, bias.to(device, torch.float32), True,
+                                        dt_proj_weight=W.to(device, torch.float32), block_d=8)
+    assert out.is_contiguous() and out.shape == (batch, dim)
+    assert rel(out, ref) <= 1e-5
+    assert rel(state32, ref_state) <= 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dt_projection_of_the_wrong_shape_raises(device):
+    t = inputs(2, 12, 4, None, device, seed=5)
+    with pytest.raises(ValueError, match="dt_proj_weight"):
+        selective_state_update_triton(t.pop("state"), **t, dt_proj_weight=torch.zeros(12, 3, device=device))
