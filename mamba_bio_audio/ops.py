@@ -32,6 +32,7 @@ _TRITON_MODULES = {
     "conv": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_triton"),
     "conv_update": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_update_triton"),
     "norm": ("mamba_bio_audio.kernels.rms_norm.triton_norm", "add_rms_norm_triton"),
+    "decode": ("mamba_bio_audio.kernels.selective_scan.triton_decode", "mamba_decode_inner_triton"),
 }
 _CUDA_MODULES = {
     "scan": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
@@ -39,6 +40,7 @@ _CUDA_MODULES = {
     "conv": ("causal_conv1d", "causal_conv1d_fn"),
     "conv_update": ("causal_conv1d", "causal_conv1d_update"),
     "norm": _TRITON_MODULES["norm"],  # no compiled norm exists (mamba_ssm's own fused norm is Triton too)
+    "decode": _TRITON_MODULES["decode"],  # unused: "cuda" decodes through the unfused ops (mamba_ssm's kernels)
 }
 
 
@@ -65,8 +67,8 @@ def _warn_fallback(op: str) -> None:
 
 
 def resolve_backend(backend: str, op: str, tensor: torch.Tensor):
-    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update", "norm"); None function =
-    reference."""
+    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update", "norm", "decode"); None
+    function = reference."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -199,3 +201,31 @@ def add_rms_norm(x, residual, weight, eps, out_dtype=None, residual_dtype=None, 
     if name == "reference" or torch.float64 in (x.dtype, weight.dtype):
         return add_rms_norm_ref(x, residual, weight, eps, out_dtype, residual_dtype)
     return fn(x, residual, weight, eps, out_dtype, residual_dtype)
+
+
+def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
+                       ssm_state, backend="auto"):
+    """One token through a selective mixer between in_proj and out_proj; both states advance in place:
+
+        xc = silu(conv update of x);  dt, B, C = split(x_proj_weight @ xc);  dt = dt_proj_weight @ dt
+        y  = selective_state_update(ssm_state, xc, dt, A, B, C, D, z, dt_bias, dt_softplus=True)
+
+    Two fused Triton kernels when ``backend`` resolves to Triton (kernels/selective_scan/triton_decode.py), else
+    the ops above one by one (the reference, or mamba_ssm's and causal-conv1d's kernels for "cuda").
+
+    Args:
+        x, z: (batch, dim). conv_state: (batch, dim, state_len). conv_weight: (dim, width). conv_bias: (dim,)
+        or None. x_proj_weight: (dt_rank + 2 d_state, dim). dt_proj_weight: (dim, dt_rank). dt_bias, D: (dim,)
+        or None. A: (dim, d_state). ssm_state: (batch, dim, d_state).
+    Returns:
+        y: (batch, dim) in x's dtype.
+    """
+    name, fn = resolve_backend(backend, "step", x)
+    if name == "triton":
+        return _load(*_TRITON_MODULES["decode"])(x, z, conv_state, conv_weight, conv_bias, x_proj_weight,
+                                                 dt_proj_weight, dt_bias, A, D, ssm_state)
+    d_state, dt_rank = ssm_state.shape[-1], dt_proj_weight.shape[1]
+    xc = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation="silu", backend=backend)
+    dt, B, C = torch.split(torch.nn.functional.linear(xc, x_proj_weight), [dt_rank, d_state, d_state], dim=-1)
+    return selective_state_update(ssm_state, xc, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
+                                  backend=backend, dt_proj_weight=dt_proj_weight)

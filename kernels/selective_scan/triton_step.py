@@ -59,6 +59,17 @@ def _step_kernel(
     Bv = tl.load(B_ptr + Bg[:, None] + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + Cg[:, None] + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
 
+    _advance(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
+             stride_sb, stride_sd, stride_sn, stride_z, HAS_D, HAS_Z, BLOCK_D)
+
+
+@triton.jit
+def _advance(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
+             stride_sb, stride_sd, stride_sn, stride_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+             BLOCK_D: tl.constexpr):
+    """The step proper for (batch row b64, channels d): state <- exp(dt A) state + dt B x (stored), out =
+    (C . state + D x) silu(z) (stored at out_ptr + b64 * dim + d). x, dt (BLOCK_D,), A, Bv, Cv (BLOCK_D,
+    BLOCK_N) or broadcastable, all fp32."""
     s_ptrs = state_ptr + b64 * stride_sb + d[:, None].to(tl.int64) * stride_sd + n[None, :] * stride_sn
     state = tl.load(s_ptrs, mask=dn_mask, other=0.0).to(tl.float32)
     state = tl.exp2(dt[:, None] * A * _LOG2E) * state + (dt * x)[:, None] * Bv

@@ -214,23 +214,20 @@ class Mamba(nn.Module):
         if self.bidirectional:
             raise ValueError("a bidirectional mixer cannot decode step by step")
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
+        params = self.decode_params if self.use_decode_params else self._ssm_params()
+        if self.selective:  # conv, x_proj, dt_proj and the state update: two fused kernels on Triton
+            y = ops.mamba_decode_inner(x, z, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                       self.x_proj.weight, self.dt_proj.weight, params["dt_bias"], params["A"],
+                                       params["D"], state["ssm_state"], backend=self.backend)
+            return self.out_proj(y)
         x = ops.causal_conv1d_update(x, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                      activation="silu", backend=self.backend)
-        params = self.decode_params if self.use_decode_params else self._ssm_params()
-        dt_proj_weight = None
-        if self.selective:
-            # dt stays low-rank: the step projects it (fused in the Triton kernel)
-            dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt_proj_weight = self.dt_proj.weight
-        else:
-            batch = x.shape[0]
-            dt = torch.zeros_like(x)
-            # per-channel B, C are "groups" of one channel each
-            B = params["B"].expand(batch, -1, -1)
-            C = params["C"].expand(batch, -1, -1)
-        y = ops.selective_state_update(state["ssm_state"], x, dt, params["A"], B, C, params["D"], z=z,
-                                       dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend,
-                                       dt_proj_weight=dt_proj_weight)
+        # S4D: per-channel B, C are "groups" of one channel each
+        batch = x.shape[0]
+        B = params["B"].expand(batch, -1, -1)
+        C = params["C"].expand(batch, -1, -1)
+        y = ops.selective_state_update(state["ssm_state"], x, torch.zeros_like(x), params["A"], B, C, params["D"],
+                                       z=z, dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend)
         return self.out_proj(y)
 
     # Decoding reads A = -exp(A_log) and the fp32 copies of D, dt_bias (and S4D's B, C) from persistent buffers

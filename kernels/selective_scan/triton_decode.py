@@ -1,0 +1,167 @@
+"""The selective Mamba mixer's decode step between in_proj and out_proj, in two Triton kernels.
+
+Unfused, one token through a mixer's middle is four launches: the conv update, the x_proj product, the dt_proj
+product and the state update (:mod:`mamba_bio_audio.ops`). At batch 1 each is a few microseconds of launch and
+latency for a few KB of work, and a 24-layer model decodes in well under a millisecond, so launches are the
+cost. Here:
+
+1. ``_conv_xproj_kernel``, one program per (BLOCK_D channels, batch row): the conv update of its channels (state
+   shifted in place, SiLU), its slice of the conv output, and its partial x_proj product
+   ``x_proj.weight[:, channels] @ xc[channels]`` -> partials (batch, programs, dt_rank + 2 d_state) in fp32.
+2. ``_ssm_from_partials_kernel``: every program sums the partials (a few KB, from L2) into the low-rank dt, B
+   and C (rounded to x's dtype, as the unfused product's output is), projects dt for its channels
+   (dt_proj fused, as in triton_step), and advances the state (the same ``_advance`` as the step kernel).
+
+The partials are plain per-program sums added in a fixed order: deterministic, no atomics, nothing to zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_bio_audio.kernels.selective_scan.triton_scan import _dt
+from mamba_bio_audio.kernels.selective_scan.triton_step import _advance
+
+CONV_BLOCK_D = 64  # channels per conv + partial-projection program
+STEP_BLOCK_D = 32  # channels per state-update program
+
+
+@triton.jit
+def _conv_xproj_kernel(x_ptr, conv_ptr, cw_ptr, cb_ptr, W_ptr, xc_ptr, part_ptr,
+                       dim, n_out, state_len, n_parts, stride_x, stride_cb, stride_cd, stride_cl,
+                       WIDTH: tl.constexpr, HAS_CB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """x (batch, dim) row-strided; conv state (batch, dim, state_len) strided, shifted in place; xc (batch, dim)
+    contiguous; W = x_proj.weight (n_out, dim) contiguous; partials (batch, n_parts, n_out) fp32."""
+    pid, b = tl.program_id(0), tl.program_id(1)
+    b64 = b.to(tl.int64)
+    d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    x_new = tl.load(x_ptr + b64 * stride_x + d, mask=d_mask, other=0.0)
+    s_row = conv_ptr + b64 * stride_cb + d.to(tl.int64) * stride_cd
+    if HAS_CB:
+        acc = tl.load(cb_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_D], tl.float32)
+    # conv over xp = [state (state_len steps), x]: the output at x's position reads xp[state_len - W + 1 + k]
+    for k in tl.static_range(WIDTH):
+        p = state_len - (WIDTH - 1) + k
+        old = tl.load(s_row + p * stride_cl, mask=d_mask & (p < state_len), other=0.0).to(x_ptr.dtype.element_ty)
+        v = tl.where(p < state_len, old, x_new)
+        acc += tl.load(cw_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32) * v.to(tl.float32)
+    xc = (acc * tl.sigmoid(acc)).to(xc_ptr.dtype.element_ty)
+    tl.store(xc_ptr + b64 * dim + d, xc, mask=d_mask)
+
+    # the state shifts by one step: new[j] = xp[1 + j]
+    j = tl.arange(0, BLOCK_S)
+    src = 1 + j
+    j_ok = d_mask[:, None] & (j < state_len)[None, :]
+    old = tl.load(s_row[:, None] + src[None, :] * stride_cl, mask=j_ok & (src < state_len)[None, :], other=0.0)
+    new = tl.where((src < state_len)[None, :], old.to(x_ptr.dtype.element_ty), x_new[:, None])
+    tl.debug_barrier()  # every read of the old state above happens before any write below
+    tl.store(s_row[:, None] + j[None, :] * stride_cl, new.to(conv_ptr.dtype.element_ty), mask=j_ok)
+
+    # this program's share of x_proj: W[:, d] @ xc[d]
+    k = tl.arange(0, BLOCK_K)
+    k_mask = k < n_out
+    W = tl.load(W_ptr + k[:, None] * dim + d[None, :], mask=k_mask[:, None] & d_mask[None, :],
+                other=0.0).to(tl.float32)
+    part = tl.sum(W * xc.to(tl.float32)[None, :], axis=1)
+    tl.store(part_ptr + (b64 * n_parts + pid) * n_out + k, part, mask=k_mask)
+
+
+@triton.jit
+def _summed(base, offset, count, p_mask, like_ptr, BLOCK: tl.constexpr):
+    """Sum over the partial rows of columns offset .. offset + count: (BLOCK,) fp32, rounded through the
+    element type of like_ptr (as the unfused x_proj product's output is)."""
+    i = tl.arange(0, BLOCK)
+    tile = tl.load(base + offset + i[None, :], mask=p_mask[:, None] & (i < count)[None, :], other=0.0)
+    return tl.sum(tile, axis=0).to(like_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr, D_ptr, bias_ptr, out_ptr,
+                              dim, d_state, dt_rank, n_out, n_parts,
+                              stride_sb, stride_sd, stride_sn, stride_z,
+                              HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """state (batch, dim, d_state) strided, advanced in place; xc, out (batch, dim) contiguous; z row-strided;
+    partials (batch, n_parts, n_out) fp32 with n_out = dt_rank + 2 d_state; Wdt = dt_proj.weight (dim, dt_rank)."""
+    pid, b = tl.program_id(0), tl.program_id(1)
+    b64 = b.to(tl.int64)
+    d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    d_mask = d < dim
+    dn_mask = d_mask[:, None] & (n < d_state)[None, :]
+    rows = tl.arange(0, BLOCK_P)
+    p_mask = rows < n_parts
+    base = part_ptr + b64 * n_parts * n_out + rows[:, None] * n_out
+    low = _summed(base, 0, dt_rank, p_mask, xc_ptr, BLOCK_R)
+    Bv = _summed(base, dt_rank, d_state, p_mask, xc_ptr, BLOCK_N)
+    Cv = _summed(base, dt_rank + d_state, d_state, p_mask, xc_ptr, BLOCK_N)
+
+    r = tl.arange(0, BLOCK_R)
+    Wdt = tl.load(Wdt_ptr + d[:, None] * dt_rank + r[None, :], mask=d_mask[:, None] & (r < dt_rank)[None, :],
+                  other=0.0).to(tl.float32)
+    raw = tl.sum(Wdt * low[None, :], axis=1)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    dt = _dt(raw, True)
+    x = tl.load(xc_ptr + b64 * dim + d, mask=d_mask, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    _advance(state_ptr, x, dt, A, Bv[None, :], Cv[None, :], D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
+             stride_sb, stride_sd, stride_sn, stride_z, HAS_D, True, BLOCK_D)
+
+
+def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
+    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
+
+
+def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias,
+                              A, D, ssm_state, *, conv_block_d=None, block_d=None):
+    """One token through a selective mixer's middle: conv update + SiLU, x_proj, dt_proj, softplus, state update,
+    D skip and the silu(z) gate. Both states are advanced in place.
+
+    Args:
+        x, z: (batch, dim), the halves of in_proj's output (row-strided views are read in place).
+        conv_state: (batch, dim, state_len >= width - 1). conv_weight: (dim, width). conv_bias: (dim,) or None.
+        x_proj_weight: (dt_rank + 2 d_state, dim). dt_proj_weight: (dim, dt_rank). dt_bias, D: (dim,) or None.
+        A: (dim, d_state). ssm_state: (batch, dim, d_state), any float dtype and strides.
+    Returns:
+        y: (batch, dim) in x's dtype, contiguous (the input of out_proj).
+    """
+    batch, dim = x.shape
+    d_state, width = ssm_state.shape[-1], conv_weight.shape[1]
+    dt_rank, n_out = dt_proj_weight.shape[1], x_proj_weight.shape[0]
+    if n_out != dt_rank + 2 * d_state or x_proj_weight.shape[1] != dim or dt_proj_weight.shape[0] != dim:
+        raise ValueError(f"x_proj_weight {tuple(x_proj_weight.shape)} / dt_proj_weight {tuple(dt_proj_weight.shape)} "
+                         f"do not fit dim {dim}, d_state {d_state}")
+    state_len = conv_state.shape[-1]
+    if state_len < width - 1:
+        raise ValueError(f"conv_state holds {state_len} steps, fewer than width - 1 = {width - 1}")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    z = z if z.stride(-1) == 1 else z.contiguous()
+    conv_block_d = conv_block_d or CONV_BLOCK_D
+    block_d = block_d or STEP_BLOCK_D
+    n_parts = triton.cdiv(dim, conv_block_d)
+    xc = _empty(batch, dim, like=x)
+    partials = _empty(batch, n_parts, n_out, like=x, dtype=torch.float32)
+    _conv_xproj_kernel[(n_parts, batch)](
+        x, conv_state, conv_weight.contiguous(), conv_bias if conv_bias is not None else x,
+        x_proj_weight.contiguous(), xc, partials, dim, n_out, state_len, n_parts, x.stride(0), *conv_state.stride(),
+        WIDTH=width, HAS_CB=conv_bias is not None, BLOCK_D=conv_block_d,
+        BLOCK_S=triton.next_power_of_2(state_len), BLOCK_K=triton.next_power_of_2(n_out), num_warps=4,
+    )
+    out = _empty(batch, dim, like=x)
+    _ssm_from_partials_kernel[(triton.cdiv(dim, block_d), batch)](
+        ssm_state, xc, z, partials, dt_proj_weight.contiguous(), A.contiguous(),
+        D.contiguous() if D is not None else x, dt_bias.contiguous() if dt_bias is not None else x, out,
+        dim, d_state, dt_rank, n_out, n_parts, *ssm_state.stride(), z.stride(0),
+        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, BLOCK_D=block_d,
+        BLOCK_N=triton.next_power_of_2(d_state), BLOCK_R=triton.next_power_of_2(dt_rank),
+        BLOCK_P=triton.next_power_of_2(n_parts), num_warps=4,
+    )
+    return out

@@ -1,0 +1,105 @@
+"""The fused decode step of a selective mixer (conv + x_proj + dt_proj + state update, two Triton kernels) vs the
+unfused ops in float64."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+
+from mamba_bio_audio import ops  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan import triton_decode  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan.triton_decode import mamba_decode_inner_triton  # noqa: E402
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")]),
+]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    def nan_empty(*shape, like, dtype=None):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+
+    monkeypatch.setattr(triton_decode, "_empty", nan_empty)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def weights(dim, d_state, dt_rank, width, state_len, batch, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    return dict(conv_state=randn(batch, dim, state_len), conv_weight=randn(dim, width, scale=0.5),
+                conv_bias=randn(dim) if bias else None, x_proj_weight=randn(dt_rank + 2 * d_state, dim, scale=0.3),
+                dt_proj_weight=randn(dim, dt_rank, scale=0.5), dt_bias=randn(dim, scale=0.3) if bias else None,
+                A=-torch.rand(dim, d_state, generator=g, dtype=torch.float64) - 0.2, D=randn(dim) if bias else None,
+                ssm_state=randn(batch, dim, d_state))
+
+
+def run_steps(fn, w, xzs, dtype, device):
+    """Decode len(xzs) tokens from copies of the states; x and z are the halves of each (batch, 2 dim) row."""
+    w = {k: None if v is None else v.to(device, dtype if k not in ("ssm_state",) else torch.float32
+                                        if dtype != torch.float64 else dtype).clone() for k, v in w.items()}
+    outs = []
+    for xz in xzs:
+        xz = xz.to(device, dtype)
+        dim = xz.shape[1] // 2
+        outs.append(fn(xz[:, :dim], xz[:, dim:], **w))
+    return torch.stack(outs), w["conv_state"], w["ssm_state"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim,d_state,dt_rank,width,state_len,batch,bias", [
+    (20, 4, 3, 4, 4, 2, True),    # the mixer's conv state holds d_conv steps
+    (37, 5, 6, 3, 2, 3, False),   # width - 1 steps, odd sizes, no biases, no D
+    (64, 16, 4, 4, 4, 1, True),
+])
+def test_fused_decode_matches_the_unfused_ops(device, dim, d_state, dt_rank, width, state_len, batch, bias):
+    w = weights(dim, d_state, dt_rank, width, state_len, batch, bias, seed=dim)
+    g = torch.Generator().manual_seed(dim + 1)
+    xzs = [torch.randn(batch, 2 * dim, generator=g, dtype=torch.float64) for _ in range(3)]
+    ref = run_steps(lambda x, z, **kw: ops.mamba_decode_inner(x, z, backend="reference", **kw), w, xzs,
+                    torch.float64, "cpu")
+    got = run_steps(lambda x, z, **kw: mamba_decode_inner_triton(x, z, conv_block_d=8, block_d=8, **kw), w, xzs,
+                    torch.float32, device)
+    for name, a, r in zip(("out", "conv_state", "ssm_state"), got, ref):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, r) <= 1e-5, f"{name}: relative error {rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_decode_in_bf16(device):
+    # bf16 weights and activations, fp32 SSM state (as generation runs); the partial sums round through bf16
+    # where the unfused x_proj product's output would.
+    w = weights(48, 8, 4, 4, 4, 2, True, seed=5)
+    g = torch.Generator().manual_seed(6)
+    xzs = [torch.randn(2, 96, generator=g, dtype=torch.float64) for _ in range(2)]
+    ref = run_steps(lambda x, z, **kw: ops.mamba_decode_inner(x, z, backend="reference", **kw), w, xzs,
+                    torch.float64, "cpu")
+    got = run_steps(lambda x, z, **kw: mamba_decode_inner_triton(x, z, **kw), w, xzs, torch.bfloat16, device)
+    assert got[0].dtype == torch.bfloat16
+    for name, a, r in zip(("out", "conv_state", "ssm_state"), got, ref):
+        assert rel(a, r) <= 3e-2, f"{name}: relative error {rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shapes_that_do_not_fit_raise(device):
+    w = weights(16, 4, 3, 4, 4, 1, True, seed=7)
+    w = {k: None if v is None else v.to(device, torch.float32) for k, v in w.items()}
+    x = torch.randn(1, 16, device=device)
+    with pytest.raises(ValueError, match="do not fit"):
+        mamba_decode_inner_triton(x, x, **{**w, "x_proj_weight": torch.zeros(10, 16, device=device)})
+    with pytest.raises(ValueError, match="conv_state"):
+        mamba_decode_inner_triton(x, x, **{**w, "conv_state": torch.zeros(1, 16, 2, device=device)})
