@@ -203,6 +203,20 @@ def add_rms_norm(x, residual, weight, eps, out_dtype=None, residual_dtype=None, 
     return fn(x, residual, weight, eps, out_dtype, residual_dtype)
 
 
+FUSED_DECODE_ENV = "MBA_FUSED_DECODE_MAX_BATCH"
+
+
+def fused_decode_max_batch() -> int:
+    """Largest batch that :func:`mamba_decode_inner` runs through the two fused kernels (larger batches take
+    the unfused Triton ops, whose x_proj is one cuBLAS product instead of per-row partial products): the
+    environment variable MBA_FUSED_DECODE_MAX_BATCH, default 64."""
+    value = os.environ.get(FUSED_DECODE_ENV, "64")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{FUSED_DECODE_ENV} must be an integer, got {value!r}") from None
+
+
 def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
                        ssm_state, backend="auto"):
     """One token through a selective mixer between in_proj and out_proj; both states advance in place:
@@ -210,8 +224,9 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
         xc = silu(conv update of x);  dt, B, C = split(x_proj_weight @ xc);  dt = dt_proj_weight @ dt
         y  = selective_state_update(ssm_state, xc, dt, A, B, C, D, z, dt_bias, dt_softplus=True)
 
-    Two fused Triton kernels when ``backend`` resolves to Triton (kernels/selective_scan/triton_decode.py), else
-    the ops above one by one (the reference, or mamba_ssm's and causal-conv1d's kernels for "cuda").
+    Two fused Triton kernels when ``backend`` resolves to Triton and the batch is at most
+    :func:`fused_decode_max_batch` (kernels/selective_scan/triton_decode.py), else the ops above one by one (the
+    Triton ones, the reference, or mamba_ssm's and causal-conv1d's kernels for "cuda").
 
     Args:
         x, z: (batch, dim). conv_state: (batch, dim, state_len). conv_weight: (dim, width). conv_bias: (dim,)
@@ -221,7 +236,7 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
         y: (batch, dim) in x's dtype.
     """
     name, fn = resolve_backend(backend, "step", x)
-    if name == "triton":
+    if name == "triton" and x.shape[0] <= fused_decode_max_batch():
         return _load(*_TRITON_MODULES["decode"])(x, z, conv_state, conv_weight, conv_bias, x_proj_weight,
                                                  dt_proj_weight, dt_bias, A, D, ssm_state)
     d_state, dt_rank = ssm_state.shape[-1], dt_proj_weight.shape[1]

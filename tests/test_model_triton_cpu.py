@@ -55,8 +55,11 @@ def test_triton_model_under_bf16_autocast_matches_reference():
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
-def test_triton_decode_steps_match_reference():
-    # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step.
+@pytest.mark.parametrize("fused_max_batch", ["64", "0"], ids=["fused", "unfused"])
+def test_triton_decode_steps_match_reference(fused_max_batch, monkeypatch):
+    # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step;
+    # fused: conv + x_proj + dt_proj + state update in two kernels (kernels/selective_scan/triton_decode.py).
+    monkeypatch.setenv("MBA_FUSED_DECODE_MAX_BATCH", fused_max_batch)
     torch.manual_seed(2)
     model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4)).eval()
     ids = torch.randint(0, 11, (3, 6))

@@ -32,7 +32,8 @@ def poison_outputs(monkeypatch):
 
 
 def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def weights(dim, d_state, dt_rank, width, state_len, batch, bias, seed):

@@ -34,7 +34,8 @@ def poison_outputs(monkeypatch):
 
 
 def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def inputs(batch, dim, d_state, groups, device, seed, dtype=torch.float32, state_dtype=torch.float32):
