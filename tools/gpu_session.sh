@@ -105,6 +105,10 @@ for step in $what; do
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
                 /tmp/src/tests/test_gpu_model.py /tmp/src/tests/test_lm_decode.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+        some-tests)  # only the GPU tests of TEST_FILES (paths under tests/)
+            python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml \
+                $(for f in ${TEST_FILES:-kernels}; do echo /tmp/src/tests/$f; done) 2>&1 | tee "$out/gpu_tests_some.txt" | tail -8
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         install) ;;  # only the installation above (then run commands with PYTHONPATH=/tmp/pkg:/tmp/site)
         multi-gpu)  # 2+ GPUs: context parallelism (exactness + 2^22 bench) and the DDP loss curve
             timeout 330 torchrun --standalone --nproc_per_node "${GPUS:-2}" /tmp/src/tools/context_parallel_bench.py \
