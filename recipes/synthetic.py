@@ -202,8 +202,13 @@ def _train_sample_fn(task: str, preset: TaskPreset, seed: int, curriculum=None):
 
 
 def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, device: str = "auto",
-             seed: int = 0, progress: bool = True, time_budget_s: float | None = None) -> dict:
+             seed: int = 0, progress: bool = True, time_budget_s: float | None = None,
+             init_from: Path | None = None) -> dict:
     """Train one model on one task and evaluate it; writes OUT/config.yaml, metrics.json, model/. Returns the metrics.
+
+    init_from: a run's ``model/`` folder to continue training from (same task, arch and model; the optimizer
+    starts afresh, the data stream continues after the steps that run recorded). metrics["history"] lists every
+    run's steps and lr in order (this one last), metrics["prior_steps"] the steps before this run.
 
     time_budget_s: wall-clock seconds for the whole run; training stops ``preset.eval_reserve_s`` before the end
     (at the latest at half the budget), and test lengths not reached in time are skipped. metrics["stopped"] says
@@ -228,9 +233,12 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     generator = _generator(task, preset.data, seed)
     config = MambaConfig(vocab_size=generator.vocab_size, ssm_layer=layer, **preset.model)
     model = _model(arch, config)
+    history = _continue_from(model, Path(init_from)) if init_from is not None else []
+    prior_steps = sum(h["steps"] for h in history)
     write_yaml(out / "config.yaml", {"command": f"synthetic {task}", "arch": arch, "layer": layer, "device": device,
                                      "seed": seed, "preset": asdict(preset), "model": config.to_dict(),
-                                     "time_budget_s": time_budget_s})
+                                     "time_budget_s": time_budget_s,
+                                     "init_from": None if init_from is None else str(init_from)})
 
     def held_out(i: int) -> dict:
         return generator.sample(EVAL_OFFSET + i)
@@ -244,7 +252,11 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     val_generator = _generator(task, {**preset.data, "seqlen": val_seqlen}, seed)
     val = [val_generator.sample(VAL_OFFSET + i) for i in range(preset.val_samples)] if preset.val_every else []
     curriculum = preset.length_curriculum(clock, train_deadline)
-    data = IndexedDataModule(_train_sample_fn(task, preset, seed, curriculum), preset.batch_size, val_samples=val,
+    sample_fn = _train_sample_fn(task, preset, seed, curriculum)
+    if prior_steps:  # continue the stream: no batch of the earlier run is seen twice
+        offset = prior_steps * preset.batch_size
+        sample_fn = (lambda fn: lambda i: fn(i + offset))(sample_fn)
+    data = IndexedDataModule(sample_fn, preset.batch_size, val_samples=val,
                              val_batch_size=preset.val_batch_size)
     stop = StopTraining(preset.target_accuracy if preset.val_every else None, train_deadline)
     started = time.time()
@@ -261,7 +273,9 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
                "final_train_seqlen": curriculum.seqlen_at(max(steps - 1, 0)),
                "curriculum": [list(c) for c in preset.curriculum],
                "curriculum_starts": [[curriculum.lengths[k], start] for k, start in enumerate(curriculum.starts)],
-               "time_budget_s": time_budget_s, "parameters": sum(p.numel() for p in model.parameters())}
+               "time_budget_s": time_budget_s, "parameters": sum(p.numel() for p in model.parameters()),
+               "prior_steps": prior_steps, "init_from": None if init_from is None else str(init_from),
+               "history": history + [{"steps": steps, "lr": preset.lr}]}
     model.save_pretrained(out / "model")
     model.to(eval_device)
     eval_started = time.time()
@@ -280,9 +294,32 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     return metrics
 
 
-def _preset(preset: str, task: str, max_steps: int | None) -> TaskPreset:
+def _preset(preset: str, task: str, max_steps: int | None, lr: float | None = None) -> TaskPreset:
     chosen = PRESETS[preset][task]
-    return chosen if max_steps is None else replace(chosen, max_steps=max_steps)
+    chosen = chosen if max_steps is None else replace(chosen, max_steps=max_steps)
+    return chosen if lr is None else replace(chosen, lr=lr)
+
+
+def _continue_from(model, model_dir: Path) -> list[dict]:
+    """Load a saved run's weights into ``model`` (same class and config, else a UserError); returns the training
+    behind them: [{"steps", "lr"}, ...] from that run's metrics.json and config.yaml ([] when absent)."""
+    loaded = type(model).from_pretrained(model_dir)
+    if loaded.config.to_dict() != model.config.to_dict():
+        raise UserError(f"--init-from {model_dir}: a model of another configuration (task, layer or size differ)")
+    model.load_state_dict(loaded.state_dict())
+    run = model_dir.parent
+    if not (run / "metrics.json").is_file():
+        return []
+    import yaml
+
+    try:
+        earlier = json.loads((run / "metrics.json").read_text())
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"--init-from {model_dir}: cannot read the run's metrics.json / config.yaml ({e})") from None
+    if earlier.get("history"):  # that run's own history ends with itself
+        return list(earlier["history"])
+    return [{"steps": int(earlier.get("steps", 0)), "lr": ((config or {}).get("preset") or {}).get("lr")}]
 
 
 PRESET_HELP = ("tiny: CPU-sized; paper: the paper's setup (Appendix E.1; GPU, hours); gpu-fast: ours, not the "
@@ -306,11 +343,15 @@ def _task_command(task: str, summary: str):
                   help="mamba: the full block; no-gate: the SSM layer alone (no conv, no gate).")
     @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Override the preset's steps.")
     @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help=MAX_MINUTES_HELP)
+    @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Override the preset's learning rate.")
+    @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                  help="Continue training from a run's model/ folder (same task, --layer and --arch).")
     @common_options
     def command(out: Path, preset: str, layer: str, arch: str, max_steps: int | None, max_minutes: float | None,
-                device: str, seed: int) -> None:
-        metrics = run_task(task, _preset(preset, task, max_steps), layer, arch, out, device, seed,
-                           time_budget_s=None if max_minutes is None else 60 * max_minutes)
+                lr: float | None, init_from: Path | None, device: str, seed: int) -> None:
+        metrics = run_task(task, _preset(preset, task, max_steps, lr), layer, arch, out, device, seed,
+                           time_budget_s=None if max_minutes is None else 60 * max_minutes, init_from=init_from)
         click.echo(f"{task} ({arch}, {layer}): accuracy {metrics['accuracy']:.4f} at length "
                    f"{metrics['train_seqlen']} after {metrics['steps']} steps{_stop_note(metrics)}, "
                    f"{metrics['train_seconds']:.0f} s")
@@ -366,8 +407,8 @@ def _earlier_run(run: Path, preset: str) -> dict | None:
         raise UserError(f"{run}: cannot read the earlier run ({e})") from None
     wanted = asdict(PRESETS[preset][m.get("task", "")]) if m.get("task") in TASKS else None
     ran = (settings or {}).get("preset") or {}
-    if wanted is None or {k: ran.get(k) for k in ("data", "batch_size", "lr")} != {
-            k: _yaml_plain(wanted[k]) for k in ("data", "batch_size", "lr")}:
+    if wanted is None or {k: ran.get(k) for k in ("data", "batch_size", "model")} != {
+            k: _yaml_plain(wanted[k]) for k in ("data", "batch_size", "model")}:
         raise UserError(f"{run}: was trained with other settings than the {preset} preset; move it away or drop "
                         "--reuse")
     return m
@@ -451,7 +492,9 @@ def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_
               "selective_copying": rows,
               "induction_heads": {"arch": "mamba", "layer": "S6", "train_seqlen": ih_preset.data["seqlen"],
                                   "accuracy": None if induction is None else induction["accuracy"],
-                                  "steps": None if induction is None else induction["steps"],
+                                  "steps": None if induction is None else induction["steps"]
+                                  + induction.get("prior_steps", 0),
+                                  "history": None if induction is None else induction.get("history"),
                                   "max_steps": ih_preset.max_steps,
                                   "train_seconds": None if induction is None else induction["train_seconds"],
                                   "status": _status(induction), "lengths": lengths,
@@ -480,6 +523,18 @@ def _stop_rule(settings: dict) -> str:
 def _val_length(settings: dict) -> str:
     n = settings.get("val_seqlen")
     return "" if n is None or n == settings["data"]["seqlen"] else f" (validated at length {n})"
+
+
+def _steps_text(row: dict) -> str:
+    """'600 steps', or for a run continued from earlier ones '15751 steps at lr 0.003, then 9000 at lr 0.001'."""
+    if row.get("steps") is None:
+        return "— steps"
+    history = row.get("history") or []
+    if len(history) < 2:
+        return f"{row['steps']} steps"
+    parts = [f"{h['steps']} steps at lr {h['lr']}" if i == 0 else f"{h['steps']} at lr {h['lr']}"
+             for i, h in enumerate(history)]
+    return f"{row['steps']} steps in {len(history)} runs, each continuing the last ({', then '.join(parts)})"
 
 
 def _markdown(report: dict, preset: str) -> str:
@@ -519,7 +574,7 @@ def _markdown(report: dict, preset: str) -> str:
         "compared with our S4D (time-invariant, diagonal). Paper rows our layers do not express: "
         f"{PAPER_ROWS_NOT_EXPRESSED}. The paper trained 400K steps at length 4096, batch 64, lr 1e-4.", "",
         f"## Induction heads (Mamba block, S6; trained at {ind['train_seqlen']}, batch {ih['batch_size']}, "
-        f"lr {ih['lr']}{_stop_rule(ih)}{_val_length(ih)}; {ind['steps'] if ind['steps'] is not None else '—'} steps, {ind['status']}; "
+        f"lr {ih['lr']}{_stop_rule(ih)}{_val_length(ih)}; {_steps_text(ind)}, {ind['status']}; "
         f"{ih['eval_samples']} test sequences per length)", "",
         markdown_table(["test length", "log2", "accuracy % (ours)", "note"], ind_rows), "",
         f"The paper reports {PAPER_INDUCTION_ACCURACY:.0f}% for Mamba at every length from 2^6 to 2^20 (trained at "

@@ -112,7 +112,7 @@ def test_table_reuse_refuses_a_run_of_other_settings(micro_presets, tmp_path, ca
     code, _, err = run(["synthetic", "selective-copy", "--out", str(runs / "selective_copy_mamba_S6"), "--device",
                         "cpu", "--max-steps", "1"], capsys)
     assert code == 0, err
-    monkeypatch.setitem(micro_presets, "selective-copy", replace(micro_presets["selective-copy"], lr=5e-3))
+    monkeypatch.setitem(micro_presets, "selective-copy", replace(micro_presets["selective-copy"], batch_size=8))
     code, _, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs", str(runs), "--reuse",
                         "--device", "cpu"], capsys)
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
@@ -255,3 +255,32 @@ def test_table_rows_say_how_each_run_ended(micro_presets, tmp_path, capsys, monk
     assert {r["status"] for r in report["selective_copying"]} == {"reached target at step 1"}
     assert report["induction_heads"]["status"] == "done"
     assert report["max_minutes"] == 30 and "2312.00752" in report["paper_source"]
+
+
+def test_init_from_continues_a_run_and_the_table_counts_both(micro_presets, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    first, second = runs / "first", runs / "induction_heads_mamba_S6"
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(first), "--device", "cpu", "--max-steps", "2"],
+                       capsys)
+    assert code == 0, err
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(second), "--device", "cpu", "--max-steps", "3",
+                        "--lr", "5e-4", "--init-from", str(first / "model")], capsys)
+    assert code == 0, err
+    m = json.loads((second / "metrics.json").read_text())
+    assert (m["prior_steps"], m["steps"]) == (2, 3)
+    assert m["history"] == [{"steps": 2, "lr": 1e-3}, {"steps": 3, "lr": 5e-4}]
+    code, _, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs", str(runs), "--reuse",
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "results" / "synthetic_tiny.json").read_text())
+    assert report["induction_heads"]["steps"] == 5
+    assert "2 steps at lr 0.001, then 3 at lr 0.0005" in (tmp_path / "results" / "synthetic_tiny.md").read_text()
+
+
+def test_init_from_a_model_of_another_task_is_a_one_line_error(micro_presets, tmp_path, capsys):
+    code, _, err = run(["synthetic", "selective-copy", "--out", str(tmp_path / "sc"), "--device", "cpu",
+                        "--max-steps", "1"], capsys)
+    assert code == 0, err
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "ih"), "--device", "cpu",
+                        "--max-steps", "1", "--init-from", str(tmp_path / "sc" / "model")], capsys)
+    assert code == 2 and "another configuration" in err and len(err.strip().splitlines()) == 1
