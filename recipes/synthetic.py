@@ -347,10 +347,15 @@ def _task_command(task: str, summary: str):
                   help="Override the preset's learning rate.")
     @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
                   help="Continue training from a run's model/ folder (same task, --layer and --arch).")
+    @click.option("--no-early-stop", is_flag=True, default=False,
+                  help="Train to --max-steps / --max-minutes even once the preset's validation target is reached.")
     @common_options
     def command(out: Path, preset: str, layer: str, arch: str, max_steps: int | None, max_minutes: float | None,
-                lr: float | None, init_from: Path | None, device: str, seed: int) -> None:
-        metrics = run_task(task, _preset(preset, task, max_steps, lr), layer, arch, out, device, seed,
+                lr: float | None, init_from: Path | None, no_early_stop: bool, device: str, seed: int) -> None:
+        chosen = _preset(preset, task, max_steps, lr)
+        if no_early_stop:
+            chosen = replace(chosen, target_accuracy=None)
+        metrics = run_task(task, chosen, layer, arch, out, device, seed,
                            time_budget_s=None if max_minutes is None else 60 * max_minutes, init_from=init_from)
         click.echo(f"{task} ({arch}, {layer}): accuracy {metrics['accuracy']:.4f} at length "
                    f"{metrics['train_seqlen']} after {metrics['steps']} steps{_stop_note(metrics)}, "

@@ -132,13 +132,13 @@ for step in $what; do
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             cp -r "$repo/.gpudata/synthetic-runs" $r/
             mba synthetic induction-heads --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-8} \
-                --lr ${CONTINUE_LR:-1e-3} --init-from $r/synthetic-runs/induction_heads_mamba_S6_part1/model \
-                --out $r/synthetic-runs/induction_heads_mamba_S6 2>&1 | grep -v "it/s" | tail -20
+                --lr ${CONTINUE_LR:-1e-3} --init-from $r/synthetic-runs/${CONTINUE_FROM:-induction_heads_mamba_S6_part1}/model \
+                ${CONTINUE_ARGS:-} --out $r/synthetic-runs/induction_heads_mamba_S6 2>&1 | grep -v "it/s" | tail -20
             mba synthetic table --preset gpu-fast --device cuda --reuse --out $r/synthetic --runs $r/synthetic-runs \
                 2>&1 | tail -3
             echo "synthetic: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/synthetic/gpu_seconds.txt
             tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json \
-                synthetic-runs/*/config.yaml synthetic-runs/*/logs 2>/dev/null) ;;
+                synthetic-runs/*/config.yaml synthetic-runs/*/logs synthetic-runs/*/model 2>/dev/null) ;;
         synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit;
             # rows already trained (synthetic-copy, carried back in .gpudata/synthetic-runs) are reused
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)

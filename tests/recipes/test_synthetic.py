@@ -284,3 +284,15 @@ def test_init_from_a_model_of_another_task_is_a_one_line_error(micro_presets, tm
     code, _, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "ih"), "--device", "cpu",
                         "--max-steps", "1", "--init-from", str(tmp_path / "sc" / "model")], capsys)
     assert code == 2 and "another configuration" in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_early_stop_trains_past_the_target(micro_presets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(micro_presets, "induction-heads",
+                        replace(micro_presets["induction-heads"], target_accuracy=0.0, val_every=1, max_steps=3))
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "a"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["steps"] == 1  # stopped at the target
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "b"), "--device", "cpu",
+                        "--no-early-stop"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 3
