@@ -187,6 +187,12 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, back
     return fn(x, conv_state, weight, bias, activation)
 
 
+def fused_norm_enabled() -> bool:
+    """Whether the blocks may use the fused add + RMSNorm kernel: unless the environment variable MBA_FUSED_NORM
+    is "0" (for A/B measurements; the unfused path is the torch reference)."""
+    return os.environ.get("MBA_FUSED_NORM", "1") != "0"
+
+
 def add_rms_norm(x, residual, weight, eps, out_dtype=None, residual_dtype=None, backend="auto"):
     """Fused ``residual_out = x + residual`` and ``out = rmsnorm(residual_out) * weight`` (the pre-norm block's
     "add then norm"; mamba_ssm's ``rms_norm_fn`` with ``prenorm=True``). fp64 inputs always take the reference.

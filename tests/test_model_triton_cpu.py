@@ -70,3 +70,16 @@ def test_triton_decode_steps_match_reference(fused_max_batch, monkeypatch):
         with torch.no_grad():
             results.append(torch.stack([model.backbone.step(ids[:, t], states) for t in range(ids.shape[1])]))
     assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5), (results[1] - results[0]).abs().max()
+
+
+@pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
+def test_fused_norm_can_be_turned_off(monkeypatch):
+    from mamba_bio_audio.kernels.rms_norm import triton_norm
+
+    calls = []
+    monkeypatch.setattr(triton_norm._AddRMSNormFn, "apply", lambda *a: calls.append(1) or (_ for _ in ()).throw(
+        AssertionError("fused norm used")))
+    monkeypatch.setenv("MBA_FUSED_NORM", "0")
+    model = set_backend(MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4)), "triton")
+    model(torch.randint(0, 11, (1, 5)))
+    assert not calls

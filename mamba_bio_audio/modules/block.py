@@ -37,10 +37,10 @@ def add_norm(norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | Non
     hidden, residual: (batch, seqlen, d_model); residual None for the first block. ``residual_dtype``: of the
     returned sum (None: the promoted dtype). An RMSNorm whose ``backend`` resolves to a kernel (CUDA tensors;
     ops.add_rms_norm) runs as one fused Triton pass, its output in the autocast dtype when autocast is on (the
-    next layer is a matrix product that would cast it anyway); otherwise the add, a cast to the norm's dtype
-    and the torch module, as mamba_ssm's unfused path does.
+    next layer is a matrix product that would cast it anyway); otherwise (or with MBA_FUSED_NORM=0) the add, a
+    cast to the norm's dtype and the torch module, as mamba_ssm's unfused path does.
     """
-    if (isinstance(norm, nn.RMSNorm) and hidden.dtype != torch.float64
+    if (isinstance(norm, nn.RMSNorm) and hidden.dtype != torch.float64 and ops.fused_norm_enabled()
             and ops.resolve_backend(backend, "norm", hidden)[0] != "reference"):
         device = hidden.device.type
         out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else norm.weight.dtype
