@@ -50,3 +50,34 @@ def assert_one_line_error(code, err, *fragments):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err, err
+
+
+# ---- shared by the Triton kernel tests (tests/kernels) ------------------------------------------------------------
+def interpreting() -> bool:
+    """Whether Triton kernels run on CPU tensors here (TRITON_INTERPRET=1, as in CI)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def kernel_devices(pytest):
+    """pytest params "cpu" (only under the interpreter) and "cuda" (marked gpu; needs CUDA, interpreter off)."""
+    return [
+        pytest.param("cpu", marks=pytest.mark.skipif(not interpreting(), reason="CPU cases need TRITON_INTERPRET=1")),
+        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+            not torch.cuda.is_available() or interpreting(), reason="needs CUDA and TRITON_INTERPRET=0")]),
+    ]
+
+
+def poison_empty(monkeypatch, module) -> None:
+    """Make ``module._empty`` (every kernel output's allocator) fill with NaN: unwritten elements fail the test."""
+    def nan_empty(*shape, like, dtype=None):
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+
+    monkeypatch.setattr(module, "_empty", nan_empty)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ||a - b|| / ||b|| in float64 on the CPU (a and b may sit on different devices)."""
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -14,21 +14,16 @@ from mamba_bio_audio.kernels.rms_norm import triton_norm  # noqa: E402
 from mamba_bio_audio.kernels.rms_norm.reference import add_rms_norm_ref  # noqa: E402
 from mamba_bio_audio.kernels.rms_norm.triton_norm import add_rms_norm_triton  # noqa: E402
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from helpers import interpreting, poison_empty, rel  # noqa: E402
+
+INTERPRETING = interpreting()
 cpu_only = pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    def nan_empty(*shape, like, dtype=None):
-        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
-
-    monkeypatch.setattr(triton_norm, "_empty", nan_empty)
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+    poison_empty(monkeypatch, triton_norm)
 
 
 def leaves(shape, layout, with_residual, x_dtype, residual_dtype, device, seed):

@@ -17,25 +17,14 @@ from mamba_bio_audio.kernels.selective_scan.naive import (  # noqa: E402
 )
 from mamba_bio_audio.kernels.selective_scan.triton_step import selective_state_update_triton  # noqa: E402
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")]),
-]
+from helpers import kernel_devices, poison_empty, rel  # noqa: E402
+
+DEVICES = kernel_devices(pytest)
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    def nan_empty(*shape, like, dtype=None):
-        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
-
-    monkeypatch.setattr(triton_step, "_empty", nan_empty)
-
-
-def rel(a, b):
-    a, b = a.double().cpu(), b.double().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    poison_empty(monkeypatch, triton_step)
 
 
 def inputs(batch, dim, d_state, groups, device, seed, dtype=torch.float32, state_dtype=torch.float32):
