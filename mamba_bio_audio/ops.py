@@ -40,7 +40,6 @@ _CUDA_MODULES = {
     "conv": ("causal_conv1d", "causal_conv1d_fn"),
     "conv_update": ("causal_conv1d", "causal_conv1d_update"),
     "norm": _TRITON_MODULES["norm"],  # no compiled norm exists (mamba_ssm's own fused norm is Triton too)
-    "decode": _TRITON_MODULES["decode"],  # unused: "cuda" decodes through the unfused ops (mamba_ssm's kernels)
 }
 
 
@@ -67,8 +66,8 @@ def _warn_fallback(op: str) -> None:
 
 
 def resolve_backend(backend: str, op: str, tensor: torch.Tensor):
-    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update", "norm", "decode"); None
-    function = reference."""
+    """(backend name, function) for ``op`` in ("scan", "step", "conv", "conv_update", "norm"); None function =
+    reference."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -242,8 +241,7 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
     Returns:
         y: (batch, dim) in x's dtype.
     """
-    name, fn = resolve_backend(backend, "step", x)
-    if name == "triton" and x.shape[0] <= fused_decode_max_batch():
+    if resolve_backend(backend, "step", x)[0] == "triton" and x.shape[0] <= fused_decode_max_batch():
         return _load(*_TRITON_MODULES["decode"])(x, z, conv_state, conv_weight, conv_bias, x_proj_weight,
                                                  dt_proj_weight, dt_bias, A, D, ssm_state)
     d_state, dt_rank = ssm_state.shape[-1], dt_proj_weight.shape[1]

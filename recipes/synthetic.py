@@ -252,10 +252,12 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     val_generator = _generator(task, {**preset.data, "seqlen": val_seqlen}, seed)
     val = [val_generator.sample(VAL_OFFSET + i) for i in range(preset.val_samples)] if preset.val_every else []
     curriculum = preset.length_curriculum(clock, train_deadline)
-    sample_fn = _train_sample_fn(task, preset, seed, curriculum)
-    if prior_steps:  # continue the stream: no batch of the earlier run is seen twice
-        offset = prior_steps * preset.batch_size
-        sample_fn = (lambda fn: lambda i: fn(i + offset))(sample_fn)
+    fresh_sample = _train_sample_fn(task, preset, seed, curriculum)
+    offset = prior_steps * preset.batch_size  # a continued run goes on after the batches its history saw
+
+    def sample_fn(i: int) -> dict:
+        return fresh_sample(i + offset)
+
     data = IndexedDataModule(sample_fn, preset.batch_size, val_samples=val,
                              val_batch_size=preset.val_batch_size)
     stop = StopTraining(preset.target_accuracy if preset.val_every else None, train_deadline)

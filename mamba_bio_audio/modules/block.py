@@ -62,9 +62,6 @@ class Block(nn.Module):
         self.norm = make_norm(config)
         self.mixer = Mamba(config, layer_idx)
 
-    def _as_residual(self, residual: torch.Tensor) -> torch.Tensor:
-        return residual.float() if self.residual_in_fp32 and residual.dtype != torch.float64 else residual
-
     def _residual_dtype(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype | None:
         """fp32 when the residual stream is kept in fp32 (fp64 stays fp64), else None (the promoted dtype)."""
         if not self.residual_in_fp32 or torch.float64 in (hidden.dtype, getattr(residual, "dtype", None)):
