@@ -81,3 +81,13 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error ||a - b|| / ||b|| in float64 on the CPU (a and b may sit on different devices)."""
     a, b = a.double().cpu(), b.double().cpu()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def assert_all_match(names, got, ref, tol: float) -> None:
+    """Pairwise: both None, or the same shape, ``got`` finite and within ``tol`` relative error of ``ref``."""
+    for name, a, r in zip(names, got, ref, strict=True):
+        if r is None:
+            assert a is None, name
+            continue
+        assert a.shape == r.shape and torch.isfinite(a).all(), name
+        assert rel(a, r) <= tol, f"{name}: relative error {rel(a, r):.2e}"

@@ -20,6 +20,8 @@ from mamba_bio_audio.kernels.causal_conv1d.triton_conv import (  # noqa: E402
     causal_conv1d_update_triton,
 )
 
+from helpers import assert_all_match, rel  # noqa: E402
+
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 cpu_only = pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")
@@ -31,10 +33,6 @@ def poison_outputs(monkeypatch):
         return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
 
     monkeypatch.setattr(triton_conv, "_empty", nan_empty)
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def check_conv(batch, dim, seqlen, width, activation, bias, init, dtype, device, seed, **kw):
@@ -58,12 +56,7 @@ def check_conv(batch, dim, seqlen, width, activation, bias, init, dtype, device,
     got = run(causal_conv1d_triton, lambda x: x, **kw)
     ref = run(causal_conv1d_ref, lambda x: x.double())
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    for name, a, r in zip(["out", "final_state", "x", "weight", "bias", "initial_state"], got, ref):
-        if r is None:
-            assert a is None, name
-            continue
-        assert a.shape == r.shape and torch.isfinite(a).all(), name
-        assert rel(a, r) <= tol, f"{name}: relative error {rel(a, r):.2e}"
+    assert_all_match(["out", "final_state", "x", "weight", "bias", "initial_state"], got, ref, tol)
 
 
 @cpu_only
