@@ -277,7 +277,7 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
                "curriculum_starts": [[curriculum.lengths[k], start] for k, start in enumerate(curriculum.starts)],
                "time_budget_s": time_budget_s, "parameters": sum(p.numel() for p in model.parameters()),
                "prior_steps": prior_steps, "init_from": None if init_from is None else str(init_from),
-               "history": history + [{"steps": steps, "lr": preset.lr}]}
+               "history": history + [_history_entry(steps, preset)]}
     model.save_pretrained(out / "model")
     model.to(eval_device)
     eval_started = time.time()
@@ -294,6 +294,14 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
         r.get("skipped", "").startswith("time") for r in metrics.get("lengths", []) if r.get("skipped"))
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _history_entry(steps: int, preset: TaskPreset) -> dict:
+    """One run's line in metrics["history"]: its steps and peak lr, and the schedule when the lr was not constant."""
+    entry = {"steps": steps, "lr": preset.lr}
+    if preset.warmup > 0 or preset.min_lr_ratio < 1:
+        entry.update(warmup=preset.warmup, min_lr_ratio=preset.min_lr_ratio, schedule_steps=preset.max_steps)
+    return entry
 
 
 def _preset(preset: str, task: str, max_steps: int | None, lr: float | None = None) -> TaskPreset:
@@ -347,14 +355,20 @@ def _task_command(task: str, summary: str):
     @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help=MAX_MINUTES_HELP)
     @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
                   help="Override the preset's learning rate.")
+    @click.option("--min-lr-ratio", type=click.FloatRange(min=0, max=1), default=None,
+                  help="Cosine decay of the learning rate to this fraction of --lr at --max-steps (default: the "
+                       "preset's schedule; 1 = constant).")
     @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
                   help="Continue training from a run's model/ folder (same task, --layer and --arch).")
     @click.option("--no-early-stop", is_flag=True, default=False,
                   help="Train to --max-steps / --max-minutes even once the preset's validation target is reached.")
     @common_options
     def command(out: Path, preset: str, layer: str, arch: str, max_steps: int | None, max_minutes: float | None,
-                lr: float | None, init_from: Path | None, no_early_stop: bool, device: str, seed: int) -> None:
+                lr: float | None, min_lr_ratio: float | None, init_from: Path | None, no_early_stop: bool,
+                device: str, seed: int) -> None:
         chosen = _preset(preset, task, max_steps, lr)
+        if min_lr_ratio is not None:
+            chosen = replace(chosen, min_lr_ratio=min_lr_ratio)
         if no_early_stop:
             chosen = replace(chosen, target_accuracy=None)
         metrics = run_task(task, chosen, layer, arch, out, device, seed,
@@ -539,9 +553,16 @@ def _steps_text(row: dict) -> str:
     history = row.get("history") or []
     if len(history) < 2:
         return f"{row['steps']} steps"
-    parts = [f"{h['steps']} steps at lr {h['lr']}" if i == 0 else f"{h['steps']} at lr {h['lr']}"
-             for i, h in enumerate(history)]
+    parts = [f"{h['steps']} steps at lr {h['lr']}{_schedule_text(h)}" if i == 0
+             else f"{h['steps']} at lr {h['lr']}{_schedule_text(h)}" for i, h in enumerate(history)]
     return f"{row['steps']} steps in {len(history)} runs, each continuing the last ({', then '.join(parts)})"
+
+
+def _schedule_text(entry: dict) -> str:
+    """' (cosine to 0.01x over 15000 steps)' for a history entry with a decaying lr, else ''."""
+    if entry.get("min_lr_ratio") is None or entry["min_lr_ratio"] >= 1:
+        return ""
+    return f" (cosine to {entry['min_lr_ratio']:g}x over {entry['schedule_steps']} steps)"
 
 
 def _markdown(report: dict, preset: str) -> str:

@@ -264,17 +264,18 @@ def test_init_from_continues_a_run_and_the_table_counts_both(micro_presets, tmp_
                        capsys)
     assert code == 0, err
     code, _, err = run(["synthetic", "induction-heads", "--out", str(second), "--device", "cpu", "--max-steps", "3",
-                        "--lr", "5e-4", "--init-from", str(first / "model")], capsys)
+                        "--lr", "5e-4", "--min-lr-ratio", "0.01", "--init-from", str(first / "model")], capsys)
     assert code == 0, err
     m = json.loads((second / "metrics.json").read_text())
     assert (m["prior_steps"], m["steps"]) == (2, 3)
-    assert m["history"] == [{"steps": 2, "lr": 1e-3}, {"steps": 3, "lr": 5e-4}]
+    assert m["history"] == [{"steps": 2, "lr": 1e-3},
+                            {"steps": 3, "lr": 5e-4, "warmup": 0.0, "min_lr_ratio": 0.01, "schedule_steps": 3}]
     code, _, err = run(["synthetic", "table", "--out", str(tmp_path / "results"), "--runs", str(runs), "--reuse",
                         "--device", "cpu"], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "results" / "synthetic_tiny.json").read_text())
     assert report["induction_heads"]["steps"] == 5
-    assert "2 steps at lr 0.001, then 3 at lr 0.0005" in (tmp_path / "results" / "synthetic_tiny.md").read_text()
+    assert "2 steps at lr 0.001, then 3 at lr 0.0005 (cosine to 0.01x over 3 steps)" in (tmp_path / "results" / "synthetic_tiny.md").read_text()
 
 
 def test_init_from_a_model_of_another_task_is_a_one_line_error(micro_presets, tmp_path, capsys):
