@@ -33,6 +33,7 @@ _TRITON_MODULES = {
     "conv_update": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_update_triton"),
     "norm": ("mamba_bio_audio.kernels.rms_norm.triton_norm", "add_rms_norm_triton"),
     "decode": ("mamba_bio_audio.kernels.selective_scan.triton_decode", "mamba_decode_inner_triton"),
+    "block_decode": ("mamba_bio_audio.kernels.selective_scan.triton_decode", "mamba_block_decode_triton"),
 }
 _CUDA_MODULES = {
     "scan": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
@@ -249,3 +250,52 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
     dt, B, C = torch.split(torch.nn.functional.linear(xc, x_proj_weight), [dt_rank, d_state, d_state], dim=-1)
     return selective_state_update(ssm_state, xc, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
                                   backend=backend, dt_proj_weight=dt_proj_weight)
+
+
+FUSED_BLOCK_DECODE_ENV = "MBA_FUSED_BLOCK_DECODE"
+#: Largest d_model the block-head kernel takes (each program holds 2 x 8 rows of in_proj.weight in registers).
+MAX_FUSED_BLOCK_D_MODEL = 2048
+
+
+def fused_block_decode_ok(hidden: torch.Tensor, norm_weight: torch.Tensor, in_proj_weight: torch.Tensor,
+                          backend: str = "auto") -> bool:
+    """Whether a block's decode step may run as :func:`mamba_block_decode` (two Triton kernels from the
+    residual add to out_proj): Triton backend, batch <= :func:`fused_decode_max_batch`, the fused norm enabled,
+    d_model <= MAX_FUSED_BLOCK_D_MODEL, no autocast, the norm and in_proj in one dtype (not fp64), and the
+    environment variable MBA_FUSED_BLOCK_DECODE not "0" (for A/B measurements)."""
+    return (os.environ.get(FUSED_BLOCK_DECODE_ENV, "1") != "0" and fused_norm_enabled()
+            and hidden.dim() == 2 and hidden.shape[0] <= fused_decode_max_batch()
+            and hidden.shape[1] <= MAX_FUSED_BLOCK_D_MODEL
+            and norm_weight.dtype == in_proj_weight.dtype != torch.float64 and hidden.dtype != torch.float64
+            and not torch.is_autocast_enabled(hidden.device.type)
+            and resolve_backend(backend, "step", hidden)[0] == "triton")
+
+
+def mamba_block_decode(hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state, conv_weight,
+                       conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=None,
+                       backend="auto"):
+    """One token through a pre-norm selective block up to out_proj; both states advance in place:
+
+        normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps)   (normed in in_proj's dtype)
+        x, z = split(in_proj(normed));  y = mamba_decode_inner(x, z, ...)
+
+    Two Triton kernels when :func:`fused_block_decode_ok` (kernels/selective_scan/triton_decode.py), else the
+    ops above one by one.
+
+    Args:
+        hidden: (batch, d_model), the previous block's mixer output (the embedding for the first block).
+        residual: (batch, d_model) or None. norm_weight: (d_model,). in_proj_weight: (2 dim, d_model).
+        in_proj_bias: (2 dim,) or None. The rest: as :func:`mamba_decode_inner`. residual_dtype: of residual_out.
+    Returns:
+        (y (batch, dim), the input of out_proj; residual_out (batch, d_model)).
+    """
+    if fused_block_decode_ok(hidden, norm_weight, in_proj_weight, backend):
+        return _load(*_TRITON_MODULES["block_decode"])(
+            hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias,
+            x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=residual_dtype)
+    normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps, in_proj_weight.dtype, residual_dtype,
+                                        backend=backend)
+    x, z = torch.nn.functional.linear(normed, in_proj_weight, in_proj_bias).chunk(2, dim=-1)
+    y = mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
+                           ssm_state, backend=backend)
+    return y, residual_out

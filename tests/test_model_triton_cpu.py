@@ -54,11 +54,23 @@ def test_triton_model_under_bf16_autocast_matches_reference():
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
-@pytest.mark.parametrize("fused_max_batch", ["8", "0"], ids=["fused", "unfused"])
-def test_triton_decode_steps_match_reference(fused_max_batch, monkeypatch):
+@pytest.mark.parametrize("fused_max_batch,block", [("8", "1"), ("8", "0"), ("0", "1")],
+                         ids=["block-fused", "inner-fused", "unfused"])
+def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch, request):
     # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step;
-    # fused: conv + x_proj + dt_proj + state update in two kernels (kernels/selective_scan/triton_decode.py).
+    # inner-fused: conv + x_proj + dt_proj + state update in two kernels; block-fused: also the residual add,
+    # the norm and in_proj (kernels/selective_scan/triton_decode.py).
+    from mamba_bio_audio import ops
+    from mamba_bio_audio.kernels.selective_scan import triton_decode
+
     monkeypatch.setenv("MBA_FUSED_DECODE_MAX_BATCH", fused_max_batch)
+    monkeypatch.setenv("MBA_FUSED_BLOCK_DECODE", block)
+    calls = []
+    block_fn = triton_decode.mamba_block_decode_triton
+    monkeypatch.setattr(triton_decode, "mamba_block_decode_triton",
+                        lambda *a, **k: calls.append(1) or block_fn(*a, **k))
+    ops._load.cache_clear()  # ops looks the kernel up (cached) by module and name
+    request.addfinalizer(ops._load.cache_clear)  # after monkeypatch's undo: no counting wrapper stays cached
     torch.manual_seed(2)
     model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4)).eval()
     ids = torch.randint(0, 11, (3, 6))
@@ -69,6 +81,7 @@ def test_triton_decode_steps_match_reference(fused_max_batch, monkeypatch):
         with torch.no_grad():
             results.append(torch.stack([model.backbone.step(ids[:, t], states) for t in range(ids.shape[1])]))
     assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5), (results[1] - results[0]).abs().max()
+    assert len(calls) == (2 * 6 if (fused_max_batch, block) == ("8", "1") else 0)
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")

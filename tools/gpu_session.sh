@@ -4,6 +4,7 @@
 #   (here)   tools/fetch_gpu_wheels.sh             # once: cp312 wheels of biopython and soundfile into .whl/
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
 #   (device) bash tools/gpu_session.sh [what ...]  # what: tests | kernel-tests | bench | train | generate | memory |
+#                                                   #       decode-ab | some-tests | profile | synthetic-* |
 #                                                   #       species | sc09 | synthetic (default: tests bench)
 #
 # species / sc09 read development data from .gpudata/ (git-ignored; copy ../shared/data/dna/bacteria and
@@ -89,6 +90,18 @@ for step in $what; do
             timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} --out "$out" 2>&1 | tail -16 ;;
         variants)  # the scan under several tunings (chooses the defaults)
             timeout 400 python3 /tmp/src/tools/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
+        decode-ab)  # our decode at batch 1 .. 16 three ways: block-fused, inner-fused (norm and in_proj apart), unfused
+            for mode in block inner unfused; do
+                case $mode in
+                    block) settings="MBA_FUSED_BLOCK_DECODE=1 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
+                    inner) settings="MBA_FUSED_BLOCK_DECODE=0 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
+                    unfused) settings="MBA_FUSED_DECODE_MAX_BATCH=0" ;;
+                esac
+                echo "== $mode ($settings)"
+                env $settings timeout 150 python3 -m mamba_bio_audio bench generate --models mamba \
+                    --batch-sizes ${DECODE_AB_BATCHES:-1,2,4,8,16} --out "$out/decode_ab/$mode" 2>&1 | tail -12
+            done
+            tar czf "$out/decode_ab.tar.gz" -C "$out" decode_ab && rm -rf "$out/decode_ab" ;;
         decode-tests)  # CUDA-graph decoding of MambaLM and the audio model
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/test_lm_decode.py \
                 /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8

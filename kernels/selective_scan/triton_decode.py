@@ -1,18 +1,22 @@
-"""The selective Mamba mixer's decode step between in_proj and out_proj, in two Triton kernels.
+"""A selective Mamba block's decode step in two Triton kernels (batch <= ops.fused_decode_max_batch()).
 
-Unfused, one token through a mixer's middle is four launches: the conv update, the x_proj product, the dt_proj
-product and the state update (:mod:`mamba_bio_audio.ops`). At batch 1 each is a few microseconds of launch and
-latency for a few KB of work, and a 24-layer model decodes in well under a millisecond, so launches are the
-cost. Here:
+Unfused, one token through a block is seven launches: the residual add + RMSNorm, in_proj, the conv update, the
+x_proj product, the dt_proj product, the state update and out_proj. At batch 1 each is a few microseconds of
+launch and latency for a few KB of work, and a 24-layer model decodes in well under a millisecond, so launches
+are the cost. Here, before out_proj (cuBLAS):
 
-1. ``_conv_xproj_kernel``, one program per (BLOCK_D channels, batch row): the conv update of its channels (state
-   shifted in place, SiLU), its slice of the conv output, and its partial x_proj product
+1. ``_block_head_kernel`` (:func:`mamba_block_decode_triton`), one program per (BLOCK_D channels, batch row):
+   the residual add and RMSNorm of the token (every program; d_model values), its channels' rows of in_proj
+   (x and z), the conv update of those channels (state shifted in place, SiLU) and its partial x_proj product
    ``x_proj.weight[:, channels] @ xc[channels]`` -> partials (batch, programs, dt_rank + 2 d_state) in fp32.
+   ``_conv_xproj_kernel`` (:func:`mamba_decode_inner_triton`) is the same from in_proj's output on.
 2. ``_ssm_from_partials_kernel``: every program sums the partials (a few KB, from L2) into the low-rank dt, B
    and C (rounded to x's dtype, as the unfused product's output is), projects dt for its channels
    (dt_proj fused, as in triton_step), and advances the state (the same ``_advance`` as the step kernel).
 
 The partials are plain per-program sums added in a fixed order: deterministic, no atomics, nothing to zero.
+Every rounding of the unfused path is kept: the norm's output and in_proj's x and z in in_proj's dtype, the
+residual in its own dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +30,47 @@ from mamba_bio_audio.kernels.selective_scan.triton_step import _advance
 
 CONV_BLOCK_D = 64  # channels per conv + partial-projection program
 STEP_BLOCK_D = 32  # channels per state-update program
+HEAD_BLOCK_D = 8  # channels per program of the block-head kernel (x and z rows of in_proj: 2 x 8 x d_model)
+HEAD_NUM_WARPS = 8
+
+
+@triton.jit
+def _conv_step(x_new, conv_ptr, cw_ptr, cb_ptr, b64, d, d_mask, state_len, stride_cb, stride_cd, stride_cl,
+               WIDTH: tl.constexpr, HAS_CB: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The conv update of channels d for one token x_new (BLOCK_D,) in the conv state's element type: returns
+    silu(conv) (BLOCK_D,) fp32 and shifts the state (batch, dim, state_len) of row b64 in place."""
+    s_row = conv_ptr + b64 * stride_cb + d.to(tl.int64) * stride_cd
+    if HAS_CB:
+        acc = tl.load(cb_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_D], tl.float32)
+    # conv over xp = [state (state_len steps), x]: the output at x's position reads xp[state_len - W + 1 + k]
+    for k in tl.static_range(WIDTH):
+        p = state_len - (WIDTH - 1) + k
+        old = tl.load(s_row + p * stride_cl, mask=d_mask & (p < state_len), other=0.0).to(x_new.dtype)
+        v = tl.where(p < state_len, old, x_new)
+        acc += tl.load(cw_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32) * v.to(tl.float32)
+
+    # the state shifts by one step: new[j] = xp[1 + j]
+    j = tl.arange(0, BLOCK_S)
+    src = 1 + j
+    j_ok = d_mask[:, None] & (j < state_len)[None, :]
+    old = tl.load(s_row[:, None] + src[None, :] * stride_cl, mask=j_ok & (src < state_len)[None, :], other=0.0)
+    new = tl.where((src < state_len)[None, :], old.to(x_new.dtype), x_new[:, None])
+    tl.debug_barrier()  # every read of the old state above happens before any write below
+    tl.store(s_row[:, None] + j[None, :] * stride_cl, new.to(conv_ptr.dtype.element_ty), mask=j_ok)
+    return acc * tl.sigmoid(acc)
+
+
+@triton.jit
+def _partial_xproj(W_ptr, xc, part_ptr, b64, pid, d, d_mask, dim, n_out, n_parts, BLOCK_K: tl.constexpr):
+    """This program's share of x_proj, W[:, d] @ xc[d] (W (n_out, dim) contiguous), stored as partial row pid."""
+    k = tl.arange(0, BLOCK_K)
+    k_mask = k < n_out
+    W = tl.load(W_ptr + k[:, None] * dim + d[None, :], mask=k_mask[:, None] & d_mask[None, :],
+                other=0.0).to(tl.float32)
+    part = tl.sum(W * xc.to(tl.float32)[None, :], axis=1)
+    tl.store(part_ptr + (b64 * n_parts + pid) * n_out + k, part, mask=k_mask)
 
 
 @triton.jit
@@ -40,36 +85,54 @@ def _conv_xproj_kernel(x_ptr, conv_ptr, cw_ptr, cb_ptr, W_ptr, xc_ptr, part_ptr,
     d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < dim
     x_new = tl.load(x_ptr + b64 * stride_x + d, mask=d_mask, other=0.0)
-    s_row = conv_ptr + b64 * stride_cb + d.to(tl.int64) * stride_cd
-    if HAS_CB:
-        acc = tl.load(cb_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_D], tl.float32)
-    # conv over xp = [state (state_len steps), x]: the output at x's position reads xp[state_len - W + 1 + k]
-    for k in tl.static_range(WIDTH):
-        p = state_len - (WIDTH - 1) + k
-        old = tl.load(s_row + p * stride_cl, mask=d_mask & (p < state_len), other=0.0).to(x_ptr.dtype.element_ty)
-        v = tl.where(p < state_len, old, x_new)
-        acc += tl.load(cw_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32) * v.to(tl.float32)
-    xc = (acc * tl.sigmoid(acc)).to(xc_ptr.dtype.element_ty)
+    xc = _conv_step(x_new, conv_ptr, cw_ptr, cb_ptr, b64, d, d_mask, state_len, stride_cb, stride_cd, stride_cl,
+                    WIDTH, HAS_CB, BLOCK_D, BLOCK_S).to(xc_ptr.dtype.element_ty)
     tl.store(xc_ptr + b64 * dim + d, xc, mask=d_mask)
+    _partial_xproj(W_ptr, xc, part_ptr, b64, pid, d, d_mask, dim, n_out, n_parts, BLOCK_K)
 
-    # the state shifts by one step: new[j] = xp[1 + j]
-    j = tl.arange(0, BLOCK_S)
-    src = 1 + j
-    j_ok = d_mask[:, None] & (j < state_len)[None, :]
-    old = tl.load(s_row[:, None] + src[None, :] * stride_cl, mask=j_ok & (src < state_len)[None, :], other=0.0)
-    new = tl.where((src < state_len)[None, :], old.to(x_ptr.dtype.element_ty), x_new[:, None])
-    tl.debug_barrier()  # every read of the old state above happens before any write below
-    tl.store(s_row[:, None] + j[None, :] * stride_cl, new.to(conv_ptr.dtype.element_ty), mask=j_ok)
 
-    # this program's share of x_proj: W[:, d] @ xc[d]
-    k = tl.arange(0, BLOCK_K)
-    k_mask = k < n_out
-    W = tl.load(W_ptr + k[:, None] * dim + d[None, :], mask=k_mask[:, None] & d_mask[None, :],
-                other=0.0).to(tl.float32)
-    part = tl.sum(W * xc.to(tl.float32)[None, :], axis=1)
-    tl.store(part_ptr + (b64 * n_parts + pid) * n_out + k, part, mask=k_mask)
+@triton.jit
+def _block_head_kernel(h_ptr, r_ptr, nw_ptr, rout_ptr, Win_ptr, bin_ptr, conv_ptr, cw_ptr, cb_ptr, W_ptr,
+                       xc_ptr, z_ptr, part_ptr,
+                       d_model, dim, n_out, state_len, n_parts, stride_h, stride_r, stride_cb, stride_cd, stride_cl,
+                       eps,
+                       HAS_RES: tl.constexpr, HAS_IN_BIAS: tl.constexpr, WIDTH: tl.constexpr, HAS_CB: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+    """A block's step up to the SSM: add + RMSNorm, the x and z rows of in_proj for channels d, the conv
+    update and the partial x_proj. h, r (batch, d_model) row-strided (r absent for the first block); residual
+    out (batch, d_model) contiguous, written by program 0; Win = in_proj.weight (2 dim, d_model) contiguous, in
+    the dtype the norm's output is rounded to; xc, z (batch, dim) contiguous; partials as in _conv_xproj_kernel."""
+    pid, b = tl.program_id(0), tl.program_id(1)
+    b64 = b.to(tl.int64)
+    # add + RMSNorm of the token's d_model features (every program; a few KB); the sum is kept in fp32
+    m = tl.arange(0, BLOCK_M)
+    m_mask = m < d_model
+    r = tl.load(h_ptr + b64 * stride_h + m, mask=m_mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r += tl.load(r_ptr + b64 * stride_r + m, mask=m_mask, other=0.0).to(tl.float32)
+    if pid == 0:
+        tl.store(rout_ptr + b64 * d_model + m, r.to(rout_ptr.dtype.element_ty), mask=m_mask)
+    rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / d_model + eps)
+    w_norm = tl.load(nw_ptr + m, mask=m_mask, other=0.0).to(tl.float32)
+    normed = (r * rstd * w_norm).to(Win_ptr.dtype.element_ty).to(tl.float32)
+
+    # in_proj rows d (x) and dim + d (z), fp32 sums rounded to the projection's dtype as F.linear's output is
+    d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    w_mask = d_mask[:, None] & m_mask[None, :]
+    rows = Win_ptr + d.to(tl.int64)[:, None] * d_model + m[None, :]
+    x_new = tl.sum(tl.load(rows, mask=w_mask, other=0.0).to(tl.float32) * normed[None, :], axis=1)
+    z = tl.sum(tl.load(rows + dim * d_model, mask=w_mask, other=0.0).to(tl.float32) * normed[None, :], axis=1)
+    if HAS_IN_BIAS:
+        x_new += tl.load(bin_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        z += tl.load(bin_ptr + dim + d, mask=d_mask, other=0.0).to(tl.float32)
+    x_new = x_new.to(Win_ptr.dtype.element_ty)
+    tl.store(z_ptr + b64 * dim + d, z.to(z_ptr.dtype.element_ty), mask=d_mask)
+
+    xc = _conv_step(x_new, conv_ptr, cw_ptr, cb_ptr, b64, d, d_mask, state_len, stride_cb, stride_cd, stride_cl,
+                    WIDTH, HAS_CB, BLOCK_D, BLOCK_S).to(xc_ptr.dtype.element_ty)
+    tl.store(xc_ptr + b64 * dim + d, xc, mask=d_mask)
+    _partial_xproj(W_ptr, xc, part_ptr, b64, pid, d, d_mask, dim, n_out, n_parts, BLOCK_K)
 
 
 @triton.jit
@@ -120,6 +183,30 @@ def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) ->
     return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
+def _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state):
+    if n_out != dt_rank + 2 * d_state or x_proj_weight.shape[1] != dim or dt_proj_weight.shape[0] != dim:
+        raise ValueError(f"x_proj_weight {tuple(x_proj_weight.shape)} / dt_proj_weight {tuple(dt_proj_weight.shape)} "
+                         f"do not fit dim {dim}, d_state {d_state}")
+    if conv_state.shape[-1] < width - 1:
+        raise ValueError(f"conv_state holds {conv_state.shape[-1]} steps, fewer than width - 1 = {width - 1}")
+
+
+def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d):
+    """The second kernel: y (batch, dim) in xc's dtype from the partial x_proj sums; ssm_state advanced."""
+    batch, dim = xc.shape
+    d_state, dt_rank, n_parts, n_out = ssm_state.shape[-1], dt_proj_weight.shape[1], *partials.shape[1:]
+    out = _empty(batch, dim, like=xc)
+    _ssm_from_partials_kernel[(triton.cdiv(dim, block_d), batch)](
+        ssm_state, xc, z, partials, dt_proj_weight.contiguous(), A.contiguous(),
+        D.contiguous() if D is not None else xc, dt_bias.contiguous() if dt_bias is not None else xc, out,
+        dim, d_state, dt_rank, n_out, n_parts, *ssm_state.stride(), z.stride(0),
+        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, BLOCK_D=block_d,
+        BLOCK_N=triton.next_power_of_2(d_state), BLOCK_R=triton.next_power_of_2(dt_rank),
+        BLOCK_P=triton.next_power_of_2(n_parts), num_warps=4,
+    )
+    return out
+
+
 def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias,
                               A, D, ssm_state, *, conv_block_d=None, block_d=None):
     """One token through a selective mixer's middle: conv update + SiLU, x_proj, dt_proj, softplus, state update,
@@ -136,16 +223,11 @@ def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_w
     batch, dim = x.shape
     d_state, width = ssm_state.shape[-1], conv_weight.shape[1]
     dt_rank, n_out = dt_proj_weight.shape[1], x_proj_weight.shape[0]
-    if n_out != dt_rank + 2 * d_state or x_proj_weight.shape[1] != dim or dt_proj_weight.shape[0] != dim:
-        raise ValueError(f"x_proj_weight {tuple(x_proj_weight.shape)} / dt_proj_weight {tuple(dt_proj_weight.shape)} "
-                         f"do not fit dim {dim}, d_state {d_state}")
+    _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state)
     state_len = conv_state.shape[-1]
-    if state_len < width - 1:
-        raise ValueError(f"conv_state holds {state_len} steps, fewer than width - 1 = {width - 1}")
     x = x if x.stride(-1) == 1 else x.contiguous()
     z = z if z.stride(-1) == 1 else z.contiguous()
     conv_block_d = conv_block_d or CONV_BLOCK_D
-    block_d = block_d or STEP_BLOCK_D
     n_parts = triton.cdiv(dim, conv_block_d)
     xc = _empty(batch, dim, like=x)
     partials = _empty(batch, n_parts, n_out, like=x, dtype=torch.float32)
@@ -155,13 +237,55 @@ def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_w
         WIDTH=width, HAS_CB=conv_bias is not None, BLOCK_D=conv_block_d,
         BLOCK_S=triton.next_power_of_2(state_len), BLOCK_K=triton.next_power_of_2(n_out), num_warps=4,
     )
-    out = _empty(batch, dim, like=x)
-    _ssm_from_partials_kernel[(triton.cdiv(dim, block_d), batch)](
-        ssm_state, xc, z, partials, dt_proj_weight.contiguous(), A.contiguous(),
-        D.contiguous() if D is not None else x, dt_bias.contiguous() if dt_bias is not None else x, out,
-        dim, d_state, dt_rank, n_out, n_parts, *ssm_state.stride(), z.stride(0),
-        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, BLOCK_D=block_d,
-        BLOCK_N=triton.next_power_of_2(d_state), BLOCK_R=triton.next_power_of_2(dt_rank),
-        BLOCK_P=triton.next_power_of_2(n_parts), num_warps=4,
+    return _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D)
+
+
+def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state,
+                              conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, *,
+                              residual_dtype=None, head_block_d=None, block_d=None):
+    """One token through a pre-norm block up to out_proj: residual add + RMSNorm, in_proj, then as
+    :func:`mamba_decode_inner_triton`; two kernels. Both states are advanced in place.
+
+    Args:
+        hidden: (batch, d_model), the previous block's mixer output (or the embedding for the first block).
+        residual: (batch, d_model) or None (first block). norm_weight: (d_model,). eps: the norm's epsilon.
+        in_proj_weight: (2 dim, d_model); the norm's output is rounded to its dtype (as an RMSNorm in that dtype
+            feeding a Linear in that dtype does), and so are x and z. in_proj_bias: (2 dim,) or None.
+        the rest: as :func:`mamba_decode_inner_triton`. residual_dtype: of the returned residual (default: hidden
+            and residual promoted).
+    Returns:
+        (y (batch, dim) in in_proj's dtype, the input of out_proj; residual_out = hidden + residual (batch, d_model)).
+    """
+    batch, d_model = hidden.shape
+    dim = in_proj_weight.shape[0] // 2
+    d_state, width = ssm_state.shape[-1], conv_weight.shape[1]
+    dt_rank, n_out = dt_proj_weight.shape[1], x_proj_weight.shape[0]
+    if in_proj_weight.shape != (2 * dim, d_model) or norm_weight.shape != (d_model,):
+        raise ValueError(f"in_proj_weight {tuple(in_proj_weight.shape)} / norm_weight {tuple(norm_weight.shape)} "
+                         f"do not fit d_model {d_model}")
+    _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state)
+    if residual_dtype is None:
+        residual_dtype = hidden.dtype if residual is None else torch.promote_types(hidden.dtype, residual.dtype)
+    hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
+    if residual is not None and residual.stride(-1) != 1:
+        residual = residual.contiguous()
+    head_block_d = head_block_d or HEAD_BLOCK_D
+    n_parts = triton.cdiv(dim, head_block_d)
+    dtype = in_proj_weight.dtype
+    residual_out = _empty(batch, d_model, like=hidden, dtype=residual_dtype)
+    xc = _empty(batch, dim, like=hidden, dtype=dtype)
+    z = _empty(batch, dim, like=hidden, dtype=dtype)
+    partials = _empty(batch, n_parts, n_out, like=hidden, dtype=torch.float32)
+    _block_head_kernel[(n_parts, batch)](
+        hidden, residual if residual is not None else hidden, norm_weight, residual_out, in_proj_weight.contiguous(),
+        in_proj_bias if in_proj_bias is not None else hidden, conv_state, conv_weight.contiguous(),
+        conv_bias if conv_bias is not None else hidden, x_proj_weight.contiguous(), xc, z, partials,
+        d_model, dim, n_out, conv_state.shape[-1], n_parts, hidden.stride(0),
+        residual.stride(0) if residual is not None else 0, *conv_state.stride(), float(eps),
+        HAS_RES=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, WIDTH=width,
+        HAS_CB=conv_bias is not None, BLOCK_D=head_block_d, BLOCK_M=triton.next_power_of_2(d_model),
+        BLOCK_S=triton.next_power_of_2(conv_state.shape[-1]), BLOCK_K=triton.next_power_of_2(n_out),
+        num_warps=HEAD_NUM_WARPS,
     )
-    return out
+    y = _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D)
+    return y, residual_out

@@ -94,9 +94,14 @@ class Block(nn.Module):
         return out, residual, carry
 
     def step(self, hidden, residual, state: dict):
-        """hidden, residual: (batch, d_model) for one token."""
+        """hidden, residual: (batch, d_model) for one token. A selective mixer with an RMSNorm on the Triton
+        backend runs the add, the norm, in_proj and the SSM as two kernels (``Mamba.block_step``)."""
+        m = self.mixer
+        if (m.selective and not m.bidirectional and isinstance(self.norm, nn.RMSNorm)
+                and ops.fused_block_decode_ok(hidden, self.norm.weight, m.in_proj.weight, m.backend)):
+            return m.block_step(hidden, residual, self.norm, self._residual_dtype(hidden, residual), state)
         hidden, residual = self._add_norm(hidden, residual)
-        return self.mixer.step(hidden, state), residual
+        return m.step(hidden, state), residual
 
 
 def init_weights(module: nn.Module, n_layer: int, initializer_range: float = 0.02) -> None:

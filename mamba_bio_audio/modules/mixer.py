@@ -214,7 +214,7 @@ class Mamba(nn.Module):
         if self.bidirectional:
             raise ValueError("a bidirectional mixer cannot decode step by step")
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (batch, d_inner) each
-        params = self.decode_params if self.use_decode_params else self._ssm_params()
+        params = self._step_params()
         if self.selective:  # conv, x_proj, dt_proj and the state update: two fused kernels on Triton
             y = ops.mamba_decode_inner(x, z, state["conv_state"], self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                        self.x_proj.weight, self.dt_proj.weight, params["dt_bias"], params["A"],
@@ -229,6 +229,23 @@ class Mamba(nn.Module):
         y = ops.selective_state_update(state["ssm_state"], x, torch.zeros_like(x), params["A"], B, C, params["D"],
                                        z=z, dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend)
         return self.out_proj(y)
+
+    def block_step(self, hidden: torch.Tensor, residual: torch.Tensor | None, norm: nn.RMSNorm,
+                   residual_dtype: torch.dtype | None, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-norm block's step from its inputs (selective mixers): hidden, residual (batch, d_model) ->
+        (this mixer's output, hidden + residual); the residual add, ``norm``, in_proj, conv, x_proj, dt_proj
+        and the state update as ``ops.mamba_block_decode`` (two Triton kernels), then out_proj."""
+        params = self._step_params()
+        eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
+        y, residual = ops.mamba_block_decode(
+            hidden, residual, norm.weight, eps, self.in_proj.weight, self.in_proj.bias, state["conv_state"],
+            self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            params["dt_bias"], params["A"], params["D"], state["ssm_state"], residual_dtype=residual_dtype,
+            backend=self.backend)
+        return self.out_proj(y), residual
+
+    def _step_params(self) -> dict:
+        return self.decode_params if self.use_decode_params else self._ssm_params()
 
     # Decoding reads A = -exp(A_log) and the fp32 copies of D, dt_bias (and S4D's B, C) from persistent buffers
     # (``decode_params``) that :meth:`refresh_decode_params` fills in place: inside a captured CUDA graph they

@@ -93,3 +93,75 @@ def test_shapes_that_do_not_fit_raise(device):
         mamba_decode_inner_triton(x, x, **{**w, "x_proj_weight": torch.zeros(10, 16, device=device)})
     with pytest.raises(ValueError, match="conv_state"):
         mamba_decode_inner_triton(x, x, **{**w, "conv_state": torch.zeros(1, 16, 2, device=device)})
+
+
+# ---- the whole block head: residual add + RMSNorm + in_proj, then the fused decode -----------------------------------
+def block_weights(d_model, dim, d_state, dt_rank, width, batch, bias, seed):
+    g = torch.Generator().manual_seed(seed + 100)
+    w = weights(dim, d_state, dt_rank, width, width, batch, bias, seed)
+    w.update(norm_weight=1 + 0.2 * torch.randn(d_model, generator=g, dtype=torch.float64),
+             in_proj_weight=torch.randn(2 * dim, d_model, generator=g, dtype=torch.float64) * d_model ** -0.5,
+             in_proj_bias=torch.randn(2 * dim, generator=g, dtype=torch.float64) * 0.1 if bias else None)
+    return w
+
+
+def run_block_steps(fn, w, tokens, dtype, device, residual_dtype):
+    """Decode len(tokens) (hidden, residual) pairs from copies of the states: [y], [residual_out], states."""
+    w = {k: None if v is None else v.to(device, torch.float32 if k == "ssm_state" and dtype != torch.float64
+                                        else dtype).clone() for k, v in w.items()}
+    ys, residuals = [], []
+    for hidden, residual in tokens:
+        y, r = fn(hidden.to(device, dtype), None if residual is None else residual.to(device, residual_dtype),
+                  eps=1e-5, residual_dtype=residual_dtype, **w)
+        ys.append(y)
+        residuals.append(r)
+    return torch.stack(ys), torch.stack(residuals), w["conv_state"], w["ssm_state"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d_model,dim,d_state,dt_rank,batch,bias,first,head_block_d", [
+    (24, 20, 4, 3, 2, True, False, 8),   # dim not a multiple of the block
+    (37, 37, 5, 6, 3, False, False, 4),  # odd d_model (masked norm), no biases, no D
+    (16, 32, 16, 2, 1, True, True, 16),  # the first block: no residual yet
+])
+def test_block_decode_matches_the_unfused_ops(device, d_model, dim, d_state, dt_rank, batch, bias, first,
+                                              head_block_d):
+    w = block_weights(d_model, dim, d_state, dt_rank, 4, batch, bias, seed=d_model)
+    g = torch.Generator().manual_seed(d_model + 7)
+    tokens = [(torch.randn(batch, d_model, generator=g, dtype=torch.float64),
+               None if first else torch.randn(batch, d_model, generator=g, dtype=torch.float64) * 2)
+              for _ in range(3)]
+    ref = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w, tokens,
+                          torch.float64, "cpu", torch.float64)
+    got = run_block_steps(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(
+        h, r, head_block_d=head_block_d, block_d=8, **kw), w, tokens, torch.float32, device, torch.float32)
+    for name, a, r in zip(("y", "residual", "conv_state", "ssm_state"), got, ref):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, r) <= 1e-5, f"{name}: relative error {rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_decode_in_bf16_with_an_fp32_residual(device):
+    # as generation runs: bf16 weights and hidden states, the residual stream in fp32, fp32 SSM state
+    w = block_weights(40, 48, 8, 4, 4, 2, True, seed=9)
+    g = torch.Generator().manual_seed(10)
+    tokens = [(torch.randn(2, 40, generator=g, dtype=torch.float64), torch.randn(2, 40, generator=g,
+                                                                                 dtype=torch.float64))
+              for _ in range(2)]
+    ref = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w, tokens,
+                          torch.float64, "cpu", torch.float64)
+    got = run_block_steps(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(h, r, **kw), w, tokens,
+                          torch.bfloat16, device, torch.float32)
+    assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+    assert rel(got[1], ref[1]) <= 1e-2  # hidden was rounded to bf16 on the way in
+    for name, a, r in zip(("y", "conv_state", "ssm_state"), got[:1] + got[2:], ref[:1] + ref[2:]):
+        assert rel(a, r) <= 4e-2, f"{name}: relative error {rel(a, r):.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_decode_shapes_that_do_not_fit_raise(device):
+    w = block_weights(8, 16, 4, 3, 4, 1, True, seed=11)
+    w = {k: None if v is None else v.to(device, torch.float32) for k, v in w.items()}
+    h = torch.randn(1, 8, device=device)
+    with pytest.raises(ValueError, match="do not fit d_model"):
+        triton_decode.mamba_block_decode_triton(h, h, eps=1e-5, **{**w, "norm_weight": torch.ones(9, device=device)})
