@@ -233,6 +233,22 @@ def test_stop_training_at_target_accuracy_and_deadline():
     assert not trainer.should_stop and last.reason is None
 
 
+def test_stop_training_keeps_the_best_validated_weights():
+    # Highest accuracy wins; among equal accuracies the lowest loss; the copy is of the weights at that step.
+    module = torch.nn.Module()
+    module.model = torch.nn.Linear(2, 1)
+    stop = StopTraining(keep_best=True)
+    for step, acc, loss in [(10, 0.5, 1.0), (20, 1.0, 0.3), (30, 1.0, 0.1), (40, 1.0, 0.2), (50, 0.9, 0.01)]:
+        with torch.no_grad():
+            module.model.weight.fill_(step)
+        stop.on_validation_end(_FakeTrainer({"val/accuracy": torch.tensor(acc), "val/loss": torch.tensor(loss)},
+                                            step), module)
+    assert stop.best_step == 30 and stop.reason is None
+    assert torch.equal(stop.best_state["weight"], torch.full((1, 2), 30.0))
+    assert [h["step"] for h in stop.history] == [10, 20, 30, 40, 50] and stop.history[2]["loss"] == pytest.approx(0.1)
+    assert StopTraining().best_state is None  # keep_best off: nothing copied
+
+
 def test_length_curriculum_moves_on_at_its_cap_or_when_learned():
     capped = LengthCurriculum(((16, 5), (32, 5)), final_len=64)
     assert [capped.seqlen_at(s) for s in (0, 4, 5, 9, 10, 10**6)] == [16, 16, 32, 32, 64, 64]

@@ -53,27 +53,42 @@ class MaskedLMTask(MambaTask):
 
 
 class StopTraining(pl.Callback):
-    """Stop a run when ``val/accuracy`` reaches ``target_accuracy`` or when ``time.monotonic()`` passes ``deadline``.
+    """Stop a run when ``val/accuracy`` reaches ``target_accuracy`` or when ``time.monotonic()`` passes ``deadline``;
+    record every validation, and with ``keep_best`` the weights of the best one.
 
     After ``fit``, ``reason`` is "target", "time" or None (ran to max_steps); ``reached_at`` is the step at
-    which the target was reached (validation runs every ``val_every`` steps, so a multiple of it).
+    which the target was reached (validation runs every ``val_every`` steps, so a multiple of it). ``history``:
+    [{"step", "accuracy", "loss"}] per validation. With ``keep_best``, ``best_state`` is a CPU copy of the model's
+    state dict at the validation with the highest accuracy (ties: the lowest ``val/loss``), ``best_step`` its step.
     """
 
     def __init__(self, target_accuracy: float | None = None, deadline: float | None = None,
-                 metric: str = "val/accuracy"):
+                 metric: str = "val/accuracy", keep_best: bool = False):
         self.target_accuracy = target_accuracy
         self.deadline = deadline
         self.metric = metric
+        self.keep_best = keep_best
         self.reason: str | None = None
         self.reached_at: int | None = None
         self.best: float | None = None
+        self.history: list[dict] = []
+        self.best_state: dict | None = None
+        self.best_step: int | None = None
+        self._best_key: tuple[float, float] | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.metric)
         if trainer.sanity_checking or value is None:
             return
         value = float(value)
+        loss = trainer.callback_metrics.get("val/loss")
+        loss = float("nan") if loss is None else float(loss)
+        self.history.append({"step": int(trainer.global_step), "accuracy": value, "loss": loss})
         self.best = value if self.best is None else max(self.best, value)
+        key = (value, -loss if loss == loss else float("-inf"))
+        if self.keep_best and (self._best_key is None or key > self._best_key):
+            self._best_key, self.best_step = key, int(trainer.global_step)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.model.state_dict().items()}
         if self.target_accuracy is not None and value >= self.target_accuracy and self.reason is None:
             self.reason, self.reached_at = "target", trainer.global_step
             trainer.should_stop = True

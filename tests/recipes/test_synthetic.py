@@ -278,6 +278,18 @@ def test_init_from_continues_a_run_and_the_table_counts_both(micro_presets, tmp_
     assert "2 steps at lr 0.001, then 3 at lr 0.0005 (cosine to 0.01x over 3 steps)" in (tmp_path / "results" / "synthetic_tiny.md").read_text()
 
 
+def test_restore_best_tests_the_best_validated_weights(micro_presets, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(micro_presets, "induction-heads",
+                        replace(micro_presets["induction-heads"], val_every=1, max_steps=3))
+    code, out, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "a"), "--device", "cpu",
+                          "--restore-best"], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    best = max(m["val_history"], key=lambda h: (h["accuracy"], -h["loss"]))
+    assert m["steps"] == 3 and len(m["val_history"]) == 3 and m["selected_step"] == best["step"]
+    assert m["history"][-1]["selected_step"] == best["step"] and "the best validation" in out
+
+
 def test_init_from_a_model_of_another_task_is_a_one_line_error(micro_presets, tmp_path, capsys):
     code, _, err = run(["synthetic", "selective-copy", "--out", str(tmp_path / "sc"), "--device", "cpu",
                         "--max-steps", "1"], capsys)
