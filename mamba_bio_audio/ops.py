@@ -252,19 +252,32 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
                                   backend=backend, dt_proj_weight=dt_proj_weight)
 
 
-FUSED_BLOCK_DECODE_ENV = "MBA_FUSED_BLOCK_DECODE"
+FUSED_BLOCK_DECODE_ENV = "MBA_FUSED_BLOCK_DECODE_MAX_BATCH"
 #: Largest d_model the block-head kernel takes (each program holds 2 x 8 rows of in_proj.weight in registers).
 MAX_FUSED_BLOCK_D_MODEL = 2048
+
+
+def fused_block_decode_max_batch() -> int:
+    """Largest batch whose decode step runs as :func:`mamba_block_decode`'s two kernels: the environment
+    variable MBA_FUSED_BLOCK_DECODE_MAX_BATCH, default 2 (0: never). Each batch row's programs re-read their
+    rows of in_proj.weight, so the gain at batch 1 turns into a loss as the batch grows (H100, 90.7M model, bf16,
+    2026-11-23, ms/step block-fused vs in_proj apart: batch 1 0.466 vs 0.514, 2 0.485 vs 0.517, 4 0.597 vs
+    0.528, 8 0.773 vs 0.560)."""
+    value = os.environ.get(FUSED_BLOCK_DECODE_ENV, "2")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{FUSED_BLOCK_DECODE_ENV} must be an integer, got {value!r}") from None
 
 
 def fused_block_decode_ok(hidden: torch.Tensor, norm_weight: torch.Tensor, in_proj_weight: torch.Tensor,
                           backend: str = "auto") -> bool:
     """Whether a block's decode step may run as :func:`mamba_block_decode` (two Triton kernels from the
-    residual add to out_proj): Triton backend, batch <= :func:`fused_decode_max_batch`, the fused norm enabled,
-    d_model <= MAX_FUSED_BLOCK_D_MODEL, no autocast, the norm and in_proj in one dtype (not fp64), and the
-    environment variable MBA_FUSED_BLOCK_DECODE not "0" (for A/B measurements)."""
-    return (os.environ.get(FUSED_BLOCK_DECODE_ENV, "1") != "0" and fused_norm_enabled()
-            and hidden.dim() == 2 and hidden.shape[0] <= fused_decode_max_batch()
+    residual add to out_proj): Triton backend, batch <= both :func:`fused_block_decode_max_batch` and
+    :func:`fused_decode_max_batch`, the fused norm enabled, d_model <= MAX_FUSED_BLOCK_D_MODEL, no autocast,
+    and the norm and in_proj in one dtype (not fp64)."""
+    return (fused_norm_enabled() and hidden.dim() == 2
+            and hidden.shape[0] <= min(fused_block_decode_max_batch(), fused_decode_max_batch())
             and hidden.shape[1] <= MAX_FUSED_BLOCK_D_MODEL
             and norm_weight.dtype == in_proj_weight.dtype != torch.float64 and hidden.dtype != torch.float64
             and not torch.is_autocast_enabled(hidden.device.type)

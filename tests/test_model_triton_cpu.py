@@ -54,7 +54,7 @@ def test_triton_model_under_bf16_autocast_matches_reference():
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
-@pytest.mark.parametrize("fused_max_batch,block", [("8", "1"), ("8", "0"), ("0", "1")],
+@pytest.mark.parametrize("fused_max_batch,block", [("8", "3"), ("8", "2"), ("0", "3")],
                          ids=["block-fused", "inner-fused", "unfused"])
 def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch, request):
     # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step;
@@ -64,7 +64,7 @@ def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch
     from mamba_bio_audio.kernels.selective_scan import triton_decode
 
     monkeypatch.setenv("MBA_FUSED_DECODE_MAX_BATCH", fused_max_batch)
-    monkeypatch.setenv("MBA_FUSED_BLOCK_DECODE", block)
+    monkeypatch.setenv("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", block)  # batch 3: "2" keeps in_proj apart
     calls = []
     block_fn = triton_decode.mamba_block_decode_triton
     monkeypatch.setattr(triton_decode, "mamba_block_decode_triton",
@@ -81,7 +81,7 @@ def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch
         with torch.no_grad():
             results.append(torch.stack([model.backbone.step(ids[:, t], states) for t in range(ids.shape[1])]))
     assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5), (results[1] - results[0]).abs().max()
-    assert len(calls) == (2 * 6 if (fused_max_batch, block) == ("8", "1") else 0)
+    assert len(calls) == (2 * 6 if (fused_max_batch, block) == ("8", "3") else 0)
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")

@@ -93,9 +93,9 @@ for step in $what; do
         decode-ab)  # our decode at batch 1 .. 16 three ways: block-fused, inner-fused (norm and in_proj apart), unfused
             for mode in block inner unfused; do
                 case $mode in
-                    block) settings="MBA_FUSED_BLOCK_DECODE=1 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
-                    inner) settings="MBA_FUSED_BLOCK_DECODE=0 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
-                    unfused) settings="MBA_FUSED_DECODE_MAX_BATCH=0" ;;
+                    block) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=16 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
+                    inner) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=0 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
+                    unfused) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=0 MBA_FUSED_DECODE_MAX_BATCH=0" ;;
                 esac
                 echo "== $mode ($settings)"
                 env $settings timeout 150 python3 -m mamba_bio_audio bench generate --models mamba \
