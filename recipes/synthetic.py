@@ -208,12 +208,16 @@ def _train_sample_fn(task: str, preset: TaskPreset, seed: int, curriculum=None):
 
 def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, device: str = "auto",
              seed: int = 0, progress: bool = True, time_budget_s: float | None = None,
-             init_from: Path | None = None) -> dict:
+             init_from: Path | None = None, resume: bool = False) -> dict:
     """Train one model on one task and evaluate it; writes OUT/config.yaml, metrics.json, model/. Returns the metrics.
 
     init_from: a run's ``model/`` folder to continue training from (same task, arch and model; the optimizer
     starts afresh, the data stream continues after the steps that run recorded). metrics["history"] lists every
     run's steps and lr in order (this one last), metrics["prior_steps"] the steps before this run.
+
+    resume: continue this OUT folder's own run from its ``checkpoints/last.ckpt`` (weights, optimizer state,
+    step count and data position); ``steps`` then counts from that run's start, ``resumed_at`` says where this
+    part began.
 
     time_budget_s: wall-clock seconds for the whole run; training stops ``preset.eval_reserve_s`` before the end
     (at the latest at half the budget), and test lengths not reached in time are skipped. metrics["stopped"] says
@@ -268,11 +272,14 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     stop = StopTraining(preset.target_accuracy if preset.val_every else None, train_deadline,
                         keep_best=preset.restore_best and bool(preset.val_every))
     started = time.time()
+    resumed_at = None
+    if resume:
+        resumed_at = _checkpoint_step(out)
     trainer = fit(MaskedLMTask(model, optim), data, out,
                   TrainerConfig(max_steps=preset.max_steps, device=device,
                                 val_every=min(preset.val_every, preset.max_steps),
                                 checkpoint_every=max(1, preset.max_steps // 4), log_every=min(50, preset.max_steps),
-                                progress=progress, callbacks=[curriculum, stop]))
+                                progress=progress, callbacks=[curriculum, stop]), resume=resume)
     steps = int(trainer.global_step)
     metrics = {"task": task, "arch": arch, "layer": layer, "train_seconds": time.time() - started,
                "max_steps": preset.max_steps, "steps": steps, "stopped": stop.reason,
@@ -283,7 +290,7 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
                "curriculum_starts": [[curriculum.lengths[k], start] for k, start in enumerate(curriculum.starts)],
                "time_budget_s": time_budget_s, "parameters": sum(p.numel() for p in model.parameters()),
                "prior_steps": prior_steps, "init_from": None if init_from is None else str(init_from),
-               "history": history + [_history_entry(steps, preset)]}
+               "history": history + [_history_entry(steps, preset)], "resumed_at": resumed_at}
     metrics["val_history"] = stop.history
     if stop.best_state is not None:  # the best-validated weights, not the last ones, are saved and tested
         model.load_state_dict(stop.best_state)
@@ -305,6 +312,21 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
         r.get("skipped", "").startswith("time") for r in metrics.get("lengths", []) if r.get("skipped"))
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _checkpoint_step(out: Path) -> int:
+    """The step the run in OUT had reached (its metrics.json, written with checkpoints/last.ckpt at the end of
+    training; -1 when unreadable); a UserError when there is no checkpoint to resume from."""
+    from mamba_bio_audio.training.trainer import last_checkpoint
+
+    path = last_checkpoint(out)
+    if path is None:
+        raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'}")
+    earlier = out / "metrics.json"
+    try:
+        return int(json.loads(earlier.read_text())["steps"]) if earlier.is_file() else -1
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def _history_entry(steps: int, preset: TaskPreset) -> dict:
@@ -373,12 +395,16 @@ def _task_command(task: str, summary: str):
                   help="Save and test the weights of the best validation (accuracy, then loss), not the last ones.")
     @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
                   help="Continue training from a run's model/ folder (same task, --layer and --arch).")
+    @click.option("--resume", is_flag=True, default=False,
+                  help="Continue the run in --out from its last checkpoint (weights, optimizer, step, data).")
     @click.option("--no-early-stop", is_flag=True, default=False,
                   help="Train to --max-steps / --max-minutes even once the preset's validation target is reached.")
     @common_options
     def command(out: Path, preset: str, layer: str, arch: str, max_steps: int | None, max_minutes: float | None,
                 lr: float | None, min_lr_ratio: float | None, restore_best: bool, init_from: Path | None,
-                no_early_stop: bool, device: str, seed: int) -> None:
+                resume: bool, no_early_stop: bool, device: str, seed: int) -> None:
+        if resume and init_from is not None:
+            raise UserError("--resume continues --out's own run; it cannot be combined with --init-from")
         chosen = _preset(preset, task, max_steps, lr)
         if min_lr_ratio is not None:
             chosen = replace(chosen, min_lr_ratio=min_lr_ratio)
@@ -387,7 +413,8 @@ def _task_command(task: str, summary: str):
         if no_early_stop:
             chosen = replace(chosen, target_accuracy=None)
         metrics = run_task(task, chosen, layer, arch, out, device, seed,
-                           time_budget_s=None if max_minutes is None else 60 * max_minutes, init_from=init_from)
+                           time_budget_s=None if max_minutes is None else 60 * max_minutes, init_from=init_from,
+                           resume=resume)
         click.echo(f"{task} ({arch}, {layer}): accuracy {metrics['accuracy']:.4f} at length "
                    f"{metrics['train_seqlen']} after {metrics['steps']} steps{_stop_note(metrics)}, "
                    f"{metrics['train_seconds']:.0f} s")

@@ -152,6 +152,20 @@ for step in $what; do
             echo "synthetic: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/synthetic/gpu_seconds.txt
             tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json \
                 synthetic-runs/*/config.yaml synthetic-runs/*/logs synthetic-runs/*/model 2>/dev/null) ;;
+        synthetic-resume)  # resume the induction-heads run carried in .gpudata/synthetic-runs/${RESUME_FROM} (its
+            # last checkpoint: weights, optimizer state, step, data position) as the table's row, then the table
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            cp -r "$repo/.gpudata/synthetic-runs" $r/
+            row=$r/synthetic-runs/induction_heads_mamba_S6
+            rm -rf $row && cp -r $r/synthetic-runs/${RESUME_FROM:-induction_heads_mamba_S6_part1} $row
+            mba synthetic induction-heads --preset gpu-fast --device cuda --max-minutes ${SYNTHETIC_MINUTES:-8} \
+                --resume --max-steps ${RESUME_MAX_STEPS:-60000} ${RESUME_ARGS:-} --out $row 2>&1 | grep -v "it/s" | tail -20
+            mba synthetic table --preset gpu-fast --device cuda --reuse --out $r/synthetic --runs $r/synthetic-runs \
+                2>&1 | tail -3
+            echo "synthetic: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/synthetic/gpu_seconds.txt
+            tar czf "$out/synthetic.tar.gz" -C $r synthetic $(cd $r && ls -d synthetic-runs/*/metrics.json \
+                synthetic-runs/*/config.yaml synthetic-runs/*/logs synthetic-runs/induction_heads_mamba_S6/model \
+                synthetic-runs/induction_heads_mamba_S6/checkpoints/last.ckpt 2>/dev/null) ;;
         synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit;
             # rows already trained (synthetic-copy, carried back in .gpudata/synthetic-runs) are reused
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)

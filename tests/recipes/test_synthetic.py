@@ -11,6 +11,7 @@ import torch
 from mamba_bio_audio.recipes import synthetic
 from mamba_bio_audio.recipes.synthetic import TaskPreset, run_task
 
+from helpers import assert_one_line_error
 from helpers import run_cli as run
 
 
@@ -288,6 +289,24 @@ def test_restore_best_tests_the_best_validated_weights(micro_presets, tmp_path, 
     best = max(m["val_history"], key=lambda h: (h["accuracy"], -h["loss"]))
     assert m["steps"] == 3 and len(m["val_history"]) == 3 and m["selected_step"] == best["step"]
     assert m["history"][-1]["selected_step"] == best["step"] and "the best validation" in out
+
+
+def test_resume_continues_the_run_in_out(micro_presets, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu"], capsys)
+    assert code == 0, err
+    first = json.loads((out / "metrics.json").read_text())["steps"]
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--max-steps", str(first + 2)], capsys)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["steps"], m["resumed_at"]) == (first + 2, first)
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "empty"), "--device", "cpu",
+                        "--resume"], capsys)
+    assert_one_line_error(code, err, "no checkpoint to resume from")
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--init-from", str(out / "model")], capsys)
+    assert_one_line_error(code, err, "cannot be combined with --init-from")
 
 
 def test_init_from_a_model_of_another_task_is_a_one_line_error(micro_presets, tmp_path, capsys):
