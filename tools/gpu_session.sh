@@ -90,6 +90,8 @@ for step in $what; do
             timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} --out "$out" 2>&1 | tail -16 ;;
         variants)  # the scan under several tunings (chooses the defaults)
             timeout 400 python3 /tmp/src/tools/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
+        decode-variants)  # one block's decode step, unfused / inner / block-fused at several rows per program
+            timeout 200 python3 /tmp/src/tools/decode_variants.py --out "$out" ${DECODE_VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-ab)  # our decode at batch 1 .. 16 three ways: block-fused, inner-fused (norm and in_proj apart), unfused
             for mode in block inner unfused; do
                 case $mode in

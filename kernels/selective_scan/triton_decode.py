@@ -5,9 +5,10 @@ x_proj product, the dt_proj product, the state update and out_proj. At batch 1 e
 launch and latency for a few KB of work, and a 24-layer model decodes in well under a millisecond, so launches
 are the cost. Here, before out_proj (cuBLAS):
 
-1. ``_block_head_kernel`` (:func:`mamba_block_decode_triton`), one program per (BLOCK_D channels, batch row):
-   the residual add and RMSNorm of the token (every program; d_model values), its channels' rows of in_proj
-   (x and z), the conv update of those channels (state shifted in place, SiLU) and its partial x_proj product
+1. ``_block_head_kernel`` (:func:`mamba_block_decode_triton`), one program per (BLOCK_D channels, ROWS batch
+   rows): its channels' rows of in_proj (x and z) loaded once; for each row the residual add and RMSNorm of the
+   token (d_model values), the x and z products, the conv update of those channels (state in place, SiLU) and
+   its partial x_proj product
    ``x_proj.weight[:, channels] @ xc[channels]`` -> partials (batch, programs, dt_rank + 2 d_state) in fp32.
    ``_conv_xproj_kernel`` (:func:`mamba_decode_inner_triton`) is the same from in_proj's output on.
 2. ``_ssm_from_partials_kernel``: every program sums the partials (a few KB, from L2) into the low-rank dt, B
@@ -31,6 +32,7 @@ from mamba_bio_audio.kernels.selective_scan.triton_step import _advance
 CONV_BLOCK_D = 64  # channels per conv + partial-projection program
 STEP_BLOCK_D = 32  # channels per state-update program
 HEAD_BLOCK_D = 8  # channels per program of the block-head kernel (x and z rows of in_proj: 2 x 8 x d_model)
+HEAD_ROWS = 4  # batch rows per block-head program (each program loads its in_proj rows once for all of them)
 HEAD_NUM_WARPS = 8
 
 
@@ -94,45 +96,53 @@ def _conv_xproj_kernel(x_ptr, conv_ptr, cw_ptr, cb_ptr, W_ptr, xc_ptr, part_ptr,
 @triton.jit
 def _block_head_kernel(h_ptr, r_ptr, nw_ptr, rout_ptr, Win_ptr, bin_ptr, conv_ptr, cw_ptr, cb_ptr, W_ptr,
                        xc_ptr, z_ptr, part_ptr,
-                       d_model, dim, n_out, state_len, n_parts, stride_h, stride_r, stride_cb, stride_cd, stride_cl,
-                       eps,
+                       batch, d_model, dim, n_out, state_len, n_parts, stride_h, stride_r, stride_cb, stride_cd,
+                       stride_cl, eps,
                        HAS_RES: tl.constexpr, HAS_IN_BIAS: tl.constexpr, WIDTH: tl.constexpr, HAS_CB: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
-    """A block's step up to the SSM: add + RMSNorm, the x and z rows of in_proj for channels d, the conv
-    update and the partial x_proj. h, r (batch, d_model) row-strided (r absent for the first block); residual
-    out (batch, d_model) contiguous, written by program 0; Win = in_proj.weight (2 dim, d_model) contiguous, in
+                       ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """A block's step up to the SSM for channels d and batch rows ROWS * program_id(1) + 0 .. ROWS - 1: add +
+    RMSNorm, the x and z rows of in_proj (loaded once, used for each row), the conv update and the partial
+    x_proj. h, r (batch, d_model) row-strided (r absent for the first block); residual out (batch, d_model)
+    contiguous, written by the programs of channel block 0; Win = in_proj.weight (2 dim, d_model) contiguous, in
     the dtype the norm's output is rounded to; xc, z (batch, dim) contiguous; partials as in _conv_xproj_kernel."""
-    pid, b = tl.program_id(0), tl.program_id(1)
-    b64 = b.to(tl.int64)
-    # add + RMSNorm of the token's d_model features (every program; a few KB); the sum is kept in fp32
+    pid = tl.program_id(0)
     m = tl.arange(0, BLOCK_M)
     m_mask = m < d_model
-    r = tl.load(h_ptr + b64 * stride_h + m, mask=m_mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        r += tl.load(r_ptr + b64 * stride_r + m, mask=m_mask, other=0.0).to(tl.float32)
-    if pid == 0:
-        tl.store(rout_ptr + b64 * d_model + m, r.to(rout_ptr.dtype.element_ty), mask=m_mask)
-    rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / d_model + eps)
-    w_norm = tl.load(nw_ptr + m, mask=m_mask, other=0.0).to(tl.float32)
-    normed = (r * rstd * w_norm).to(Win_ptr.dtype.element_ty).to(tl.float32)
-
-    # in_proj rows d (x) and dim + d (z), fp32 sums rounded to the projection's dtype as F.linear's output is
     d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < dim
     w_mask = d_mask[:, None] & m_mask[None, :]
     rows = Win_ptr + d.to(tl.int64)[:, None] * d_model + m[None, :]
-    x_new = tl.sum(tl.load(rows, mask=w_mask, other=0.0).to(tl.float32) * normed[None, :], axis=1)
-    z = tl.sum(tl.load(rows + dim * d_model, mask=w_mask, other=0.0).to(tl.float32) * normed[None, :], axis=1)
+    Wx = tl.load(rows, mask=w_mask, other=0.0)  # (BLOCK_D, BLOCK_M), in_proj's dtype: x rows
+    Wz = tl.load(rows + dim * d_model, mask=w_mask, other=0.0)  # z rows
+    w_norm = tl.load(nw_ptr + m, mask=m_mask, other=0.0).to(tl.float32)
     if HAS_IN_BIAS:
-        x_new += tl.load(bin_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-        z += tl.load(bin_ptr + dim + d, mask=d_mask, other=0.0).to(tl.float32)
-    x_new = x_new.to(Win_ptr.dtype.element_ty)
-    tl.store(z_ptr + b64 * dim + d, z.to(z_ptr.dtype.element_ty), mask=d_mask)
-
-    xc = _conv_step(x_new, conv_ptr, cw_ptr, cb_ptr, b64, d, d_mask, state_len, stride_cb, stride_cd, stride_cl,
-                    WIDTH, HAS_CB, BLOCK_D, BLOCK_S).to(xc_ptr.dtype.element_ty)
-    tl.store(xc_ptr + b64 * dim + d, xc, mask=d_mask)
-    _partial_xproj(W_ptr, xc, part_ptr, b64, pid, d, d_mask, dim, n_out, n_parts, BLOCK_K)
+        bx = tl.load(bin_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        bz = tl.load(bin_ptr + dim + d, mask=d_mask, other=0.0).to(tl.float32)
+    for i in range(ROWS):
+        b = tl.program_id(1) * ROWS + i
+        if b < batch:
+            b64 = b.to(tl.int64)
+            # add + RMSNorm of the token's d_model features (a few KB); the sum is kept in fp32
+            r = tl.load(h_ptr + b64 * stride_h + m, mask=m_mask, other=0.0).to(tl.float32)
+            if HAS_RES:
+                r += tl.load(r_ptr + b64 * stride_r + m, mask=m_mask, other=0.0).to(tl.float32)
+            if pid == 0:
+                tl.store(rout_ptr + b64 * d_model + m, r.to(rout_ptr.dtype.element_ty), mask=m_mask)
+            rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / d_model + eps)
+            normed = (r * rstd * w_norm).to(Win_ptr.dtype.element_ty).to(tl.float32)
+            # in_proj rows d (x) and dim + d (z): fp32 sums rounded to in_proj's dtype as F.linear's output is
+            x_new = tl.sum(Wx.to(tl.float32) * normed[None, :], axis=1)
+            z = tl.sum(Wz.to(tl.float32) * normed[None, :], axis=1)
+            if HAS_IN_BIAS:
+                x_new += bx
+                z += bz
+            x_new = x_new.to(Win_ptr.dtype.element_ty)
+            tl.store(z_ptr + b64 * dim + d, z.to(z_ptr.dtype.element_ty), mask=d_mask)
+            xc = _conv_step(x_new, conv_ptr, cw_ptr, cb_ptr, b64, d, d_mask, state_len, stride_cb, stride_cd,
+                            stride_cl, WIDTH, HAS_CB, BLOCK_D, BLOCK_S).to(xc_ptr.dtype.element_ty)
+            tl.store(xc_ptr + b64 * dim + d, xc, mask=d_mask)
+            _partial_xproj(W_ptr, xc, part_ptr, b64, pid, d, d_mask, dim, n_out, n_parts, BLOCK_K)
 
 
 @triton.jit
@@ -242,7 +252,7 @@ def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_w
 
 def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state,
                               conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, *,
-                              residual_dtype=None, head_block_d=None, block_d=None):
+                              residual_dtype=None, head_block_d=None, head_rows=None, block_d=None):
     """One token through a pre-norm block up to out_proj: residual add + RMSNorm, in_proj, then as
     :func:`mamba_decode_inner_triton`; two kernels. Both states are advanced in place.
 
@@ -270,20 +280,21 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
     if residual is not None and residual.stride(-1) != 1:
         residual = residual.contiguous()
     head_block_d = head_block_d or HEAD_BLOCK_D
+    head_rows = min(head_rows or HEAD_ROWS, batch)
     n_parts = triton.cdiv(dim, head_block_d)
     dtype = in_proj_weight.dtype
     residual_out = _empty(batch, d_model, like=hidden, dtype=residual_dtype)
     xc = _empty(batch, dim, like=hidden, dtype=dtype)
     z = _empty(batch, dim, like=hidden, dtype=dtype)
     partials = _empty(batch, n_parts, n_out, like=hidden, dtype=torch.float32)
-    _block_head_kernel[(n_parts, batch)](
+    _block_head_kernel[(n_parts, triton.cdiv(batch, head_rows))](
         hidden, residual if residual is not None else hidden, norm_weight, residual_out, in_proj_weight.contiguous(),
         in_proj_bias if in_proj_bias is not None else hidden, conv_state, conv_weight.contiguous(),
         conv_bias if conv_bias is not None else hidden, x_proj_weight.contiguous(), xc, z, partials,
-        d_model, dim, n_out, conv_state.shape[-1], n_parts, hidden.stride(0),
+        batch, d_model, dim, n_out, conv_state.shape[-1], n_parts, hidden.stride(0),
         residual.stride(0) if residual is not None else 0, *conv_state.stride(), float(eps),
         HAS_RES=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, WIDTH=width,
-        HAS_CB=conv_bias is not None, BLOCK_D=head_block_d, BLOCK_M=triton.next_power_of_2(d_model),
+        HAS_CB=conv_bias is not None, ROWS=head_rows, BLOCK_D=head_block_d, BLOCK_M=triton.next_power_of_2(d_model),
         BLOCK_S=triton.next_power_of_2(conv_state.shape[-1]), BLOCK_K=triton.next_power_of_2(n_out),
         num_warps=HEAD_NUM_WARPS,
     )

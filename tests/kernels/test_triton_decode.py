@@ -119,13 +119,14 @@ def run_block_steps(fn, w, tokens, dtype, device, residual_dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("d_model,dim,d_state,dt_rank,batch,bias,first,head_block_d", [
-    (24, 20, 4, 3, 2, True, False, 8),   # dim not a multiple of the block
-    (37, 37, 5, 6, 3, False, False, 4),  # odd d_model (masked norm), no biases, no D
-    (16, 32, 16, 2, 1, True, True, 16),  # the first block: no residual yet
+@pytest.mark.parametrize("d_model,dim,d_state,dt_rank,batch,bias,first,head_block_d,head_rows", [
+    (24, 20, 4, 3, 2, True, False, 8, 1),    # dim not a multiple of the block; a program per row
+    (37, 37, 5, 6, 3, False, False, 4, 2),   # odd d_model (masked norm), no biases, no D; a half-empty program
+    (16, 32, 16, 2, 1, True, True, 16, 4),   # the first block: no residual yet
+    (20, 24, 4, 2, 5, True, False, 8, 8),    # every row in one program
 ])
 def test_block_decode_matches_the_unfused_ops(device, d_model, dim, d_state, dt_rank, batch, bias, first,
-                                              head_block_d):
+                                              head_block_d, head_rows):
     w = block_weights(d_model, dim, d_state, dt_rank, 4, batch, bias, seed=d_model)
     g = torch.Generator().manual_seed(d_model + 7)
     tokens = [(torch.randn(batch, d_model, generator=g, dtype=torch.float64),
@@ -134,7 +135,8 @@ def test_block_decode_matches_the_unfused_ops(device, d_model, dim, d_state, dt_
     ref = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w, tokens,
                           torch.float64, "cpu", torch.float64)
     got = run_block_steps(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(
-        h, r, head_block_d=head_block_d, block_d=8, **kw), w, tokens, torch.float32, device, torch.float32)
+        h, r, head_block_d=head_block_d, head_rows=head_rows, block_d=8, **kw), w, tokens, torch.float32, device,
+        torch.float32)
     for name, a, r in zip(("y", "residual", "conv_state", "ssm_state"), got, ref):
         assert torch.isfinite(a).all(), name
         assert rel(a, r) <= 1e-5, f"{name}: relative error {rel(a, r):.2e}"
