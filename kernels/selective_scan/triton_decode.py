@@ -32,7 +32,7 @@ from mamba_bio_audio.kernels.selective_scan.triton_step import _advance
 CONV_BLOCK_D = 64  # channels per conv + partial-projection program
 STEP_BLOCK_D = 32  # channels per state-update program
 HEAD_BLOCK_D = 8  # channels per program of the block-head kernel (x and z rows of in_proj: 2 x 8 x d_model)
-HEAD_ROWS = 4  # batch rows per block-head program (each program loads its in_proj rows once for all of them)
+HEAD_ROWS = 1  # batch rows per block-head program (more rows: slower at every batch measured, tools/decode_variants.py)
 HEAD_NUM_WARPS = 8
 
 
