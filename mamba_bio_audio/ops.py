@@ -248,8 +248,26 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
     d_state, dt_rank = ssm_state.shape[-1], dt_proj_weight.shape[1]
     xc = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, activation="silu", backend=backend)
     dt, B, C = torch.split(torch.nn.functional.linear(xc, x_proj_weight), [dt_rank, d_state, d_state], dim=-1)
+    if x.shape[0] > fused_dt_proj_max_batch():  # one GEMM instead of every row re-reading dt_proj.weight
+        return selective_state_update(ssm_state, xc, torch.nn.functional.linear(dt, dt_proj_weight), A, B, C, D,
+                                      z=z, dt_bias=dt_bias, dt_softplus=True, backend=backend)
     return selective_state_update(ssm_state, xc, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True,
                                   backend=backend, dt_proj_weight=dt_proj_weight)
+
+
+FUSED_DT_PROJ_ENV = "MBA_FUSED_DT_PROJ_MAX_BATCH"
+
+
+def fused_dt_proj_max_batch() -> int:
+    """Largest batch whose unfused decode step projects the low-rank dt inside the state update
+    (``dt_proj_weight=``): the environment variable MBA_FUSED_DT_PROJ_MAX_BATCH, default 256. Inside, every
+    (batch row, channel block) program reads its rows of dt_proj.weight (dim x dt_rank: 147 KB per row in the
+    90.7M model), which at batch 22,528 is gigabytes per layer from L2; one cuBLAS product is cheaper there."""
+    value = os.environ.get(FUSED_DT_PROJ_ENV, "256")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{FUSED_DT_PROJ_ENV} must be an integer, got {value!r}") from None
 
 
 FUSED_BLOCK_DECODE_ENV = "MBA_FUSED_BLOCK_DECODE_MAX_BATCH"

@@ -54,9 +54,10 @@ def test_triton_model_under_bf16_autocast_matches_reference():
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
-@pytest.mark.parametrize("fused_max_batch,block", [("8", "3"), ("8", "2"), ("0", "3")],
-                         ids=["block-fused", "inner-fused", "unfused"])
-def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch, request):
+@pytest.mark.parametrize("fused_max_batch,block,dt_proj", [("8", "3", "8"), ("8", "2", "8"), ("0", "3", "8"),
+                                                           ("0", "3", "2")],
+                         ids=["block-fused", "inner-fused", "unfused", "unfused-dt-proj-apart"])
+def test_triton_decode_steps_match_reference(fused_max_batch, block, dt_proj, monkeypatch, request):
     # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step;
     # inner-fused: conv + x_proj + dt_proj + state update in two kernels; block-fused: also the residual add,
     # the norm and in_proj (kernels/selective_scan/triton_decode.py).
@@ -65,6 +66,7 @@ def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch
 
     monkeypatch.setenv("MBA_FUSED_DECODE_MAX_BATCH", fused_max_batch)
     monkeypatch.setenv("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", block)  # batch 3: "2" keeps in_proj apart
+    monkeypatch.setenv("MBA_FUSED_DT_PROJ_MAX_BATCH", dt_proj)  # "2": dt_proj as its own product
     calls = []
     block_fn = triton_decode.mamba_block_decode_triton
     monkeypatch.setattr(triton_decode, "mamba_block_decode_triton",
@@ -74,14 +76,13 @@ def test_triton_decode_steps_match_reference(fused_max_batch, block, monkeypatch
     torch.manual_seed(2)
     model = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4)).eval()
     ids = torch.randint(0, 11, (3, 6))
-    results = []
-    for backend in ("reference", "triton"):
-        set_backend(model, backend)
+    with torch.no_grad():  # the oracle: the parallel forward of the reference backend (no step code shared)
+        expected = set_backend(model, "reference").backbone(ids).transpose(0, 1)
+        set_backend(model, "triton")
         states = model.backbone.allocate_states(3)
-        with torch.no_grad():
-            results.append(torch.stack([model.backbone.step(ids[:, t], states) for t in range(ids.shape[1])]))
-    assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5), (results[1] - results[0]).abs().max()
-    assert len(calls) == (2 * 6 if (fused_max_batch, block) == ("8", "3") else 0)
+        got = torch.stack([model.backbone.step(ids[:, t], states) for t in range(ids.shape[1])])
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
+    assert len(calls) == (2 * 6 if (fused_max_batch, block) == ("8", "3") else 0)  # 2 layers x 6 steps
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
