@@ -15,7 +15,7 @@ from mamba_bio_audio import ops  # noqa: E402
 from mamba_bio_audio.kernels.selective_scan import triton_decode  # noqa: E402
 from mamba_bio_audio.kernels.selective_scan.triton_decode import mamba_decode_inner_triton  # noqa: E402
 
-from helpers import kernel_devices, poison_empty, rel  # noqa: E402
+from helpers import assert_all_match, kernel_devices, poison_empty, rel  # noqa: E402
 
 DEVICES = kernel_devices(pytest)
 
@@ -64,9 +64,7 @@ def test_fused_decode_matches_the_unfused_ops(device, dim, d_state, dt_rank, wid
                     torch.float64, "cpu")
     got = run_steps(lambda x, z, **kw: mamba_decode_inner_triton(x, z, conv_block_d=8, block_d=8, **kw), w, xzs,
                     torch.float32, device)
-    for name, a, r in zip(("out", "conv_state", "ssm_state"), got, ref):
-        assert torch.isfinite(a).all(), name
-        assert rel(a, r) <= 1e-5, f"{name}: relative error {rel(a, r):.2e}"
+    assert_all_match(("out", "conv_state", "ssm_state"), got, ref, 1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -137,9 +135,7 @@ def test_block_decode_matches_the_unfused_ops(device, d_model, dim, d_state, dt_
     got = run_block_steps(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(
         h, r, head_block_d=head_block_d, head_rows=head_rows, block_d=8, **kw), w, tokens, torch.float32, device,
         torch.float32)
-    for name, a, r in zip(("y", "residual", "conv_state", "ssm_state"), got, ref):
-        assert torch.isfinite(a).all(), name
-        assert rel(a, r) <= 1e-5, f"{name}: relative error {rel(a, r):.2e}"
+    assert_all_match(("y", "residual", "conv_state", "ssm_state"), got, ref, 1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
