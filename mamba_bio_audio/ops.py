@@ -209,6 +209,15 @@ def add_rms_norm(x, residual, weight, eps, out_dtype=None, residual_dtype=None, 
     return fn(x, residual, weight, eps, out_dtype, residual_dtype)
 
 
+def _env_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name`` (``default`` when unset); a ValueError naming it otherwise."""
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
 FUSED_DECODE_ENV = "MBA_FUSED_DECODE_MAX_BATCH"
 
 
@@ -217,11 +226,7 @@ def fused_decode_max_batch() -> int:
     the unfused Triton ops, whose x_proj is one cuBLAS product instead of per-row partial products): the
     environment variable MBA_FUSED_DECODE_MAX_BATCH, default 8. (H100, 90.7M model, 2026-11-23: fused 0.530 vs
     unfused 0.576 ms/step at batch 1, 1.071 vs 0.755 ms/step at batch 64; batches between were not measured.)"""
-    value = os.environ.get(FUSED_DECODE_ENV, "8")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{FUSED_DECODE_ENV} must be an integer, got {value!r}") from None
+    return _env_int(FUSED_DECODE_ENV, 8)
 
 
 def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
@@ -263,11 +268,7 @@ def fused_dt_proj_max_batch() -> int:
     (``dt_proj_weight=``): the environment variable MBA_FUSED_DT_PROJ_MAX_BATCH, default 256. Inside, every
     (batch row, channel block) program reads its rows of dt_proj.weight (dim x dt_rank: 147 KB per row in the
     90.7M model), which at batch 22,528 is gigabytes per layer from L2; one cuBLAS product is cheaper there."""
-    value = os.environ.get(FUSED_DT_PROJ_ENV, "256")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{FUSED_DT_PROJ_ENV} must be an integer, got {value!r}") from None
+    return _env_int(FUSED_DT_PROJ_ENV, 256)
 
 
 FUSED_BLOCK_DECODE_ENV = "MBA_FUSED_BLOCK_DECODE_MAX_BATCH"
@@ -281,11 +282,7 @@ def fused_block_decode_max_batch() -> int:
     rows of in_proj.weight, so the gain at batch 1 turns into a loss as the batch grows (H100, 90.7M model, bf16,
     2026-11-23, ms/step block-fused vs in_proj apart: batch 1 0.466 vs 0.514, 2 0.485 vs 0.517, 4 0.597 vs
     0.528, 8 0.773 vs 0.560)."""
-    value = os.environ.get(FUSED_BLOCK_DECODE_ENV, "2")
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{FUSED_BLOCK_DECODE_ENV} must be an integer, got {value!r}") from None
+    return _env_int(FUSED_BLOCK_DECODE_ENV, 2)
 
 
 def fused_block_decode_ok(hidden: torch.Tensor, norm_weight: torch.Tensor, in_proj_weight: torch.Tensor,

@@ -272,9 +272,7 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     stop = StopTraining(preset.target_accuracy if preset.val_every else None, train_deadline,
                         keep_best=preset.restore_best and bool(preset.val_every))
     started = time.time()
-    resumed_at = None
-    if resume:
-        resumed_at = _checkpoint_step(out)
+    resumed_at = _checkpoint_step(out) if resume else None
     trainer = fit(MaskedLMTask(model, optim), data, out,
                   TrainerConfig(max_steps=preset.max_steps, device=device,
                                 val_every=min(preset.val_every, preset.max_steps),

@@ -91,3 +91,14 @@ def test_causal_conv_states_and_update():
     assert torch.equal(state[..., 1:], final)
     with pytest.raises(ValueError, match="activation"):
         ops.causal_conv1d_fn(x, w, b, "relu")
+
+
+@pytest.mark.parametrize("name,fn", [("MBA_FUSED_DECODE_MAX_BATCH", ops.fused_decode_max_batch),
+                                     ("MBA_FUSED_DT_PROJ_MAX_BATCH", ops.fused_dt_proj_max_batch),
+                                     ("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", ops.fused_block_decode_max_batch)])
+def test_decode_thresholds_read_the_environment(name, fn, monkeypatch):
+    monkeypatch.setenv(name, "5")
+    assert fn() == 5
+    monkeypatch.setenv(name, "eight")
+    with pytest.raises(ValueError, match=f"{name} must be an integer"):
+        fn()
