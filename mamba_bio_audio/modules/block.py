@@ -30,6 +30,11 @@ def make_norm(config: MambaConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_epsilon)
 
 
+def rms_norm_eps(norm: nn.RMSNorm) -> float:
+    """The epsilon an nn.RMSNorm uses: its own, or (eps=None) the machine epsilon of its weight's dtype."""
+    return norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
+
+
 def add_norm(norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None, backend: str,
              residual_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(norm(hidden + residual), hidden + residual): the pre-norm block's "add then norm".
@@ -44,8 +49,8 @@ def add_norm(norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | Non
             and ops.resolve_backend(backend, "norm", hidden)[0] != "reference"):
         device = hidden.device.type
         out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else norm.weight.dtype
-        eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
-        return ops.add_rms_norm(hidden, residual, norm.weight, eps, out_dtype, residual_dtype, backend=backend)
+        return ops.add_rms_norm(hidden, residual, norm.weight, rms_norm_eps(norm), out_dtype, residual_dtype,
+                                backend=backend)
     # the contiguous residual first: the sum takes the first operand's layout (a mixer's output is transposed)
     total = hidden if residual is None else residual + hidden
     if residual_dtype is not None and total.dtype != residual_dtype:
@@ -99,7 +104,8 @@ class Block(nn.Module):
         m = self.mixer
         if (m.selective and not m.bidirectional and isinstance(self.norm, nn.RMSNorm)
                 and ops.fused_block_decode_ok(hidden, self.norm.weight, m.in_proj.weight, m.backend)):
-            return m.block_step(hidden, residual, self.norm, self._residual_dtype(hidden, residual), state)
+            return m.block_step(hidden, residual, self.norm.weight, rms_norm_eps(self.norm),
+                                self._residual_dtype(hidden, residual), state)
         hidden, residual = self._add_norm(hidden, residual)
         return m.step(hidden, state), residual
 

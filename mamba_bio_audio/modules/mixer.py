@@ -230,15 +230,15 @@ class Mamba(nn.Module):
                                        z=z, dt_bias=params["dt_bias"], dt_softplus=True, backend=self.backend)
         return self.out_proj(y)
 
-    def block_step(self, hidden: torch.Tensor, residual: torch.Tensor | None, norm: nn.RMSNorm,
-                   residual_dtype: torch.dtype | None, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def block_step(self, hidden: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+                   eps: float, residual_dtype: torch.dtype | None, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The pre-norm block's step from its inputs (selective mixers): hidden, residual (batch, d_model) ->
-        (this mixer's output, hidden + residual); the residual add, ``norm``, in_proj, conv, x_proj, dt_proj
-        and the state update as ``ops.mamba_block_decode`` (two Triton kernels), then out_proj."""
+        (this mixer's output, hidden + residual); the residual add, the block's RMSNorm (norm_weight, eps),
+        in_proj, conv, x_proj, dt_proj and the state update as ``ops.mamba_block_decode`` (two Triton kernels),
+        then out_proj."""
         params = self._step_params()
-        eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps
         y, residual = ops.mamba_block_decode(
-            hidden, residual, norm.weight, eps, self.in_proj.weight, self.in_proj.bias, state["conv_state"],
+            hidden, residual, norm_weight, eps, self.in_proj.weight, self.in_proj.bias, state["conv_state"],
             self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
             params["dt_bias"], params["A"], params["D"], state["ssm_state"], residual_dtype=residual_dtype,
             backend=self.backend)
