@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One call on a bare GPU machine: install what is missing, run the GPU tests, run the benchmarks, collect figures.
 #
-#   (here)   tools/fetch_gpu_wheels.sh             # once: cp312 wheels of biopython and soundfile into .whl/
+#   (here)   dev/fetch_gpu_wheels.sh               # once: cp312 wheels of biopython and soundfile into .whl/
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
-#   (device) bash tools/gpu_session.sh [what ...]  # what: tests | kernel-tests | bench | train | generate | memory |
+#   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory |
 #                                                   #       decode-ab | some-tests | profile | synthetic-* |
 #                                                   #       induction-eval | species | sc09 | synthetic
 #                                                   #       (default: tests bench)
@@ -97,9 +97,9 @@ for step in $what; do
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
             timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} --out "$out" 2>&1 | tail -16 ;;
         variants)  # the scan under several tunings (chooses the defaults)
-            timeout 400 python3 /tmp/src/tools/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
+            timeout 400 python3 /tmp/src/dev/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-variants)  # one block's decode step, unfused / inner / block-fused at several rows per program
-            timeout 200 python3 /tmp/src/tools/decode_variants.py --out "$out" ${DECODE_VARIANT_ARGS:-} 2>&1 | tail -40 ;;
+            timeout 200 python3 /tmp/src/dev/decode_variants.py --out "$out" ${DECODE_VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-ab)  # our decode at batch 1 .. 16 three ways: block-fused, inner-fused (norm and in_proj apart), unfused
             for mode in block inner unfused; do
                 case $mode in
@@ -119,7 +119,7 @@ for step in $what; do
         profile)  # the 90.7M model's training step by CUDA kernel (where the time goes), ours beside mamba_ssm
             for shape in ${PROFILE_SHAPES:-8x2048 1x65536}; do
                 for model in ${PROFILE_MODELS:-mamba mamba_ssm}; do
-                    timeout 150 python3 /tmp/src/tools/profile_step.py --out "$out/profiles" --model $model \
+                    timeout 150 python3 /tmp/src/dev/profile_step.py --out "$out/profiles" --model $model \
                         --batch ${shape%x*} --seqlen ${shape#*x} 2>&1 | tail -2
                 done
             done
@@ -134,9 +134,9 @@ for step in $what; do
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         install) ;;  # only the installation above (then run commands with PYTHONPATH=/tmp/pkg:/tmp/site)
         multi-gpu)  # 2+ GPUs: context parallelism (exactness + 2^22 bench) and the DDP loss curve
-            timeout 330 torchrun --standalone --nproc_per_node "${GPUS:-2}" /tmp/src/tools/context_parallel_bench.py \
-                --check --single --out "$out/context_parallel" 2>&1 | tail -25
-            timeout 240 python3 /tmp/src/tools/ddp_loss_curve.py --accelerator gpu --devices "${GPUS:-2}" --steps 50 \
+            timeout 330 mba bench context-parallel --nproc-per-node "${GPUS:-2}" --check --single \
+                --out "$out/context_parallel" 2>&1 | tail -25
+            timeout 240 mba bench ddp --accelerator gpu --devices "${GPUS:-2}" --steps 50 \
                 --out "$out/ddp_loss_curve" 2>&1 | tail -8 ;;
         synthetic-copy)  # only the table's first row (selective copying, Mamba S6, gpu-fast) with the whole limit
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)

@@ -1,6 +1,6 @@
 """Where one training step's GPU time goes: torch.profiler over AdamW steps of a benchmark model.
 
-    python tools/profile_step.py --out DIR [--model mamba|mamba_ssm|transformer] [--batch 8 --seqlen 2048]
+    python dev/profile_step.py --out DIR [--model mamba|mamba_ssm|transformer] [--batch 8 --seqlen 2048]
                                  [--backend triton|cuda] [--tag NAME]
 
 Writes profile_<tag>.txt under --out: the step's wall time, the summed CUDA kernel time (how busy the GPU was),

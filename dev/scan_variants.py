@@ -1,6 +1,6 @@
 """Time the Triton selective scan under several tunings on one GPU (a sweep for choosing defaults).
 
-    python tools/scan_variants.py --out DIR [--shapes "8,1536,2048;1,1536,65536"] [--configs "chunk=8,block_d=8,..."]
+    python dev/scan_variants.py --out DIR [--shapes "8,1536,2048;1,1536,65536"] [--configs "chunk=8,block_d=8,..."]
 
 Each config is keyword arguments of ``selective_scan_triton`` (chunk_size, block_d, num_warps, num_stages,
 n_segments, save_every), plus ``deterministic=1`` for torch.use_deterministic_algorithms during the call. Inputs as in ``mba bench scan`` (bf16, d_state 16, softplus, z); median of triton.testing.do_bench.

@@ -1,6 +1,6 @@
 """Count the SASS instructions of the Triton scan kernels for sm_90, offline (no GPU needed).
 
-    python tools/sass_count.py [fwd|bwd ...] [--chunk 8 --block-d 8 --warps 1]
+    python dev/sass_count.py [fwd|bwd ...] [--chunk 8 --block-d 8 --warps 1]
 
 Compiles with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``, disassembles with the
 cuobjdump bundled with Triton, and prints the instruction count per opcode class for the whole kernel and for its

@@ -1,6 +1,6 @@
 """Validation accuracy vs training step for several synthetic-task runs, in one PNG.
 
-    python tools/plot_validation.py --out results/synthetic/induction_validation.png \
+    python dev/plot_validation.py --out results/synthetic/induction_validation.png \
         "part 1 (lr 3e-3)=results/synthetic/runs/induction_heads_mamba_S6_part1" \
         "continued, lr 1e-3 cosine=results/synthetic/attempts/induction_continue_lr1e-3_cosine"
 

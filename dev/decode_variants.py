@@ -1,6 +1,6 @@
 """Time one block's decode step up to out_proj, three ways and at several tunings (chooses the defaults).
 
-    python tools/decode_variants.py --out DIR [--batches 1,2,4,8,16] [--head-rows 1,2,4,8,16] [--layers 24]
+    python dev/decode_variants.py --out DIR [--batches 1,2,4,8,16] [--head-rows 1,2,4,8,16] [--layers 24]
 
 At the 90.7M model's sizes (d_model 768, d_inner 1536, d_state 16, dt_rank 48, conv 4, bf16 weights, fp32
 residual and SSM state), ``--layers`` consecutive blocks' steps captured in one CUDA graph (as generation
