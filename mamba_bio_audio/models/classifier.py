@@ -58,5 +58,17 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.backbone(input_ids)
+        """input_ids (batch, seqlen); attention_mask (batch, seqlen), right padding (row b: True at its first
+        length_b positions). A padded row gets the logits it gets alone: the causal direction reads its pads only
+        after its real tokens, and a bidirectional model's reverse direction reads each row from its own end."""
+        lengths = None
+        if attention_mask is not None:
+            mask = attention_mask.to(torch.bool)
+            lengths = mask.sum(1)
+            if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths.unsqueeze(1)):
+                raise UserError("attention_mask must be right padding (each row's real tokens first)")
+        if lengths is not None and self.config.bidirectional:
+            hidden = self.backbone(input_ids, lengths=lengths)
+        else:
+            hidden = self.backbone(input_ids)
         return self.head(self.pool(hidden, attention_mask).to(self.head.weight.dtype))

@@ -87,9 +87,12 @@ class Block(nn.Module):
             out = self.mixer(hidden)
         return stream + out, carry
 
-    def forward(self, hidden, residual=None, state: dict | None = None):
-        """hidden, residual: (batch, seqlen, d_model) -> (mixer output, new residual)."""
+    def forward(self, hidden, residual=None, state: dict | None = None, lengths=None):
+        """hidden, residual: (batch, seqlen, d_model) -> (mixer output, new residual). ``lengths`` (batch,): real
+        lengths of right-padded rows, for a bidirectional mixer (see ``Mamba.forward``)."""
         hidden, residual = self._add_norm(hidden, residual)
+        if lengths is not None:
+            return self.mixer(hidden, state, lengths=lengths), residual
         return self.mixer(hidden, state), residual
 
     def forward_segment(self, hidden, residual, carry):
@@ -161,14 +164,17 @@ class MambaBackbone(nn.Module):
         self.checkpoint_level = (self.checkpoint_level or 2) if value else 0
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
-                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """``states``: one dict per layer (see :meth:`Mamba.allocate_state`), filled with the prefill states."""
-        if self.checkpoint_level and self.training and torch.is_grad_enabled() and states is None:
+                inputs_embeds: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``states``: one dict per layer (see :meth:`Mamba.allocate_state`), filled with the prefill states.
+        ``lengths`` (batch,): real lengths of right-padded rows, read by bidirectional mixers (``Mamba.forward``);
+        with them every activation is kept (no recomputation)."""
+        if (self.checkpoint_level and self.training and torch.is_grad_enabled() and states is None
+                and lengths is None):
             return self._forward_recomputed(input_ids, inputs_embeds)
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         for i, layer in enumerate(self.layers):
-            hidden, residual = layer(hidden, residual, None if states is None else states[i])
+            hidden, residual = layer(hidden, residual, None if states is None else states[i], lengths)
         return self._final_norm(hidden, residual)
 
     def _final_norm(self, hidden, residual):

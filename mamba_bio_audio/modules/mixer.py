@@ -59,6 +59,15 @@ def init_dt(config: MambaConfig, d_inner: int) -> torch.Tensor:
     return dt.clamp(min=config.dt_init_floor)
 
 
+def flip_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x (batch, seqlen, ...) with the first ``lengths[b]`` positions of each row b reversed, the rest (right
+    padding) left in place; its own inverse."""
+    positions = torch.arange(x.shape[1], device=x.device)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # (batch, seqlen)
+    return x.gather(1, index.view(*index.shape, *(1,) * (x.dim() - 2)).expand_as(x))
+
+
 class Mamba(nn.Module):
     """One Mamba mixer (the paper's Figure 3 block without the norm and residual)."""
 
@@ -105,18 +114,25 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(d_inner, config.d_model, bias=config.bias)
 
     # ---- parallel (training / prefill / segments) -----------------------------------------------------------
-    def forward(self, hidden_states: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, state: dict | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
         With ``state`` (a dict holding ``conv_state`` (batch, d_inner, d_conv) and ``ssm_state``
         (batch, d_inner, d_state)), the states after the last position are written into it (prefill).
+        ``lengths`` (batch,): real lengths of right-padded rows. Only the reverse direction of a bidirectional
+        mixer needs them: it reads each row backwards from its own last real token (:func:`flip_within`), so
+        padding never reaches a real position (the causal direction sees right padding only after them).
         """
         if not self.bidirectional:
             return self._forward_one_direction(hidden_states, state)[0]
         if state is not None:
             raise ValueError("a bidirectional mixer has no recurrent state (it sees the whole sequence)")
         forward = self._forward_one_direction(hidden_states)[0]
-        backward = self._forward_one_direction(hidden_states.flip(1))[0].flip(1)
+        if lengths is None:
+            backward = self._forward_one_direction(hidden_states.flip(1))[0].flip(1)
+        else:
+            backward = flip_within(self._forward_one_direction(flip_within(hidden_states, lengths))[0], lengths)
         return forward + backward
 
     def forward_segment(self, hidden_states: torch.Tensor, carry: tuple | None = None):
