@@ -17,3 +17,22 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """An input data file (FASTA, audio, token store) that cannot be used; the message names file and place."""
+
+
+class TrainingStopped(Exception):  # noqa: N818 (not an error: the run stopped as asked)
+    """Training stopped on SIGTERM or SIGINT after saving a resumable checkpoint; the CLI exits 128 + signal
+    number (143 for SIGTERM, 130 for SIGINT)."""
+
+    EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
+
+    def __init__(self, signal_name: str, step: int, out=None):
+        self.signal_name = signal_name
+        self.step = step
+        self.out = out
+        where = f" in {out}" if out is not None else ""
+        super().__init__(f"stopped by {signal_name} at step {step}; the checkpoint{where} is saved, continue with "
+                         f"--resume")
+
+    @property
+    def exit_code(self) -> int:
+        return self.EXIT_CODES.get(self.signal_name, 1)

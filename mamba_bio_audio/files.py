@@ -1,10 +1,20 @@
 """Writing outputs safely: every file is written under a temporary name and renamed into place, so a crash or a
-bad input never leaves a half-written file behind; figures render headless (matplotlib's Agg backend)."""
+bad input never leaves a half-written file behind; figures render headless (matplotlib's Agg backend).
+
+Output folders (:func:`output_folder`, :func:`run_folder`) carry a marker file naming the command that wrote them:
+a command replaces only its own kind of output (with ``--overwrite``), never a folder of someone else's files nor
+an input folder.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from mamba_bio_audio.errors import UserError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -33,3 +43,148 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     pyplot().close(fig)
     os.replace(tmp, path)
     return path
+
+
+# ---- output folders ------------------------------------------------------------------------------------------------
+MARKER = ".mba-output"
+"""The file that marks a folder as written by ``mba``; it holds the command's kind (e.g. "species prepare")."""
+
+
+def output_kind(folder: str | os.PathLike) -> str | None:
+    """The kind written in ``folder``'s marker, or None when ``folder`` has no marker (it is not ours)."""
+    try:
+        return (Path(folder) / MARKER).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _is_empty_folder(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
+
+
+def _is_main_rank() -> bool:
+    """False in the extra processes a multi-device run launches: they neither check nor write output folders."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """Whether ``a`` equals, contains or lies inside ``b`` (both resolved)."""
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = False, resume: bool = False,
+                        inputs: tuple = (), flag: str = "--out") -> Path:
+    """Refuse, as a :class:`UserError`, an output folder this command must not write; returns ``out``.
+
+    Refused: a path that exists and is not a folder; a folder that equals, contains or lies inside one of
+    ``inputs``; an existing non-empty folder without our marker (it holds someone's files); one of ours of another
+    kind; one of ours of this kind without ``overwrite`` (or ``resume``); with ``resume``, a folder that is not a run
+    of this kind (a run written before markers existed is recognised by its ``checkpoints/last.ckpt``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out}: exists and is not a folder")
+    resolved = out.resolve()
+    for source in inputs:
+        if source is not None and _overlaps(resolved, Path(source).resolve()):
+            raise UserError(f"{flag} {out}: overlaps the input {source}; choose another folder")
+    if resume:
+        if not out.is_dir():
+            raise UserError(f"{flag} {out}: no run to resume (the folder does not exist)")
+        found = output_kind(out)
+        legacy = found is None and (out / "checkpoints" / "last.ckpt").is_file()
+        if found != kind and not legacy:
+            what = f"holds a '{found}' output" if found else "is not a run written by mba"
+            raise UserError(f"{flag} {out}: {what}; --resume continues a '{kind}' run")
+        return out
+    if not out.exists() or _is_empty_folder(out):
+        return out
+    found = output_kind(out)
+    if found is None:
+        raise UserError(f"{flag} {out}: exists and holds files mba did not write; refusing to replace it "
+                        f"(choose a new or empty folder)")
+    if found != kind:
+        raise UserError(f"{flag} {out}: holds a '{found}' output, not '{kind}'; refusing to replace it")
+    if not overwrite:
+        raise UserError(f"{flag} {out}: already holds a '{kind}' output; pass --overwrite to replace it")
+    return out
+
+
+def _writable_error(path: Path, e: OSError, flag: str) -> UserError:
+    return UserError(f"{flag} {path}: cannot write here ({e.strerror or type(e).__name__})")
+
+
+@contextmanager
+def output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = False, inputs: tuple = (),
+                  flag: str = "--out") -> Iterator[Path]:
+    """Write a command's output folder atomically; yields the temporary sibling to write into (it does not exist:
+    create it, or let a writer that makes its own folder create it).
+
+    After :func:`check_output_folder`'s checks (call it earlier too, before any work, to fail fast) the body writes
+    the sibling ``.NAME.partial-PID``; on success our marker is added and the sibling is renamed to ``out`` (an old
+    output of ours, with ``overwrite``, is moved aside first and deleted after); on any error the sibling is deleted
+    and ``out`` is left as it was. A folder we did not create is never deleted. In the extra processes of a
+    multi-device run this yields ``out`` itself and does nothing else.
+    """
+    out = Path(out)
+    if not _is_main_rank():
+        yield out
+        return
+    check_output_folder(out, kind, overwrite=overwrite, inputs=inputs, flag=flag)
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise _writable_error(out, e, flag) from None
+    tmp = parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # our own leftover of a run with this process id
+    try:
+        yield tmp
+        tmp.mkdir(exist_ok=True)
+        (tmp / MARKER).write_text(kind + "\n")
+        check_output_folder(out, kind, overwrite=overwrite, inputs=inputs, flag=flag)  # nothing appeared meanwhile
+        old = None
+        if out.exists() and not _is_empty_folder(out):
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        elif out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_folder(out: str | os.PathLike, kind: str, *, resume: bool = False, inputs: tuple = (),
+               flag: str = "--out") -> Path:
+    """Claim a training run's folder, written in place (so that a killed run can be resumed): after
+    :func:`check_output_folder`, create it with our marker. With ``resume`` the folder must be a run of ``kind``;
+    without, a run of ours that holds no checkpoint yet may be started again.
+    A folder that cannot be written is a one-line :class:`UserError`. Does nothing in a multi-device run's extra
+    processes."""
+    out = Path(out)
+    if not _is_main_rank():
+        return out
+    if not resume and (out / "checkpoints" / "last.ckpt").is_file():
+        raise UserError(f"{flag} {out}: already holds a training run (checkpoints/last.ckpt); pass --resume to "
+                        f"continue it, or choose another folder")
+    # past that check, a run of ours without a checkpoint (it stopped before its first one) may start again
+    check_output_folder(out, kind, resume=resume, inputs=inputs, flag=flag, overwrite=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(kind + "\n")
+    except OSError as e:
+        raise _writable_error(out, e, flag) from None
+    return out
+
+
+def umask_mode(mode: int = 0o777) -> int:
+    """``mode`` with the process umask applied: the permissions a plain ``open``/``mkdir`` would give."""
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current

@@ -1,6 +1,10 @@
-"""Training callbacks: the sequence-length warm-up of the HyenaDNA and Mamba DNA recipes."""
+"""Training callbacks: the sequence-length warm-up of the HyenaDNA and Mamba DNA recipes, and a clean stop on
+SIGTERM / SIGINT."""
 
 from __future__ import annotations
+
+import signal
+import threading
 
 import lightning.pytorch as pl
 import torch
@@ -64,3 +68,65 @@ class SeqLenWarmup(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         length = self.seqlen_at(trainer.global_step)
         pl_module.current_seqlen = None if length >= self.max_len else length
+
+
+class GracefulStop(pl.Callback):
+    """Stop on SIGTERM or SIGINT at the next optimizer step: save a resumable checkpoint at ``path`` (the same
+    hook and call Lightning's own step checkpoints use, so ``--resume`` continues exactly), then end training.
+
+    The handlers replace Lightning's (its SIGTERM handler ends the run with exit 0 and no checkpoint) from the start
+    of training until its end. ``stopped_by`` is then "SIGTERM" or "SIGINT" (None when training ran to its end); the
+    caller turns it into :class:`~mamba_bio_audio.errors.TrainingStopped`. A second signal while stopping is ignored.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self, path):
+        self.path = path
+        self.received: str | None = None
+        self.stopped_by: str | None = None
+        self._previous: dict = {}
+        self._last_step: int | None = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for name in self.SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.received = self.stopped_by = None
+        self._last_step = trainer.global_step
+        self._install()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:
+            return  # inside gradient accumulation: not a step boundary
+        self._last_step = trainer.global_step
+        received = self.received
+        if trainer.world_size > 1:  # every process stops at the same step, whichever got the signal
+            received = "SIGTERM" if trainer.strategy.reduce_boolean_decision(received is not None, all=False) \
+                else None
+            received = self.received or received
+        if received is None:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.stopped_by = received
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
