@@ -195,10 +195,10 @@ for step in $what; do
             r=/tmp/runs; mkdir -p $r; cp -r "$repo/.gpudata/synthetic-runs" $r/
             gpu_fast_table $r 30
             tar czf "$out/synthetic-table.tar.gz" -C $r synthetic ;;
-        induction-eval)  # tools/induction_eval.py on a carried run's model: EVAL_RUN (a folder name in
+        induction-eval)  # mba synthetic evaluate on a carried run's model: EVAL_RUN (a folder name in
             # .gpudata/synthetic-runs), EVAL_LENGTHS (log2, comma-separated), EVAL_SAMPLES, EVAL_FIRST; EVAL_TAG names
             # the report folder under $OUT
-            python3 /tmp/src/tools/induction_eval.py "$repo/.gpudata/synthetic-runs/${EVAL_RUN:?}/model" \
+            mba synthetic evaluate "$repo/.gpudata/synthetic-runs/${EVAL_RUN:?}/model" \
                 --out "$out/induction_eval${EVAL_TAG:-}" --log2-lengths ${EVAL_LENGTHS:-20} \
                 --samples ${EVAL_SAMPLES:-1024} --first ${EVAL_FIRST:-128} 2>&1 | tail -8 ;;
         synthetic-fast)  # the paper's synthetic-task table with our short recipe (gpu-fast), within a time limit;

@@ -5,7 +5,7 @@
 
 The genomes are not biology: several "species" descend from one random ancestor with their own substitution
 spectra, indels and repeat families, made so that short windows carry little species signal and long ones much
-more. The same functions serve ``mba species train`` and ``mba species evaluate`` (:mod:`mamba_bio_audio.species`).
+more. The same functions serve ``mba species train`` and ``mba species evaluate`` (:mod:`mamba_bio_audio.tasks.species`).
 Writes into --out (default ./mba-demo, its previous demo outputs replaced): genomes/, store/, run/ (the trained
 model, logs), metrics.json, accuracy_vs_length.png and config.yaml.
 """
@@ -42,8 +42,8 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
     """Species classification on synthetic genomes: prepare, train a tiny model, evaluate across window lengths."""
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
     from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
-    from mamba_bio_audio.dna import torch_device
-    from mamba_bio_audio.species import (
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.species import (
         SpeciesSettings,
         accuracy_table,
         evaluate_lengths,

@@ -4,7 +4,7 @@
     mba dna pretrain --data STORE --out RUN --length 1024                  # a store from 'species prepare'
     mba dna pretrain --bed sequences.bed --fasta hg38.fa.gz --out RUN ...  # HyenaDNA's hg38 intervals
 
-The work is done by :mod:`mamba_bio_audio.dna` (model presets, training, perplexity) and
+The work is done by :mod:`mamba_bio_audio.tasks.dna_lm` (model, training, perplexity) and
 :mod:`mamba_bio_audio.data_prep.dna` (genomes or BED intervals -> token store -> windows).
 """
 
@@ -60,13 +60,8 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     """Train a MambaLM to predict the next base; report val perplexity and bits per base."""
     from mamba_bio_audio.data_prep.dna.bed import prepare_bed
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
-    from mamba_bio_audio.dna import (
-        TrainSettings,
-        is_main_process,
-        plan_pretraining,
-        refuse_to_overwrite,
-        run_pretraining,
-    )
+    from mamba_bio_audio.tasks.dna_lm import plan_pretraining, run_pretraining
+    from mamba_bio_audio.tasks.windows import TrainSettings, is_main_process, refuse_to_overwrite
 
     sources = [name for name, value in (("--genomes", genomes), ("--data", data), ("--bed", bed)) if value]
     if len(sources) != 1:

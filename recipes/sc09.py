@@ -140,7 +140,7 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
     """Train an 8-bit audio LM on next-sample prediction."""
     import lightning.pytorch as pl
 
-    from mamba_bio_audio.audio_lm import build_audio_lm, clip_sample_fn, lm_example, nll_bits_per_sample
+    from mamba_bio_audio.tasks.audio_lm import build_audio_lm, clip_sample_fn, lm_example, nll_bits_per_sample
     from mamba_bio_audio.training.data import IndexedDataModule
     from mamba_bio_audio.training.module import LMTask, OptimConfig
     from mamba_bio_audio.training.trainer import TrainerConfig, fit
@@ -204,11 +204,12 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
     """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
     import torch
 
-    from mamba_bio_audio.audio_generation import generate as sample_audio
-    from mamba_bio_audio.audio_generation import load_audio_lm
-    from mamba_bio_audio.audio_lm import audio_settings, spectrogram_grid, torch_device
     from mamba_bio_audio.data_prep.audio.io import write_wav
     from mamba_bio_audio.data_prep.audio.mulaw import decode
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.audio_generation import generate as sample_audio
+    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+    from mamba_bio_audio.tasks.audio_lm import audio_settings, spectrogram_grid
 
     where = torch_device(device)
     if cuda_graph and where.type != "cuda":
@@ -261,8 +262,9 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
 def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size: int, lr: float, device: str,
                      seed: int) -> None:
     """Train the digit classifier behind FID / IS / mIS / AM."""
-    from mamba_bio_audio.audio_lm import classifier_accuracy, classifier_config, torch_device
+    from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.metrics.classifier_training import train_digit_classifier
+    from mamba_bio_audio.tasks.audio_lm import classifier_accuracy, classifier_config
 
     train_set = _clips(data, "train", waveform=True)
     val_set = _clips(data, "val", waveform=True, required=False)
@@ -298,16 +300,16 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
 def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Path | None, out: Path,
              batch_size: int, max_clips: int | None, device: str, seed: int) -> None:
     """Test NLL (bits per sample); FID / IS / mIS / AM of generated WAVs beside the real test set."""
-    from mamba_bio_audio.audio_generation import load_audio_lm
-    from mamba_bio_audio.audio_lm import (
+    from mamba_bio_audio.benchmarks.report import environment, markdown_table
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.models.digit_classifier import DigitClassifier
+    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+    from mamba_bio_audio.tasks.audio_lm import (
         audio_settings,
         nll_bits_per_sample,
         read_wav_folder,
         score_sets,
-        torch_device,
     )
-    from mamba_bio_audio.benchmarks.report import environment, markdown_table
-    from mamba_bio_audio.models.digit_classifier import DigitClassifier
 
     where = torch_device(device)
     model = load_audio_lm(checkpoint, device=where)

@@ -5,7 +5,7 @@
     mba species evaluate --checkpoint RUN --data STORE --lengths 1024,4096,16384 --out EVAL
     mba species predict  --checkpoint RUN genome.fa ... --out preds.tsv [--window 1024]
 
-The work is done by :mod:`mamba_bio_audio.species` (models, training, evaluation, baseline, prediction) and
+The work is done by :mod:`mamba_bio_audio.tasks.species` (models, training, evaluation, baseline, prediction) and
 :mod:`mamba_bio_audio.data_prep.dna` (genomes -> token store -> windows); these commands parse flags and write
 outputs. Every input is checked before anything is written.
 """
@@ -132,8 +132,8 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
           rc_prob: float, val_per_species: int, val_every: int | None, checkpoint_every: int, num_workers: int,
           devices: int, num_nodes: int, strategy: str, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier (last-token head) on random RC-augmented windows of the train split."""
-    from mamba_bio_audio.dna import is_main_process, refuse_to_overwrite
-    from mamba_bio_audio.species import SpeciesSettings, plan_training, run_training
+    from mamba_bio_audio.tasks.species import SpeciesSettings, plan_training, run_training
+    from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     settings = SpeciesSettings(
         length=length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
@@ -172,8 +172,8 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
 def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split: str, per_species: int,
              batch_size: int | None, baseline: bool, device: str, seed: int) -> None:
     """Accuracy and confusion matrix per window length, beside a 6-mer logistic regression on the same windows."""
-    from mamba_bio_audio.dna import torch_device
-    from mamba_bio_audio.species import (
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.species import (
         accuracy_table,
         evaluate_lengths,
         load_classifier,
@@ -218,8 +218,8 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
 def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | None, max_windows: int | None,
             batch_size: int | None, lenient: bool, device: str) -> None:
     """Species probabilities per record (or per window) of FASTA/2bit files, as a TSV."""
-    from mamba_bio_audio.dna import torch_device
-    from mamba_bio_audio.species import load_classifier, predict_records, predictions_tsv
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.species import load_classifier, predict_records, predictions_tsv
 
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)

@@ -3,23 +3,16 @@
     mba synthetic selective-copy  --out RUN [--preset tiny|paper|gpu-fast] [--layer S6|S4D] [--arch mamba|no-gate]
     mba synthetic induction-heads --out RUN [...]        accuracy at test lengths up to 2^20 (segmented, bounded memory)
     mba synthetic table --out results/ [--preset ...] [--runs DIR] [--max-minutes M]   the ablation + induction curve
+    mba synthetic evaluate RUN/model --out DIR [--log2-lengths 20,21] [--samples 1024]  more test sequences / lengths
 
 Each run writes RUN/config.yaml, RUN/metrics.json, RUN/model/ (save_pretrained; load a no-gate model with
-``SSMOnlyLM.from_pretrained``), Lightning logs and checkpoints. Data: data_prep/synthetic_tasks.py; models:
-MambaLM and models/ssm_only.py; loss and early stop: training/synthetic_task.py; evaluation: metrics/synthetic.py.
-
-Presets: ``paper`` is the paper's setup as Appendix E.1 states it (hours of GPU); ``gpu-fast`` is ours, not the
-paper's: the same tasks, test lengths and models, trained with larger batches, a higher learning rate, a length
-curriculum for selective copying and a stop at a target validation accuracy, sized from CPU measurements to reach
-the issue's targets in minutes on one H100; ``tiny`` is CPU-sized (short sequences).
+``SSMOnlyLM.from_pretrained``), Lightning logs and checkpoints. The work is done by
+:mod:`mamba_bio_audio.tasks.synthetic` (presets, training, evaluation, the table's report).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -30,343 +23,19 @@ from mamba_bio_audio.recipes.options import (
     config_option,
     device_option,
     out_option,
+    parse_int_list,
     seed_option,
 )
-from mamba_bio_audio.recipes.outputs import plot_curve, prepare_out_dir, write_json, write_yaml
-
-TASKS = ("selective-copy", "induction-heads")
-ARCHS = ("mamba", "no-gate")
-LAYERS = ("S6", "S4D")
-EVAL_OFFSET = 10**12  # test samples: indices the training stream never reaches
-VAL_OFFSET = 2 * 10**12  # validation samples (early stopping): neither training nor test samples
-
-
-@dataclass(frozen=True)
-class TaskPreset:
-    """How one task is trained and tested. ``data``: the generator's fields (data_prep/synthetic_tasks.py) at the
-    test length. lr is constant unless warmup > 0 or min_lr_ratio < 1 (then linear warm-up and cosine decay).
-
-    curriculum: ((train_seqlen, max_steps), ...): train on shorter sequences first, each stage for at most
-        max_steps, moving on early once the training accuracy is >= ``advance_at`` (training/synthetic_task.py,
-        LengthCurriculum); then data["seqlen"] to the end. The final score is always at data["seqlen"].
-    curriculum_time_caps: in a time-limited run, the fractions of its training time by which each short stage
-        ends at the latest (so that every run, learning or not, also trains at the full length).
-    val_seqlen: length of the validation sequences (default data["seqlen"]): e.g. longer than the training
-        length, to stop on extrapolation; ``val_samples`` sequences (their own indices, not the test
-        sequences), ``val_batch_size`` at a time (default batch_size). target_accuracy: stop once the
-        validation accuracy (every ``val_every`` steps) reaches it. restore_best: test the weights of the best
-        validation (highest accuracy, then lowest loss) instead of the last ones. eval_reserve_s: of a
-        time-limited run's budget, seconds kept for evaluation.
-    """
-
-    data: dict
-    batch_size: int
-    max_steps: int
-    lr: float
-    warmup: float = 0.0
-    min_lr_ratio: float = 1.0
-    eval_samples: int = 256
-    val_every: int = 0
-    test_log2_lengths: tuple[int, ...] = ()
-    model: dict = field(default_factory=lambda: {"d_model": 64, "n_layer": 2, "d_state": 16})
-    curriculum: tuple[tuple[int, int], ...] = ()
-    advance_at: float | None = None
-    curriculum_time_caps: tuple[float, ...] = ()
-    val_seqlen: int | None = None
-    target_accuracy: float | None = None
-    eval_reserve_s: float = 0.0
-    val_samples: int = 256
-    val_batch_size: int | None = None
-    restore_best: bool = False
-
-    def length_curriculum(self, start: float | None = None, end: float | None = None):
-        """The :class:`LengthCurriculum` of this preset (a single stage at data["seqlen"] without curriculum);
-        with the training time's ``start`` and ``end`` (``time.monotonic()``), its stages' time caps."""
-        from mamba_bio_audio.training.synthetic_task import LengthCurriculum
-
-        time_caps = None
-        if start is not None and end is not None:
-            time_caps = [start + f * (end - start) for f in self.curriculum_time_caps]
-        return LengthCurriculum(self.curriculum, self.data["seqlen"], self.advance_at, time_caps=time_caps)
-
-
-#: Where the paper's numbers come from: Gu & Dao 2023, arXiv 2312.00752, Section 4.1 and Appendix E.1.
-PAPER_SOURCE = "https://arxiv.org/abs/2312.00752 (Section 4.1, Appendix E.1; HTML: https://arxiv.org/html/2312.00752v2)"
-
-PRESETS: dict[str, dict[str, TaskPreset]] = {
-    # The paper's setups, as Appendix E.1 and Section 4.1 state them (PAPER_SOURCE):
-    # Selective copying: "sequences of length 4096, with a vocab size of 16 possible tokens (including the white
-    #   'noise' token ...) and requiring models to memorize 16 'data' tokens"; 2 layers, D = 64; "400K steps at a
-    #   constant learning rate of 0.0001 with a batch size of 64". Vocabulary 16 = 14 data tokens + noise + marker,
-    #   as in the S4 repository's copying generator with A = 16 (data tokens 1 .. A-2; state-spaces/s4,
-    #   src/dataloaders/datasets/copying.py). (That generator appends the markers to L noise positions, L + 2M long;
-    #   we read "length 4096" as the whole sequence.) The optimizer sentence (Adam, no weight decay) is in the
-    #   induction-heads paragraph; we use it for both.
-    # Induction heads: "a 2-layer model ... at sequence length 256, with a vocab size of 16", tested at 2^6 .. 2^20;
-    #   D = 64 for Mamba; batch 8, an "epoch" of 8192 steps, Mamba reported after the 25th (204,800 steps); Adam,
-    #   no weight decay, constant lr 1e-3 for Mamba ("extrapolated better" than at 2e-4). Vocabulary 16 here =
-    #   15 ordinary tokens + the special token. The paper's Mamba has 74K parameters; ours (d_state 16, tied head)
-    #   has about 67K.
-    "paper": {
-        "selective-copy": TaskPreset(data={"seqlen": 4096, "n_memorize": 16, "n_data_tokens": 14}, batch_size=64,
-                                     max_steps=400_000, lr=1e-4, eval_samples=1024, val_every=10_000),
-        "induction-heads": TaskPreset(data={"seqlen": 256, "n_tokens": 15}, batch_size=8, max_steps=204_800,
-                                      lr=1e-3, eval_samples=128, val_every=8192,
-                                      test_log2_lengths=tuple(range(6, 21))),
-    },
-    # Ours, not the paper's (see the module docstring and results/synthetic/README.md): the paper's tasks, models
-    # and test lengths, trained for minutes instead of hours. A GPU step at these sizes costs nearly the same at
-    # batch 8 or 128 (H100: ~14 ms at 2K tokens, ~33 ms at 262K), so batches are 64 (selective copying) and 128
-    # (induction heads: one answer per sequence). lr 3e-3: on CPU, induction heads at length 64 (batch 32) left
-    # chance at ~200 steps and was perfect at 250 with 3e-3, still at chance after 450 with 1e-3.
-    # Selective copying trains at 256, then 1024, each stage left once the training accuracy is >= 0.99 (or at its
-    # step cap, or at 60% / 75% of a time-limited run's training time, so that S4D rows train at 4096 too), then
-    # at 4096 until validation at 4096 is >= 0.995. On CPU, S6 with 16 tokens (length 128, batch 16) was still at
-    # chance after 500 steps; with 8 tokens (length 64, batch 32) it left chance at ~200 steps, 89% at 750, and
-    # scored 42% at 4x its training length: hence a curriculum that trains at every length.
-    # Induction heads trains at 256 and stops once validation at 2^20 (4096x the training length; 256 sequences
-    # of their own, not the test ones) is perfect: on CPU a model stopped at its training length's first 100%
-    # scored 89-94% at 64x, also 300 steps later; on the H100 (2026-11-23) a model stopped at its first 100% at
-    # 2^14 (600 steps) scored 91.4% at 2^16 and 60.2% at 2^20, and one stopped at its first 100% at 2^16 (500
-    # steps) scored 100% up to 2^18, then 95.3% at 2^19 and 75.8% at 2^20. Accuracy at 2^20 is not monotone in
-    # training: a model at 98.4% (15,751 steps) continued for 14,000 steps with a decaying lr fell to 93.0%, its
-    # validation at 2^20 drifting between 73% and 94% (the loss at 256 is ~1e-8: nothing there pulls towards
-    # extrapolation). Hence validation on 256 sequences of 2^20, and the best-validated weights are tested. The
-    # table's row (seed 0, resumed twice across device calls) reached 100 % on the 256 validation sequences at step
-    # 33,500 and tested 100 % at every length to 2^20 (results/synthetic/README.md).
-    "gpu-fast": {
-        "selective-copy": TaskPreset(data={"seqlen": 4096, "n_memorize": 16, "n_data_tokens": 14}, batch_size=64,
-                                     max_steps=20_000, lr=3e-3, warmup=100, eval_samples=1024, val_every=200,
-                                     curriculum=((256, 6000), (1024, 1500)), advance_at=0.99,
-                                     curriculum_time_caps=(0.6, 0.75), target_accuracy=0.995, eval_reserve_s=5.0),
-        "induction-heads": TaskPreset(data={"seqlen": 256, "n_tokens": 15}, batch_size=128, max_steps=20_000,
-                                      lr=3e-3, eval_samples=128, val_every=500, val_seqlen=2**20, val_samples=256,
-                                      val_batch_size=8, target_accuracy=1.0, restore_best=True,
-                                      test_log2_lengths=tuple(range(6, 21)), eval_reserve_s=40.0),
-    },
-    # CPU-sized: short sequences, a few hundred steps, the same model; each run takes a few minutes on 2 cores.
-    "tiny": {
-        "selective-copy": TaskPreset(data={"seqlen": 64, "n_memorize": 4, "n_data_tokens": 8}, batch_size=32,
-                                     max_steps=600, lr=5e-3, warmup=0.1, min_lr_ratio=0.1, eval_samples=512,
-                                     val_every=100),
-        "induction-heads": TaskPreset(data={"seqlen": 32, "n_tokens": 16}, batch_size=32, max_steps=400,
-                                      lr=3e-3, eval_samples=128, val_every=100,
-                                      test_log2_lengths=tuple(range(5, 15))),
-    },
-}
-
-# The paper's Table 1 (selective copying accuracy, %) for the rows our layers express; its "S4" is our S4D
-# (time-invariant, diagonal) ablation. Induction heads (Table 2 / Table 11): Mamba is 100% at every test length
-# 2^6 .. 2^20.
-PAPER_SELECTIVE_COPY = {("no-gate", "S4D"): 18.3, ("no-gate", "S6"): 97.0, ("mamba", "S4D"): 56.4,
-                        ("mamba", "S6"): 99.8}
-PAPER_ROWS_NOT_EXPRESSED = "H3 + S4 57.0, H3 + Hyena 30.1, H3 + S6 99.7, Mamba + Hyena 28.4"
-PAPER_INDUCTION_ACCURACY = 100.0
-
-#: The table's runs in the order they are trained (most important first, so a time limit cuts the least
-#: important), each with its share weight of the remaining time under ``--max-minutes``.
-TABLE_RUNS = (("selective-copy", "mamba", "S6", 4.0), ("induction-heads", "mamba", "S6", 2.0),
-              ("selective-copy", "mamba", "S4D", 1.5), ("selective-copy", "no-gate", "S6", 1.5),
-              ("selective-copy", "no-gate", "S4D", 1.0))
-
-
-def _torch_device(device: str):
-    """The torch device a ``--device`` flag trains on (a missing CUDA device is a UserError, exit 2)."""
-    import torch
-
-    from mamba_bio_audio.training.trainer import resolve_device
-
-    accelerator, devices = resolve_device(device)
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    return torch.device(f"cuda:{devices[0]}" if isinstance(devices, list) else "cuda")
-
-
-def _generator(task: str, data: dict, seed: int):
-    from mamba_bio_audio.data_prep.synthetic_tasks import InductionHeads, SelectiveCopying
-
-    return (SelectiveCopying if task == "selective-copy" else InductionHeads)(**data, seed=seed)
-
-
-def _model(arch: str, config):
-    from mamba_bio_audio import MambaLM
-    from mamba_bio_audio.models.ssm_only import SSMOnlyLM
-
-    return (MambaLM if arch == "mamba" else SSMOnlyLM)(config)
-
-
-def _train_sample_fn(task: str, preset: TaskPreset, seed: int, curriculum=None):
-    """index -> training sample. Batch j holds indices j*B .. j*B+B-1 (training/data.py), so index i belongs to
-    step i // B, whose length ``curriculum.seqlen_at`` gives (on one device; under data parallel the stream counts
-    global batches, so stages would come world_size times sooner)."""
-    curriculum = curriculum or preset.length_curriculum()
-    generators = {n: _generator(task, {**preset.data, "seqlen": n}, seed) for n in curriculum.lengths}
-
-    def sample(i: int) -> dict:
-        return generators[curriculum.seqlen_at(i // preset.batch_size)].sample(i)
-
-    return sample
-
-
-def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, device: str = "auto",
-             seed: int = 0, progress: bool = True, time_budget_s: float | None = None,
-             init_from: Path | None = None, resume: bool = False, precision: str | None = None) -> dict:
-    """Train one model on one task and evaluate it; writes OUT/config.yaml, metrics.json, model/. Returns the metrics.
-
-    precision: Lightning's training precision (None: bf16-mixed on a GPU, 32-true on the CPU); evaluation is
-    always in fp32.
-
-    init_from: a run's ``model/`` folder to continue training from (same task, arch and model; the optimizer
-    starts afresh, the data stream continues after the steps that run recorded). metrics["history"] lists every
-    run's steps and lr in order (this one last), metrics["prior_steps"] the steps before this run.
-
-    resume: continue this OUT folder's own run from its ``checkpoints/last.ckpt`` (weights, optimizer state,
-    step count and data position); ``steps`` then counts from that run's start, ``resumed_at`` says where this
-    part began.
-
-    time_budget_s: wall-clock seconds for the whole run; training stops ``preset.eval_reserve_s`` before the end
-    (at the latest at half the budget), and test lengths not reached in time are skipped. metrics["stopped"] says
-    why training ended early: "target" (validation accuracy reached preset.target_accuracy), "time", or None.
-    """
-    import lightning.pytorch as pl
-
-    from mamba_bio_audio import MambaConfig
-    from mamba_bio_audio.metrics.synthetic import evaluate_accuracy, evaluate_lengths
-    from mamba_bio_audio.training.data import IndexedDataModule
-    from mamba_bio_audio.training.module import OptimConfig
-    from mamba_bio_audio.training.synthetic_task import MaskedLMTask, StopTraining
-    from mamba_bio_audio.training.trainer import TrainerConfig, fit
-
-    clock = time.monotonic()
-    deadline = None if time_budget_s is None else clock + time_budget_s
-    train_deadline = None if deadline is None else clock + max(time_budget_s - preset.eval_reserve_s,
-                                                               time_budget_s / 2)
-    eval_device = _torch_device(device)
-    out = prepare_out_dir(out)
-    pl.seed_everything(seed, verbose=False)
-    generator = _generator(task, preset.data, seed)
-    config = MambaConfig(vocab_size=generator.vocab_size, ssm_layer=layer, **preset.model)
-    model = _model(arch, config)
-    history = _continue_from(model, Path(init_from)) if init_from is not None else []
-    prior_steps = sum(h["steps"] for h in history)
-    write_yaml(out / "config.yaml", {"command": f"synthetic {task}", "arch": arch, "layer": layer, "device": device,
-                                     "seed": seed, "preset": asdict(preset), "model": config.to_dict(),
-                                     "time_budget_s": time_budget_s, "precision": precision,
-                                     "init_from": None if init_from is None else str(init_from)})
-
-    def held_out(i: int) -> dict:
-        return generator.sample(EVAL_OFFSET + i)
-
-    def held_out_at(seqlen: int, i: int) -> dict:
-        return _generator(task, {**preset.data, "seqlen": seqlen}, seed).sample(EVAL_OFFSET + i)
-
-    optim = OptimConfig(lr=preset.lr, weight_decay=0.0, betas=(0.9, 0.999), warmup=preset.warmup,
-                        min_lr_ratio=preset.min_lr_ratio, max_steps=preset.max_steps)
-    val_seqlen = preset.val_seqlen or generator.seqlen
-    val_generator = _generator(task, {**preset.data, "seqlen": val_seqlen}, seed)
-    val = [val_generator.sample(VAL_OFFSET + i) for i in range(preset.val_samples)] if preset.val_every else []
-    curriculum = preset.length_curriculum(clock, train_deadline)
-    fresh_sample = _train_sample_fn(task, preset, seed, curriculum)
-    offset = prior_steps * preset.batch_size  # a continued run goes on after the batches its history saw
-
-    def sample_fn(i: int) -> dict:
-        return fresh_sample(i + offset)
-
-    data = IndexedDataModule(sample_fn, preset.batch_size, val_samples=val,
-                             val_batch_size=preset.val_batch_size)
-    stop = StopTraining(preset.target_accuracy if preset.val_every else None, train_deadline,
-                        keep_best=preset.restore_best and bool(preset.val_every))
-    started = time.time()
-    resumed_at = _checkpoint_step(out) if resume else None
-    trainer = fit(MaskedLMTask(model, optim), data, out,
-                  TrainerConfig(max_steps=preset.max_steps, device=device, precision=precision,
-                                val_every=min(preset.val_every, preset.max_steps),
-                                checkpoint_every=max(1, preset.max_steps // 4), log_every=min(50, preset.max_steps),
-                                progress=progress, callbacks=[curriculum, stop]), resume=resume)
-    steps = int(trainer.global_step)
-    metrics = {"task": task, "arch": arch, "layer": layer, "train_seconds": time.time() - started,
-               "max_steps": preset.max_steps, "steps": steps, "stopped": stop.reason,
-               "target_accuracy": preset.target_accuracy, "target_reached_at": stop.reached_at,
-               "best_val_accuracy": stop.best, "val_seqlen": val_seqlen, "train_seqlen": generator.seqlen,
-               "final_train_seqlen": curriculum.seqlen_at(max(steps - 1, 0)),
-               "curriculum": [list(c) for c in preset.curriculum],
-               "curriculum_starts": [[curriculum.lengths[k], start] for k, start in enumerate(curriculum.starts)],
-               "time_budget_s": time_budget_s, "parameters": sum(p.numel() for p in model.parameters()),
-               "prior_steps": prior_steps, "init_from": None if init_from is None else str(init_from),
-               "history": history + [_history_entry(steps, preset)], "resumed_at": resumed_at}
-    metrics["val_history"] = stop.history
-    if stop.best_state is not None:  # the best-validated weights, not the last ones, are saved and tested
-        model.load_state_dict(stop.best_state)
-        metrics["selected_step"] = stop.best_step
-        metrics["history"][-1]["selected_step"] = stop.best_step
-    model.save_pretrained(out / "model")
-    model.to(eval_device)
-    eval_started = time.time()
-    scores = evaluate_accuracy(model, held_out, preset.eval_samples, batch_size=max(preset.batch_size, 64))
-    metrics.update(accuracy=scores["accuracy"], eval_loss=scores["loss"], eval_answers=scores["answers"])
-    if preset.test_log2_lengths:
-        results = evaluate_lengths(model, held_out_at, [2**k for k in preset.test_log2_lengths],
-                                   preset.eval_samples, progress=lambda line: click.echo(line, err=True),
-                                   deadline=deadline)
-        metrics["lengths"] = [r.to_dict() for r in results]
-        metrics["accuracy_by_length"] = {str(r.seqlen): r.accuracy for r in results if r.skipped is None}
-    metrics["eval_seconds"] = time.time() - eval_started
-    metrics["finished"] = stop.reason != "time" and not any(
-        r.get("skipped", "").startswith("time") for r in metrics.get("lengths", []) if r.get("skipped"))
-    write_json(out / "metrics.json", metrics)
-    return metrics
-
-
-def _checkpoint_step(out: Path) -> int:
-    """The step the run in OUT had reached (its metrics.json, written with checkpoints/last.ckpt at the end of
-    training; -1 when unreadable); a UserError when there is no checkpoint to resume from."""
-    from mamba_bio_audio.training.trainer import last_checkpoint
-
-    path = last_checkpoint(out)
-    if path is None:
-        raise UserError(f"--resume: no checkpoint to resume from in {out / 'checkpoints'}")
-    earlier = out / "metrics.json"
-    try:
-        return int(json.loads(earlier.read_text())["steps"]) if earlier.is_file() else -1
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1
-
-
-def _history_entry(steps: int, preset: TaskPreset) -> dict:
-    """One run's line in metrics["history"]: its steps and peak lr, and the schedule when the lr was not constant."""
-    entry: dict = {"steps": steps, "lr": preset.lr}
-    if preset.warmup > 0 or preset.min_lr_ratio < 1:
-        entry.update(warmup=preset.warmup, min_lr_ratio=preset.min_lr_ratio, schedule_steps=preset.max_steps)
-    return entry
-
-
-def _preset(preset: str, task: str, max_steps: int | None, lr: float | None = None) -> TaskPreset:
-    chosen = PRESETS[preset][task]
-    chosen = chosen if max_steps is None else replace(chosen, max_steps=max_steps)
-    return chosen if lr is None else replace(chosen, lr=lr)
-
-
-def _continue_from(model, model_dir: Path) -> list[dict]:
-    """Load a saved run's weights into ``model`` (same class and config, else a UserError); returns the training
-    behind them: [{"steps", "lr"}, ...] from that run's metrics.json and config.yaml ([] when absent)."""
-    loaded = type(model).from_pretrained(model_dir)
-    if loaded.config.to_dict() != model.config.to_dict():
-        raise UserError(f"--init-from {model_dir}: a model of another configuration (task, layer or size differ)")
-    model.load_state_dict(loaded.state_dict())
-    run = model_dir.parent
-    if not (run / "metrics.json").is_file():
-        return []
-    import yaml
-
-    try:
-        earlier = json.loads((run / "metrics.json").read_text())
-        config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise UserError(f"--init-from {model_dir}: cannot read the run's metrics.json / config.yaml ({e})") from None
-    if earlier.get("history"):  # that run's own history ends with itself
-        return list(earlier["history"])
-    return [{"steps": int(earlier.get("steps", 0)), "lr": ((config or {}).get("preset") or {}).get("lr")}]
-
+from mamba_bio_audio.tasks.synthetic import (
+    ARCHS,
+    LAYERS,
+    PRESETS,
+    choose_preset,
+    evaluate_induction,
+    run_table,
+    run_task,
+    stop_note,
+)
 
 PRESET_HELP = ("tiny: CPU-sized; paper: the paper's setup (Appendix E.1; GPU, hours); gpu-fast: ours, not the "
                "paper's (larger batch, higher lr, length curriculum, stop at a target accuracy; minutes on a GPU).")
@@ -414,7 +83,7 @@ def _task_command(task: str, summary: str):
                 device: str, seed: int) -> None:
         if resume and init_from is not None:
             raise UserError("--resume continues --out's own run; it cannot be combined with --init-from")
-        chosen = _preset(preset, task, max_steps, lr)
+        chosen = choose_preset(preset, task, max_steps, lr)
         if min_lr_ratio is not None:
             chosen = replace(chosen, min_lr_ratio=min_lr_ratio)
         if restore_best:
@@ -425,9 +94,9 @@ def _task_command(task: str, summary: str):
             chosen = replace(chosen, val_batch_size=val_batch_size)
         metrics = run_task(task, chosen, layer, arch, out, device, seed,
                            time_budget_s=None if max_minutes is None else 60 * max_minutes, init_from=init_from,
-                           resume=resume, precision=precision)
+                           resume=resume, precision=precision, log=lambda line: click.echo(line, err=True))
         click.echo(f"{task} ({arch}, {layer}): accuracy {metrics['accuracy']:.4f} at length "
-                   f"{metrics['train_seqlen']} after {metrics['steps']} steps{_stop_note(metrics)}, "
+                   f"{metrics['train_seqlen']} after {metrics['steps']} steps{stop_note(metrics)}, "
                    f"{metrics['train_seconds']:.0f} s")
         for length, acc in metrics.get("accuracy_by_length", {}).items():
             click.echo(f"  test length {length}: accuracy {acc:.4f}")
@@ -436,68 +105,8 @@ def _task_command(task: str, summary: str):
     return command
 
 
-def _stop_note(m: dict) -> str:
-    notes = []
-    if m.get("stopped") == "target":
-        notes.append(f"reached the target {m['target_accuracy']} at step {m['target_reached_at']}")
-    if m.get("stopped") == "time":
-        notes.append(f"time limit; {m['max_steps']} planned")
-    if m.get("selected_step") is not None:
-        notes.append(f"kept the weights of step {m['selected_step']}, the best validation")
-    return f" ({'; '.join(notes)})" if notes else ""
-
-
 _task_command("selective-copy", "Selective copying: recall the data tokens scattered among noise, in order.")
 _task_command("induction-heads", "Induction heads: recall the token after the special token; test lengths 2^k.")
-
-
-def _status(m: dict | None) -> str:
-    """A row's state in the table: done, stopped at the target, cut by the time limit, or not run."""
-    if m is None:
-        return "not run (time limit)"
-    if m.get("stopped") == "target":
-        return f"reached target at step {m['target_reached_at']}"
-    if m.get("stopped") == "time":
-        target = "" if m.get("target_accuracy") is None else f", target {m['target_accuracy']} not reached"
-        return f"UNFINISHED: time limit at step {m['steps']} of {m['max_steps']}{target}"
-    if not m.get("finished", True):
-        return "UNFINISHED: time limit during evaluation"
-    return "done"
-
-
-def _run_name(task: str, arch: str, layer: str) -> str:
-    """The folder of one table row's run under --runs, e.g. selective_copy_mamba_S6."""
-    return f"{task.replace('-', '_')}_{arch}_{layer}"
-
-
-def _earlier_run(run: Path, preset: str) -> dict | None:
-    """metrics.json of a run trained earlier with ``preset`` (checked against its config.yaml), else None."""
-    metrics, config = run / "metrics.json", run / "config.yaml"
-    if not (metrics.is_file() and config.is_file()):
-        return None
-    import yaml
-
-    try:
-        settings = yaml.safe_load(config.read_text())
-        m = json.loads(metrics.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        raise UserError(f"{run}: cannot read the earlier run ({e})") from None
-    wanted = asdict(PRESETS[preset][m.get("task", "")]) if m.get("task") in TASKS else None
-    ran = (settings or {}).get("preset") or {}
-    if wanted is None or {k: ran.get(k) for k in ("data", "batch_size", "model")} != {
-            k: _yaml_plain(wanted[k]) for k in ("data", "batch_size", "model")}:
-        raise UserError(f"{run}: was trained with other settings than the {preset} preset; move it away or drop "
-                        "--reuse")
-    return m
-
-
-def _yaml_plain(value):
-    """A preset value as it reads back from config.yaml (tuples become lists)."""
-    if isinstance(value, dict):
-        return {k: _yaml_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_yaml_plain(v) for v in value]
-    return value
 
 
 @synthetic.command("table")
@@ -519,154 +128,27 @@ def _yaml_plain(value):
 def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_minutes: float | None, reuse: bool,
           seed: int, device: str) -> None:
     """Selective copying for {Mamba block, no gate} x {S6, S4D}; induction heads for Mamba S6 at 2^k lengths."""
-    from mamba_bio_audio.benchmarks.report import environment, write_report
-
-    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-    _torch_device(device)  # fail early on a missing GPU
-    out = prepare_out_dir(out)
-    runs = prepare_out_dir(runs or Path("runs") / f"synthetic-{preset}")
-    done: dict[tuple[str, str, str], dict | None] = {}
-    reused = {(task, arch, layer): m for task, arch, layer, _ in TABLE_RUNS
-              if reuse and (m := _earlier_run(runs / _run_name(task, arch, layer), preset)) is not None}
-    for task, arch, layer in reused:
-        click.echo(f"{task} {arch} {layer}: reused {runs / _run_name(task, arch, layer)}/metrics.json", err=True)
-    done.update(reused)
-    to_train = [row for row in TABLE_RUNS if tuple(row[:3]) not in reused]
-    for k, (task, arch, layer, _) in enumerate(to_train):
-        budget = None
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            weights = [w for *_, w in to_train[k:]]
-            budget = left * weights[0] / sum(weights)
-            if budget < 1.0:
-                click.echo(f"{task} {arch} {layer}: not run (time limit)", err=True)
-                done[task, arch, layer] = None
-                continue
-        click.echo(f"{task}: {arch} {layer} ..." + (f" (budget {budget:.0f} s)" if budget else ""), err=True)
-        m = run_task(task, _preset(preset, task, max_steps), layer, arch, runs / _run_name(task, arch, layer), device, seed,
-                     progress=False, time_budget_s=budget)
-        click.echo(f"  accuracy {m['accuracy']:.4f} after {m['steps']} steps{_stop_note(m)}, "
-                   f"{m['train_seconds']:.0f} s training, {m['eval_seconds']:.0f} s evaluation", err=True)
-        done[task, arch, layer] = m
-
-    rows = []
-    for arch in ARCHS:
-        for layer in ("S4D", "S6"):
-            m = done.get(("selective-copy", arch, layer))
-            rows.append({"arch": arch, "layer": layer, "accuracy": None if m is None else m["accuracy"],
-                         "steps": None if m is None else m["steps"],
-                         "max_steps": _preset(preset, "selective-copy", max_steps).max_steps,
-                         "train_seconds": None if m is None else m["train_seconds"], "status": _status(m),
-                         "curriculum_starts": None if m is None else m["curriculum_starts"],
-                         "paper_accuracy": PAPER_SELECTIVE_COPY[arch, layer]})
-    induction = done.get(("induction-heads", "mamba", "S6"))
-    ih_preset = _preset(preset, "induction-heads", max_steps)
-    lengths = induction["lengths"] if induction else [
-        {"seqlen": 2**k, "accuracy": None, "skipped": "not run (time limit)"} for k in ih_preset.test_log2_lengths]
-    report = {"preset": preset, "seed": seed, "environment": environment(), "runs": str(runs),
-              "paper_source": PAPER_SOURCE, "max_minutes": max_minutes,
-              "settings": {t: asdict(_preset(preset, t, max_steps)) for t in TASKS},
-              "selective_copying": rows,
-              "induction_heads": {"arch": "mamba", "layer": "S6", "train_seqlen": ih_preset.data["seqlen"],
-                                  "accuracy": None if induction is None else induction["accuracy"],
-                                  "steps": None if induction is None else induction["steps"]
-                                  + induction.get("prior_steps", 0),
-                                  "history": None if induction is None else induction.get("history"),
-                                  "max_steps": ih_preset.max_steps,
-                                  "train_seconds": None if induction is None else induction["train_seconds"],
-                                  "status": _status(induction), "lengths": lengths,
-                                  "paper_accuracy_every_length": PAPER_INDUCTION_ACCURACY}}
-    name = f"synthetic_{preset}"
-    tested = [r for r in lengths if r["accuracy"] is not None]
-    if tested:
-        plot_curve(out / f"{name}.png", [math.log2(r["seqlen"]) for r in tested],
-                   [100 * r["accuracy"] for r in tested], "log2(test sequence length)", "accuracy (%)",
-                   f"Induction heads, Mamba S6 trained at {ih_preset.data['seqlen']} ({preset} preset)",
-                   ylim=(0, 103), marker="o", reference=(PAPER_INDUCTION_ACCURACY, "paper (Mamba)"),
-                   vline=(math.log2(ih_preset.data["seqlen"]), "training length"))
-    md = _markdown(report, preset)
-    json_path, md_path = write_report(out, name, report, md)
+    _, md, written = run_table(out, runs or Path("runs") / f"synthetic-{preset}", preset, max_steps, max_minutes,
+                               reuse, seed, device, log=lambda line: click.echo(line, err=True))
     click.echo(md)
-    click.echo(f"wrote {json_path}, {md_path}" + (f", {out / name}.png" if tested else ""))
+    click.echo(f"wrote {written[0]}, {written[1]}" + (f", {written[2]}" if len(written) > 2 else ""))
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
-
-
-def _stop_rule(settings: dict) -> str:
-    target = settings.get("target_accuracy")
-    return "" if target is None else f"; stopped once validation accuracy >= {target}"
-
-
-def _val_length(settings: dict) -> str:
-    n = settings.get("val_seqlen")
-    return "" if n is None or n == settings["data"]["seqlen"] else f" (validated at length {n})"
-
-
-def _steps_text(row: dict) -> str:
-    """'600 steps', or for a run continued from earlier ones '15751 steps at lr 0.003, then 9000 at lr 0.001'."""
-    if row.get("steps") is None:
-        return "— steps"
-    history = row.get("history") or []
-    if len(history) < 2:
-        return f"{row['steps']} steps" + (_schedule_text(history[0]) if history else "")
-    parts = [f"{h['steps']} steps at lr {h['lr']}{_schedule_text(h)}" if i == 0
-             else f"{h['steps']} at lr {h['lr']}{_schedule_text(h)}" for i, h in enumerate(history)]
-    return f"{row['steps']} steps in {len(history)} runs, each continuing the last ({', then '.join(parts)})"
-
-
-def _schedule_text(entry: dict) -> str:
-    """' (cosine to 0.01x over 15000 steps)' for a history entry with a decaying lr, else ''."""
-    notes = []
-    if entry.get("min_lr_ratio") is not None and entry["min_lr_ratio"] < 1:
-        notes.append(f"cosine to {entry['min_lr_ratio']:g}x over {entry['schedule_steps']} steps")
-    if entry.get("selected_step") is not None:
-        notes.append(f"weights of step {entry['selected_step']} kept, the best validation")
-    return f" ({'; '.join(notes)})" if notes else ""
-
-
-def _markdown(report: dict, preset: str) -> str:
-    from mamba_bio_audio.benchmarks.report import markdown_table
-
-    env = report["environment"]
-    s = report["settings"]
-    sc, ih = s["selective-copy"], s["induction-heads"]
-    copy_rows = [[{"mamba": "Mamba block", "no-gate": "No gate"}[r["arch"]], r["layer"], _pct(r["accuracy"]),
-                  f"{r['paper_accuracy']:.1f}", "—" if r["steps"] is None else r["steps"],
-                  ", ".join(f"{n}@{start}" for n, start in r.get("curriculum_starts") or []) or "—",
-                  "—" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}", r["status"]]
-                 for r in report["selective_copying"]]
-    ind = report["induction_heads"]
-    ind_rows = [[r["seqlen"], f"2^{int(math.log2(r['seqlen']))}", _pct(r["accuracy"]), r["skipped"] or ""]
-                for r in ind["lengths"]]
-    curriculum = ""
-    if sc.get("curriculum"):
-        stages = ", ".join(f"{n} (at most {cap} steps)" for n, cap in sc["curriculum"])
-        early = f", each left early at training accuracy >= {sc['advance_at']}" if sc.get("advance_at") else ""
-        curriculum = f"; trained at {stages}{early}, then {sc['data']['seqlen']}"
-    ours = (" The gpu-fast preset is ours, not the paper's: same tasks, models and test lengths, shorter training "
-            "(larger batches, higher learning rate, curriculum, early stop)." if preset == "gpu-fast" else "")
-    limit = (f" Run under a {report['max_minutes']:g}-minute limit; rows marked UNFINISHED or not run were cut "
-             "by it." if report.get("max_minutes") else "")
-    return "\n".join([
-        f"# Synthetic tasks ({preset} preset)", "",
-        f"{env['device']}, torch {env['torch']}, triton {env['triton']}, mamba_bio_audio {env['mamba_bio_audio']}, "
-        f"{env['date']}. Models: 2 layers, d_model {sc['model']['d_model']}, d_state {sc['model']['d_state']}; "
-        f"seed {report['seed']}. Paper: {report.get('paper_source', PAPER_SOURCE)}.{ours}{limit}", "",
-        f"## Selective copying (length {sc['data']['seqlen']}, {sc['data']['n_memorize']} tokens to copy, "
-        f"{sc['data']['n_data_tokens']} data tokens; batch {sc['batch_size']}, lr {sc['lr']}{curriculum}"
-        f"{_stop_rule(sc)})", "",
-        markdown_table(["architecture", "layer", "accuracy % (ours)", "accuracy % (paper, Table 1)", "steps",
-                        "train length@from step", "train s", "status"], copy_rows), "",
-        "Accuracy: held-out sequences at the full length, every answer position scored. The paper's S4 rows are "
-        "compared with our S4D (time-invariant, diagonal). Paper rows our layers do not express: "
-        f"{PAPER_ROWS_NOT_EXPRESSED}. The paper trained 400K steps at length 4096, batch 64, lr 1e-4.", "",
-        f"## Induction heads (Mamba block, S6; trained at {ind['train_seqlen']}, batch {ih['batch_size']}, "
-        f"lr {ih['lr']}{_stop_rule(ih)}{_val_length(ih)}; {_steps_text(ind)}, {ind['status']}; "
-        f"{ih['eval_samples']} test sequences per length)", "",
-        markdown_table(["test length", "log2", "accuracy % (ours)", "note"], ind_rows), "",
-        f"The paper reports {PAPER_INDUCTION_ACCURACY:.0f}% for Mamba at every length from 2^6 to 2^20 (trained at "
-        "256 for 204,800 steps, batch 8). Lengths above 2^16 run in 2^16-token segments with the recurrent state "
-        "carried across; lengths that would not fit in memory, or that the time limit cut, are listed as skipped.",
-    ])
+@synthetic.command("evaluate")
+@click.argument("model", type=click.Path(path_type=Path))
+@out_option(help_text="Folder for induction_eval.json and induction_eval.md.")
+@click.option("--log2-lengths", default="20", show_default=True, help="Comma-separated k: test at 2^k.")
+@click.option("--samples", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Test sequences per length.")
+@click.option("--first", type=click.IntRange(min=0), default=128, show_default=True,
+              help="First index of the runs' test stream to use (128 skips the sequences a run already scored).")
+@click.option("--n-tokens", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Ordinary tokens of the induction-heads task (the presets: 15).")
+@common_options
+def evaluate(model: Path, out: Path, log2_lengths: str, samples: int, first: int, n_tokens: int, device: str,
+             seed: int) -> None:
+    """Test an induction-heads model (a run's model/ folder) on more sequences, or at longer lengths, than its run."""
+    lengths = [2**k for k in parse_int_list(log2_lengths, "--log2-lengths")]
+    evaluate_induction(model, out, lengths, samples, first, n_tokens, seed, device,
+                       log=lambda line: click.echo(line, err=True))
+    click.echo(f"wrote {out}/induction_eval.json, .md")

@@ -56,3 +56,20 @@ def rel_err(x, ref) -> float:
         return float("inf")
     denom = ref.norm().item()
     return (x - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+@pytest.fixture
+def micro_presets(monkeypatch):
+    """The synthetic tasks' "tiny" presets shrunk to a few steps of an 8-wide model (plumbing, not learning)."""
+    from mamba_bio_audio.tasks.synthetic import PRESETS, TaskPreset
+
+    micro = {
+        "selective-copy": TaskPreset(data={"seqlen": 12, "n_memorize": 2, "n_data_tokens": 4}, batch_size=4,
+                                     max_steps=2, lr=1e-3, eval_samples=8, val_every=1,
+                                     model={"d_model": 8, "n_layer": 2, "d_state": 2}),
+        "induction-heads": TaskPreset(data={"seqlen": 8, "n_tokens": 4}, batch_size=4, max_steps=2, lr=1e-3,
+                                      eval_samples=4, test_log2_lengths=(3, 4, 5),
+                                      model={"d_model": 8, "n_layer": 2, "d_state": 2}),
+    }
+    monkeypatch.setitem(PRESETS, "tiny", micro)
+    return micro

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from mamba_bio_audio.audio_generation import generate, load_audio_lm
 from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.models.lm import MambaLM
 from mamba_bio_audio.models.sashimi import PRESETS, SashimiConfig, SashimiLM, preset
+from mamba_bio_audio.tasks.audio_generation import generate, load_audio_lm
 
 from conftest import rel_err
 

@@ -1,4 +1,4 @@
-"""k-mer frequency features of DNA windows (the inputs of the k-mer baseline, :mod:`mamba_bio_audio.baselines`).
+"""k-mer frequency features of DNA windows (the inputs of the k-mer baseline, :mod:`mamba_bio_audio.tasks.baselines`).
 
 A k-mer's feature index is its base-4 number with A=0, C=1, G=2, T=3, first base most significant (so for k=2,
 ``AA`` is 0, ``AC`` 1, ..., ``TT`` 15). k-mers that contain a token other than A/C/G/T (N, [UNK], specials) are

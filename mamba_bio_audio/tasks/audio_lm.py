@@ -27,25 +27,6 @@ from mamba_bio_audio.files import pyplot, save_figure
 LN2 = float(np.log(2.0))
 
 
-def torch_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a missing GPU is a UserError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA GPU is available here")
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"--device {name}: expected cuda or cuda:N") from None
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPUs here")
-        return device
-    raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
-
-
 # ---- models -------------------------------------------------------------------------------------------------------
 ARCHS = ("sashimi", "mamba-lm")
 PRESETS = ("tiny", "paper-6m")

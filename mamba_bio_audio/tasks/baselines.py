@@ -1,4 +1,4 @@
-"""Non-neural baselines reported beside the models: multinomial logistic regression (on k-mer features for DNA).
+"""Non-neural baselines reported beside the models: multinomial logistic regression, on k-mer frequencies for DNA.
 
 ``LogisticRegression().fit(X, y).predict_proba(X_test)``, with ``X (n, features)`` and ``y (n,)`` class ids
 0..C-1. Features are standardized with the training mean and standard deviation; the fit is full-batch L-BFGS in
@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from mamba_bio_audio.data_prep.dna.kmer import kmer_features
+from mamba_bio_audio.data_prep.dna.windows import WindowSet
+
+BASELINE_K = 6
+BASELINE_L2 = 1.0
+BASELINE_NAME = "k-mer frequencies (k=6) + logistic regression"
 
 
 class LogisticRegression:
@@ -64,3 +71,13 @@ class LogisticRegression:
 
     def _standardize(self, X: np.ndarray) -> torch.Tensor:
         return torch.from_numpy((X - self.mean) / self.scale)
+
+
+def kmer_baseline(train: WindowSet, train_labels: np.ndarray, test: WindowSet, num_classes: int,
+                  k: int = BASELINE_K, l2: float = BASELINE_L2) -> np.ndarray:
+    """Class probabilities ``(len(test), num_classes)`` of a logistic regression on k-mer frequencies
+    (``(n, 4**k)`` features, :func:`~mamba_bio_audio.data_prep.dna.kmer.kmer_features`) fit on ``train`` windows
+    with labels ``train_labels`` ``(len(train),)``."""
+    model = LogisticRegression(l2=l2, num_classes=num_classes)
+    model.fit(kmer_features((t for t, _ in train), k), train_labels)
+    return model.predict_proba(kmer_features((t for t, _ in test), k))

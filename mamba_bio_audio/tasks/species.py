@@ -9,7 +9,8 @@ config (``config.extra["classifier"]["labels"]``) with the window length it was 
 - training: :func:`plan_training` validates a run and builds it (nothing written), :func:`run_training` fits it;
 - evaluation: :func:`evaluate_lengths` scores a model on the same fixed windows (:func:`~mamba_bio_audio.data_prep.
   dna.windows.eval_windows`) at each length, beside a k-mer frequency + logistic-regression baseline trained on
-  train-split windows of that length (:func:`kmer_baseline`); :func:`plot_accuracy_vs_length` draws the result;
+  train-split windows of that length
+  (:func:`~mamba_bio_audio.tasks.baselines.kmer_baseline`); :func:`plot_accuracy_vs_length` draws the result;
 - prediction: :func:`predict_records` gives species probabilities per FASTA record or per window.
 """
 
@@ -25,41 +26,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamba_bio_audio.baselines import LogisticRegression
-from mamba_bio_audio.data_prep.dna.kmer import kmer_features
-from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, eval_windows
+from mamba_bio_audio.data_prep.dna.windows import eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
-from mamba_bio_audio.dna import (
+from mamba_bio_audio.devices import torch_device
+from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.files import pyplot, save_figure
+from mamba_bio_audio.models.classifier import MambaClassifier
+from mamba_bio_audio.tasks.baselines import BASELINE_K, BASELINE_L2, BASELINE_NAME, kmer_baseline
+from mamba_bio_audio.tasks.windows import (
     TrainSettings,
-    WindowData,
-    WindowTokens,
+    WindowPlan,
     autocast,
-    batch_size_for,
     batches,
     check_dna_config,
     dna_extra,
     get_preset,
     model_dir,
     open_store,
-    optim_config,
-    param_count,
-    preset_name_of,
-    torch_device,
-    train_and_export,
-    trainer_config,
-    use_checkpointing,
-    validation_windows,
-    warmup_callbacks,
+    plan_windows,
+    run_windows,
 )
-from mamba_bio_audio.errors import CheckpointError, DataError, UserError
-from mamba_bio_audio.files import pyplot, save_figure
-from mamba_bio_audio.models.classifier import MambaClassifier
-from mamba_bio_audio.training.module import ClassificationTask
-from mamba_bio_audio.training.trainer import TrainerConfig
-
-BASELINE_K = 6
-BASELINE_L2 = 1.0
-BASELINE_NAME = "k-mer frequencies (k=6) + logistic regression"
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -147,7 +133,7 @@ def label_map(model_labels: Sequence[str], store: TokenStore) -> np.ndarray:
 # ---- training -----------------------------------------------------------------------------------------------------
 @dataclass
 class SpeciesSettings(TrainSettings):
-    """:class:`~mamba_bio_audio.dna.TrainSettings` plus ``bidirectional`` mixers, ``init_from`` a pretrained LM and
+    """:class:`~mamba_bio_audio.tasks.windows.TrainSettings` plus ``bidirectional`` mixers, ``init_from`` a pretrained LM and
     the classifier's ``pooling`` ("last" or "mean")."""
 
     bidirectional: bool = False
@@ -155,20 +141,9 @@ class SpeciesSettings(TrainSettings):
     pooling: str = "last"
 
 
-@dataclass
-class TrainingPlan:
-    """A validated species training run, ready for :func:`run_training`; nothing has been written yet."""
-
-    model: MambaClassifier
-    task: ClassificationTask
-    datamodule: WindowData
-    trainer: TrainerConfig
-    val: WindowSet | None
-    summary: dict
-
-
-def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> TrainingPlan:
-    """Build the classifier, its task and data: random RC-augmented train windows, fixed val windows.
+def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> WindowPlan:
+    """Build the classifier, its task and data (:func:`~mamba_bio_audio.tasks.windows.plan_windows`): random
+    RC-augmented train windows, fixed val windows.
 
     Every problem of the inputs (missing store, a species without a record as long as the window, a pretrained
     model of another shape) raises here, before the caller writes anything.
@@ -177,38 +152,17 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> T
     labels = list(store.meta["species"])
     if len(labels) < 2:
         raise DataError(f"{store.path}: holds {len(labels)} species; classification needs at least 2")
-    sampler = WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
-                            rc_prob=settings.rc_prob, seed=settings.seed)
-    val, val_note = validation_windows(store, settings)
-    callbacks, warmup = warmup_callbacks(settings)
-    torch.manual_seed(settings.seed)
-    model = build_classifier(labels, settings.length, settings.preset, settings.bidirectional, settings.init_from,
-                             settings.pooling)
-    model.gradient_checkpointing = use_checkpointing(settings)
-    preset_name = settings.preset or preset_name_of(model.config)  # an --init-from model of a preset's shape
-    preset = get_preset(preset_name or "tiny")
-    batch = batch_size_for(preset, settings)
-    lr = settings.lr or preset.lr
-    task = ClassificationTask(model, optim_config(preset, settings, lr))
-    val_samples = [] if val is None else [
-        {"input_ids": torch.from_numpy(t), "label": torch.tensor(y)} for t, y in val]
-    datamodule = WindowData(WindowTokens(sampler, labels=True), batch, val_samples=val_samples,
-                            num_workers=settings.num_workers)
-    summary = {"preset": preset_name or "pretrained (tiny's batch and lr)",
-               "d_model": model.config.d_model, "n_layer": model.config.n_layer,
-               "parameters": param_count(model), "batch_size": batch, "lr": lr, "labels": labels,
-               "train_species": sampler.species, "init_from": settings.init_from,
-               "bidirectional": settings.bidirectional, "pooling": settings.pooling,
-               "sequence_length_warmup": warmup,
-               "checkpoint_activations": model.gradient_checkpointing,
-               "validation": val_note or f"{len(val)} windows of the val split"}
-    return TrainingPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary)
+    plan = plan_windows(store, settings, lambda: build_classifier(
+        labels, settings.length, settings.preset, settings.bidirectional, settings.init_from, settings.pooling),
+        labelled=True)
+    plan.summary.update(labels=labels, train_species=plan.species, init_from=settings.init_from,
+                        bidirectional=settings.bidirectional, pooling=settings.pooling)
+    return plan
 
 
-def run_training(plan: TrainingPlan, out: Path, resume: bool = False) -> dict:
+def run_training(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
     """Fit, save ``out/model``, and return the metrics (with the val accuracy at the training length if any)."""
-    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
-    metrics = {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
+    metrics = run_windows(plan, out, resume)
     if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
         probs = predict_proba(plan.model, (t for t, _ in plan.val), device=torch_device(plan.trainer.device))
         metrics["val_accuracy"] = float((probs.argmax(1) == plan.val.labels).mean())
@@ -242,16 +196,6 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     """``(num_classes, num_classes)`` int64 counts: row = true class, column = predicted class."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def kmer_baseline(train: WindowSet, train_labels: np.ndarray, test: WindowSet, num_classes: int,
-                  k: int = BASELINE_K, l2: float = BASELINE_L2) -> np.ndarray:
-    """Class probabilities ``(len(test), num_classes)`` of a logistic regression on k-mer frequencies
-    (``(n, 4**k)`` features, :func:`~mamba_bio_audio.data_prep.dna.kmer.kmer_features`) fit on ``train`` windows
-    with labels ``train_labels`` ``(len(train),)``."""
-    model = LogisticRegression(l2=l2, num_classes=num_classes)
-    model.fit(kmer_features((t for t, _ in train), k), train_labels)
-    return model.predict_proba(kmer_features((t for t, _ in test), k))
 
 
 def evaluate_lengths(model: MambaClassifier, store_path: str | os.PathLike, lengths: Sequence[int], *,

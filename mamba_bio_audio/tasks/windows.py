@@ -1,4 +1,5 @@
-"""DNA models and their training: presets, the shared training set-up, and genome LM pretraining (``mba dna``).
+"""Training DNA models on windows of a token store: presets, settings and one planner for ``mba species train``
+(:mod:`~mamba_bio_audio.tasks.species`) and ``mba dna pretrain`` (:mod:`~mamba_bio_audio.tasks.dna_lm`).
 
 Every DNA model reads token ids of the "hyena-12" tokenizer (:mod:`mamba_bio_audio.data_prep.dna.tokenizer`,
 ``vocab_size`` 12) and is trained on windows of a DNA token store (:mod:`mamba_bio_audio.data_prep.dna.windows`):
@@ -25,18 +26,16 @@ Pretraining learning rates are our defaults, not the paper's.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mamba_bio_audio.checkpoint import CONFIG_NAME
 from mamba_bio_audio.config import MambaConfig
@@ -46,10 +45,9 @@ from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, eval
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
 from mamba_bio_audio.training.data import IndexedDataModule
-from mamba_bio_audio.training.module import LMTask, OptimConfig
+from mamba_bio_audio.training.module import ClassificationTask, LMTask, OptimConfig
 from mamba_bio_audio.training.trainer import TrainerConfig, last_checkpoint
 
-LN2 = math.log(2.0)
 WARMUP_ABOVE = 2**14  # the sequence-length warm-up is on by default above this window length (HyenaDNA, Mamba)
 CHECKPOINT_ACTIVATIONS_FROM = 2**17  # activation checkpointing is on by default from this window length
 
@@ -123,16 +121,6 @@ def check_dna_config(config: MambaConfig, source: str | os.PathLike) -> None:
     if config.vocab_size != VOCAB_SIZE or tokenizer != TOKENIZER:
         raise CheckpointError(f"{source}: a model for vocab {config.vocab_size} ({tokenizer}), DNA models here read "
                               f"the {VOCAB_SIZE}-token {TOKENIZER} tokenizer")
-
-
-def torch_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a missing GPU is a UserError."""
-    from mamba_bio_audio.training.trainer import resolve_device
-
-    accelerator, devices = resolve_device(name)  # validates the name and the GPU count
-    if accelerator == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda", devices[0]) if isinstance(devices, list) else torch.device("cuda")
 
 
 def is_main_process() -> bool:
@@ -334,89 +322,66 @@ def autocast(device: torch.device):
                                                                                                      enabled=False)
 
 
-# ---- genome LM pretraining ----------------------------------------------------------------------------------------
-@dataclass
-class PretrainPlan:
-    """A validated pretraining run, ready to :func:`run_pretraining`; nothing has been written yet."""
-
-    model: nn.Module
-    task: LMTask
-    datamodule: WindowData
-    trainer: TrainerConfig
-    val: WindowSet | None
-    summary: dict
-
-
-def plan_pretraining(store_path: str | os.PathLike, settings: TrainSettings) -> PretrainPlan:
-    """Build the MambaLM, its task and data for next-base prediction on ``store_path``'s train windows.
-
-    Raises DataError/UserError before anything is written (a missing store, windows longer than every record).
-    """
-    from mamba_bio_audio.models.lm import MambaLM
-
-    store = open_store(store_path)
-    preset = get_preset(settings.preset or "tiny")
-    sampler = WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
-                            rc_prob=settings.rc_prob, seed=settings.seed)
-    val, val_note = validation_windows(store, settings)
-    callbacks, warmup = warmup_callbacks(settings)
-    torch.manual_seed(settings.seed)
-    config = dataclasses.replace(preset.model_config(), extra=dna_extra(settings.length))
-    model = MambaLM(config)
-    model.gradient_checkpointing = use_checkpointing(settings)
-    batch = batch_size_for(preset, settings)
-    lr = settings.lr or preset.pretrain_lr
-    task = LMTask(model, optim_config(preset, settings, lr))
-    val_samples = [] if val is None else [{"input_ids": torch.from_numpy(t)} for t, _ in val]
-    datamodule = WindowData(WindowTokens(sampler, labels=False), batch, val_samples=val_samples,
-                            num_workers=settings.num_workers)
-    summary = {"preset": settings.preset or "tiny", "d_model": config.d_model, "n_layer": config.n_layer,
-               "parameters": param_count(model), "batch_size": batch,
-               "lr": lr, "sequence_length_warmup": warmup, "checkpoint_activations": model.gradient_checkpointing,
-               "species": sampler.species, "validation": val_note or f"{len(val)} windows of the val split"}
-    return PretrainPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary)
-
-
+# ---- one planner for every window-training run -------------------------------------------------------------------
 def use_checkpointing(settings: TrainSettings) -> bool:
     if settings.checkpoint_activations is not None:
         return settings.checkpoint_activations
     return settings.length >= CHECKPOINT_ACTIVATIONS_FROM
 
 
-def run_pretraining(plan: PretrainPlan, out: Path, resume: bool = False,
-                    batch_size: int | None = None) -> dict:
-    """Train, save ``out/model``, and return the metrics: val loss (nats per base), perplexity, bits per base."""
-    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
-    metrics = {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
-    if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
-        device = torch_device(plan.trainer.device)
-        metrics.update(lm_loss(plan.model, (t for t, _ in plan.val), batch_size, device))
-    return metrics
+@dataclass
+class WindowPlan:
+    """A validated window-training run, ready for :func:`run_windows`; nothing has been written yet.
 
-
-@torch.inference_mode()
-def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | None = None,
-            device: torch.device | str = "cpu") -> dict:
-    """Next-base cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids; the model reads the first
-    ``seqlen - 1`` and predicts the last ``seqlen - 1``).
-
-    Returns ``{"val_loss": nats per base, "val_perplexity": exp(loss), "val_bits_per_base": loss / ln 2,
-    "val_tokens": predicted bases}``.
+    ``summary``: the JSON-ready facts of the run (preset, shape, parameters, batch, lr, warm-up, validation).
+    ``species``: the species of the training windows.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
-    total, count = 0.0, 0
-    for batch in batches(windows, batch_size):
-        ids = torch.from_numpy(batch).to(device).long()
-        with autocast(device):
-            logits = model(ids[:, :-1])
-        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                 reduction="sum").item()
-        count += ids[:, 1:].numel()
-    if count == 0:
-        raise UserError("no windows to evaluate")
-    model.train(was_training)
-    loss = total / count
-    return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_bits_per_base": loss / LN2,
-            "val_tokens": count}
+
+    model: nn.Module
+    task: ClassificationTask | LMTask
+    datamodule: WindowData
+    trainer: TrainerConfig
+    val: WindowSet | None
+    summary: dict
+    species: list[str]
+
+
+def plan_windows(store: TokenStore, settings: TrainSettings, build_model: Callable[[], nn.Module], *,
+                 labelled: bool) -> WindowPlan:
+    """Build the model, its task and data for training on ``store``'s windows.
+
+    Train windows are random and reverse-complemented with ``settings.rc_prob``; validation windows are fixed
+    (:func:`validation_windows`). ``build_model()`` makes the model after the seed is set. ``labelled``: species
+    classification (:class:`ClassificationTask`, batches carry ``label``; default lr: the preset's ``lr``), else
+    next-base prediction (:class:`LMTask`; default lr: ``pretrain_lr``). The batch and lr defaults come from
+    ``settings.preset``, else the preset of the model's shape, else "tiny". Raises DataError/UserError (e.g. a
+    window longer than every record) before anything is written.
+    """
+    sampler = WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
+                            rc_prob=settings.rc_prob, seed=settings.seed)
+    val, val_note = validation_windows(store, settings)
+    callbacks, warmup = warmup_callbacks(settings)
+    torch.manual_seed(settings.seed)
+    model = build_model()
+    model.gradient_checkpointing = use_checkpointing(settings)
+    preset_name = settings.preset or preset_name_of(model.config)  # e.g. an --init-from model of a preset's shape
+    preset = get_preset(preset_name or "tiny")
+    batch = batch_size_for(preset, settings)
+    lr = settings.lr or (preset.lr if labelled else preset.pretrain_lr)
+    task = (ClassificationTask if labelled else LMTask)(model, optim_config(preset, settings, lr))
+    val_samples = [] if val is None else [
+        {"input_ids": torch.from_numpy(t), **({"label": torch.tensor(y)} if labelled else {})} for t, y in val]
+    datamodule = WindowData(WindowTokens(sampler, labels=labelled), batch, val_samples=val_samples,
+                            num_workers=settings.num_workers)
+    summary = {"preset": preset_name or "pretrained (tiny's batch and lr)", "d_model": model.config.d_model,
+               "n_layer": model.config.n_layer, "parameters": param_count(model), "batch_size": batch, "lr": lr,
+               "sequence_length_warmup": warmup, "checkpoint_activations": model.gradient_checkpointing,
+               "validation": val_note or f"{len(val)} windows of the val split"}
+    return WindowPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary,
+                      sampler.species)
+
+
+def run_windows(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
+    """Fit (or resume) ``plan``, save ``out/model``; returns the summary with ``train_seconds`` and ``max_steps``."""
+    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
+    return {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}

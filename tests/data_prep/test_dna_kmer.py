@@ -5,9 +5,9 @@ from itertools import product
 import numpy as np
 import pytest
 
-from mamba_bio_audio.baselines import LogisticRegression
 from mamba_bio_audio.data_prep.dna.kmer import kmer_counts, kmer_features
 from mamba_bio_audio.data_prep.dna.tokenizer import decode, encode
+from mamba_bio_audio.tasks.baselines import LogisticRegression
 
 
 def naive_counts(seq: str, k: int) -> np.ndarray:

@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from mamba_bio_audio.baselines import LogisticRegression
 from mamba_bio_audio.data_prep.dna.kmer import kmer_features
 from mamba_bio_audio.data_prep.dna.store import prepare_genomes
 from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
 from mamba_bio_audio.data_prep.dna.windows import eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.tasks.baselines import LogisticRegression
 
 
 def test_deterministic_in_seed(tmp_path):

@@ -51,7 +51,7 @@ def test_pretrain_reports_perplexity(pretrained):
 
 def test_species_train_starts_from_the_pretrained_backbone(pretrained, genomes, capsys):
     from mamba_bio_audio.models.lm import MambaLM
-    from mamba_bio_audio.species import build_classifier
+    from mamba_bio_audio.tasks.species import build_classifier
 
     lm = MambaLM.from_pretrained(pretrained / "model")
     model = build_classifier(["a", "b"], 64, init_from=pretrained)  # the run folder or its model/ both work
