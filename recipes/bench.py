@@ -40,14 +40,11 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
 @config_option
 def scan(shapes: str, backends: str, dtype: str, d_state: int, device: str | None, out: Path) -> None:
     """Selective scan: forward and forward+backward ms per backend, peak memory, HBM floor."""
-    import torch
-
     from mamba_bio_audio.benchmarks.report import environment, markdown_table, write_report
     from mamba_bio_audio.benchmarks.scan import run_scan_bench
+    from mamba_bio_audio.devices import torch_device
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available here")
+    device = str(torch_device(device))
     names = [b.strip() for b in backends.split(",") if b.strip()]
     for name in names:
         if name not in ("triton", "cuda", "reference"):
@@ -83,15 +80,12 @@ def scan(shapes: str, backends: str, dtype: str, d_state: int, device: str | Non
 def memory(lengths: str, levels: str, segment: int | None, d_model: int, n_layer: int, steps: int,
            device: str | None, out: Path) -> None:
     """Training step time and peak memory vs sequence length, per activation checkpoint level."""
-    import torch
-
     from mamba_bio_audio.benchmarks.memory import LEVEL_NAMES, measure_step
     from mamba_bio_audio.benchmarks.report import environment, markdown_table, write_report
+    from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.recipes.options import parse_int_list
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available here")
+    device = str(torch_device(device))
     level_list = parse_int_list(levels, "--checkpoint-level")
     for level in level_list:
         if level not in LEVEL_NAMES:
@@ -140,15 +134,6 @@ def _parse_models(text: str) -> list[str]:
     if not names:
         raise UserError("--models: empty list")
     return list(dict.fromkeys(names))
-
-
-def _bench_device(device: str | None) -> str:
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available here")
-    return device
 
 
 def _size_options(f):
@@ -201,11 +186,12 @@ def train(shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_he
         train_figure,
         train_markdown,
     )
+    from mamba_bio_audio.devices import torch_device
 
     pairs = _parse_pairs(shapes, "--shapes")
     names = _parse_models(models)
     size = _bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
-    device = _bench_device(device)
+    device = str(torch_device(device))
     backend = default_backend(backend, device)
     rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
                            progress=lambda m: click.echo(m, err=True))
@@ -252,6 +238,7 @@ def generate(batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int, d
     )
     from mamba_bio_audio.benchmarks.report import environment, write_report
     from mamba_bio_audio.benchmarks.train import default_backend
+    from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.recipes.options import parse_int_list
 
     batches = parse_int_list(batch_sizes, "--batch-sizes")
@@ -259,7 +246,7 @@ def generate(batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int, d
         raise UserError(f"--batch-sizes: sizes must be positive, got {batch_sizes!r}")
     names = _parse_models(models)
     size = _bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
-    device = _bench_device(device)
+    device = str(torch_device(device))
     backend = default_backend(backend, device)
     progress = lambda m: click.echo(m, err=True)
     rows = run_generate_bench(names, batches, size, device, prompt_len=prompt_len, new_tokens=new_tokens,
