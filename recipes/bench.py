@@ -263,3 +263,140 @@ def generate(batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int, d
     generate_figure(Path(out) / "bench_generate.png", rows, largest)
     click.echo(md)
     click.echo(f"wrote {json_path}, .md and .png")
+
+
+# ---- several processes: context parallelism and the DDP loss curve (mamba_bio_audio.benchmarks.context_parallel
+# / .ddp_curve); the command starts its own processes and each runs the same command again --------------------
+def _command_args(ctx: click.Context, extra: dict[str, str] | None = None) -> list[str]:
+    """The command line that reproduces this command's option values (for the processes it starts)."""
+    args = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or not param.expose_value or param.hidden:
+            continue
+        value = ctx.params[param.name]
+        if param.is_flag and param.secondary_opts:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            args += [param.opts[0]] if value else []
+        elif value is not None:
+            args += [param.opts[0], str(value)]
+    for flag, value in (extra or {}).items():
+        args += [flag, value]
+    return args
+
+
+def _run_process(cmd: list[str], what: str) -> None:
+    import subprocess
+
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise UserError(f"{what} exited with code {code}")
+
+
+@bench.command("context-parallel")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="Processes to start, one per GPU [default: the GPUs present; 2 on CPU]. Under torchrun (RANK "
+                   "set) the command is one rank and starts nothing.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="cuda: NCCL, one GPU per process; cpu: gloo.")
+@click.option("--seqlen", type=click.IntRange(min=2), default=2 ** 22, show_default=True,
+              help="Bench: tokens of the one sequence split over the ranks.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--d-model", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--n-layer", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--vocab", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps (median).")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed steps first.")
+@click.option("--checkpointing/--no-checkpointing", default=True, show_default=True,
+              help="Per-block activation checkpointing.")
+@click.option("--check", is_flag=True, help="First compare the loss and gradients with one device.")
+@click.option("--check-seqlen", type=click.IntRange(min=2), default=None,
+              help="Tokens of the check [default: 2^18 on CUDA, 256 on CPU].")
+@click.option("--check-dtypes", default=None,
+              help="Comma-separated float64, float32, bfloat16 [default: float32,bfloat16 on CUDA; "
+                   "float64,float32 on CPU].")
+@click.option("--bench/--no-bench", "run_bench", default=True, show_default=True,
+              help="Time the steps (--no-bench: only the check).")
+@click.option("--single", is_flag=True, help="Also time one device on the whole --seqlen.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@config_option
+@click.pass_context
+def context_parallel(ctx: click.Context, nproc_per_node: int | None, device: str, seqlen: int, batch: int,
+                     d_model: int, n_layer: int, vocab: int, steps: int, warmup: int, checkpointing: bool,
+                     check: bool, check_seqlen: int | None, check_dtypes: str | None, run_bench: bool, single: bool,
+                     out: Path) -> None:
+    """Context parallelism: one sequence over several devices, exactness vs one device, s/step, peak memory."""
+    import os
+    import sys
+
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here")
+    if check_dtypes is not None:
+        unknown = [d for d in check_dtypes.split(",") if d.strip() not in ("float64", "float32", "bfloat16")]
+        if unknown:
+            raise UserError(f"--check-dtypes: unknown dtype {unknown[0]!r}; choose from float64, float32, bfloat16")
+    if "RANK" not in os.environ:  # start the ranks: torchrun runs this same command in each
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        n = nproc_per_node or (torch.cuda.device_count() if cuda else 2)
+        if cuda and n > torch.cuda.device_count():
+            raise UserError(f"--nproc-per-node {n}: only {torch.cuda.device_count()} GPUs here")
+        _run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                      "-m", "mamba_bio_audio", "bench", "context-parallel", *_command_args(ctx)], "torchrun")
+        return
+    from mamba_bio_audio.benchmarks.context_parallel import ContextParallelOptions, run
+
+    opts = ContextParallelOptions(seqlen=seqlen, batch=batch, d_model=d_model, n_layer=n_layer, vocab=vocab,
+                                  steps=steps, warmup=warmup, checkpointing=checkpointing, check=check,
+                                  check_seqlen=check_seqlen, check_dtypes=check_dtypes, bench=run_bench,
+                                  single=single)
+    run(opts, device, out)
+
+
+@bench.command("ddp")
+@click.option("--accelerator", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--devices", type=click.IntRange(min=2), default=2, show_default=True,
+              help="Devices of the data-parallel run.")
+@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--global-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences per optimizer step, over all devices (divisible by --devices).")
+@click.option("--seqlen", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--d-model", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--n-layer", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--vocab", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--precision", default="32-true", show_default=True, help="Lightning precision of both runs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--run", "run_name", type=click.Choice(["single", "ddp"]), default=None, hidden=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@config_option
+@click.pass_context
+def ddp(ctx: click.Context, accelerator: str, devices: int, strategy: str, steps: int, global_batch: int,
+        seqlen: int, d_model: int, n_layer: int, vocab: int, lr: float, precision: str, seed: int,
+        run_name: str | None, out: Path) -> None:
+    """The loss curve of DDP on N devices beside one device at the same global batch (they should coincide)."""
+    import sys
+
+    from mamba_bio_audio.benchmarks.ddp_curve import RUNS, DDPCurveOptions, compare, train_run
+
+    if global_batch % devices:
+        raise UserError(f"--global-batch {global_batch} is not divisible by --devices {devices}")
+    if accelerator == "gpu":
+        import torch
+
+        if torch.cuda.device_count() < devices:
+            raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} GPUs here")
+    opts = DDPCurveOptions(out=out, accelerator=accelerator, devices=devices, strategy=strategy, steps=steps,
+                           global_batch=global_batch, seqlen=seqlen, d_model=d_model, n_layer=n_layer, vocab=vocab,
+                           lr=lr, precision=precision, seed=seed)
+    if run_name is not None:  # one of the two runs, in its own process (Lightning re-runs it for the other ranks)
+        train_run(opts, run_name)
+        return
+    for name in RUNS:
+        _run_process([sys.executable, "-m", "mamba_bio_audio", "bench", "ddp", *_command_args(ctx, {"--run": name})],
+                     f"the {name} run")
+    data = compare(opts)
+    click.echo(f"max |loss difference| over {steps} steps: {data['max_abs_diff']:.3e}; wrote "
+               f"{out / 'ddp_loss_curve.json'}, .md, .png")

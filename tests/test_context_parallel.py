@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from mamba_bio_audio import MambaConfig, MambaLM
 from mamba_bio_audio.parallel import local_lm_ids, segment_bounds
 
-from conftest import REPO, rel_err
+from conftest import rel_err
 
 # name -> (seqlen of inputs, batch, gradient checkpointing, gradients present before the call, dtype)
 CASES = {
@@ -107,12 +107,14 @@ def test_segments_and_target_ownership():
     assert torch.equal(torch.cat([p[:, 1:] for p in parts], 1), ids[:, 1:])  # targets: each target once
 
 
-def test_bench_script_runs_on_cpu_with_two_processes(tmp_path):
+def test_bench_command_runs_on_cpu_with_two_processes(tmp_path):
+    """``mba bench context-parallel`` starts two gloo ranks itself (torchrun) and rank 0 writes the report."""
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tools" / "context_parallel_bench.py"), "--device", "cpu", "--check", "--check-seqlen", "64",
-           "--seqlen", "128", "--d-model", "16", "--n-layer", "2", "--steps", "2", "--warmup", "1", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "mamba_bio_audio", "bench", "context-parallel", "--nproc-per-node", "2",
+           "--device", "cpu", "--check", "--check-seqlen", "64", "--seqlen", "128", "--d-model", "16",
+           "--n-layer", "2", "--steps", "2", "--warmup", "1", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "context_parallel.json").read_text())

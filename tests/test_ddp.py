@@ -11,8 +11,6 @@ import pytest
 
 from mamba_bio_audio.training.data import IndexedStream
 
-from conftest import REPO
-
 
 def _take(stream, n):
     it = iter(stream)
@@ -36,8 +34,8 @@ def test_ranks_split_each_global_batch_in_order(world):
 @pytest.mark.slow
 def test_ddp_loss_curve_matches_one_device(tmp_path):
     out = tmp_path / "curve"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, str(REPO / "tools" / "ddp_loss_curve.py"), "--accelerator", "cpu", "--devices", "2",
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mamba_bio_audio", "bench", "ddp", "--accelerator", "cpu", "--devices", "2",
            "--steps", "6", "--d-model", "32", "--n-layer", "2", "--seqlen", "48", "--global-batch", "4",
            "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)

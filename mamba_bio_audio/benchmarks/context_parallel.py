@@ -1,27 +1,25 @@
-"""Context parallelism on several GPUs: exactness against one GPU, then s/step and peak memory per rank.
+"""Context parallelism on several devices: exactness against one device, then s/step and peak memory per rank.
 
-One sequence is split over the ranks (mamba_bio_audio.parallel.context); states go forward and state gradients
-backward between neighbouring ranks. Launch one process per GPU with torchrun:
+One sequence is split over the ranks (:mod:`mamba_bio_audio.parallel.context`); states go forward and state
+gradients backward between neighbouring ranks. ``mba bench context-parallel`` starts one process per device with
+torchrun and each calls :func:`run`:
 
-    torchrun --standalone --nproc_per_node 2 tools/context_parallel_bench.py --check --single --out DIR
-    torchrun --standalone --nproc_per_node 2 tools/context_parallel_bench.py --device cpu --check \\
-        --check-seqlen 64 --seqlen 128 --d-model 16 --n-layer 2 --out DIR          # tiny, on CPU (gloo)
+- check: the loss and every parameter gradient of a MambaLM on ``check_seqlen`` tokens split over the ranks,
+  beside rank 0 running the whole sequence alone (fp32 and bf16 autocast on CUDA; fp64 and fp32 on CPU);
+- bench: AdamW steps of the MambaLM (default d_model 256 x 8 layers, vocab 16) on ``seqlen`` tokens split over
+  the ranks, bf16 autocast and per-block activation checkpointing on CUDA; beside it each rank's segment alone
+  (the same work with no passing: the bound the relay is measured against) and, with ``single``, rank 0 on the
+  whole sequence.
 
---check: the loss and every parameter gradient of a MambaLM on ``--check-seqlen`` tokens split over the ranks,
-beside rank 0 running the whole sequence alone (fp32 and bf16 autocast on CUDA; fp64 and fp32 on CPU).
-Bench: AdamW steps of the d_model 256 x 8 layers MambaLM (vocab 16) on ``--seqlen`` tokens (default 2^22) split
-over the ranks, bf16 autocast and per-block activation checkpointing on CUDA; beside it each rank's segment
-alone (the same work with no passing: the bound the relay is measured against) and with ``--single`` rank 0 on
-the whole sequence. Writes OUT/context_parallel.json and .md (rank 0). NCCL on CUDA (point-to-point messages of
-a few tens of KB), gloo on CPU.
+Rank 0 writes OUT/context_parallel.json and .md. NCCL on CUDA (point-to-point messages of a few tens of KB),
+gloo on CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,32 +33,27 @@ from mamba_bio_audio.parallel import context_parallel_lm_backward, local_lm_ids,
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="Output folder (rank 0 writes the report).")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--seqlen", type=int, default=2 ** 22, help="Bench: tokens of the sequence split over ranks.")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--n-layer", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=16)
-    p.add_argument("--steps", type=int, default=3, help="Timed optimizer steps (median reported).")
-    p.add_argument("--warmup", type=int, default=1, help="Untimed steps first (kernel compilation).")
-    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
-                   help="Keep every block's activations (default: per-block activation checkpointing).")
-    p.add_argument("--check", action="store_true", help="Compare with one device on --check-seqlen first.")
-    p.add_argument("--check-seqlen", type=int, default=None, help="Default: 2^18 on CUDA, 256 on CPU.")
-    p.add_argument("--check-dtypes", default=None, help="Default: float32,bfloat16 on CUDA; float64,float32 on CPU.")
-    p.add_argument("--no-bench", dest="bench", action="store_false", help="Only the check.")
-    p.add_argument("--single", action="store_true", help="Also time rank 0 alone on the whole --seqlen.")
-    return p.parse_args(argv)
+@dataclass
+class ContextParallelOptions:
+    """What one ``mba bench context-parallel`` run measures (the command's flags)."""
+
+    seqlen: int = 2 ** 22  # bench: tokens of the sequence split over the ranks
+    batch: int = 1
+    d_model: int = 256
+    n_layer: int = 8
+    vocab: int = 16
+    steps: int = 3  # timed optimizer steps (median reported)
+    warmup: int = 1  # untimed steps first (kernel compilation)
+    checkpointing: bool = True  # per-block activation checkpointing
+    check: bool = False  # compare with one device on check_seqlen first
+    check_seqlen: int | None = None  # default: 2^18 on CUDA, 256 on CPU
+    check_dtypes: str | None = None  # default: "float32,bfloat16" on CUDA, "float64,float32" on CPU
+    bench: bool = True
+    single: bool = False  # also time rank 0 alone on the whole seqlen
 
 
 def setup(device_name: str) -> torch.device:
-    """Join the torchrun process group: NCCL with one GPU per process, gloo on CPU."""
-    if "RANK" not in os.environ:
-        print("context_parallel_bench: launch with torchrun --nproc_per_node N (see the docstring)", file=sys.stderr)
-        raise SystemExit(2)
+    """Join the torchrun process group (RANK etc. in the environment): NCCL with one GPU per process, gloo on CPU."""
     cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if cuda:
         local_rank = int(os.environ["LOCAL_RANK"])
@@ -74,17 +67,17 @@ def setup(device_name: str) -> torch.device:
     return device
 
 
-def make_model(args, device, dtype=torch.float32) -> MambaLM:
+def make_model(opts: ContextParallelOptions, device, dtype=torch.float32) -> MambaLM:
     torch.manual_seed(0)  # the same weights on every rank
-    config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=args.vocab)
+    config = MambaConfig(d_model=opts.d_model, n_layer=opts.n_layer, vocab_size=opts.vocab)
     model = MambaLM(config).to(device=device, dtype=dtype)
-    model.gradient_checkpointing = args.checkpointing
+    model.gradient_checkpointing = opts.checkpointing
     return model
 
 
-def make_ids(args, seqlen: int) -> torch.Tensor:
+def make_ids(opts: ContextParallelOptions, seqlen: int) -> torch.Tensor:
     """(batch, seqlen + 1) random tokens, the same on every rank."""
-    return torch.randint(0, args.vocab, (args.batch, seqlen + 1), generator=torch.Generator().manual_seed(1))
+    return torch.randint(0, opts.vocab, (opts.batch, seqlen + 1), generator=torch.Generator().manual_seed(1))
 
 
 def autocast(device, dtype):
@@ -112,11 +105,11 @@ def one_device_loss(model, ids) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
-def check(args, device, dtype: torch.dtype, seqlen: int) -> dict | None:
+def check(opts: ContextParallelOptions, device, dtype: torch.dtype, seqlen: int) -> dict | None:
     """Rank 0's one-device loss and gradients vs the context-parallel ones (returned on rank 0)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = make_model(args, device, torch.float64 if dtype == torch.float64 else torch.float32)
-    ids = make_ids(args, seqlen)
+    model = make_model(opts, device, torch.float64 if dtype == torch.float64 else torch.float32)
+    ids = make_ids(opts, seqlen)
     ref = None
     if rank == 0:
         with autocast(device, dtype):
@@ -141,21 +134,21 @@ def check(args, device, dtype: torch.dtype, seqlen: int) -> dict | None:
 # ---- speed and memory ------------------------------------------------------------------------------------------
 
 
-def time_steps(step, args, device, collective: bool) -> dict:
+def time_steps(step, opts: ContextParallelOptions, device, collective: bool) -> dict:
     """Median seconds of ``step()`` after warm-up, and this process's peak memory (CUDA)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     try:
-        for i in range(args.warmup + args.steps):
+        for i in range(opts.warmup + opts.steps):
             synchronize(device)
             if collective:
                 dist.barrier()
             t0 = time.perf_counter()
             step()
             synchronize(device)
-            if i >= args.warmup:
+            if i >= opts.warmup:
                 times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError:
         return {"error": "out of memory"}
@@ -166,12 +159,12 @@ def time_steps(step, args, device, collective: bool) -> dict:
     return row
 
 
-def bench(args, device) -> dict:
+def bench(opts: ContextParallelOptions, device) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     amp = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = make_model(args, device)
+    model = make_model(opts, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ids = make_ids(args, args.seqlen)
+    ids = make_ids(opts, opts.seqlen)
     local = local_lm_ids(ids, rank, world).to(device)
 
     def cp_step():
@@ -187,27 +180,27 @@ def bench(args, device) -> dict:
         loss.backward()
         opt.step()
 
-    rows = {"context_parallel": time_steps(cp_step, args, device, collective=True)}
-    rows["segment_alone"] = time_steps(lambda: alone_step(local), args, device, collective=False)
+    rows = {"context_parallel": time_steps(cp_step, opts, device, collective=True)}
+    rows["segment_alone"] = time_steps(lambda: alone_step(local), opts, device, collective=False)
     per_rank = [None] * world
     dist.all_gather_object(per_rank, rows)
-    result = {"world_size": world, "seqlen": args.seqlen, "batch": args.batch,
-              "segments": segment_bounds(args.seqlen, world), "checkpointing": args.checkpointing,
+    result = {"world_size": world, "seqlen": opts.seqlen, "batch": opts.batch,
+              "segments": segment_bounds(opts.seqlen, world), "checkpointing": opts.checkpointing,
               "autocast": "bfloat16" if amp == torch.bfloat16 else None, "per_rank": per_rank,
               "checkpoint_level": getattr(model.backbone, "checkpoint_level", None),
               "parameters": sum(p.numel() for p in model.parameters()),
-              "message_bytes_per_layer": message_bytes(model, args.batch)}
+              "message_bytes_per_layer": message_bytes(model, opts.batch)}
     cp = [r["context_parallel"] for r in per_rank]
     if all("error" not in r for r in cp):
         result["seconds_per_step"] = max(r["seconds_per_step"] for r in cp)
-        result["tokens_per_second"] = args.batch * args.seqlen / result["seconds_per_step"]
+        result["tokens_per_second"] = opts.batch * opts.seqlen / result["seconds_per_step"]
     else:
         result["error"] = "out of memory"
-    if args.single:
+    if opts.single:
         dist.barrier()
         if rank == 0:
             full = ids.to(device)
-            result["one_device"] = time_steps(lambda: alone_step(full), args, device, collective=False)
+            result["one_device"] = time_steps(lambda: alone_step(full), opts, device, collective=False)
             del full
         dist.barrier()
     return result
@@ -265,34 +258,30 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = setup(args.device)
+def run(opts: ContextParallelOptions, device_name: str, out: Path) -> dict | None:
+    """One rank's part: join the group, check and/or bench, rank 0 writes the report (and returns its data)."""
+    device = setup(device_name)
     rank = dist.get_rank()
     cuda = device.type == "cuda"
-    check_seqlen = args.check_seqlen or (2 ** 18 if cuda else 256)
-    check_dtypes = args.check_dtypes or ("float32,bfloat16" if cuda else "float64,float32")
-    data = {"environment": environment(), "world_size": dist.get_world_size(), "d_model": args.d_model,
-            "n_layer": args.n_layer, "vocab": args.vocab, "batch": args.batch, "steps": args.steps,
-            "warmup": args.warmup, "check": []}
-    if args.check:
+    check_seqlen = opts.check_seqlen or (2 ** 18 if cuda else 256)
+    check_dtypes = opts.check_dtypes or ("float32,bfloat16" if cuda else "float64,float32")
+    data = {"environment": environment(), "world_size": dist.get_world_size(), "d_model": opts.d_model,
+            "n_layer": opts.n_layer, "vocab": opts.vocab, "batch": opts.batch, "steps": opts.steps,
+            "warmup": opts.warmup, "check": []}
+    if opts.check:
         for name in check_dtypes.split(","):
-            result = check(args, device, DTYPES[name.strip()], check_seqlen)
+            result = check(opts, device, DTYPES[name.strip()], check_seqlen)
             if rank == 0:
                 data["check"].append(result)
                 print(f"check {result['dtype']}: loss rel err {result['loss_rel_err']:.2e}, max grad rel err "
                       f"{result['max_grad_rel_err']:.2e} ({result['worst_parameter']})", flush=True)
-    if args.bench:
-        data["bench"] = bench(args, device)
+    if opts.bench:
+        data["bench"] = bench(opts, device)
         if rank == 0:
             print(f"bench: {data['bench'].get('seconds_per_step')} s/step over {data['world_size']} ranks", flush=True)
     if rank == 0:
-        json_path, _ = write_report(args.out, "context_parallel", data, markdown(data))
+        json_path, _ = write_report(out, "context_parallel", data, markdown(data))
         print(f"wrote {json_path} and .md", flush=True)
     dist.barrier()
     dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return data if rank == 0 else None
