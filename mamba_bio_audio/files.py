@@ -188,3 +188,20 @@ def umask_mode(mode: int = 0o777) -> int:
     current = os.umask(0)
     os.umask(current)
     return mode & ~current
+
+
+def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file that is a folder, one of the ``inputs`` (or inside an input folder),
+    or whose folder cannot be written; returns ``out``. An existing file of another name is replaced atomically."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; expected a file name")
+    resolved = out.resolve()
+    for source in inputs:
+        if source is not None and (resolved == Path(source).resolve() or Path(source).resolve() in resolved.parents):
+            raise UserError(f"{flag} {out}: is an input ({source}); choose another file")
+    parent = out.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: cannot write there (Permission denied)")
+    return out

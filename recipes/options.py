@@ -61,6 +61,11 @@ def out_option(required: bool = True, help_text: str = "Output folder."):
     return deco
 
 
+def overwrite_option(f):
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace --out when it holds this command's own earlier output (never other files).")(f)
+
+
 def preset_option(presets: dict, default: str):
     def deco(f):
         return click.option("--preset", type=click.Choice(sorted(presets)), default=default, show_default=True,

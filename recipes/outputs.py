@@ -8,9 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.files import atomic_write_text, pyplot, save_figure
+from mamba_bio_audio.files import (
+    atomic_write_text,
+    check_output_file,
+    check_output_folder,
+    output_folder,
+    pyplot,
+    run_folder,
+    save_figure,
+)
 
-__all__ = ["atomic_write_text", "plot_curve", "prepare_out_dir", "read_csv_metric", "write_json", "write_yaml"]
+__all__ = ["atomic_write_text", "check_output_file", "check_output_folder", "check_resume_config", "output_folder",
+           "plot_curve", "prepare_out_dir", "read_csv_metric", "run_folder", "write_json", "write_yaml"]
 
 
 def prepare_out_dir(out: Path) -> Path:
@@ -21,6 +30,27 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
+def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
+    """Before ``--resume`` writes anything: each of ``keys`` given on this command line (not None) must equal the
+    value in the run's ``config.yaml``, so that a resume with another shape (e.g. ``--preset``) is refused in one
+    line and the run's own config stays as it was. A run without a readable config.yaml is not checked."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(out) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(saved, dict):
+        return
+    for key in keys:
+        given = params.get(key)
+        if given is None or key not in saved:
+            continue
+        plain = str(given) if isinstance(given, Path) else given
+        if plain != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {plain}: the run in {out} was started with {flag} {saved[key]}; --resume "
+                            f"continues it as it was (start a new --out to change it)")
 
 
 def write_json(path: Path, data: Any) -> None:

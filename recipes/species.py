@@ -16,8 +16,23 @@ from pathlib import Path
 
 import click
 
-from mamba_bio_audio.recipes.options import common_options, config_option, device_option, parse_int_list
-from mamba_bio_audio.recipes.outputs import atomic_write_text, prepare_out_dir, write_json, write_yaml
+from mamba_bio_audio.recipes.options import (
+    common_options,
+    config_option,
+    device_option,
+    overwrite_option,
+    parse_int_list,
+)
+from mamba_bio_audio.recipes.outputs import (
+    atomic_write_text,
+    check_output_file,
+    check_output_folder,
+    check_resume_config,
+    output_folder,
+    run_folder,
+    write_json,
+    write_yaml,
+)
 
 PRESET_NAMES = ("tiny", "paper-1.4m", "paper-7m")
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -86,9 +101,10 @@ def echo_summary(summary: dict) -> None:
 @click.option("--test", "test_names", default=None, help="Comma-separated records/strains for test (default: drawn).")
 @click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn held-out records/strains.")
+@overwrite_option
 @config_option
 def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test_names: str | None,
-            lenient: bool, seed: int) -> None:
+            lenient: bool, seed: int, overwrite: bool) -> None:
     """Genome FASTA files -> a token store with species labels and train/val/test splits."""
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
     from mamba_bio_audio.data_prep.store import TokenStore
@@ -96,8 +112,10 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
     def names(text: str | None) -> list[str] | None:
         return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
 
-    prepare_genomes(genomes, out, split_by, val=names(val_names), test=names(test_names), seed=seed,
-                    lenient=lenient)
+    check_output_folder(out, "species prepare", overwrite=overwrite, inputs=(genomes,))
+    with output_folder(out, "species prepare", overwrite=overwrite, inputs=(genomes,)) as tmp:
+        prepare_genomes(genomes, tmp, split_by, val=names(val_names), test=names(test_names), seed=seed,
+                        lenient=lenient)
     bases: dict[str, dict[str, int]] = {}
     for rec in TokenStore(out).records:
         per_split = bases.setdefault(rec["species"], {})
@@ -143,10 +161,13 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
         devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed, bidirectional=bidirectional, pooling=pooling,
         init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
+    check_output_folder(out, "species train", resume=resume, overwrite=True, inputs=(data, init_from))
+    if resume:
+        check_resume_config(out, click.get_current_context().params, ("preset", "length", "bidirectional", "pooling"))
     plan = plan_training(data, settings)
     if is_main_process():
         echo_summary(plan.summary)
-        prepare_out_dir(out)
+        run_folder(out, "species train", resume=resume, inputs=(data, init_from))
         write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
                          lr=plan.summary["lr"])
     metrics = run_training(plan, out, resume=resume)
@@ -168,9 +189,10 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
                    "train-split windows (at least 32).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: by length]")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also score the 6-mer baseline.")
+@overwrite_option
 @common_options
 def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split: str, per_species: int,
-             batch_size: int | None, baseline: bool, device: str, seed: int) -> None:
+             batch_size: int | None, baseline: bool, overwrite: bool, device: str, seed: int) -> None:
     """Accuracy and confusion matrix per window length, beside a 6-mer logistic regression on the same windows."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import (
@@ -181,6 +203,7 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
         plot_accuracy_vs_length,
     )
 
+    check_output_folder(out, "species evaluate", overwrite=overwrite, inputs=(checkpoint, data))
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     window_lengths = parse_int_list(lengths, "--lengths") if lengths else [model_window(model) or 0]
@@ -191,11 +214,12 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
                               batch_size=batch_size, device=torch_dev, baseline=baseline,
                               log=lambda line: click.echo(line, err=True))
     result.update(checkpoint=str(checkpoint), data=str(data))
-    prepare_out_dir(out)
-    write_run_config(out, click.get_current_context().params, lengths=",".join(map(str, window_lengths)))
-    write_json(out / "metrics.json", result)
-    plot_accuracy_vs_length(out / "accuracy_vs_length.png", result,
-                            title=f"{Path(checkpoint).name} on {Path(data).name}, {split} split")
+    with output_folder(out, "species evaluate", overwrite=overwrite, inputs=(checkpoint, data)) as tmp:
+        tmp.mkdir()
+        write_run_config(tmp, click.get_current_context().params, lengths=",".join(map(str, window_lengths)))
+        write_json(tmp / "metrics.json", result)
+        plot_accuracy_vs_length(tmp / "accuracy_vs_length.png", result,
+                                title=f"{Path(checkpoint).name} on {Path(data).name}, {split} split")
     click.echo(accuracy_table(result))
     click.echo(f"wrote {out}/: metrics.json, accuracy_vs_length.png, config.yaml")
 
@@ -221,6 +245,7 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import load_classifier, predict_records, predictions_tsv
 
+    check_output_file(out, inputs=(checkpoint, *fasta))
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     if max_windows is None:

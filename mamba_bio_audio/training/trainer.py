@@ -209,3 +209,5 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning(\.|$)")
     warnings.filterwarnings("ignore", message=r".*is deprecated.*", module=r"lightning\..*")
     warnings.filterwarnings("ignore", message=r".*(litlogger|litmodels|LitLogger).*")
+    # a resumed run writes into its own checkpoints/ again: expected, not worth a warning
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
