@@ -63,22 +63,6 @@ class TokenStoreWriter:
         self._offset += int(arr.size)
         return rec
 
-    def write_chunk(self, tokens: np.ndarray) -> None:
-        """Stream part of a record: call :meth:`begin_record`, then this any number of times, then :meth:`end_record`."""
-        arr = np.ascontiguousarray(np.asarray(tokens, dtype=np.uint8))
-        self._fh.write(arr.tobytes())
-        self._pending_len += int(arr.size)
-
-    def begin_record(self) -> None:
-        self._pending_start = self._offset
-        self._pending_len = 0
-
-    def end_record(self, **fields: Any) -> dict[str, Any]:
-        rec = {**fields, "offset": self._pending_start, "length": self._pending_len}
-        self.records.append(rec)
-        self._offset += self._pending_len
-        return rec
-
     def commit(self) -> Path:
         """Write the index and move the store into place; returns its path."""
         self._fh.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mamba_bio_audio.config import MambaConfig
+from mamba_bio_audio.config import JsonConfig, MambaConfig
 from mamba_bio_audio.errors import CheckpointError
 
 CONFIG_NAME = "config.json"
@@ -24,8 +24,9 @@ SAFETENSORS_NAME = "model.safetensors"
 PICKLE_NAME = "pytorch_model.bin"
 
 
-def save_checkpoint(model: nn.Module, config: MambaConfig, directory: str | os.PathLike) -> Path:
-    """Write config.json and model.safetensors into ``directory`` atomically (temp folder, then rename)."""
+def save_checkpoint(model: nn.Module, config: JsonConfig, directory: str | os.PathLike) -> Path:
+    """Write config.json (``config.save``) and model.safetensors into ``directory`` atomically (temp folder, then
+    rename); with ``config.tie_embeddings`` the LM head, shared with the embedding, is not written twice."""
     from safetensors.torch import save_file
 
     directory = Path(directory)

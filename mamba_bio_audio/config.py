@@ -1,4 +1,5 @@
-"""MambaConfig: every hyper-parameter of a Mamba model, with a JSON round trip.
+"""MambaConfig: every hyper-parameter of a Mamba model, with a JSON round trip (:class:`JsonConfig`, which the
+other models' configs share).
 
 Field names follow mamba_ssm (``d_model``, ``n_layer``, ``vocab_size``, ``rms_norm``, ``residual_in_fp32``,
 ``pad_vocab_size_multiple``, ``tie_embeddings``; the mixer's ``d_state``, ``d_conv``, ``expand``, ``dt_rank``,
@@ -27,8 +28,55 @@ _IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "m
                  "transformers_version", "_name_or_path"}
 
 
+class JsonConfig:
+    """The JSON round trip of a dataclass config: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json``, and
+    ``save`` / ``load`` of one JSON object per file (written atomically).
+
+    ``from_dict`` refuses unknown keys (UserError); ``load`` names the file in a CheckpointError when it is missing,
+    unreadable, not a JSON object, or not a valid config. Subclasses override ``to_dict`` / ``from_dict`` to add or
+    translate keys.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UserError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config JSON atomically (temp file, then rename)."""
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: a config must be a JSON object")
+        try:
+            return cls.from_dict(data)
+        except (UserError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+
+
 @dataclass
-class MambaConfig:
+class MambaConfig(JsonConfig):
     """Hyper-parameters of a Mamba model.
 
     Attributes:
@@ -104,9 +152,6 @@ class MambaConfig:
         return ((self.vocab_size + m - 1) // m) * m
 
     # ---- serialisation ------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
         """Build from our flat dict or from mamba_ssm's nested one (``ssm_cfg``); unknown keys are an error."""
@@ -120,38 +165,4 @@ class MambaConfig:
             raise UserError("hybrid configs with attention layers (attn_layer_idx) are not supported")
         data.pop("attn_cfg", None)
         merged = {**{k: v for k, v in ssm_cfg.items() if k != "layer"}, **data}
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in list(merged):
-            if key in _IGNORED_KEYS:
-                merged.pop(key)
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise UserError(f"unknown MambaConfig fields: {', '.join(unknown)}")
-        return cls(**merged)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> MambaConfig:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write config JSON atomically (temp file, then rename)."""
-        atomic_write_text(path, self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MambaConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: a config must be a JSON object")
-        try:
-            return cls.from_dict(data)
-        except (UserError, TypeError) as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        return super().from_dict({k: v for k, v in merged.items() if k not in _IGNORED_KEYS})

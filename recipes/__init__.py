@@ -8,21 +8,6 @@ from __future__ import annotations
 
 import click
 
-from mamba_bio_audio.errors import UserError
-
-# Groups whose issues have not landed yet: they say so instead of failing obscurely.
-_NOT_BUILT = {
-}
-
-
-def _not_built(name: str, what: str) -> click.Command:
-    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                   help=f"{what[0].upper()}{what[1:]}: not built yet.")
-    def command() -> None:
-        raise UserError(f"mba {name}: {what} is not built yet")
-
-    return command
-
 
 def register(cli: click.Group) -> None:
     """Add every recipe's command or group to the ``mba`` group."""
@@ -39,6 +24,3 @@ def register(cli: click.Group) -> None:
     cli.add_command(species)
     cli.add_command(sc09)
     cli.add_command(synthetic)
-    for name, what in _NOT_BUILT.items():
-        if name not in cli.commands:
-            cli.add_command(_not_built(name, what))

@@ -1,4 +1,4 @@
-"""Options shared by every recipe: --device, --seed, --out, --config FILE.yaml (flags override it), --preset."""
+"""Options shared by every recipe: --device, --seed, --out, --config FILE.yaml (flags override it)."""
 
 from __future__ import annotations
 
@@ -64,13 +64,6 @@ def out_option(required: bool = True, help_text: str = "Output folder."):
 def overwrite_option(f):
     return click.option("--overwrite", is_flag=True,
                         help="Replace --out when it holds this command's own earlier output (never other files).")(f)
-
-
-def preset_option(presets: dict, default: str):
-    def deco(f):
-        return click.option("--preset", type=click.Choice(sorted(presets)), default=default, show_default=True,
-                            help="Model and training size.")(f)
-    return deco
 
 
 def common_options(f):

@@ -17,11 +17,8 @@ for CPU runs and tests.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,14 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio.transforms as T
 
+from mamba_bio_audio.checkpoint import CONFIG_NAME, load_state_dict_strict, read_state_dict, save_checkpoint
+from mamba_bio_audio.config import JsonConfig
 from mamba_bio_audio.errors import CheckpointError
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)
-class DigitClassifierConfig:
+class DigitClassifierConfig(JsonConfig):
     """Spectrogram and ResNeXt settings; the defaults are the s4 SC09 classifier's (depth = 9 * blocks + 2)."""
 
     n_classes: int = 10
@@ -128,33 +124,15 @@ class DigitClassifier(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (temp folder, then rename)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=1))
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            directory.mkdir(exist_ok=True)
-            for name in (CONFIG_NAME, WEIGHTS_NAME):
-                os.replace(tmp / name, directory / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return directory
+        return save_checkpoint(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> DigitClassifier:
         """Load a classifier written by :meth:`save_pretrained`; CheckpointError names what is wrong."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         try:
-            config = DigitClassifierConfig(**json.loads((directory / CONFIG_NAME).read_text()))
-            model = cls(config)
-            model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
-        except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
+            model = cls(DigitClassifierConfig.load(directory / CONFIG_NAME))
+            load_state_dict_strict(model, read_state_dict(directory), directory, tie_embeddings=False)
+        except (CheckpointError, OSError, ValueError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{directory}: not a digit classifier checkpoint ({e})") from None
         return model

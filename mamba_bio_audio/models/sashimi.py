@@ -33,7 +33,6 @@ updated in place: :class:`mamba_bio_audio.cuda_graph.GraphedStep` captures one C
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -51,16 +50,15 @@ from mamba_bio_audio.checkpoint import (
     read_state_dict,
     save_checkpoint,
 )
-from mamba_bio_audio.config import MambaConfig
+from mamba_bio_audio.config import JsonConfig, MambaConfig
 from mamba_bio_audio.errors import CheckpointError, UserError
-from mamba_bio_audio.files import atomic_write_text
 from mamba_bio_audio.modules.block import Block, init_weights, make_norm
 
 ARCHITECTURE = "sashimi"
 
 
 @dataclass
-class SashimiConfig:
+class SashimiConfig(JsonConfig):
     """Hyper-parameters of :class:`SashimiLM` (``config.json`` carries ``"architecture": "sashimi"``).
 
     Attributes:
@@ -111,7 +109,7 @@ class SashimiConfig:
                            norm_epsilon=self.norm_epsilon, residual_in_fp32=self.residual_in_fp32,
                            tie_embeddings=False)
 
-    # ---- serialisation ------------------------------------------------------------------------------------
+    # ---- serialisation (JsonConfig, plus the architecture key) ------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": ARCHITECTURE, **dataclasses.asdict(self), "pools": list(self.pools)}
 
@@ -120,34 +118,7 @@ class SashimiConfig:
         data = dict(data)
         if data.pop("architecture", ARCHITECTURE) != ARCHITECTURE:
             raise UserError("not a SaShiMi config (architecture is not 'sashimi')")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise UserError(f"unknown SashimiConfig fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SashimiConfig:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config JSON atomically (temp file, then rename)."""
-        atomic_write_text(path, self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SashimiConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError("a config must be a JSON object")
-            return cls.from_dict(data)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: not a SaShiMi config ({e})") from None
+        return super().from_dict(data)
 
 
 # ---- pooling ------------------------------------------------------------------------------------------------
