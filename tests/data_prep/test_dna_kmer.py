@@ -1,4 +1,4 @@
-"""k-mer features against a naive count, and the logistic-regression baseline on a separable toy set."""
+"""k-mer features against a naive count."""
 
 from itertools import product
 
@@ -7,7 +7,6 @@ import pytest
 
 from mamba_bio_audio.data_prep.dna.kmer import kmer_counts, kmer_features
 from mamba_bio_audio.data_prep.dna.tokenizer import decode, encode
-from mamba_bio_audio.tasks.baselines import LogisticRegression
 
 
 def naive_counts(seq: str, k: int) -> np.ndarray:
@@ -42,20 +41,3 @@ def test_features_are_frequencies():
     assert kmer_features([encode("AC")], k=3).sum() == 0  # shorter than k
     with pytest.raises(ValueError, match="k must lie in"):
         kmer_counts(encode("ACGT"), 0)
-
-
-def test_logistic_regression_learns_a_separable_set():
-    rng = np.random.default_rng(0)
-    centers = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]])
-    y = rng.integers(0, 3, 300)
-    X = centers[y] + rng.normal(size=(300, 3))
-    X = np.hstack([X, np.full((300, 1), 7.0)])  # a constant feature must not break standardization
-    model = LogisticRegression(l2=1e-3).fit(X, y)
-    proba = model.predict_proba(X)
-    assert proba.shape == (300, 3)
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
-    assert (model.predict(X) == y).mean() == 1.0
-    again = LogisticRegression(l2=1e-3).fit(X, y).predict_proba(X)
-    np.testing.assert_array_equal(proba, again)  # deterministic
-    with pytest.raises(RuntimeError, match="call fit"):
-        LogisticRegression().predict_proba(X)
