@@ -16,8 +16,9 @@ from pathlib import Path
 import click
 
 from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.recipes.classify import classify
 from mamba_bio_audio.recipes.options import common_options
-from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json
+from mamba_bio_audio.recipes.outputs import check_output_folder, run_folder, write_json
 from mamba_bio_audio.recipes.species import (
     DIR,
     PRESET_NAMES,
@@ -30,6 +31,9 @@ from mamba_bio_audio.recipes.species import (
 @click.group("dna")
 def dna() -> None:
     """Genome language-model pretraining."""
+
+
+dna.add_command(classify)
 
 
 @dna.command("pretrain")
@@ -75,6 +79,8 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
         devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed)
     refuse_to_overwrite(out, resume)
+    if is_main_process():
+        check_output_folder(out, "dna pretrain", resume=resume, overwrite=True, inputs=(genomes, data, bed, fasta))
     created = not out.exists()
     store = data or out / "store"
     try:
@@ -90,7 +96,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         raise
     if is_main_process():
         echo_summary(plan.summary)
-        prepare_out_dir(out)
+        run_folder(out, "dna pretrain", resume=resume, inputs=(genomes, data, bed, fasta))
         write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
                          lr=plan.summary["lr"])
     metrics = run_pretraining(plan, out, resume=resume)

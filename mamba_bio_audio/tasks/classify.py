@@ -1,0 +1,406 @@
+"""Classification of the user's own labelled DNA sequences: the library behind ``mba dna classify``.
+
+- preparing: :func:`prepare` reads CSV/TSV, labelled FASTA, Genomic Benchmarks or Nucleotide Transformer task files
+  (:mod:`~mamba_bio_audio.data_prep.dna.labelled`) into a token store, one entry per sequence with its label and
+  split;
+- training: :func:`plan_training` validates a run and builds it (nothing written), :func:`run_training` fits it
+  with the project's Lightning training (:class:`~mamba_bio_audio.training.module.ClassificationTask`, class
+  weights optional). Sequences of mixed lengths share a batch: length buckets
+  (:mod:`~mamba_bio_audio.data_prep.dna.buckets`) keep the padding small, and the attention mask makes a padded
+  sequence get the logits it gets alone (:class:`~mamba_bio_audio.models.classifier.MambaClassifier`);
+- evaluation: :func:`evaluate` scores a split (accuracy, MCC, macro-F1, AUROC when binary, confusion matrix) beside
+  the k-mer baseline (6-mer frequencies + logistic regression fit on the train split);
+- prediction: :func:`predict_file` writes class probabilities of every sequence of a file as TSV, streaming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from mamba_bio_audio.checkpoint import CONFIG_NAME
+from mamba_bio_audio.config import MambaConfig
+from mamba_bio_audio.data_prep.dna.buckets import BucketedSampler, eval_batches, pad_batch
+from mamba_bio_audio.data_prep.dna.labelled import (
+    LabelledSequence,
+    download_genomic_benchmark,
+    read_labelled,
+    write_labelled_store,
+)
+from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.metrics.classification import classification_metrics
+from mamba_bio_audio.models.classifier import MambaClassifier
+from mamba_bio_audio.tasks.baselines import BASELINE_K, BASELINE_L2, BASELINE_NAME, kmer_baseline
+from mamba_bio_audio.tasks.species import build_classifier
+from mamba_bio_audio.tasks.windows import (
+    TrainSettings,
+    WindowData,
+    autocast,
+    batch_size_for,
+    check_dna_config,
+    dna_extra,
+    get_preset,
+    model_dir,
+    open_store,
+    optim_config,
+    param_count,
+    preset_name_of,
+    train_and_export,
+    trainer_config,
+    use_checkpointing,
+)
+from mamba_bio_audio.training.module import ClassificationTask, OptimConfig
+from mamba_bio_audio.training.trainer import TrainerConfig
+
+EVAL_MAX_TOKENS = 2**18  # padded tokens per evaluation batch
+BASELINE_MAX_TRAIN = 20_000  # train sequences the k-mer baseline fits on at most (a seeded subset beyond)
+
+
+# ---- prepare ------------------------------------------------------------------------------------------------------
+def prepare(source: str | os.PathLike | None, out: str | os.PathLike, *, fmt: str = "auto",
+            download: str | None = None, download_dir: str | os.PathLike | None = None,
+            val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, lenient: bool = False,
+            **columns) -> TokenStore:
+    """Labelled sequences of ``source`` (or the Genomic Benchmarks set ``download``) -> the token store ``out``.
+
+    ``columns``: ``sequence_column``, ``label_column``, ``split_column``, ``id_column``, ``label_key`` of
+    :func:`~mamba_bio_audio.data_prep.dna.labelled.read_labelled`. Splits as in
+    :func:`~mamba_bio_audio.data_prep.dna.labelled.write_labelled_store`.
+    """
+    if (source is None) == (download is None):
+        raise UserError("give an input file or folder, or --download NAME (not both)")
+    if download is not None:
+        folder = Path(download_dir or Path.home() / ".genomic_benchmarks")
+        source, fmt = download_genomic_benchmark(download, folder), "genomic-benchmarks"
+    sequences = read_labelled(source, fmt, lenient=lenient, **columns)
+    write_labelled_store(sequences, out, source=str(source), val_fraction=val_fraction, test_fraction=test_fraction,
+                         seed=seed, lenient=lenient)
+    return TokenStore(out)
+
+
+def open_labelled_store(path: str | os.PathLike) -> TokenStore:
+    store = open_store(path)
+    if store.meta.get("task") != "classify":
+        raise DataError(f"{store.path}: not a store of labelled sequences (made by 'mba dna classify prepare')")
+    return store
+
+
+def split_summary(store: TokenStore) -> str:
+    """One line per split: sequences per label."""
+    return "\n".join(f"{split}: " + ", ".join(f"{label} {n:,}" for label, n in sorted(counts.items()))
+                     for split, counts in store.meta["counts"].items())
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+def build_model(labels: Sequence[str], window: int, preset: str | None, bidirectional: bool, pooling: str,
+                init_from: str | os.PathLike | None) -> MambaClassifier:
+    """A fresh classifier over ``labels``; ``init_from`` a ``mba dna pretrain`` run (its LM backbone) or a trained
+    classifier (``mba species train`` or ``classify train``: its backbone; the head is new)."""
+    if init_from is None or "classifier" not in _saved_config(init_from).extra:
+        return build_classifier(labels, window, preset, bidirectional, init_from, pooling)
+    folder = model_dir(init_from)
+    donor = MambaClassifier.from_pretrained(folder)
+    check_dna_config(donor.config, folder)
+    config = donor.config if preset is None else get_preset(preset).model_config()
+    config = dataclasses.replace(config, bidirectional=bidirectional, extra=dna_extra(window))
+    model = MambaClassifier(config, num_classes=len(labels), pooling=pooling, labels=list(labels))
+    source, target = donor.backbone.state_dict(), model.backbone.state_dict()
+    for name, tensor in target.items():
+        if name not in source or source[name].shape != tensor.shape:
+            got = tuple(source[name].shape) if name in source else "nothing"
+            raise CheckpointError(f"{folder}: its tensor backbone.{name} has shape {got}, this classifier needs "
+                                  f"{tuple(tensor.shape)} (drop --preset to take the pretrained shape)")
+    model.backbone.load_state_dict(source)
+    return model
+
+
+def _saved_config(path: str | os.PathLike) -> MambaConfig:
+    folder = model_dir(path)
+    return MambaConfig.load(folder / CONFIG_NAME)
+
+
+def class_weights(counts: dict[str, int], labels: Sequence[str]) -> list[float]:
+    """Inverse-frequency weights ``n / (C * n_c)`` (mean 1 over the sequences), one per label."""
+    n = np.array([counts.get(label, 0) for label in labels], dtype=np.float64)
+    return (n.sum() / (len(labels) * np.maximum(n, 1))).tolist()
+
+
+class WeightedClassificationTask(ClassificationTask):
+    """:class:`ClassificationTask` whose cross-entropy weighs class c by ``weights[c]`` (None: unweighted)."""
+
+    def __init__(self, model: MambaClassifier, optim: OptimConfig, weights: Sequence[float] | None = None):
+        super().__init__(model, optim)
+        self.register_buffer("class_weight", None if weights is None else torch.tensor(weights), persistent=False)
+
+    def compute_loss(self, batch):
+        if self.class_weight is None:
+            return super().compute_loss(batch)
+        logits = self.model(batch["input_ids"], batch.get("attention_mask"))
+        loss = F.cross_entropy(logits.float(), batch["label"], weight=self.class_weight.float())
+        accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
+        return loss, {"accuracy": accuracy}
+
+
+# ---- training -----------------------------------------------------------------------------------------------------
+@dataclass
+class ClassifySettings(TrainSettings):
+    """:class:`~mamba_bio_audio.tasks.windows.TrainSettings` for whole sequences: ``length`` is the crop (a longer
+    training sequence gives a random window of it; 0: no crop), ``rc_prob`` defaults to 0 (labels may depend on
+    the strand), plus ``bidirectional``, ``pooling``, ``init_from`` and inverse-frequency ``class_weights``."""
+
+    length: int = 0
+    rc_prob: float = 0.0
+    bidirectional: bool = False
+    pooling: str = "mean"
+    init_from: str | None = None
+    class_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if self.length:
+            super().__post_init__()
+        else:  # no crop: TrainSettings' checks of the other fields (a copy with a valid length runs them)
+            dataclasses.replace(self, length=2)
+
+
+def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Training items (uint8 ``input_ids`` of any lengths, ``label``) -> a right-padded batch with its mask."""
+    ids, mask = pad_batch([item["input_ids"] for item in items])
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "label": torch.tensor([item["label"] for item in items], dtype=torch.long)}
+
+
+class SequenceItems:
+    """``sample_fn(i)`` of a :class:`BucketedSampler` (numpy items; :func:`collate` makes the tensors)."""
+
+    def __init__(self, sampler: BucketedSampler):
+        self.sampler = sampler
+
+    def __call__(self, i: int) -> dict:
+        tokens, label = self.sampler[i]
+        return {"input_ids": tokens, "label": label}
+
+
+class SequenceData(WindowData):
+    """Training batches of :func:`collate` (bucketed, padded, masked); validation batches given ready-made."""
+
+    def train_dataloader(self) -> DataLoader:
+        loader = super().train_dataloader()
+        return DataLoader(loader.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=collate, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader | list:
+        return DataLoader(self.val_samples, batch_size=None) if self.val_samples else []
+
+
+@dataclass
+class ClassifyPlan:
+    """A validated classification run, ready for :func:`run_training`; nothing has been written yet."""
+
+    model: MambaClassifier
+    task: WeightedClassificationTask
+    datamodule: SequenceData
+    trainer: TrainerConfig
+    store: TokenStore
+    val: list[int]
+    summary: dict
+
+
+def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> ClassifyPlan:
+    """Build the classifier, its task and data: bucketed train sequences, fixed validation batches."""
+    store = open_labelled_store(store_path)
+    labels = list(store.meta["labels"])
+    class_of = {label: c for c, label in enumerate(labels)}
+    train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
+    val = [i for i, r in enumerate(store.records) if r["split"] == "val"]
+    longest = max(store.records[i]["length"] for i in train)
+    crop = settings.length or None
+    window = min(crop or longest, longest)
+    sized = dataclasses.replace(settings, length=max(2, window))  # batch and checkpointing defaults by length
+    torch.manual_seed(settings.seed)
+    model = build_model(labels, window, settings.preset, settings.bidirectional, settings.pooling,
+                        settings.init_from)
+    model.config.extra["dna"] = {**model.config.extra.get("dna", {}), "crop": crop}  # evaluation reads it
+    model.gradient_checkpointing = use_checkpointing(sized)
+    preset_name = settings.preset or preset_name_of(model.config)
+    preset = get_preset(preset_name or "tiny")
+    batch = batch_size_for(preset, sized)
+    lr = settings.lr or preset.lr
+    weights = class_weights(store.meta["counts"]["train"], labels) if settings.class_weights else None
+    task = WeightedClassificationTask(model, optim_config(preset, settings, lr), weights)
+    sampler = BucketedSampler(store, train, [class_of[store.records[i]["label"]] for i in train], batch,
+                              seed=settings.seed, crop=crop, rc_prob=settings.rc_prob)
+    val_batches = list(_batches(store, val, [class_of[store.records[i]["label"]] for i in val], batch, crop))
+    datamodule = SequenceData(SequenceItems(sampler), batch, val_samples=[b for _, b in val_batches],
+                              num_workers=settings.num_workers)
+    summary = {"preset": preset_name or "pretrained (tiny's batch and lr)", "d_model": model.config.d_model,
+               "n_layer": model.config.n_layer, "parameters": param_count(model), "batch_size": batch, "lr": lr,
+               "labels": labels, "train_sequences": len(train), "longest_train_sequence": longest, "crop": crop,
+               "init_from": settings.init_from, "bidirectional": settings.bidirectional, "pooling": settings.pooling,
+               "class_weights": weights, "rc_prob": settings.rc_prob,
+               "checkpoint_activations": model.gradient_checkpointing,
+               "validation": f"{len(val)} sequences of the val split" if val else "none (the store has no val split)"}
+    return ClassifyPlan(model, task, datamodule, trainer_config(sized, [], bool(val)), store, val, summary)
+
+
+def _batches(store: TokenStore, indices: Sequence[int], classes: Sequence[int] | None, batch_size: int,
+             crop: int | None = None) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(positions into ``indices``, padded batch) over ``indices`` by length; a sequence longer than ``crop`` gives
+    its centre ``crop`` tokens."""
+    lengths = [store.records[i]["length"] for i in indices]
+    for rows in eval_batches(lengths, batch_size, EVAL_MAX_TOKENS):
+        tokens = [_centre(store.tokens(indices[r]), crop) for r in rows]
+        ids, mask = pad_batch(tokens)
+        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if classes is not None:
+            batch["label"] = torch.tensor([classes[r] for r in rows], dtype=torch.long)
+        yield rows, batch
+
+
+def _centre(tokens: np.ndarray, crop: int | None) -> np.ndarray:
+    if crop is None or tokens.size <= crop:
+        return tokens
+    start = (tokens.size - crop) // 2
+    return tokens[start: start + crop]
+
+
+def run_training(plan: ClassifyPlan, out: Path, resume: bool = False) -> dict:
+    """Fit, save ``out/model``, and return the summary with the validation metrics (if there is a val split)."""
+    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
+    metrics = {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
+    if plan.val:
+        from mamba_bio_audio.devices import torch_device
+
+        probs = predict_proba(plan.model, [plan.store.tokens(i) for i in plan.val],
+                              device=torch_device(plan.trainer.device), crop=plan.summary["crop"])
+        labels = plan.summary["labels"]
+        y = np.array([labels.index(plan.store.records[i]["label"]) for i in plan.val])
+        metrics["val"] = classification_metrics(y, probs)
+    return metrics
+
+
+# ---- inference ----------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def predict_proba(model: MambaClassifier, sequences: Sequence[np.ndarray], batch_size: int = 64,
+                  device: torch.device | str = "cpu", crop: int | None = None) -> np.ndarray:
+    """Class probabilities ``(n, num_classes)`` float64 of token sequences of any lengths, batched by length with
+    padding and masks (bf16 autocast on CUDA); a sequence longer than ``crop`` is read at its centre."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    out = np.zeros((len(sequences), model.num_classes))
+    lengths = [min(s.size, crop or s.size) for s in sequences]
+    for rows in eval_batches(lengths, batch_size, EVAL_MAX_TOKENS):
+        ids, mask = pad_batch([_centre(sequences[r], crop) for r in rows])
+        with autocast(device):
+            logits = model(torch.from_numpy(ids).to(device).long(), torch.from_numpy(mask).to(device))
+        out[rows] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def model_crop(model: MambaClassifier) -> int | None:
+    """The crop the model was trained with (its recorded window when sequences were cropped), else None."""
+    return model.config.extra.get("dna", {}).get("crop")
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+def evaluate(model: MambaClassifier, store_path: str | os.PathLike, *, split: str = "test", batch_size: int = 64,
+             device: torch.device | str = "cpu", baseline: bool = True, baseline_max_train: int = BASELINE_MAX_TRAIN,
+             seed: int = 0) -> dict:
+    """Metrics of ``model`` on every sequence of ``split``, beside the k-mer baseline fit on the train split.
+
+    Returns a JSON-ready dict: ``split``, ``labels`` (the model's; confusion matrices in this order), ``n``,
+    ``majority`` (the share of the most common class: what a constant guess scores), ``model`` and ``baseline``
+    (:func:`~mamba_bio_audio.metrics.classification.classification_metrics` each) and the baseline's set-up.
+    """
+    store = open_labelled_store(store_path)
+    labels = list(model.labels)
+    unknown = sorted(set(store.meta["labels"]) - set(labels))
+    if unknown:
+        raise DataError(f"{store.path}: labels {', '.join(unknown)} unknown to the model (it knows "
+                        f"{', '.join(labels)})")
+    indices = [i for i, r in enumerate(store.records) if r["split"] == split]
+    if not indices:
+        raise DataError(f"{store.path}: no sequences in the {split} split (it has "
+                        f"{', '.join(store.meta['counts'])})")
+    y = np.array([labels.index(store.records[i]["label"]) for i in indices])
+    sequences = [store.tokens(i) for i in indices]
+    probs = predict_proba(model, sequences, batch_size, device, crop=model_crop(model))
+    result = {"split": split, "labels": labels, "n": len(indices),
+              "majority": float(np.bincount(y, minlength=len(labels)).max() / len(y)),
+              "model": classification_metrics(y, probs)}
+    if baseline:
+        train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
+        if len(train) > baseline_max_train:
+            train = sorted(np.random.default_rng(seed).choice(train, baseline_max_train, replace=False).tolist())
+        train_y = np.array([labels.index(store.records[i]["label"]) for i in train])
+        base = kmer_baseline(((store.tokens(i), None) for i in train), train_y,
+                             ((s, None) for s in sequences), len(labels))
+        result["baseline"] = {**classification_metrics(y, base), "name": BASELINE_NAME, "k": BASELINE_K,
+                              "l2": BASELINE_L2, "train_sequences": len(train)}
+    return result
+
+
+def results_table(result: dict) -> str:
+    """Plain-text table: the model and the baseline, one row each."""
+    keys = ["accuracy", "mcc", "macro_f1"] + (["auroc"] if "auroc" in result["model"] else [])
+    lines = [f"{'':<10}" + "".join(f"{k:>10}" for k in keys)]
+    for name in ("model", "baseline"):
+        if name in result:
+            lines.append(f"{'mamba' if name == 'model' else '6-mer LR':<10}"
+                         + "".join(f"{result[name][k]:>10.3f}" for k in keys))
+    lines.append(f"({result['n']} sequences of the {result['split']} split; majority class {result['majority']:.3f})")
+    return "\n".join(lines)
+
+
+# ---- prediction ---------------------------------------------------------------------------------------------------
+def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "auto",
+                 batch_size: int = 64, device: torch.device | str = "cpu", chunk: int = 4096,
+                 lenient: bool = False, **columns) -> int:
+    """Write ``out`` (TSV): ``id, length, [label,] predicted, p_<label>...`` per sequence of ``source``, in file
+    order, reading ``chunk`` sequences at a time; labels in the input are optional. Returns the row count."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    labels = list(model.labels)
+    rows = 0
+    try:
+        with open(tmp, "w") as f:
+            header_written = False
+            for group in _chunks(read_labelled(source, fmt, lenient=lenient, require_labels=False, **columns), chunk):
+                with_label = group[0].label is not None
+                if not header_written:
+                    f.write("\t".join(["id", "length", *(["label"] if with_label else []), "predicted",
+                                       *(f"p_{c}" for c in labels)]) + "\n")
+                    header_written = True
+                probs = predict_proba(model, [s.tokens for s in group], batch_size, device, crop=model_crop(model))
+                for s, p in zip(group, probs):
+                    f.write("\t".join([s.id, str(s.tokens.size), *([s.label or ""] if with_label else []),
+                                       labels[int(p.argmax())], *(f"{x:.6f}" for x in p)]) + "\n")
+                rows += len(group)
+        if rows == 0:
+            raise DataError(f"{source}: no sequences")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return rows
+
+
+def _chunks(items: Iterator[LabelledSequence], size: int) -> Iterator[list[LabelledSequence]]:
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

@@ -1,0 +1,212 @@
+"""``mba dna classify prepare | train | evaluate | predict``: classify the user's own labelled DNA sequences.
+
+    mba dna classify prepare  seqs.csv --out STORE [--sequence-column seq --label-column y --split-column split]
+    mba dna classify prepare  labelled.fa.gz --out STORE [--label-key label]       # '>id label=X [split=test]'
+    mba dna classify prepare  human_nontata_promoters/ --out STORE                 # Genomic Benchmarks folder
+    mba dna classify prepare  --download human_nontata_promoters --out STORE       # ... fetched by name
+    mba dna classify prepare  promoter_all/ --out STORE                            # NT task: train.csv, test.csv
+    mba dna classify train    --data STORE --out RUN [--init-from PRETRAINED] [--class-weights]
+    mba dna classify evaluate --checkpoint RUN --data STORE --out EVAL             # beside the 6-mer baseline
+    mba dna classify predict  --checkpoint RUN seqs.csv --out preds.tsv
+
+The work is done by :mod:`mamba_bio_audio.tasks.classify`; these commands parse flags and write outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mamba_bio_audio.recipes.options import common_options, config_option, device_option
+from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json
+
+DIR = click.Path(file_okay=False, path_type=Path)
+FORMAT_CHOICES = ("auto", "table", "nt", "fasta", "genomic-benchmarks")
+
+
+def reader_options(f):
+    """How to read an input file: its format, columns or header key, and --lenient."""
+    for option in reversed([
+        click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="auto", show_default=True,
+                     help="Input layout (auto: a folder of train/test class folders is Genomic Benchmarks, of "
+                          "train.csv/test.csv an NT task; a file starting with '>' FASTA; else CSV/TSV)."),
+        click.option("--sequence-column", default="sequence", show_default=True, help="CSV/TSV column of bases."),
+        click.option("--label-column", default="label", show_default=True, help="CSV/TSV column of labels."),
+        click.option("--split-column", default=None, help="CSV/TSV column of splits (train, val/dev, test)."),
+        click.option("--id-column", default=None, help="CSV/TSV column of ids [default: the line number]."),
+        click.option("--label-key", default="label", show_default=True,
+                     help="FASTA header key of the label ('>id label=X')."),
+        click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _columns(fmt: str, sequence_column: str, label_column: str, split_column: str | None, id_column: str | None,
+             label_key: str) -> dict:
+    """The reader keywords of ``fmt`` (the table columns only for CSV/TSV, the header key only for FASTA)."""
+    columns = {}
+    if fmt in ("auto", "table"):
+        columns.update(sequence_column=sequence_column, label_column=label_column, split_column=split_column,
+                       id_column=id_column)
+    if fmt in ("auto", "fasta"):
+        columns.update(label_key=label_key)
+    return columns
+
+
+@click.group("classify")
+def classify() -> None:
+    """Classify your own labelled sequences (CSV/TSV, FASTA, Genomic Benchmarks, NT tasks)."""
+
+
+@classify.command("prepare")
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=DIR, required=True, help="Token store folder to write (replaced atomically).")
+@click.option("--download", default=None, help="Fetch this Genomic Benchmarks data set by name (needs network).")
+@click.option("--download-dir", type=DIR, default=None, help="Where --download puts it [~/.genomic_benchmarks].")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of train drawn for validation when the input gives no val split.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share drawn for test when the input gives no split at all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn splits.")
+@reader_options
+@config_option
+def prepare(source: Path | None, out: Path, download: str | None, download_dir: Path | None, val_fraction: float,
+            test_fraction: float, seed: int, fmt: str, sequence_column: str, label_column: str,
+            split_column: str | None, id_column: str | None, label_key: str, lenient: bool) -> None:
+    """Labelled sequences -> a token store (one entry per sequence, its label and split)."""
+    from mamba_bio_audio.tasks.classify import prepare as prepare_store
+    from mamba_bio_audio.tasks.classify import split_summary
+
+    fmt_for_columns = "genomic-benchmarks" if download else fmt
+    store = prepare_store(source, out, fmt=fmt, download=download, download_dir=download_dir,
+                          val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, lenient=lenient,
+                          **_columns(fmt_for_columns, sequence_column, label_column, split_column, id_column,
+                                     label_key))
+    click.echo(split_summary(store))
+    click.echo(f"wrote {out} ({len(store):,} sequences, labels {', '.join(store.meta['labels'])})")
+
+
+@classify.command("train")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Store from 'classify prepare'.")
+@click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--preset", type=click.Choice(["tiny", "paper-1.4m", "paper-7m"]), default=None,
+              help="Model size [default: tiny, or the shape of --init-from].")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+              help="A 'dna pretrain' run, or a trained species/classify model, whose backbone starts the model.")
+@click.option("--bidirectional", is_flag=True, help="Each mixer also reads the sequence backwards.")
+@click.option("--pooling", type=click.Choice(["last", "mean"]), default="mean", show_default=True)
+@click.option("--class-weights", is_flag=True, help="Weigh the loss by inverse class frequency (imbalance).")
+@click.option("--max-length", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train on random windows of this many bases of longer sequences (0: whole sequences).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Sequences per step [default: the preset's, at most its token budget].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate [default: the preset's].")
+@click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Probability of reverse-complementing a training sequence.")
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@common_options
+def train(data: Path, out: Path, max_steps: int, preset: str | None, init_from: Path | None, bidirectional: bool,
+          pooling: str, class_weights: bool, max_length: int, batch_size: int | None, lr: float | None,
+          rc_prob: float, val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool,
+          device: str, seed: int) -> None:
+    """Train a MambaClassifier on the train split (length-bucketed, padded batches)."""
+    from mamba_bio_audio.tasks.classify import ClassifySettings, plan_training, run_training
+    from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
+
+    settings = ClassifySettings(
+        length=max_length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, rc_prob=rc_prob,
+        val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device, seed=seed,
+        bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
+        init_from=None if init_from is None else str(init_from))
+    refuse_to_overwrite(out, resume)
+    plan = plan_training(data, settings)
+    if is_main_process():
+        s = plan.summary
+        click.echo(f"model: {s['n_layer']} layers x d_model {s['d_model']}, {s['parameters']:,} parameters; batch "
+                   f"{s['batch_size']}, lr {s['lr']:g}; {s['train_sequences']:,} train sequences; validation: "
+                   f"{s['validation']}")
+        prepare_out_dir(out)
+        _write_config(out, {**click.get_current_context().params, "batch_size": s["batch_size"], "lr": s["lr"]})
+    metrics = run_training(plan, out, resume=resume)
+    if is_main_process():
+        metrics["data"] = str(data)
+        write_json(out / "metrics.json", metrics)
+        val = f"val accuracy {metrics['val']['accuracy']:.3f}, " if "val" in metrics else ""
+        click.echo(f"{val}{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")
+
+
+@classify.command("evaluate")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A 'classify train' run folder.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Store from 'classify prepare'.")
+@click.option("--out", type=DIR, required=True, help="Folder for metrics.json and the confusion matrix PNGs.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also score the 6-mer logistic regression fit on the train split.")
+@click.option("--baseline-max-train", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Train sequences the baseline fits on at most (a seeded subset beyond).")
+@common_options
+def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: int, baseline: bool,
+             baseline_max_train: int, device: str, seed: int) -> None:
+    """Accuracy, MCC, macro-F1, AUROC (binary) and the confusion matrix, beside the k-mer baseline."""
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.metrics.classification import plot_confusion_matrix
+    from mamba_bio_audio.tasks.classify import evaluate as evaluate_store
+    from mamba_bio_audio.tasks.classify import results_table
+    from mamba_bio_audio.tasks.species import load_classifier
+
+    torch_dev = torch_device(device)
+    model = load_classifier(checkpoint, torch_dev)
+    result = evaluate_store(model, data, split=split, batch_size=batch_size, device=torch_dev, baseline=baseline,
+                            baseline_max_train=baseline_max_train, seed=seed)
+    result.update(checkpoint=str(checkpoint), data=str(data))
+    prepare_out_dir(out)
+    _write_config(out, click.get_current_context().params)
+    write_json(out / "metrics.json", result)
+    plots = ["confusion_matrix.png"]
+    plot_confusion_matrix(out / plots[0], result["model"]["confusion_matrix"], result["labels"],
+                          f"Mamba, {split} split: accuracy {result['model']['accuracy']:.3f}")
+    if "baseline" in result:
+        plots.append("confusion_matrix_baseline.png")
+        plot_confusion_matrix(out / plots[1], result["baseline"]["confusion_matrix"], result["labels"],
+                              f"6-mer LR, {split} split: accuracy {result['baseline']['accuracy']:.3f}")
+    click.echo(results_table(result))
+    click.echo(f"wrote {out}/: metrics.json, {', '.join(plots)}, config.yaml")
+
+
+@classify.command("predict")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="A 'classify train' run folder.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TSV file to write.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@reader_options
+@device_option
+@config_option
+def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str, sequence_column: str,
+            label_column: str, split_column: str | None, id_column: str | None, label_key: str, lenient: bool,
+            device: str) -> None:
+    """Class probabilities of every sequence of a file (labels optional), as TSV."""
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.classify import predict_file
+    from mamba_bio_audio.tasks.species import load_classifier
+
+    torch_dev = torch_device(device)
+    model = load_classifier(checkpoint, torch_dev)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = predict_file(model, source, out, fmt=fmt, batch_size=batch_size, device=torch_dev, lenient=lenient,
+                        **_columns(fmt, sequence_column, label_column, split_column, id_column, label_key))
+    click.echo(f"wrote {rows} rows to {out}")
+
+
+def _write_config(out: Path, params: dict) -> None:
+    """``out/config.yaml``: the option values of this run (``--config`` repeats it)."""
+    from mamba_bio_audio.recipes.outputs import write_yaml
+
+    write_yaml(out / "config.yaml", {k: str(v) if isinstance(v, Path) else v for k, v in params.items()})
