@@ -42,7 +42,7 @@ def make_step(kind: str, w: dict, batch: int, d_model: int, d_inner: int, d_stat
               head_rows: int | None, device: str):
     """A function running ``layers`` blocks' steps on fixed buffers (what the graph captures)."""
     from mamba_bio_audio import ops
-    from mamba_bio_audio.kernels.selective_scan.triton_decode import (
+    from mamba_bio_audio.kernels.mamba_decode.triton_decode import (
         mamba_block_decode_triton,
         mamba_decode_inner_triton,
     )

@@ -39,14 +39,18 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-_module = os.environ.get("SCAN_MODULE")  # a scratch copy of triton_scan.py to try a variant
+_module = os.environ.get("SCAN_MODULE")  # a variant to try: defines _fwd_kernel, _bwd_kernel and the DEFAULT_*
 if _module:
     _spec = importlib.util.spec_from_file_location("scan_variant", _module)
     ts = importlib.util.module_from_spec(_spec)
     sys.modules["scan_variant"] = ts
     _spec.loader.exec_module(ts)
 else:
-    from kernels.selective_scan import triton_scan as ts  # noqa: E402
+    from kernels.selective_scan import backward as _backward  # noqa: E402
+    from kernels.selective_scan import forward as _forward  # noqa: E402
+    from kernels.selective_scan import plan as _plan  # noqa: E402
+
+    ts = types.SimpleNamespace(**vars(_plan), _fwd_kernel=_forward._fwd_kernel, _bwd_kernel=_backward._bwd_kernel)
 
 
 def compile_kernel(kernel, constexprs: dict, dtypes: dict, num_warps: int):

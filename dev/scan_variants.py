@@ -36,7 +36,7 @@ def time_config(x, grad, cfg: dict, reference: list | None) -> tuple[dict, list 
     """fwd and fwd+bwd ms of one tuning, and its outputs' largest relative difference from ``reference``."""
     from triton.testing import do_bench
 
-    from mamba_bio_audio.kernels.selective_scan.triton_scan import selective_scan_triton
+    from mamba_bio_audio.kernels.selective_scan.function import selective_scan_triton
 
     cfg = dict(cfg)
     torch.use_deterministic_algorithms(bool(cfg.pop("deterministic", 0)))

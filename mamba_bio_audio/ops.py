@@ -1,12 +1,14 @@
 """The one place that chooses a compute backend for the Mamba ops. Models call these functions only.
 
 Backends:
-    "reference"  torch code that runs on any device (kernels/selective_scan/chunked.py, kernels/causal_conv1d/reference.py)
+    "reference"  torch code that runs on any device (the ``reference.py`` of each op folder under kernels/)
     "triton"     fused Triton kernels (GPU; also CPU tensors under TRITON_INTERPRET=1, which is how CI tests them)
     "cuda"       the compiled mamba_ssm / causal-conv1d extensions, when installed (benchmarks, comparisons)
     "auto"       triton for CUDA tensors when the kernels import, else reference; the environment variable
                  MBA_BACKEND (auto|reference|triton|cuda) overrides "auto". A CUDA run that falls back to the
                  reference warns once.
+
+docs/kernels.md describes the kernels, the backends and the environment variables read here.
 """
 
 from __future__ import annotations
@@ -20,20 +22,20 @@ import torch
 
 from mamba_bio_audio.kernels.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
 from mamba_bio_audio.kernels.rms_norm.reference import add_rms_norm_ref
-from mamba_bio_audio.kernels.selective_scan.chunked import selective_scan_chunked
-from mamba_bio_audio.kernels.selective_scan.naive import selective_state_update_naive
+from mamba_bio_audio.kernels.selective_scan.reference import selective_scan_chunked
+from mamba_bio_audio.kernels.selective_state_update.reference import selective_state_update_ref
 
 BACKENDS = ("auto", "reference", "triton", "cuda")
 ENV_VAR = "MBA_BACKEND"
 
 _TRITON_MODULES = {
-    "scan": ("mamba_bio_audio.kernels.selective_scan.triton_scan", "selective_scan_triton"),
-    "step": ("mamba_bio_audio.kernels.selective_scan.triton_step", "selective_state_update_triton"),
+    "scan": ("mamba_bio_audio.kernels.selective_scan.function", "selective_scan_triton"),
+    "step": ("mamba_bio_audio.kernels.selective_state_update.triton_step", "selective_state_update_triton"),
     "conv": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_triton"),
     "conv_update": ("mamba_bio_audio.kernels.causal_conv1d.triton_conv", "causal_conv1d_update_triton"),
     "norm": ("mamba_bio_audio.kernels.rms_norm.triton_norm", "add_rms_norm_triton"),
-    "decode": ("mamba_bio_audio.kernels.selective_scan.triton_decode", "mamba_decode_inner_triton"),
-    "block_decode": ("mamba_bio_audio.kernels.selective_scan.triton_decode", "mamba_block_decode_triton"),
+    "decode": ("mamba_bio_audio.kernels.mamba_decode.triton_decode", "mamba_decode_inner_triton"),
+    "block_decode": ("mamba_bio_audio.kernels.mamba_decode.triton_decode", "mamba_block_decode_triton"),
 }
 _CUDA_MODULES = {
     "scan": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
@@ -145,7 +147,7 @@ def selective_state_update(
     if dt_proj_weight is not None:
         dt = torch.nn.functional.linear(dt, dt_proj_weight)
     if name == "reference":
-        return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        return selective_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
@@ -224,8 +226,7 @@ FUSED_DECODE_ENV = "MBA_FUSED_DECODE_MAX_BATCH"
 def fused_decode_max_batch() -> int:
     """Largest batch that :func:`mamba_decode_inner` runs through the two fused kernels (larger batches take
     the unfused Triton ops, whose x_proj is one cuBLAS product instead of per-row partial products): the
-    environment variable MBA_FUSED_DECODE_MAX_BATCH, default 8. (H100, 90.7M model, 2026-11-23: fused 0.530 vs
-    unfused 0.576 ms/step at batch 1, 1.071 vs 0.755 ms/step at batch 64; batches between were not measured.)"""
+    environment variable MBA_FUSED_DECODE_MAX_BATCH, default 8 (docs/kernels.md: why 8)."""
     return _env_int(FUSED_DECODE_ENV, 8)
 
 
@@ -237,7 +238,7 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
         y  = selective_state_update(ssm_state, xc, dt, A, B, C, D, z, dt_bias, dt_softplus=True)
 
     Two fused Triton kernels when ``backend`` resolves to Triton and the batch is at most
-    :func:`fused_decode_max_batch` (kernels/selective_scan/triton_decode.py), else the ops above one by one (the
+    :func:`fused_decode_max_batch` (kernels/mamba_decode/triton_decode.py), else the ops above one by one (the
     Triton ones, the reference, or mamba_ssm's and causal-conv1d's kernels for "cuda").
 
     Args:
@@ -266,8 +267,8 @@ FUSED_DT_PROJ_ENV = "MBA_FUSED_DT_PROJ_MAX_BATCH"
 def fused_dt_proj_max_batch() -> int:
     """Largest batch whose unfused decode step projects the low-rank dt inside the state update
     (``dt_proj_weight=``): the environment variable MBA_FUSED_DT_PROJ_MAX_BATCH, default 256. Inside, every
-    (batch row, channel block) program reads its rows of dt_proj.weight (dim x dt_rank: 147 KB per row in the
-    90.7M model), which at batch 22,528 is gigabytes per layer from L2; one cuBLAS product is cheaper there."""
+    (batch row, channel block) program reads its rows of dt_proj.weight, so at large batches one cuBLAS product
+    is cheaper."""
     return _env_int(FUSED_DT_PROJ_ENV, 256)
 
 
@@ -279,9 +280,7 @@ MAX_FUSED_BLOCK_D_MODEL = 2048
 def fused_block_decode_max_batch() -> int:
     """Largest batch whose decode step runs as :func:`mamba_block_decode`'s two kernels: the environment
     variable MBA_FUSED_BLOCK_DECODE_MAX_BATCH, default 2 (0: never). Each batch row's programs re-read their
-    rows of in_proj.weight, so the gain at batch 1 turns into a loss as the batch grows (H100, 90.7M model, bf16,
-    2026-11-23, ms/step block-fused vs in_proj apart: batch 1 0.466 vs 0.514, 2 0.485 vs 0.517, 4 0.597 vs
-    0.528, 8 0.773 vs 0.560)."""
+    rows of in_proj.weight, so the gain at batch 1 turns into a loss as the batch grows."""
     return _env_int(FUSED_BLOCK_DECODE_ENV, 2)
 
 
@@ -307,7 +306,7 @@ def mamba_block_decode(hidden, residual, norm_weight, eps, in_proj_weight, in_pr
         normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps)   (normed in in_proj's dtype)
         x, z = split(in_proj(normed));  y = mamba_decode_inner(x, z, ...)
 
-    Two Triton kernels when :func:`fused_block_decode_ok` (kernels/selective_scan/triton_decode.py), else the
+    Two Triton kernels when :func:`fused_block_decode_ok` (kernels/mamba_decode/triton_decode.py), else the
     ops above one by one.
 
     Args:

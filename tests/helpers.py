@@ -69,12 +69,15 @@ def kernel_devices(pytest):
     ]
 
 
-def poison_empty(monkeypatch, module) -> None:
-    """Make ``module._empty`` (every kernel output's allocator) fill with NaN: unwritten elements fail the test."""
+def poison_empty(monkeypatch) -> None:
+    """Make ``kernels.utils.empty`` (every kernel output's allocator) fill with NaN: unwritten elements fail the
+    test."""
+    from mamba_bio_audio.kernels import utils
+
     def nan_empty(*shape, like, dtype=None):
         return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
 
-    monkeypatch.setattr(module, "_empty", nan_empty)
+    monkeypatch.setattr(utils, "empty", nan_empty)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -60,9 +60,9 @@ def test_triton_model_under_bf16_autocast_matches_reference():
 def test_triton_decode_steps_match_reference(fused_max_batch, block, dt_proj, monkeypatch, request):
     # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step;
     # inner-fused: conv + x_proj + dt_proj + state update in two kernels; block-fused: also the residual add,
-    # the norm and in_proj (kernels/selective_scan/triton_decode.py).
+    # the norm and in_proj (kernels/mamba_decode/triton_decode.py).
     from mamba_bio_audio import ops
-    from mamba_bio_audio.kernels.selective_scan import triton_decode
+    from mamba_bio_audio.kernels.mamba_decode import triton_decode
 
     monkeypatch.setenv("MBA_FUSED_DECODE_MAX_BATCH", fused_max_batch)
     monkeypatch.setenv("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", block)  # batch 3: "2" keeps in_proj apart

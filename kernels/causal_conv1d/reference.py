@@ -11,7 +11,8 @@ import torch.nn.functional as F
 ACTIVATIONS = (None, "silu", "swish")
 
 
-def _check_activation(activation):
+def check_activation(activation):
+    """A ValueError unless ``activation`` is one of ACTIVATIONS."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
@@ -27,7 +28,7 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None,
         out (batch, dim, seqlen) in x's dtype; with return_final_state also final_state
         (batch, dim, width - 1): the last width - 1 inputs (initial_state included), to continue the sequence.
     """
-    _check_activation(activation)
+    check_activation(activation)
     dtype_in = x.dtype
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
@@ -58,7 +59,7 @@ def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
     Returns:
         out with x's shape and dtype.
     """
-    _check_activation(activation)
+    check_activation(activation)
     unsqueeze = x.dim() == 2
     if unsqueeze:
         x = x.unsqueeze(-1)

@@ -22,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_bio_audio.kernels.causal_conv1d.reference import _check_activation
-from mamba_bio_audio.kernels.layout import empty_as, time_contiguous
+from mamba_bio_audio.kernels import utils
+from mamba_bio_audio.kernels.causal_conv1d.reference import check_activation
+from mamba_bio_audio.kernels.utils import time_contiguous
 
-DEFAULT_BLOCK_D = 32  # H100, (8, 1536, 2048), width 4: best of 5 configs timed, forward and backward
+DEFAULT_BLOCK_D = 32  # best of the configs timed on the H100 (NOTES.md of selective_scan)
 DEFAULT_BLOCK_T = 64
 DEFAULT_NUM_WARPS = 2
 
@@ -135,15 +136,6 @@ def _conv_dx_kernel(
                  mask=d_mask[:, None] & (t < 0)[None, :])
 
 
-def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
-    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
-
-
-def _empty_as(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return empty_as(t, _empty, dtype)
-
-
 def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[int, int, int]:
     return triton.cdiv(rows, block_t), triton.cdiv(dim, block_d), batch
 
@@ -153,7 +145,7 @@ class _CausalConv1dFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias, initial_state, silu, want_final, block_d, block_t, num_warps):
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
-        out = _empty_as(x)
+        out = utils.empty_as(x)
         if seqlen > 0:
             _conv_fwd_kernel[_grid(seqlen, dim, batch, block_t, block_d)](
                 x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x, out,
@@ -177,7 +169,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         silu, block_d, block_t, num_warps = ctx.launch
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
-        dx = torch.zeros_like(x) if dout is None or seqlen == 0 else _empty_as(x)
+        dx = torch.zeros_like(x) if dout is None or seqlen == 0 else utils.empty_as(x)
         dinit = torch.zeros_like(initial_state) if initial_state is not None else None
         dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
         dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
@@ -185,11 +177,11 @@ class _CausalConv1dFn(torch.autograd.Function):
             # Two passes: dpre once per step (pre recomputed from W shifted inputs), then dx from W shifted dpre.
             # dpre is kept in x's dtype (fp32 for fp32 inputs), the precision of the dx it feeds.
             grid = _grid(seqlen, dim, batch, block_t, block_d)
-            dpre = _empty_as(x)
+            dpre = utils.empty_as(x)
             if dout.stride() != x.stride():  # the kernels index x, dout, dpre and dx alike
-                dout = _empty_as(x, dout.dtype).copy_(dout)
-            dw_part = _empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
-            dbias_part = _empty(batch, grid[0], dim, like=x, dtype=torch.float32)
+                dout = utils.empty_as(x, dout.dtype).copy_(dout)
+            dw_part = utils.empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
+            dbias_part = utils.empty(batch, grid[0], dim, like=x, dtype=torch.float32)
             _conv_dpre_kernel[grid](
                 x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
                 dout, dpre, dw_part, dbias_part, dim, seqlen, *x.stride()[:2],
@@ -226,7 +218,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
         out (batch, dim, seqlen) in x's dtype; with return_final_state also final_state (batch, dim, width - 1),
         the last width - 1 inputs in x's dtype.
     """
-    _check_activation(activation)
+    check_activation(activation)
     out, final_state = _CausalConv1dFn.apply(
         x if time_contiguous(x) else x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
         initial_state.contiguous() if initial_state is not None else None, activation is not None,
@@ -288,7 +280,7 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=Non
     Returns:
         out with x's shape and dtype.
     """
-    _check_activation(activation)
+    check_activation(activation)
     squeeze = x.dim() == 2
     x = x.unsqueeze(-1) if squeeze else x
     if x.stride(-1) != 1 and x.shape[-1] > 1:  # read in place when time is contiguous (e.g. a half of in_proj)
@@ -298,7 +290,7 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=Non
     state_len = conv_state.shape[-1]
     if state_len < width - 1:
         raise ValueError(f"conv_state holds {state_len} steps, fewer than width - 1 = {width - 1}")
-    out = _empty(batch, dim, seqlen, like=x)
+    out = utils.empty(batch, dim, seqlen, like=x)
     block_d = block_d or 64
     _conv_update_kernel[(triton.cdiv(dim, block_d), batch)](
         x, conv_state, weight.contiguous(), bias.contiguous() if bias is not None else x, out,

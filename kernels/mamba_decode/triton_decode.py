@@ -12,8 +12,8 @@ are the cost. Here, before out_proj (cuBLAS):
    ``x_proj.weight[:, channels] @ xc[channels]`` -> partials (batch, programs, dt_rank + 2 d_state) in fp32.
    ``_conv_xproj_kernel`` (:func:`mamba_decode_inner_triton`) is the same from in_proj's output on.
 2. ``_ssm_from_partials_kernel``: every program sums the partials (a few KB, from L2) into the low-rank dt, B
-   and C (rounded to x's dtype, as the unfused product's output is), projects dt for its channels
-   (dt_proj fused, as in triton_step), and advances the state (the same ``_advance`` as the step kernel).
+   and C (rounded to x's dtype, as the unfused product's output is), projects dt for its channels (dt_proj
+   fused, as in the state-update kernel) and advances the state (``utils.advance_state``, as that kernel does).
 
 The partials are plain per-program sums added in a fixed order: deterministic, no atomics, nothing to zero.
 Every rounding of the unfused path is kept: the norm's output and in_proj's x and z in in_proj's dtype, the
@@ -26,13 +26,13 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_bio_audio.kernels.selective_scan.triton_scan import _dt
-from mamba_bio_audio.kernels.selective_scan.triton_step import _advance
+from mamba_bio_audio.kernels import utils
+from mamba_bio_audio.kernels.utils import advance_state, dt_activation
 
 CONV_BLOCK_D = 64  # channels per conv + partial-projection program
 STEP_BLOCK_D = 32  # channels per state-update program
 HEAD_BLOCK_D = 8  # channels per program of the block-head kernel (x and z rows of in_proj: 2 x 8 x d_model)
-HEAD_ROWS = 1  # batch rows per block-head program (more rows: slower at every batch measured, tools/decode_variants.py)
+HEAD_ROWS = 1  # batch rows per block-head program (more rows were slower: results/decode_ab/)
 HEAD_NUM_WARPS = 8
 
 
@@ -181,16 +181,11 @@ def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr
     raw = tl.sum(Wdt * low[None, :], axis=1)
     if HAS_BIAS:
         raw += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    dt = _dt(raw, True)
+    dt = dt_activation(raw, True)
     x = tl.load(xc_ptr + b64 * dim + d, mask=d_mask, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    _advance(state_ptr, x, dt, A, Bv[None, :], Cv[None, :], D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
+    advance_state(state_ptr, x, dt, A, Bv[None, :], Cv[None, :], D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
              stride_sb, stride_sd, stride_sn, stride_z, HAS_D, True, BLOCK_D)
-
-
-def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
-    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
 def _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state):
@@ -205,7 +200,7 @@ def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state
     """The second kernel: y (batch, dim) in xc's dtype from the partial x_proj sums; ssm_state advanced."""
     batch, dim = xc.shape
     d_state, dt_rank, n_parts, n_out = ssm_state.shape[-1], dt_proj_weight.shape[1], *partials.shape[1:]
-    out = _empty(batch, dim, like=xc)
+    out = utils.empty(batch, dim, like=xc)
     _ssm_from_partials_kernel[(triton.cdiv(dim, block_d), batch)](
         ssm_state, xc, z, partials, dt_proj_weight.contiguous(), A.contiguous(),
         D.contiguous() if D is not None else xc, dt_bias.contiguous() if dt_bias is not None else xc, out,
@@ -239,8 +234,8 @@ def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_w
     z = z if z.stride(-1) == 1 else z.contiguous()
     conv_block_d = conv_block_d or CONV_BLOCK_D
     n_parts = triton.cdiv(dim, conv_block_d)
-    xc = _empty(batch, dim, like=x)
-    partials = _empty(batch, n_parts, n_out, like=x, dtype=torch.float32)
+    xc = utils.empty(batch, dim, like=x)
+    partials = utils.empty(batch, n_parts, n_out, like=x, dtype=torch.float32)
     _conv_xproj_kernel[(n_parts, batch)](
         x, conv_state, conv_weight.contiguous(), conv_bias if conv_bias is not None else x,
         x_proj_weight.contiguous(), xc, partials, dim, n_out, state_len, n_parts, x.stride(0), *conv_state.stride(),
@@ -283,10 +278,10 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
     head_rows = min(head_rows or HEAD_ROWS, batch)
     n_parts = triton.cdiv(dim, head_block_d)
     dtype = in_proj_weight.dtype
-    residual_out = _empty(batch, d_model, like=hidden, dtype=residual_dtype)
-    xc = _empty(batch, dim, like=hidden, dtype=dtype)
-    z = _empty(batch, dim, like=hidden, dtype=dtype)
-    partials = _empty(batch, n_parts, n_out, like=hidden, dtype=torch.float32)
+    residual_out = utils.empty(batch, d_model, like=hidden, dtype=residual_dtype)
+    xc = utils.empty(batch, dim, like=hidden, dtype=dtype)
+    z = utils.empty(batch, dim, like=hidden, dtype=dtype)
+    partials = utils.empty(batch, n_parts, n_out, like=hidden, dtype=torch.float32)
     _block_head_kernel[(n_parts, triton.cdiv(batch, head_rows))](
         hidden, residual if residual is not None else hidden, norm_weight, residual_out, in_proj_weight.contiguous(),
         in_proj_bias if in_proj_bias is not None else hidden, conv_state, conv_weight.contiguous(),

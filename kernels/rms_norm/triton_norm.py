@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_bio_audio.kernels import utils
+
 MAX_D = 16384  # one row must fit a program's registers (BLOCK_N = next power of two >= d)
 
 
@@ -89,11 +91,6 @@ def _bwd_kernel(DOUT, DRES_OUT, R, W, RSTD, DX, DRES, DW_PART, M, d, rows_per_pr
     tl.store(DW_PART + pid * d + cols, dw, mask=cmask)
 
 
-def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
-    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
-
-
 def _rows_view(t: torch.Tensor) -> torch.Tensor:
     """(..., d) -> an (M, d) view with its own strides (a copy only when the leading dims cannot merge)."""
     try:
@@ -122,10 +119,10 @@ class _AddRMSNormFn(torch.autograd.Function):
         x2 = _rows_view(x)
         r2 = _rows_view(residual) if residual is not None else None
         M = x2.shape[0]
-        out = _empty(M, d, like=x, dtype=out_dtype)
+        out = utils.empty(M, d, like=x, dtype=out_dtype)
         # keep_input: residual is None and x already is the residual stream; r = x is read back from x
-        res_out = None if keep_input else _empty(M, d, like=x, dtype=residual_dtype)
-        rstd = _empty(M, like=x, dtype=torch.float32)
+        res_out = None if keep_input else utils.empty(M, d, like=x, dtype=residual_dtype)
+        rstd = utils.empty(M, like=x, dtype=torch.float32)
         block_m, block_n, warps = _launch_shape(d)
         if M:
             src = r2 if r2 is not None else x2
@@ -152,14 +149,14 @@ class _AddRMSNormFn(torch.autograd.Function):
             dout = torch.zeros(M, d, device=saved.device, dtype=torch.float32)
         d2 = _rows_view(dout)
         g2 = _rows_view(dres_out) if dres_out is not None else None
-        dx = _empty(M, d, like=saved, dtype=ctx.x_dtype)
+        dx = utils.empty(M, d, like=saved, dtype=ctx.x_dtype)
         separate = ctx.has_residual and ctx.residual_dtype != ctx.x_dtype
-        dres = _empty(M, d, like=saved, dtype=ctx.residual_dtype) if separate else None
+        dres = utils.empty(M, d, like=saved, dtype=ctx.residual_dtype) if separate else None
         block_m, block_n, warps = _launch_shape(d)
         programs = max(1, min(triton.cdiv(M, block_m), _programs(saved.device)))
         rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
         programs = max(1, triton.cdiv(M, rows_per_program))
-        dw_part = _empty(programs, d, like=saved, dtype=torch.float32)
+        dw_part = utils.empty(programs, d, like=saved, dtype=torch.float32)
         if M:
             gsrc = g2 if g2 is not None else d2
             _bwd_kernel[(programs,)](

@@ -1,6 +1,6 @@
 """Fused Triton decode step of the selective scan (one token), updating the state in place.
 
-Semantics of :func:`mamba_bio_audio.kernels.selective_scan.naive.selective_state_update_naive`:
+Semantics of :func:`mamba_bio_audio.kernels.selective_state_update.reference.selective_state_update_ref`:
 
     dt = softplus(dt + dt_bias) (or without softplus)
     state <- exp(dt A) state + dt B x          (fp32 arithmetic, stored back in state's dtype)
@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_bio_audio.kernels.selective_scan.triton_scan import _LOG2E, _dt, _load_vec
+from mamba_bio_audio.kernels import utils
+from mamba_bio_audio.kernels.utils import advance_state, dt_activation, load_vec
 
 DEFAULT_BLOCK_D = 32
 DEFAULT_NUM_WARPS = 4
@@ -41,7 +42,7 @@ def _step_kernel(
     b64 = b.to(tl.int64)
 
     x = tl.load(x_ptr + b64 * stride_x + d, mask=d_mask, other=0.0).to(tl.float32)
-    bias = _load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
     if DT_PROJ:  # the low-rank dt projection of this program's channels, in fp32
         r = tl.arange(0, BLOCK_R)
         r_mask = r < dt_rank
@@ -51,7 +52,7 @@ def _step_kernel(
         dt_raw = tl.sum(W * low[None, :], axis=1)
     else:
         dt_raw = tl.load(dt_ptr + b64 * stride_dt + d, mask=d_mask, other=0.0).to(tl.float32)
-    dt = _dt(dt_raw + bias, SOFTPLUS)
+    dt = dt_activation(dt_raw + bias, SOFTPLUS)
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     # Channel d reads group d // channels_per_group of B and C (a gather; B and C are tiny).
     Bg = b64 * stride_bb + (d // channels_per_group_b) * stride_bg
@@ -59,32 +60,8 @@ def _step_kernel(
     Bv = tl.load(B_ptr + Bg[:, None] + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + Cg[:, None] + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
 
-    _advance(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
+    advance_state(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
              stride_sb, stride_sd, stride_sn, stride_z, HAS_D, HAS_Z, BLOCK_D)
-
-
-@triton.jit
-def _advance(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
-             stride_sb, stride_sd, stride_sn, stride_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-             BLOCK_D: tl.constexpr):
-    """The step proper for (batch row b64, channels d): state <- exp(dt A) state + dt B x (stored), out =
-    (C . state + D x) silu(z) (stored at out_ptr + b64 * dim + d). x, dt (BLOCK_D,), A, Bv, Cv (BLOCK_D,
-    BLOCK_N) or broadcastable, all fp32."""
-    s_ptrs = state_ptr + b64 * stride_sb + d[:, None].to(tl.int64) * stride_sd + n[None, :] * stride_sn
-    state = tl.load(s_ptrs, mask=dn_mask, other=0.0).to(tl.float32)
-    state = tl.exp2(dt[:, None] * A * _LOG2E) * state + (dt * x)[:, None] * Bv
-    tl.store(s_ptrs, state.to(state_ptr.dtype.element_ty), mask=dn_mask)
-
-    out = tl.sum(state * Cv, axis=1) + _load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D) * x
-    if HAS_Z:
-        z = tl.load(z_ptr + b64 * stride_z + d, mask=d_mask, other=0.0).to(tl.float32)
-        out = out * z * tl.sigmoid(z)
-    tl.store(out_ptr + b64 * dim + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
-
-
-def _empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Allocates every kernel output (uninitialised); tests swap it for a NaN fill to catch unwritten elements."""
-    return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -127,7 +104,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     dt_rank = W.shape[1] if W is not None else 0
     if W is not None and (W.shape[0] != dim or dt.shape[-1] != dt_rank):
         raise ValueError(f"dt_proj_weight {tuple(W.shape)} does not map dt {tuple(dt.shape)} to {dim} channels")
-    out = _empty(batch, dim, like=x)
+    out = utils.empty(batch, dim, like=x)
     block_d = block_d or DEFAULT_BLOCK_D
     grid = (triton.cdiv(dim, block_d), batch)
     _step_kernel[grid](

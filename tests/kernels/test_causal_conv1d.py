@@ -10,7 +10,6 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from mamba_bio_audio.kernels.causal_conv1d import triton_conv  # noqa: E402
 from mamba_bio_audio.kernels.causal_conv1d.reference import (  # noqa: E402
     causal_conv1d_ref,
     causal_conv1d_update_ref,
@@ -20,7 +19,7 @@ from mamba_bio_audio.kernels.causal_conv1d.triton_conv import (  # noqa: E402
     causal_conv1d_update_triton,
 )
 
-from helpers import assert_all_match, rel  # noqa: E402
+from helpers import assert_all_match, poison_empty, rel  # noqa: E402
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 cpu_only = pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")
@@ -29,10 +28,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, re
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    def nan_empty(*shape, like, dtype=None):
-        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
-
-    monkeypatch.setattr(triton_conv, "_empty", nan_empty)
+    poison_empty(monkeypatch)
 
 
 def check_conv(batch, dim, seqlen, width, activation, bias, init, dtype, device, seed, **kw):

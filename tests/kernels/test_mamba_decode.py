@@ -1,5 +1,5 @@
-"""The fused decode step of a selective mixer (conv + x_proj + dt_proj + state update, two Triton kernels) vs the
-unfused ops in float64."""
+"""The fused decode step of a selective mixer (conv + x_proj + dt_proj + state update, two Triton kernels) vs its
+torch reference (the unfused ops' references composed) in float64."""
 
 import os
 
@@ -12,8 +12,12 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 
 from mamba_bio_audio import ops  # noqa: E402
-from mamba_bio_audio.kernels.selective_scan import triton_decode  # noqa: E402
-from mamba_bio_audio.kernels.selective_scan.triton_decode import mamba_decode_inner_triton  # noqa: E402
+from mamba_bio_audio.kernels.mamba_decode import triton_decode  # noqa: E402
+from mamba_bio_audio.kernels.mamba_decode.reference import (  # noqa: E402
+    mamba_block_decode_ref,
+    mamba_decode_inner_ref,
+)
+from mamba_bio_audio.kernels.mamba_decode.triton_decode import mamba_decode_inner_triton  # noqa: E402
 
 from helpers import assert_all_match, kernel_devices, poison_empty, rel  # noqa: E402
 
@@ -22,7 +26,7 @@ DEVICES = kernel_devices(pytest)
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    poison_empty(monkeypatch, triton_decode)
+    poison_empty(monkeypatch)
 
 
 def weights(dim, d_state, dt_rank, width, state_len, batch, bias, seed):
@@ -67,7 +71,7 @@ def test_fused_decode_matches_the_unfused_ops(device, dim, d_state, dt_rank, wid
     w = weights(dim, d_state, dt_rank, width, state_len, batch, bias, seed=dim)
     g = torch.Generator().manual_seed(dim + 1)
     xzs = [torch.randn(batch, 2 * dim, generator=g, dtype=torch.float64) for _ in range(3)]
-    ref = run_steps(lambda x, z, **kw: ops.mamba_decode_inner(x, z, backend="reference", **kw), w, xzs,
+    ref = run_steps(mamba_decode_inner_ref, w, xzs,
                     torch.float64, "cpu")
     got = run_steps(lambda x, z, **kw: mamba_decode_inner_triton(x, z, conv_block_d=8, block_d=8, **kw), w, xzs,
                     torch.float32, device)
@@ -81,7 +85,7 @@ def test_fused_decode_in_bf16(device):
     w = weights(48, 8, 4, 4, 4, 2, True, seed=5)
     g = torch.Generator().manual_seed(6)
     xzs = [torch.randn(2, 96, generator=g, dtype=torch.float64) for _ in range(2)]
-    ref = run_steps(lambda x, z, **kw: ops.mamba_decode_inner(x, z, backend="reference", **kw), w, xzs,
+    ref = run_steps(mamba_decode_inner_ref, w, xzs,
                     torch.float64, "cpu")
     got = run_steps(lambda x, z, **kw: mamba_decode_inner_triton(x, z, **kw), w, xzs, torch.bfloat16, device)
     assert got[0].dtype == torch.bfloat16
@@ -135,7 +139,7 @@ def test_block_decode_matches_the_unfused_ops(device, d_model, dim, d_state, dt_
     tokens = [(torch.randn(batch, d_model, generator=g, dtype=torch.float64),
                None if first else torch.randn(batch, d_model, generator=g, dtype=torch.float64) * 2)
               for _ in range(3)]
-    ref = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w, tokens,
+    ref = run_block_steps(mamba_block_decode_ref, w, tokens,
                           torch.float64, "cpu", torch.float64)
     got = run_block_steps(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(
         h, r, head_block_d=head_block_d, head_rows=head_rows, block_d=8, **kw), w, tokens, torch.float32, device,
@@ -151,7 +155,7 @@ def test_block_decode_in_bf16_with_an_fp32_residual(device):
     tokens = [(torch.randn(2, 40, generator=g, dtype=torch.float64), torch.randn(2, 40, generator=g,
                                                                                  dtype=torch.float64))
               for _ in range(2)]
-    ref = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w, tokens,
+    ref = run_block_steps(mamba_block_decode_ref, w, tokens,
                           torch.float64, "cpu", torch.float64)
     got = run_block_steps(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(h, r, **kw), w, tokens,
                           torch.bfloat16, device, torch.float32)
@@ -167,3 +171,16 @@ def test_block_decode_shapes_that_do_not_fit_raise(device):
     h = torch.randn(1, 8, device=device)
     with pytest.raises(ValueError, match="do not fit d_model"):
         triton_decode.mamba_block_decode_triton(h, h, eps=1e-5, **{**w, "norm_weight": torch.ones(9, device=device)})
+
+
+def test_the_reference_is_what_the_ops_reference_backend_runs():
+    """ops' unfused decode step on the reference backend composes the same references, bit for bit."""
+    w = block_weights(24, 20, 4, 3, 4, 2, True, seed=3)
+    g = torch.Generator().manual_seed(4)
+    tokens = [(torch.randn(2, 24, generator=g, dtype=torch.float64), torch.randn(2, 24, generator=g,
+                                                                                 dtype=torch.float64))
+              for _ in range(2)]
+    ref = run_block_steps(mamba_block_decode_ref, w, tokens, torch.float64, "cpu", torch.float64)
+    via_ops = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w,
+                              tokens, torch.float64, "cpu", torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(ref, via_ops, strict=True))

@@ -23,7 +23,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, re
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    poison_empty(monkeypatch, triton_norm)
+    poison_empty(monkeypatch)
 
 
 def leaves(shape, layout, with_residual, x_dtype, residual_dtype, device, seed):

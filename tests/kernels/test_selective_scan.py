@@ -14,12 +14,12 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from mamba_bio_audio.kernels.selective_scan import triton_scan  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan import backward, plan  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan.function import selective_scan_triton  # noqa: E402
 from mamba_bio_audio.kernels.selective_scan.naive import selective_scan_naive  # noqa: E402
-from mamba_bio_audio.kernels.selective_scan.triton_scan import (  # noqa: E402
-    autotune_candidates,
-    selective_scan_triton,
-)
+from mamba_bio_audio.kernels.selective_scan.plan import autotune_candidates  # noqa: E402
+
+from helpers import poison_empty  # noqa: E402
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 cpu_only = pytest.mark.skipif(not INTERPRETING, reason="CPU cases need TRITON_INTERPRET=1")
@@ -29,10 +29,7 @@ NAMES = ["out", "last_state", "u", "delta", "A", "B", "C", "D", "z", "delta_bias
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Kernel outputs start as NaN, so an element a kernel forgets to write fails the comparison."""
-    def nan_empty(*shape, like, dtype=None):
-        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
-
-    monkeypatch.setattr(triton_scan, "_empty", nan_empty)
+    poison_empty(monkeypatch)
 
 
 def make_inputs(batch, dim, seqlen, d_state, *, bc="varying", groups=1, z=True, D=True, bias=True, h0=False,
@@ -143,7 +140,7 @@ def test_softplus_over_a_wide_range(bias):
 def test_backward_in_waves(monkeypatch, deterministic):
     """Deterministic mode: dB/dC partials bounded to one channel block per launch; waves that split B/C groups
     still sum right."""
-    monkeypatch.setattr(triton_scan, "PARTIAL_BYTES", 1)
+    monkeypatch.setattr(backward, "PARTIAL_BYTES", 1)
     leaves = make_inputs(2, 12, 9, 4, bc="grouped", groups=2, h0=True, seed=8)
     assert_matches(leaves, seed=8, **SMALL)
 
@@ -272,8 +269,8 @@ def test_gpu_autotune_candidates(cfg):
 
 def test_auto_save_every_keeps_saved_states_under_budget():
     """1 at training shapes; powers of 2 (at most MAX_SAVE_EVERY) once the states would pass the budget."""
-    budget = triton_scan.SAVED_STATE_BYTES
-    assert triton_scan._auto_save_every(budget) == 1
-    assert triton_scan._auto_save_every(budget + 1) == 2
-    assert triton_scan._auto_save_every(4 * budget) == 4
-    assert triton_scan._auto_save_every(1000 * budget) == triton_scan.MAX_SAVE_EVERY
+    budget = plan.SAVED_STATE_BYTES
+    assert plan.auto_save_every(budget) == 1
+    assert plan.auto_save_every(budget + 1) == 2
+    assert plan.auto_save_every(4 * budget) == 4
+    assert plan.auto_save_every(1000 * budget) == plan.MAX_SAVE_EVERY

@@ -7,9 +7,9 @@ import zlib
 import pytest
 import torch
 
-from mamba_bio_audio.kernels.selective_scan import chunked
-from mamba_bio_audio.kernels.selective_scan.chunked import linear_scan, selective_scan_chunked
+from mamba_bio_audio.kernels.selective_scan import reference
 from mamba_bio_audio.kernels.selective_scan.naive import selective_scan_naive
+from mamba_bio_audio.kernels.selective_scan.reference import linear_scan, selective_scan_chunked
 
 from conftest import rel_err
 from helpers import scan_inputs, tensor_inputs
@@ -73,7 +73,7 @@ def test_chunked_gradcheck_fp64():
 
 @pytest.mark.parametrize("sequential", [False, True])
 def test_linear_scan_gradcheck_both_algorithms(sequential, monkeypatch):
-    monkeypatch.setattr(chunked, "SEQUENTIAL_MIN_CHAINS", 1 if sequential else 10**9)
+    monkeypatch.setattr(reference, "SEQUENTIAL_MIN_CHAINS", 1 if sequential else 10**9)
     g = torch.Generator().manual_seed(5)
     a = torch.rand(2, 3, 11, 4, generator=g, dtype=torch.float64).requires_grad_()
     x = torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64).requires_grad_()
@@ -112,13 +112,13 @@ def test_bf16_inputs_keep_dtype_and_accuracy():
 
 
 def test_long_sequence_runs_and_recomputes(monkeypatch):
-    monkeypatch.setattr(chunked, "RECOMPUTE_ABOVE_ELEMENTS", 0)  # force the checkpointed path
+    monkeypatch.setattr(reference, "RECOMPUTE_ABOVE_ELEMENTS", 0)  # force the checkpointed path
     kw = scan_inputs(1, 4, 300, 4, seed=2, dtype=torch.float32)
     leaves = {k: v.requires_grad_() for k, v in tensor_inputs(kw).items()}
     out = selective_scan_chunked(**{**kw, **leaves}, delta_softplus=True, chunk_size=64)
     out.square().sum().backward()
     grads_ckpt = {k: v.grad.clone() for k, v in leaves.items()}
-    monkeypatch.setattr(chunked, "RECOMPUTE_ABOVE_ELEMENTS", 10**12)
+    monkeypatch.setattr(reference, "RECOMPUTE_ABOVE_ELEMENTS", 10**12)
     for v in leaves.values():
         v.grad = None
     out2 = selective_scan_chunked(**{**kw, **leaves}, delta_softplus=True, chunk_size=64)

@@ -10,12 +10,9 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from mamba_bio_audio.kernels.selective_scan import triton_step  # noqa: E402
-from mamba_bio_audio.kernels.selective_scan.naive import (  # noqa: E402
-    selective_scan_naive,
-    selective_state_update_naive,
-)
-from mamba_bio_audio.kernels.selective_scan.triton_step import selective_state_update_triton  # noqa: E402
+from mamba_bio_audio.kernels.selective_scan.naive import selective_scan_naive  # noqa: E402
+from mamba_bio_audio.kernels.selective_state_update.reference import selective_state_update_ref  # noqa: E402
+from mamba_bio_audio.kernels.selective_state_update.triton_step import selective_state_update_triton  # noqa: E402
 
 from helpers import kernel_devices, poison_empty, rel  # noqa: E402
 
@@ -24,7 +21,7 @@ DEVICES = kernel_devices(pytest)
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    poison_empty(monkeypatch, triton_step)
+    poison_empty(monkeypatch)
 
 
 def inputs(batch, dim, d_state, groups, device, seed, dtype=torch.float32, state_dtype=torch.float32):
@@ -52,7 +49,7 @@ def test_step_matches_oracle(device, shape, groups, optional, softplus):
     if not optional:
         t.update(D=None, z=None, dt_bias=None)
     ref_state = t["state"].double()
-    ref = selective_state_update_naive(ref_state, *(t[k].double() if t[k] is not None else None
+    ref = selective_state_update_ref(ref_state, *(t[k].double() if t[k] is not None else None
                                                     for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")), softplus)
     state = t.pop("state")
     out = selective_state_update_triton(state, **t, dt_softplus=softplus, block_d=8)
@@ -67,7 +64,7 @@ def test_low_precision_state_and_strided_state(device):
     # A strided state: (batch, d_state, dim) storage viewed as (batch, dim, d_state).
     state = t.pop("state").transpose(1, 2).contiguous().transpose(1, 2)
     ref_state = state.clone()
-    ref = selective_state_update_naive(ref_state, **t, dt_softplus=True)
+    ref = selective_state_update_ref(ref_state, **t, dt_softplus=True)
     out = selective_state_update_triton(state, **t, dt_softplus=True)
     assert out.dtype == torch.bfloat16
     assert rel(out, ref) <= 1e-2
@@ -118,7 +115,7 @@ def test_row_strided_inputs_and_fused_dt_projection(device, groups):
 
     x, z, low, B, C = operands(torch.float64, "cpu")
     ref_state = state.clone()
-    ref = selective_state_update_naive(ref_state, x, low @ W.T, A, B, C, D, z, bias, True)
+    ref = selective_state_update_ref(ref_state, x, low @ W.T, A, B, C, D, z, bias, True)
     x, z, low, B, C = operands(torch.float32, device)
     assert not x.is_contiguous() and not B.is_contiguous()
     state32 = state.to(device, torch.float32)

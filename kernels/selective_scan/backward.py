@@ -1,0 +1,380 @@
+"""The selective scan's backward kernels and their launch: every gradient, from the chunk-start states the
+forward saved.
+
+* Each program walks its segment's chunks right to left carrying g = dL/dh, recomputing the chunk's states from
+  the saved state before it (or, with save_every > 1, from the save group's state, in L2-resident scratch).
+* Long sequences: :func:`_bwd_summary_kernel` gives each time segment's state gradient at its first step from a
+  zero gradient after it, and its total decay; each program folds in the segments after its own.
+* Deterministic under ``torch.use_deterministic_algorithms(True)``: then no atomics, and per-program partial sums
+  of varying dB / dC are reduced in a fixed order (in waves of channel blocks bounded by PARTIAL_BYTES);
+  otherwise those two are added atomically (fp32), as mamba_ssm does, which saves writing and reading back
+  2 x 4 x batch x programs x d_state x seqlen bytes. Per-program partial sums (dA, dD, d delta_bias, fixed
+  dB/dC) are always reduced with torch.sum in the wrapper.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_bio_audio.kernels import utils
+from mamba_bio_audio.kernels.selective_scan.forward import dt_input
+from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
+from mamba_bio_audio.kernels.selective_scan.tiles import (
+    at_step,
+    bc_tile,
+    channel_block,
+    chunk_states,
+    combine,
+    dt_tile,
+    group_base,
+    silu_parts,
+    state_ptrs,
+)
+from mamba_bio_audio.kernels.utils import LOG2E, load_vec
+
+PARTIAL_BYTES = 1 << 30  # bound on the backward's dB + dC partial sums (varying B/C)
+
+
+@triton.jit
+def _sigmoid_from_softplus(dt):
+    """sigmoid(x) from dt = softplus(x): 1 - exp(-dt), by its Taylor series where dt is small (no cancellation;
+    relative error < dt^4 / 120 < 2e-7 below 1/16)."""
+    series = dt * (1.0 - dt * (0.5 - dt * (0.16666666666666666 - dt * 0.041666666666666664)))
+    return tl.where(dt > 0.0625, 1.0 - tl.exp(-dt), series)
+
+
+@triton.jit
+def _chunk_state_grads(dt_next, Ct, dy, A2, g):
+    """Gradients w.r.t. every state of one chunk, right to left:
+
+        g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_N, BLOCK_D).
+
+    dt_next: dt shifted one step left (CHUNK, BLOCK_D), zero past the sequence end (there exp(0 A) = 1 and
+    ``g`` is the gradient of last_state). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
+    combine, since the running value enters ``combine`` first.
+
+    The reverse scan is a forward scan between two time flips: Triton (3.6) lowers ``reverse=True`` with ~640
+    lane shuffles per tile even though time is held in-thread, while ``tl.flip`` along an in-thread axis is
+    register moves (backward loop: 2,217 -> 1,580 SASS instructions, tools/sass_count.py)."""
+    dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
+    b = Ct * dy[:, None, :]
+    decay, gs = tl.associative_scan((tl.flip(dA_next, 0), tl.flip(b, 0)), axis=0, combine_fn=combine)
+    return tl.flip(gs + decay * g[None, :, :], 0)
+
+
+@triton.jit
+def _group_start_state(u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2, b_base,
+                       dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
+                       HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
+    """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved.
+
+    Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
+    last chunk: ``first``) the group's chunk-start states are recomputed forwards from its saved state into this
+    program's scratch (L2-resident, SAVE_EVERY x (BLOCK_N, BLOCK_D)); every chunk then reads its own."""
+    tile = n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # (BLOCK_N, BLOCK_D) offsets in one slot
+    if first | (c % SAVE_EVERY == SAVE_EVERY - 1):
+        start = c - c % SAVE_EVERY
+        h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + c // SAVE_EVERY, n, d_state), mask=nd_mask,
+                    other=0.0)
+        for j in range(start, c):
+            tl.store(scratch_ptr + (j - start) * (BLOCK_N * BLOCK_D) + tile, h)
+            t = j * CHUNK + tl.arange(0, CHUNK)
+            t_mask = t < seqlen
+            mask = t_mask[:, None] & d_mask[None, :]
+            offs = row[None, :] + t[:, None]
+            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+            Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
+                          B_VARYING)
+            hs, _ = chunk_states(dt, u, Bt, A2, h)
+            h = at_step(hs, CHUNK - 1, CHUNK)
+        tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
+        tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
+    return tl.load(scratch_ptr + (c % SAVE_EVERY) * (BLOCK_N * BLOCK_D) + tile)
+
+
+@triton.jit
+def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
+    """dy = dL/dy_pre = dout silu(z) (CHUNK, BLOCK_D); also dout, z and sigmoid(z) (dout in their place without z)."""
+    dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z, sig = silu_parts(z_ptr, offs, mask)
+        dy = dout * z * sig
+    else:
+        z, sig, dy = dout, dout, dout
+    return dout, dy, z, sig
+
+
+@triton.jit
+def _bwd_summary_kernel(
+    dout_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seg_g_ptr, seg_dt_ptr,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Per time segment [s0, s1), from a zero gradient after it: the state gradient at its first step
+    g_{s0} -> seg_g (batch, nseg, dim, d_state), and sum_{s0 < t <= s1} dt_t -> seg_dt (batch, nseg, dim),
+    so that g_{s0} = exp(A seg_dt) g_{s1} + seg_g."""
+    pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < d_state
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
+    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    c_base = group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
+
+    g = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dt_sum = tl.zeros([BLOCK_D], tl.float32)
+    c_begin = seg * chunks_per_seg
+    c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
+    for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
+        t = (c_end - 1 - i) * CHUNK + tl.arange(0, CHUNK)
+        t_mask = t < seqlen
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
+        next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
+        dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
+        Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
+        _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
+        g = at_step(gs, 0, CHUNK)
+        dt_sum += tl.sum(dt_next, axis=0)
+
+    seg_row = (b * nseg + seg) * dim + d
+    tl.store(state_ptrs(seg_g_ptr, seg_row, n, d_state), g, mask=nd_mask)
+    tl.store(seg_dt_ptr + seg_row, dt_sum, mask=d_mask)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
+    seg_g_ptr, seg_dt_ptr, scratch_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
+    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, STAGES: tl.constexpr, SAVE_EVERY: tl.constexpr,
+):
+    """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
+    blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
+
+    With g_t = dL/dh_t (from y_t and from h_{t+1}), dy_t = dout_t silu(z_t), and dA_t h_{t-1} = h_t - dt_t B_t u_t:
+        du_t      = D dy_t + dt_t sum_n g_t B_t
+        d dt_t    = sum_n g_t (A dA_t h_{t-1} + B_t u_t)       (times sigmoid(delta + bias) with softplus)
+        dA        = sum_t dt_t g_t dA_t h_{t-1}                -> dA (batch, nseg, dim, d_state)
+        dB_t      = sum_channels g_t dt_t u_t                  -> dB (batch, wave, d_state, seqlen) or, fixed,
+                                                                  (batch, nseg, dim, d_state)
+        dC_t      = sum_channels dy_t h_t                      -> dC, same layouts
+        dD        = sum_t dy_t u_t ; d delta_bias = sum_t d delta_t  -> (batch, nseg, dim)
+        dz_t      = dout_t y_pre_t silu'(z_t) ; d initial_state = exp(dt_0 A) g_0
+    """
+    pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    part, d, d_mask = channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < d_state
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
+    A = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
+    A2 = A * LOG2E
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    Dv = load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
+    b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
+    c_base = group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
+    if ATOMIC_BC:  # varying dB/dC added into their contiguous (batch, groups, d_state, seqlen) gradients
+        bc_row_b = (b * groups_b + part // parts_per_group_b).to(tl.int64) * d_state * seqlen
+        bc_row_c = (b * groups_c + part // parts_per_group_c).to(tl.int64) * d_state * seqlen
+    else:  # per-program partials (batch, wave, d_state, seqlen), summed by the wrapper in a fixed order
+        bc_row_b = (b * tl.num_programs(0) + pid).to(tl.int64) * d_state * seqlen
+        bc_row_c = bc_row_b
+    seg_row = (b * nseg + seg) * dim + d
+
+    # g after this segment: dL/d last_state, carried back through the later segments with their summaries.
+    if HAS_DLAST:
+        g = tl.load(state_ptrs(dlast_ptr, b * dim + d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for i in range(0, nseg - 1 - seg):
+        later = (b * nseg + nseg - 1 - i) * dim + d
+        dt_sum = tl.load(seg_dt_ptr + later, mask=d_mask, other=0.0)
+        g_seg = tl.load(state_ptrs(seg_g_ptr, later, n, d_state), mask=nd_mask, other=0.0)
+        g = tl.exp2(dt_sum[None, :] * A2) * g + g_seg
+
+    # This program's scratch for the chunk-start states of one save group (SAVE_EVERY x BLOCK_N x BLOCK_D fp32).
+    program = (seg * tl.num_programs(1) + b) * tl.num_programs(0) + pid
+    scratch_base = program.to(tl.int64) * (SAVE_EVERY * BLOCK_N * BLOCK_D)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dB_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dC_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+    c_begin = seg * chunks_per_seg
+    c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
+    for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
+        c = c_end - 1 - i
+        t = c * CHUNK + tl.arange(0, CHUNK)
+        t_mask = t < seqlen
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
+
+        # Recompute the chunk's states from the saved state before it.
+        if SAVE_EVERY == 1:
+            h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + c, n, d_state), mask=nd_mask, other=0.0)
+        else:
+            h = _group_start_state(
+                u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n, bias, A2,
+                b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
+                HAS_BIAS, B_VARYING, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+        Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
+        Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
+        hs, dBu = chunk_states(dt, u, Bt, A2, h)
+
+        # Output gate: out = y_pre silu(z).
+        dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
+        if HAS_Z:
+            y_pre = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
+            dz = dout * y_pre * sig * (1.0 + z * (1.0 - sig))
+            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+        # State gradients, right to left from g.
+        next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
+        dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
+        g = at_step(gs, 0, CHUNK)
+
+        # Input gradients.
+        gB = tl.sum(gs * Bt, axis=1)
+        w = gs * (hs - dBu)  # g_t dA_t h_{t-1}
+        du = Dv[None, :] * dy + dt * gB
+        ddt = tl.sum(w * A[None, :, :], axis=1) + u * gB
+        if DT_SOFTPLUS:
+            ddt = ddt * _sigmoid_from_softplus(dt)
+        ddt = tl.where(mask, ddt, 0.0)
+        tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+        dA_acc += tl.sum(w * dt[:, None, :], axis=0)
+        dD_acc += tl.sum(dy * u, axis=0)
+        if WANT_DBIAS:
+            dbias_acc += tl.sum(ddt, axis=0)
+        gdtu = gs * (dt * u)[:, None, :]
+        hdy = hs * dy[:, None, :]
+        tn_offs = n[None, :] * seqlen + t[:, None]
+        if B_VARYING:
+            if ATOMIC_BC:
+                tl.atomic_add(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask, sem="relaxed")
+            else:
+                tl.store(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask)
+        else:
+            dB_acc += tl.sum(gdtu, axis=0)
+        if C_VARYING:
+            if ATOMIC_BC:
+                tl.atomic_add(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask, sem="relaxed")
+            else:
+                tl.store(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask)
+        else:
+            dC_acc += tl.sum(hdy, axis=0)
+
+    tl.store(state_ptrs(dA_ptr, seg_row, n, d_state), dA_acc, mask=nd_mask)
+    if not B_VARYING:
+        tl.store(state_ptrs(dB_ptr, seg_row, n, d_state), dB_acc, mask=nd_mask)
+    if not C_VARYING:
+        tl.store(state_ptrs(dC_ptr, seg_row, n, d_state), dC_acc, mask=nd_mask)
+    if HAS_D:
+        tl.store(dD_ptr + seg_row, dD_acc, mask=d_mask)
+    if WANT_DBIAS:
+        tl.store(dbias_ptr + seg_row, dbias_acc, mask=d_mask)
+    if HAS_H0:
+        # h_0 = exp(dt_0 A) h_{-1} + ..., so dL/dh_{-1} = exp(dt_0 A) g_0 (first segment only).
+        dt0 = tl.load(delta_ptr + row, mask=d_mask, other=0.0).to(tl.float32) + bias
+        tl.store(state_ptrs(dh0_ptr, b * dim + d, n, d_state), tl.exp2(dt0[None, :] * A2) * g,
+                 mask=nd_mask & (seg == 0))
+
+
+def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
+    """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state)."""
+    u, delta_in, A, B, C, D, z, bias_in, h0, states = saved
+    batch, dim, seqlen = u.shape
+    save_every = tun.save_every  # as the forward saved them
+    delta, delta_bias = dt_input(delta_in, bias_in, softplus)
+    f32 = torch.float32
+    block_d, warps = tun.block_d, tun.num_warps
+    programs = p.groups * p.blocks(block_d)
+    # Varying B/C get per-program partial sums over channels, (batch, wave, d_state, seqlen) each: launch the
+    # channel blocks in waves small enough to keep those under PARTIAL_BYTES.
+    # Unless torch.use_deterministic_algorithms is on, they are atomically added instead (as mamba_ssm does).
+    atomic = not torch.are_deterministic_algorithms_enabled()
+    partial_bytes = 0 if atomic else batch * p.d_state * seqlen * 4 * ((B.dim() == 4) + (C.dim() == 4))
+    wave = programs if partial_bytes == 0 else max(1, min(programs, PARTIAL_BYTES // partial_bytes))
+    nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device, programs=wave)
+    cpg, bpg, gb, ppgb, gc, ppgc = shape_args(p, block_d)
+    if dout is None:
+        dout = torch.zeros_like(u)
+    elif dout.stride() != u.stride():  # the kernels index every (batch, dim, seqlen) tensor alike
+        dout = utils.empty_as(u, dout.dtype).copy_(dout)
+    dummy = u
+    bias = delta_bias if delta_bias is not None else dummy
+    z_arg = z if z is not None else dummy
+
+    seg_g = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
+    seg_dt = utils.empty(batch, nseg, dim, like=u, dtype=f32)
+    if nseg > 1:
+        _bwd_summary_kernel[(programs, batch, nseg)](
+            dout, delta, A, C, z_arg, bias, seg_g, seg_dt,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gc, ppgc,
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+        )
+
+    du, ddelta = utils.empty_as(u), utils.empty_as(delta_in)
+    dz = utils.empty_as(z) if z is not None else None
+    dh0 = utils.empty(batch, dim, p.d_state, like=u, dtype=f32) if h0 is not None else None
+    dA = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
+    dD = utils.empty(batch, nseg, dim, like=u, dtype=f32) if D is not None else None
+    dbias = utils.empty(batch, nseg, dim, like=u, dtype=f32) if bias_in is not None else None
+    grads_bc = [X.new_zeros(X.shape, dtype=f32) if X.dim() == 4 else utils.empty(batch, nseg, dim, p.d_state, like=u,
+                                                                             dtype=f32) for X in (B, C)]
+    for first in range(0, programs, wave):
+        n_wave = min(wave, programs - first)
+        parts = [utils.empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 and not atomic
+                 else grad for X, grad in zip((B, C), grads_bc)]
+        _bwd_kernel[(n_wave, batch, nseg)](
+            u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, states, dout,
+            dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
+            utils.empty(n_wave * batch * nseg * save_every * p.block_n * block_d, like=u, dtype=f32)
+            if save_every > 1 else dummy,
+            du, ddelta, dz if dz is not None else dummy, dh0 if dh0 is not None else dummy,
+            dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy, *parts,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], first, *strides(u, B, C), cpg, bpg,
+            gb, ppgb, gc, ppgc,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
+            HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
+            B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+            num_warps=warps,
+        )
+        for X, grad, part in zip((B, C), grads_bc, parts):
+            if X.dim() == 4 and not atomic:
+                _add_group_sums(grad, part, first, programs // X.shape[1])
+    dB, dC = (grad if X.dim() == 4 else grad.sum((0, 1)) for X, grad in zip((B, C), grads_bc))
+    return (du, ddelta, dA.sum((0, 1)), dB, dC, dD.sum((0, 1)) if dD is not None else None, dz,
+            dbias.sum((0, 1)) if dbias is not None else None, dh0)
+
+
+def _add_group_sums(grad: torch.Tensor, part: torch.Tensor, first: int, programs_per_group: int) -> None:
+    """grad[:, g] += sum of the partials of group g's programs, for the wave of programs [first, first + len).
+    grad: (batch, groups, d_state, seqlen); part: (batch, wave, d_state, seqlen). A group's programs are
+    consecutive, so each group is a contiguous run of the wave: summed in a fixed order (deterministic)."""
+    end = first + part.shape[1]
+    for g in range(first // programs_per_group, (end - 1) // programs_per_group + 1):
+        lo, hi = max(first, g * programs_per_group), min(end, (g + 1) * programs_per_group)
+        grad[:, g] += part[:, lo - first:hi - first].sum(1)

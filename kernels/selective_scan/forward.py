@@ -1,0 +1,205 @@
+"""The selective scan's forward kernels and their launch.
+
+* The softplus of delta + delta_bias runs once, as an elementwise pass into an fp32 buffer (:func:`dt_input`);
+  the backward calls it again rather than keep the buffer.
+* :func:`_fwd_kernel` writes ``out``, the last state and the fp32 state at every SAVE_EVERY-th chunk start
+  (batch, dim, nsaved, d_state), never the full state; the backward recomputes each chunk from those.
+* Long sequences with few channels are split over time segments: :func:`_fwd_summary_kernel` gives each
+  segment's end state from a zero start and its total decay exp(A sum dt); each segment's program of
+  :func:`_fwd_kernel` then folds in the summaries of the segments before it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_bio_audio.kernels import utils
+from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
+from mamba_bio_audio.kernels.selective_scan.tiles import (
+    at_step,
+    bc_tile,
+    channel_block,
+    chunk_states,
+    dt_tile,
+    group_base,
+    silu_parts,
+    state_ptrs,
+)
+from mamba_bio_audio.kernels.utils import LOG2E, load_vec, softplus
+
+SOFTPLUS_BLOCK_T = 1024
+
+
+@triton.jit
+def softplus_kernel(delta_ptr, bias_ptr, dt_ptr, dim, seqlen, stride_b, stride_d,
+                     HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """dt = softplus(delta + bias) in fp32, (batch, dim, seqlen) with delta's strides (stride_b, stride_d, 1);
+    program (row = b * dim + d, time block)."""
+    row, tb = tl.program_id(0), tl.program_id(1)
+    t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask = t < seqlen
+    offs = (row // dim).to(tl.int64) * stride_b + (row % dim).to(tl.int64) * stride_d + t
+    x = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(bias_ptr + row % dim).to(tl.float32)
+    tl.store(dt_ptr + offs, softplus(x), mask=mask)
+
+
+@triton.jit
+def _fwd_summary_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, seg_h_ptr, seg_dt_ptr,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
+    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Per time segment, from a zero state: the end state -> seg_h (batch, nseg, dim, d_state) and
+    sum_t dt_t -> seg_dt (batch, nseg, dim), so that h_end = exp(A seg_dt) h_start + seg_h."""
+    pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < d_state
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
+    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
+
+    h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dt_sum = tl.zeros([BLOCK_D], tl.float32)
+    c_begin = seg * chunks_per_seg
+    for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
+        t = c * CHUNK + tl.arange(0, CHUNK)
+        t_mask = t < seqlen
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+        Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
+        hs, _ = chunk_states(dt, u, Bt, A2, h)
+        h = at_step(hs, CHUNK - 1, CHUNK)
+        dt_sum += tl.sum(dt, axis=0)
+
+    seg_row = (b * nseg + seg) * dim + d
+    tl.store(state_ptrs(seg_h_ptr, seg_row, n, d_state), h, mask=nd_mask)
+    tl.store(seg_dt_ptr + seg_row, dt_sum, mask=d_mask)
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
+    out_ptr, states_ptr, last_ptr,
+    dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr,
+):
+    """out (batch, dim, seqlen); states (batch, dim, nsaved, d_state) = the fp32 state before every
+    SAVE_EVERY-th chunk (nsaved = cdiv(nchunks, SAVE_EVERY));
+    last (batch, dim, d_state) = the final state (written by the last segment)."""
+    pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < d_state
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
+    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    Dv = load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
+    b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
+    c_base = group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
+
+    if HAS_H0:
+        h = tl.load(state_ptrs(h0_ptr, b * dim + d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    # Fold in the earlier segments: h <- exp(A sum dt) h + (their end state from zero).
+    for j in range(0, seg):
+        seg_row = (b * nseg + j) * dim + d
+        dt_sum = tl.load(seg_dt_ptr + seg_row, mask=d_mask, other=0.0)
+        h_seg = tl.load(state_ptrs(seg_h_ptr, seg_row, n, d_state), mask=nd_mask, other=0.0)
+        h = tl.exp2(dt_sum[None, :] * A2) * h + h_seg
+
+    c_begin = seg * chunks_per_seg
+    for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
+        t = c * CHUNK + tl.arange(0, CHUNK)
+        t_mask = t < seqlen
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        mask = t_mask[:, None] & d_mask[None, :]
+        offs = row[None, :] + t[:, None]
+        tl.store(state_ptrs(states_ptr, (b * dim + d) * nsaved + c // SAVE_EVERY, n, d_state), h,
+                 mask=nd_mask & (c % SAVE_EVERY == 0))
+
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+        Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
+        Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
+        hs, _ = chunk_states(dt, u, Bt, A2, h)
+        y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
+        if HAS_Z:
+            z, sig = silu_parts(z_ptr, offs, mask)
+            y = y * z * sig
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        h = at_step(hs, CHUNK - 1, CHUNK)
+
+    tl.store(state_ptrs(last_ptr, b * dim + d, n, d_state), h, mask=nd_mask & (seg == nseg - 1))
+
+
+def dt_input(delta, delta_bias, softplus):
+    """What the scan kernels read as delta, and the bias they add themselves.
+
+    With softplus, dt = softplus(delta + bias) is computed once by an elementwise pass into an fp32 buffer
+    (batch, dim, seqlen): in the scan kernels the softplus would run replicated over the state lanes of every
+    tile (about a third of the forward's instructions, measured in SASS). Without softplus the kernels add the
+    bias themselves.
+    """
+    if not softplus:
+        return delta, delta_bias
+    batch, dim, seqlen = delta.shape
+    dt = utils.empty_as(delta, torch.float32)
+    softplus_kernel[(batch * dim, triton.cdiv(seqlen, SOFTPLUS_BLOCK_T))](
+        delta, delta_bias if delta_bias is not None else delta, dt, dim, seqlen, delta.stride(0), delta.stride(1),
+        HAS_BIAS=delta_bias is not None, BLOCK_T=SOFTPLUS_BLOCK_T, num_warps=4,
+    )
+    return dt, None
+
+
+def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, tun: Tunables):
+    """Launch the forward; returns out, last_state and the chunk-start states."""
+    batch, dim, seqlen = u.shape
+    delta, delta_bias = dt_input(delta, delta_bias, softplus)
+    f32 = torch.float32
+    out = utils.empty_as(u)
+    last = utils.empty(batch, dim, p.d_state, like=u, dtype=f32)
+    save_every = tun.save_every
+    states = utils.empty(batch, dim, triton.cdiv(p.nchunks, save_every), p.d_state, like=u, dtype=f32)
+    block_d, warps = tun.block_d, tun.num_warps
+    nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device)
+    grid = (p.groups * p.blocks(block_d), batch, nseg)
+    cpg, bpg, gb, ppgb, gc, ppgc = shape_args(p, block_d)
+    seg_h = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
+    seg_dt = utils.empty(batch, nseg, dim, like=u, dtype=f32)
+    dummy = u  # stands in for absent optional tensors; never read (constexpr flags)
+    bias = delta_bias if delta_bias is not None else dummy
+    if nseg > 1:
+        _fwd_summary_kernel[grid](
+            u, delta, A, B, bias, seg_h, seg_dt,
+            dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gb, ppgb,
+            HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+        )
+    _fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
+        h0 if h0 is not None else dummy, seg_h, seg_dt, out, states, last,
+        dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], *strides(u, B, C), cpg, bpg, gb, ppgb,
+        gc, ppgc,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
+        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
+        BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+        num_warps=warps,
+    )
+    return out, last, states

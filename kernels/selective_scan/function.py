@@ -1,0 +1,95 @@
+"""The selective scan's autograd Function and its entry point, :func:`selective_scan_triton`."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from mamba_bio_audio.kernels.selective_scan.backward import launch_backward
+from mamba_bio_audio.kernels.selective_scan.forward import launch_forward
+from mamba_bio_audio.kernels.selective_scan.plan import (
+    DEFAULT_BLOCK_D,
+    DEFAULT_CHUNK,
+    DEFAULT_NUM_STAGES,
+    DEFAULT_NUM_WARPS,
+    Tunables,
+    as_groups,
+    auto_save_every,
+    make_plan,
+    same_layout,
+)
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, tun):
+        p = make_plan(u, A, B, C, tun.chunk_size)
+        B_in, C_in = B, C
+        u, delta, z = same_layout(u, delta, z)
+        (B, C), A = as_groups(B, C), A.contiguous()
+        D, delta_bias, initial_state = (x.contiguous() if x is not None else None for x in (D, delta_bias, initial_state))
+        if p.seqlen == 0:
+            out = torch.empty_like(u)
+            last = (initial_state.float() if initial_state is not None
+                    else u.new_zeros(p.batch, p.dim, p.d_state, dtype=torch.float32))
+            states = u.new_empty(p.batch, p.dim, 0, p.d_state, dtype=torch.float32)
+        else:
+            out, last, states = launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, p, tun)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
+        ctx.meta = (softplus, p, tun, B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
+        ctx.set_materialize_grads(False)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        softplus, p, tun, B_shape, C_shape, B_dtype, C_dtype = ctx.meta
+        saved = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, h0, _ = saved
+        if p.seqlen == 0:
+            zeros = [torch.zeros_like(x) if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
+            dh0 = None if h0 is None else (dlast if dlast is not None else torch.zeros_like(h0))
+            du, ddelta, dA, dB, dC, dD, dz, dbias = zeros
+        else:
+            du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = launch_backward(dout, dlast, saved, softplus, p, tun)
+
+        def cast(grad, like):
+            return None if grad is None else grad.to(like.dtype)
+
+        return (du, ddelta, cast(dA, A), dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
+                cast(dD, D), dz, cast(dbias, delta_bias), cast(dh0, h0), None, None)
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    initial_state=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
+    save_every=None,
+):
+    """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
+
+    Args:
+        u, delta: (batch, dim, seqlen). z: (batch, dim, seqlen) or None. A: (dim, d_state), real.
+        B, C: (dim, d_state) fixed, (batch, d_state, seqlen), or (batch, groups, d_state, seqlen).
+        D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
+        chunk_size: time steps per tile and between saved states (power of 2; default 8). The backward
+            recomputes each chunk from its saved state: the saved fp32 states take 4 d_state / chunk_size bytes
+            per (batch, channel, step).
+        block_d: channels per program (power of 2; default 8).
+        num_warps: warps per program (default 1).
+        n_segments: time segments per sequence (default: split only when the channel blocks alone would leave
+            the GPU nearly idle, e.g. batch 1 with long sequences).
+        num_stages: software-pipelining depth of the loads in the chunk loops (1 = none; default
+            DEFAULT_NUM_STAGES).
+        save_every: keep the state of every save_every-th chunk only (the saved states take
+            4 d_state / (chunk_size save_every) bytes per (batch, channel, step)); the backward recomputes the
+            others, one save group at a time, at the cost of one more pass over the inputs. Default: 1, or more
+            when the saved states would pass SAVED_STATE_BYTES (1 GiB).
+    Returns:
+        out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
+    """
+    chunk = chunk_size or DEFAULT_CHUNK
+    if save_every is None:
+        save_every = auto_save_every(u.shape[0] * u.shape[1] * triton.cdiv(u.shape[2], chunk) * A.shape[1] * 4)
+    tun = Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
+                    num_stages or DEFAULT_NUM_STAGES, save_every)
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, tun)
+    return (out, last) if return_last_state else out

@@ -1,0 +1,144 @@
+"""Launch configuration of the selective scan: defaults, the configs worth sweeping, and each call's sizes.
+
+The defaults were chosen by an H100 sweep; NOTES.md has the measurements behind each one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from mamba_bio_audio.kernels.utils import time_contiguous
+
+DEFAULT_CHUNK = 8  # fastest forward; 4 gives a faster fwd + bwd but doubles the saved states
+DEFAULT_BLOCK_D = 8
+DEFAULT_NUM_WARPS = 1
+DEFAULT_NUM_STAGES = 3  # software pipelining of the chunk loops' loads
+# Chunks between saved states (the backward recomputes the ones between): 1 unless the saved states of a call
+# would pass SAVED_STATE_BYTES, then the smallest power of 2 (at most MAX_SAVE_EVERY) that keeps them under it.
+SAVED_STATE_BYTES, MAX_SAVE_EVERY = 1 << 30, 8
+# Time segments are added when fewer warps than LOW_WARPS_PER_SM would run, aiming at TARGET_WARPS_PER_SM.
+LOW_WARPS_PER_SM, TARGET_WARPS_PER_SM, MAX_SEGMENTS = 8, 96, 256
+
+
+def autotune_candidates() -> list[dict]:
+    """Configs worth timing on the GPU (keyword arguments of :func:`selective_scan_triton`).
+
+    Tiles are (chunk_size, d_state, block_d) with lanes on channels: with block_d = 8 and one warp, each thread
+    holds chunk_size x d_state/4 values of one channel (d_state over 4 lanes); block_d = 32 * num_warps puts the
+    whole state of a channel in one thread (no shuffles for sums over d_state, but register spills at d_state 16).
+    """
+    return [
+        {"chunk_size": chunk, "block_d": block_d, "num_warps": warps, "num_stages": stages, "save_every": save}
+        for chunk, block_d, warps, stages, save in [
+            (8, 8, 1, 3, 1), (8, 8, 1, 1, 1), (8, 8, 1, 2, 1), (4, 8, 1, 3, 1), (16, 8, 1, 3, 1), (8, 4, 1, 3, 1),
+            (4, 16, 1, 3, 1), (8, 16, 2, 3, 1), (8, 8, 1, 3, 4),
+        ]
+    ]
+
+
+@dataclass(frozen=True)
+class Tunables:
+    chunk_size: int
+    block_d: int
+    num_warps: int
+    n_segments: int | None
+    num_stages: int = 1
+    save_every: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one call: the channel partition and the time split."""
+
+    batch: int
+    dim: int
+    seqlen: int
+    d_state: int
+    block_n: int
+    chunk: int
+    nchunks: int
+    groups: int  # G: partitions of the channels, lcm of the B and C group counts
+    groups_b: int
+    groups_c: int
+
+    def blocks(self, block_d: int) -> int:
+        """Channel blocks per partition."""
+        return triton.cdiv(self.dim // self.groups, block_d)
+
+    def segments(self, block_d: int, num_warps: int, n_segments: int | None, device: torch.device,
+                 programs: int | None = None) -> tuple[int, int]:
+        """(nseg, chunks per segment). Auto (CUDA): split time when the channel blocks (``programs`` of them per
+        batch row, default all) would leave the GPU nearly idle, e.g. batch 1 with long sequences; at most
+        MAX_SEGMENTS, at least 4 chunks each."""
+        if n_segments is None:
+            n_segments = 1
+            warps = self.batch * (programs or self.groups * self.blocks(block_d)) * num_warps
+            if device.type == "cuda":
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
+                if warps < LOW_WARPS_PER_SM * sms:
+                    n_segments = min(triton.cdiv(TARGET_WARPS_PER_SM * sms, warps), MAX_SEGMENTS, self.nchunks // 4)
+        per_seg = triton.cdiv(self.nchunks, max(1, min(n_segments, self.nchunks)))
+        return triton.cdiv(self.nchunks, per_seg), per_seg
+
+
+def bc_groups(X: torch.Tensor) -> tuple[bool, int]:
+    """(varying, groups) of a B/C argument: (dim, d_state) fixed, or (batch[, groups], d_state, seqlen)."""
+    if X.dim() == 2:
+        return False, 1
+    if X.dim() in (3, 4):
+        return True, 1 if X.dim() == 3 else X.shape[1]
+    raise ValueError(f"B/C must have 2, 3 or 4 dimensions, got shape {tuple(X.shape)}")
+
+
+def make_plan(u, A, B, C, chunk_size: int) -> Plan:
+    batch, dim, seqlen = u.shape
+    d_state = A.shape[1]
+    (_, groups_b), (_, groups_c) = bc_groups(B), bc_groups(C)
+    groups = math.lcm(groups_b, groups_c)
+    if dim % groups != 0:
+        raise ValueError(f"dim {dim} is not a multiple of the number of B/C groups ({groups_b}, {groups_c})")
+    if chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of 2, got {chunk_size}")
+    return Plan(batch, dim, seqlen, d_state, triton.next_power_of_2(d_state), chunk_size,
+                 triton.cdiv(seqlen, chunk_size), groups, groups_b, groups_c)
+
+
+def auto_save_every(state_bytes: int) -> int:
+    save_every = 1
+    while state_bytes > SAVED_STATE_BYTES * save_every and save_every < MAX_SAVE_EVERY:
+        save_every *= 2
+    return save_every
+
+
+def same_layout(u: torch.Tensor, *others: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """u, delta, z (batch, dim, seqlen) in one layout (stride_b, stride_d, 1) that the kernels index: theirs when
+    they share it and time is contiguous (e.g. channel-major views (L, batch * L, 1) of a projection's output),
+    else contiguous copies."""
+    tensors = [u, *others]
+    shared = time_contiguous(u) and all(t.stride() == u.stride() for t in tensors if t is not None)
+    return [t.contiguous() if t is not None and not shared else t for t in tensors]
+
+
+def as_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Varying B/C -> (batch, groups, d_state, seqlen) views sharing one layout with time contiguous (copied
+    when they do not); fixed -> contiguous (dim, d_state)."""
+    B, C = ((X.unsqueeze(1) if X.dim() == 3 else X) for X in (B, C))
+    varying = [X for X in (B, C) if X.dim() == 4]
+    ok = all(X.stride(-1) == 1 and X.stride() == varying[0].stride() for X in varying)
+    return tuple(X.contiguous() if X.dim() == 2 or not ok else X for X in (B, C))
+
+
+def strides(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """(stride_b, stride_d) of the (batch, dim, seqlen) tensors and (batch, group, state) strides of B/C."""
+    varying = B if B.dim() == 4 else C
+    bc = varying.stride()[:3] if varying.dim() == 4 else (0, 0, 0)
+    return (u.stride(0), u.stride(1), *bc)
+
+
+def shape_args(p: Plan, block_d: int) -> tuple:
+    return (p.dim // p.groups, p.blocks(block_d), p.groups_b, p.groups // p.groups_b, p.groups_c,
+            p.groups // p.groups_c)

@@ -1,0 +1,86 @@
+"""Triton device functions that the selective scan's forward and backward kernels share (inlined into them).
+
+A program owns (one batch row, BLOCK_D channels of one B/C group, one time segment) and walks its segment in
+chunks of CHUNK steps; the tiles here are one chunk's: (CHUNK, BLOCK_D) per-channel values and (CHUNK, BLOCK_N,
+BLOCK_D) states, time the slowest axis (held in-thread).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def combine(a1, b1, a2, b2):
+    """Compose the affine maps h -> a1 h + b1, then h -> a2 h + b2."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr):
+    """dt (CHUNK, BLOCK_D): the (already softplus-ed) delta, plus bias in the kernel when HAS_BIAS; zero where
+    masked so that masked steps are identity steps (exp(0 A) = 1, dt B u = 0)."""
+    dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt = dt + bias[None, :]
+    return tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def bc_tile(ptr, base, d, n, t, nd_mask, tn_mask, d_state, stride_n, VARYING: tl.constexpr):
+    """B or C as an fp32 tile broadcastable to (CHUNK, BLOCK_N, BLOCK_D).
+
+    VARYING: ptr is (batch, groups, d_state, seqlen) with state stride ``stride_n`` (time stride 1) and ``base``
+    the offset of this program's (batch, group); else ptr is (dim, d_state), the same for every step.
+    """
+    if VARYING:
+        x = tl.load(ptr + base + n[None, :] * stride_n + t[:, None], mask=tn_mask, other=0.0).to(tl.float32)[:, :, None]
+    else:
+        x = tl.load(ptr + d[None, :] * d_state + n[:, None], mask=nd_mask, other=0.0).to(tl.float32)[None, :, :]
+    return x
+
+
+@triton.jit
+def channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D: tl.constexpr):
+    """Program -> (partition, channels (BLOCK_D,), mask). Channels are cut into G equal partitions that each
+    lie inside one B group and one C group; a block never straddles two partitions."""
+    part = pid // blocks_per_group
+    local = (pid % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return part, part * channels_per_group + local, local < channels_per_group
+
+
+@triton.jit
+def group_base(b, part, parts_per_group, stride_b, stride_g):
+    """Offset of B/C[b, group] in a (batch, groups, d_state, seqlen) tensor with strides (stride_b, stride_g, .,
+    1) for partition ``part``."""
+    return b.to(tl.int64) * stride_b + (part // parts_per_group).to(tl.int64) * stride_g
+
+
+@triton.jit
+def state_ptrs(ptr, row, n, d_state):
+    """(BLOCK_N, BLOCK_D) pointers to ptr[row, :] of a (rows, d_state) view; row (BLOCK_D,) is per channel."""
+    return ptr + row[None, :].to(tl.int64) * d_state + n[:, None]
+
+
+@triton.jit
+def chunk_states(dt, u, Bt, A2, h):
+    """All states of one chunk. dt, u: (CHUNK, BLOCK_D); Bt: broadcastable B tile; A2 = A log2(e) and h, the
+    state before the chunk: (BLOCK_N, BLOCK_D). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
+    dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+    dBu = (dt * u)[:, None, :] * Bt
+    decay, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=combine)
+    return hs + decay * h[None, :, :], dBu
+
+
+@triton.jit
+def at_step(x, step, CHUNK: tl.constexpr):
+    """x[step] of a (CHUNK, BLOCK_N, BLOCK_D) tile; free when time is held in-thread."""
+    sel = tl.arange(0, CHUNK)[:, None, None] == step
+    return tl.sum(tl.where(sel, x, 0.0), axis=0)
+
+
+@triton.jit
+def silu_parts(z_ptr, offs, mask):
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return z, tl.sigmoid(z)
