@@ -20,7 +20,7 @@ import click
 
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.options import common_options, out_option, parse_int_list
-from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json, write_yaml
+from mamba_bio_audio.recipes.outputs import run_folder, write_json, write_yaml
 
 
 @click.command("demo")
@@ -61,7 +61,7 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
                                pooling=pooling, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
                                progress=False)
     torch_dev = torch_device(device)
-    out = prepare_out_dir(out or Path("mba-demo"))
+    out = run_folder(out or Path("mba-demo"), "demo")
     write_yaml(out / "config.yaml", {"command": "demo", **click.get_current_context().params, "out": str(out)})
     write_synthetic_genomes(out / "genomes", n_species=n_species, strains=3, length=genome_length, seed=seed)
     store = prepare_genomes(out / "genomes", out / "store", "strain", seed=seed)

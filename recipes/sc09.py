@@ -15,12 +15,15 @@ from pathlib import Path
 import click
 
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.recipes.options import common_options, config_option, out_option
+from mamba_bio_audio.recipes.options import common_options, config_option, out_option, overwrite_option
 from mamba_bio_audio.recipes.outputs import (
     atomic_write_text,
+    check_output_folder,
+    check_resume_config,
+    output_folder,
     plot_curve,
-    prepare_out_dir,
     read_csv_metric,
+    run_folder,
     write_json,
     write_yaml,
 )
@@ -30,6 +33,7 @@ MODEL_PRESETS = ("tiny", "paper-6m")
 CLASSIFIER_PRESETS = ("tiny", "paper")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ENCODINGS = ("mulaw8", "linear8")
+MAX_SECONDS = 3600  # sc09 generate --seconds: longer clips are a typo (1e9 s would allocate terabytes)
 PAPER_ROW = "Mamba paper, SC09 test at 16 kHz: Mamba 6.1M NLL 1.852, FID 0.94, IS 6.26, mIS 88.54, AM 0.52"
 data_option = click.option("--data", required=True, type=click.Path(path_type=Path),
                            help="Token store written by `mba sc09 prepare`.")
@@ -74,9 +78,10 @@ def sc09() -> None:
 @click.option("--clip-seconds", type=click.FloatRange(min=0.01), default=None,
               help="Clip length for --from-folder [default: 1.0; SC09 is always 1 s].")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable file (exit 2) instead of skipping it.")
+@overwrite_option
 @config_option
 def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sample_rate: str, encoding: str,
-            normalization: str, clip_seconds: float | None, strict: bool) -> None:
+            normalization: str, clip_seconds: float | None, strict: bool, overwrite: bool) -> None:
     """Audio files -> 8-bit token store (train/val/test splits)."""
     from mamba_bio_audio.data_prep.audio.download import SPEECH_COMMANDS_FOLDER, download_speech_commands
     from mamba_bio_audio.data_prep.audio.folder import prepare_folder
@@ -90,18 +95,22 @@ def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sa
         raise UserError("--clip-seconds applies to --from-folder; SC09 clips are 1 s")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
         raise UserError(f"--out {out}: exists and is not a token store; refusing to replace it")
+    tree = src / SPEECH_COMMANDS_FOLDER if src is not None and (download or (src / SPEECH_COMMANDS_FOLDER).is_dir()) \
+        else src  # the audio itself: --out may sit beside it in the --from folder
+    check_output_folder(out, "sc09 prepare", overwrite=overwrite, inputs=(tree, folder))
     rate = int(sample_rate)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), output_folder(out, "sc09 prepare", overwrite=overwrite,
+                                                  inputs=(tree, folder)) as tmp:
         warnings.simplefilter("ignore")  # skipped files come back in result.skipped, reported below
         if src is not None:
             if download:
                 src = download_speech_commands(src)
             elif (src / SPEECH_COMMANDS_FOLDER).is_dir():
                 src = src / SPEECH_COMMANDS_FOLDER
-            result = prepare_speech_commands(src, out, rate, encoding=encoding, normalization=normalization,
+            result = prepare_speech_commands(src, tmp, rate, encoding=encoding, normalization=normalization,
                                              strict=strict)
         else:
-            result = prepare_folder(folder, out, rate, clip_seconds=clip_seconds or 1.0, encoding=encoding,
+            result = prepare_folder(folder, tmp, rate, clip_seconds=clip_seconds or 1.0, encoding=encoding,
                                     normalization=normalization, strict=strict)
     for message in result.skipped:
         click.echo(f"mba sc09 prepare: warning: skipped {message}", err=True)
@@ -147,7 +156,10 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
 
     train_set = _clips(data, "train")
     val_set = _clips(data, "val", required=False)
-    out = prepare_out_dir(out)
+    TrainerConfig(device=device, strategy=strategy, precision=precision)  # checks them before anything is written
+    if resume:
+        check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
+    out = run_folder(out, "sc09 train", resume=resume, inputs=(data,))
     write_yaml(out / "config.yaml", _options())
     pl.seed_everything(seed, verbose=False)
     audio = {"sample_rate": train_set.sample_rate, "encoding": train_set.encoding,
@@ -220,7 +232,9 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
     length = round(seconds * rate) if seconds else int(audio["clip_samples"])
     if length < 1:
         raise UserError(f"--seconds {seconds}: shorter than one sample at {rate} Hz")
-    out = prepare_out_dir(out)
+    if seconds is not None and seconds > MAX_SECONDS:
+        raise UserError(f"--seconds {seconds:g}: at most {MAX_SECONDS} s per clip")
+    out = run_folder(out, "sc09 generate", inputs=(checkpoint,))
     write_yaml(out / "config.yaml", _options())
     rows, waves, started = [], [], time.time()
     for batch, start in enumerate(range(0, num_samples, batch_size)):
@@ -270,7 +284,7 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
     val_set = _clips(data, "val", waveform=True, required=False)
     test_set = _clips(data, "test", waveform=True, required=False)
     where = torch_device(device)
-    out = prepare_out_dir(out)
+    out = run_folder(out, "sc09 train-classifier", inputs=(data,))
     write_yaml(out / "config.yaml", _options())
     config = classifier_config(preset, train_set.sample_rate, len(train_set.store.meta["label_names"]))
     model, history = train_digit_classifier(train_set, val_data=val_set, config=config, epochs=epochs,
@@ -345,7 +359,7 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
     table = markdown_table(["set", "NLL bits/sample", "FID", "IS", "mIS", "AM", "clips"], rows)
     note = (f"\n\nFID against the training set's classifier features; AM against its mean prediction "
             f"({test_set.sample_rate} Hz, {test_set.encoding}).\nReference: {PAPER_ROW}.\n")
-    out = prepare_out_dir(out)
+    out = run_folder(out, "sc09 evaluate", inputs=(checkpoint, data, classifier, samples))
     write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "metrics.md", table + note)
     click.echo(table)

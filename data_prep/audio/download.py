@@ -26,6 +26,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 
 from mamba_bio_audio.errors import DataError, UserError
+from mamba_bio_audio.files import umask_mode
 
 from .sc09 import DIGITS, TESTING_LIST, VALIDATION_LIST
 
@@ -129,6 +130,7 @@ def safe_extract(archive: str | os.PathLike, dest_dir: str | os.PathLike, requir
     archive, dest_dir = Path(archive), Path(dest_dir)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", dir=dest_dir.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it owner-only
     try:
         names = _extract_members(archive, tmp)
         missing = [r for r in required if r not in names and not any(n.startswith(r) for n in names)]

@@ -23,6 +23,7 @@ import torch
 import torchaudio.functional as AF
 
 from mamba_bio_audio.errors import DataError
+from mamba_bio_audio.files import umask_mode
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -84,6 +85,7 @@ def write_wav(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_r
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, umask_mode(0o666))  # mkstemp makes it owner-only: give the WAV the user's usual permissions
     try:
         sf.write(tmp, samples, sample_rate, format="WAV", subtype="PCM_16")
         os.replace(tmp, path)

@@ -106,7 +106,7 @@ def test_generate_writes_valid_wavs_likelihoods_and_spectrograms(pipeline):
     assert all(0 < float(r.split("\t")[1]) < 9 for r in rows[1:])
     png = (root / "gen" / "spectrograms.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list((root / "gen").glob(".*"))  # no temp files left
+    assert [p.name for p in (root / "gen").glob(".*")] == [".mba-output"]  # our marker; no temp files left
 
 
 def test_classifier_and_evaluate_outputs(pipeline):
