@@ -57,7 +57,7 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g):
 
     The reverse scan is a forward scan between two time flips: Triton (3.6) lowers ``reverse=True`` with ~640
     lane shuffles per tile even though time is held in-thread, while ``tl.flip`` along an in-thread axis is
-    register moves (backward loop: 2,217 -> 1,580 SASS instructions, tools/sass_count.py)."""
+    register moves (NOTES.md, item 1 of what changed)."""
     dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
     b = Ct * dy[:, None, :]
     decay, gs = tl.associative_scan((tl.flip(dA_next, 0), tl.flip(b, 0)), axis=0, combine_fn=combine)

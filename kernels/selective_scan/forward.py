@@ -154,7 +154,7 @@ def dt_input(delta, delta_bias, softplus):
 
     With softplus, dt = softplus(delta + bias) is computed once by an elementwise pass into an fp32 buffer
     (batch, dim, seqlen): in the scan kernels the softplus would run replicated over the state lanes of every
-    tile (about a third of the forward's instructions, measured in SASS). Without softplus the kernels add the
+    tile (NOTES.md: about a third of the forward's instructions). Without softplus the kernels add the
     bias themselves.
     """
     if not softplus:

@@ -19,30 +19,7 @@ from the token ids (the embedding is recomputed, not stored) and the last ends w
        recomputed activations are one segment's, whatever the length. Sequences of one segment, bidirectional
        mixers, mixers that override ``forward``, and mamba_ssm's scan (no initial state) run at level 1.
 
-Bytes at seqlen 2^20, batch 1, d_model 256, d_inner 512, d_state 16, bf16 autocast, Triton scan (chunk 8),
-per block; G = 2^30 bytes, one (seqlen, d_inner) bf16 tensor = one (seqlen, d_model) fp32 tensor = 1 G.
-
-Before (per-block torch.utils.checkpoint of Block(hidden, residual), F.linear projections):
-    kept per block between forward and backward: hidden (mixer output, bf16) 0.5 G + residual (fp32) 1 G = 1.5 G;
-    8 blocks and norm_f's input: 12.5 G.
-    transient while one block is recomputed and back-propagated: norm input (fp32, shared with the
-    checkpoint) + rstd; in_proj input 0.5 G; xz 2 G (kept whole by the conv's saved x view); z made contiguous
-    by the scan 1 G (and x by the Triton conv, when causal-conv1d is absent, 1 G); conv output u 1 G; x_proj
-    output 0.1 G; delta made contiguous 1 G; B, C 0.06 G; the scan's chunk states (batch, d_inner,
-    seqlen / 8, d_state) fp32 4 G; scan output y 1 G: about 11 G saved, then the backward's du, ddelta, dz,
-    dout copy, dB/dC partials (1 G), dxz: about 5 G more. Measured on the H100: 27.4 GiB at 2^20; 2^22
-    would need about 4 x 27 G.
-After, level 1 (one stream tensor per unit; channels-first projections in the mixer: no z/delta/x copies):
-    kept: s_i fp32 1 G for blocks 1..n-1 only (7 G for 8 layers); transient: one whole block, about 9.5 G
-    saved (in_proj input 0.5, xz 2, u 1, x_proj output 0.1, delta 1, chunk states 4, y 1) and about 5 G in its
-    backward: about 23 G at 2^20, still O(length).
-After, level 2:
-    kept: the same 7 G, plus the states entering each segment, (batch, d_inner, d_conv - 1) bf16 and
-    (batch, d_inner, d_state) fp32: 35 KB per segment.
-    transient: the incoming and outgoing stream gradients (2 G) and one segment's recomputed block: segments of
-    SEGMENT_ELEMENTS / (batch * d_inner) = 2^17 steps here, 1/8 of the ~16 G above, about 2 G, plus the
-    scan's dB/dC partials (at most 1 G). Expected peak about 12 G at 2^20 and 39 G at 2^22 (kept and stream
-    gradients grow with length, the segment does not).
+What each level keeps and recomputes, byte by byte at 2^20 tokens: docs/kernels.md (memory).
 tests/test_memory_path.py checks the kept bytes exactly (on CPU, with :class:`LiveBytes` of benchmarks/memory.py).
 """
 
