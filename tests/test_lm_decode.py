@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from mamba_bio_audio import MambaConfig, MambaLM
-from mamba_bio_audio.cuda_graph import reset_state
-from mamba_bio_audio.generation import Decoder, decode_loop, refresh_decode_params, use_decode_params
+from mamba_bio_audio.generation.cuda_graph import reset_state
+from mamba_bio_audio.generation.decoder import Decoder, refresh_decode_params, use_decode_params
+from mamba_bio_audio.generation.sampling import decode_loop
 
 
 def tiny_lm(device="cpu") -> MambaLM:

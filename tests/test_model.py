@@ -9,7 +9,7 @@ import torch
 
 from mamba_bio_audio import MambaClassifier, MambaConfig, MambaLM
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.generation import filter_logits
+from mamba_bio_audio.generation.sampling import filter_logits
 
 from conftest import rel_err
 

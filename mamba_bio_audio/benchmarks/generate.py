@@ -3,7 +3,7 @@
 
 A timed run is one whole generate call: prefill of the prompt plus ``new_tokens`` decode steps with sampling,
 between two ``torch.cuda.synchronize()`` — what mamba_ssm's own generation benchmark times. Setup that a user
-pays once per model and batch size (our :class:`~mamba_bio_audio.generation.Decoder`'s graph capture, mamba_ssm's
+pays once per model and batch size (our :class:`~mamba_bio_audio.generation.decoder.Decoder`'s graph capture, mamba_ssm's
 graph cache) happens before: it is reported as ``setup_seconds``, and one untimed warm-up call precedes the
 median of ``repeats`` timed calls. ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds.
 The Transformer decodes eagerly (no CUDA graph): its attention reads a cache that grows by one position per step.
@@ -39,9 +39,9 @@ LARGEST_MODELS = ("mamba", "transformer")
 def make_generate_fn(name: str, model, prompt: torch.Tensor, new_tokens: int,
                      cuda_graph: bool | None = None) -> Callable[..., torch.Tensor]:
     """``fn(n=new_tokens)`` runs one greedy generation of n tokens after ``prompt`` (batch, prompt_len); for our
-    model it holds a :class:`~mamba_bio_audio.generation.Decoder` built (its step captured) here, once."""
+    model it holds a :class:`~mamba_bio_audio.generation.decoder.Decoder` built (its step captured) here, once."""
     if name == "mamba":
-        from mamba_bio_audio.generation import Decoder
+        from mamba_bio_audio.generation.decoder import Decoder
 
         decoder = Decoder(model, prompt.shape[0], cuda_graph)
         return lambda n=new_tokens: decoder(prompt, n, temperature=0)

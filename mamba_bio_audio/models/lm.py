@@ -59,7 +59,7 @@ class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
         temperature 0 is greedy; top_k 0 and top_p 1.0 disable those filters; ``seed`` makes sampling repeatable.
         On CUDA the step is captured once as a CUDA graph and replayed per token (``cuda_graph=False``: eager);
         on other devices it runs eagerly whatever ``cuda_graph`` says. To generate repeatedly without capturing
-        each time, build a :class:`mamba_bio_audio.generation.Decoder` once and call it.
+        each time, build a :class:`mamba_bio_audio.generation.decoder.Decoder` once and call it.
         """
         from mamba_bio_audio.generation import generate
 

@@ -27,7 +27,7 @@ work per sample is constant on average. Each stage keeps, besides its blocks' co
 last ``p`` block outputs (the DownPool window) and the ``p`` fine vectors of the last UpPool output; at time ``t``
 the stage reads slot ``t mod p``. The only control flow is on the Python counter ``state["t"]``, never on data, so
 the schedule repeats every ``prod(pools)`` samples (:attr:`SashimiLM.step_period`), and all state tensors are
-updated in place: :class:`mamba_bio_audio.cuda_graph.GraphedStep` captures one CUDA graph per phase.
+updated in place: :class:`mamba_bio_audio.generation.cuda_graph.GraphedStep` captures one CUDA graph per phase.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ class TransformerLM(nn.Module):
                  top_p: float = 1.0, seed: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """input_ids (batch, prompt_len) -> (batch, prompt_len + max_new_tokens): prefill into a KV cache, then
         one cached :meth:`step` per token (eager). Sampling as :meth:`MambaLM.generate` (temperature 0 = greedy)."""
-        from mamba_bio_audio.generation import check_generate_args, decode_loop, seeded_generator
+        from mamba_bio_audio.generation.sampling import check_generate_args, decode_loop, seeded_generator
 
         check_generate_args(input_ids, max_new_tokens, temperature, top_k, top_p)
         was_training = self.training

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from mamba_bio_audio.checkpoint import CONFIG_NAME
-from mamba_bio_audio.cuda_graph import GraphedStep
 from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
 from mamba_bio_audio.errors import CheckpointError
-from mamba_bio_audio.generation import sample_next, seeded_generator
+from mamba_bio_audio.generation.cuda_graph import GraphedStep
+from mamba_bio_audio.generation.sampling import sample_next, seeded_generator
 
 MODEL_FOLDER = "model"  # where a training run keeps its save_pretrained folder
 
