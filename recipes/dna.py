@@ -18,7 +18,7 @@ import click
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.classify import classify
 from mamba_bio_audio.recipes.options import common_options
-from mamba_bio_audio.recipes.outputs import check_output_folder, run_folder, write_json
+from mamba_bio_audio.recipes.outputs import check_output_folder, check_resume_config, run_folder, write_json
 from mamba_bio_audio.recipes.species import (
     DIR,
     PRESET_NAMES,
@@ -81,10 +81,13 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     refuse_to_overwrite(out, resume)
     if is_main_process():
         check_output_folder(out, "dna pretrain", resume=resume, overwrite=True, inputs=(genomes, data, bed, fasta))
+        if resume:
+            check_resume_config(out, click.get_current_context().params, ("preset", "length"))
     created = not out.exists()
     store = data or out / "store"
     try:
         if data is None and is_main_process() and not (resume and (store / "index.json").is_file()):
+            run_folder(out, "dna pretrain", resume=resume, inputs=(genomes, bed, fasta))  # ours before RUN/store
             if genomes is not None:
                 prepare_genomes(genomes, store, split_by, seed=seed)
             else:

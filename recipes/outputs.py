@@ -31,10 +31,19 @@ def prepare_out_dir(out: Path) -> Path:
 
 
 def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
-    """Before ``--resume`` writes anything: each of ``keys`` given on this command line (not None) must equal the
-    value in the run's ``config.yaml``, so that a resume with another shape (e.g. ``--preset``) is refused in one
-    line and the run's own config stays as it was. A run without a readable config.yaml is not checked."""
+    """Before ``--resume`` writes anything: the run's ``checkpoints/last.ckpt`` must load safely (weights only;
+    truncated, corrupt or planted files are refused in one line), and each of ``keys`` given on this command line
+    (not None) must equal the value in the run's ``config.yaml``, so that a resume with another shape (e.g.
+    ``--preset``) is refused and the run's own config stays as it was. A run without a readable config.yaml is
+    not compared."""
     import yaml
+
+    from mamba_bio_audio.training.trainer import last_checkpoint, load_training_checkpoint
+
+    ckpt = last_checkpoint(out)
+    if ckpt is None:
+        raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
+    load_training_checkpoint(ckpt)
 
     try:
         saved = yaml.safe_load((Path(out) / "config.yaml").read_text())

@@ -130,6 +130,13 @@ class WindowSampler(_PicklesStoreByPath):
             tokens = reverse_complement(tokens)
         return tokens, self._windows.labels[k]
 
+    def check(self) -> None:
+        """Draw one window of every species (its own random stream: the items are unchanged); a DataError names a
+        species without a usable window (e.g. all N), before training starts rather than during it."""
+        rng = np.random.default_rng([self.seed, 2**32])
+        for k in range(len(self._windows.names)):
+            self._windows.draw(self.store, rng, k)
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         i = 0
         while True:

@@ -359,6 +359,7 @@ def plan_windows(store: TokenStore, settings: TrainSettings, build_model: Callab
     """
     sampler = WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
                             rc_prob=settings.rc_prob, seed=settings.seed)
+    sampler.check()  # e.g. a species made entirely of N: refused here, not after training has started
     val, val_note = validation_windows(store, settings)
     callbacks, warmup = warmup_callbacks(settings)
     torch.manual_seed(settings.seed)
