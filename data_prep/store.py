@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mamba_bio_audio.errors import DataError
+from mamba_bio_audio.files import umask_mode
 
 TOKENS_FILE = "tokens.u8"
 INDEX_FILE = "index.json"
@@ -44,6 +45,7 @@ class TokenStoreWriter:
             raise DataError(f"{self.out_dir}: already exists")
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
+        os.chmod(self._tmp, umask_mode(0o777))  # mkdtemp makes it owner-only
         self._fh = open(self._tmp / TOKENS_FILE, "wb")
         self.meta = dict(meta or {})
         self.records: list[dict[str, Any]] = []

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from mamba_bio_audio.config import JsonConfig, MambaConfig
 from mamba_bio_audio.errors import CheckpointError
+from mamba_bio_audio.files import umask_mode
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -32,6 +33,7 @@ def save_checkpoint(model: nn.Module, config: JsonConfig, directory: str | os.Pa
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes it owner-only
     try:
         config.save(tmp / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

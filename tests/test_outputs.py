@@ -185,3 +185,25 @@ def test_prepare_never_deletes_a_file_it_did_not_create(genomes, tmp_path_factor
         assert (out / "index.json").is_file()
     assert {k: v for k, v in snapshot(root).items() if not k.startswith(out.relative_to(root).as_posix())} == \
         {k: v for k, v in beside.items() if not k.startswith(out.relative_to(root).as_posix())}
+
+
+def test_stores_models_and_wavs_follow_the_umask(genomes, tmp_path, capsys):
+    """Before: stores and model folders (tempfile.mkdtemp) were 0700, WAVs (mkstemp) 0600."""
+    import numpy as np
+
+    from mamba_bio_audio import MambaConfig, MambaLM
+    from mamba_bio_audio.data_prep.audio.io import write_wav
+    from mamba_bio_audio.data_prep.store import TokenStoreWriter
+
+    old = os.umask(0o022)
+    try:
+        assert run(["species", "prepare", "--genomes", genomes, "--out", tmp_path / "store"], capsys)[0] == 0
+        with TokenStoreWriter(tmp_path / "plain_store") as writer:
+            writer.add(np.zeros(4, np.uint8))
+        MambaLM(MambaConfig(d_model=8, n_layer=1, vocab_size=8)).save_pretrained(tmp_path / "model")
+        write_wav(tmp_path / "a.wav", np.zeros(80, np.float32), 8000)
+    finally:
+        os.umask(old)
+    for folder in ("store", "plain_store", "model"):
+        assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o755, folder
+    assert stat.S_IMODE((tmp_path / "a.wav").stat().st_mode) == 0o644

@@ -286,8 +286,9 @@ def train_and_export(task, datamodule, out: Path, tcfg: TrainerConfig, resume: b
     seconds = time.time() - started
     if is_main_process():
         if tcfg.strategy == "fsdp":  # the in-memory weights are shards: read the full ones back from the checkpoint
-            # a file this run wrote moments ago; Lightning pickles its hyper-parameters, so weights_only cannot read it
-            ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            from mamba_bio_audio.training.trainer import load_training_checkpoint
+
+            ckpt = load_training_checkpoint(out / "checkpoints" / "last.ckpt")  # weights only, like every load
             state = ckpt["state_dict"]
             task.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
         task.model.save_pretrained(out / "model")
