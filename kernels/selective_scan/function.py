@@ -21,6 +21,9 @@ from mamba_bio_audio.kernels.selective_scan.plan import (
 
 
 class SelectiveScanFn(torch.autograd.Function):
+    """(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, tunables) -> (out, last_state); the
+    forward saves the inputs and the chunk-start states, the backward recomputes the chunks from them."""
+
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, tun):
         p = make_plan(u, A, B, C, tun.chunk_size)

@@ -42,6 +42,8 @@ def autotune_candidates() -> list[dict]:
 
 @dataclass(frozen=True)
 class Tunables:
+    """The launch keywords of one call of :func:`selective_scan_triton`, defaults filled in."""
+
     chunk_size: int
     block_d: int
     num_warps: int
@@ -95,6 +97,8 @@ def bc_groups(X: torch.Tensor) -> tuple[bool, int]:
 
 
 def make_plan(u, A, B, C, chunk_size: int) -> Plan:
+    """The sizes of a call with u (batch, dim, seqlen), A (dim, d_state) and B, C in any layout; a ValueError
+    when dim is not a multiple of the B/C groups or chunk_size is not a power of 2."""
     batch, dim, seqlen = u.shape
     d_state = A.shape[1]
     (_, groups_b), (_, groups_c) = bc_groups(B), bc_groups(C)
@@ -108,6 +112,8 @@ def make_plan(u, A, B, C, chunk_size: int) -> Plan:
 
 
 def auto_save_every(state_bytes: int) -> int:
+    """Chunks between saved states for saved states of ``state_bytes`` at save_every 1: the smallest power of 2
+    (at most MAX_SAVE_EVERY) that keeps them under SAVED_STATE_BYTES."""
     save_every = 1
     while state_bytes > SAVED_STATE_BYTES * save_every and save_every < MAX_SAVE_EVERY:
         save_every *= 2
@@ -140,5 +146,7 @@ def strides(u: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> tuple[int, int
 
 
 def shape_args(p: Plan, block_d: int) -> tuple:
+    """The kernels' channel-partition arguments: (channels per partition, blocks per partition, groups of B,
+    partitions per B group, groups of C, partitions per C group)."""
     return (p.dim // p.groups, p.blocks(block_d), p.groups_b, p.groups // p.groups_b, p.groups_c,
             p.groups // p.groups_c)
