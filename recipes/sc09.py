@@ -34,7 +34,6 @@ CLASSIFIER_PRESETS = ("tiny", "paper")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ENCODINGS = ("mulaw8", "linear8")
 MAX_SECONDS = 3600  # sc09 generate --seconds: longer clips are a typo (1e9 s would allocate terabytes)
-PAPER_ROW = "Mamba paper, SC09 test at 16 kHz: Mamba 6.1M NLL 1.852, FID 0.94, IS 6.26, mIS 88.54, AM 0.52"
 data_option = click.option("--data", required=True, type=click.Path(path_type=Path),
                            help="Token store written by `mba sc09 prepare`.")
 
@@ -147,12 +146,8 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
           val_every: int, val_clips: int, checkpoint_every: int, num_workers: int, precision: str | None,
           resume: bool, devices: int, num_nodes: int, strategy: str, device: str, seed: int) -> None:
     """Train an 8-bit audio LM on next-sample prediction."""
-    import lightning.pytorch as pl
-
-    from mamba_bio_audio.tasks.audio_lm import build_audio_lm, clip_sample_fn, lm_example, nll_bits_per_sample
-    from mamba_bio_audio.training.data import IndexedDataModule
-    from mamba_bio_audio.training.module import LMTask, OptimConfig
-    from mamba_bio_audio.training.trainer import TrainerConfig, fit
+    from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings, train_audio_lm
+    from mamba_bio_audio.training.trainer import TrainerConfig
 
     train_set = _clips(data, "train")
     val_set = _clips(data, "val", required=False)
@@ -161,40 +156,22 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
         check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
     out = run_folder(out, "sc09 train", resume=resume, inputs=(data,))
     write_yaml(out / "config.yaml", _options())
-    pl.seed_everything(seed, verbose=False)
-    audio = {"sample_rate": train_set.sample_rate, "encoding": train_set.encoding,
-             "clip_samples": train_set.clip_samples}
-    model = build_audio_lm(arch, preset, audio)
-    val = [] if val_set is None else [{"input_ids": lm_example(val_set[i]["input_ids"])}
-                                      for i in range(min(val_clips, len(val_set)))]
-    task = LMTask(model, OptimConfig(lr=lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1, max_steps=max_steps))
-    datamodule = IndexedDataModule(clip_sample_fn(train_set, seed), batch_size, val_samples=val,
-                                   num_workers=num_workers)
-    settings = TrainerConfig(max_steps=max_steps, device=device, devices=devices, num_nodes=num_nodes,
-                             strategy=strategy,
-                             precision=precision, grad_clip=0.1, checkpoint_every=checkpoint_every,
-                             val_every=(val_every or max(1, max_steps // 10)) if val else 0,
-                             log_every=max(1, min(50, max_steps // 20)))
-    started = time.time()
-    trainer = fit(task, datamodule, out, settings, resume=resume)
-    train_seconds = time.time() - started
-    if not trainer.is_global_zero:
+    settings = AudioTrainSettings(arch=arch, preset=preset, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                                  val_every=val_every, val_clips=val_clips, checkpoint_every=checkpoint_every,
+                                  num_workers=num_workers, precision=precision, devices=devices,
+                                  num_nodes=num_nodes, strategy=strategy, device=device, seed=seed)
+    metrics = train_audio_lm(train_set, val_set, out, settings, resume=resume)
+    if metrics is None:  # an extra process of a multi-device run
         return
-    model.save_pretrained(out / "model")
-    val_bits = None
-    if val_set is not None:
-        val_bits = nll_bits_per_sample(model, val_set, batch_size=batch_size, max_clips=val_clips,
-                                       device=next(model.parameters()).device)
     steps, bits = read_csv_metric(out / "logs", "train/bits_per_token")
     if steps:
         plot_curve(out / "loss.png", steps, bits, "step", "train NLL (bits per sample)",
-                   f"sc09 {arch} {preset}: {audio['sample_rate']} Hz {audio['encoding']}")
-    metrics = {"val_bits_per_sample": val_bits, "val_clips": min(val_clips, len(val_set or [])),
-               "max_steps": max_steps, "train_seconds": train_seconds, "arch": arch, "preset": preset,
-               "parameters": sum(p.numel() for p in model.parameters()), **audio}
+                   f"sc09 {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}")
     write_json(out / "metrics.json", metrics)
+    val_bits = metrics["val_bits_per_sample"]
     shown = "n/a (no val split)" if val_bits is None else f"{val_bits:.4f}"
-    click.echo(f"val NLL {shown} bits/sample after {max_steps} steps ({train_seconds:.0f} s); wrote {out}/model")
+    click.echo(f"val NLL {shown} bits/sample after {max_steps} steps ({metrics['train_seconds']:.0f} s); wrote "
+               f"{out}/model")
 
 
 # ---- generate -----------------------------------------------------------------------------------------------------
@@ -216,11 +193,8 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
     """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
     import torch
 
-    from mamba_bio_audio.data_prep.audio.io import write_wav
-    from mamba_bio_audio.data_prep.audio.mulaw import decode
     from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.tasks.audio_generation import generate as sample_audio
-    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+    from mamba_bio_audio.tasks.audio_generation import generate_clips, likelihoods_tsv, load_audio_lm
     from mamba_bio_audio.tasks.audio_lm import audio_settings, spectrogram_grid
 
     where = torch_device(device)
@@ -236,19 +210,11 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
         raise UserError(f"--seconds {seconds:g}: at most {MAX_SECONDS} s per clip")
     out = run_folder(out, "sc09 generate", inputs=(checkpoint,))
     write_yaml(out / "config.yaml", _options())
-    rows, waves, started = [], [], time.time()
-    for batch, start in enumerate(range(0, num_samples, batch_size)):
-        result = sample_audio(model, min(batch_size, num_samples - start), length, temperature=temperature,
-                              top_p=top_p, seed=seed * 1_000_003 + batch, cuda_graph=cuda_graph)
-        for wave, bits, loglik in zip(decode(result.tokens, audio["encoding"]), result.bits_per_sample,
-                                      result.log_likelihood):
-            name = f"sample_{len(rows):04d}.wav"
-            write_wav(out / name, wave, rate)
-            rows.append((name, float(bits), float(loglik)))
-            waves.append(wave)
+    started = time.time()
+    rows, waves = generate_clips(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
+                                 top_p=top_p, seed=seed, cuda_graph=cuda_graph)
     seconds_taken = time.time() - started
-    table = "file\tbits_per_sample\tlog_likelihood_nats\n" + "".join(f"{n}\t{b:.6f}\t{ll:.4f}\n" for n, b, ll in rows)
-    atomic_write_text(out / "likelihoods.tsv", table)
+    atomic_write_text(out / "likelihoods.tsv", likelihoods_tsv(rows))
     shown = min(16, len(waves))
     spectrogram_grid(out / "spectrograms.png", torch.stack(waves[:shown]), rate,
                      [f"{n} ({b:.2f} bits)" for n, b, _ in rows[:shown]])
@@ -314,15 +280,15 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
 def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Path | None, out: Path,
              batch_size: int, max_clips: int | None, device: str, seed: int) -> None:
     """Test NLL (bits per sample); FID / IS / mIS / AM of generated WAVs beside the real test set."""
-    from mamba_bio_audio.benchmarks.report import environment, markdown_table
+    from mamba_bio_audio.benchmarks.report import environment
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.models.digit_classifier import DigitClassifier
     from mamba_bio_audio.tasks.audio_generation import load_audio_lm
     from mamba_bio_audio.tasks.audio_lm import (
         audio_settings,
-        nll_bits_per_sample,
+        evaluate_audio_lm,
+        evaluation_note,
         read_wav_folder,
-        score_sets,
     )
 
     where = torch_device(device)
@@ -341,25 +307,18 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
         if net.config.sample_rate != test_set.sample_rate:
             raise UserError(f"--classifier {classifier}: trained at {net.config.sample_rate} Hz, "
                             f"the store is {test_set.sample_rate} Hz")
-    sets: dict = {"real test set": test_set}
-    skipped: list[str] = []
+    waves, skipped = None, []
     if samples is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skipped files are reported below
             waves, names, skipped = read_wav_folder(samples, test_set.sample_rate, test_set.clip_samples)
         for message in skipped:
             click.echo(f"mba sc09 evaluate: warning: skipped {message}", err=True)
-        sets["generated"] = waves
-    scores = {} if net is None else score_sets(net, _clips(data, "train", waveform=True), sets, device=where)
-    nll = nll_bits_per_sample(model, test_set, batch_size=batch_size, max_clips=max_clips, device=where)
-    metrics = {"test_nll_bits_per_sample": nll, "nll_test_clips": min(max_clips or len(test_set), len(test_set)),
-               "scores": scores, "skipped_samples": skipped, "options": _options(), "environment": environment()}
-    rows = [[name, None, s["fid"], s["is"], s["mis"], s["am"], s["n"]] for name, s in scores.items()]
-    rows.insert(0, ["model (test NLL)", nll, None, None, None, None, metrics["nll_test_clips"]])
-    table = markdown_table(["set", "NLL bits/sample", "FID", "IS", "mIS", "AM", "clips"], rows)
-    note = (f"\n\nFID against the training set's classifier features; AM against its mean prediction "
-            f"({test_set.sample_rate} Hz, {test_set.encoding}).\nReference: {PAPER_ROW}.\n")
+    metrics, table = evaluate_audio_lm(model, test_set, classifier=net,
+                                       train_set=None if net is None else _clips(data, "train", waveform=True),
+                                       generated=waves, batch_size=batch_size, max_clips=max_clips, device=where)
+    metrics.update(skipped_samples=skipped, options=_options(), environment=environment())
     out = run_folder(out, "sc09 evaluate", inputs=(checkpoint, data, classifier, samples))
     write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "metrics.md", table + note)
+    atomic_write_text(out / "metrics.md", table + evaluation_note(test_set))
     click.echo(table)

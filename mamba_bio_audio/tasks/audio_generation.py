@@ -97,6 +97,40 @@ def generate(model, batch_size: int, num_samples: int, *, temperature: float = 1
         model.train(was_training)
 
 
+def generate_clips(model, out: Path, num_samples: int, num_tokens: int, *, batch_size: int = 64,
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                   cuda_graph: bool | None = None) -> tuple[list[tuple[str, float, float]], list[torch.Tensor]]:
+    """Sample ``num_samples`` clips of ``num_tokens`` tokens, ``batch_size`` at a time (batch ``b`` seeded with
+    ``seed * 1_000_003 + b``), and write each as 16-bit ``out/sample_NNNN.wav`` at the model's rate and encoding
+    (:func:`~mamba_bio_audio.tasks.audio_lm.audio_settings`).
+
+    Returns ``[(file name, bits per sample, log-likelihood in nats)]`` and the waveforms ``(num_tokens,)``.
+    """
+    from mamba_bio_audio.data_prep.audio.io import write_wav
+    from mamba_bio_audio.data_prep.audio.mulaw import decode
+    from mamba_bio_audio.tasks.audio_lm import audio_settings
+
+    audio = audio_settings(model)
+    rate = int(audio["sample_rate"])
+    rows, waves = [], []
+    for batch, start in enumerate(range(0, num_samples, batch_size)):
+        result = generate(model, min(batch_size, num_samples - start), num_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed * 1_000_003 + batch, cuda_graph=cuda_graph)
+        for wave, bits, loglik in zip(decode(result.tokens, audio["encoding"]), result.bits_per_sample,
+                                      result.log_likelihood):
+            name = f"sample_{len(rows):04d}.wav"
+            write_wav(out / name, wave, rate)
+            rows.append((name, float(bits), float(loglik)))
+            waves.append(wave)
+    return rows, waves
+
+
+def likelihoods_tsv(rows: list[tuple[str, float, float]]) -> str:
+    """Tab-separated ``file, bits_per_sample, log_likelihood_nats`` of :func:`generate_clips`' rows."""
+    return "file\tbits_per_sample\tlog_likelihood_nats\n" + "".join(
+        f"{n}\t{b:.6f}\t{ll:.4f}\n" for n, b, ll in rows)
+
+
 def load_audio_lm(directory: str | os.PathLike, device=None):
     """Load a SaShiMi or plain Mamba LM from a ``save_pretrained`` folder, or from a training run holding one in
     ``model/`` (the architecture is in config.json).

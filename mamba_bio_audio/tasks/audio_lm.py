@@ -1,4 +1,4 @@
-"""Training examples, test NLL, sample scoring and plots for 8-bit audio language models (the SC09 recipe's library).
+"""Training, test NLL, sample scoring and plots for 8-bit audio language models (the SC09 recipe's library).
 
 Training example of a clip of tokens ``x_0 .. x_{L-1}``: ``input_ids = [silence, x_0, ..., x_{L-1}]`` (length
 ``L + 1``); the LM reads ``input_ids[:-1]`` and predicts ``input_ids[1:]``, so every sample of the clip is predicted
@@ -9,8 +9,10 @@ clips). The silence token (128) stands for the zero waveform before the clip; sa
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.files import pyplot, save_figure
 
 LN2 = float(np.log(2.0))
+PAPER_ROW = "Mamba paper, SC09 test at 16 kHz: Mamba 6.1M NLL 1.852, FID 0.94, IS 6.26, mIS 88.54, AM 0.52"
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -86,6 +89,75 @@ def clip_sample_fn(dataset: AudioClipDataset, seed: int) -> Callable[[int], dict
         return {"input_ids": lm_example(dataset[int(cache[epoch][i % n])]["input_ids"])}
 
     return sample
+
+
+# ---- training -----------------------------------------------------------------------------------------------------
+@dataclass
+class AudioTrainSettings:
+    """An SC09 training run: model (``arch``, ``preset``), schedule (AdamW at peak ``lr``, betas 0.9/0.95, weight
+    decay 0.1, 10 % warm-up, cosine; grad clip 0.1), validation every ``val_every`` steps (0: a tenth of the run) on
+    ``val_clips`` clips, checkpoints, loader workers and devices as :class:`~mamba_bio_audio.training.trainer.
+    TrainerConfig` takes them."""
+
+    arch: str = "sashimi"
+    preset: str = "paper-6m"
+    max_steps: int = 200_000
+    batch_size: int = 16
+    lr: float = 2e-3
+    val_every: int = 0
+    val_clips: int = 64
+    checkpoint_every: int = 2000
+    num_workers: int = 0
+    precision: str | None = None
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+
+def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None, out: Path,
+                   settings: AudioTrainSettings, resume: bool = False) -> dict | None:
+    """Train a fresh audio LM on next-sample prediction, save ``out/model`` and score the validation clips.
+
+    Returns the metrics (val bits per sample, seconds, shape, the audio settings), or None in the extra processes
+    of a multi-device run (they write nothing).
+    """
+    import lightning.pytorch as pl
+
+    from mamba_bio_audio.training.data import IndexedDataModule
+    from mamba_bio_audio.training.module import LMTask, OptimConfig
+    from mamba_bio_audio.training.trainer import TrainerConfig, fit
+
+    s = settings
+    pl.seed_everything(s.seed, verbose=False)
+    audio = {"sample_rate": train_set.sample_rate, "encoding": train_set.encoding,
+             "clip_samples": train_set.clip_samples}
+    model = build_audio_lm(s.arch, s.preset, audio)
+    val = [] if val_set is None else [{"input_ids": lm_example(val_set[i]["input_ids"])}
+                                      for i in range(min(s.val_clips, len(val_set)))]
+    task = LMTask(model, OptimConfig(lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1,
+                                     max_steps=s.max_steps))
+    datamodule = IndexedDataModule(clip_sample_fn(train_set, s.seed), s.batch_size, val_samples=val,
+                                   num_workers=s.num_workers)
+    trainer_config = TrainerConfig(max_steps=s.max_steps, device=s.device, devices=s.devices, num_nodes=s.num_nodes,
+                                   strategy=s.strategy, precision=s.precision, grad_clip=0.1,
+                                   checkpoint_every=s.checkpoint_every,
+                                   val_every=(s.val_every or max(1, s.max_steps // 10)) if val else 0,
+                                   log_every=max(1, min(50, s.max_steps // 20)))
+    started = time.time()
+    trainer = fit(task, datamodule, out, trainer_config, resume=resume)
+    train_seconds = time.time() - started
+    if not trainer.is_global_zero:
+        return None
+    model.save_pretrained(out / "model")
+    val_bits = None
+    if val_set is not None:
+        val_bits = nll_bits_per_sample(model, val_set, batch_size=s.batch_size, max_clips=s.val_clips,
+                                       device=next(model.parameters()).device)
+    return {"val_bits_per_sample": val_bits, "val_clips": min(s.val_clips, len(val_set or [])),
+            "max_steps": s.max_steps, "train_seconds": train_seconds, "arch": s.arch, "preset": s.preset,
+            "parameters": sum(p.numel() for p in model.parameters()), **audio}
 
 
 # ---- test NLL ---------------------------------------------------------------------------------------------------
@@ -183,6 +255,36 @@ def score_sets(classifier, train_data, sets: dict[str, object], *, batch_size: i
         probs, feats = classifier_outputs(classifier, data, batch_size=batch_size, device=device)
         rows[name] = {**sample_quality_scores(train_feats, train_probs, feats, probs), "n": len(probs)}
     return rows
+
+
+def evaluate_audio_lm(model, test_set: AudioClipDataset, *, classifier=None, train_set=None,
+                      generated: torch.Tensor | None = None, batch_size: int = 16, max_clips: int | None = None,
+                      device: str | torch.device = "cpu") -> tuple[dict, str]:
+    """Test NLL of ``model`` (bits per sample over ``max_clips`` test clips, all by default) and, with a digit
+    ``classifier``, FID / IS / mIS / AM of the real test set and of ``generated`` waveforms ``(n, samples)``
+    against ``train_set`` (:func:`score_sets`).
+
+    Returns ``(metrics, table)``: ``{"test_nll_bits_per_sample", "nll_test_clips", "scores"}`` and a markdown table
+    (:func:`evaluation_note` says how to read it).
+    """
+    from mamba_bio_audio.benchmarks.report import markdown_table
+
+    sets: dict = {"real test set": test_set}
+    if generated is not None:
+        sets["generated"] = generated
+    scores = {} if classifier is None else score_sets(classifier, train_set, sets, device=device)
+    nll = nll_bits_per_sample(model, test_set, batch_size=batch_size, max_clips=max_clips, device=device)
+    metrics = {"test_nll_bits_per_sample": nll, "nll_test_clips": min(max_clips or len(test_set), len(test_set)),
+               "scores": scores}
+    rows = [[name, None, s["fid"], s["is"], s["mis"], s["am"], s["n"]] for name, s in scores.items()]
+    rows.insert(0, ["model (test NLL)", nll, None, None, None, None, metrics["nll_test_clips"]])
+    return metrics, markdown_table(["set", "NLL bits/sample", "FID", "IS", "mIS", "AM", "clips"], rows)
+
+
+def evaluation_note(test_set: AudioClipDataset) -> str:
+    """The lines under :func:`evaluate_audio_lm`'s table: what FID and AM compare against, and the paper's row."""
+    return (f"\n\nFID against the training set's classifier features; AM against its mean prediction "
+            f"({test_set.sample_rate} Hz, {test_set.encoding}).\nReference: {PAPER_ROW}.\n")
 
 
 # ---- plots --------------------------------------------------------------------------------------------------------
