@@ -122,6 +122,11 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
         per_split[rec["split"]] = per_split.get(rec["split"], 0) + rec["length"]
     for name, per_split in bases.items():
         click.echo(f"{name}: " + ", ".join(f"{split} {n:,}" for split, n in sorted(per_split.items())) + " bases")
+    for name, per_split in bases.items():  # e.g. --test named without --val: say what is missing
+        missing = [split for split in ("val", "test") if split not in per_split]
+        if missing:
+            click.echo(f"mba species prepare: warning: species {name} has no {' or '.join(missing)} split "
+                       f"(--split-by {split_by}; name one with --{missing[0]}, or use --split-by fraction)", err=True)
     click.echo(f"wrote {out}")
 
 
@@ -243,7 +248,7 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
             batch_size: int | None, lenient: bool, device: str) -> None:
     """Species probabilities per record (or per window) of FASTA/2bit files, as a TSV."""
     from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.tasks.species import load_classifier, predict_records, predictions_tsv
+    from mamba_bio_audio.tasks.species import load_classifier, model_window, predict_records, predictions_tsv
 
     check_output_file(out, inputs=(checkpoint, *fasta))
     torch_dev = torch_device(device)
@@ -254,4 +259,10 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
                                 max_windows=max_windows, batch_size=batch_size, device=torch_dev, lenient=lenient))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, predictions_tsv(rows, model.labels))
+    span = window or model_window(model)
+    for row in rows:  # a row read from fewer bases than the window looks like any other: say so
+        bases = row["length"] if "length" in row else row["end"] - row["start"]
+        if span and bases < span:
+            click.echo(f"mba species predict: warning: {row['record']} ({Path(row['file']).name}): its row rests on "
+                       f"{bases} bases, fewer than the {span}-base window", err=True)
     click.echo(f"wrote {len(rows)} rows to {out}")

@@ -347,3 +347,23 @@ def test_a_species_of_n_only_is_refused_before_writing(fx, tmp_path, capsys):
     assert_one_line_error(code, err, "allN")
     assert not (tmp_path / "run").exists()
 
+
+
+def test_predict_warns_about_a_record_shorter_than_the_window(fx, tmp_path, capsys):
+    """Before: an 8-base record gave a normal-looking row and nothing else."""
+    fasta = tmp_path / "tiny.fa"
+    fasta.write_text(">tiny\nACGTACGT\n")
+    code, out, err = run(["species", "predict", "--checkpoint", fx["run"], fasta, "--out", tmp_path / "p.tsv",
+                          "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "warning: tiny (tiny.fa): its row rests on 8 bases, fewer than the 64-base window" in err
+    assert (tmp_path / "p.tsv").read_text().splitlines()[1].split("\t")[1:4] == ["tiny", "8", "1"]
+
+
+def test_prepare_says_when_a_species_has_no_validation_split(fx, tmp_path, capsys):
+    """Before: `--split-by strain --test S1` left every species without a val split and said nothing."""
+    code, out, err = run(["species", "prepare", "--genomes", fx["genomes"], "--out", tmp_path / "s", "--split-by",
+                          "strain", "--test", "S1"], capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all("has no val split" in line and "--val" in line for line in lines), err
