@@ -145,6 +145,6 @@ def test_evaluate_induction_scores_the_run_test_stream(tmp_path):
     expected = evaluate_accuracy(model, lambda i: InductionHeads(seqlen=64, n_tokens=15, seed=0).sample(
         synthetic.EVAL_OFFSET + 3 + i), 12)
     assert report["lengths"][1]["accuracy"] == pytest.approx(expected["accuracy"])
-    assert (tmp_path / "ev" / "induction_eval.md").read_text() == md
+    assert (tmp_path / "ev" / "induction_eval.md").read_text().strip() == md.strip()
     with pytest.raises(UserError, match="not a saved model folder"):
         synthetic.evaluate_induction(tmp_path / "nothing", tmp_path / "ev2", [32], device="cpu")
