@@ -7,7 +7,8 @@
 
 Each run writes RUN/config.yaml, RUN/metrics.json, RUN/model/ (save_pretrained; load a no-gate model with
 ``SSMOnlyLM.from_pretrained``), Lightning logs and checkpoints. The work is done by
-:mod:`mamba_bio_audio.tasks.synthetic` (presets, training, evaluation, the table's report).
+:mod:`mamba_bio_audio.tasks.synthetic` (presets, training, evaluation) and
+:mod:`mamba_bio_audio.tasks.synthetic_table` (the table's runs and report).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from mamba_bio_audio.tasks.synthetic import (
     PRESETS,
     choose_preset,
     evaluate_induction,
-    run_table,
     run_task,
     stop_note,
 )
+from mamba_bio_audio.tasks.synthetic_table import run_table
 
 PRESET_HELP = ("tiny: CPU-sized; paper: the paper's setup (Appendix E.1; GPU, hours); gpu-fast: ours, not the "
                "paper's (larger batch, higher lr, length curriculum, stop at a target accuracy; minutes on a GPU).")

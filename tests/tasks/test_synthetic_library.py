@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.tasks import synthetic
+from mamba_bio_audio.tasks import synthetic, synthetic_table
 from mamba_bio_audio.tasks.synthetic import TaskPreset, run_task
 
 
@@ -116,7 +116,7 @@ def test_run_stops_at_target_accuracy(tmp_path, micro_presets):
     preset = replace(micro_presets["selective-copy"], max_steps=50, val_every=2, target_accuracy=0.0)
     m = run_task("selective-copy", preset, "S6", "mamba", tmp_path / "run", device="cpu", progress=False)
     assert (m["stopped"], m["target_reached_at"], m["steps"], m["finished"]) == ("target", 2, 2, True)
-    assert synthetic.status(m) == "reached target at step 2"
+    assert synthetic_table.status(m) == "reached target at step 2"
 
 
 def test_run_stops_at_its_time_budget_and_says_so(tmp_path, micro_presets):
@@ -124,7 +124,7 @@ def test_run_stops_at_its_time_budget_and_says_so(tmp_path, micro_presets):
     m = run_task("induction-heads", preset, "S6", "mamba", tmp_path / "run", device="cpu", progress=False,
                  time_budget_s=2.0)
     assert m["stopped"] == "time" and 0 < m["steps"] < 100_000 and not m["finished"]
-    assert synthetic.status(m).startswith("UNFINISHED")
+    assert synthetic_table.status(m).startswith("UNFINISHED")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stopped"] == "time"
 
 
