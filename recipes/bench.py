@@ -331,14 +331,14 @@ def context_parallel(ctx: click.Context, nproc_per_node: int | None, device: str
 
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here")
+    from mamba_bio_audio.devices import torch_device
+
+    cuda = torch_device(device).type == "cuda"  # a missing GPU is a one-line error
     if check_dtypes is not None:
         unknown = [d for d in check_dtypes.split(",") if d.strip() not in ("float64", "float32", "bfloat16")]
         if unknown:
             raise UserError(f"--check-dtypes: unknown dtype {unknown[0]!r}; choose from float64, float32, bfloat16")
     if "RANK" not in os.environ:  # start the ranks: torchrun runs this same command in each
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         n = nproc_per_node or (torch.cuda.device_count() if cuda else 2)
         if cuda and n > torch.cuda.device_count():
             raise UserError(f"--nproc-per-node {n}: only {torch.cuda.device_count()} GPUs here")
