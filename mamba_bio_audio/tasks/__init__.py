@@ -1,1 +1,3 @@
-"""The domain library the recipes call: one module per task (species, DNA LM, audio, synthetic, baselines)."""
+"""The domain library the recipes call, one room per task: ``windows`` (DNA window training shared by ``species``
+and ``dna_lm``), ``species``, ``dna_lm``, ``classify``, ``audio_lm`` and ``audio_generation`` (SC09), ``synthetic``
+and ``synthetic_table`` (the paper's synthetic tasks), ``baselines`` (k-mer logistic regression)."""
