@@ -341,10 +341,10 @@ def _assign_splits(records: list[dict], draws: np.ndarray, val_fraction: float, 
     given = {r["split"] for r in records} - {None}
     drawn = []
     for r, u in zip(records, draws):
-        if r["split"] is None and not given:
+        if not given:
             r["split"] = "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
-        elif r["split"] is None or (r["split"] == "train" and "val" not in given and u < val_fraction):
-            r["split"] = "val" if r["split"] == "train" and u < val_fraction else "train"
+        elif r["split"] is None or r["split"] == "train":
+            r["split"] = "val" if "val" not in given and u < val_fraction else "train"
         else:
             continue
         drawn.append(r)

@@ -218,3 +218,11 @@ def test_bucketed_sampler_is_a_pure_function_of_the_index(tmp_path):
     again = BucketedSampler(store, range(20), [i % 2 for i in range(20)], 4, seed=0, crop=10, rc_prob=0.5)
     for i in (59, 3, 41):
         assert np.array_equal(again[i][0], items[i][0]) and again[i][1] == items[i][1]
+
+
+def test_sequences_without_a_split_beside_given_ones_are_train_and_give_the_val_draw(tmp_path):
+    path = tmp_path / "seqs.fa"
+    path.write_text("".join(f">r{i} label={'ab'[i % 2]}{' split=test' if i < 4 else ''}\nACGT\n" for i in range(100)))
+    store = TokenStore(write_labelled_store(read_labelled(path), tmp_path / "store", val_fraction=0.3))
+    splits = [r["split"] for r in store.records]
+    assert splits[:4] == ["test"] * 4 and set(splits[4:]) == {"train", "val"} and splits.count("val") > 15
