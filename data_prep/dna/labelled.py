@@ -45,7 +45,7 @@ _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "v
 _GZIP_MAGIC = b"\x1f\x8b"
 _FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fas")
 _KEY_VALUE = re.compile(r"(\S+?)=(\S*)")
-csv.field_size_limit(2**31 - 1)  # a sequence of tens of millions of bases is one field
+_FIELD_LIMIT = 2**31 - 1  # a sequence of tens of millions of bases is one CSV field
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
     A row's id is its ``id_column`` value, else ``line N``. Empty lines are skipped.
     """
     path = Path(path)
+    csv.field_size_limit(_FIELD_LIMIT)
     with _open_text(path, newline="") as f:
         reader = csv.reader(f, delimiter="\t" if _is_tsv(path, f) else ",")
         with _gzip_errors(path, lambda: reader.line_num + 1):
