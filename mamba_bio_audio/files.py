@@ -98,6 +98,7 @@ def check_output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = 
             raise UserError(f"{flag} {out}: {what}; --resume continues a '{kind}' run")
         return out
     if not out.exists() or _is_empty_folder(out):
+        _probe_writable(out, flag)
         return out
     found = output_kind(out)
     if found is None:
@@ -107,7 +108,24 @@ def check_output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = 
         raise UserError(f"{flag} {out}: holds a '{found}' output, not '{kind}'; refusing to replace it")
     if not overwrite:
         raise UserError(f"{flag} {out}: already holds a '{kind}' output; pass --overwrite to replace it")
+    _probe_writable(out, flag)
     return out
+
+
+def _probe_writable(out: Path, flag: str) -> None:
+    """Create and remove a folder beside ``out`` (in its nearest existing ancestor): a read-only or unwritable
+    place fails here, before any work, as a one-line UserError."""
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"{flag} {out}: {parent} is not a folder")
+    probe = parent / f".mba-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise _writable_error(out, e, flag) from None
 
 
 def _writable_error(path: Path, e: OSError, flag: str) -> UserError:
@@ -139,11 +157,14 @@ def output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
     except OSError as e:
         raise _writable_error(out, e, flag) from None
     tmp = parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # our own leftover of a run with this process id
+    n = 0
+    while tmp.exists():  # a leftover is not deleted either: pick a new name
+        n += 1
+        tmp = parent / f".{out.name}.partial-{os.getpid()}-{n}"
     try:
         yield tmp
         tmp.mkdir(exist_ok=True)
+        os.chmod(tmp, umask_mode(0o777))  # a writer's mkdtemp makes it owner-only
         (tmp / MARKER).write_text(kind + "\n")
         check_output_folder(out, kind, overwrite=overwrite, inputs=inputs, flag=flag)  # nothing appeared meanwhile
         old = None
@@ -200,8 +221,5 @@ def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), flag: str =
     for source in inputs:
         if source is not None and (resolved == Path(source).resolve() or Path(source).resolve() in resolved.parents):
             raise UserError(f"{flag} {out}: is an input ({source}); choose another file")
-    parent = out.parent
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {out}: cannot write there (Permission denied)")
+    _probe_writable(out, flag)
     return out
