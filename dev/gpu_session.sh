@@ -62,7 +62,9 @@ for step in $what; do
                 2>&1 | tee "$out/gpu_tests.txt" | tail -25
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         bench)
-            python3 -m mamba_bio_audio bench scan --out "$out" --backends "${BENCH_BACKENDS:-triton,cuda,reference}" 2>&1 | tail -20 ;;
+            python3 -m mamba_bio_audio bench scan --out /tmp/bench/scan --overwrite \
+                --backends "${BENCH_BACKENDS:-triton,cuda,reference}" 2>&1 | tail -20
+            cp /tmp/bench/scan/bench_scan.* "$out/" ;;
         species)  # held-out strains of 5 bacteria, lengths 2^10 .. 2^16, beside the 6-mer baseline
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             mba species prepare --genomes "$repo/.gpudata/bacteria" --out $r/bact --split-by strain &&
@@ -91,11 +93,16 @@ for step in $what; do
                 sc09_samples/sample_0000.wav sc09_samples/sample_0001.wav sc09_b1/metrics.json clf/metrics.json ;;
         memory)  # the d_model 256 x 8 classifier at 2^20 and 2^22, checkpoint levels 0, 1, 2
             timeout ${MEMORY_SECONDS:-300} mba bench memory --lengths ${MEMORY_LENGTHS:-1048576,4194304} \
-                --checkpoint-level ${MEMORY_LEVELS:-0,1,2} --out "$out" 2>&1 | tail -12 ;;
+                --checkpoint-level ${MEMORY_LEVELS:-0,1,2} --out /tmp/bench/memory --overwrite 2>&1 | tail -12
+            cp /tmp/bench/memory/bench_memory.* "$out/" ;;
         train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
-            timeout 420 python3 -m mamba_bio_audio bench train --out "$out" ${TRAIN_ARGS:-} 2>&1 | tail -12 ;;
+            timeout 420 python3 -m mamba_bio_audio bench train --out /tmp/bench/train --overwrite ${TRAIN_ARGS:-} \
+                2>&1 | tail -12
+            cp /tmp/bench/train/bench_train.* "$out/" ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
-            timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} --out "$out" 2>&1 | tail -16 ;;
+            timeout 540 python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} \
+                --out /tmp/bench/generate --overwrite 2>&1 | tail -16
+            cp /tmp/bench/generate/bench_generate.* "$out/" ;;
         variants)  # the scan under several tunings (chooses the defaults)
             timeout 400 python3 /tmp/src/dev/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-variants)  # one block's decode step, unfused / inner / block-fused at several rows per program

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from mamba_bio_audio.recipes.options import common_options, config_option, device_option
+from mamba_bio_audio.recipes.options import budget_options, common_options, config_option, device_option
 from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json
 
 DIR = click.Path(file_okay=False, path_type=Path)
@@ -91,7 +91,7 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @classify.command("train")
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Store from 'classify prepare'.")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@budget_options
 @click.option("--preset", type=click.Choice(["tiny", "paper-1.4m", "paper-7m"]), default=None,
               help="Model size [default: tiny, or the shape of --init-from].")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
@@ -112,7 +112,7 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @common_options
-def train(data: Path, out: Path, max_steps: int, preset: str | None, init_from: Path | None, bidirectional: bool,
+def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | None, preset: str | None, init_from: Path | None, bidirectional: bool,
           pooling: str, class_weights: bool, max_length: int, batch_size: int | None, lr: float | None,
           rc_prob: float, val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool,
           device: str, seed: int) -> None:
@@ -121,7 +121,7 @@ def train(data: Path, out: Path, max_steps: int, preset: str | None, init_from: 
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     settings = ClassifySettings(
-        length=max_length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, rc_prob=rc_prob,
+        length=max_length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr, rc_prob=rc_prob,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device, seed=seed,
         bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
         init_from=None if init_from is None else str(init_from))

@@ -17,8 +17,14 @@ import click
 
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.classify import classify
-from mamba_bio_audio.recipes.options import common_options
-from mamba_bio_audio.recipes.outputs import check_output_folder, check_resume_config, run_folder, write_json
+from mamba_bio_audio.recipes.options import budget_options, common_options
+from mamba_bio_audio.recipes.outputs import (
+    check_output_folder,
+    check_resume_config,
+    run_config_value,
+    run_folder,
+    write_json,
+)
 from mamba_bio_audio.recipes.species import (
     DIR,
     PRESET_NAMES,
@@ -47,7 +53,7 @@ dna.add_command(classify)
               help="Held-out part of --genomes (see 'species prepare').")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
 @click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@budget_options
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny", show_default=True, help="Model size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step [default: the preset's, at most its token budget].")
@@ -56,7 +62,7 @@ dna.add_command(classify)
 @window_training_options
 @common_options
 def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: Path | None, split_by: str,
-             out: Path, length: int, max_steps: int, preset: str, batch_size: int | None, accumulate: int,
+             out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str, batch_size: int | None, accumulate: int,
              lr: float | None, warmup_min_length: int | None, warmup_stage_steps: int | None,
              checkpoint_activations: bool | None, rc_prob: float, val_per_species: int, val_every: int | None,
              checkpoint_every: int, num_workers: int, devices: int, num_nodes: int, strategy: str, resume: bool,
@@ -73,7 +79,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     if (bed is None) != (fasta is None):
         raise UserError("--bed and --fasta go together")
     settings = TrainSettings(
-        length=length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
+        length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
         warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
@@ -83,6 +89,8 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         check_output_folder(out, "dna pretrain", resume=resume, overwrite=True, inputs=(genomes, data, bed, fasta))
         if resume:
             check_resume_config(out, click.get_current_context().params, ("preset", "length"))
+    if resume and max_steps is None:  # the step count this run planned from its budget
+        settings.max_steps = run_config_value(out, "max_steps")
     created = not out.exists()
     store = data or out / "store"
     try:
@@ -101,7 +109,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         echo_summary(plan.summary)
         run_folder(out, "dna pretrain", resume=resume, inputs=(genomes, data, bed, fasta))
         write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
-                         lr=plan.summary["lr"])
+                         lr=plan.summary["lr"], max_steps=plan.summary["max_steps"])
     metrics = run_pretraining(plan, out, resume=resume)
     if is_main_process():
         metrics["data"] = str(store)

@@ -79,3 +79,16 @@ def parse_int_list(text: str, what: str) -> list[int]:
     if not values:
         raise UserError(f"{what}: empty list")
     return values
+
+
+MAX_STEPS_HELP = "Optimizer steps [default: 1000, or with --max-minutes as many as fit the budget at the measured speed]."
+MAX_MINUTES_HELP = ("Wall-clock budget for training: the step count is planned from a measured step time and the run "
+                    "stops at the first step past the budget (metrics.json: stopped_by, budget_cut); the model is "
+                    "then saved and evaluated.")
+
+
+def budget_options(f):
+    """``--max-steps`` and ``--max-minutes`` of every training command."""
+    f = click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help=MAX_MINUTES_HELP)(f)
+    return click.option("--max-steps", type=click.IntRange(min=1), default=None, help=MAX_STEPS_HELP)(f)

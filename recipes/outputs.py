@@ -109,3 +109,15 @@ def plot_curve(path: Path, xs, ys, xlabel: str, ylabel: str, title: str, ylim: t
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def run_config_value(out: Path, key: str):
+    """The value of ``key`` in the run's ``out/config.yaml`` (None when the file or the key is missing): what a
+    ``--resume`` takes for options it was not given, e.g. the ``max_steps`` a ``--max-minutes`` run planned."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(out) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get(key) if isinstance(saved, dict) else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from mamba_bio_audio.recipes.options import (
+    budget_options,
     common_options,
     config_option,
     device_option,
@@ -29,6 +30,7 @@ from mamba_bio_audio.recipes.outputs import (
     check_output_folder,
     check_resume_config,
     output_folder,
+    run_config_value,
     run_folder,
     write_json,
     write_yaml,
@@ -135,7 +137,7 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Token store from 'species prepare'.")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
 @click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@budget_options
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Model size [default: tiny, or the shape of --init-from].")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
@@ -149,7 +151,7 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
               help="Probability of reverse-complementing a training window.")
 @window_training_options
 @common_options
-def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None, init_from: Path | None,
+def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str | None, init_from: Path | None,
           bidirectional: bool, pooling: str, batch_size: int | None, accumulate: int, lr: float | None,
           warmup_min_length: int | None, warmup_stage_steps: int | None, checkpoint_activations: bool | None,
           rc_prob: float, val_per_species: int, val_every: int | None, checkpoint_every: int, num_workers: int,
@@ -159,7 +161,7 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     settings = SpeciesSettings(
-        length=length, max_steps=max_steps, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
+        length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
         warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
@@ -169,12 +171,14 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
     check_output_folder(out, "species train", resume=resume, overwrite=True, inputs=(data, init_from))
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "length", "bidirectional", "pooling"))
+        if max_steps is None:  # the step count this run planned from its budget
+            settings.max_steps = run_config_value(out, "max_steps")
     plan = plan_training(data, settings)
     if is_main_process():
         echo_summary(plan.summary)
         run_folder(out, "species train", resume=resume, inputs=(data, init_from))
         write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
-                         lr=plan.summary["lr"])
+                         lr=plan.summary["lr"], max_steps=plan.summary["max_steps"])
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         write_json(out / "metrics.json", metrics)
@@ -194,10 +198,12 @@ def train(data: Path, out: Path, length: int, max_steps: int, preset: str | None
                    "train-split windows (at least 32).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: by length]")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also score the 6-mer baseline.")
+@click.option("--rc-average/--no-rc-average", default=False, show_default=True,
+              help="Average each window's probabilities with those of its reverse complement (both strands).")
 @overwrite_option
 @common_options
 def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split: str, per_species: int,
-             batch_size: int | None, baseline: bool, overwrite: bool, device: str, seed: int) -> None:
+             batch_size: int | None, baseline: bool, rc_average: bool, overwrite: bool, device: str, seed: int) -> None:
     """Accuracy and confusion matrix per window length, beside a 6-mer logistic regression on the same windows."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import (
@@ -216,7 +222,7 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
         raise click.BadParameter("window lengths must be at least 2 (the model does not record its own)",
                                  param_hint="--lengths")
     result = evaluate_lengths(model, data, window_lengths, split=split, per_species=per_species, seed=seed,
-                              batch_size=batch_size, device=torch_dev, baseline=baseline,
+                              batch_size=batch_size, device=torch_dev, baseline=baseline, rc_average=rc_average,
                               log=lambda line: click.echo(line, err=True))
     result.update(checkpoint=str(checkpoint), data=str(data))
     with output_folder(out, "species evaluate", overwrite=overwrite, inputs=(checkpoint, data)) as tmp:
@@ -242,10 +248,12 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
                    "--window].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: by window length]")
 @click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing.")
+@click.option("--rc-average/--no-rc-average", default=False, show_default=True,
+              help="Average each window's probabilities with those of its reverse complement (both strands).")
 @device_option
 @config_option
 def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | None, max_windows: int | None,
-            batch_size: int | None, lenient: bool, device: str) -> None:
+            batch_size: int | None, lenient: bool, rc_average: bool, device: str) -> None:
     """Species probabilities per record (or per window) of FASTA/2bit files, as a TSV."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import load_classifier, model_window, predict_records, predictions_tsv
@@ -256,7 +264,8 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
     if max_windows is None:
         max_windows = 0 if window else 256
     rows = list(predict_records(model, fasta, window=window, per_window=window is not None,
-                                max_windows=max_windows, batch_size=batch_size, device=torch_dev, lenient=lenient))
+                                max_windows=max_windows, batch_size=batch_size, device=torch_dev, lenient=lenient,
+                                rc_average=rc_average))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, predictions_tsv(rows, model.labels))
     span = window or model_window(model)

@@ -54,6 +54,7 @@ from mamba_bio_audio.tasks.windows import (
     optim_config,
     param_count,
     preset_name_of,
+    resolve_max_steps,
     train_and_export,
     trainer_config,
     use_checkpointing,
@@ -235,19 +236,25 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     batch = batch_size_for(preset, sized)
     lr = settings.lr or preset.lr
     weights = class_weights(store.meta["counts"]["train"], labels) if settings.class_weights else None
-    task = WeightedClassificationTask(model, optim_config(preset, settings, lr), weights)
     sampler = BucketedSampler(store, train, [class_of[store.records[i]["label"]] for i in train], batch,
                               seed=settings.seed, crop=crop, rc_prob=settings.rc_prob)
     val_batches = list(_batches(store, val, [class_of[store.records[i]["label"]] for i in val], batch, crop))
     datamodule = SequenceData(SequenceItems(sampler), batch, val_samples=[b for _, b in val_batches],
                               num_workers=settings.num_workers)
+    settings, step_seconds = resolve_max_steps(
+        settings, lambda: WeightedClassificationTask(model, OptimConfig(lr=lr), weights), datamodule)
+    sized = dataclasses.replace(sized, max_steps=settings.max_steps)
+    task = WeightedClassificationTask(model, optim_config(preset, settings, lr), weights)
     summary = {"preset": preset_name or "pretrained (tiny's batch and lr)", "d_model": model.config.d_model,
                "n_layer": model.config.n_layer, "parameters": param_count(model), "batch_size": batch, "lr": lr,
                "labels": labels, "train_sequences": len(train), "longest_train_sequence": longest, "crop": crop,
                "init_from": settings.init_from, "bidirectional": settings.bidirectional, "pooling": settings.pooling,
                "class_weights": weights, "rc_prob": settings.rc_prob,
                "checkpoint_activations": model.gradient_checkpointing,
-               "validation": f"{len(val)} sequences of the val split" if val else "none (the store has no val split)"}
+               "validation": f"{len(val)} sequences of the val split" if val else "none (the store has no val split)",
+               "max_steps": settings.max_steps, "max_minutes": settings.max_minutes}
+    if step_seconds is not None:
+        summary["measured_seconds_per_step"] = round(step_seconds, 4)
     return ClassifyPlan(model, task, datamodule, trainer_config(sized, [], bool(val)), store, val, summary)
 
 
@@ -274,8 +281,8 @@ def _centre(tokens: np.ndarray, crop: int | None) -> np.ndarray:
 
 def run_training(plan: ClassifyPlan, out: Path, resume: bool = False) -> dict:
     """Fit, save ``out/model``, and return the summary with the validation metrics (if there is a val split)."""
-    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
-    metrics = {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
+    result = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
+    metrics = {**plan.summary, **result.metrics()}
     if plan.val:
         from mamba_bio_audio.devices import torch_device
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
 from mamba_bio_audio.data_prep.dna.windows import eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.devices import torch_device
@@ -173,9 +174,13 @@ def run_training(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
 # ---- inference ----------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def predict_proba(model: MambaClassifier, windows: Iterable[np.ndarray], batch_size: int | None = None,
-                  device: torch.device | str = "cpu") -> np.ndarray:
+                  device: torch.device | str = "cpu", rc_average: bool = False) -> np.ndarray:
     """Species probabilities ``(n, num_classes)`` float64 of windows (each ``(seqlen,)`` token ids, any lengths:
-    consecutive windows of equal length share a batch). bf16 autocast on CUDA."""
+    consecutive windows of equal length share a batch). bf16 autocast on CUDA.
+
+    ``rc_average``: the mean of the probabilities of each window and of its reverse complement (a window and its
+    reverse complement are the same DNA read from the other strand).
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
@@ -183,8 +188,10 @@ def predict_proba(model: MambaClassifier, windows: Iterable[np.ndarray], batch_s
     for batch in batches(windows, batch_size):
         ids = torch.from_numpy(batch).to(device).long()
         with autocast(device):
-            logits = model(ids)
-        out.append(torch.softmax(logits.double(), dim=-1).cpu().numpy())
+            probs = torch.softmax(model(ids).double(), dim=-1)
+            if rc_average:
+                probs = (probs + torch.softmax(model(reverse_complement(ids)).double(), dim=-1)) / 2
+        out.append(probs.cpu().numpy())
     model.train(was_training)
     if not out:
         return np.zeros((0, model.num_classes))
@@ -202,7 +209,7 @@ def evaluate_lengths(model: MambaClassifier, store_path: str | os.PathLike, leng
                      split: str = "test", per_species: int = 100, seed: int = 0, batch_size: int | None = None,
                      device: torch.device | str = "cpu", baseline: bool = True,
                      baseline_per_species: int | None = None, max_n_fraction: float = 0.1,
-                     log: Callable[[str], None] | None = None) -> dict:
+                     rc_average: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Accuracy and confusion matrix of ``model`` at each window length, beside the k-mer baseline.
 
     At each length: ``per_species`` fixed windows of each species of ``split`` (the same windows on every call
@@ -224,7 +231,7 @@ def evaluate_lengths(model: MambaClassifier, store_path: str | os.PathLike, leng
         started = time.time()
         test = eval_windows(store, split, length, per_species, seed, max_n_fraction=max_n_fraction)
         y = to_model[test.labels]
-        pred = predict_proba(model, (t for t, _ in test), batch_size, device).argmax(1)
+        pred = predict_proba(model, (t for t, _ in test), batch_size, device, rc_average).argmax(1)
         row = {"length": int(length), "windows": len(test), "species": len(np.unique(y)),
                "accuracy": float((pred == y).mean()),
                "confusion_matrix": confusion_matrix(y, pred, C).tolist()}
@@ -240,7 +247,7 @@ def evaluate_lengths(model: MambaClassifier, store_path: str | os.PathLike, leng
             log(format_row(row))
     first = rows[0]
     result = {"accuracy": first["accuracy"], "confusion_matrix": first["confusion_matrix"], "length": first["length"],
-              "labels": labels, "split": split, "per_species": per_species, "seed": seed,
+              "labels": labels, "split": split, "per_species": per_species, "seed": seed, "rc_average": rc_average,
               "chance": 1.0 / first["species"], "per_length": rows}
     if baseline:
         result["baseline_accuracy"] = first["baseline_accuracy"]
@@ -313,7 +320,8 @@ def window_starts(record_length: int, window: int, max_windows: int = 0) -> np.n
 
 def predict_records(model: MambaClassifier, paths: Sequence[str | os.PathLike], *, window: int | None = None,
                     per_window: bool = False, max_windows: int = 0, batch_size: int | None = None,
-                    device: torch.device | str = "cpu", lenient: bool = False) -> Iterator[dict]:
+                    device: torch.device | str = "cpu", lenient: bool = False,
+                    rc_average: bool = False) -> Iterator[dict]:
     """Species probabilities for every record of FASTA (or 2bit) files, or for every window of it.
 
     Windows of ``window`` tokens (default: the model's training window) tile each record
@@ -329,7 +337,7 @@ def predict_records(model: MambaClassifier, paths: Sequence[str | os.PathLike], 
     for path in paths:
         for header, tokens in read_records(path, lenient):
             starts = window_starts(tokens.size, window, max_windows)
-            probs = predict_proba(model, (tokens[s: s + window] for s in starts), batch_size, device)
+            probs = predict_proba(model, (tokens[s: s + window] for s in starts), batch_size, device, rc_average)
             if per_window:
                 for s, p in zip(starts.tolist(), probs):
                     yield {"file": str(path), "record": header.id, "start": s, "end": min(s + window, tokens.size),

@@ -26,6 +26,7 @@ Pretraining learning rates are our defaults, not the paper's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -48,6 +49,7 @@ from mamba_bio_audio.training.data import IndexedDataModule
 from mamba_bio_audio.training.module import ClassificationTask, LMTask, OptimConfig
 from mamba_bio_audio.training.trainer import TrainerConfig, last_checkpoint
 
+DEFAULT_MAX_STEPS = 1000  # optimizer steps of a run given neither --max-steps nor --max-minutes
 WARMUP_ABOVE = 2**14  # the sequence-length warm-up is on by default above this window length (HyenaDNA, Mamba)
 CHECKPOINT_ACTIVATIONS_FROM = 2**17  # activation checkpointing is on by default from this window length
 
@@ -136,6 +138,9 @@ class TrainSettings:
     """What a DNA training run needs besides its data. ``None`` means "the preset's value" (or "automatic").
 
     length: window length in tokens. preset: a name in ``PRESETS`` (None: "tiny", or the shape of an ``init_from``).
+    max_steps: optimizer steps (None: 1000, or with ``max_minutes`` as many as the measured step time fits in the
+    budget, :func:`~mamba_bio_audio.training.budget.planned_steps`). max_minutes: a wall-clock budget for training;
+    the run stops at the first step past it either way.
     warmup_min_length: first stage of the sequence-length warm-up (None: 2^14 when ``length`` > 2^14, else off;
     0: off); stages double up to ``length``, ``warmup_stage_steps`` steps each (None: a tenth of ``max_steps``).
     checkpoint_activations: None = on from 2^17 tokens. rc_prob: reverse-complement probability of a training
@@ -144,7 +149,8 @@ class TrainSettings:
     """
 
     length: int
-    max_steps: int = 1000
+    max_steps: int | None = None
+    max_minutes: float | None = None
     preset: str | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -168,8 +174,13 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.length < 2:
             raise UserError(f"--length must be at least 2, got {self.length}")
-        if self.max_steps < 1:
+        if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps must be positive, got {self.max_steps}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise UserError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if self.max_steps is None and self.max_minutes is not None and self.devices * self.num_nodes > 1:
+            raise UserError("--max-minutes plans the step count from one device's speed: with several devices give "
+                            "--max-steps too (the budget still stops the run in time)")
         if not 0 <= self.rc_prob <= 1:
             raise UserError(f"--rc-prob must lie in [0, 1], got {self.rc_prob}")
 
@@ -202,7 +213,8 @@ def trainer_config(settings: TrainSettings, callbacks: list, validate: bool) -> 
     val_every = settings.val_every if settings.val_every is not None else max(1, settings.max_steps // 5)
     if not validate:
         val_every = 0
-    return TrainerConfig(max_steps=settings.max_steps, device=settings.device, devices=settings.devices,
+    return TrainerConfig(max_steps=settings.max_steps, max_minutes=settings.max_minutes, device=settings.device,
+                         devices=settings.devices,
                          num_nodes=settings.num_nodes,
                          strategy=settings.strategy, accumulate=settings.accumulate,
                          checkpoint_every=settings.checkpoint_every, val_every=val_every,
@@ -277,13 +289,31 @@ def refuse_to_overwrite(out: Path, resume: bool) -> None:
                         f"continue it, or choose another folder")
 
 
-def train_and_export(task, datamodule, out: Path, tcfg: TrainerConfig, resume: bool) -> float:
-    """Fit (or resume), then on the main process save the model to ``out/model``; returns the training seconds."""
+@dataclass
+class TrainResult:
+    """What a fit did: ``seconds`` of wall-clock, optimizer ``steps`` reached, and ``stopped_by``: "max_steps", or
+    "max_minutes" when the wall-clock budget ended it first."""
+
+    seconds: float
+    steps: int
+    stopped_by: str
+
+    def metrics(self) -> dict:
+        return {"train_seconds": round(self.seconds, 1), "steps": self.steps, "stopped_by": self.stopped_by,
+                "budget_cut": self.stopped_by == "max_minutes"}
+
+
+def train_and_export(task, datamodule, out: Path, tcfg: TrainerConfig, resume: bool) -> TrainResult:
+    """Fit (or resume), then on the main process save the model to ``out/model``."""
+    from mamba_bio_audio.training.budget import budget_callback
     from mamba_bio_audio.training.trainer import fit
 
     started = time.time()
-    fit(task, datamodule, out, tcfg, resume=resume)
+    trainer = fit(task, datamodule, out, tcfg, resume=resume)
     seconds = time.time() - started
+    budget = budget_callback(trainer)
+    result = TrainResult(seconds, int(trainer.global_step),
+                         "max_minutes" if budget is not None and budget.cut else "max_steps")
     if is_main_process():
         if tcfg.strategy == "fsdp":  # the in-memory weights are shards: read the full ones back from the checkpoint
             from mamba_bio_audio.training.trainer import load_training_checkpoint
@@ -292,7 +322,7 @@ def train_and_export(task, datamodule, out: Path, tcfg: TrainerConfig, resume: b
             state = ckpt["state_dict"]
             task.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
         task.model.save_pretrained(out / "model")
-    return seconds
+    return result
 
 
 def param_count(model: nn.Module) -> int:
@@ -362,7 +392,6 @@ def plan_windows(store: TokenStore, settings: TrainSettings, build_model: Callab
                             rc_prob=settings.rc_prob, seed=settings.seed)
     sampler.check()  # e.g. a species made entirely of N: refused here, not after training has started
     val, val_note = validation_windows(store, settings)
-    callbacks, warmup = warmup_callbacks(settings)
     torch.manual_seed(settings.seed)
     model = build_model()
     model.gradient_checkpointing = use_checkpointing(settings)
@@ -370,20 +399,48 @@ def plan_windows(store: TokenStore, settings: TrainSettings, build_model: Callab
     preset = get_preset(preset_name or "tiny")
     batch = batch_size_for(preset, settings)
     lr = settings.lr or (preset.lr if labelled else preset.pretrain_lr)
-    task = (ClassificationTask if labelled else LMTask)(model, optim_config(preset, settings, lr))
+    task_class = ClassificationTask if labelled else LMTask
     val_samples = [] if val is None else [
         {"input_ids": torch.from_numpy(t), **({"label": torch.tensor(y)} if labelled else {})} for t, y in val]
     datamodule = WindowData(WindowTokens(sampler, labels=labelled), batch, val_samples=val_samples,
                             num_workers=settings.num_workers)
+    settings, step_seconds = resolve_max_steps(settings, lambda: task_class(model, OptimConfig(lr=lr)), datamodule)
+    callbacks, warmup = warmup_callbacks(settings)
+    task = task_class(model, optim_config(preset, settings, lr))
     summary = {"preset": preset_name or "pretrained (tiny's batch and lr)", "d_model": model.config.d_model,
                "n_layer": model.config.n_layer, "parameters": param_count(model), "batch_size": batch, "lr": lr,
                "sequence_length_warmup": warmup, "checkpoint_activations": model.gradient_checkpointing,
-               "validation": val_note or f"{len(val)} windows of the val split"}
+               "validation": val_note or f"{len(val)} windows of the val split",
+               "max_steps": settings.max_steps, "max_minutes": settings.max_minutes}
+    if step_seconds is not None:
+        summary["measured_seconds_per_step"] = round(step_seconds, 4)
     return WindowPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary,
                       sampler.species)
 
 
+def resolve_max_steps(settings: TrainSettings, make_task: Callable[[], nn.Module],
+                      datamodule: WindowData) -> tuple[TrainSettings, float | None]:
+    """``settings`` with ``max_steps`` decided, and the measured seconds per step (None when not measured).
+
+    Given steps are kept; without them a wall-clock budget is filled by the steps that fit it at the speed of
+    ``make_task()`` measured on the training device (:func:`~mamba_bio_audio.training.budget.seconds_per_step`);
+    otherwise :data:`DEFAULT_MAX_STEPS`.
+    """
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.training.budget import planned_steps, seconds_per_step
+
+    if settings.max_steps is not None:
+        return settings, None
+    if settings.max_minutes is None:
+        return dataclasses.replace(settings, max_steps=DEFAULT_MAX_STEPS), None
+    step_seconds = seconds_per_step(make_task(), datamodule, torch_device(settings.device),
+                                    accumulate=settings.accumulate)
+    steps = planned_steps(60 * settings.max_minutes, step_seconds)
+    return dataclasses.replace(settings, max_steps=steps), step_seconds
+
+
 def run_windows(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
-    """Fit (or resume) ``plan``, save ``out/model``; returns the summary with ``train_seconds`` and ``max_steps``."""
-    seconds = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
-    return {**plan.summary, "train_seconds": round(seconds, 1), "max_steps": plan.trainer.max_steps}
+    """Fit (or resume) ``plan``, save ``out/model``; returns the summary with ``train_seconds``, ``steps`` and
+    ``stopped_by`` ("max_steps" or "max_minutes": whether the wall-clock budget cut the run)."""
+    result = train_and_export(plan.task, plan.datamodule, out, plan.trainer, resume)
+    return {**plan.summary, **result.metrics()}

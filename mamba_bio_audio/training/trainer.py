@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mamba_bio_audio.errors import CheckpointError, TrainingStopped, UserError
 from mamba_bio_audio.files import atomic_write_text
+from mamba_bio_audio.training.budget import WallClockBudget
 from mamba_bio_audio.training.callbacks import GracefulStop
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -39,9 +40,12 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "1
 @dataclass
 class TrainerConfig:
     """max_steps: optimizer steps. device: "auto" | "cpu" | "cuda" | "cuda:N". precision: None = bf16-mixed on
-    GPU, 32-true on CPU. checkpoint_every: steps between training checkpoints (0 = only at the end)."""
+    GPU, 32-true on CPU. checkpoint_every: steps between training checkpoints (0 = only at the end).
+    max_minutes: a wall-clock budget; training ends at the first step past it
+    (:class:`~mamba_bio_audio.training.budget.WallClockBudget`)."""
 
     max_steps: int = 1000
+    max_minutes: float | None = None
     device: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -63,6 +67,8 @@ class TrainerConfig:
 def check_trainer_config(cfg: TrainerConfig) -> None:
     """Device, strategy and precision as one-line UserErrors, before anything is written or trained."""
     accelerator, _ = resolve_device(cfg.device)
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise UserError(f"--max-minutes must be positive, got {cfg.max_minutes}")
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"--strategy {cfg.strategy}: expected one of {', '.join(STRATEGIES)}")
     if cfg.strategy == "fsdp" and accelerator != "gpu":
@@ -108,6 +114,8 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
                                  save_top_k=1, save_last=True)
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), *cfg.callbacks,
                  GracefulStop(out_dir / "checkpoints" / "last.ckpt")]
+    if cfg.max_minutes is not None:
+        callbacks.append(WallClockBudget(60 * cfg.max_minutes))
     if cfg.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every)))
     # version_0, version_1, ...: a resumed run logs beside the first part instead of overwriting it

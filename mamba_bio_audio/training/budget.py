@@ -1,0 +1,103 @@
+"""A wall-clock budget for training (``--max-minutes``): plan the step count from a measured step time, and stop
+at the first optimizer step past the budget.
+
+Planning keeps the run exactly resumable: the learning-rate schedule and the sequence-length warm-up stay functions
+of the step, over a step count chosen once from :func:`seconds_per_step` (and recorded in the run's config). The
+:class:`WallClockBudget` callback is the guard for when the estimate was optimistic: it ends training at a step
+boundary once the budget is spent, so that the model is still saved and evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import lightning.pytorch as pl
+import torch
+
+#: the share of the budget that planned steps may fill; the rest covers validation, checkpoints and step-time noise
+PLANNED_SHARE = 0.85
+
+
+class WallClockBudget(pl.Callback):
+    """End training at the first optimizer step after ``seconds`` of training time.
+
+    Training time counts from the start of the fit, plus the time of earlier parts of a resumed run (kept in the
+    training checkpoint as this callback's state). ``cut`` is True when the budget ended the run. Every process of
+    a multi-device run stops at the same step.
+    """
+
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise ValueError(f"the budget must be positive, got {seconds} s")
+        self.seconds = float(seconds)
+        self.before = 0.0  # seconds of training in earlier parts of a resumed run
+        self.started: float | None = None
+        self.cut = False
+        self._last_step: int | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier parts of a resumed run included."""
+        return self.before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = time.monotonic()
+        self.cut = False
+        self._last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:
+            return  # inside gradient accumulation: not a step boundary
+        self._last_step = trainer.global_step
+        spent = self.elapsed() >= self.seconds
+        if trainer.world_size > 1:
+            spent = trainer.strategy.reduce_boolean_decision(spent, all=False)
+        if spent:
+            self.cut = True
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = float(state_dict.get("elapsed", 0.0))
+
+
+def budget_callback(trainer: pl.Trainer) -> WallClockBudget | None:
+    """The trainer's :class:`WallClockBudget`, if it has one."""
+    return next((c for c in trainer.callbacks if isinstance(c, WallClockBudget)), None)
+
+
+def seconds_per_step(task: pl.LightningModule, datamodule: pl.LightningDataModule, device: torch.device, *,
+                     accumulate: int = 1, steps: int = 3, warmup: int = 2) -> float:
+    """Median seconds of one optimizer step (``accumulate`` batches: data, forward, backward, AdamW) of a copy of
+    ``task`` on ``device``, under bf16 autocast on CUDA as training runs; the first ``warmup`` steps (kernel
+    compilation, autotuning, allocator growth) are not counted. ``task`` itself is left untouched."""
+    probe = copy.deepcopy(task).to(device).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
+    loader = iter(datamodule.train_dataloader())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    for step in range(warmup + steps):
+        started = time.perf_counter()
+        for _ in range(accumulate):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(loader).items()}
+            batch = datamodule.on_after_batch_transfer(batch, 0)
+            with autocast:
+                loss, _ = probe.compute_loss(batch)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    del probe, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return sorted(times)[len(times) // 2]
+
+
+def planned_steps(budget_seconds: float, step_seconds: float) -> int:
+    """Optimizer steps that fill :data:`PLANNED_SHARE` of the budget at ``step_seconds`` a step (at least 1)."""
+    return max(1, int(PLANNED_SHARE * budget_seconds / max(step_seconds, 1e-9)))
