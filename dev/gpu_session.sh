@@ -65,6 +65,33 @@ for step in $what; do
             python3 -m mamba_bio_audio bench scan --out /tmp/bench/scan --overwrite \
                 --backends "${BENCH_BACKENDS:-triton,cuda,reference}" 2>&1 | tail -20
             cp /tmp/bench/scan/bench_scan.* "$out/" ;;
+        species-ab)  # the species recipe's A/B: each line of ${AB_FILE:-dev/species_ab.txt} is
+            # "species NAME FLAGS..." (train, then evaluate with and without --rc-average) or "pretrain NAME FLAGS..."
+            r=/tmp/runs/ab; mkdir -p $r; lengths=${AB_LENGTHS:-1024,2048,4096,8192,16384,32768,65536}
+            [ -d /tmp/runs/bact ] || mba species prepare --genomes "$repo/.gpudata/bacteria" --out /tmp/runs/bact \
+                --split-by strain >/dev/null || { status=1; continue; }
+            baseline=--baseline
+            while read -r kind name flags; do
+                case $kind in species|pretrain) ;; *) continue ;; esac
+                t0=$(date +%s)
+                if [ "$kind" = pretrain ]; then
+                    # shellcheck disable=SC2086
+                    mba dna pretrain --data /tmp/runs/bact --out $r/$name --device cuda $flags 2>&1 | tail -1
+                else
+                    # shellcheck disable=SC2086
+                    mba species train --data /tmp/runs/bact --out $r/$name --device cuda $flags 2>&1 | tail -1
+                    for rc in no-rc-average rc-average; do
+                        mba species evaluate --checkpoint $r/$name --data /tmp/runs/bact --lengths "$lengths" \
+                            --per-species 40 --out $r/$name-eval-$rc --device cuda --$rc $baseline 2>&1 | tail -9
+                        baseline=--no-baseline
+                    done
+                fi
+                echo "$name: $(( $(date +%s) - t0 )) s"
+                python3 "$repo/dev/species_ab_table.py" $r > "$out/species_ab.md"
+                tar czf "$out/species_ab.tar.gz" -C $r --exclude checkpoints --exclude tensorboard \
+                    --exclude '*.safetensors' .
+            done < "$repo/${AB_FILE:-dev/species_ab.txt}"
+            cat "$out/species_ab.md" ;;
         species)  # held-out strains of 5 bacteria, lengths 2^10 .. 2^16, beside the 6-mer baseline
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             mba species prepare --genomes "$repo/.gpudata/bacteria" --out $r/bact --split-by strain &&
