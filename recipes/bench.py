@@ -1,4 +1,5 @@
-"""``mba bench ...``: speed and memory benchmarks, written as JSON + markdown under --out (default results/)."""
+"""``mba bench ...``: speed and memory benchmarks (``mamba_bio_audio.benchmarks``), written as JSON + markdown
+into a new report folder (--out, default ``mba-bench/COMMAND``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.recipes.options import config_option
+from mamba_bio_audio.recipes.options import config_option, overwrite_option
+
+DEFAULT_OUT = Path("mba-bench")  # each command's report goes to its own folder under it
 
 
 @click.group("bench")
@@ -15,17 +17,19 @@ def bench() -> None:
     """Benchmarks (GPU timings with CUDA events; CPU works at small sizes)."""
 
 
-def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
-    shapes = []
-    for part in text.split(";"):
-        try:
-            b, d, L = (int(v) for v in part.split(","))
-        except ValueError:
-            raise UserError(f"--shapes: expected 'batch,dim,seqlen;...', got {part!r}") from None
-        if min(b, d, L) < 1:
-            raise UserError(f"--shapes: sizes must be positive, got {part!r}")
-        shapes.append((b, d, L))
-    return shapes
+def _out_option(name: str):
+    """--out (default mba-bench/NAME, a new folder; never the repository's results/) and --overwrite."""
+    def deco(f):
+        f = overwrite_option(f)
+        return click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+                            default=DEFAULT_OUT / name, show_default=True,
+                            help="Report folder to write (a new or empty folder, or this command's own earlier "
+                                 "report with --overwrite).")(f)
+    return deco
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @bench.command("scan")
@@ -36,32 +40,13 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
 @click.option("--d-state", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@_out_option("scan")
 @config_option
-def scan(shapes: str, backends: str, dtype: str, d_state: int, device: str | None, out: Path) -> None:
+def scan(**params) -> None:
     """Selective scan: forward and forward+backward ms per backend, peak memory, HBM floor."""
-    from mamba_bio_audio.benchmarks.report import environment, markdown_table, write_report
-    from mamba_bio_audio.benchmarks.scan import run_scan_bench
-    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.benchmarks import commands
 
-    device = str(torch_device(device))
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    for name in names:
-        if name not in ("triton", "cuda", "reference"):
-            raise UserError(f"--backends: unknown backend {name!r}")
-    result = run_scan_bench(_parse_shapes(shapes), names, d_state, dtype, device,
-                            progress=lambda m: click.echo(m, err=True))
-    result["environment"] = environment()
-    headers = ["backend", "(batch, dim, seqlen)", "fwd ms", "fwd+bwd ms", "peak extra GiB", "HBM floor fwd ms", "note"]
-    rows = [[r["backend"], f"({r['batch']}, {r['dim']}, {r['seqlen']})", r.get("fwd_ms"), r.get("fwd_bwd_ms"),
-             r.get("peak_extra_gib"), r.get("floor_ms"), r.get("error", "")] for r in result["rows"]]
-    env = result["environment"]
-    md = (f"# Selective scan benchmark\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-          f"mamba_ssm {env['mamba_ssm']}, {env['date']}; {dtype} inputs, d_state {d_state}, softplus, z present; "
-          f"median of triton.testing.do_bench.\n\n" + markdown_table(headers, rows))
-    json_path, _ = write_report(out, "bench_scan", result, md)
-    click.echo(md)
-    click.echo(f"wrote {json_path} and .md")
+    click.echo(commands.scan(**params, progress=_progress))
 
 
 @bench.command("memory")
@@ -75,67 +60,16 @@ def scan(shapes: str, backends: str, dtype: str, d_state: int, device: str | Non
 @click.option("--n-layer", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps (median).")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@_out_option("memory")
 @config_option
-def memory(lengths: str, levels: str, segment: int | None, d_model: int, n_layer: int, steps: int,
-           device: str | None, out: Path) -> None:
+def memory(**params) -> None:
     """Training step time and peak memory vs sequence length, per activation checkpoint level."""
-    from mamba_bio_audio.benchmarks.memory import LEVEL_NAMES, measure_step
-    from mamba_bio_audio.benchmarks.report import environment, markdown_table, write_report
-    from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.recipes.options import parse_int_list
+    from mamba_bio_audio.benchmarks import commands
 
-    device = str(torch_device(device))
-    level_list = parse_int_list(levels, "--checkpoint-level")
-    for level in level_list:
-        if level not in LEVEL_NAMES:
-            raise UserError(f"--checkpoint-level: expected values among {sorted(LEVEL_NAMES)}, got {level}")
-    rows = []
-    for seqlen in parse_int_list(lengths, "--lengths"):
-        for level in level_list:
-            click.echo(f"memory bench: seqlen {seqlen}, checkpoint level {level}", err=True)
-            rows.append(measure_step(d_model, n_layer, seqlen, level, device, steps, segment=segment))
-    env = environment()
-    table = markdown_table(
-        ["seqlen", "checkpoint level", "s/step", "tokens/s", "peak GiB", "note"],
-        [[r["seqlen"], f"{r['checkpoint_level']} ({LEVEL_NAMES[r['checkpoint_level']]})", r.get("seconds_per_step"),
-          r.get("tokens_per_second"), r.get("peak_gib"), r.get("error", "")] for r in rows])
-    md = (f"# Training memory vs length\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['date']}; "
-          f"MambaClassifier d_model {d_model} x {n_layer} layers ({rows[0]['parameters']:,} parameters), batch 1, "
-          f"bf16 autocast, AdamW; peak = torch.cuda.max_memory_allocated; level 2 segments: "
-          f"{segment or 'automatic'}.\n\n{table}")
-    json_path, _ = write_report(out, "bench_memory", {"rows": rows, "environment": env}, md)
-    click.echo(md)
-    click.echo(f"wrote {json_path} and .md")
+    click.echo(commands.memory(**params, progress=_progress))
 
 
 # ---- whole-model training and generation throughput (mamba_bio_audio.benchmarks.train / .generate) ------------
-def _parse_pairs(text: str, what: str) -> list[tuple[int, int]]:
-    """'batch,seqlen;batch,seqlen' -> [(batch, seqlen), ...] (positive integers), else a one-line UserError."""
-    pairs = []
-    for part in text.split(";"):
-        try:
-            b, L = (int(v) for v in part.split(","))
-        except ValueError:
-            raise UserError(f"{what}: expected 'batch,seqlen;...', got {part!r}") from None
-        if min(b, L) < 1:
-            raise UserError(f"{what}: sizes must be positive, got {part!r}")
-        pairs.append((b, L))
-    return pairs
-
-
-def _parse_models(text: str) -> list[str]:
-    from mamba_bio_audio.benchmarks.train import MODELS
-
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    for name in names:
-        if name not in MODELS:
-            raise UserError(f"--models: unknown model {name!r}; choose from {', '.join(MODELS)}")
-    if not names:
-        raise UserError("--models: empty list")
-    return list(dict.fromkeys(names))
-
-
 def _size_options(f):
     """--d-model --n-layer --transformer-layers --n-head --vocab-size (defaults: the 90.7M / 85.3M pair)."""
     options = [
@@ -156,15 +90,6 @@ def _size_options(f):
     return f
 
 
-def _bench_size(d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int):
-    from mamba_bio_audio.benchmarks.train import BenchSize
-
-    if d_model % n_head:
-        raise UserError(f"--n-head {n_head} must divide --d-model {d_model}")
-    return BenchSize(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size,
-                     transformer_layers=transformer_layers, n_head=n_head)
-
-
 @bench.command("train")
 @click.option("--shapes", default="8,2048;1,16384;1,65536", show_default=True,
               help="'batch,seqlen' list separated by ';'.")
@@ -172,37 +97,13 @@ def _bench_size(d_model: int, n_layer: int, transformer_layers: int, n_head: int
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps (median).")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@_out_option("train")
 @config_option
-def train(shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
-          models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path) -> None:
+def train(**params) -> None:
     """Whole-model training tokens/s and peak memory: our Mamba, mamba_ssm, a same-size Transformer."""
-    from dataclasses import asdict
+    from mamba_bio_audio.benchmarks import commands
 
-    from mamba_bio_audio.benchmarks.report import environment, write_report
-    from mamba_bio_audio.benchmarks.train import (
-        default_backend,
-        run_train_bench,
-        train_figure,
-        train_markdown,
-    )
-    from mamba_bio_audio.devices import torch_device
-
-    pairs = _parse_pairs(shapes, "--shapes")
-    names = _parse_models(models)
-    size = _bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
-    device = str(torch_device(device))
-    backend = default_backend(backend, device)
-    rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
-                           progress=lambda m: click.echo(m, err=True))
-    env = environment()
-    md = train_markdown(rows, env, size, warmup, steps)
-    data = {"rows": rows, "size": asdict(size), "warmup": warmup, "steps": steps, "device": device,
-            "environment": env}
-    json_path, _ = write_report(out, "bench_train", data, md)
-    train_figure(Path(out) / "bench_train.png", rows)
-    click.echo(md)
-    click.echo(f"wrote {json_path}, .md and .png")
+    click.echo(commands.train(**params, progress=_progress))
 
 
 @bench.command("generate")
@@ -220,79 +121,17 @@ def train(shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_he
 @click.option("--max-batch", type=click.IntRange(min=1), default=1 << 20, show_default=True,
               help="Upper end of the largest-batch search.")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@_out_option("generate")
 @config_option
-def generate(batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int, d_model: int, n_layer: int,
-             transformer_layers: int, n_head: int, vocab_size: int, models: str, backend: str | None,
-             cuda_graph: bool | None, largest_batch: bool, largest_new_tokens: int, max_batch: int,
-             device: str | None, out: Path) -> None:
+def generate(**params) -> None:
     """Generation tokens/s and ms/step: our Mamba (CUDA graph), mamba_ssm (cg=True), the KV-cache Transformer."""
-    from dataclasses import asdict
+    from mamba_bio_audio.benchmarks import commands
 
-    from mamba_bio_audio.benchmarks.generate import (
-        LARGEST_MODELS,
-        generate_figure,
-        generate_markdown,
-        run_generate_bench,
-        run_largest_batch,
-    )
-    from mamba_bio_audio.benchmarks.report import environment, write_report
-    from mamba_bio_audio.benchmarks.train import default_backend
-    from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.recipes.options import parse_int_list
-
-    batches = parse_int_list(batch_sizes, "--batch-sizes")
-    if min(batches) < 1:
-        raise UserError(f"--batch-sizes: sizes must be positive, got {batch_sizes!r}")
-    names = _parse_models(models)
-    size = _bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
-    device = str(torch_device(device))
-    backend = default_backend(backend, device)
-    progress = lambda m: click.echo(m, err=True)
-    rows = run_generate_bench(names, batches, size, device, prompt_len=prompt_len, new_tokens=new_tokens,
-                              repeats=repeats, backend=backend, cuda_graph=cuda_graph, progress=progress)
-    largest = None
-    if largest_batch:
-        largest = run_largest_batch([m for m in LARGEST_MODELS if m in names] or list(LARGEST_MODELS), size,
-                                    device, prompt_len=prompt_len, new_tokens=largest_new_tokens,
-                                    max_batch=max_batch, backend=backend, cuda_graph=cuda_graph, progress=progress)
-    env = environment()
-    md = generate_markdown(rows, largest, env, size)
-    data = {"rows": rows, "largest_batch": largest, "size": asdict(size), "device": device, "environment": env}
-    json_path, _ = write_report(out, "bench_generate", data, md)
-    generate_figure(Path(out) / "bench_generate.png", rows, largest)
-    click.echo(md)
-    click.echo(f"wrote {json_path}, .md and .png")
+    click.echo(commands.generate(**params, progress=_progress))
 
 
-# ---- several processes: context parallelism and the DDP loss curve (mamba_bio_audio.benchmarks.context_parallel
-# / .ddp_curve); the command starts its own processes and each runs the same command again --------------------
-def _command_args(ctx: click.Context, extra: dict[str, str] | None = None) -> list[str]:
-    """The command line that reproduces this command's option values (for the processes it starts)."""
-    args = []
-    for param in ctx.command.params:
-        if not isinstance(param, click.Option) or not param.expose_value or param.hidden:
-            continue
-        value = ctx.params[param.name]
-        if param.is_flag and param.secondary_opts:
-            args.append(param.opts[0] if value else param.secondary_opts[0])
-        elif param.is_flag:
-            args += [param.opts[0]] if value else []
-        elif value is not None:
-            args += [param.opts[0], str(value)]
-    for flag, value in (extra or {}).items():
-        args += [flag, value]
-    return args
-
-
-def _run_process(cmd: list[str], what: str) -> None:
-    import subprocess
-
-    code = subprocess.run(cmd).returncode
-    if code != 0:
-        raise UserError(f"{what} exited with code {code}")
-
-
+# ---- several processes: context parallelism and the DDP loss curve; each command starts its own processes, which
+# run the same command again (mamba_bio_audio.benchmarks.commands) ---------------------------------------------
 @bench.command("context-parallel")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
               help="Processes to start, one per GPU [default: the GPUs present; 2 on CPU]. Under torchrun (RANK "
@@ -318,40 +157,26 @@ def _run_process(cmd: list[str], what: str) -> None:
 @click.option("--bench/--no-bench", "run_bench", default=True, show_default=True,
               help="Time the steps (--no-bench: only the check).")
 @click.option("--single", is_flag=True, help="Also time one device on the whole --seqlen.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@_out_option("context-parallel")
 @config_option
 @click.pass_context
 def context_parallel(ctx: click.Context, nproc_per_node: int | None, device: str, seqlen: int, batch: int,
                      d_model: int, n_layer: int, vocab: int, steps: int, warmup: int, checkpointing: bool,
                      check: bool, check_seqlen: int | None, check_dtypes: str | None, run_bench: bool, single: bool,
-                     out: Path) -> None:
+                     out: Path, overwrite: bool) -> None:
     """Context parallelism: one sequence over several devices, exactness vs one device, s/step, peak memory."""
-    import os
-    import sys
-
-    import torch
-
-    from mamba_bio_audio.devices import torch_device
-
-    cuda = torch_device(device).type == "cuda"  # a missing GPU is a one-line error
-    if check_dtypes is not None:
-        unknown = [d for d in check_dtypes.split(",") if d.strip() not in ("float64", "float32", "bfloat16")]
-        if unknown:
-            raise UserError(f"--check-dtypes: unknown dtype {unknown[0]!r}; choose from float64, float32, bfloat16")
-    if "RANK" not in os.environ:  # start the ranks: torchrun runs this same command in each
-        n = nproc_per_node or (torch.cuda.device_count() if cuda else 2)
-        if cuda and n > torch.cuda.device_count():
-            raise UserError(f"--nproc-per-node {n}: only {torch.cuda.device_count()} GPUs here")
-        _run_process([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-                      "-m", "mamba_bio_audio", "bench", "context-parallel", *_command_args(ctx)], "torchrun")
-        return
-    from mamba_bio_audio.benchmarks.context_parallel import ContextParallelOptions, run
+    from mamba_bio_audio.benchmarks import commands
+    from mamba_bio_audio.benchmarks.context_parallel import ContextParallelOptions
+    from mamba_bio_audio.benchmarks.launch import command_args
 
     opts = ContextParallelOptions(seqlen=seqlen, batch=batch, d_model=d_model, n_layer=n_layer, vocab=vocab,
                                   steps=steps, warmup=warmup, checkpointing=checkpointing, check=check,
                                   check_seqlen=check_seqlen, check_dtypes=check_dtypes, bench=run_bench,
                                   single=single)
-    run(opts, device, out)
+    text = commands.context_parallel(args=lambda extra: command_args(ctx, extra), nproc_per_node=nproc_per_node,
+                                     device=device, out=out, overwrite=overwrite, opts=opts)
+    if text is not None:
+        click.echo(text)
 
 
 @bench.command("ddp")
@@ -370,33 +195,24 @@ def context_parallel(ctx: click.Context, nproc_per_node: int | None, device: str
 @click.option("--precision", default="32-true", show_default=True, help="Lightning precision of both runs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--run", "run_name", type=click.Choice(["single", "ddp"]), default=None, hidden=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder to write (a new or empty folder, or this command's own earlier report with "
+                   "--overwrite).")
+@overwrite_option
 @config_option
 @click.pass_context
 def ddp(ctx: click.Context, accelerator: str, devices: int, strategy: str, steps: int, global_batch: int,
         seqlen: int, d_model: int, n_layer: int, vocab: int, lr: float, precision: str, seed: int,
-        run_name: str | None, out: Path) -> None:
+        run_name: str | None, out: Path, overwrite: bool) -> None:
     """The loss curve of DDP on N devices beside one device at the same global batch (they should coincide)."""
-    import sys
+    from mamba_bio_audio.benchmarks import commands
+    from mamba_bio_audio.benchmarks.ddp_curve import DDPCurveOptions
+    from mamba_bio_audio.benchmarks.launch import command_args
 
-    from mamba_bio_audio.benchmarks.ddp_curve import RUNS, DDPCurveOptions, compare, train_run
-
-    if global_batch % devices:
-        raise UserError(f"--global-batch {global_batch} is not divisible by --devices {devices}")
-    if accelerator == "gpu":
-        import torch
-
-        if torch.cuda.device_count() < devices:
-            raise UserError(f"--devices {devices}: only {torch.cuda.device_count()} GPUs here")
     opts = DDPCurveOptions(out=out, accelerator=accelerator, devices=devices, strategy=strategy, steps=steps,
                            global_batch=global_batch, seqlen=seqlen, d_model=d_model, n_layer=n_layer, vocab=vocab,
                            lr=lr, precision=precision, seed=seed)
-    if run_name is not None:  # one of the two runs, in its own process (Lightning re-runs it for the other ranks)
-        train_run(opts, run_name)
-        return
-    for name in RUNS:
-        _run_process([sys.executable, "-m", "mamba_bio_audio", "bench", "ddp", *_command_args(ctx, {"--run": name})],
-                     f"the {name} run")
-    data = compare(opts)
-    click.echo(f"max |loss difference| over {steps} steps: {data['max_abs_diff']:.3e}; wrote "
-               f"{out / 'ddp_loss_curve.json'}, .md, .png")
+    text = commands.ddp(args=lambda extra: command_args(ctx, extra), opts=opts, run_name=run_name,
+                        overwrite=overwrite)
+    if text is not None:
+        click.echo(text)

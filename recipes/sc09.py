@@ -1,15 +1,9 @@
-"""``mba sc09 ...``: unconditional spoken-digit generation from raw 8-bit audio (the Mamba paper's SC09 benchmark).
-
-``prepare`` (Speech Commands or an FSDD-layout folder -> token store), ``train`` (SaShiMi-style Mamba U-Net or a
-plain Mamba LM), ``generate`` (WAVs, log-likelihoods, spectrograms), ``train-classifier`` (the evaluation CNN),
-``evaluate`` (test NLL; FID / IS / mIS / AM of generated WAVs beside the real test set). README.md ("SC09")
-walks through the real run.
-"""
+"""``mba sc09 ...``: unconditional spoken-digit generation from raw 8-bit audio (the Mamba paper's SC09 benchmark):
+``prepare``, ``train``, ``generate``, ``train-classifier``, ``evaluate``; the library is ``tasks.audio_data``,
+``tasks.audio_lm`` and ``tasks.audio_generation``; docs/audio.md walks through the real run."""
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
 import click
@@ -33,7 +27,6 @@ MODEL_PRESETS = ("tiny", "paper-6m")
 CLASSIFIER_PRESETS = ("tiny", "paper")
 STRATEGIES = ("auto", "ddp", "fsdp")
 ENCODINGS = ("mulaw8", "linear8")
-MAX_SECONDS = 3600  # sc09 generate --seconds: longer clips are a typo (1e9 s would allocate terabytes)
 data_option = click.option("--data", required=True, type=click.Path(path_type=Path),
                            help="Token store written by `mba sc09 prepare`.")
 
@@ -41,19 +34,6 @@ data_option = click.option("--data", required=True, type=click.Path(path_type=Pa
 def _options() -> dict:
     """The current command's option values (what ran), paths as strings: replayable with --config."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in click.get_current_context().params.items()}
-
-
-def _clips(store: Path, split: str, waveform: bool = False, required: bool = True):
-    """The split's AudioClipDataset, or None when it is empty and not required."""
-    from mamba_bio_audio.data_prep.audio.dataset import AudioClipDataset
-    from mamba_bio_audio.errors import DataError
-
-    try:
-        return AudioClipDataset(store, split=split, waveform=waveform)
-    except DataError as e:
-        if required or "no clips in split" not in str(e):
-            raise
-        return None
 
 
 @click.group("sc09")
@@ -82,9 +62,7 @@ def sc09() -> None:
 def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sample_rate: str, encoding: str,
             normalization: str, clip_seconds: float | None, strict: bool, overwrite: bool) -> None:
     """Audio files -> 8-bit token store (train/val/test splits)."""
-    from mamba_bio_audio.data_prep.audio.download import SPEECH_COMMANDS_FOLDER, download_speech_commands
-    from mamba_bio_audio.data_prep.audio.folder import prepare_folder
-    from mamba_bio_audio.data_prep.audio.sc09 import prepare_speech_commands
+    from mamba_bio_audio.tasks.audio_data import prepare_audio_store, speech_commands_tree
 
     if (src is None) == (folder is None):
         raise UserError("give exactly one of --from DIR (Speech Commands) or --from-folder DIR")
@@ -92,25 +70,13 @@ def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sa
         raise UserError("--download needs --from DIR: the folder to download into")
     if src is not None and clip_seconds not in (None, 1.0):
         raise UserError("--clip-seconds applies to --from-folder; SC09 clips are 1 s")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "index.json").is_file())):
-        raise UserError(f"--out {out}: exists and is not a token store; refusing to replace it")
-    tree = src / SPEECH_COMMANDS_FOLDER if src is not None and (download or (src / SPEECH_COMMANDS_FOLDER).is_dir()) \
-        else src  # the audio itself: --out may sit beside it in the --from folder
-    check_output_folder(out, "sc09 prepare", overwrite=overwrite, inputs=(tree, folder))
+    inputs = (speech_commands_tree(src, download), folder)  # --out may sit beside the audio in the --from folder
+    check_output_folder(out, "sc09 prepare", overwrite=overwrite, inputs=inputs)
     rate = int(sample_rate)
-    with warnings.catch_warnings(), output_folder(out, "sc09 prepare", overwrite=overwrite,
-                                                  inputs=(tree, folder)) as tmp:
-        warnings.simplefilter("ignore")  # skipped files come back in result.skipped, reported below
-        if src is not None:
-            if download:
-                src = download_speech_commands(src)
-            elif (src / SPEECH_COMMANDS_FOLDER).is_dir():
-                src = src / SPEECH_COMMANDS_FOLDER
-            result = prepare_speech_commands(src, tmp, rate, encoding=encoding, normalization=normalization,
-                                             strict=strict)
-        else:
-            result = prepare_folder(folder, tmp, rate, clip_seconds=clip_seconds or 1.0, encoding=encoding,
-                                    normalization=normalization, strict=strict)
+    with output_folder(out, "sc09 prepare", overwrite=overwrite, inputs=inputs) as tmp:
+        result = prepare_audio_store(tmp, rate, src=src, folder=folder, download=download,
+                                     clip_seconds=clip_seconds or 1.0, encoding=encoding,
+                                     normalization=normalization, strict=strict)
     for message in result.skipped:
         click.echo(f"mba sc09 prepare: warning: skipped {message}", err=True)
     counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
@@ -146,11 +112,12 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
           val_every: int, val_clips: int, checkpoint_every: int, num_workers: int, precision: str | None,
           resume: bool, devices: int, num_nodes: int, strategy: str, device: str, seed: int) -> None:
     """Train an 8-bit audio LM on next-sample prediction."""
+    from mamba_bio_audio.tasks.audio_data import load_clips
     from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings, train_audio_lm
     from mamba_bio_audio.training.trainer import TrainerConfig
 
-    train_set = _clips(data, "train")
-    val_set = _clips(data, "val", required=False)
+    train_set = load_clips(data, "train")
+    val_set = load_clips(data, "val", required=False)
     TrainerConfig(device=device, strategy=strategy, precision=precision)  # checks them before anything is written
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
@@ -191,42 +158,22 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
 def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_size: int, temperature: float,
              top_p: float, cuda_graph: bool | None, out: Path, device: str, seed: int) -> None:
     """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
-    import torch
-
     from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.tasks.audio_generation import generate_clips, likelihoods_tsv, load_audio_lm
-    from mamba_bio_audio.tasks.audio_lm import audio_settings, spectrogram_grid
+    from mamba_bio_audio.tasks.audio_generation import clip_length, load_audio_lm, write_samples
+    from mamba_bio_audio.tasks.audio_lm import audio_settings
 
     where = torch_device(device)
     if cuda_graph and where.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
     model = load_audio_lm(checkpoint, device=where)
-    audio = audio_settings(model)
-    rate = int(audio["sample_rate"])
-    length = round(seconds * rate) if seconds else int(audio["clip_samples"])
-    if length < 1:
-        raise UserError(f"--seconds {seconds}: shorter than one sample at {rate} Hz")
-    if seconds is not None and seconds > MAX_SECONDS:
-        raise UserError(f"--seconds {seconds:g}: at most {MAX_SECONDS} s per clip")
+    length = clip_length(seconds, audio_settings(model))
     out = run_folder(out, "sc09 generate", inputs=(checkpoint,))
     write_yaml(out / "config.yaml", _options())
-    started = time.time()
-    rows, waves = generate_clips(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
-                                 top_p=top_p, seed=seed, cuda_graph=cuda_graph)
-    seconds_taken = time.time() - started
-    atomic_write_text(out / "likelihoods.tsv", likelihoods_tsv(rows))
-    shown = min(16, len(waves))
-    spectrogram_grid(out / "spectrograms.png", torch.stack(waves[:shown]), rate,
-                     [f"{n} ({b:.2f} bits)" for n, b, _ in rows[:shown]])
-    audio_seconds = num_samples * length / rate
-    write_json(out / "metrics.json", {
-        "num_samples": num_samples, "samples_per_clip": length, "sample_rate": rate,
-        "mean_bits_per_sample": sum(b for _, b, _ in rows) / len(rows), "generation_seconds": seconds_taken,
-        "audio_seconds_per_second": audio_seconds / seconds_taken, "batch_size": batch_size,
-        "device": str(where), "cuda_graph": cuda_graph is not False and where.type == "cuda",
-        "temperature": temperature, "top_p": top_p})
-    click.echo(f"wrote {num_samples} clips of {length / rate:.3f} s to {out} "
-               f"({audio_seconds / seconds_taken:.3g} s of audio per second)")
+    metrics = write_samples(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
+                            top_p=top_p, seed=seed, cuda_graph=cuda_graph, device=where)
+    write_json(out / "metrics.json", metrics)
+    click.echo(f"wrote {num_samples} clips of {length / metrics['sample_rate']:.3f} s to {out} "
+               f"({metrics['audio_seconds_per_second']:.3g} s of audio per second)")
 
 
 # ---- train-classifier ---------------------------------------------------------------------------------------------
@@ -243,23 +190,20 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
                      seed: int) -> None:
     """Train the digit classifier behind FID / IS / mIS / AM."""
     from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.metrics.classifier_training import train_digit_classifier
-    from mamba_bio_audio.tasks.audio_lm import classifier_accuracy, classifier_config
+    from mamba_bio_audio.tasks.audio_data import load_clips
+    from mamba_bio_audio.tasks.audio_lm import train_classifier
 
-    train_set = _clips(data, "train", waveform=True)
-    val_set = _clips(data, "val", waveform=True, required=False)
-    test_set = _clips(data, "test", waveform=True, required=False)
+    train_set = load_clips(data, "train", waveform=True)
+    val_set = load_clips(data, "val", waveform=True, required=False)
+    test_set = load_clips(data, "test", waveform=True, required=False)
     where = torch_device(device)
     out = run_folder(out, "sc09 train-classifier", inputs=(data,))
     write_yaml(out / "config.yaml", _options())
-    config = classifier_config(preset, train_set.sample_rate, len(train_set.store.meta["label_names"]))
-    model, history = train_digit_classifier(train_set, val_data=val_set, config=config, epochs=epochs,
-                                            batch_size=batch_size, lr=lr, device=where, seed=seed,
-                                            log=lambda line: click.echo(line, err=True))
+    model, metrics = train_classifier(train_set, val_set, test_set, preset, epochs=epochs, batch_size=batch_size,
+                                      lr=lr, device=where, seed=seed, log=lambda line: click.echo(line, err=True))
     model.save_pretrained(out)
-    test_acc = None if test_set is None else classifier_accuracy(model, test_set, device=where)
-    write_json(out / "metrics.json", {"history": history, "test_accuracy": test_acc, "preset": preset,
-                                      "parameters": sum(p.numel() for p in model.parameters())})
+    write_json(out / "metrics.json", metrics)
+    test_acc = metrics["test_accuracy"]
     shown = "n/a" if test_acc is None else f"{test_acc:.3f}"
     click.echo(f"classifier test accuracy {shown}; wrote {out}")
 
@@ -282,40 +226,24 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
     """Test NLL (bits per sample); FID / IS / mIS / AM of generated WAVs beside the real test set."""
     from mamba_bio_audio.benchmarks.report import environment
     from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.models.digit_classifier import DigitClassifier
+    from mamba_bio_audio.tasks.audio_data import load_clips, read_samples
     from mamba_bio_audio.tasks.audio_generation import load_audio_lm
     from mamba_bio_audio.tasks.audio_lm import (
         audio_settings,
+        check_evaluation_inputs,
         evaluate_audio_lm,
         evaluation_note,
-        read_wav_folder,
     )
 
     where = torch_device(device)
     model = load_audio_lm(checkpoint, device=where)
-    audio = audio_settings(model)
-    test_set = _clips(data, "test", waveform=True)
-    store_audio = {"sample_rate": test_set.sample_rate, "encoding": test_set.encoding}
-    if any(audio[k] != v for k, v in store_audio.items()):
-        raise UserError(f"the model was trained on {audio['sample_rate']} Hz {audio['encoding']} audio, "
-                        f"the store {data} holds {test_set.sample_rate} Hz {test_set.encoding}")
-    if samples is not None and classifier is None:
-        raise UserError("--samples needs --classifier DIR (from `mba sc09 train-classifier`)")
-    net = None
-    if classifier is not None:
-        net = DigitClassifier.from_pretrained(classifier)
-        if net.config.sample_rate != test_set.sample_rate:
-            raise UserError(f"--classifier {classifier}: trained at {net.config.sample_rate} Hz, "
-                            f"the store is {test_set.sample_rate} Hz")
-    waves, skipped = None, []
-    if samples is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skipped files are reported below
-            waves, names, skipped = read_wav_folder(samples, test_set.sample_rate, test_set.clip_samples)
-        for message in skipped:
-            click.echo(f"mba sc09 evaluate: warning: skipped {message}", err=True)
+    test_set = load_clips(data, "test", waveform=True)
+    net = check_evaluation_inputs(audio_settings(model), test_set, data, classifier, samples)
+    waves, skipped = read_samples(samples, test_set)
+    for message in skipped:
+        click.echo(f"mba sc09 evaluate: warning: skipped {message}", err=True)
     metrics, table = evaluate_audio_lm(model, test_set, classifier=net,
-                                       train_set=None if net is None else _clips(data, "train", waveform=True),
+                                       train_set=None if net is None else load_clips(data, "train", waveform=True),
                                        generated=waves, batch_size=batch_size, max_clips=max_clips, device=where)
     metrics.update(skipped_samples=skipped, options=_options(), environment=environment())
     out = run_folder(out, "sc09 evaluate", inputs=(checkpoint, data, classifier, samples))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,12 @@ import torch
 
 from mamba_bio_audio.checkpoint import CONFIG_NAME
 from mamba_bio_audio.data_prep.audio.mulaw import SILENCE_TOKEN
-from mamba_bio_audio.errors import CheckpointError
+from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.generation.cuda_graph import GraphedStep
 from mamba_bio_audio.generation.sampling import sample_next, seeded_generator
 
 MODEL_FOLDER = "model"  # where a training run keeps its save_pretrained folder
+MAX_SECONDS = 3600  # longest clip `sc09 generate --seconds` accepts: more is a typo (1e9 s would allocate terabytes)
 
 
 @dataclass
@@ -123,6 +125,45 @@ def generate_clips(model, out: Path, num_samples: int, num_tokens: int, *, batch
             rows.append((name, float(bits), float(loglik)))
             waves.append(wave)
     return rows, waves
+
+
+def clip_length(seconds: float | None, audio: dict) -> int:
+    """Tokens per generated clip: ``seconds`` at the model's rate, or its training clip length when None
+    (``audio``: :func:`~mamba_bio_audio.tasks.audio_lm.audio_settings`). Under one sample or over
+    :data:`MAX_SECONDS` is a one-line :class:`UserError`."""
+    rate = int(audio["sample_rate"])
+    length = round(seconds * rate) if seconds else int(audio["clip_samples"])
+    if length < 1:
+        raise UserError(f"--seconds {seconds}: shorter than one sample at {rate} Hz")
+    if seconds is not None and seconds > MAX_SECONDS:
+        raise UserError(f"--seconds {seconds:g}: at most {MAX_SECONDS} s per clip")
+    return length
+
+
+def write_samples(model, out: Path, num_samples: int, num_tokens: int, *, batch_size: int = 64,
+                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, cuda_graph: bool | None = None,
+                  device: torch.device | str = "cpu") -> dict:
+    """:func:`generate_clips` into the existing folder ``out``, then ``out/likelihoods.tsv`` and
+    ``out/spectrograms.png`` (the first 16 clips); returns the run's metrics (counts, mean bits per sample, seconds,
+    audio seconds per second, sampling settings)."""
+    from mamba_bio_audio.files import atomic_write_text
+    from mamba_bio_audio.tasks.audio_lm import audio_settings, spectrogram_grid
+
+    rate = int(audio_settings(model)["sample_rate"])
+    started = time.time()
+    rows, waves = generate_clips(model, out, num_samples, num_tokens, batch_size=batch_size,
+                                 temperature=temperature, top_p=top_p, seed=seed, cuda_graph=cuda_graph)
+    seconds_taken = time.time() - started
+    atomic_write_text(out / "likelihoods.tsv", likelihoods_tsv(rows))
+    shown = min(16, len(waves))
+    spectrogram_grid(out / "spectrograms.png", torch.stack(waves[:shown]), rate,
+                     [f"{n} ({b:.2f} bits)" for n, b, _ in rows[:shown]])
+    device = torch.device(device)
+    return {"num_samples": num_samples, "samples_per_clip": num_tokens, "sample_rate": rate,
+            "mean_bits_per_sample": sum(b for _, b, _ in rows) / len(rows), "generation_seconds": seconds_taken,
+            "audio_seconds_per_second": num_samples * num_tokens / rate / seconds_taken, "batch_size": batch_size,
+            "device": str(device), "cuda_graph": cuda_graph is not False and device.type == "cuda",
+            "temperature": temperature, "top_p": top_p}
 
 
 def likelihoods_tsv(rows: list[tuple[str, float, float]]) -> str:

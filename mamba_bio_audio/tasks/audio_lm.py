@@ -182,6 +182,27 @@ def nll_bits_per_sample(model, dataset: AudioClipDataset, *, batch_size: int = 1
     return total / count / LN2
 
 
+def check_evaluation_inputs(audio: dict, test_set: AudioClipDataset, store: Path, classifier: Path | None,
+                            samples: Path | None):
+    """Before any scoring: the model's rate and encoding (``audio``, :func:`audio_settings`) must match the
+    store's, ``samples`` needs a ``classifier``, whose rate must match too. Returns the loaded classifier (or
+    None); a mismatch is a one-line :class:`UserError`."""
+    from mamba_bio_audio.models.digit_classifier import DigitClassifier
+
+    if audio["sample_rate"] != test_set.sample_rate or audio["encoding"] != test_set.encoding:
+        raise UserError(f"the model was trained on {audio['sample_rate']} Hz {audio['encoding']} audio, "
+                        f"the store {store} holds {test_set.sample_rate} Hz {test_set.encoding}")
+    if samples is not None and classifier is None:
+        raise UserError("--samples needs --classifier DIR (from `mba sc09 train-classifier`)")
+    if classifier is None:
+        return None
+    net = DigitClassifier.from_pretrained(classifier)
+    if net.config.sample_rate != test_set.sample_rate:
+        raise UserError(f"--classifier {classifier}: trained at {net.config.sample_rate} Hz, "
+                        f"the store is {test_set.sample_rate} Hz")
+    return net
+
+
 # ---- generated audio in, scores out -------------------------------------------------------------------------------
 def read_wav_folder(folder: str | os.PathLike, sample_rate: int,
                     num_samples: int) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -224,6 +245,22 @@ def classifier_config(preset: str, sample_rate: int, n_classes: int = 10):
     if preset == "tiny":
         return DigitClassifierConfig(**stft, depth=11, cardinality=2, base_width=4, widen_factor=1, stem_channels=8)
     raise UserError(f"unknown classifier preset {preset!r} (expected paper or tiny)")
+
+
+def train_classifier(train_set: AudioClipDataset, val_set: AudioClipDataset | None,
+                     test_set: AudioClipDataset | None, preset: str, *, epochs: int, batch_size: int, lr: float,
+                     device: str | torch.device = "cpu", seed: int = 0,
+                     log: Callable[[str], None] = print) -> tuple[object, dict]:
+    """Train the digit classifier of ``preset`` (:func:`classifier_config`) on waveform clips; returns the model
+    and its metrics ``{"history", "test_accuracy" (None without a test split), "preset", "parameters"}``."""
+    from mamba_bio_audio.metrics.classifier_training import train_digit_classifier
+
+    config = classifier_config(preset, train_set.sample_rate, len(train_set.store.meta["label_names"]))
+    model, history = train_digit_classifier(train_set, val_data=val_set, config=config, epochs=epochs,
+                                            batch_size=batch_size, lr=lr, device=device, seed=seed, log=log)
+    test_acc = None if test_set is None else classifier_accuracy(model, test_set, device=device)
+    return model, {"history": history, "test_accuracy": test_acc, "preset": preset,
+                   "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def classifier_accuracy(classifier, dataset: AudioClipDataset, *, batch_size: int = 64,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,29 @@ def test_largest_batch_search():
     assert largest_batch(lambda b: b <= 100, 50, progress=lambda m: None) == (50, True)
     assert largest_batch(lambda b: b <= 64, 64, progress=lambda m: None) == (64, True)
     assert largest_batch(lambda b: False, 8, progress=lambda m: None) == (0, False)
+
+
+def test_bench_scan_default_out_is_a_new_report_folder(tmp_path, capsys, monkeypatch):
+    """Defaults never touch ./results: the report goes to mba-bench/scan (marked as ours), progress to stderr; a
+    second run is refused unless --overwrite; a folder of other files is refused and left as it was."""
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench_scan.json").write_text("checked-in GPU figures")
+    args = ["bench", "scan", "--shapes", "1,4,8", "--backends", "reference", "--dtype", "fp32", "--device", "cpu"]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    report = tmp_path / "mba-bench" / "scan"
+    assert (report / ".mba-output").read_text().strip() == "bench scan"
+    assert json.loads((report / "bench_scan.json").read_text())["rows"][0]["fwd_ms"] > 0
+    assert "scan bench: reference at (1, 4, 8)" in err and "fwd+bwd" in err
+    assert f"wrote {Path('mba-bench') / 'scan' / 'bench_scan.json'} and .md" in out
+    assert (results / "bench_scan.json").read_text() == "checked-in GPU figures"
+    code, _, err = run(args, capsys)
+    assert_one_line_error(code, err, "pass --overwrite")
+    code, _, err = run([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    code, _, err = run([*args, "--out", "results"], capsys)
+    assert_one_line_error(code, err, "holds files mba did not write")
+    assert sorted(p.name for p in results.iterdir()) == ["bench_scan.json"]
+    assert not list(tmp_path.glob(".*partial*"))

@@ -156,7 +156,7 @@ def test_bad_inputs_end_in_one_line_and_exit_2(case, pipeline, tmp_path, capsys)
         "one-sample": (["evaluate", "--checkpoint", root / "run", "--data", root / "store", "--classifier",
                         root / "clf", "--samples", tmp_path / "one", "--out", tmp_path / "e"], "at least 2"),
         "out-is-a-foreign-folder": (["prepare", "--from-folder", bad_audio, "--out", bad_audio],
-                                    "is not a token store"),
+                                    "overlaps the input"),
     }[case]
     code, _, err = run(["sc09", *[str(a) for a in args]], capsys)
     assert_one_line_error(code, err, fragment)

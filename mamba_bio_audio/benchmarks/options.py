@@ -1,0 +1,95 @@
+"""Parsing and checking the ``mba bench`` option values; each bad value is a one-line :class:`UserError` that
+names the option, raised before any measurement."""
+
+from __future__ import annotations
+
+from mamba_bio_audio.errors import UserError
+
+SCAN_BACKENDS = ("triton", "cuda", "reference")
+CHECK_DTYPES = ("float64", "float32", "bfloat16")
+
+
+def parse_shapes(text: str, what: str = "--shapes",
+                 fields: tuple[str, ...] = ("batch", "dim", "seqlen")) -> list[tuple[int, ...]]:
+    """``'8,1536,2048;1,512,65536'`` -> ``[(8, 1536, 2048), (1, 512, 65536)]``: ``;``-separated groups of
+    ``len(fields)`` positive integers."""
+    shapes = []
+    for part in text.split(";"):
+        try:
+            values = tuple(int(v) for v in part.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != len(fields):
+            raise UserError(f"{what}: expected '{','.join(fields)};...', got {part!r}")
+        if min(values) < 1:
+            raise UserError(f"{what}: sizes must be positive, got {part!r}")
+        shapes.append(values)
+    return shapes
+
+
+def parse_pairs(text: str, what: str = "--shapes") -> list[tuple[int, int]]:
+    """``'batch,seqlen;batch,seqlen'`` -> ``[(batch, seqlen), ...]`` (positive integers)."""
+    return parse_shapes(text, what, ("batch", "seqlen"))
+
+
+def parse_backends(text: str) -> list[str]:
+    """``--backends`` of ``bench scan``: a comma-separated subset of :data:`SCAN_BACKENDS`, in the given order."""
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    for name in names:
+        if name not in SCAN_BACKENDS:
+            raise UserError(f"--backends: unknown backend {name!r}")
+    return names
+
+
+def parse_models(text: str) -> list[str]:
+    """``--models``: a comma-separated, de-duplicated subset of the benchmark models (``benchmarks.train.MODELS``)."""
+    from mamba_bio_audio.benchmarks.train import MODELS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for name in names:
+        if name not in MODELS:
+            raise UserError(f"--models: unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if not names:
+        raise UserError("--models: empty list")
+    return list(dict.fromkeys(names))
+
+
+def parse_levels(text: str) -> list[int]:
+    """``--checkpoint-level`` of ``bench memory``: comma-separated ``MambaConfig.checkpoint_level`` values."""
+    from mamba_bio_audio.benchmarks.memory import LEVEL_NAMES
+    from mamba_bio_audio.recipes.options import parse_int_list
+
+    levels = parse_int_list(text, "--checkpoint-level")
+    for level in levels:
+        if level not in LEVEL_NAMES:
+            raise UserError(f"--checkpoint-level: expected values among {sorted(LEVEL_NAMES)}, got {level}")
+    return levels
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes`` of ``bench generate``: comma-separated positive integers."""
+    from mamba_bio_audio.recipes.options import parse_int_list
+
+    batches = parse_int_list(text, "--batch-sizes")
+    if min(batches) < 1:
+        raise UserError(f"--batch-sizes: sizes must be positive, got {text!r}")
+    return batches
+
+
+def bench_size(d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int):
+    """The models' :class:`~mamba_bio_audio.benchmarks.train.BenchSize`; ``n_head`` must divide ``d_model``."""
+    from mamba_bio_audio.benchmarks.train import BenchSize
+
+    if d_model % n_head:
+        raise UserError(f"--n-head {n_head} must divide --d-model {d_model}")
+    return BenchSize(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size,
+                     transformer_layers=transformer_layers, n_head=n_head)
+
+
+def check_dtypes(text: str | None) -> str | None:
+    """``--check-dtypes`` of ``bench context-parallel``: comma-separated names among :data:`CHECK_DTYPES`."""
+    if text is not None:
+        unknown = [d for d in text.split(",") if d.strip() not in CHECK_DTYPES]
+        if unknown:
+            raise UserError(f"--check-dtypes: unknown dtype {unknown[0]!r}; choose from {', '.join(CHECK_DTYPES)}")
+    return text
