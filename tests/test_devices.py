@@ -33,3 +33,23 @@ def test_cuda_indices_are_checked():
         torch_device(f"cuda:{torch.cuda.device_count()}")
     with pytest.raises(UserError, match="expected cuda or cuda:N"):
         torch_device("cuda:x")
+
+
+def test_lightning_devices_come_from_the_same_parser(monkeypatch):
+    """training.trainer.resolve_device wraps torch_device: the same names, the same one-line errors."""
+    from mamba_bio_audio.training.trainer import resolve_device
+
+    assert resolve_device("cpu") == ("cpu", 1)
+    for name in ("tpu", "cuda:x" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(UserError) as info:
+            resolve_device(name)
+        with pytest.raises(UserError) as expected:
+            torch_device(name)
+        assert str(info.value) == str(expected.value) and "\n" not in str(info.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a pretend 2-GPU host: names only, no CUDA work
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == ("gpu", "auto")
+    assert resolve_device("cuda") == ("gpu", "auto")
+    assert resolve_device("cuda:1") == ("gpu", [1])
+    with pytest.raises(UserError, match="only 2 GPUs here"):
+        resolve_device("cuda:2")

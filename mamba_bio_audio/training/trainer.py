@@ -28,6 +28,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from mamba_bio_audio.devices import torch_device
 from mamba_bio_audio.errors import CheckpointError, TrainingStopped, UserError
 from mamba_bio_audio.files import atomic_write_text
 from mamba_bio_audio.training.budget import WallClockBudget
@@ -80,24 +81,13 @@ def check_trainer_config(cfg: TrainerConfig) -> None:
 
 
 def resolve_device(device: str) -> tuple[str, list[int] | int | str]:
-    """("cpu" | "gpu", devices) for Lightning; a CUDA device asked for but missing is a UserError."""
-    if device == "auto":
-        return ("gpu", "auto") if torch.cuda.is_available() else ("cpu", 1)
-    if device == "cpu":
+    """``--device`` (parsed by :func:`~mamba_bio_audio.devices.torch_device`) as Lightning's (accelerator,
+    devices): ``("cpu", 1)``, ``("gpu", "auto")`` for ``cuda`` (or ``auto`` with a GPU), ``("gpu", [N])`` for
+    ``cuda:N``; a bad name or a missing GPU is its one-line UserError."""
+    where = torch_device(device)
+    if where.type == "cpu":
         return "cpu", 1
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA GPU is available here")
-        if ":" in device:
-            try:
-                index = int(device.split(":", 1)[1])
-            except ValueError:
-                raise UserError(f"--device {device}: expected cuda or cuda:N") from None
-            if index >= torch.cuda.device_count():
-                raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPUs here")
-            return "gpu", [index]
-        return "gpu", "auto"
-    raise UserError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    return "gpu", "auto" if where.index is None else [where.index]
 
 
 def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
