@@ -20,7 +20,8 @@ from the token ids (the embedding is recomputed, not stored) and the last ends w
        mixers, mixers that override ``forward``, and mamba_ssm's scan (no initial state) run at level 1.
 
 What each level keeps and recomputes, byte by byte at 2^20 tokens: docs/kernels.md (memory).
-tests/test_memory_path.py checks the kept bytes exactly (on CPU, with :class:`LiveBytes` of benchmarks/memory.py).
+tests/modules/test_memory_path.py checks the kept bytes exactly (on CPU, with :class:`LiveBytes` of
+benchmarks/memory.py).
 """
 
 from __future__ import annotations

@@ -108,12 +108,16 @@ SMALL = dict(chunk_size=4, block_d=4)
         dict(shape=(2, 6, 11, 4), bc="fixed"),
         dict(shape=(2, 6, 11, 4), z=False, D=False, bias=False, softplus=False),
         dict(shape=(2, 6, 17, 4), h0=True),
-        dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=3)),
+        # the three below take longest under the interpreter: the slow step runs them
+        pytest.param(dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=3)),
+                     marks=pytest.mark.slow),
         dict(shape=(1, 4, 23, 4), bc="fixed", h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=4)),
         # states saved every 2 or 3 chunks: save groups that end mid-sequence and straddle time segments
         dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=2)),
-        dict(shape=(2, 6, 37, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=3, n_segments=3)),
-        dict(shape=(2, 8, 30, 4), bc="grouped", groups=2, kw=dict(chunk_size=4, block_d=2, save_every=4)),
+        pytest.param(dict(shape=(2, 6, 37, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=3, n_segments=3)),
+                     marks=pytest.mark.slow),
+        pytest.param(dict(shape=(2, 8, 30, 4), bc="grouped", groups=2, kw=dict(chunk_size=4, block_d=2, save_every=4)),
+                     marks=pytest.mark.slow),
     ],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", ""),
 )

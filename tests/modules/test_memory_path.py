@@ -92,6 +92,7 @@ def test_kept_bytes_per_level(seqlen):
     assert kept[0]["kept"] > 20 * N_LAYER * row
 
 
+@pytest.mark.slow  # four float64 passes at lengths up to 512 under the byte counter
 def test_level_two_peak_does_not_grow_with_the_recomputed_block():
     """Doubling the length adds to level 2's peak only the stream-sized tensors (boundaries, output, gradients
     of the stream in and out, output gradient): the recomputed block is one segment, whatever the length."""

@@ -77,6 +77,7 @@ def _reference(name):
     return loss.item(), grads
 
 
+@pytest.mark.slow  # starts 2 and 3 gloo processes
 @pytest.mark.parametrize("world", [2, 3])
 def test_context_parallel_equals_one_pass(world, tmp_path):
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
@@ -107,6 +108,7 @@ def test_segments_and_target_ownership():
     assert torch.equal(torch.cat([p[:, 1:] for p in parts], 1), ids[:, 1:])  # targets: each target once
 
 
+@pytest.mark.slow  # starts 2 gloo processes through torchrun
 def test_bench_command_runs_on_cpu_with_two_processes(tmp_path):
     """``mba bench context-parallel`` starts two gloo ranks itself (torchrun) and rank 0 writes the report."""
     out = tmp_path / "out"

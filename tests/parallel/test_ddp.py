@@ -31,7 +31,7 @@ def test_ranks_split_each_global_batch_in_order(world):
         assert merged == single[k * batch: (k + 1) * batch]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # trains on 2 gloo processes and on one
 def test_ddp_loss_curve_matches_one_device(tmp_path):
     out = tmp_path / "curve"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

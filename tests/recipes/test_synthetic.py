@@ -11,6 +11,8 @@ import torch
 from helpers import assert_one_line_error
 from helpers import run_cli as run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("command", ["selective-copy", "induction-heads"])
 @pytest.mark.parametrize("arch, layer", [("mamba", "S4D"), ("no-gate", "S6")])

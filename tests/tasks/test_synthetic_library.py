@@ -12,8 +12,11 @@ from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.tasks import synthetic, synthetic_table
 from mamba_bio_audio.tasks.synthetic import TaskPreset, run_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # ---- learning: short versions of both tasks reach high accuracy within a bounded number of steps --------------------
+@pytest.mark.slow  # trains until the model learns: minutes on 2 CPU cores
 def test_tiny_selective_copy_learns(tmp_path, one_thread):
     # The paper's model (2 layers, d_model 64); 3 tokens to copy among noise in length 24. Measured: 90-100% at
     # step 200 and >= 99.8% at step 300 for seeds 0, 1, 2.
@@ -28,6 +31,7 @@ def test_tiny_selective_copy_learns(tmp_path, one_thread):
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow  # trains until the model learns: minutes on 2 CPU cores
 def test_tiny_induction_heads_learns_and_is_tested_at_longer_lengths(tmp_path, one_thread):
     # The paper's model, trained at 32 with a constant lr as in the paper. Measured: >= 99% at step 200, at the
     # training length and at 4x it, for seeds 0, 1, 2.
