@@ -113,17 +113,17 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @common_options
 def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | None, preset: str | None,
-          init_from: Path | None, bidirectional: bool, pooling: str, class_weights: bool, max_length: int, batch_size: int | None, lr: float | None,
-          rc_prob: float, val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool,
-          device: str, seed: int) -> None:
+          init_from: Path | None, bidirectional: bool, pooling: str, class_weights: bool, max_length: int,
+          batch_size: int | None, lr: float | None, rc_prob: float, val_every: int | None, checkpoint_every: int,
+          num_workers: int, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on the train split (length-bucketed, padded batches)."""
     from mamba_bio_audio.tasks.classify import ClassifySettings, plan_training, run_training
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     settings = ClassifySettings(
         length=max_length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr,
-        rc_prob=rc_prob,        val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device, seed=seed,
-        bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
+        rc_prob=rc_prob, val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
+        device=device, seed=seed, bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
         init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
     plan = plan_training(data, settings)
