@@ -40,9 +40,10 @@ class TokenStoreWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, meta: dict[str, Any] | None = None, overwrite: bool = True):
+        """``out_dir`` may be new, an empty folder, or (with ``overwrite``) a token store (its ``index.json`` says
+        so); anything else is refused with a one-line DataError, so that no folder of other files is replaced."""
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            raise DataError(f"{self.out_dir}: already exists")
+        check_replaceable(self.out_dir, overwrite)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=self.out_dir.parent))
         os.chmod(self._tmp, umask_mode(0o777))  # mkdtemp makes it owner-only
@@ -71,6 +72,7 @@ class TokenStoreWriter:
         index = {"format": FORMAT, "version": VERSION, "meta": self.meta, "records": self.records}
         with open(self._tmp / INDEX_FILE, "w") as f:
             json.dump(index, f, indent=1)
+        check_replaceable(self.out_dir, overwrite=True)  # nothing else appeared there meanwhile
         if self.out_dir.exists():
             old = self.out_dir.with_name(f".{self.out_dir.name}.old")
             if old.exists():
@@ -97,6 +99,31 @@ class TokenStoreWriter:
             self.commit()
         else:
             self.discard()
+
+
+def is_token_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding a token store's ``index.json`` (of :data:`FORMAT`)."""
+    try:
+        with open(Path(path) / INDEX_FILE) as f:
+            head = f.read(256)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return f'"format": "{FORMAT}"' in head
+
+
+def check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, as a one-line DataError, to write a store over ``out_dir`` unless it does not exist, is an empty
+    folder, or (with ``overwrite``) is a token store."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder; refusing to replace it with a token store")
+    if next(out_dir.iterdir(), None) is None:
+        return
+    if not overwrite:
+        raise DataError(f"{out_dir}: already exists")
+    if not is_token_store(out_dir):
+        raise DataError(f"{out_dir}: exists and is not a token store; refusing to replace it")
 
 
 class TokenStore:

@@ -50,7 +50,7 @@ PY
 # last $2 lines of its output
 gpu_fast_table() {
     mba synthetic table --preset gpu-fast --device cuda --reuse --out "$1/synthetic" --runs "$1/synthetic-runs" \
-        2>&1 | tail -"$2"
+        --overwrite 2>&1 | tail -"$2"
 }
 
 what=${*:-tests bench}

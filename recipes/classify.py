@@ -18,8 +18,21 @@ from pathlib import Path
 
 import click
 
-from mamba_bio_audio.recipes.options import budget_options, common_options, config_option, device_option
-from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json
+from mamba_bio_audio.recipes.options import (
+    budget_options,
+    common_options,
+    config_option,
+    device_option,
+    overwrite_option,
+)
+from mamba_bio_audio.recipes.outputs import (
+    check_output_file,
+    check_output_folder,
+    check_resume_config,
+    output_folder,
+    run_folder,
+    write_json,
+)
 
 DIR = click.Path(file_okay=False, path_type=Path)
 FORMAT_CHOICES = ("auto", "table", "nt", "fasta", "genomic-benchmarks")
@@ -71,21 +84,26 @@ def classify() -> None:
               help="Share drawn for test when the input gives no split at all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn splits.")
 @reader_options
+@overwrite_option
 @config_option
 def prepare(source: Path | None, out: Path, download: str | None, download_dir: Path | None, val_fraction: float,
             test_fraction: float, seed: int, fmt: str, sequence_column: str, label_column: str,
-            split_column: str | None, id_column: str | None, label_key: str, lenient: bool) -> None:
+            split_column: str | None, id_column: str | None, label_key: str, lenient: bool, overwrite: bool) -> None:
     """Labelled sequences -> a token store (one entry per sequence, its label and split)."""
     from mamba_bio_audio.tasks.classify import prepare as prepare_store
     from mamba_bio_audio.tasks.classify import split_summary
 
     fmt_for_columns = "genomic-benchmarks" if download else fmt
-    store = prepare_store(source, out, fmt=fmt, download=download, download_dir=download_dir,
-                          val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, lenient=lenient,
-                          **_columns(fmt_for_columns, sequence_column, label_column, split_column, id_column,
-                                     label_key))
-    click.echo(split_summary(store))
-    click.echo(f"wrote {out} ({len(store):,} sequences, labels {', '.join(store.meta['labels'])})")
+    inputs = (source, download_dir)
+    check_output_folder(out, "dna classify prepare", overwrite=overwrite, inputs=inputs)
+    with output_folder(out, "dna classify prepare", overwrite=overwrite, inputs=inputs) as tmp:
+        store = prepare_store(source, tmp, fmt=fmt, download=download, download_dir=download_dir,
+                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, lenient=lenient,
+                              **_columns(fmt_for_columns, sequence_column, label_column, split_column, id_column,
+                                         label_key))
+        summary, count, labels = split_summary(store), len(store), store.meta["labels"]
+    click.echo(summary)
+    click.echo(f"wrote {out} ({count:,} sequences, labels {', '.join(labels)})")
 
 
 @classify.command("train")
@@ -126,13 +144,17 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
         device=device, seed=seed, bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
         init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
+    check_output_folder(out, "dna classify train", resume=resume, overwrite=True, inputs=(data, init_from))
+    if resume:
+        check_resume_config(out, click.get_current_context().params, ("preset", "max_length", "bidirectional",
+                                                                       "pooling"))
     plan = plan_training(data, settings)
     if is_main_process():
         s = plan.summary
         click.echo(f"model: {s['n_layer']} layers x d_model {s['d_model']}, {s['parameters']:,} parameters; batch "
                    f"{s['batch_size']}, lr {s['lr']:g}; {s['train_sequences']:,} train sequences; validation: "
                    f"{s['validation']}")
-        prepare_out_dir(out)
+        run_folder(out, "dna classify train", resume=resume, inputs=(data, init_from))
         _write_config(out, {**click.get_current_context().params, "batch_size": s["batch_size"], "lr": s["lr"]})
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
@@ -152,9 +174,10 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
               help="Also score the 6-mer logistic regression fit on the train split.")
 @click.option("--baseline-max-train", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Train sequences the baseline fits on at most (a seeded subset beyond).")
+@overwrite_option
 @common_options
 def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: int, baseline: bool,
-             baseline_max_train: int, device: str, seed: int) -> None:
+             baseline_max_train: int, overwrite: bool, device: str, seed: int) -> None:
     """Accuracy, MCC, macro-F1, AUROC (binary) and the confusion matrix, beside the k-mer baseline."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.metrics.classification import plot_confusion_matrix
@@ -162,21 +185,22 @@ def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: in
     from mamba_bio_audio.tasks.classify import results_table
     from mamba_bio_audio.tasks.species import load_classifier
 
+    check_output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=(checkpoint, data))
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     result = evaluate_store(model, data, split=split, batch_size=batch_size, device=torch_dev, baseline=baseline,
                             baseline_max_train=baseline_max_train, seed=seed)
     result.update(checkpoint=str(checkpoint), data=str(data))
-    prepare_out_dir(out)
-    _write_config(out, click.get_current_context().params)
-    write_json(out / "metrics.json", result)
-    plots = ["confusion_matrix.png"]
-    plot_confusion_matrix(out / plots[0], result["model"]["confusion_matrix"], result["labels"],
-                          f"Mamba, {split} split: accuracy {result['model']['accuracy']:.3f}")
-    if "baseline" in result:
-        plots.append("confusion_matrix_baseline.png")
-        plot_confusion_matrix(out / plots[1], result["baseline"]["confusion_matrix"], result["labels"],
-                              f"6-mer LR, {split} split: accuracy {result['baseline']['accuracy']:.3f}")
+    plots = ["confusion_matrix.png", *(["confusion_matrix_baseline.png"] if "baseline" in result else [])]
+    with output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=(checkpoint, data)) as tmp:
+        tmp.mkdir()
+        _write_config(tmp, click.get_current_context().params)
+        write_json(tmp / "metrics.json", result)
+        plot_confusion_matrix(tmp / plots[0], result["model"]["confusion_matrix"], result["labels"],
+                              f"Mamba, {split} split: accuracy {result['model']['accuracy']:.3f}")
+        if "baseline" in result:
+            plot_confusion_matrix(tmp / plots[1], result["baseline"]["confusion_matrix"], result["labels"],
+                                  f"6-mer LR, {split} split: accuracy {result['baseline']['accuracy']:.3f}")
     click.echo(results_table(result))
     click.echo(f"wrote {out}/: metrics.json, {', '.join(plots)}, config.yaml")
 
@@ -197,6 +221,7 @@ def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str
     from mamba_bio_audio.tasks.classify import predict_file
     from mamba_bio_audio.tasks.species import load_classifier
 
+    check_output_file(out, inputs=(checkpoint, source))
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,15 +19,7 @@ from mamba_bio_audio.files import (
 )
 
 __all__ = ["atomic_write_text", "check_output_file", "check_output_folder", "check_resume_config", "output_folder",
-           "plot_curve", "prepare_out_dir", "read_csv_metric", "run_folder", "write_json", "write_yaml"]
-
-
-def prepare_out_dir(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+           "plot_curve", "read_csv_metric", "run_folder", "write_json", "write_yaml"]
 
 
 def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:

@@ -2,7 +2,7 @@
 
     mba synthetic selective-copy  --out RUN [--preset tiny|paper|gpu-fast] [--layer S6|S4D] [--arch mamba|no-gate]
     mba synthetic induction-heads --out RUN [...]        accuracy at test lengths up to 2^20 (segmented, bounded memory)
-    mba synthetic table --out results/ [--preset ...] [--runs DIR] [--max-minutes M]   the ablation + induction curve
+    mba synthetic table [--out DIR] [--preset ...] [--runs DIR] [--max-minutes M]      the ablation + induction curve
     mba synthetic evaluate RUN/model --out DIR [--log2-lengths 20,21] [--samples 1024]  more test sequences / lengths
 
 Each run writes RUN/config.yaml, RUN/metrics.json, RUN/model/ (save_pretrained; load a no-gate model with
@@ -24,9 +24,11 @@ from mamba_bio_audio.recipes.options import (
     config_option,
     device_option,
     out_option,
+    overwrite_option,
     parse_int_list,
     seed_option,
 )
+from mamba_bio_audio.recipes.outputs import check_output_folder, output_folder
 from mamba_bio_audio.tasks.synthetic import (
     ARCHS,
     LAYERS,
@@ -111,8 +113,8 @@ _task_command("induction-heads", "Induction heads: recall the token after the sp
 
 
 @synthetic.command("table")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
-              help="Report folder: synthetic_<preset>.{md,json,png}.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder to write: synthetic_<preset>.{md,json,png} [default: mba-synthetic/<preset>].")
 @click.option("--runs", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the five runs (models, logs, checkpoints) [default: runs/synthetic-<preset>].")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="tiny", show_default=True, help=PRESET_HELP)
@@ -123,21 +125,24 @@ _task_command("induction-heads", "Induction heads: recall the token after the sp
 @click.option("--reuse", is_flag=True, default=False,
               help="Take a row from RUNS/<row>/metrics.json when that run exists (trained earlier, e.g. by "
                    "`mba synthetic selective-copy --out RUNS/selective_copy_mamba_S6`) instead of training it again.")
+@overwrite_option
 @seed_option
 @device_option
 @config_option
-def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_minutes: float | None, reuse: bool,
-          seed: int, device: str) -> None:
+def table(out: Path | None, runs: Path | None, preset: str, max_steps: int | None, max_minutes: float | None,
+          reuse: bool, overwrite: bool, seed: int, device: str) -> None:
     """Selective copying for {Mamba block, no gate} x {S6, S4D}; induction heads for Mamba S6 at 2^k lengths."""
-    _, md, written = run_table(out, runs or Path("runs") / f"synthetic-{preset}", preset, max_steps, max_minutes,
-                               reuse, seed, device, log=lambda line: click.echo(line, err=True))
+    _, md, written = run_table(out or Path("mba-synthetic") / preset, runs or Path("runs") / f"synthetic-{preset}",
+                               preset, max_steps, max_minutes, reuse, seed, device,
+                               log=lambda line: click.echo(line, err=True), overwrite=overwrite)
     click.echo(md)
     click.echo(f"wrote {written[0]}, {written[1]}" + (f", {written[2]}" if len(written) > 2 else ""))
 
 
 @synthetic.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path))
-@out_option(help_text="Folder for induction_eval.json and induction_eval.md.")
+@out_option(help_text="Folder to write: induction_eval.json and induction_eval.md.")
+@overwrite_option
 @click.option("--log2-lengths", default="20", show_default=True, help="Comma-separated k: test at 2^k.")
 @click.option("--samples", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Test sequences per length.")
@@ -146,10 +151,12 @@ def table(out: Path, runs: Path | None, preset: str, max_steps: int | None, max_
 @click.option("--n-tokens", type=click.IntRange(min=1), default=15, show_default=True,
               help="Ordinary tokens of the induction-heads task (the presets: 15).")
 @common_options
-def evaluate(model: Path, out: Path, log2_lengths: str, samples: int, first: int, n_tokens: int, device: str,
-             seed: int) -> None:
+def evaluate(model: Path, out: Path, overwrite: bool, log2_lengths: str, samples: int, first: int, n_tokens: int,
+             device: str, seed: int) -> None:
     """Test an induction-heads model (a run's model/ folder) on more sequences, or at longer lengths, than its run."""
     lengths = [2**k for k in parse_int_list(log2_lengths, "--log2-lengths")]
-    evaluate_induction(model, out, lengths, samples, first, n_tokens, seed, device,
-                       log=lambda line: click.echo(line, err=True))
+    check_output_folder(out, "synthetic evaluate", overwrite=overwrite, inputs=(model,))
+    with output_folder(out, "synthetic evaluate", overwrite=overwrite, inputs=(model,)) as tmp:
+        evaluate_induction(model, tmp, lengths, samples, first, n_tokens, seed, device,
+                           log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {out}/induction_eval.json, .md")

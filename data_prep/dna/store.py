@@ -26,7 +26,7 @@ import numpy as np
 
 from mamba_bio_audio.errors import DataError
 
-from ..store import TokenStoreWriter
+from ..store import TokenStoreWriter, check_replaceable
 from .fasta import RecordHeader, read_headers, read_records
 from .splits import SplitPlan, plan_splits, region_bounds
 from .tokenizer import NAME, VOCAB_SIZE, count_unknown
@@ -68,9 +68,14 @@ def prepare_genomes(genomes_dir: str | os.PathLike, out_dir: str | os.PathLike, 
 
     ``split_by``, ``val``, ``test``, ``fractions`` and ``seed`` are those of
     :func:`~mamba_bio_audio.data_prep.dna.splits.plan_splits`; ``lenient`` encodes invalid characters as [UNK]
-    instead of raising.
+    instead of raising. ``out_dir`` must not overlap ``genomes_dir`` and may only replace a token store (with
+    ``overwrite``); otherwise a one-line DataError, before anything is read.
     """
     root = Path(genomes_dir)
+    out, source = Path(out_dir).resolve(), root.resolve()
+    if out == source or source in out.parents or out in source.parents:
+        raise DataError(f"{out_dir}: overlaps the genomes folder {genomes_dir}; choose another folder")
+    check_replaceable(Path(out_dir), overwrite)
     genomes = find_genomes(root)
     scanned = {species: _scan(files) for species, files in genomes.items()}
     units = {species: [_unit(split_by, h, path, root) for path, headers in files for h in headers]

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.recipes.outputs import prepare_out_dir, write_json, write_yaml
+from mamba_bio_audio.files import run_folder
+from mamba_bio_audio.recipes.outputs import write_json, write_yaml
 
 TASKS = ("selective-copy", "induction-heads")
 ARCHS = ("mamba", "no-gate")
@@ -215,7 +216,9 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     from mamba_bio_audio.devices import torch_device
 
     eval_device = torch_device(device)
-    out = prepare_out_dir(out)
+    if resume and not (Path(out) / "checkpoints" / "last.ckpt").is_file():
+        raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
+    out = run_folder(out, f"synthetic {task}", resume=resume, inputs=() if init_from is None else (init_from,))
     pl.seed_everything(seed, verbose=False)
     generator = _generator(task, preset.data, seed)
     config = MambaConfig(vocab_size=generator.vocab_size, ssm_layer=layer, **preset.model)

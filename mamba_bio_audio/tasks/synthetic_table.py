@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.recipes.outputs import plot_curve, prepare_out_dir
+from mamba_bio_audio.files import check_output_folder, output_folder
+from mamba_bio_audio.recipes.outputs import plot_curve
 from mamba_bio_audio.tasks.synthetic import (
     ARCHS,
     PAPER_SOURCE,
@@ -91,15 +92,17 @@ def _yaml_plain(value):
 
 def run_table(out: Path, runs: Path, preset: str = "tiny", max_steps: int | None = None,
               max_minutes: float | None = None, reuse: bool = False, seed: int = 0, device: str = "auto",
-              log: Callable[[str], None] | None = None) -> tuple[dict, str, list[Path]]:
+              log: Callable[[str], None] | None = None, overwrite: bool = False) -> tuple[dict, str, list[Path]]:
     """Train the table's runs (:data:`TABLE_RUNS`, each in ``runs/<run_name>``) and write the report.
 
     Selective copying for {Mamba block, no gate} x {S6, S4D}; induction heads for Mamba S6 at 2^k lengths.
     ``max_minutes``: a wall-clock limit for all runs, each getting its weight's share of the time left (most
     important first); rows it cuts are marked. ``reuse``: take a row from ``runs/<row>/metrics.json`` when that run
     was trained earlier with ``preset`` (a UserError when it was trained with other settings).
-    Writes ``out/synthetic_<preset>.{json,md}`` (and ``.png``, the induction curve, when a length was tested);
-    returns ``(report, markdown, written paths)``.
+    Writes the report folder ``out`` (``files.output_folder``: a new folder, or with ``overwrite`` an earlier
+    report of ours; checked before any training): ``synthetic_<preset>.{json,md}`` (and ``.png``, the induction
+    curve, when a length was tested); returns ``(report, markdown, written paths)``. In ``runs`` only the row
+    folders it trains are written (each a new folder or a run of ours that never reached a checkpoint).
     """
     from mamba_bio_audio.benchmarks.report import environment, write_report
     from mamba_bio_audio.devices import torch_device
@@ -107,8 +110,7 @@ def run_table(out: Path, runs: Path, preset: str = "tiny", max_steps: int | None
     log = log or log_to_stderr
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     torch_device(device)  # fail early on a missing GPU
-    out = prepare_out_dir(out)
-    runs = prepare_out_dir(runs)
+    check_output_folder(out, "synthetic table", overwrite=overwrite, inputs=(runs,))
     done: dict[tuple[str, str, str], dict | None] = {}
     reused = {(task, arch, layer): m for task, arch, layer, _ in TABLE_RUNS
               if reuse and (m := _earlier_run(runs / run_name(task, arch, layer), preset)) is not None}
@@ -116,6 +118,12 @@ def run_table(out: Path, runs: Path, preset: str = "tiny", max_steps: int | None
         log(f"{task} {arch} {layer}: reused {runs / run_name(task, arch, layer)}/metrics.json")
     done.update(reused)
     to_train = [row for row in TABLE_RUNS if tuple(row[:3]) not in reused]
+    for task, arch, layer, _ in to_train:  # before any training: never train over a run or someone's files
+        row = runs / run_name(task, arch, layer)
+        if (row / "checkpoints" / "last.ckpt").is_file():
+            raise UserError(f"--runs {runs}: {row.name} already holds a trained run; pass --reuse to take its row, "
+                            f"or choose another --runs folder")
+        check_output_folder(row, f"synthetic {task}", overwrite=True, flag="--runs")
     for k, (task, arch, layer, _) in enumerate(to_train):
         budget = None
         if deadline is not None:
@@ -162,17 +170,16 @@ def run_table(out: Path, runs: Path, preset: str = "tiny", max_steps: int | None
                                   "paper_accuracy_every_length": PAPER_INDUCTION_ACCURACY}}
     name = f"synthetic_{preset}"
     tested = [r for r in lengths if r["accuracy"] is not None]
-    written = []
-    if tested:
-        plot_curve(out / f"{name}.png", [math.log2(r["seqlen"]) for r in tested],
-                   [100 * r["accuracy"] for r in tested], "log2(test sequence length)", "accuracy (%)",
-                   f"Induction heads, Mamba S6 trained at {ih_preset.data['seqlen']} ({preset} preset)",
-                   ylim=(0, 103), marker="o", reference=(PAPER_INDUCTION_ACCURACY, "paper (Mamba)"),
-                   vline=(math.log2(ih_preset.data["seqlen"]), "training length"))
-        written.append(out / f"{name}.png")
     md = table_markdown(report, preset)
-    json_path, md_path = write_report(out, name, report, md)
-    return report, md, [json_path, md_path, *written]
+    with output_folder(out, "synthetic table", overwrite=overwrite, inputs=(runs,)) as tmp:
+        write_report(tmp, name, report, md)
+        if tested:
+            plot_curve(tmp / f"{name}.png", [math.log2(r["seqlen"]) for r in tested],
+                       [100 * r["accuracy"] for r in tested], "log2(test sequence length)", "accuracy (%)",
+                       f"Induction heads, Mamba S6 trained at {ih_preset.data['seqlen']} ({preset} preset)",
+                       ylim=(0, 103), marker="o", reference=(PAPER_INDUCTION_ACCURACY, "paper (Mamba)"),
+                       vline=(math.log2(ih_preset.data["seqlen"]), "training length"))
+    return report, md, [out / f"{name}.json", out / f"{name}.md", *([out / f"{name}.png"] if tested else [])]
 
 
 # ---- the table's markdown -----------------------------------------------------------------------------------------

@@ -206,3 +206,32 @@ def test_real_bacteria_strain_split(tmp_path):
     # SOURCES.md: Vibrio holds 2,104 N and 35 other IUPAC codes, all encoded as N.
     assert sum(round(r["n_fraction"] * r["length"]) for r in vibrio) == 2104 + 35
     assert store.data.size == 50_301_267  # bases, as the table in SOURCES.md rounds them
+
+
+def test_library_callers_never_replace_a_folder_of_other_files(genomes, tmp_path):
+    """prepare_genomes / TokenStoreWriter(overwrite=True) from Python: a folder that is not a token store, or the
+    genomes folder itself, is refused in one line and left as it was; a store of ours is replaced."""
+    from mamba_bio_audio.data_prep.store import TokenStoreWriter
+
+    genomes, _ = genomes
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("t")
+    for target in (mine, genomes, genomes / "sub"):
+        with pytest.raises(DataError) as info:
+            prepare_genomes(genomes, target, overwrite=True)
+        assert "\n" not in str(info.value) and ("not a token store" in str(info.value) or "overlaps" in str(info.value))
+    with pytest.raises(DataError, match="not a token store"):
+        TokenStoreWriter(mine, overwrite=True)
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(DataError, match="not a folder"):
+        TokenStoreWriter(tmp_path / "file")
+    assert (mine / "thesis.txt").read_text() == "t" and sorted(p.name for p in mine.iterdir()) == ["thesis.txt"]
+    assert not (genomes / "sub").exists()
+    store = prepare_genomes(genomes, tmp_path / "store")
+    prepare_genomes(genomes, store, overwrite=True, seed=1)  # a store of ours: replaced
+    assert len(TokenStore(store)) > 0
+    with pytest.raises(DataError, match="already exists"):
+        prepare_genomes(genomes, store, overwrite=False)
+    (tmp_path / "empty").mkdir()
+    assert len(TokenStore(prepare_genomes(genomes, tmp_path / "empty", overwrite=False))) > 0

@@ -102,7 +102,26 @@ def fx(tmp_path_factory):
     f["a_file"] = root / "a_file.txt"
     f["a_file"].write_text("x")
     f["unwritable"] = _unwritable(root)
+
+    (root / "labelled").mkdir()
+    f["csv"] = root / "labelled" / "seqs.csv"
+    bases = "ACGT"
+    f["csv"].write_text("sequence,label\n" + "".join(
+        "".join(bases[(i * 7 + j * (i % 3 + 1)) % 4] for j in range(40)) + f",{'ab'[i % 2]}\n" for i in range(40)))
+    _ok(["dna", "classify", "prepare", f["csv"], "--out", root / "cstore"])
+    f["cstore"] = root / "cstore"
+    _ok(["bench", "scan", "--shapes", "1,4,8", "--backends", "reference", "--dtype", "fp32", "--device", "cpu",
+         "--out", root / "bench_scan"])
+    f["bench_scan"] = root / "bench_scan"
     return f
+
+
+def _their_row(t: Path) -> Path:
+    """A --runs folder whose selective-copy row folder holds someone's file."""
+    row = t / "runs" / "selective_copy_mamba_S4D"
+    row.mkdir(parents=True)
+    (row / "notes.txt").write_text("mine\n")
+    return t / "runs"
 
 
 def _copy_run(f, tmp_path, how: str) -> Path:
@@ -267,6 +286,63 @@ CASES = [
                                                            "--num-samples", "1", "--seconds", "0.01", "--out",
                                                            f["theirs"], "--device", "cpu"], f["theirs"]),
      "did not write"),
+    # ---- bench: reports go to a new folder of ours (never ./results, never someone's files)
+    ("bench-scan-out-holds-their-files", lambda f, t: (["bench", "scan", "--shapes", "1,4,8", "--backends",
+                                                        "reference", "--device", "cpu", "--out", f["theirs"]],
+                                                       f["theirs"]), "did not write"),
+    ("bench-scan-again-without-overwrite", lambda f, t: (["bench", "scan", "--shapes", "1,4,8", "--backends",
+                                                          "reference", "--device", "cpu", "--out", f["bench_scan"]],
+                                                         f["bench_scan"]), "pass --overwrite"),
+    ("bench-scan-bad-shapes", lambda f, t: (["bench", "scan", "--shapes", "1,4", "--device", "cpu", "--out",
+                                             t / "o"], t / "o"), "--shapes"),
+    ("bench-memory-out-is-another-kind", lambda f, t: (["bench", "memory", "--lengths", "8", "--device", "cpu",
+                                                        "--out", f["bench_scan"], "--overwrite"], f["bench_scan"]),
+     "'bench scan'"),
+    ("bench-train-out-holds-their-files", lambda f, t: (["bench", "train", "--shapes", "1,8", "--device", "cpu",
+                                                         "--out", f["theirs"]], f["theirs"]), "did not write"),
+    ("bench-generate-out-holds-their-files", lambda f, t: (["bench", "generate", "--batch-sizes", "1", "--device",
+                                                            "cpu", "--out", f["theirs"]], f["theirs"]),
+     "did not write"),
+    ("bench-context-parallel-out-holds-their-files", lambda f, t: (["bench", "context-parallel", "--device", "cpu",
+                                                                    "--out", f["theirs"]], f["theirs"]),
+     "did not write"),
+    ("bench-ddp-out-holds-their-files", lambda f, t: (["bench", "ddp", "--accelerator", "cpu", "--out",
+                                                       f["theirs"]], f["theirs"]), "did not write"),
+    # ---- dna classify
+    ("classify-prepare-out-holds-their-files", lambda f, t: (["dna", "classify", "prepare", f["csv"], "--out",
+                                                              f["theirs"]], f["theirs"]), "did not write"),
+    ("classify-prepare-out-is-the-input-folder", lambda f, t: (["dna", "classify", "prepare", f["csv"], "--out",
+                                                                f["csv"].parent], f["csv"].parent), "overlaps"),
+    ("classify-prepare-again-without-overwrite", lambda f, t: (["dna", "classify", "prepare", f["csv"], "--out",
+                                                                f["cstore"]], f["cstore"]), "pass --overwrite"),
+    ("classify-prepare-overwrite-another-kind", lambda f, t: (["dna", "classify", "prepare", f["csv"], "--out",
+                                                               f["store"], "--overwrite"], f["store"]),
+     "'species prepare'"),
+    ("classify-train-out-holds-their-files", lambda f, t: (["dna", "classify", "train", "--data", f["cstore"],
+                                                            "--out", f["theirs"], "--max-steps", "1", "--device",
+                                                            "cpu"], f["theirs"]), "did not write"),
+    ("classify-train-resume-nothing", lambda f, t: (["dna", "classify", "train", "--data", f["cstore"], "--out",
+                                                     t / "o", "--resume", "--device", "cpu"], t / "o"),
+     "no run to resume"),
+    ("classify-evaluate-out-holds-their-files", lambda f, t: (["dna", "classify", "evaluate", "--checkpoint",
+                                                               f["run"], "--data", f["cstore"], "--out",
+                                                               f["theirs"], "--device", "cpu"], f["theirs"]),
+     "did not write"),
+    ("classify-predict-out-is-the-input", lambda f, t: (["dna", "classify", "predict", "--checkpoint", f["run"],
+                                                         f["csv"], "--out", f["csv"], "--device", "cpu"], f["csv"]),
+     "is an input"),
+    # ---- synthetic
+    ("synthetic-task-out-holds-their-files", lambda f, t: (["synthetic", "selective-copy", "--out", f["theirs"],
+                                                            "--device", "cpu"], f["theirs"]), "did not write"),
+    ("synthetic-table-out-holds-their-files", lambda f, t: (["synthetic", "table", "--out", f["theirs"], "--runs",
+                                                             t / "runs", "--device", "cpu"], f["theirs"]),
+     "did not write"),
+    ("synthetic-table-row-holds-their-files", lambda f, t: (["synthetic", "table", "--out", t / "o", "--runs",
+                                                             _their_row(t), "--device", "cpu"], t / "runs"),
+     "did not write"),
+    ("synthetic-evaluate-out-holds-their-files", lambda f, t: (["synthetic", "evaluate", f["run"] / "model",
+                                                                "--out", f["theirs"], "--device", "cpu"],
+                                                               f["theirs"]), "did not write"),
     # ---- demo and the top level
     ("demo-out-holds-their-files", lambda f, t: (["demo", "--out", f["theirs"], "--device", "cpu"], f["theirs"]),
      "did not write"),
