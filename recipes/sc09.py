@@ -25,8 +25,6 @@ from mamba_bio_audio.recipes.outputs import (
 ARCHS = ("sashimi", "mamba-lm")
 MODEL_PRESETS = ("tiny", "paper-6m")
 CLASSIFIER_PRESETS = ("tiny", "paper")
-STRATEGIES = ("auto", "ddp", "fsdp")
-ENCODINGS = ("mulaw8", "linear8")
 data_option = click.option("--data", required=True, type=click.Path(path_type=Path),
                            help="Token store written by `mba sc09 prepare`.")
 
@@ -51,7 +49,7 @@ def sc09() -> None:
 @out_option(help_text="Token store folder to write (replaced atomically).")
 @click.option("--sample-rate", type=click.Choice(["16000", "8000"]), default="16000", show_default=True,
               help="Store rate; other file rates are resampled.")
-@click.option("--encoding", type=click.Choice(ENCODINGS), default="mulaw8", show_default=True)
+@click.option("--encoding", type=click.Choice(["mulaw8", "linear8"]), default="mulaw8", show_default=True)
 @click.option("--normalization", type=click.Choice(["none", "peak"]), default="none", show_default=True,
               help="Amplitude: as read, or each clip scaled to peak 1.")
 @click.option("--clip-seconds", type=click.FloatRange(min=0.01), default=None,
@@ -106,7 +104,7 @@ def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sa
               help="GPUs per node (data parallel with --strategy ddp|fsdp).")
 @click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Nodes (launch one process per GPU: docs/multi_gpu.md).")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True)
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
 @common_options
 def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_size: int, lr: float,
           val_every: int, val_clips: int, checkpoint_every: int, num_workers: int, precision: str | None,
