@@ -34,11 +34,6 @@ def default_chunk_size(batch: int, dim: int, d_state: int, seqlen: int) -> int:
     return max(1, min(chunk, seqlen))
 
 
-def _slice_bc(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """The time slice [start, end) of B or C in any layout (a fixed (dim, d_state) B/C has no time axis)."""
-    return X if X.dim() == 2 else X[..., start:end]
-
-
 def _doubling_scan_(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """In place: x_t <- sum_{s<=t} (a_{s+1} ... a_t) x_s along dim 2 (Hillis-Steele, log2(T) steps). a is consumed."""
     T = x.shape[2]
@@ -73,6 +68,9 @@ SEQUENTIAL_MIN_CHAINS = 2048
 class LinearScan(torch.autograd.Function):
     """h_t = a_t * h_{t-1} + x_t along dim 2, h_{-1} = h0; a, x: (batch, dim, T, d_state), h0: (batch, dim, d_state).
 
+    Returns h and, as a second output, its last step h_{T-1} (batch, dim, d_state): a gradient reaching the last
+    state this way is added to one slice, where indexing h would zero-fill and add a whole (batch, dim, T, d_state).
+
     Backward is the same recurrence run in reverse: g_t = dL/dh_t + a_{t+1} g_{t+1} is dL/dx_t, then
     dL/da_t = g_t * h_{t-1} and dL/dh0 = a_0 * g_0.
     """
@@ -88,20 +86,27 @@ class LinearScan(torch.autograd.Function):
             _doubling_scan_(a.clone(), h)
         ctx.sequential = sequential
         ctx.save_for_backward(a, h, h0)
-        return h
+        return h, h[:, :, -1].clone()
 
     @staticmethod
-    def backward(ctx, grad_h):
+    def backward(ctx, grad_h, grad_last):
         a, h, h0 = ctx.saved_tensors
-        # the reverse recurrence g_t = grad_t + a_{t+1} g_{t+1}
-        a_next = torch.zeros_like(a)
+        # the reverse recurrence g_t = grad_t + a_{t+1} g_{t+1}; buffers take a's memory layout (time-major from
+        # _scan_chunk, so that the step-by-step loop reads contiguous slices)
+        a_next = torch.empty_like(a)
         a_next[:, :, :-1] = a[:, :, 1:]
+        a_next[:, :, -1] = 0
+        g = torch.empty_like(a)
+        g.copy_(grad_h)
+        g[:, :, -1] += grad_last
         if ctx.sequential:
-            g = _sequential_scan_(a_next, grad_h.clone(), reverse=True)
+            _sequential_scan_(a_next, g, reverse=True)
         else:
-            g = _doubling_scan_(a_next.flip(2), grad_h.flip(2).contiguous()).flip(2)
-        h_prev = torch.cat([h0[:, :, None], h[:, :, :-1]], dim=2)
-        return g * h_prev, g, a[:, :, 0] * g[:, :, 0]
+            g = _doubling_scan_(a_next.flip(2), g.flip(2).contiguous()).flip(2)
+        grad_a = torch.empty_like(a)  # g_t * h_{t-1}, h_{-1} = h0
+        torch.mul(g[:, :, 1:], h[:, :, :-1], out=grad_a[:, :, 1:])
+        torch.mul(g[:, :, 0], h0, out=grad_a[:, :, 0])
+        return grad_a, g, a[:, :, 0] * g[:, :, 0]
 
 
 def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -112,7 +117,7 @@ def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Ten
     Returns:
         h: (batch, dim, T, d_state), every state of the chunk.
     """
-    return LinearScan.apply(a, x, h0)
+    return LinearScan.apply(a, x, h0)[0]
 
 
 def _scan_chunk(h0, dt, u, A, B, C):
@@ -121,13 +126,15 @@ def _scan_chunk(h0, dt, u, A, B, C):
     Returns y (batch, dim, T) = sum_n C_t h_t, and the last state (batch, dim, d_state).
     """
     batch, dim, T = u.shape
-    Bx = expand_bc(B.to(dt.dtype), batch, dim, T)
-    Cx = expand_bc(C.to(dt.dtype), batch, dim, T)
-    a = torch.exp(dt[..., None] * A[:, None, :])
-    x = (dt * u)[..., None] * Bx
-    h = linear_scan(a, x, h0)
-    y = (h * Cx).sum(-1)
-    return y, h[:, :, -1]
+    # (T, batch, dim, d_state) in memory, seen as (batch, dim, T, d_state): every time step is one contiguous slice
+    Bx = expand_bc(B.to(dt.dtype), batch, dim, T).permute(2, 0, 1, 3)
+    Cx = expand_bc(C.to(dt.dtype), batch, dim, T).permute(2, 0, 1, 3)
+    dt_t = dt.permute(2, 0, 1).contiguous()  # (T, batch, dim)
+    a = torch.exp(dt_t[..., None] * A)
+    x = (dt_t * u.permute(2, 0, 1))[..., None] * Bx
+    h, last = LinearScan.apply(a.permute(1, 2, 0, 3), x.permute(1, 2, 0, 3), h0)
+    y = (h.permute(2, 0, 1, 3) * Cx).sum(-1).permute(1, 2, 0)
+    return y, last
 
 
 def selective_scan_chunked(
@@ -166,9 +173,11 @@ def selective_scan_chunked(
     # Small problems keep every chunk's intermediates; large ones recompute them in the backward.
     recompute = needs_grad and batch * dim * seqlen * d_state > RECOMPUTE_ABOVE_ELEMENTS
     ys = []
-    for start in range(0, seqlen, chunk):
-        end = min(start + chunk, seqlen)
-        args = (h, dt[:, :, start:end], uc[:, :, start:end], Ac, _slice_bc(B, start, end), _slice_bc(C, start, end))
+    # split, not sliced chunk by chunk: the backward of a slice zero-fills a whole (batch, dim, seqlen) per chunk
+    n_chunks = -(-seqlen // chunk)
+    pieces = [x.split(chunk, dim=-1)[:n_chunks] if x.dim() > 2 else [x] * n_chunks for x in (dt, uc, B, C)]
+    for dt_c, u_c, B_c, C_c in zip(*pieces):
+        args = (h, dt_c, u_c, Ac, B_c, C_c)
         if recompute:
             y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
         else:
