@@ -31,7 +31,7 @@ def main(root: Path) -> None:
     for arm, rc, train, per in rows:
         acc = " | ".join(f"{r['accuracy']:.3f}" for r in per)
         print(f"| {arm} | {rc} | {acc} | {train.get('train_seconds')} | {train.get('steps')} | "
-              f"{train.get('stopped_by')} | {train.get('parameters')} |")
+              f"{train.get('stopped_by', 'max_steps')} | {train.get('parameters')} |")
 
 
 if __name__ == "__main__":

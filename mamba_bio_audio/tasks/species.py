@@ -1,10 +1,15 @@
 """Species classification of DNA windows: the library behind ``mba species`` and ``mba demo``.
 
 A :class:`~mamba_bio_audio.models.classifier.MambaClassifier` reads a window of token ids ``(batch, seqlen)`` and
-returns species logits ``(batch, num_species)`` from the hidden state of the last token (a causal model has read
-the whole window there), as in the Mamba paper's Great Apes task. The species names travel in the saved model's
-config (``config.extra["classifier"]["labels"]``) with the window length it was trained on
+returns species logits ``(batch, num_species)`` from the mean of its hidden states over the window (or, with
+``pooling="last"``, the last token's, the head of the Mamba paper's Great Apes task). The species names travel in
+the saved model's config (``config.extra["classifier"]["labels"]``) with the window length it is meant for
 (``config.extra["dna"]["window"]``).
+
+Defaults, from the A/B on held-out strains of five bacteria (``results/dna/ab.md``): the ``paper-1.4m`` preset,
+mean pooling, lr 1e-3, and training on windows of at most :data:`DEFAULT_TRAIN_LENGTH` bases whatever the window
+the model is meant for (a mean-pooled model reads any length; many short windows taught it far more in the same
+GPU time than few long ones).
 
 - training: :func:`plan_training` validates a run and builds it (nothing written), :func:`run_training` fits it;
 - evaluation: :func:`evaluate_lengths` scores a model on the same fixed windows (:func:`~mamba_bio_audio.data_prep.
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 
 from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
-from mamba_bio_audio.data_prep.dna.windows import eval_windows
+from mamba_bio_audio.data_prep.dna.windows import WindowSampler, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.devices import torch_device
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
@@ -47,6 +52,9 @@ from mamba_bio_audio.tasks.windows import (
     plan_windows,
     run_windows,
 )
+
+DEFAULT_PRESET = "paper-1.4m"  # a species run's model size without --preset or --init-from
+DEFAULT_TRAIN_LENGTH = 1024  # a mean-pooled species run trains on windows of at most this length by default
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -134,12 +142,23 @@ def label_map(model_labels: Sequence[str], store: TokenStore) -> np.ndarray:
 # ---- training -----------------------------------------------------------------------------------------------------
 @dataclass
 class SpeciesSettings(TrainSettings):
-    """:class:`~mamba_bio_audio.tasks.windows.TrainSettings` plus ``bidirectional`` mixers, ``init_from`` a pretrained LM and
-    the classifier's ``pooling`` ("last" or "mean")."""
+    """:class:`~mamba_bio_audio.tasks.windows.TrainSettings` plus ``bidirectional`` mixers, ``init_from`` a
+    pretrained LM, the classifier's ``pooling`` ("mean" or "last") and ``train_length``: the length of the training
+    windows (None: ``length`` with last-token pooling, else at most :data:`DEFAULT_TRAIN_LENGTH`). ``length`` is the
+    window the model is meant for (recorded with it: the default of evaluation and prediction). ``preset`` None:
+    :data:`DEFAULT_PRESET`, or the shape of ``init_from``."""
 
     bidirectional: bool = False
     init_from: str | None = None
-    pooling: str = "last"
+    pooling: str = "mean"
+    train_length: int | None = None
+
+    def resolved_train_length(self) -> int:
+        if self.train_length is not None:
+            if self.train_length < 2:
+                raise UserError(f"--train-length must be at least 2, got {self.train_length}")
+            return self.train_length
+        return self.length if self.pooling == "last" else min(self.length, DEFAULT_TRAIN_LENGTH)
 
 
 def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> WindowPlan:
@@ -153,11 +172,17 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> W
     labels = list(store.meta["species"])
     if len(labels) < 2:
         raise DataError(f"{store.path}: holds {len(labels)} species; classification needs at least 2")
-    plan = plan_windows(store, settings, lambda: build_classifier(
-        labels, settings.length, settings.preset, settings.bidirectional, settings.init_from, settings.pooling),
+    preset = settings.preset or (None if settings.init_from else DEFAULT_PRESET)
+    train_length = settings.resolved_train_length()
+    if train_length != settings.length:  # the window the model is meant for must exist too (a DataError if not)
+        WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction)
+    training = dataclasses.replace(settings, preset=preset, length=train_length)
+    plan = plan_windows(store, training, lambda: build_classifier(
+        labels, settings.length, preset, settings.bidirectional, settings.init_from, settings.pooling),
         labelled=True)
     plan.summary.update(labels=labels, train_species=plan.species, init_from=settings.init_from,
-                        bidirectional=settings.bidirectional, pooling=settings.pooling)
+                        bidirectional=settings.bidirectional, pooling=settings.pooling, window=settings.length,
+                        train_length=train_length)
     return plan
 
 

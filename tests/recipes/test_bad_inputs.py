@@ -23,8 +23,8 @@ from helpers import run_cli as run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPECIES_TRAIN = ["--length", "64", "--batch-size", "4", "--val-per-species", "0", "--checkpoint-every", "1",
-                 "--max-steps", "2", "--device", "cpu"]
+SPECIES_TRAIN = ["--preset", "tiny", "--length", "64", "--batch-size", "4", "--val-per-species", "0",
+                 "--checkpoint-every", "1", "--max-steps", "2", "--device", "cpu"]
 
 
 def _ok(args):

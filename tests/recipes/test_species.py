@@ -17,8 +17,8 @@ from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
 from helpers import assert_one_line_error
 from helpers import run_cli as run
 
-TRAIN = ["--length", "64", "--batch-size", "4", "--val-per-species", "2", "--checkpoint-every", "1",
-         "--device", "cpu"]
+TRAIN = ["--preset", "tiny", "--length", "64", "--batch-size", "4", "--val-per-species", "2",
+         "--checkpoint-every", "1", "--device", "cpu"]
 
 
 

@@ -22,7 +22,7 @@ def store(tmp_path_factory):
 
 
 def test_species_and_pretraining_plans_share_one_setup(store):
-    species = plan_training(store, SpeciesSettings(length=64, max_steps=10, val_per_species=2))
+    species = plan_training(store, SpeciesSettings(length=64, max_steps=10, val_per_species=2, preset="tiny"))
     lm = plan_pretraining(store, TrainSettings(length=64, max_steps=10, val_per_species=2))
     assert isinstance(species.task, ClassificationTask) and isinstance(lm.task, LMTask)
     tiny = PRESETS["tiny"]

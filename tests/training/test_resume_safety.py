@@ -20,8 +20,8 @@ from helpers import run_cli as run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TRAIN = ["--length", "64", "--batch-size", "4", "--val-per-species", "0", "--checkpoint-every", "1",
-         "--device", "cpu"]
+TRAIN = ["--preset", "tiny", "--length", "64", "--batch-size", "4", "--val-per-species", "0",
+         "--checkpoint-every", "1", "--device", "cpu"]
 
 
 class Planted:
@@ -100,7 +100,7 @@ def test_resume_with_another_preset_is_refused_and_keeps_the_config(run_dir, cop
     the README's `--config RUN/config.yaml --resume` then replayed the wrong options."""
     config = (copy / "config.yaml").read_bytes()
     code, _, err = run(["species", "train", "--data", run_dir / "store", "--out", copy, "--max-steps", "3",
-                        "--resume", "--preset", "paper-1.4m", *TRAIN], capsys)
+                        "--resume", *TRAIN, "--preset", "paper-1.4m"], capsys)
     assert_one_line_error(code, err, "--preset paper-1.4m", "--resume")
     assert (copy / "config.yaml").read_bytes() == config
 

@@ -21,8 +21,8 @@ from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
 
 STEPS = 12
 # a checkpoint every step tells the test that training is under way (the handlers are set at its start)
-TRAIN = ["--length", "64", "--batch-size", "4", "--val-per-species", "0", "--checkpoint-every", "1",
-         "--device", "cpu", "--max-steps", str(STEPS)]
+TRAIN = ["--preset", "tiny", "--length", "64", "--batch-size", "4", "--val-per-species", "0",
+         "--checkpoint-every", "1", "--device", "cpu", "--max-steps", str(STEPS)]
 
 
 @pytest.fixture(scope="module")
