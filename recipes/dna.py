@@ -17,21 +17,17 @@ import click
 
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.classify import classify
-from mamba_bio_audio.recipes.options import budget_options, common_options
+from mamba_bio_audio.recipes.options import budget_options, common_options, window_training_options
 from mamba_bio_audio.recipes.outputs import (
     check_output_folder,
     check_resume_config,
+    echo_summary,
     run_config_value,
     run_folder,
     write_json,
-)
-from mamba_bio_audio.recipes.species import (
-    DIR,
-    PRESET_NAMES,
-    echo_summary,
-    window_training_options,
     write_run_config,
 )
+from mamba_bio_audio.recipes.species import DIR, PRESET_NAMES
 
 
 @click.group("dna")

@@ -92,3 +92,33 @@ def budget_options(f):
     f = click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
                      help=MAX_MINUTES_HELP)(f)
     return click.option("--max-steps", type=click.IntRange(min=1), default=None, help=MAX_STEPS_HELP)(f)
+
+
+def window_training_options(f):
+    """Options shared by ``species train`` and ``dna pretrain``: batch, schedule, sequence-length warm-up,
+    activation checkpointing, validation, checkpoints, workers, devices and ``--resume``."""
+    for option in reversed([
+        click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Batches per optimizer step."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Peak learning rate [default: the preset's]."),
+        click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
+                     help="Sequence-length warm-up from this length, doubling to --length at constant tokens per batch "
+                          "[default: 16384 above 16384, else off; 0: off]."),
+        click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
+                     help="Steps per warm-up stage [default: max-steps / 10]."),
+        click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
+                     help="Recompute activations in the backward pass [default: on from 131072 bases]."),
+        click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True),
+        click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]"),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True),
+        click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="GPUs per node (data parallel with --strategy ddp|fsdp)."),
+        click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Nodes (launch one process per GPU: docs/multi_gpu.md)."),
+        click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
+    ]):
+        f = option(f)
+    return f

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import click
+
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.files import (
     atomic_write_text,
@@ -113,3 +115,20 @@ def run_config_value(out: Path, key: str):
     except (OSError, yaml.YAMLError):
         return None
     return saved.get(key) if isinstance(saved, dict) else None
+
+
+def write_run_config(out: Path, params: dict, **resolved) -> None:
+    """``out/config.yaml``: the command's option values (``resolved`` ones replaced by what the run used), so that
+    ``--config out/config.yaml`` repeats the run."""
+    values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+              for k, v in {**params, **resolved}.items()}
+    write_yaml(out / "config.yaml", values)
+
+
+def echo_summary(summary: dict) -> None:
+    click.echo(f"model: {summary['n_layer']} layers x d_model {summary['d_model']}, {summary['parameters']:,} "
+               f"parameters; batch {summary['batch_size']}, lr {summary['lr']:g}; validation: {summary['validation']}")
+    if summary.get("sequence_length_warmup"):
+        stages = summary["sequence_length_warmup"]["stages"]
+        click.echo("sequence-length warm-up: " + ", ".join(f"{s['length']} from step {s['from_step']}"
+                                                           for s in stages))

@@ -23,73 +23,28 @@ from mamba_bio_audio.recipes.options import (
     device_option,
     overwrite_option,
     parse_int_list,
+    window_training_options,
 )
 from mamba_bio_audio.recipes.outputs import (
     atomic_write_text,
     check_output_file,
     check_output_folder,
     check_resume_config,
+    echo_summary,
     output_folder,
     run_config_value,
     run_folder,
     write_json,
-    write_yaml,
+    write_run_config,
 )
 
 PRESET_NAMES = ("tiny", "paper-1.4m", "paper-7m")
 DIR = click.Path(file_okay=False, path_type=Path)
 
 
-def window_training_options(f):
-    """Options shared by ``species train`` and ``dna pretrain``: batch, schedule, sequence-length warm-up,
-    activation checkpointing, validation, checkpoints, workers, devices and ``--resume``."""
-    for option in reversed([
-        click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Batches per optimizer step."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Peak learning rate [default: the preset's]."),
-        click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
-                     help="Sequence-length warm-up from this length, doubling to --length at constant tokens per batch "
-                          "[default: 16384 above 16384, else off; 0: off]."),
-        click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
-                     help="Steps per warm-up stage [default: max-steps / 10]."),
-        click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
-                     help="Recompute activations in the backward pass [default: on from 131072 bases]."),
-        click.option("--val-per-species", type=click.IntRange(min=0), default=8, show_default=True),
-        click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]"),
-        click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True),
-        click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True),
-        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="GPUs per node (data parallel with --strategy ddp|fsdp)."),
-        click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Nodes (launch one process per GPU: docs/multi_gpu.md)."),
-        click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
-    ]):
-        f = option(f)
-    return f
-
-
 @click.group("species")
 def species() -> None:
     """DNA species classification: prepare genomes, train, evaluate across window lengths, predict."""
-
-
-def write_run_config(out: Path, params: dict, **resolved) -> None:
-    """``out/config.yaml``: the command's option values (``resolved`` ones replaced by what the run used), so that
-    ``--config out/config.yaml`` repeats the run."""
-    values = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-              for k, v in {**params, **resolved}.items()}
-    write_yaml(out / "config.yaml", values)
-
-
-def echo_summary(summary: dict) -> None:
-    click.echo(f"model: {summary['n_layer']} layers x d_model {summary['d_model']}, {summary['parameters']:,} "
-               f"parameters; batch {summary['batch_size']}, lr {summary['lr']:g}; validation: {summary['validation']}")
-    if summary.get("sequence_length_warmup"):
-        stages = summary["sequence_length_warmup"]["stages"]
-        click.echo("sequence-length warm-up: " + ", ".join(f"{s['length']} from step {s['from_step']}"
-                                                           for s in stages))
 
 
 # ---- prepare ------------------------------------------------------------------------------------------------------
@@ -139,46 +94,53 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
 @budget_options
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
-              help="Model size [default: tiny, or the shape of --init-from].")
+              help="Model size [default: paper-1.4m, or the shape of --init-from; tiny for a quick CPU run].")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="A 'dna pretrain' run (or its model/ folder) whose backbone starts the classifier.")
 @click.option("--bidirectional", is_flag=True, help="Each mixer also reads the window backwards (shared weights).")
-@click.option("--pooling", type=click.Choice(["last", "mean"]), default="last", show_default=True,
-              help="Classify from the last base's hidden state (the paper's causal head) or the window's mean.")
+@click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
+              help="Classify from the window's mean hidden state or the last base's (the paper's causal head).")
+@click.option("--train-length", type=click.IntRange(min=2), default=None,
+              help="Training window in bases [default: --length with --pooling last, else at most 1024]; --length "
+                   "is the window the model is meant for (evaluation and prediction default to it).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step [default: the preset's, at most its token budget].")
 @click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Probability of reverse-complementing a training window.")
 @window_training_options
 @common_options
-def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str | None, init_from: Path | None,
-          bidirectional: bool, pooling: str, batch_size: int | None, accumulate: int, lr: float | None,
-          warmup_min_length: int | None, warmup_stage_steps: int | None, checkpoint_activations: bool | None,
-          rc_prob: float, val_per_species: int, val_every: int | None, checkpoint_every: int, num_workers: int,
-          devices: int, num_nodes: int, strategy: str, resume: bool, device: str, seed: int) -> None:
-    """Train a MambaClassifier (last-token head) on random RC-augmented windows of the train split."""
+def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes: float | None,
+          preset: str | None, init_from: Path | None, bidirectional: bool, pooling: str, train_length: int | None,
+          batch_size: int | None, accumulate: int, lr: float | None, warmup_min_length: int | None,
+          warmup_stage_steps: int | None, checkpoint_activations: bool | None, rc_prob: float, val_per_species: int,
+          val_every: int | None, checkpoint_every: int, num_workers: int, devices: int, num_nodes: int,
+          strategy: str, resume: bool, device: str, seed: int) -> None:
+    """Train a MambaClassifier on random RC-augmented windows of the train split."""
     from mamba_bio_audio.tasks.species import SpeciesSettings, plan_training, run_training
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     settings = SpeciesSettings(
-        length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
-        warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
+        length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr,
+        accumulate=accumulate, warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
-        devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed, bidirectional=bidirectional, pooling=pooling,
-        init_from=None if init_from is None else str(init_from))
+        devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed, bidirectional=bidirectional,
+        pooling=pooling, train_length=train_length, init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "species train", resume=resume, overwrite=True, inputs=(data, init_from))
     if resume:
-        check_resume_config(out, click.get_current_context().params, ("preset", "length", "bidirectional", "pooling"))
-        if max_steps is None:  # the step count this run planned from its budget
-            settings.max_steps = run_config_value(out, "max_steps")
+        check_resume_config(out, click.get_current_context().params,
+                            ("preset", "length", "bidirectional", "pooling", "train_length"))
+        for key in ("max_steps", "preset", "train_length"):  # as the run had them (e.g. the steps it planned)
+            if getattr(settings, key) is None:
+                setattr(settings, key, run_config_value(out, key))
     plan = plan_training(data, settings)
     if is_main_process():
         echo_summary(plan.summary)
         run_folder(out, "species train", resume=resume, inputs=(data, init_from))
         write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
-                         lr=plan.summary["lr"], max_steps=plan.summary["max_steps"])
+                         lr=plan.summary["lr"], max_steps=plan.summary["max_steps"],
+                         train_length=plan.summary["train_length"])
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         write_json(out / "metrics.json", metrics)
