@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from mamba_bio_audio.errors import UserError
-from mamba_bio_audio.recipes.options import common_options, config_option, out_option, overwrite_option
+from mamba_bio_audio.recipes.options import (
+    budget_options,
+    common_options,
+    config_option,
+    out_option,
+    overwrite_option,
+)
 from mamba_bio_audio.recipes.outputs import (
     atomic_write_text,
     check_output_folder,
@@ -88,7 +94,7 @@ def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sa
 @click.option("--preset", type=click.Choice(MODEL_PRESETS), default="paper-6m", show_default=True)
 @click.option("--arch", type=click.Choice(ARCHS), default="sashimi", show_default=True,
               help="Multi-scale SaShiMi-style Mamba U-Net, or a plain Mamba LM.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=200_000, show_default=True)
+@budget_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Peak AdamW lr (betas 0.9/0.95, weight decay 0.1, 10% warm-up, cosine; grad clip 0.1).")
@@ -106,7 +112,8 @@ def prepare(src: Path | None, folder: Path | None, download: bool, out: Path, sa
               help="Nodes (launch one process per GPU: docs/multi_gpu.md).")
 @click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
 @common_options
-def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_size: int, lr: float,
+def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, max_minutes: float | None,
+          batch_size: int, lr: float,
           val_every: int, val_clips: int, checkpoint_every: int, num_workers: int, precision: str | None,
           resume: bool, devices: int, num_nodes: int, strategy: str, device: str, seed: int) -> None:
     """Train an 8-bit audio LM on next-sample prediction."""
@@ -121,7 +128,8 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
         check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
     out = run_folder(out, "sc09 train", resume=resume, inputs=(data,))
     write_yaml(out / "config.yaml", _options())
-    settings = AudioTrainSettings(arch=arch, preset=preset, max_steps=max_steps, batch_size=batch_size, lr=lr,
+    settings = AudioTrainSettings(arch=arch, preset=preset, max_steps=max_steps, max_minutes=max_minutes,
+                                  batch_size=batch_size, lr=lr,
                                   val_every=val_every, val_clips=val_clips, checkpoint_every=checkpoint_every,
                                   num_workers=num_workers, precision=precision, devices=devices,
                                   num_nodes=num_nodes, strategy=strategy, device=device, seed=seed)
@@ -135,7 +143,7 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int, batch_s
     write_json(out / "metrics.json", metrics)
     val_bits = metrics["val_bits_per_sample"]
     shown = "n/a (no val split)" if val_bits is None else f"{val_bits:.4f}"
-    click.echo(f"val NLL {shown} bits/sample after {max_steps} steps ({metrics['train_seconds']:.0f} s); wrote "
+    click.echo(f"val NLL {shown} bits/sample after {metrics['steps']} steps ({metrics['train_seconds']:.0f} s); wrote "
                f"{out}/model")
 
 

@@ -92,16 +92,21 @@ def clip_sample_fn(dataset: AudioClipDataset, seed: int) -> Callable[[int], dict
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
+DEFAULT_STEPS = 200_000  # optimizer steps of an audio run given neither --max-steps nor --max-minutes
+
+
 @dataclass
 class AudioTrainSettings:
     """An SC09 training run: model (``arch``, ``preset``), schedule (AdamW at peak ``lr``, betas 0.9/0.95, weight
     decay 0.1, 10 % warm-up, cosine; grad clip 0.1), validation every ``val_every`` steps (0: a tenth of the run) on
     ``val_clips`` clips, checkpoints, loader workers and devices as :class:`~mamba_bio_audio.training.trainer.
-    TrainerConfig` takes them."""
+    TrainerConfig` takes them. ``max_steps`` None: the steps a resumed run planned, else with ``max_minutes`` (a
+    wall-clock budget) as many as fit it at the measured step time, else :data:`DEFAULT_STEPS`."""
 
     arch: str = "sashimi"
     preset: str = "paper-6m"
-    max_steps: int = 200_000
+    max_steps: int | None = None
+    max_minutes: float | None = None
     batch_size: int = 16
     lr: float = 2e-3
     val_every: int = 0
@@ -125,6 +130,13 @@ def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None
     """
     import lightning.pytorch as pl
 
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.training.budget import (
+        budget_callback,
+        planned_max_steps,
+        planned_steps,
+        seconds_per_step,
+    )
     from mamba_bio_audio.training.data import IndexedDataModule
     from mamba_bio_audio.training.module import LMTask, OptimConfig
     from mamba_bio_audio.training.trainer import TrainerConfig, fit
@@ -136,18 +148,27 @@ def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None
     model = build_audio_lm(s.arch, s.preset, audio)
     val = [] if val_set is None else [{"input_ids": lm_example(val_set[i]["input_ids"])}
                                       for i in range(min(s.val_clips, len(val_set)))]
-    task = LMTask(model, OptimConfig(lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1,
-                                     max_steps=s.max_steps))
     datamodule = IndexedDataModule(clip_sample_fn(train_set, s.seed), s.batch_size, val_samples=val,
                                    num_workers=s.num_workers)
-    trainer_config = TrainerConfig(max_steps=s.max_steps, device=s.device, devices=s.devices, num_nodes=s.num_nodes,
+    max_steps, step_seconds = s.max_steps, None
+    if max_steps is None and resume:
+        max_steps = planned_max_steps(out / "checkpoints" / "last.ckpt")
+    if max_steps is None and s.max_minutes is not None:
+        step_seconds = seconds_per_step(LMTask(model, OptimConfig(lr=s.lr)), datamodule, torch_device(s.device))
+        max_steps = planned_steps(60 * s.max_minutes, step_seconds)
+    max_steps = max_steps or DEFAULT_STEPS
+    task = LMTask(model, OptimConfig(lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1,
+                                     max_steps=max_steps))
+    trainer_config = TrainerConfig(max_steps=max_steps, max_minutes=s.max_minutes, device=s.device,
+                                   devices=s.devices, num_nodes=s.num_nodes,
                                    strategy=s.strategy, precision=s.precision, grad_clip=0.1,
                                    checkpoint_every=s.checkpoint_every,
-                                   val_every=(s.val_every or max(1, s.max_steps // 10)) if val else 0,
-                                   log_every=max(1, min(50, s.max_steps // 20)))
+                                   val_every=(s.val_every or max(1, max_steps // 10)) if val else 0,
+                                   log_every=max(1, min(50, max_steps // 20)))
     started = time.time()
     trainer = fit(task, datamodule, out, trainer_config, resume=resume)
     train_seconds = time.time() - started
+    cut = bool(getattr(budget_callback(trainer), "cut", False))
     if not trainer.is_global_zero:
         return None
     model.save_pretrained(out / "model")
@@ -156,7 +177,10 @@ def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None
         val_bits = nll_bits_per_sample(model, val_set, batch_size=s.batch_size, max_clips=s.val_clips,
                                        device=next(model.parameters()).device)
     return {"val_bits_per_sample": val_bits, "val_clips": min(s.val_clips, len(val_set or [])),
-            "max_steps": s.max_steps, "train_seconds": train_seconds, "arch": s.arch, "preset": s.preset,
+            "max_steps": max_steps, "max_minutes": s.max_minutes, "steps": int(trainer.global_step),
+            "budget_cut": cut, **({"stopped_by": "max_minutes"} if cut else {}),
+            **({"measured_seconds_per_step": round(step_seconds, 4)} if step_seconds is not None else {}),
+            "train_seconds": train_seconds, "arch": s.arch, "preset": s.preset,
             "parameters": sum(p.numel() for p in model.parameters()), **audio}
 
 

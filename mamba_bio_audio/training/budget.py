@@ -101,3 +101,17 @@ def seconds_per_step(task: pl.LightningModule, datamodule: pl.LightningDataModul
 def planned_steps(budget_seconds: float, step_seconds: float) -> int:
     """Optimizer steps that fill :data:`PLANNED_SHARE` of the budget at ``step_seconds`` a step (at least 1)."""
     return max(1, int(PLANNED_SHARE * budget_seconds / max(step_seconds, 1e-9)))
+
+
+def planned_max_steps(checkpoint) -> int | None:
+    """The ``max_steps`` a run's training checkpoint was planned with (its task's optimizer settings), or None when
+    there is no checkpoint: what a ``--resume`` continues to when it was not given the steps again."""
+    from pathlib import Path
+
+    from mamba_bio_audio.training.trainer import load_training_checkpoint
+
+    if not Path(checkpoint).is_file():
+        return None
+    hparams = load_training_checkpoint(checkpoint).get("hyper_parameters", {})
+    steps = hparams.get("optim", {}).get("max_steps")
+    return int(steps) if steps else None

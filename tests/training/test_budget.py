@@ -86,13 +86,26 @@ def test_seconds_per_step_times_a_copy_and_leaves_the_task_untouched(tiny_specie
 def test_species_train_with_a_budget_plans_steps_and_says_when_the_budget_cut_it(tiny_species_store, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["species", "train", "--data", str(tiny_species_store), "--out", str(out),
-                                      "--length", "64", "--batch-size", "2", "--max-minutes", "0.01",
+                                      "--preset", "tiny", "--length", "64", "--batch-size", "2",
+                                      "--max-minutes", "0.01",
                                       "--val-per-species", "0", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["max_minutes"] == 0.01
     assert metrics["measured_seconds_per_step"] > 0
     assert metrics["max_steps"] >= 1 and 1 <= metrics["steps"] <= metrics["max_steps"]
-    assert metrics["stopped_by"] in ("max_steps", "max_minutes")
-    assert metrics["budget_cut"] == (metrics["stopped_by"] == "max_minutes")
+    assert metrics["budget_cut"] or metrics["steps"] == metrics["max_steps"]
+    assert metrics.get("stopped_by") == ("max_minutes" if metrics["budget_cut"] else None)
     assert (out / "model" / "config.json").is_file()
+
+
+def test_planned_max_steps_reads_the_steps_a_run_was_planned_with(tiny_species_store, tmp_path):
+    from mamba_bio_audio.training.budget import planned_max_steps
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["species", "train", "--data", str(tiny_species_store), "--out", str(out),
+                                      "--preset", "tiny", "--length", "64", "--batch-size", "2", "--max-steps", "2",
+                                      "--val-per-species", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert planned_max_steps(out / "checkpoints" / "last.ckpt") == 2
+    assert planned_max_steps(tmp_path / "nothing.ckpt") is None
