@@ -22,23 +22,33 @@ from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.options import common_options, out_option, parse_int_list
 from mamba_bio_audio.recipes.outputs import run_folder, write_json, write_yaml
 
+#: Training budget and learning rate of the demo (measured on a loaded 2-core CPU: results/cpu_speed.md).
+DEMO_MINUTES = 1.0
+DEMO_LR = 3e-3
+
 
 @click.command("demo")
 @out_option(required=False, help_text="Output folder [default: ./mba-demo].")
-@click.option("--max-steps", type=click.IntRange(min=1), default=30, show_default=True, help="Training steps.")
-@click.option("--length", type=click.IntRange(min=8), default=256, show_default=True, help="Training window.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Training steps [default: as many as fit --max-minutes at the measured speed].")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=DEMO_MINUTES, show_default=True,
+              help="Wall-clock budget for training (the whole demo takes about a minute more on a 2-core CPU).")
+@click.option("--length", type=click.IntRange(min=8), default=1024, show_default=True, help="Training window.")
 @click.option("--eval-lengths", default="256,1024,4096", show_default=True, help="Comma-separated window lengths.")
 @click.option("--per-species", type=click.IntRange(min=1), default=8, show_default=True,
               help="Test windows per species and length.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--pooling", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEMO_LR, show_default=True,
+              help="Peak learning rate.")
+@click.option("--pooling", type=click.Choice(["last", "mean"]), default="mean", show_default=True,
               help="Classifier head: the last base's hidden state (the paper's) or the window's mean.")
 @click.option("--species", "n_species", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--genome-length", type=click.IntRange(min=1000), default=50_000, show_default=True,
               help="Bases per synthetic strain (3 strains per species).")
 @common_options
-def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_species: int, batch_size: int,
-         pooling: str, n_species: int, genome_length: int, device: str, seed: int) -> None:
+def demo(out: Path | None, max_steps: int | None, max_minutes: float, length: int, eval_lengths: str,
+         per_species: int, batch_size: int, lr: float, pooling: str, n_species: int, genome_length: int, device: str,
+         seed: int) -> None:
     """Species classification on synthetic genomes: prepare, train a tiny model, evaluate across window lengths."""
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
     from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
@@ -57,8 +67,8 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
     if max(length, *lengths) > genome_length or min(lengths) < 8:
         raise UserError(f"window lengths must lie in 8..--genome-length ({genome_length}), got {length} and "
                         f"{eval_lengths}")
-    settings = SpeciesSettings(length=length, max_steps=max_steps, preset="tiny", batch_size=batch_size,
-                               pooling=pooling, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
+    settings = SpeciesSettings(length=length, max_steps=max_steps, max_minutes=max_minutes, preset="tiny",
+                               batch_size=batch_size, lr=lr, pooling=pooling, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
                                progress=False)
     torch_dev = torch_device(device)
     out = run_folder(out or Path("mba-demo"), "demo")
@@ -69,8 +79,9 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
                f"held-out test strain per species")
     plan = plan_training(store, settings)
     s = plan.summary
-    click.echo(f"training a {s['parameters']:,}-parameter Mamba ({s['n_layer']} layers x d_model {s['d_model']}) "
-               f"for {max_steps} steps of {batch_size} windows of {length} bases ...")
+    steps = f"{max_steps} steps" if max_steps else f"up to {max_minutes:g} min"
+    click.echo(f"training a {s['parameters']:,}-parameter Mamba ({s['n_layer']} layers x d_model {s['d_model']}, "
+               f"{pooling} pooling) for {steps} on batches of {batch_size} windows of {length} bases ...")
     if (out / "run").exists():
         shutil.rmtree(out / "run")  # the previous demo's run
     train_metrics = run_training(plan, out / "run")
@@ -79,8 +90,11 @@ def demo(out: Path | None, max_steps: int, length: int, eval_lengths: str, per_s
     result.update(train=train_metrics, synthetic=True, seconds=round(time.time() - started, 1))
     write_json(out / "metrics.json", result)
     plot_accuracy_vs_length(out / "accuracy_vs_length.png", result,
-                            title=f"mba demo (synthetic genomes): tiny Mamba, {max_steps} steps at {length} bases")
+                            title=f"mba demo (synthetic genomes): tiny Mamba, {train_metrics['steps']} steps at "
+                                  f"{length} bases")
     click.echo(accuracy_table(result))
-    click.echo("The 6-mer baseline shows how much species signal a window of each length holds; a tiny model trained "
-               "for a minute on a CPU is not expected to reach it (train on long windows on a GPU, see the README).")
+    click.echo("The 6-mer baseline shows how much species signal a window of each length holds. A tiny model trained "
+               f"for {train_metrics['steps']} steps on a CPU does not reach it yet: on these genomes the species signal "
+               "is sparse (repeat families, a slight substitution bias), and a minute of CPU training is a few hundred "
+               "thousand bases; train longer (--max-minutes) or on a GPU (see the README).")
     click.echo(f"{result['seconds']:.0f} s; wrote {out}/: metrics.json, accuracy_vs_length.png, config.yaml, run/model/")

@@ -39,7 +39,13 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None,
     else:
         prev = initial_state.to(compute)
     xp = torch.cat([prev, xc], dim=-1)  # (batch, dim, width - 1 + seqlen)
-    out = _depthwise_causal(xp, weight.to(compute), bias.to(compute) if bias is not None else None, seqlen)
+    w, b = weight.to(compute), bias.to(compute) if bias is not None else None
+    low = _autocast_dtype(x.device.type) if compute == torch.float32 else None
+    if low is not None:  # as F.conv1d under autocast: low-precision inputs and output, float32 accumulation
+        xr, w, b = (t.to(low).to(compute) if t is not None else None for t in (xp, w, b))
+        out = _depthwise_causal(xr, w, b, seqlen).to(low).to(compute)
+    else:
+        out = _depthwise_causal(xp, w, b, seqlen)
     if activation is not None:
         out = F.silu(out)
     out = out.to(dtype_in)
@@ -47,6 +53,13 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None,
         return out
     final_state = xp[:, :, xp.shape[-1] - (width - 1):].to(dtype_in)
     return out, final_state
+
+
+def _autocast_dtype(device_type: str):
+    """The autocast dtype when autocast is on for ``device_type`` (F.conv1d would run in it), else None."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def _depthwise_causal(xp, weight, bias, seqlen):
