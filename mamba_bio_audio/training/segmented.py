@@ -5,7 +5,7 @@ Pass 1 runs the segments left to right without autograd and keeps only the state
 right to left: it recomputes one segment with autograd from its saved boundary state, back-propagates the
 segment's loss plus the gradient arriving at its end state, and hands the gradient of its start state to the
 segment before. Memory is one segment's activations; the parameter gradients equal one pass over the whole
-sequence (tests/test_segmented.py checks this in float64).
+sequence (tests/training/test_segmented.py checks this in float64).
 """
 
 from __future__ import annotations

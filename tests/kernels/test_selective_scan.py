@@ -131,7 +131,7 @@ def test_fp32_matches_oracle(case):
 
 
 @cpu_only
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bias", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_softplus_over_a_wide_range(bias):
     """delta + bias from about -18 to 18: dt from ~1e-8 to 18, so the softplus pass and the sigmoid recovered
     from dt in the backward (series below dt = 1/16, 1 - exp(-dt) above) are both exercised."""
@@ -150,7 +150,7 @@ def test_backward_in_waves(monkeypatch, deterministic):
 
 
 @cpu_only
-@pytest.mark.parametrize("bc", ["input", "grouped"])
+@pytest.mark.parametrize("bc", ["input", pytest.param("grouped", marks=pytest.mark.slow)])
 def test_deterministic_mode_matches_and_repeats(deterministic, bc):
     """Under torch.use_deterministic_algorithms the varying dB/dC come from per-program partials (no atomics):
     right, and bitwise the same on a second run."""
@@ -178,6 +178,7 @@ def _channel_major(x: torch.Tensor) -> torch.Tensor:
 
 
 @cpu_only
+@pytest.mark.slow
 def test_strided_layouts_match_contiguous():
     """u, delta, z channel-major (no copies); B, C views of one (batch, 2 * d_state, seqlen) product; dout in
     another layout: same out and gradients as contiguous inputs."""

@@ -27,7 +27,7 @@ def logits_and_grads(model, ids, backend, loss_fn, autocast=False):
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
-@pytest.mark.parametrize("checkpoint_level", [0, 2])
+@pytest.mark.parametrize("checkpoint_level", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: ~30 s
 def test_triton_model_matches_reference(checkpoint_level):
     torch.manual_seed(0)
     config = MambaConfig(d_model=16, n_layer=2, vocab_size=11, d_state=4, checkpoint_level=checkpoint_level)

@@ -259,7 +259,7 @@ CASES = [
     ("sc09-prepare-strict-bad-wav", lambda f, t: (["sc09", "prepare", "--from-folder", f["badwav"], "--out",
                                                    t / "o", "--strict"], t / "o"), ".wav"),
     ("sc09-prepare-out-holds-their-files", lambda f, t: (["sc09", "prepare", "--from-folder", f["badwav"], "--out",
-                                                          f["theirs"]], f["theirs"]), "not a token store"),
+                                                          f["theirs"]], f["theirs"]), "did not write"),
     ("sc09-prepare-again", lambda f, t: (["sc09", "prepare", "--from-folder", f["root"] / "digits", "--out",
                                           f["sc09store"], "--sample-rate", "8000", "--clip-seconds", "0.1"],
                                          f["sc09store"]), "--overwrite"),
