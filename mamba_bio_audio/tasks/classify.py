@@ -36,11 +36,11 @@ from mamba_bio_audio.data_prep.dna.labelled import (
     write_labelled_store,
 )
 from mamba_bio_audio.data_prep.store import TokenStore
-from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.metrics.classification import classification_metrics
 from mamba_bio_audio.models.classifier import MambaClassifier
 from mamba_bio_audio.tasks.baselines import BASELINE_K, BASELINE_L2, BASELINE_NAME, kmer_baseline
-from mamba_bio_audio.tasks.species import build_classifier
+from mamba_bio_audio.tasks.species import build_classifier, copy_backbone
 from mamba_bio_audio.tasks.windows import (
     TrainSettings,
     WindowData,
@@ -114,13 +114,7 @@ def build_model(labels: Sequence[str], window: int, preset: str | None, bidirect
     config = donor.config if preset is None else get_preset(preset).model_config()
     config = dataclasses.replace(config, bidirectional=bidirectional, extra=dna_extra(window))
     model = MambaClassifier(config, num_classes=len(labels), pooling=pooling, labels=list(labels))
-    source, target = donor.backbone.state_dict(), model.backbone.state_dict()
-    for name, tensor in target.items():
-        if name not in source or source[name].shape != tensor.shape:
-            got = tuple(source[name].shape) if name in source else "nothing"
-            raise CheckpointError(f"{folder}: its tensor backbone.{name} has shape {got}, this classifier needs "
-                                  f"{tuple(tensor.shape)} (drop --preset to take the pretrained shape)")
-    model.backbone.load_state_dict(source)
+    copy_backbone(donor, model, folder)
     return model
 
 

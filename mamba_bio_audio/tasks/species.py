@@ -97,9 +97,17 @@ def load_backbone(model: MambaClassifier, path: str | os.PathLike) -> None:
     folder = model_dir(path)
     lm = MambaLM.from_pretrained(folder)
     check_dna_config(lm.config, folder)
-    source, target = lm.backbone.state_dict(), model.backbone.state_dict()
-    if len(source) != len(target) or lm.config.n_layer != model.config.n_layer:
-        raise CheckpointError(f"{folder}: the pretrained model has {lm.config.n_layer} layers, this classifier "
+    copy_backbone(lm, model, folder)
+
+
+def copy_backbone(donor, model: MambaClassifier, folder: str | os.PathLike) -> None:
+    """Load ``donor``'s backbone weights (a MambaLM or a MambaClassifier read from ``folder``) into ``model``'s.
+
+    A CheckpointError names the folder and the layer count or the first tensor whose shape differs.
+    """
+    source, target = donor.backbone.state_dict(), model.backbone.state_dict()
+    if len(source) != len(target) or donor.config.n_layer != model.config.n_layer:
+        raise CheckpointError(f"{folder}: the pretrained model has {donor.config.n_layer} layers, this classifier "
                               f"{model.config.n_layer} (drop --preset to take the pretrained shape)")
     for name, tensor in target.items():
         if name not in source or source[name].shape != tensor.shape:
