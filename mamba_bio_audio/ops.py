@@ -99,9 +99,10 @@ def resolve_backend(backend: str, op: str, tensor: torch.Tensor):
 
 def selective_scan_fn(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    return_last_state=False, initial_state=None, backend="auto",
+    return_last_state=False, initial_state=None, backend="auto", seq_idx=None,
 ):
-    """The selective scan (S6), drop-in compatible with mamba_ssm's ``selective_scan_fn``, plus ``initial_state``.
+    """The selective scan (S6), drop-in compatible with mamba_ssm's ``selective_scan_fn``, plus ``initial_state``
+    and packed sequences (``seq_idx``).
 
         h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t . h_t + D u_t,   out = y * silu(z)
         dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias
@@ -112,6 +113,11 @@ def selective_scan_fn(
         B, C: (dim, d_state) fixed, (batch, d_state, seqlen) or (batch, groups, d_state, seqlen) input-dependent.
         D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
         backend: "auto" | "reference" | "triton" | "cuda".
+        seq_idx: (batch, seqlen) integers (int32 on the Triton path) or None: several sequences packed in a row,
+            each one contiguous run of equal values (e.g. 0, 0, 0, 1, 1, 2, ...). The state is reset to zero
+            before every step t where seq_idx[b, t] != seq_idx[b, t - 1], so each sequence gives exactly what it
+            gives alone. initial_state is the state before the row's first sequence; last_state is the final
+            state of the row's last sequence. Not on the "cuda" backend (mamba_ssm's Mamba-1 scan has none).
     Returns:
         out (batch, dim, seqlen) in u's dtype, or (out, last_state) with last_state (batch, dim, d_state) float32.
     Gradients flow to every tensor input, initial_state included, and through last_state.
@@ -119,13 +125,16 @@ def selective_scan_fn(
     name, fn = resolve_backend(backend, "scan", u)
     if name == "reference":
         return selective_scan_chunked(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx=seq_idx
         )
     if name == "cuda":
         if initial_state is not None:
             raise ValueError("backend 'cuda' (mamba_ssm) has no initial_state; use 'triton' or 'reference'")
+        if seq_idx is not None:
+            raise ValueError("backend 'cuda' (mamba_ssm) has no seq_idx (packed sequences); use 'triton' or "
+                             "'reference'")
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx)
 
 
 def selective_state_update(

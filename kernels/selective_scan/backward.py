@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
-from mamba_bio_audio.kernels.selective_scan.forward import dt_input
+from mamba_bio_audio.kernels.selective_scan.forward import dt_input, segment_keep
 from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
 from mamba_bio_audio.kernels.selective_scan.tiles import (
     at_step,
@@ -29,6 +29,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     combine,
     dt_tile,
     group_base,
+    keep_tile,
+    seg_keep,
     silu_parts,
     state_ptrs,
 )
@@ -46,29 +48,32 @@ def _sigmoid_from_softplus(dt):
 
 
 @triton.jit
-def _chunk_state_grads(dt_next, Ct, dy, A2, g):
+def _chunk_state_grads(dt_next, Ct, dy, A2, g, keep_next, HAS_SEQ: tl.constexpr):
     """Gradients w.r.t. every state of one chunk, right to left:
 
         g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_N, BLOCK_D).
 
     dt_next: dt shifted one step left (CHUNK, BLOCK_D), zero past the sequence end (there exp(0 A) = 1 and
-    ``g`` is the gradient of last_state). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
+    ``g`` is the gradient of last_state); keep_next (CHUNK,) the decay's factor at step t + 1 (0 where a packed
+    sequence starts there, with HAS_SEQ). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
     combine, since the running value enters ``combine`` first.
 
     The reverse scan is a forward scan between two time flips: Triton (3.6) lowers ``reverse=True`` with ~640
     lane shuffles per tile even though time is held in-thread, while ``tl.flip`` along an in-thread axis is
     register moves (NOTES.md, item 1 of what changed)."""
     dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
+    if HAS_SEQ:
+        dA_next = dA_next * keep_next[:, None, None]
     b = Ct * dy[:, None, :]
     decay, gs = tl.associative_scan((tl.flip(dA_next, 0), tl.flip(b, 0)), axis=0, combine_fn=combine)
     return tl.flip(gs + decay * g[None, :, :], 0)
 
 
 @triton.jit
-def _group_start_state(u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2, b_base,
-                       dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                       HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
+def _group_start_state(u_ptr, delta_ptr, B_ptr, seq_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2,
+                       b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
+                       HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
     """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved.
 
     Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
@@ -89,7 +94,8 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr, c, firs
             dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
             Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
                           B_VARYING)
-            hs, _ = chunk_states(dt, u, Bt, A2, h)
+            keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+            hs, _ = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
             h = at_step(hs, CHUNK - 1, CHUNK)
         tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
         tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
@@ -110,15 +116,16 @@ def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _bwd_summary_kernel(
-    dout_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seg_g_ptr, seg_dt_ptr,
+    dout_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seq_ptr, seg_g_ptr, seg_dt_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Per time segment [s0, s1), from a zero gradient after it: the state gradient at its first step
     g_{s0} -> seg_g (batch, nseg, dim, d_state), and sum_{s0 < t <= s1} dt_t -> seg_dt (batch, nseg, dim),
-    so that g_{s0} = exp(A seg_dt) g_{s1} + seg_g."""
+    so that g_{s0} = exp(A seg_dt) g_{s1} + seg_g (times 0 when a packed sequence starts in (s0, s1]: the launch's
+    seg_keep)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -142,7 +149,8 @@ def _bwd_summary_kernel(
         dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
+        keep_next = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, keep_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
         dt_sum += tl.sum(dt_next, axis=0)
 
@@ -153,15 +161,15 @@ def _bwd_summary_kernel(
 
 @triton.jit
 def _bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, dout_ptr, dlast_ptr,
-    seg_g_ptr, seg_dt_ptr, scratch_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, seg_keep_ptr, states_ptr, dout_ptr,
+    dlast_ptr, seg_g_ptr, seg_dt_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
-    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    CHUNK: tl.constexpr, STAGES: tl.constexpr, SAVE_EVERY: tl.constexpr,
+    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr, SAVE_EVERY: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -175,6 +183,9 @@ def _bwd_kernel(
         dC_t      = sum_channels dy_t h_t                      -> dC, same layouts
         dD        = sum_t dy_t u_t ; d delta_bias = sum_t d delta_t  -> (batch, nseg, dim)
         dz_t      = dout_t y_pre_t silu'(z_t) ; d initial_state = exp(dt_0 A) g_0
+
+    Packed sequences (HAS_SEQ): dA_t = 0 where one starts (in the state recompute and in g's recurrence), so the
+    formulas hold unchanged; seg_keep (batch, nseg) zeroes a later segment's decay when a start cuts it.
     """
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)
@@ -205,7 +216,7 @@ def _bwd_kernel(
         later = (b * nseg + nseg - 1 - i) * dim + d
         dt_sum = tl.load(seg_dt_ptr + later, mask=d_mask, other=0.0)
         g_seg = tl.load(state_ptrs(seg_g_ptr, later, n, d_state), mask=nd_mask, other=0.0)
-        g = tl.exp2(dt_sum[None, :] * A2) * g + g_seg
+        g = (seg_keep(seg_keep_ptr, b * nseg + nseg - 1 - i, HAS_SEQ) * tl.exp2(dt_sum[None, :] * A2)) * g + g_seg
 
     # This program's scratch for the chunk-start states of one save group (SAVE_EVERY x BLOCK_N x BLOCK_D fp32).
     program = (seg * tl.num_programs(1) + b) * tl.num_programs(0) + pid
@@ -230,14 +241,15 @@ def _bwd_kernel(
             h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + c, n, d_state), mask=nd_mask, other=0.0)
         else:
             h = _group_start_state(
-                u_ptr, delta_ptr, B_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n, bias, A2,
-                b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                HAS_BIAS, B_VARYING, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
+                u_ptr, delta_ptr, B_ptr, seq_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
+                bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
+                HAS_BIAS, B_VARYING, HAS_SEQ, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        hs, dBu = chunk_states(dt, u, Bt, A2, h)
+        keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+        hs, dBu = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
 
         # Output gate: out = y_pre silu(z).
         dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
@@ -249,7 +261,8 @@ def _bwd_kernel(
         # State gradients, right to left from g.
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g)
+        keep_next = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, keep_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
 
         # Input gradients.
@@ -301,8 +314,9 @@ def _bwd_kernel(
 
 
 def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
-    """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state)."""
-    u, delta_in, A, B, C, D, z, bias_in, h0, states = saved
+    """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state).
+    saved: (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, states) as the forward saved them."""
+    u, delta_in, A, B, C, D, z, bias_in, h0, seq_idx, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
     delta, delta_bias = dt_input(delta_in, bias_in, softplus)
@@ -324,14 +338,17 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
     dummy = u
     bias = delta_bias if delta_bias is not None else dummy
     z_arg = z if z is not None else dummy
+    has_seq = seq_idx is not None
+    seq = seq_idx if has_seq else dummy
+    keep = segment_keep(seq_idx, nseg, per_seg, p.chunk, 1) if has_seq and nseg > 1 else dummy
 
     seg_g = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
     seg_dt = utils.empty(batch, nseg, dim, like=u, dtype=f32)
     if nseg > 1:
         _bwd_summary_kernel[(programs, batch, nseg)](
-            dout, delta, A, C, z_arg, bias, seg_g, seg_dt,
+            dout, delta, A, C, z_arg, bias, seq, seg_g, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gc, ppgc,
-            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4,
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
 
@@ -348,7 +365,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
         parts = [utils.empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 and not atomic
                  else grad for X, grad in zip((B, C), grads_bc)]
         _bwd_kernel[(n_wave, batch, nseg)](
-            u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, states, dout,
+            u, delta, A, B, C, D if D is not None else dummy, z_arg, bias, seq, keep, states, dout,
             dlast.contiguous() if dlast is not None else dummy, seg_g, seg_dt,
             utils.empty(n_wave * batch * nseg * save_every * p.block_n * block_d, like=u, dtype=f32)
             if save_every > 1 else dummy,
@@ -358,7 +375,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             gb, ppgb, gc, ppgc,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
-            B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic,
+            B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
             num_warps=warps,
         )

@@ -24,6 +24,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     chunk_states,
     dt_tile,
     group_base,
+    keep_tile,
+    seg_keep,
     silu_parts,
     state_ptrs,
 )
@@ -49,14 +51,15 @@ def softplus_kernel(delta_ptr, bias_ptr, dt_ptr, dim, seqlen, stride_b, stride_d
 
 @triton.jit
 def _fwd_summary_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, seg_h_ptr, seg_dt_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, seg_h_ptr, seg_dt_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
-    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr,
+    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Per time segment, from a zero state: the end state -> seg_h (batch, nseg, dim, d_state) and
-    sum_t dt_t -> seg_dt (batch, nseg, dim), so that h_end = exp(A seg_dt) h_start + seg_h."""
+    sum_t dt_t -> seg_dt (batch, nseg, dim), so that h_end = exp(A seg_dt) h_start + seg_h (times 0 when a packed
+    sequence starts inside the segment: the launch's seg_keep)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -78,7 +81,8 @@ def _fwd_summary_kernel(
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
-        hs, _ = chunk_states(dt, u, Bt, A2, h)
+        keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+        hs, _ = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
         h = at_step(hs, CHUNK - 1, CHUNK)
         dt_sum += tl.sum(dt, axis=0)
 
@@ -89,18 +93,20 @@ def _fwd_summary_kernel(
 
 @triton.jit
 def _fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_h_ptr, seg_dt_ptr,
-    out_ptr, states_ptr, last_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr, seg_keep_ptr, seg_h_ptr,
+    seg_dt_ptr, out_ptr, states_ptr, last_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
     SAVE_EVERY: tl.constexpr,
 ):
     """out (batch, dim, seqlen); states (batch, dim, nsaved, d_state) = the fp32 state before every
     SAVE_EVERY-th chunk (nsaved = cdiv(nchunks, SAVE_EVERY));
-    last (batch, dim, d_state) = the final state (written by the last segment)."""
+    last (batch, dim, d_state) = the final state (written by the last segment).
+    HAS_SEQ: packed sequences, seq_ptr int32 (batch, seqlen); the decay is zero where one starts, and
+    seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -122,7 +128,7 @@ def _fwd_kernel(
         seg_row = (b * nseg + j) * dim + d
         dt_sum = tl.load(seg_dt_ptr + seg_row, mask=d_mask, other=0.0)
         h_seg = tl.load(state_ptrs(seg_h_ptr, seg_row, n, d_state), mask=nd_mask, other=0.0)
-        h = tl.exp2(dt_sum[None, :] * A2) * h + h_seg
+        h = (seg_keep(seg_keep_ptr, b * nseg + j, HAS_SEQ) * tl.exp2(dt_sum[None, :] * A2)) * h + h_seg
 
     c_begin = seg * chunks_per_seg
     for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
@@ -138,7 +144,8 @@ def _fwd_kernel(
         dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        hs, _ = chunk_states(dt, u, Bt, A2, h)
+        keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+        hs, _ = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
         y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
         if HAS_Z:
             z, sig = silu_parts(z_ptr, offs, mask)
@@ -168,8 +175,22 @@ def dt_input(delta, delta_bias, softplus):
     return dt, None
 
 
-def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, tun: Tunables):
-    """Launch the forward; returns out, last_state and the chunk-start states."""
+def segment_keep(seq_idx, nseg: int, per_seg: int, chunk: int, shift: int) -> torch.Tensor:
+    """(batch, nseg) fp32: 0 for a time segment whose total decay is cut by a packed sequence's start, else 1.
+    Segment j covers steps [s0, s1) = [j per_seg chunk, (j + 1) per_seg chunk); the forward's decay from the
+    state before s0 to the state at s1 - 1 spans starts at t in [s0, s1) (shift 0), the backward's from the
+    gradient at s1 to the one at s0 spans t in (s0, s1] (shift 1)."""
+    batch, seqlen = seq_idx.shape
+    span = nseg * per_seg * chunk
+    starts = torch.zeros(batch, span + 1, dtype=torch.bool, device=seq_idx.device)
+    starts[:, 1:seqlen] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    cut = starts[:, shift:shift + span].reshape(batch, nseg, per_seg * chunk).any(-1)
+    return (~cut).to(torch.float32).contiguous()
+
+
+def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, tun: Tunables, seq_idx=None):
+    """Launch the forward; returns out, last_state and the chunk-start states. seq_idx: int32 (batch, seqlen)
+    contiguous, or None."""
     batch, dim, seqlen = u.shape
     delta, delta_bias = dt_input(delta, delta_bias, softplus)
     f32 = torch.float32
@@ -185,20 +206,23 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
     seg_dt = utils.empty(batch, nseg, dim, like=u, dtype=f32)
     dummy = u  # stands in for absent optional tensors; never read (constexpr flags)
     bias = delta_bias if delta_bias is not None else dummy
+    has_seq = seq_idx is not None
+    seq = seq_idx if has_seq else dummy
+    keep = segment_keep(seq_idx, nseg, per_seg, p.chunk, 0) if has_seq and nseg > 1 else dummy
     if nseg > 1:
         _fwd_summary_kernel[grid](
-            u, delta, A, B, bias, seg_h, seg_dt,
+            u, delta, A, B, bias, seq, seg_h, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gb, ppgb,
-            HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4,
+            HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4, HAS_SEQ=has_seq,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
     _fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
-        h0 if h0 is not None else dummy, seg_h, seg_dt, out, states, last,
+        h0 if h0 is not None else dummy, seq, keep, seg_h, seg_dt, out, states, last,
         dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], *strides(u, B, C), cpg, bpg, gb, ppgb,
         gc, ppgc,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
-        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4,
+        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq,
         BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
         num_warps=warps,
     )

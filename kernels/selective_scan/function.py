@@ -7,6 +7,7 @@ import triton
 
 from mamba_bio_audio.kernels.selective_scan.backward import launch_backward
 from mamba_bio_audio.kernels.selective_scan.forward import launch_forward
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
 from mamba_bio_audio.kernels.selective_scan.plan import (
     DEFAULT_BLOCK_D,
     DEFAULT_CHUNK,
@@ -21,11 +22,12 @@ from mamba_bio_audio.kernels.selective_scan.plan import (
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, tunables) -> (out, last_state); the
-    forward saves the inputs and the chunk-start states, the backward recomputes the chunks from them."""
+    """(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, softplus, tunables) -> (out, last_state);
+    the forward saves the inputs and the chunk-start states, the backward recomputes the chunks from them.
+    seq_idx: int32 (batch, seqlen) contiguous, or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, tun):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, softplus, tun):
         p = make_plan(u, A, B, C, tun.chunk_size)
         B_in, C_in = B, C
         u, delta, z = same_layout(u, delta, z)
@@ -37,8 +39,9 @@ class SelectiveScanFn(torch.autograd.Function):
                     else u.new_zeros(p.batch, p.dim, p.d_state, dtype=torch.float32))
             states = u.new_empty(p.batch, p.dim, 0, p.d_state, dtype=torch.float32)
         else:
-            out, last, states = launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, p, tun)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
+            out, last, states = launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, p, tun,
+                                               seq_idx)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, states)
         ctx.meta = (softplus, p, tun, B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
         ctx.set_materialize_grads(False)
         return out, last
@@ -47,7 +50,7 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         softplus, p, tun, B_shape, C_shape, B_dtype, C_dtype = ctx.meta
         saved = ctx.saved_tensors
-        u, delta, A, B, C, D, z, delta_bias, h0, _ = saved
+        u, delta, A, B, C, D, z, delta_bias, h0, _, _ = saved
         if p.seqlen == 0:
             zeros = [torch.zeros_like(x) if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
             dh0 = None if h0 is None else (dlast if dlast is not None else torch.zeros_like(h0))
@@ -59,12 +62,12 @@ class SelectiveScanFn(torch.autograd.Function):
             return None if grad is None else grad.to(like.dtype)
 
         return (du, ddelta, cast(dA, A), dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
-                cast(dD, D), dz, cast(dbias, delta_bias), cast(dh0, h0), None, None)
+                cast(dD, D), dz, cast(dbias, delta_bias), cast(dh0, h0), None, None, None)
 
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    initial_state=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
+    initial_state=None, seq_idx=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
     save_every=None,
 ):
     """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
@@ -73,6 +76,9 @@ def selective_scan_triton(
         u, delta: (batch, dim, seqlen). z: (batch, dim, seqlen) or None. A: (dim, d_state), real.
         B, C: (dim, d_state) fixed, (batch, d_state, seqlen), or (batch, groups, d_state, seqlen).
         D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
+        seq_idx: (batch, seqlen) integers or None: packed sequences, the state reset before each step where the
+            value changes (each sequence then gives what it gives alone); initial_state is the state before the
+            row's first sequence, last_state the final state of its last one.
         chunk_size: time steps per tile and between saved states (power of 2; default 8). The backward
             recomputes each chunk from its saved state: the saved fp32 states take 4 d_state / chunk_size bytes
             per (batch, channel, step).
@@ -94,5 +100,9 @@ def selective_scan_triton(
         save_every = auto_save_every(u.shape[0] * u.shape[1] * triton.cdiv(u.shape[2], chunk) * A.shape[1] * 4)
     tun = Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
                     num_stages or DEFAULT_NUM_STAGES, save_every)
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, tun)
+    check_seq_idx(seq_idx, u.shape[0], u.shape[2])
+    if seq_idx is not None:
+        seq_idx = seq_idx.to(device=u.device, dtype=torch.int32).contiguous()
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus,
+                                      tun)
     return (out, last) if return_last_state else out

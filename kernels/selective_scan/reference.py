@@ -9,6 +9,9 @@ Memory: one chunk's (batch, dim, chunk_size, d_state) intermediates at a time. U
 wrapped in activation checkpointing, so a backward pass keeps only the chunk-boundary states and recomputes a
 chunk's intermediates when it reaches it. Gradients reach every input, ``initial_state`` included, and flow back
 through ``last_state``.
+
+Packed sequences (``seq_idx``): the decay a_t is zero at each step where a new sequence starts, so the state is
+reset there and nothing flows across the boundary, forwards or backwards.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mamba_bio_audio.kernels.selective_scan.naive import expand_bc
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx, expand_bc, sequence_starts
 
 #: Intermediates per chunk (batch * dim * chunk * d_state elements) the default chunk size aims for.
 TARGET_CHUNK_ELEMENTS = 1 << 21
@@ -120,8 +123,9 @@ def linear_scan(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> torch.Ten
     return LinearScan.apply(a, x, h0)[0]
 
 
-def _scan_chunk(h0, dt, u, A, B, C):
-    """One chunk. h0 (batch, dim, d_state); dt, u (batch, dim, T); A (dim, d_state); B, C any layout, sliced.
+def _scan_chunk(h0, dt, u, A, B, C, keep=None):
+    """One chunk. h0 (batch, dim, d_state); dt, u (batch, dim, T); A (dim, d_state); B, C any layout, sliced;
+    keep (batch, T) in dt's dtype, 0 where a packed sequence starts (the decay there is zeroed), or None.
 
     Returns y (batch, dim, T) = sum_n C_t h_t, and the last state (batch, dim, d_state).
     """
@@ -131,6 +135,8 @@ def _scan_chunk(h0, dt, u, A, B, C):
     Cx = expand_bc(C.to(dt.dtype), batch, dim, T).permute(2, 0, 1, 3)
     dt_t = dt.permute(2, 0, 1).contiguous()  # (T, batch, dim)
     a = torch.exp(dt_t[..., None] * A)
+    if keep is not None:
+        a = a * keep.t()[:, :, None, None]
     x = (dt_t * u.permute(2, 0, 1))[..., None] * Bx
     h, last = LinearScan.apply(a.permute(1, 2, 0, 3), x.permute(1, 2, 0, 3), h0)
     y = (h.permute(2, 0, 1, 3) * Cx).sum(-1).permute(1, 2, 0)
@@ -139,15 +145,18 @@ def _scan_chunk(h0, dt, u, A, B, C):
 
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    return_last_state=False, initial_state=None, chunk_size=None,
+    return_last_state=False, initial_state=None, chunk_size=None, seq_idx=None,
 ):
-    """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics, plus ``initial_state``.
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics, plus ``initial_state`` and ``seq_idx``.
 
     Args:
         u, delta: (batch, dim, seqlen). z: (batch, dim, seqlen) or None.
         A: (dim, d_state). B, C: (dim, d_state), (batch, d_state, seqlen) or (batch, groups, d_state, seqlen).
         D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
         chunk_size: steps per chunk (default: :func:`default_chunk_size`).
+        seq_idx: (batch, seqlen) integers or None: packed sequences; the state is reset before each step where the
+            value changes. initial_state is the state before the row's first sequence; last_state is the final
+            state of the row's last sequence.
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) in float32/float64 if asked.
     """
@@ -155,6 +164,7 @@ def selective_scan_chunked(
     compute = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype) else torch.float32
     batch, dim, seqlen = u.shape
     d_state = A.shape[1]
+    check_seq_idx(seq_idx, batch, seqlen)
     uc = u.to(compute)
     dt = delta.to(compute)
     if delta_bias is not None:
@@ -176,8 +186,10 @@ def selective_scan_chunked(
     # split, not sliced chunk by chunk: the backward of a slice zero-fills a whole (batch, dim, seqlen) per chunk
     n_chunks = -(-seqlen // chunk)
     pieces = [x.split(chunk, dim=-1)[:n_chunks] if x.dim() > 2 else [x] * n_chunks for x in (dt, uc, B, C)]
-    for dt_c, u_c, B_c, C_c in zip(*pieces):
-        args = (h, dt_c, u_c, Ac, B_c, C_c)
+    keep = (~sequence_starts(seq_idx)).to(compute) if seq_idx is not None else None
+    pieces.append(keep.split(chunk, dim=-1)[:n_chunks] if keep is not None else [None] * n_chunks)
+    for dt_c, u_c, B_c, C_c, keep_c in zip(*pieces):
+        args = (h, dt_c, u_c, Ac, B_c, C_c, keep_c)
         if recompute:
             y, h = checkpoint(_scan_chunk, *args, use_reentrant=False)
         else:

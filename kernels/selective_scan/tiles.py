@@ -64,10 +64,39 @@ def state_ptrs(ptr, row, n, d_state):
 
 
 @triton.jit
-def chunk_states(dt, u, Bt, A2, h):
+def keep_tile(seq_ptr, seq_row, t, seqlen, HAS_SEQ: tl.constexpr):
+    """(CHUNK,) fp32 factor of the decay at steps t: 0 where a packed sequence starts (1 <= t < seqlen and
+    seq_idx[t] != seq_idx[t - 1]: the state is reset there), else 1 (also outside [0, seqlen)). seq_ptr: int32
+    (batch, seqlen) contiguous, seq_row the offset of this program's row. Without HAS_SEQ, ones (never read)."""
+    if HAS_SEQ:
+        inside = (t >= 1) & (t < seqlen)
+        cur = tl.load(seq_ptr + seq_row + t, mask=inside, other=0)
+        prev = tl.load(seq_ptr + seq_row + t - 1, mask=inside, other=0)
+        keep = tl.where(inside & (cur != prev), 0.0, 1.0)
+    else:
+        keep = tl.full(t.shape, 1.0, tl.float32)
+    return keep
+
+
+@triton.jit
+def seg_keep(keep_ptr, idx, HAS_SEQ: tl.constexpr):
+    """The 0/1 factor of a time segment's total decay (no sequence starts inside it: 1), fp32 at keep_ptr[idx];
+    1 without HAS_SEQ."""
+    if HAS_SEQ:
+        k = tl.load(keep_ptr + idx)
+    else:
+        k = 1.0
+    return k
+
+
+@triton.jit
+def chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ: tl.constexpr):
     """All states of one chunk. dt, u: (CHUNK, BLOCK_D); Bt: broadcastable B tile; A2 = A log2(e) and h, the
-    state before the chunk: (BLOCK_N, BLOCK_D). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
+    state before the chunk: (BLOCK_N, BLOCK_D); keep (CHUNK,): the decay's factor from :func:`keep_tile` (used
+    only with HAS_SEQ). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
     dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+    if HAS_SEQ:
+        dA = dA * keep[:, None, None]
     dBu = (dt * u)[:, None, :] * Bt
     decay, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=combine)
     return hs + decay * h[None, :, :], dBu
