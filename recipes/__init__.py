@@ -14,6 +14,7 @@ def register(cli: click.Group) -> None:
     from mamba_bio_audio.recipes.bench import bench
     from mamba_bio_audio.recipes.demo import demo
     from mamba_bio_audio.recipes.dna import dna
+    from mamba_bio_audio.recipes.push import push
     from mamba_bio_audio.recipes.sc09 import sc09
     from mamba_bio_audio.recipes.species import species
     from mamba_bio_audio.recipes.synthetic import synthetic
@@ -24,3 +25,4 @@ def register(cli: click.Group) -> None:
     cli.add_command(species)
     cli.add_command(sc09)
     cli.add_command(synthetic)
+    cli.add_command(push)

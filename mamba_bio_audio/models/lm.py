@@ -14,7 +14,9 @@ class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
     """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab_size).
 
     The embedding and head are padded to ``config.padded_vocab_size`` (so mamba_ssm checkpoints load); the
-    returned logits are cut back to ``config.vocab_size``.
+    returned logits are cut back to ``config.vocab_size``. ``MambaLM.from_pretrained`` reads a folder or a Hugging
+    Face Hub id (``org/name[@revision]``) in mamba_ssm's or transformers' ``MambaForCausalLM`` layout;
+    ``save_pretrained(folder, layout="transformers")`` and ``push_to_hub(repo_id)`` write them (docs/checkpoints.md).
     """
 
     def __init__(self, config: MambaConfig):

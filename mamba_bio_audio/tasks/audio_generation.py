@@ -173,16 +173,17 @@ def likelihoods_tsv(rows: list[tuple[str, float, float]]) -> str:
 
 
 def load_audio_lm(directory: str | os.PathLike, device=None):
-    """Load a SaShiMi or plain Mamba LM from a ``save_pretrained`` folder, or from a training run holding one in
-    ``model/`` (the architecture is in config.json).
+    """Load a SaShiMi or plain Mamba LM from a ``save_pretrained`` folder (or a Hub id), or from a training run
+    holding one in ``model/`` (the architecture is in config.json).
 
     Returns the model in eval mode; a missing or foreign folder raises
     :class:`~mamba_bio_audio.errors.CheckpointError` (one line).
     """
+    from mamba_bio_audio.hub import resolve
     from mamba_bio_audio.models.lm import MambaLM
     from mamba_bio_audio.models.sashimi import ARCHITECTURE, SashimiLM
 
-    directory = Path(directory)
+    directory = resolve(directory)  # a Hugging Face Hub id org/name[@revision] is downloaded
     if (directory / MODEL_FOLDER / CONFIG_NAME).is_file():
         directory = directory / MODEL_FOLDER
     path = directory / CONFIG_NAME

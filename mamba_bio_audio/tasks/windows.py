@@ -107,8 +107,11 @@ def dna_extra(window: int) -> dict:
 
 
 def model_dir(path: str | os.PathLike) -> Path:
-    """The ``save_pretrained`` folder of a run folder (``RUN/model``) or of a model folder itself."""
-    path = Path(path)
+    """The ``save_pretrained`` folder of a run folder (``RUN/model``) or of a model folder itself, local or a
+    Hugging Face Hub id ``org/name[@revision]`` (:func:`mamba_bio_audio.hub.resolve`)."""
+    from mamba_bio_audio.hub import resolve
+
+    path = resolve(path)
     if (path / "model" / CONFIG_NAME).is_file():
         return path / "model"
     if (path / CONFIG_NAME).is_file():
