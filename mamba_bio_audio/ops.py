@@ -161,18 +161,34 @@ def selective_state_update(
 
 
 def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,
-                     backend="auto"):
+                     backend="auto", seq_idx=None):
     """Depthwise causal conv1d: the causal-conv1d package on CUDA when installed, else Triton, else torch.
 
     Args:
         x: (batch, dim, seqlen). weight: (dim, width). bias: (dim,) or None. activation: None | "silu" | "swish".
         initial_state: (batch, dim, width - 1) or None.
+        seq_idx: (batch, seqlen) integers or None: packed sequences, each one contiguous run of equal values; a tap
+            whose input lies in another sequence than the output step contributes zero (initial_state counts as
+            the row's first sequence's), and final_state holds only the row's last sequence's inputs. "auto"
+            takes the Triton kernel for it on CUDA; "cuda" (the package) takes it only without initial_state and
+            final_state.
     Returns:
         out (batch, dim, seqlen), and final_state (batch, dim, width - 1) when return_final_state.
     """
     name, fn = resolve_backend(backend, "conv", x)
+    if seq_idx is not None and name == "cuda":
+        if backend == "auto":
+            name, fn = resolve_backend("triton", "conv", x)
+        elif initial_state is not None or return_final_state:
+            raise ValueError("backend 'cuda' (causal-conv1d) takes seq_idx only without initial_state and "
+                             "final_state; use 'triton' or 'reference'")
+        else:  # the package reads seq_idx with channel-last x only
+            return fn(x.transpose(1, 2).contiguous().transpose(1, 2), weight, bias, seq_idx=seq_idx.to(torch.int32),
+                      activation=activation)
     if name == "reference":
-        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)
+        return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state, seq_idx)
+    if name == "triton":
+        return fn(x, weight, bias, activation, initial_state, return_final_state, seq_idx)
     if name == "cuda":
         if initial_state is None and not return_final_state:
             return fn(x, weight, bias, activation=activation)
@@ -181,7 +197,6 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_state=None, 
         init = None if initial_state is None else initial_state.transpose(1, 2).contiguous().transpose(1, 2)
         return fn(x_cl, weight, bias, initial_states=init, return_final_states=return_final_state,
                   activation=activation)
-    return fn(x, weight, bias, activation, initial_state, return_final_state)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend="auto"):

@@ -11,6 +11,10 @@ W times by the dx pass):
     dxp[p]     = sum_k weight[k] dpre[p - k]          p in [0, W - 1 + seqlen): x and initial_state positions
     dweight[k] = sum_{batch, t} dpre[t] xp[t + k] ;  dbias = sum_{batch, t} dpre[t]
 
+Packed sequences (``seq_idx``, int32 (batch, seqlen); HAS_SEQ): tap k of output step t reads x position
+t + k - (W - 1) only when that position is in t's sequence (initial_state positions count as the first
+sequence's), else zero; the backward masks the same (output step, input position) pairs.
+
 Each program owns (one batch row, BLOCK_D channels, BLOCK_T steps); the W shifted windows it reads overlap and
 come from L1, so HBM sees each input once. Weight and bias gradients are per-program partial sums reduced with
 torch.sum (deterministic, no atomics).
@@ -23,7 +27,8 @@ import triton
 import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
-from mamba_bio_audio.kernels.causal_conv1d.reference import check_activation
+from mamba_bio_audio.kernels.causal_conv1d.reference import check_activation, final_state_mask
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
 from mamba_bio_audio.kernels.utils import time_contiguous
 
 DEFAULT_BLOCK_D = 32  # best of the configs timed on the H100 (NOTES.md of selective_scan)
@@ -45,21 +50,43 @@ def _xp(x_ptr, init_ptr, row, init_row, d_mask, p, seqlen, WIDTH: tl.constexpr, 
 
 
 @triton.jit
-def _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t, bias, seqlen,
-         WIDTH: tl.constexpr, HAS_INIT: tl.constexpr):
-    """pre[t] = bias + sum_k weight[k] xp[t + k] for output steps t (BLOCK_T,)."""
+def _same_seq(seq_ptr, seq_row, t, src, seqlen):
+    """(BLOCK_T,) bool: input position src (x coordinates; < 0: initial_state, the first sequence's) is in output
+    step t's sequence. seq_row: this batch row's offset in seq_idx (batch, seqlen)."""
+    cur = tl.load(seq_ptr + seq_row + t, mask=(t >= 0) & (t < seqlen), other=0)
+    s = tl.maximum(src, 0)
+    return cur == tl.load(seq_ptr + seq_row + s, mask=s < seqlen, other=0)
+
+
+@triton.jit
+def _tap(x_ptr, init_ptr, seq_ptr, row, init_row, seq_row, d_mask, t, k, seqlen,
+         WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """What tap k of output steps t (BLOCK_T,) reads, fp32 (BLOCK_D, BLOCK_T): xp[t + k], zero with HAS_SEQ where
+    that input is in another sequence than t."""
+    v = _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
+    if HAS_SEQ:
+        v = tl.where(_same_seq(seq_ptr, seq_row, t, t + k - (WIDTH - 1), seqlen)[None, :], v, 0.0)
+    return v
+
+
+@triton.jit
+def _pre(x_ptr, init_ptr, seq_ptr, w_ptr, row, init_row, seq_row, d, d_mask, t, bias, seqlen,
+         WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """pre[t] = bias + sum_k weight[k] xp[t + k] for output steps t (BLOCK_T,) (taps across a sequence boundary
+    skipped with HAS_SEQ)."""
     acc = tl.zeros([d.shape[0], t.shape[0]], tl.float32) + bias[:, None]
     for k in tl.static_range(WIDTH):
         w = tl.load(w_ptr + d * WIDTH + k, mask=d_mask, other=0.0).to(tl.float32)
-        acc += w[:, None] * _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
+        acc += w[:, None] * _tap(x_ptr, init_ptr, seq_ptr, row, init_row, seq_row, d_mask, t, k, seqlen,
+                                 WIDTH, HAS_INIT, HAS_SEQ)
     return acc
 
 
 @triton.jit
 def _conv_fwd_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, out_ptr, dim, seqlen, stride_b, stride_d,
+    x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, out_ptr, dim, seqlen, stride_b, stride_d,
     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """out (batch, dim, seqlen) = act(conv(x)); grid (time blocks, channel blocks, batch)."""
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -69,7 +96,8 @@ def _conv_fwd_kernel(
     row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d  # x, out, dout, dpre, dx share a layout
     init_row = (b * dim + d) * (WIDTH - 1)
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    out = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t, bias, seqlen, WIDTH, HAS_INIT)
+    out = _pre(x_ptr, init_ptr, seq_ptr, w_ptr, row, init_row, b.to(tl.int64) * seqlen, d, d_mask, t, bias, seqlen,
+               WIDTH, HAS_INIT, HAS_SEQ)
     if SILU:
         out = out * tl.sigmoid(out)
     tl.store(out_ptr + row[:, None] + t[None, :], out.to(out_ptr.dtype.element_ty),
@@ -78,9 +106,9 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_dpre_kernel(
-    x_ptr, w_ptr, bias_ptr, init_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, seqlen, stride_b, stride_d,
-    WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_ptr, dbias_ptr, dim, seqlen, stride_b,
+    stride_d, WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+    HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """Backward pass 1, program (time block, channel block, batch) over output steps t: dpre[t] = dout[t] act'(pre[t])
     -> dpre (batch, dim, seqlen), and the partial dweight (batch, blocks, dim, W) and dbias (batch, blocks, dim).
@@ -93,16 +121,17 @@ def _conv_dpre_kernel(
     row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d  # x, out, dout, dpre, dx share a layout
     init_row = (b * dim + d) * (WIDTH - 1)
     part = (b * tl.num_programs(0) + pid_t) * dim + d  # row of the partial sums
+    seq_row = b.to(tl.int64) * seqlen
     dpre = tl.load(dout_ptr + row[:, None] + t[None, :], mask=mask, other=0.0).to(tl.float32)
     if SILU:
-        pre = _pre(x_ptr, init_ptr, w_ptr, row, init_row, d, d_mask, t,
+        pre = _pre(x_ptr, init_ptr, seq_ptr, w_ptr, row, init_row, seq_row, d, d_mask, t,
                    tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32) if HAS_BIAS
-                   else tl.zeros([BLOCK_D], tl.float32), seqlen, WIDTH, HAS_INIT)
+                   else tl.zeros([BLOCK_D], tl.float32), seqlen, WIDTH, HAS_INIT, HAS_SEQ)
         sig = tl.sigmoid(pre)
         dpre = dpre * sig * (1.0 + pre * (1.0 - sig))
     tl.store(dpre_ptr + row[:, None] + t[None, :], dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
     for k in tl.static_range(WIDTH):
-        xk = _xp(x_ptr, init_ptr, row, init_row, d_mask, t + k, seqlen, WIDTH, HAS_INIT)
+        xk = _tap(x_ptr, init_ptr, seq_ptr, row, init_row, seq_row, d_mask, t, k, seqlen, WIDTH, HAS_INIT, HAS_SEQ)
         tl.store(dw_ptr + part * WIDTH + k, tl.sum(dpre * xk, axis=1), mask=d_mask)
     if HAS_BIAS:
         tl.store(dbias_ptr + part, tl.sum(dpre, axis=1), mask=d_mask)
@@ -110,12 +139,14 @@ def _conv_dpre_kernel(
 
 @triton.jit
 def _conv_dx_kernel(
-    w_ptr, dpre_ptr, dx_ptr, dinit_ptr, dim, seqlen, stride_b, stride_d,
-    WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    w_ptr, dpre_ptr, seq_ptr, dx_ptr, dinit_ptr, dim, seqlen, stride_b, stride_d,
+    WIDTH: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """Backward pass 2, program (position block, channel block, batch) over xp positions p:
     dxp[p] = sum_s weight[W - 1 - s] dpre[p - (W - 1) + s] (output step t + s read xp[p] with weight W - 1 - s),
-    written as dx for p >= W - 1 and as d initial_state before."""
+    written as dx for p >= W - 1 and as d initial_state before; with HAS_SEQ only the steps t + s in the
+    sequence of x position t (the first sequence's for initial_state positions)."""
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     p = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -126,6 +157,8 @@ def _conv_dx_kernel(
     for s in tl.static_range(WIDTH):
         ts = t + s
         valid = d_mask[:, None] & ((ts >= 0) & (ts < seqlen))[None, :]
+        if HAS_SEQ:
+            valid = valid & _same_seq(seq_ptr, b.to(tl.int64) * seqlen, ts, t, seqlen)[None, :]
         w = tl.load(w_ptr + d * WIDTH + (WIDTH - 1 - s), mask=d_mask, other=0.0).to(tl.float32)
         dxp += w[:, None] * tl.load(dpre_ptr + row[:, None] + ts[None, :], mask=valid, other=0.0).to(tl.float32)
     tl.store(dx_ptr + row[:, None] + t[None, :], dxp.to(dx_ptr.dtype.element_ty),
@@ -142,15 +175,16 @@ def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[
 
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_state, silu, want_final, block_d, block_t, num_warps):
+    def forward(ctx, x, weight, bias, initial_state, seq_idx, silu, want_final, block_d, block_t, num_warps):
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
         out = utils.empty_as(x)
         if seqlen > 0:
             _conv_fwd_kernel[_grid(seqlen, dim, batch, block_t, block_d)](
-                x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x, out,
+                x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
+                seq_idx if seq_idx is not None else x, out,
                 dim, seqlen, *x.stride()[:2], WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-                SILU=silu,
+                SILU=silu, HAS_SEQ=seq_idx is not None,
                 BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
             )
         final_state = None
@@ -158,14 +192,17 @@ class _CausalConv1dFn(torch.autograd.Function):
             prev = initial_state if initial_state is not None else x.new_zeros(batch, dim, width - 1)
             final_state = torch.cat([prev.to(x.dtype), x[:, :, max(0, seqlen - (width - 1)):]], dim=-1)
             final_state = final_state[:, :, final_state.shape[-1] - (width - 1):].contiguous()
-        ctx.save_for_backward(x, weight, bias, initial_state)
+            if seq_idx is not None and seqlen > 0:  # the row's last sequence only
+                final_state = final_state * final_state_mask(seq_idx, width)
+        ctx.save_for_backward(x, weight, bias, initial_state, seq_idx)
         ctx.launch = (silu, block_d, block_t, num_warps)
         ctx.set_materialize_grads(False)
         return out, final_state
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, weight, bias, initial_state = ctx.saved_tensors
+        x, weight, bias, initial_state, seq_idx = ctx.saved_tensors
+        has_seq = seq_idx is not None
         silu, block_d, block_t, num_warps = ctx.launch
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
@@ -184,44 +221,52 @@ class _CausalConv1dFn(torch.autograd.Function):
             dbias_part = utils.empty(batch, grid[0], dim, like=x, dtype=torch.float32)
             _conv_dpre_kernel[grid](
                 x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
-                dout, dpre, dw_part, dbias_part, dim, seqlen, *x.stride()[:2],
+                seq_idx if has_seq else x, dout, dpre, dw_part, dbias_part, dim, seqlen, *x.stride()[:2],
                 WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
-                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
+                HAS_SEQ=has_seq, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
             )
             _conv_dx_kernel[_grid(seqlen + width - 1, dim, batch, block_t, block_d)](
-                weight, dpre, dx, dinit if dinit is not None else x, dim, seqlen, *x.stride()[:2],
-                WIDTH=width, HAS_INIT=initial_state is not None, BLOCK_D=block_d, BLOCK_T=block_t,
+                weight, dpre, seq_idx if has_seq else x, dx, dinit if dinit is not None else x, dim, seqlen,
+                *x.stride()[:2], WIDTH=width, HAS_INIT=initial_state is not None, HAS_SEQ=has_seq,
+                BLOCK_D=block_d, BLOCK_T=block_t,
                 num_warps=num_warps,
             )
             del dpre
             dw = dw_part.sum((0, 1))
             dbias = dbias_part.sum((0, 1)) if bias is not None else None
         if dfinal is not None:
+            if has_seq and seqlen > 0:
+                dfinal = dfinal * final_state_mask(seq_idx, width)
             # final_state[j] = xp[seqlen + j]: from x where seqlen + j >= W - 1, else from initial_state.
             from_init = max(0, width - 1 - seqlen)
             dx[:, :, seqlen + from_init - (width - 1):] += dfinal[:, :, from_init:].to(dx.dtype)
             if dinit is not None and from_init > 0:
                 dinit[:, :, seqlen:seqlen + from_init] += dfinal[:, :, :from_init].to(dinit.dtype)
         return (dx, dw.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else None, dinit,
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
-def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False, *,
-                         block_d=None, block_t=None, num_warps=None):
+def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,
+                         seq_idx=None, *, block_d=None, block_t=None, num_warps=None):
     """out[b, d, t] = act(bias[d] + sum_k weight[d, k] xp[b, d, t + k]), xp = [initial_state, x]; differentiable.
 
     Args:
         x: (batch, dim, seqlen). weight: (dim, width). bias: (dim,) or None.
         activation: None | "silu" | "swish". initial_state: (batch, dim, width - 1) or None (zeros).
+        seq_idx: (batch, seqlen) integers or None: packed sequences; no tap crosses a change of value, and
+            final_state holds only the row's last sequence's inputs (the reference module's docstring).
         block_d, block_t, num_warps: launch tunables (default 32 channels x 64 steps, 2 warps).
     Returns:
         out (batch, dim, seqlen) in x's dtype; with return_final_state also final_state (batch, dim, width - 1),
         the last width - 1 inputs in x's dtype.
     """
     check_activation(activation)
+    check_seq_idx(seq_idx, x.shape[0], x.shape[2])
+    if seq_idx is not None:
+        seq_idx = seq_idx.to(device=x.device, dtype=torch.int32).contiguous()
     out, final_state = _CausalConv1dFn.apply(
         x if time_contiguous(x) else x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
-        initial_state.contiguous() if initial_state is not None else None, activation is not None,
+        initial_state.contiguous() if initial_state is not None else None, seq_idx, activation is not None,
         return_final_state, block_d or DEFAULT_BLOCK_D, block_t or DEFAULT_BLOCK_T, num_warps or DEFAULT_NUM_WARPS,
     )
     return (out, final_state) if return_final_state else out
