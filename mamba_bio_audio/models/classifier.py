@@ -11,6 +11,7 @@ from mamba_bio_audio.checkpoint import PretrainedMixin
 from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.modules.block import BackboneMixin, MambaBackbone
+from mamba_bio_audio.modules.packing import pool_sequences, sequence_runs
 
 POOLINGS = ("last", "mean")
 
@@ -57,10 +58,18 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (batch, seqlen); attention_mask (batch, seqlen), right padding (row b: True at its first
         length_b positions). A padded row gets the logits it gets alone: the causal direction reads its pads only
-        after its real tokens, and a bidirectional model's reverse direction reads each row from its own end."""
+        after its real tokens, and a bidirectional model's reverse direction reads each row from its own end.
+
+        Packed rows: ``seq_idx`` (batch, seqlen) integers, several sequences per row, each one run of equal values
+        (e.g. 0 0 0 1 1 2 ...). Returns then (n_sequences, num_classes): one row of logits per sequence, in order
+        (row by row, left to right), each what the sequence gets alone. attention_mask (optional) marks real
+        tokens; pads may sit anywhere and are no sequence."""
+        if seq_idx is not None:
+            return self._forward_packed(input_ids, attention_mask, seq_idx)
         lengths = None
         if attention_mask is not None:
             mask = attention_mask.to(torch.bool)
@@ -72,3 +81,12 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
         else:
             hidden = self.backbone(input_ids)
         return self.head(self.pool(hidden, attention_mask).to(self.head.weight.dtype))
+
+    def _forward_packed(self, input_ids, attention_mask, seq_idx):
+        """Logits (n_sequences, num_classes) of packed rows (see :meth:`forward`)."""
+        if seq_idx.shape != input_ids.shape:
+            raise UserError(f"seq_idx must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(seq_idx.shape)}")
+        runs = sequence_runs(seq_idx, attention_mask)
+        pooled = pool_sequences(self.backbone(input_ids, seq_idx=runs), runs, self.pooling, attention_mask)
+        with torch.autocast(pooled.device.type, enabled=False):  # the head in float32, also under bf16 autocast
+            return self.head(pooled.to(self.head.weight.dtype))

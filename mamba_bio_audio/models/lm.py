@@ -31,9 +31,11 @@ class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
             self.lm_head.weight = self.backbone.embedding.weight
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
-                num_last_tokens: int = 0) -> torch.Tensor:
-        """Logits for every position (or the last ``num_last_tokens``); ``states`` receives prefill states."""
-        hidden = self.backbone(input_ids, states)
+                num_last_tokens: int = 0, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for every position (or the last ``num_last_tokens``); ``states`` receives prefill states.
+        ``seq_idx`` (batch, seqlen) integers: several sequences packed in each row, each one run of equal values
+        (e.g. 0 0 0 1 1 2 ...); every sequence gets the logits it gets alone (no prefill states then)."""
+        hidden = self.backbone(input_ids, states, seq_idx=seq_idx)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]
         return self.lm_head(hidden)[..., : self.config.vocab_size]

@@ -76,24 +76,29 @@ class Block(nn.Module):
     def _add_norm(self, hidden, residual):
         return add_norm(self.norm, hidden, residual, self.mixer.backend, self._residual_dtype(hidden, residual))
 
-    def residual_step(self, stream, carry=None, return_carry: bool = False):
+    def residual_step(self, stream, carry=None, return_carry: bool = False, seq_idx=None):
         """stream (batch, seqlen, d_model) -> (stream + mixer(norm(stream)), carry): the residual stream entering
         the next block (mamba_ssm's hidden + residual after this block, the same operations in the same order).
-        With ``return_carry`` the mixer runs as one segment (:meth:`Mamba.forward_segment`) from ``carry``."""
+        With ``return_carry`` the mixer runs as one segment (:meth:`Mamba.forward_segment`) from ``carry``;
+        ``seq_idx`` (batch, seqlen): packed sequences (not with ``return_carry``)."""
         hidden, stream = add_norm(self.norm, stream, None, self.mixer.backend, self._residual_dtype(stream, None))
         if return_carry:
+            if seq_idx is not None:
+                raise ValueError("packed sequences (seq_idx) are not split into segments")
             out, carry = self.mixer.forward_segment(hidden, carry)
+        elif seq_idx is not None:
+            out = self.mixer(hidden, seq_idx=seq_idx)
         else:
             out = self.mixer(hidden)
         return stream + out, carry
 
-    def forward(self, hidden, residual=None, state: dict | None = None, lengths=None):
+    def forward(self, hidden, residual=None, state: dict | None = None, lengths=None, seq_idx=None):
         """hidden, residual: (batch, seqlen, d_model) -> (mixer output, new residual). ``lengths`` (batch,): real
-        lengths of right-padded rows, for a bidirectional mixer (see ``Mamba.forward``)."""
+        lengths of right-padded rows, for a bidirectional mixer; ``seq_idx`` (batch, seqlen): packed sequences
+        (see ``Mamba.forward``). Each is passed to the mixer only when given."""
         hidden, residual = self._add_norm(hidden, residual)
-        if lengths is not None:
-            return self.mixer(hidden, state, lengths=lengths), residual
-        return self.mixer(hidden, state), residual
+        extra = {k: v for k, v in (("lengths", lengths), ("seq_idx", seq_idx)) if v is not None}
+        return self.mixer(hidden, state, **extra), residual
 
     def forward_segment(self, hidden, residual, carry):
         """Like :meth:`forward` for one segment of a longer sequence; returns (output, residual, new carry)."""
@@ -164,17 +169,20 @@ class MambaBackbone(nn.Module):
         self.checkpoint_level = (self.checkpoint_level or 2) if value else 0
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
-                inputs_embeds: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """``states``: one dict per layer (see :meth:`Mamba.allocate_state`), filled with the prefill states.
         ``lengths`` (batch,): real lengths of right-padded rows, read by bidirectional mixers (``Mamba.forward``);
-        with them every activation is kept (no recomputation)."""
+        with them every activation is kept (no recomputation). ``seq_idx`` (batch, seqlen) integers: sequences
+        packed in each row, one run of equal values each, every one getting what it gets alone
+        (``Mamba.forward``); recomputed at checkpoint level 1 (level 2 too: packed rows are not split in time)."""
         if (self.checkpoint_level and self.training and torch.is_grad_enabled() and states is None
                 and lengths is None):
-            return self._forward_recomputed(input_ids, inputs_embeds)
+            return self._forward_recomputed(input_ids, inputs_embeds, seq_idx)
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         for i, layer in enumerate(self.layers):
-            hidden, residual = layer(hidden, residual, None if states is None else states[i], lengths)
+            hidden, residual = layer(hidden, residual, None if states is None else states[i], lengths, seq_idx)
         return self._final_norm(hidden, residual)
 
     def _final_norm(self, hidden, residual):
@@ -182,15 +190,16 @@ class MambaBackbone(nn.Module):
         backend = self.layers[0].mixer.backend if len(self.layers) else "reference"
         return add_norm(self.norm_f, hidden, residual, backend)[0]
 
-    def _forward_recomputed(self, input_ids, inputs_embeds):
+    def _forward_recomputed(self, input_ids, inputs_embeds, seq_idx=None):
         """The forward at checkpoint level 1 or 2: one unit per block over the residual stream, the embedding in
-        the first unit (unless ``inputs_embeds``), norm_f in the last (modules/recompute.py)."""
+        the first unit (unless ``inputs_embeds``), norm_f in the last (modules/recompute.py). Packed rows
+        (``seq_idx``) run at level 1."""
         x = input_ids if inputs_embeds is None else inputs_embeds
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             unit = ResidualUnit(layer, self.embedding if i == 0 and inputs_embeds is None else None,
-                                self.norm_f if i == last else None)
-            if self.checkpoint_level == 1:
+                                self.norm_f if i == last else None, seq_idx)
+            if self.checkpoint_level == 1 or seq_idx is not None:
                 x = checkpoint_unit(unit, x)
             else:
                 x = recompute_unit(unit, x, self.recompute_segment)

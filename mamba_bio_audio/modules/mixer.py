@@ -115,7 +115,7 @@ class Mamba(nn.Module):
 
     # ---- parallel (training / prefill / segments) -----------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, state: dict | None = None,
-                lengths: torch.Tensor | None = None) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (batch, seqlen, d_model) -> (batch, seqlen, d_model).
 
         With ``state`` (a dict holding ``conv_state`` (batch, d_inner, d_conv) and ``ssm_state``
@@ -123,16 +123,25 @@ class Mamba(nn.Module):
         ``lengths`` (batch,): real lengths of right-padded rows. Only the reverse direction of a bidirectional
         mixer needs them: it reads each row backwards from its own last real token (:func:`flip_within`), so
         padding never reaches a real position (the causal direction sees right padding only after them).
+        ``seq_idx`` (batch, seqlen) integers: several sequences packed in each row, each one run of equal values;
+        the conv and the scan restart where the value changes (ops.selective_scan_fn), so each sequence gets
+        what it gets alone. The reverse direction reads the row reversed with seq_idx reversed alike: packed
+        sequences are independent, so that is each sequence read backwards within its own span.
         """
+        if seq_idx is not None and state is not None:
+            raise ValueError("prefill states are not kept for packed sequences (seq_idx)")
         if not self.bidirectional:
-            return self._forward_one_direction(hidden_states, state)[0]
+            return self._forward_one_direction(hidden_states, state, seq_idx=seq_idx)[0]
         if state is not None:
             raise ValueError("a bidirectional mixer has no recurrent state (it sees the whole sequence)")
-        forward = self._forward_one_direction(hidden_states)[0]
+        forward = self._forward_one_direction(hidden_states, seq_idx=seq_idx)[0]
         if lengths is None:
-            backward = self._forward_one_direction(hidden_states.flip(1))[0].flip(1)
+            flipped_idx = seq_idx.flip(1) if seq_idx is not None else None
+            backward = self._forward_one_direction(hidden_states.flip(1), seq_idx=flipped_idx)[0].flip(1)
         else:
-            backward = flip_within(self._forward_one_direction(flip_within(hidden_states, lengths))[0], lengths)
+            flipped_idx = flip_within(seq_idx, lengths) if seq_idx is not None else None
+            backward = flip_within(self._forward_one_direction(flip_within(hidden_states, lengths),
+                                                               seq_idx=flipped_idx)[0], lengths)
         return forward + backward
 
     def forward_segment(self, hidden_states: torch.Tensor, carry: tuple | None = None):
@@ -178,7 +187,7 @@ class Mamba(nn.Module):
             out = out + self.out_proj.bias.to(out.dtype)[:, None]
         return out.t().view(batch, seqlen, -1)
 
-    def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False):
+    def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False, seq_idx=None):
         seqlen = hidden_states.shape[1]
         x, z = self._in_proj(hidden_states)  # (batch, d_inner, seqlen) each
         if state is not None:
@@ -186,7 +195,8 @@ class Mamba(nn.Module):
                                       else x[:, :, -self.d_conv:])
         conv_init, ssm_init = carry if carry is not None else (None, None)
         x = ops.causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
-                                 initial_state=conv_init, return_final_state=return_carry, backend=self.backend)
+                                 initial_state=conv_init, return_final_state=return_carry, backend=self.backend,
+                                 seq_idx=seq_idx)
         if return_carry:
             x, conv_final = x
         A = -torch.exp(_fp32(self.A_log))  # (d_inner, d_state)
@@ -194,6 +204,7 @@ class Mamba(nn.Module):
         y = ops.selective_scan_fn(
             x, delta, A, B, C, _fp32(self.D), z=z, delta_bias=delta_bias, delta_softplus=True,
             return_last_state=state is not None or return_carry, initial_state=ssm_init, backend=self.backend,
+            seq_idx=seq_idx,
         )
         new_carry = None
         if state is not None or return_carry:

@@ -51,12 +51,14 @@ def segment_length(batch: int, d_inner: int, tokens: int | None = None) -> int:
 
 class ResidualUnit:
     """[embedding ->] block -> [norm_f]: x (ids (batch, seqlen) or stream (batch, seqlen, d_model)) -> next stream
-    (or the normed output for the last block). ``carry`` and the returned carry are the mixer's segment states."""
+    (or the normed output for the last block). ``carry`` and the returned carry are the mixer's segment states.
+    ``seq_idx`` (batch, seqlen): packed sequences, passed to the mixer (such a unit is not split into segments)."""
 
-    def __init__(self, block, embedding=None, final_norm=None):
+    def __init__(self, block, embedding=None, final_norm=None, seq_idx=None):
         self.block = block
         self.embedding = embedding
         self.final_norm = final_norm
+        self.seq_idx = seq_idx
 
     def modules(self) -> list:
         return [m for m in (self.embedding, self.block, self.final_norm) if m is not None]
@@ -69,7 +71,7 @@ class ResidualUnit:
 
     def __call__(self, x: torch.Tensor, carry=None, return_carry: bool = False):
         stream = self.embedding(x) if self.embedding is not None else x
-        stream, carry = self.block.residual_step(stream, carry, return_carry)
+        stream, carry = self.block.residual_step(stream, carry, return_carry, self.seq_idx)
         if self.final_norm is not None:
             from mamba_bio_audio.modules.block import add_norm  # block.py imports this module
 
@@ -84,10 +86,11 @@ def checkpoint_unit(unit: ResidualUnit, x: torch.Tensor) -> torch.Tensor:
 
 def recompute_unit(unit: ResidualUnit, x: torch.Tensor, segment: int | None = None) -> torch.Tensor:
     """Level 2: the unit as a :class:`SegmentedRecompute` (``segment``: steps per segment, None = automatic);
-    level 1 when the sequence fits in one segment or the mixer cannot carry its state across segments."""
+    level 1 when the sequence fits in one segment, the mixer cannot carry its state across segments, or the rows
+    are packed (``unit.seq_idx``)."""
     seqlen = x.shape[1]
     step = segment_length(x.shape[0], unit.block.mixer.d_inner, segment)
-    if seqlen <= step or not unit.carries_state(x):
+    if seqlen <= step or not unit.carries_state(x) or unit.seq_idx is not None:
         return checkpoint_unit(unit, x)
     bounds = [(lo, min(lo + step, seqlen)) for lo in range(0, seqlen, step)]
     return SegmentedRecompute.apply(unit, bounds, x, *unit.parameters())
