@@ -1,0 +1,409 @@
+"""Caduceus (Schiff et al. 2024): bidirectional, reverse-complement (RC) equivariant Mamba models for DNA, in the
+layout of the published checkpoints (``kuleshov-group/caduceus-ps_*`` and ``caduceus-ph_*``) so they load.
+
+- **BiMamba** (:class:`BiMamba`): a forward mixer and a reverse mixer run on the flipped sequence; the reverse
+  mixer's ``in_proj`` and ``out_proj`` are the forward one's (tied), its conv, x_proj, dt_proj, A and D its own.
+  The two outputs are combined by ``add`` or ``ew_multiply``. (``MambaConfig.bidirectional`` here is another
+  model: one mixer, every weight shared by both directions.)
+- **RCPS** (reverse-complement parameter sharing, ``rcps: true``, the "ps" checkpoints): hidden states have
+  ``2 * d_model`` channels, the second half the reverse complement of the first (flipped in length and channel).
+  The embedding writes both halves (:class:`RCPSEmbedding`), every block runs its norm and mixer on the first
+  half and on the RC of the second (:class:`RCPSWrapper`), the LM head adds both halves' logits
+  (:class:`RCPSLMHead`): the logits of a sequence's reverse complement are its logits reversed and complemented.
+- **Ph** ("post-hoc", the non-RCPS checkpoints): :func:`rc_average` averages a model's logits over a sequence
+  and its reverse complement, which makes any model RC equivariant at inference.
+
+As Caduceus' code, the blocks of a ``fused_add_norm: true`` RCPS model (its published checkpoints) normalise the
+second half of the stream as the forward half and the flipped first half as the RC half, the halves exchanged
+(:meth:`CaduceusBlock.forward`); ``fused_add_norm: false`` keeps them in place. Both orders are RC equivariant; a
+checkpoint needs the order it was trained with. Logits cover the padded vocabulary, as Caduceus' do.
+
+Tensor names follow ``CaduceusForMaskedLM`` (``caduceus.backbone.layers.{i}.mixer[.submodule].mamba_fwd.*`` ...),
+so :meth:`CaduceusLM.from_pretrained` reads its config.json and safetensors (tied tensors written once).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_bio_audio.checkpoint import (
+    CONFIG_NAME,
+    load_state_dict_strict,
+    read_config_dict,
+    read_state_dict,
+    write_checkpoint,
+)
+from mamba_bio_audio.config import JsonConfig, MambaConfig
+from mamba_bio_audio.errors import CheckpointError, UserError
+from mamba_bio_audio.modules.block import add_norm, init_weights, make_norm
+from mamba_bio_audio.modules.mixer import Mamba
+
+MODEL_TYPE = "caduceus"
+STRATEGIES = ("add", "ew_multiply")
+# HF PretrainedConfig keys that do not change the computation
+_IGNORED_KEYS = {"model_type", "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version",
+                 "_name_or_path", "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "num_labels",
+                 "id2label", "label2id", "problem_type", "return_dict", "output_hidden_states", "use_return_dict"}
+_SSM_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor",
+             "conv_bias", "bias"}
+
+
+@dataclass
+class CaduceusConfig(JsonConfig):
+    """Caduceus' config.json fields (``CaduceusConfig`` of its code). ``vocab_size`` is padded up to
+    ``pad_vocab_size_multiple`` and ``complement_map`` (token id -> id of its complement) extended with
+    identities to it, as Caduceus does on load; ``ssm_cfg`` holds the mixer's fields (d_state, d_conv, expand ...)."""
+
+    d_model: int = 256
+    n_layer: int = 4
+    vocab_size: int = 12
+    ssm_cfg: dict = field(default_factory=dict)
+    rms_norm: bool = True
+    residual_in_fp32: bool = False
+    fused_add_norm: bool = True
+    pad_vocab_size_multiple: int = 8
+    norm_epsilon: float = 1e-5
+    initializer_cfg: dict | None = None
+    bidirectional: bool = True
+    bidirectional_strategy: str | None = "add"
+    bidirectional_weight_tie: bool = True
+    rcps: bool = False
+    complement_map: dict | None = None
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ssm_cfg) - _SSM_KEYS - {"use_fast_path", "layer"})
+        if unknown:
+            raise UserError(f"unknown Caduceus ssm_cfg fields: {', '.join(unknown)}")
+        if self.ssm_cfg.get("layer", "Mamba1") != "Mamba1":
+            raise UserError(f"only Mamba1 mixers are supported, the config asks for {self.ssm_cfg['layer']!r}")
+        if self.bidirectional and (self.bidirectional_strategy or "add") not in STRATEGIES:
+            raise UserError(f"bidirectional_strategy must be one of {STRATEGIES}, got {self.bidirectional_strategy!r}")
+        m = self.pad_vocab_size_multiple
+        self.vocab_size = (self.vocab_size + m - 1) // m * m
+        if self.complement_map is not None:
+            cmap = {int(k): int(v) for k, v in self.complement_map.items()}
+            cmap.update({i: i for i in range(len(cmap), self.vocab_size)})
+            if sorted(cmap) != list(range(self.vocab_size)) or sorted(cmap.values()) != list(range(self.vocab_size)):
+                raise UserError(f"complement_map must map each token id 0..{self.vocab_size - 1} to one id")
+            if any(cmap[cmap[i]] != i for i in cmap):
+                raise UserError("complement_map must be its own inverse (the complement of a complement)")
+            self.complement_map = {str(k): cmap[k] for k in sorted(cmap)}
+        elif self.rcps:
+            raise UserError("an RCPS Caduceus config needs a complement_map")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaduceusConfig:
+        if data.get("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise UserError(f"not a Caduceus config (model_type {data['model_type']!r})")
+        return super().from_dict({k: v for k, v in data.items() if k not in _IGNORED_KEYS})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "model_type": MODEL_TYPE, "architectures": ["CaduceusForMaskedLM"]}
+
+    def mixer_config(self) -> MambaConfig:
+        """The MambaConfig of one direction's mixer (and of the norms)."""
+        ssm = {k: v for k, v in self.ssm_cfg.items() if k in _SSM_KEYS}
+        return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, vocab_size=self.vocab_size, **ssm,
+                           rms_norm=self.rms_norm, norm_epsilon=self.norm_epsilon,
+                           residual_in_fp32=self.residual_in_fp32, pad_vocab_size_multiple=1)
+
+    def complement_ids(self) -> torch.Tensor:
+        """(vocab_size,) int64: the complement of each token id."""
+        return torch.tensor([self.complement_map[str(i)] for i in range(self.vocab_size)], dtype=torch.long)
+
+
+def rc_hidden(x: torch.Tensor) -> torch.Tensor:
+    """The reverse complement of (batch, seqlen, channels) hidden states: flipped in length and channel."""
+    return x.flip(dims=(-2, -1))
+
+
+def rc_ids(input_ids: torch.Tensor, complement: torch.Tensor) -> torch.Tensor:
+    """input_ids (batch, seqlen) -> the reverse complement's ids (flipped, each id complemented)."""
+    return complement.to(input_ids.device)[input_ids.flip(-1)]
+
+
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = x.shape[-1] // 2
+    return x[..., :c], x[..., c:]
+
+
+class BiMamba(nn.Module):
+    """hidden (batch, seqlen, d_model) -> (batch, seqlen, d_model): forward mixer combined (add / ew_multiply) with
+    a reverse mixer run on the flipped sequence, whose in_proj and out_proj are the forward mixer's (tied)."""
+
+    def __init__(self, config: CaduceusConfig, layer_idx: int):
+        super().__init__()
+        mixer = config.mixer_config()
+        self.bidirectional = config.bidirectional
+        self.strategy = config.bidirectional_strategy or "add"
+        self.mamba_fwd = Mamba(mixer, layer_idx)
+        self.mamba_rev = Mamba(mixer, layer_idx) if config.bidirectional else None
+        self.weight_tie = config.bidirectional and config.bidirectional_weight_tie
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.weight_tie:
+            for name in ("in_proj", "out_proj"):
+                rev, fwd = getattr(self.mamba_rev, name), getattr(self.mamba_fwd, name)
+                rev.weight = fwd.weight
+                rev.bias = fwd.bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.mamba_fwd(hidden)
+        if self.mamba_rev is None:
+            return out
+        back = self.mamba_rev(hidden.flip(1)).flip(1)
+        return out + back if self.strategy == "add" else out * back
+
+
+class RCPSWrapper(nn.Module):
+    """x (batch, seqlen, 2 * d) -> (batch, seqlen, 2 * d): ``submodule`` on the first half and on the reverse
+    complement of the second (its output reverse-complemented back)."""
+
+    def __init__(self, submodule: nn.Module):
+        super().__init__()
+        self.submodule = submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fwd, rc = _halves(x)
+        return torch.cat([self.submodule(fwd), rc_hidden(self.submodule(rc_hidden(rc)))], dim=-1)
+
+
+class NormHolder(nn.Module):
+    """Holds a norm as ``submodule`` (Caduceus' RCPSAddNormWrapper of a non-fused RCPS model: the tensor names)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.submodule = norm
+
+
+def rcps_add_norm(norm: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None, backend: str,
+                  residual_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The add-norm of each half of a (batch, seqlen, 2 * d) stream, the second half in RC orientation:
+    (normed, new residual), both (batch, seqlen, 2 * d)."""
+    h_fwd, h_rc = _halves(hidden)
+    r_fwd, r_rc = _halves(residual) if residual is not None else (None, None)
+    out_fwd, res_fwd = add_norm(norm, h_fwd, r_fwd, backend, residual_dtype)
+    out_rc, res_rc = add_norm(norm, rc_hidden(h_rc), None if r_rc is None else rc_hidden(r_rc), backend,
+                              residual_dtype)
+    return torch.cat([out_fwd, rc_hidden(out_rc)], -1), torch.cat([res_fwd, rc_hidden(res_rc)], -1)
+
+
+def swap_halves(x: torch.Tensor | None) -> torch.Tensor | None:
+    if x is None:
+        return None
+    fwd, rc = _halves(x)
+    return torch.cat([rc, fwd], dim=-1)
+
+
+class CaduceusBlock(nn.Module):
+    """(hidden, residual) -> (mixer(norm(hidden + residual)), hidden + residual); with RCPS, on 2 * d_model
+    channels (see the module docstring for the halves' order of a ``fused_add_norm`` model)."""
+
+    def __init__(self, config: CaduceusConfig, layer_idx: int):
+        super().__init__()
+        self.rcps = config.rcps
+        self.swap = config.rcps and config.fused_add_norm
+        self.residual_dtype = torch.float32 if config.residual_in_fp32 else None
+        mixer = BiMamba(config, layer_idx)
+        norm = make_norm(config.mixer_config())
+        self.mixer = RCPSWrapper(mixer) if config.rcps else mixer
+        self.norm = NormHolder(norm) if config.rcps and not config.fused_add_norm else norm
+
+    @property
+    def norm_module(self) -> nn.Module:
+        return self.norm.submodule if isinstance(self.norm, NormHolder) else self.norm
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        backend = "auto"
+        if not self.rcps:
+            hidden, residual = add_norm(self.norm_module, hidden, residual, backend, self.residual_dtype)
+        else:
+            if self.swap:
+                hidden, residual = swap_halves(hidden), swap_halves(residual)
+            hidden, residual = rcps_add_norm(self.norm_module, hidden, residual, backend, self.residual_dtype)
+        return self.mixer(hidden), residual
+
+
+class RCPSEmbedding(nn.Module):
+    """input_ids (batch, seqlen) -> (batch, seqlen, 2 * d_model): the embedding of the sequence, and the
+    reverse-complemented embedding of its reverse complement."""
+
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.register_buffer("complement_map", config.complement_ids())
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.embedding.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.embedding(input_ids),
+                          rc_hidden(self.embedding(rc_ids(input_ids, self.complement_map)))], dim=-1)
+
+
+class RCPSLMHead(nn.Module):
+    """(batch, seqlen, 2 * d_model) -> (batch, seqlen, vocab_size): the first half's logits plus the RC half's
+    logits of the complemented tokens."""
+
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.register_buffer("complement_map", config.complement_ids())
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.lm_head.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fwd, rc = _halves(x)
+        return F.linear(fwd, self.weight) + F.linear(rc.flip(-1), self.weight[self.complement_map])
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.word_embeddings = RCPSEmbedding(config) if config.rcps else nn.Embedding(config.vocab_size,
+                                                                                       config.d_model)
+
+
+class CaduceusBackbone(nn.Module):
+    """input_ids (batch, seqlen) -> hidden (batch, seqlen, d_model), or 2 * d_model with RCPS."""
+
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.rcps = config.rcps
+        self.residual_dtype = torch.float32 if config.residual_in_fp32 else None
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(CaduceusBlock(config, i) for i in range(config.n_layer))
+        norm = make_norm(config.mixer_config())
+        self.norm_f = NormHolder(norm) if config.rcps and not config.fused_add_norm else norm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden, residual = self.embeddings.word_embeddings(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual)
+        norm = self.norm_f.submodule if isinstance(self.norm_f, NormHolder) else self.norm_f
+        if self.rcps:
+            return rcps_add_norm(norm, hidden, residual, "auto", self.residual_dtype)[0]
+        return add_norm(norm, hidden, residual, "auto", self.residual_dtype)[0]
+
+
+class _Holder(nn.Module):
+    """``caduceus.backbone``: Caduceus' ``Caduceus`` module level, kept for the tensor names."""
+
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.backbone = CaduceusBackbone(config)
+
+
+class CaduceusLM(nn.Module):
+    """Caduceus' ``CaduceusForMaskedLM``: input_ids (batch, seqlen) -> logits (batch, seqlen, vocab_size), the head
+    tied to the embedding. RC equivariant with ``config.rcps``; any model is through :func:`rc_average`."""
+
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.config = config
+        self.caduceus = _Holder(config)
+        self.lm_head = RCPSLMHead(config) if config.rcps else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        initializer = (config.initializer_cfg or {}).get("initializer_range", 0.02)
+        self.apply(partial(init_weights, n_layer=config.n_layer, initializer_range=initializer))
+        self.tie_weights()
+
+    @property
+    def backbone(self) -> CaduceusBackbone:
+        return self.caduceus.backbone
+
+    def tie_weights(self) -> None:
+        for layer in self.backbone.layers:
+            mixer = layer.mixer.submodule if isinstance(layer.mixer, RCPSWrapper) else layer.mixer
+            mixer.tie_weights()
+        if self.config.tie_word_embeddings:
+            embedding = self.backbone.embeddings.word_embeddings
+            head = self.lm_head.lm_head if self.config.rcps else self.lm_head
+            head.weight = embedding.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.backbone(input_ids)).float()
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    def _tied_names(self) -> dict[str, str]:
+        """name -> the name it is tied to (written once; filled from its partner on load)."""
+        names = {}
+        if self.config.bidirectional and self.config.bidirectional_weight_tie:
+            sub = ".submodule" if self.config.rcps else ""
+            for i in range(self.config.n_layer):
+                for p in ("in_proj.weight", "in_proj.bias", "out_proj.weight", "out_proj.bias"):
+                    prefix = f"caduceus.backbone.layers.{i}.mixer{sub}."
+                    names[prefix + "mamba_rev." + p] = prefix + "mamba_fwd." + p
+        if self.config.tie_word_embeddings:
+            emb = "caduceus.backbone.embeddings.word_embeddings." + ("embedding.weight" if self.config.rcps else
+                                                                    "weight")
+            names["lm_head.lm_head.weight" if self.config.rcps else "lm_head.weight"] = emb
+        present = set(self.state_dict())
+        return {name: partner for name, partner in names.items() if name in present}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """config.json (Caduceus' fields) + model.safetensors (each tied tensor once)."""
+        tied = self._tied_names()
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in tied}
+        return write_checkpoint(directory, self.config.to_json() + "\n", state)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, device=None, dtype=None) -> CaduceusLM:
+        """A Caduceus checkpoint (Caduceus' own ``save_pretrained`` or ours) from a folder or a Hub id
+        ``org/name[@revision]``; tied tensors written once are filled from their partners."""
+        from mamba_bio_audio.hub import resolve
+
+        directory = resolve(source)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: no such checkpoint folder")
+        try:
+            config = CaduceusConfig.from_dict(read_config_dict(directory))
+        except (UserError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+        model = cls(config)
+        state = dict(read_state_dict(directory))
+        for name, partner in model._tied_names().items():
+            if name not in state and partner in state:
+                state[name] = state[partner]
+            elif partner not in state and name in state:
+                state[partner] = state[name]
+        expected = model.state_dict()
+        for name in ("caduceus.backbone.embeddings.word_embeddings.complement_map", "lm_head.complement_map"):
+            if name in expected:
+                if name not in state:
+                    state[name] = expected[name]
+                elif not torch.equal(state[name].long(), expected[name]):
+                    raise CheckpointError(f"{source}: {name} differs from the config's complement_map")
+                state[name] = state[name].long()
+        for name, tensor in state.items():  # tied pairs stored twice must agree
+            if name in model._tied_names() and not torch.equal(tensor, state[model._tied_names()[name]]):
+                raise CheckpointError(f"{source}: {name} should be tied to {model._tied_names()[name]}")
+        load_state_dict_strict(model, state, source, tie_embeddings=False)
+        model.tie_weights()
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        return model
+
+
+def is_caduceus_config(data: dict[str, Any]) -> bool:
+    return data.get("model_type") == MODEL_TYPE
+
+
+def rc_average(model: nn.Module, input_ids: torch.Tensor, complement: torch.Tensor) -> torch.Tensor:
+    """Post-hoc ("Ph") RC conjoining: the mean of ``model``'s logits (batch, seqlen, vocab) over the sequence and
+    over its reverse complement (whose logits are reversed and complemented back). RC equivariant for any model."""
+    logits = model(input_ids)
+    back = model(rc_ids(input_ids, complement)).flip(1)[..., complement.to(logits.device)]
+    return (logits + back) / 2
