@@ -156,9 +156,9 @@ class MambaConfig(JsonConfig):
     def from_dict(cls, data: dict[str, Any]) -> MambaConfig:
         """Build from our flat dict, from mamba_ssm's nested one (``ssm_cfg``) or from transformers' Mamba config
         (``hidden_size``, ``state_size`` ...: :mod:`mamba_bio_audio.models.hf_layout`); unknown keys are an error."""
-        from mamba_bio_audio.models.hf_layout import config_from_transformers, is_transformers_config
+        from mamba_bio_audio.models.hf_layout import translate_config
 
-        data = config_from_transformers(data) if is_transformers_config(data) else dict(data)
+        data = translate_config(data)
         ssm_cfg = data.pop("ssm_cfg", None) or {}
         if ssm_cfg.get("layer", "Mamba1") != "Mamba1":
             raise UserError(f"only Mamba1 layers are supported, the config asks for {ssm_cfg['layer']!r}")

@@ -7,7 +7,7 @@ Ours follows mamba_ssm's ``MambaLMHeadModel``; transformers' differs in the conf
 logits are cut to it), export drops them, so both models give the same logits.
 
 A config.json is in transformers' layout when it has ``model_type`` or ``hidden_size`` and no ``d_model``
-(:func:`is_transformers_config`); :meth:`MambaConfig.from_dict` translates it through :func:`config_from_transformers`.
+(:func:`is_transformers_config`); :meth:`MambaConfig.from_dict` reads it through :func:`translate_config`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ _VOCAB_ROWS = ("backbone.embedding.weight", "lm_head.weight")
 def is_transformers_config(data: dict[str, Any]) -> bool:
     """True for a transformers config.json (``model_type`` or ``hidden_size``, and no ``d_model``)."""
     return "d_model" not in data and ("model_type" in data or "hidden_size" in data)
+
+
+def translate_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.json dict as MambaConfig reads it: transformers' translated (:func:`config_from_transformers`),
+    ours and mamba_ssm's as they are; a Caduceus config is a UserError naming the class that loads it."""
+    if data.get("model_type") == "caduceus":
+        raise UserError("a Caduceus checkpoint: load it with mamba_bio_audio.models.caduceus.CaduceusLM")
+    return config_from_transformers(data) if is_transformers_config(data) else dict(data)
 
 
 def config_from_transformers(data: dict[str, Any]) -> dict[str, Any]:

@@ -126,6 +126,7 @@ def test_config_key_map():
     ({"model_type": "falcon_mamba"}, "only Mamba-1"),
     ({"hidden_act": "gelu"}, "only 'silu'"),
     ({"intermediate_size": 100}, "intermediate_size 100"),
+    ({"model_type": "caduceus", "d_model": 16}, "a Caduceus checkpoint: load it with"),
 ])
 def test_transformers_configs_we_cannot_run_are_refused(tmp_path, change, fragment):
     data = {"model_type": "mamba", "hidden_size": 16, "num_hidden_layers": 1, "vocab_size": 8, **change}
