@@ -29,7 +29,7 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     combine,
     dt_tile,
     group_base,
-    keep_tile,
+    reset_tile,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -48,29 +48,30 @@ def _sigmoid_from_softplus(dt):
 
 
 @triton.jit
-def _chunk_state_grads(dt_next, Ct, dy, A2, g, keep_next, HAS_SEQ: tl.constexpr):
+def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr):
     """Gradients w.r.t. every state of one chunk, right to left:
 
         g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_N, BLOCK_D).
 
     dt_next: dt shifted one step left (CHUNK, BLOCK_D), zero past the sequence end (there exp(0 A) = 1 and
-    ``g`` is the gradient of last_state); keep_next (CHUNK,) the decay's factor at step t + 1 (0 where a packed
-    sequence starts there, with HAS_SEQ). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
+    ``g`` is the gradient of last_state); reset_next (CHUNK,) the decay exponent's addend at step t + 1 (-inf
+    where a packed sequence starts there, with HAS_SEQ). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
     combine, since the running value enters ``combine`` first.
 
     The reverse scan is a forward scan between two time flips: Triton (3.6) lowers ``reverse=True`` with ~640
     lane shuffles per tile even though time is held in-thread, while ``tl.flip`` along an in-thread axis is
     register moves (NOTES.md, item 1 of what changed)."""
-    dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
     if HAS_SEQ:
-        dA_next = dA_next * keep_next[:, None, None]
+        dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :] + reset_next[:, None, None])
+    else:
+        dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
     b = Ct * dy[:, None, :]
     decay, gs = tl.associative_scan((tl.flip(dA_next, 0), tl.flip(b, 0)), axis=0, combine_fn=combine)
     return tl.flip(gs + decay * g[None, :, :], 0)
 
 
 @triton.jit
-def _group_start_state(u_ptr, delta_ptr, B_ptr, seq_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2,
+def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2,
                        b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
                        HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
@@ -94,8 +95,8 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, seq_ptr, states_ptr, scratch_ptr
             dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
             Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
                           B_VARYING)
-            keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
-            hs, _ = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
+            reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+            hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
             h = at_step(hs, CHUNK - 1, CHUNK)
         tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
         tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
@@ -116,7 +117,7 @@ def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _bwd_summary_kernel(
-    dout_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, seq_ptr, seg_g_ptr, seg_dt_ptr,
+    dout_ptr, delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, reset_ptr, seg_g_ptr, seg_dt_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
@@ -149,8 +150,8 @@ def _bwd_summary_kernel(
         dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
-        keep_next = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, keep_next, HAS_SEQ)
+        reset_next = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
         dt_sum += tl.sum(dt_next, axis=0)
 
@@ -161,7 +162,7 @@ def _bwd_summary_kernel(
 
 @triton.jit
 def _bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, seg_keep_ptr, states_ptr, dout_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, reset_ptr, seg_keep_ptr, states_ptr, dout_ptr,
     dlast_ptr, seg_g_ptr, seg_dt_ptr, scratch_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
@@ -241,15 +242,15 @@ def _bwd_kernel(
             h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + c, n, d_state), mask=nd_mask, other=0.0)
         else:
             h = _group_start_state(
-                u_ptr, delta_ptr, B_ptr, seq_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
+                u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
                 bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
                 HAS_BIAS, B_VARYING, HAS_SEQ, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
-        hs, dBu = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
+        reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+        hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
 
         # Output gate: out = y_pre silu(z).
         dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
@@ -261,8 +262,8 @@ def _bwd_kernel(
         # State gradients, right to left from g.
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
-        keep_next = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, keep_next, HAS_SEQ)
+        reset_next = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
 
         # Input gradients.
@@ -315,8 +316,9 @@ def _bwd_kernel(
 
 def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
     """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state).
-    saved: (u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, states) as the forward saved them."""
-    u, delta_in, A, B, C, D, z, bias_in, h0, seq_idx, states = saved
+    saved: (u, delta, A, B, C, D, z, delta_bias, initial_state, reset, states) as the forward saved them (reset:
+    :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` or None)."""
+    u, delta_in, A, B, C, D, z, bias_in, h0, reset, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
     delta, delta_bias = dt_input(delta_in, bias_in, softplus)
@@ -338,9 +340,9 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
     dummy = u
     bias = delta_bias if delta_bias is not None else dummy
     z_arg = z if z is not None else dummy
-    has_seq = seq_idx is not None
-    seq = seq_idx if has_seq else dummy
-    keep = segment_keep(seq_idx, nseg, per_seg, p.chunk, 1) if has_seq and nseg > 1 else dummy
+    has_seq = reset is not None
+    seq = reset if has_seq else dummy
+    keep = segment_keep(reset, nseg, per_seg, p.chunk, 1) if has_seq and nseg > 1 else dummy
 
     seg_g = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
     seg_dt = utils.empty(batch, nseg, dim, like=u, dtype=f32)

@@ -24,7 +24,7 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     chunk_states,
     dt_tile,
     group_base,
-    keep_tile,
+    reset_tile,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -51,7 +51,7 @@ def softplus_kernel(delta_ptr, bias_ptr, dt_ptr, dim, seqlen, stride_b, stride_d
 
 @triton.jit
 def _fwd_summary_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, seg_h_ptr, seg_dt_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, reset_ptr, seg_h_ptr, seg_dt_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
     HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
@@ -81,8 +81,8 @@ def _fwd_summary_kernel(
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
-        keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
-        hs, _ = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
+        reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+        hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
         h = at_step(hs, CHUNK - 1, CHUNK)
         dt_sum += tl.sum(dt, axis=0)
 
@@ -93,7 +93,7 @@ def _fwd_summary_kernel(
 
 @triton.jit
 def _fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seq_ptr, seg_keep_ptr, seg_h_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, reset_ptr, seg_keep_ptr, seg_h_ptr,
     seg_dt_ptr, out_ptr, states_ptr, last_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
@@ -105,8 +105,8 @@ def _fwd_kernel(
     """out (batch, dim, seqlen); states (batch, dim, nsaved, d_state) = the fp32 state before every
     SAVE_EVERY-th chunk (nsaved = cdiv(nchunks, SAVE_EVERY));
     last (batch, dim, d_state) = the final state (written by the last segment).
-    HAS_SEQ: packed sequences, seq_ptr int32 (batch, seqlen); the decay is zero where one starts, and
-    seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise."""
+    HAS_SEQ: packed sequences, reset_ptr fp32 (batch, seqlen), -inf where one starts (the decay is zero there),
+    and seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -144,8 +144,8 @@ def _fwd_kernel(
         dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        keep = keep_tile(seq_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
-        hs, _ = chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ)
+        reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
+        hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
         y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
         if HAS_Z:
             z, sig = silu_parts(z_ptr, offs, mask)
@@ -175,22 +175,23 @@ def dt_input(delta, delta_bias, softplus):
     return dt, None
 
 
-def segment_keep(seq_idx, nseg: int, per_seg: int, chunk: int, shift: int) -> torch.Tensor:
+def segment_keep(reset, nseg: int, per_seg: int, chunk: int, shift: int) -> torch.Tensor:
     """(batch, nseg) fp32: 0 for a time segment whose total decay is cut by a packed sequence's start, else 1.
-    Segment j covers steps [s0, s1) = [j per_seg chunk, (j + 1) per_seg chunk); the forward's decay from the
-    state before s0 to the state at s1 - 1 spans starts at t in [s0, s1) (shift 0), the backward's from the
-    gradient at s1 to the one at s0 spans t in (s0, s1] (shift 1)."""
-    batch, seqlen = seq_idx.shape
+    reset: (batch, seqlen), -inf where a sequence starts. Segment j covers steps [s0, s1) = [j per_seg chunk,
+    (j + 1) per_seg chunk); the forward's decay from the state before s0 to the state at s1 - 1 spans starts
+    at t in [s0, s1) (shift 0), the backward's from the gradient at s1 to the one at s0 spans t in (s0, s1]
+    (shift 1)."""
+    batch, seqlen = reset.shape
     span = nseg * per_seg * chunk
-    starts = torch.zeros(batch, span + 1, dtype=torch.bool, device=seq_idx.device)
-    starts[:, 1:seqlen] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    starts = torch.zeros(batch, span + 1, dtype=torch.bool, device=reset.device)
+    starts[:, :seqlen] = reset != 0
     cut = starts[:, shift:shift + span].reshape(batch, nseg, per_seg * chunk).any(-1)
     return (~cut).to(torch.float32).contiguous()
 
 
-def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, tun: Tunables, seq_idx=None):
-    """Launch the forward; returns out, last_state and the chunk-start states. seq_idx: int32 (batch, seqlen)
-    contiguous, or None."""
+def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, tun: Tunables, reset=None):
+    """Launch the forward; returns out, last_state and the chunk-start states. reset: packed sequences as
+    :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives them, or None."""
     batch, dim, seqlen = u.shape
     delta, delta_bias = dt_input(delta, delta_bias, softplus)
     f32 = torch.float32
@@ -206,9 +207,9 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
     seg_dt = utils.empty(batch, nseg, dim, like=u, dtype=f32)
     dummy = u  # stands in for absent optional tensors; never read (constexpr flags)
     bias = delta_bias if delta_bias is not None else dummy
-    has_seq = seq_idx is not None
-    seq = seq_idx if has_seq else dummy
-    keep = segment_keep(seq_idx, nseg, per_seg, p.chunk, 0) if has_seq and nseg > 1 else dummy
+    has_seq = reset is not None
+    seq = reset if has_seq else dummy
+    keep = segment_keep(reset, nseg, per_seg, p.chunk, 0) if has_seq and nseg > 1 else dummy
     if nseg > 1:
         _fwd_summary_kernel[grid](
             u, delta, A, B, bias, seq, seg_h, seg_dt,

@@ -7,7 +7,7 @@ import triton
 
 from mamba_bio_audio.kernels.selective_scan.backward import launch_backward
 from mamba_bio_audio.kernels.selective_scan.forward import launch_forward
-from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx, sequence_starts
 from mamba_bio_audio.kernels.selective_scan.plan import (
     DEFAULT_BLOCK_D,
     DEFAULT_CHUNK,
@@ -21,13 +21,20 @@ from mamba_bio_audio.kernels.selective_scan.plan import (
 )
 
 
+def reset_exponents(seq_idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """What the kernels read of seq_idx (batch, seqlen): fp32, contiguous, -inf at each step where a packed
+    sequence starts (t >= 1, seq_idx[t] != seq_idx[t - 1]) and 0 elsewhere, added to the decay's exponent."""
+    starts = sequence_starts(seq_idx.to(device))
+    return torch.zeros(starts.shape, device=device, dtype=torch.float32).masked_fill_(starts, float("-inf"))
+
+
 class SelectiveScanFn(torch.autograd.Function):
-    """(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, softplus, tunables) -> (out, last_state);
+    """(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, tunables) -> (out, last_state);
     the forward saves the inputs and the chunk-start states, the backward recomputes the chunks from them.
-    seq_idx: int32 (batch, seqlen) contiguous, or None."""
+    reset: packed sequences as :func:`reset_exponents` gives them, or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, softplus, tun):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, tun):
         p = make_plan(u, A, B, C, tun.chunk_size)
         B_in, C_in = B, C
         u, delta, z = same_layout(u, delta, z)
@@ -40,8 +47,8 @@ class SelectiveScanFn(torch.autograd.Function):
             states = u.new_empty(p.batch, p.dim, 0, p.d_state, dtype=torch.float32)
         else:
             out, last, states = launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, p, tun,
-                                               seq_idx)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, states)
+                                               reset)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, states)
         ctx.meta = (softplus, p, tun, B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
         ctx.set_materialize_grads(False)
         return out, last
@@ -101,8 +108,7 @@ def selective_scan_triton(
     tun = Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
                     num_stages or DEFAULT_NUM_STAGES, save_every)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2])
-    if seq_idx is not None:
-        seq_idx = seq_idx.to(device=u.device, dtype=torch.int32).contiguous()
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus,
+    reset = reset_exponents(seq_idx, u.device) if seq_idx is not None else None
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, delta_softplus,
                                       tun)
     return (out, last) if return_last_state else out

@@ -64,18 +64,17 @@ def state_ptrs(ptr, row, n, d_state):
 
 
 @triton.jit
-def keep_tile(seq_ptr, seq_row, t, seqlen, HAS_SEQ: tl.constexpr):
-    """(CHUNK,) fp32 factor of the decay at steps t: 0 where a packed sequence starts (1 <= t < seqlen and
-    seq_idx[t] != seq_idx[t - 1]: the state is reset there), else 1 (also outside [0, seqlen)). seq_ptr: int32
-    (batch, seqlen) contiguous, seq_row the offset of this program's row. Without HAS_SEQ, ones (never read)."""
+def reset_tile(reset_ptr, reset_row, t, seqlen, HAS_SEQ: tl.constexpr):
+    """(CHUNK,) fp32 added to the decay's exponent at steps t: -inf where a packed sequence starts (the decay is
+    then exp2(-inf) = 0: the state is reset), else 0 (also outside [0, seqlen)). reset_ptr: fp32 (batch, seqlen)
+    contiguous (:func:`mamba_bio_audio.kernels.selective_scan.function.reset_exponents`), reset_row the offset
+    of this program's row. Without HAS_SEQ: zeros, never read. An addend rather than a 0/1 factor: it fuses into
+    the multiply-add dt A + reset, where a factor would cost a multiply per state element."""
     if HAS_SEQ:
-        inside = (t >= 1) & (t < seqlen)
-        cur = tl.load(seq_ptr + seq_row + t, mask=inside, other=0)
-        prev = tl.load(seq_ptr + seq_row + t - 1, mask=inside, other=0)
-        keep = tl.where(inside & (cur != prev), 0.0, 1.0)
+        r = tl.load(reset_ptr + reset_row + t, mask=t < seqlen, other=0.0)
     else:
-        keep = tl.full(t.shape, 1.0, tl.float32)
-    return keep
+        r = tl.zeros(t.shape, tl.float32)
+    return r
 
 
 @triton.jit
@@ -90,13 +89,14 @@ def seg_keep(keep_ptr, idx, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
-def chunk_states(dt, u, Bt, A2, h, keep, HAS_SEQ: tl.constexpr):
+def chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ: tl.constexpr):
     """All states of one chunk. dt, u: (CHUNK, BLOCK_D); Bt: broadcastable B tile; A2 = A log2(e) and h, the
-    state before the chunk: (BLOCK_N, BLOCK_D); keep (CHUNK,): the decay's factor from :func:`keep_tile` (used
-    only with HAS_SEQ). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
-    dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+    state before the chunk: (BLOCK_N, BLOCK_D); reset (CHUNK,): the decay exponent's addend from
+    :func:`reset_tile` (used only with HAS_SEQ). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
     if HAS_SEQ:
-        dA = dA * keep[:, None, None]
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :] + reset[:, None, None])
+    else:
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
     dBu = (dt * u)[:, None, :] * Bt
     decay, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=combine)
     return hs + decay * h[None, :, :], dBu
