@@ -265,3 +265,20 @@ def test_same_logits_as_caduceus_code(reference, tmp_path, rcps, fused, strategy
         got = ours(ids)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+# ---- GPU: the Triton scan, conv and fused add-norm ------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("rcps", [True, False])
+def test_gpu_triton_path_matches_the_cpu_reference(rcps):
+    model = _model(rcps=rcps, fused_add_norm=True)
+    ids = _ids(batch=2, seqlen=300)
+    with torch.no_grad():
+        expected = model(ids)
+        got = model.cuda()(ids.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    if rcps:
+        complement = model.config.complement_ids()
+        with torch.no_grad():
+            rc = model(rc_ids(ids, complement).cuda()).cpu()
+        torch.testing.assert_close(rc, got.flip(1)[..., complement], rtol=1e-3, atol=1e-3)
