@@ -212,7 +212,8 @@ class PretrainedMixin:
         try:
             config = MambaConfig.from_dict(data)
         except (UserError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+            where = directory / CONFIG_NAME if Path(source) == directory else f"{source} ({CONFIG_NAME})"
+            raise CheckpointError(f"{where}: {e}") from None
         model = cls._from_config(config)
         state = read_state_dict(directory)
         if hf_layout.is_transformers_config(data):

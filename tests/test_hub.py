@@ -208,3 +208,14 @@ def test_cli_hub_failure_exits_2_in_one_line(cache, capsys):
     code, _, err = run(["species", "evaluate", "--checkpoint", "org/not-cached", "--data", "store", "--out", "ev"],
                        capsys)
     assert_one_line_error(code, err, "org/not-cached: no such local folder, and HF_HUB_OFFLINE is set")
+
+
+def test_a_hub_config_error_names_the_hub_id(cache, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**DNA, "colour": "blue"}))
+    MambaLM(MambaConfig(**DNA)).save_pretrained(tmp_path / "ok")
+    shutil.copyfile(tmp_path / "ok" / "model.safetensors", folder / "model.safetensors")
+    add_to_cache(cache, "org/bad", folder)
+    with pytest.raises(CheckpointError, match=r"^org/bad \(config.json\): unknown MambaConfig fields: colour$"):
+        MambaLM.from_pretrained("org/bad")

@@ -371,7 +371,8 @@ class CaduceusLM(nn.Module):
         try:
             config = CaduceusConfig.from_dict(read_config_dict(directory))
         except (UserError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+            where = directory / CONFIG_NAME if Path(source) == directory else f"{source} ({CONFIG_NAME})"
+            raise CheckpointError(f"{where}: {e}") from None
         model = cls(config)
         state = dict(read_state_dict(directory))
         for name, partner in model._tied_names().items():
