@@ -22,6 +22,7 @@ import torch
 
 from mamba_bio_audio.kernels.causal_conv1d.reference import causal_conv1d_ref, causal_conv1d_update_ref
 from mamba_bio_audio.kernels.rms_norm.reference import add_rms_norm_ref
+from mamba_bio_audio.kernels.selective_scan.naive import sequence_numbers
 from mamba_bio_audio.kernels.selective_scan.reference import selective_scan_chunked
 from mamba_bio_audio.kernels.selective_state_update.reference import selective_state_update_ref
 
@@ -113,7 +114,7 @@ def selective_scan_fn(
         B, C: (dim, d_state) fixed, (batch, d_state, seqlen) or (batch, groups, d_state, seqlen) input-dependent.
         D, delta_bias: (dim,) or None. initial_state: (batch, dim, d_state) or None (zeros).
         backend: "auto" | "reference" | "triton" | "cuda".
-        seq_idx: (batch, seqlen) integers (int32 on the Triton path) or None: several sequences packed in a row,
+        seq_idx: (batch, seqlen) integers (any integer dtype) or None: several sequences packed in a row,
             each one contiguous run of equal values (e.g. 0, 0, 0, 1, 1, 2, ...). The state is reset to zero
             before every step t where seq_idx[b, t] != seq_idx[b, t - 1], so each sequence gives exactly what it
             gives alone. initial_state is the state before the row's first sequence; last_state is the final
@@ -183,8 +184,8 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_state=None, 
             raise ValueError("backend 'cuda' (causal-conv1d) takes seq_idx only without initial_state and "
                              "final_state; use 'triton' or 'reference'")
         else:  # the package reads seq_idx with channel-last x only
-            return fn(x.transpose(1, 2).contiguous().transpose(1, 2), weight, bias, seq_idx=seq_idx.to(torch.int32),
-                      activation=activation)
+            return fn(x.transpose(1, 2).contiguous().transpose(1, 2), weight, bias,
+                      seq_idx=sequence_numbers(seq_idx), activation=activation)
     if name == "reference":
         return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state, seq_idx)
     if name == "triton":

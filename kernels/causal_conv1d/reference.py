@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx, sequence_numbers
 
 ACTIVATIONS = (None, "silu", "swish")
 
@@ -24,24 +24,27 @@ def check_activation(activation):
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def _padded_seq_idx(seq_idx: torch.Tensor, width: int) -> torch.Tensor:
-    """(batch, width - 1 + seqlen): the sequence of each xp position; initial_state's count as the first one's."""
-    return torch.cat([seq_idx[:, :1].expand(-1, width - 1), seq_idx], dim=1)
+def _padded_numbers(seq_idx: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sequence number of each x position (batch, seqlen), that of each xp position (batch, width - 1 +
+    seqlen)); initial_state's positions count as the first sequence's. Numbers, not the ids themselves, so that
+    a sequence is one run whatever the ids."""
+    numbers = sequence_numbers(seq_idx)
+    return numbers, torch.cat([numbers[:, :1].expand(-1, width - 1), numbers], dim=1)
 
 
 def tap_masks(seq_idx: torch.Tensor, width: int) -> list[torch.Tensor]:
     """Per tap k, (batch, 1, seqlen) bool: whether xp[t + k] (x position t + k - (width - 1)) is in the sequence of
     output step t."""
     seqlen = seq_idx.shape[1]
-    padded = _padded_seq_idx(seq_idx, width)
-    return [(padded[:, k:k + seqlen] == seq_idx)[:, None, :] for k in range(width)]
+    numbers, padded = _padded_numbers(seq_idx, width)
+    return [(padded[:, k:k + seqlen] == numbers)[:, None, :] for k in range(width)]
 
 
 def final_state_mask(seq_idx: torch.Tensor, width: int) -> torch.Tensor:
     """(batch, 1, width - 1) bool: which of the last width - 1 xp positions are in the row's last sequence
     (seqlen >= 1)."""
-    padded = _padded_seq_idx(seq_idx, width)
-    return (padded[:, padded.shape[1] - (width - 1):] == seq_idx[:, -1:])[:, None, :]
+    numbers, padded = _padded_numbers(seq_idx, width)
+    return (padded[:, padded.shape[1] - (width - 1):] == numbers[:, -1:])[:, None, :]
 
 
 def causal_conv1d_ref(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,

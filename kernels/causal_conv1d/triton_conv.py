@@ -11,7 +11,7 @@ W times by the dx pass):
     dxp[p]     = sum_k weight[k] dpre[p - k]          p in [0, W - 1 + seqlen): x and initial_state positions
     dweight[k] = sum_{batch, t} dpre[t] xp[t + k] ;  dbias = sum_{batch, t} dpre[t]
 
-Packed sequences (``seq_idx``, int32 (batch, seqlen); HAS_SEQ): tap k of output step t reads x position
+Packed sequences (``seq_idx`` as sequence numbers, int32 (batch, seqlen); HAS_SEQ): tap k of output step t reads x position
 t + k - (W - 1) only when that position is in t's sequence (initial_state positions count as the first
 sequence's), else zero; the backward masks the same (output step, input position) pairs.
 
@@ -28,7 +28,7 @@ import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.causal_conv1d.reference import check_activation, final_state_mask
-from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx, sequence_numbers
 from mamba_bio_audio.kernels.utils import time_contiguous
 
 DEFAULT_BLOCK_D = 32  # best of the configs timed on the H100 (NOTES.md of selective_scan)
@@ -262,8 +262,8 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
     """
     check_activation(activation)
     check_seq_idx(seq_idx, x.shape[0], x.shape[2])
-    if seq_idx is not None:
-        seq_idx = seq_idx.to(device=x.device, dtype=torch.int32).contiguous()
+    if seq_idx is not None:  # as sequence numbers: equal exactly within one packed sequence
+        seq_idx = sequence_numbers(seq_idx.to(x.device)).contiguous()
     out, final_state = _CausalConv1dFn.apply(
         x if time_contiguous(x) else x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
         initial_state.contiguous() if initial_state is not None else None, seq_idx, activation is not None,

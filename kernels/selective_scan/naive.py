@@ -54,6 +54,12 @@ def sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+def sequence_numbers(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(batch, seqlen) int32: 0, 1, 2, ... per row, the number of sequence starts (:func:`sequence_starts`) up to
+    each step; equal exactly for the steps of one packed sequence, whatever the ids (even one reused later)."""
+    return sequence_starts(seq_idx).cumsum(1, dtype=torch.int32)
+
+
 def selective_scan_naive(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     return_last_state=False, initial_state=None, seq_idx=None,

@@ -115,6 +115,17 @@ def test_triton_one_sequence_per_row_is_unchanged():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("conv", [causal_conv1d_ref, pytest.param(causal_conv1d_triton, marks=cpu_only)],
+                         ids=["reference", "triton"])
+def test_ids_only_matter_where_they_change(conv):
+    """A sequence is a run of equal ids: an id used again later (5 below) starts a new sequence all the same."""
+    x, weight, bias, init = (t.float() for t in make_leaves(1, 3, 7, 4, seed=22))
+    reused = conv(x, weight, bias, "silu", init, True, seq_idx=torch.tensor([[5, 5, 2, 2, 5, 5, 5]]))
+    numbered = conv(x, weight, bias, "silu", init, True, seq_idx=torch.tensor([[0, 0, 1, 1, 2, 2, 2]]))
+    for a, b in zip(reused, numbered):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_ops_reference_backend_takes_seq_idx():
     leaves = make_leaves(2, 3, 19, 4, seed=21)
     assert_packed_matches(lambda *a, **k: ops.causal_conv1d_fn(*a, backend="reference", **k), leaves, LENGTHS[0],
