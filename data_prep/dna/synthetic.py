@@ -3,21 +3,26 @@
 :func:`write_synthetic_genomes` writes ``<species>.fa`` files (one record per strain, headers
 ``species|strain=NAME|...``) so that demos run the real ``prepare_genomes`` path. How they are made:
 
-1. one random ancestor chromosome (uniform bases);
-2. each species descends from it by substitutions drawn from its own spectrum (a transition/transversion bias
-   and a GC bias, both species-specific), small indels, and copies of repeat families: motifs of 60-300 bp,
-   inserted in either orientation with 10% mutations, soft-masked (lower case) as real repeat annotations are.
-   Every species carries every family at a low background density, plus two families of its own at a higher one;
-3. each strain descends from its species the same way at a much lower rate, and gets one run of N (an assembly
-   gap).
+1. each species' chromosome is drawn from its own order-2 Markov chain: a GC content drawn from
+   :data:`GC_RANGE` and, for each of the 16 two-base contexts, next-base log-probabilities perturbed by
+   :data:`SIGNATURE_STRENGTH` x N(0, 1). This is the "genomic signature" of real genomes (Karlin & Burge 1995:
+   the dinucleotide relative abundances of a genome are species-specific and nearly constant along it); real
+   bacterial species differ in GC content (25-75 %) and in such short-word biases, which is what k-mer profiles
+   and a pooled model both read;
+2. repeat families: motifs of 60-300 bp, inserted in either orientation with 10% mutations, soft-masked (lower
+   case) as real repeat annotations are. Every species carries every family at a low background density, plus two
+   families of its own at a higher one;
+3. each strain descends from its species by substitutions (a species-specific transition/transversion and GC bias)
+   and small indels at a low rate, and gets one run of N (an assembly gap).
 
-Why longer windows genuinely help: a short window is mostly ancestral sequence shared by all species (species
-differ from the ancestor at ~6% of sites), its composition differences (GC content differs by under 1%) are
-far smaller than the sampling noise of a few hundred bases, and it rarely holds a repeat copy (one per 2-3 kb; of
-a species' own families, one per 5 kb). A window of tens of kilobases averages the composition signal and holds
-several repeat copies whose family mix names the species. On the default genomes a 4-mer logistic regression is
-at chance on 100 bp windows and near 95% on 10 kb windows of held-out strains. (A model could in principle
-memorize each species' substitutions instead; at demo sizes the statistics above are what a classifier learns.)
+Why longer windows genuinely help: the species differ in the frequencies of short words by a few percent, far
+below the sampling noise of a hundred bases, so a short window is hard to place; a window of thousands of bases
+averages that noise away and may hold repeat copies of the species' own families. On the default genomes a 4-mer
+logistic regression places about half of 100 bp windows of held-out strains (chance: 20%) and all 10 kb ones.
+
+(Until 2026-12 the species descended from one shared random ancestor at 6% divergence: near-identical sequences
+whose k-mer profiles differed only by per-site variants, strains of one species rather than species. A 6-mer
+regression could memorise those variants; a small model trained for a minute could not, and the demo sat at chance.)
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-SPECIES_DIVERGENCE = 0.06  # substitutions per site, ancestor -> species
+GC_RANGE = (0.35, 0.65)  # each species' GC content is drawn uniformly from this range
+SIGNATURE_STRENGTH = 0.15  # standard deviation of a species' context-dependent next-base log-probabilities
+MARKOV_ORDER = 2
 STRAIN_DIVERGENCE = 0.004  # substitutions per site, species -> strain
-SPECIES_INDEL_RATE = 1e-3  # indel events per site (half insertions, half deletions; lengths geometric, mean 2)
 STRAIN_INDEL_RATE = 1e-4
 MOTIF_LENGTHS = (60, 300)
 OWN_FAMILIES = 2  # repeat families enriched in each species
@@ -52,17 +58,17 @@ def write_synthetic_genomes(out_dir: str | os.PathLike, *, n_species: int = 5, s
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ancestor = rng.integers(0, 4, length).astype(np.uint8)
     n_families = OWN_FAMILIES * n_species
     motifs = [rng.integers(0, 4, rng.integers(*MOTIF_LENGTHS, endpoint=True)).astype(np.uint8)
               for _ in range(n_families)]
     paths = []
     for s in range(n_species):
         name = f"synth_{s:02d}"
-        spectrum = _spectrum(kappa=rng.uniform(1.0, 8.0), gc=rng.uniform(0.35, 0.65))
+        gc = rng.uniform(*GC_RANGE)
+        spectrum = _spectrum(kappa=rng.uniform(1.0, 8.0), gc=gc)
         densities = BACKGROUND_DENSITY * rng.lognormal(0.0, 1.0, n_families)
         densities[s * OWN_FAMILIES: (s + 1) * OWN_FAMILIES] = OWN_DENSITY
-        genome = _evolve(rng, ancestor, SPECIES_DIVERGENCE, SPECIES_INDEL_RATE, spectrum)
+        genome = _markov_chain(rng, _signature(rng, gc, SIGNATURE_STRENGTH), length)
         genome = _insert_repeats(rng, genome, motifs, densities)
         records = []
         for j in range(strains):
@@ -76,6 +82,31 @@ def write_synthetic_genomes(out_dir: str | os.PathLike, *, n_species: int = 5, s
         path.write_bytes(b"".join(records))
         paths.append(path)
     return paths
+
+
+def _signature(rng: np.random.Generator, gc: float, strength: float) -> np.ndarray:
+    """``(4 ** MARKOV_ORDER, 4)`` cumulative next-base probabilities of each context (its bases, oldest first, as a
+    base-4 number): the GC content's base frequencies times exp(``strength`` x N(0, 1)) per context and base."""
+    frequencies = np.array([1 - gc, gc, gc, 1 - gc]) / 2
+    logits = np.log(frequencies) + strength * rng.standard_normal((4 ** MARKOV_ORDER, 4))
+    probabilities = np.exp(logits)
+    return np.cumsum(probabilities / probabilities.sum(axis=1, keepdims=True), axis=1)
+
+
+def _markov_chain(rng: np.random.Generator, signature: np.ndarray, length: int) -> np.ndarray:
+    """``(length,)`` uint8 base codes drawn from the chain of cumulative probabilities ``signature``."""
+    uniform = rng.random(length)
+    n_contexts = signature.shape[0]
+    # every context's draw at every position (vectorized); the walk then reads its context's draw at each position
+    draws = [bytes(np.minimum((uniform[None, :] > signature[c, :, None]).sum(axis=0), 3).astype(np.uint8))
+             for c in range(n_contexts)]
+    seq = bytearray(length)
+    context = int(rng.integers(n_contexts))
+    for i in range(length):
+        base = draws[context][i]
+        seq[i] = base
+        context = (context * 4 + base) % n_contexts
+    return np.frombuffer(bytes(seq), dtype=np.uint8).copy()
 
 
 def _spectrum(kappa: float, gc: float) -> np.ndarray:

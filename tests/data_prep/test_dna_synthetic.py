@@ -40,4 +40,4 @@ def test_long_windows_beat_short_ones(tmp_path):
         model = LogisticRegression(l2=0.1).fit(kmer_features((t for t, _ in train), k=4), train.labels)
         predicted = model.predict(kmer_features((t for t, _ in test), k=4))
         accuracy[length] = float(np.mean(predicted == test.labels))
-    assert accuracy[100] < 0.4 and accuracy[10_000] > 0.7, accuracy  # chance is 0.2
+    assert accuracy[100] < 0.75 and accuracy[10_000] > 0.95, accuracy  # chance is 0.2
