@@ -47,16 +47,17 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
         self.head = nn.Linear(config.d_model, num_classes)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden (batch, seqlen, d_model) -> (batch, d_model)."""
+        """hidden (batch, seqlen, d_model) -> (batch, d_model) float32 (a mean accumulates in float32: bf16's 3
+        significant digits would blur the small differences between windows' averages)."""
         if attention_mask is None:
-            return hidden[:, -1] if self.pooling == "last" else hidden.mean(dim=1)
+            return hidden[:, -1].float() if self.pooling == "last" else hidden.mean(dim=1, dtype=torch.float32)
         mask = attention_mask.to(torch.bool)
         if self.pooling == "last":
             positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
             last = torch.where(mask, positions, -1).amax(dim=1).clamp(min=0)
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
         weights = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return (hidden * weights).sum(1, dtype=torch.float32) / weights.sum(1, dtype=torch.float32).clamp(min=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,7 +81,9 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
             hidden = self.backbone(input_ids, lengths=lengths)
         else:
             hidden = self.backbone(input_ids)
-        return self.head(self.pool(hidden, attention_mask).to(self.head.weight.dtype))
+        pooled = self.pool(hidden, attention_mask)
+        with torch.autocast(pooled.device.type, enabled=False):  # the head in float32, also under bf16 autocast
+            return self.head(pooled.to(self.head.weight.dtype))
 
     def _forward_packed(self, input_ids, attention_mask, seq_idx):
         """Logits (n_sequences, num_classes) of packed rows (see :meth:`forward`)."""
