@@ -42,12 +42,14 @@ DEMO_LR = 3e-3
               help="Peak learning rate.")
 @click.option("--pooling", type=click.Choice(["last", "mean"]), default="mean", show_default=True,
               help="Classifier head: the last base's hidden state (the paper's) or the window's mean.")
+@click.option("--head-init", type=click.Choice(["random", "probe"]), default="probe", show_default=True,
+              help="The classifier head before training: random, or fitted on the untrained model's features.")
 @click.option("--species", "n_species", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--genome-length", type=click.IntRange(min=1000), default=50_000, show_default=True,
               help="Bases per synthetic strain (3 strains per species).")
 @common_options
 def demo(out: Path | None, max_steps: int | None, max_minutes: float, length: int, eval_lengths: str,
-         per_species: int, batch_size: int, lr: float, pooling: str, n_species: int, genome_length: int, device: str,
+         per_species: int, batch_size: int, lr: float, pooling: str, head_init: str, n_species: int, genome_length: int, device: str,
          seed: int) -> None:
     """Species classification on synthetic genomes: prepare, train a tiny model, evaluate across window lengths."""
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
@@ -68,7 +70,7 @@ def demo(out: Path | None, max_steps: int | None, max_minutes: float, length: in
         raise UserError(f"window lengths must lie in 8..--genome-length ({genome_length}), got {length} and "
                         f"{eval_lengths}")
     settings = SpeciesSettings(length=length, max_steps=max_steps, max_minutes=max_minutes, preset="tiny",
-                               batch_size=batch_size, lr=lr, pooling=pooling, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
+                               batch_size=batch_size, lr=lr, pooling=pooling, head_init=head_init, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
                                progress=False)
     torch_dev = torch_device(device)
     out = run_folder(out or Path("mba-demo"), "demo")

@@ -103,6 +103,9 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @click.option("--train-length", type=click.IntRange(min=2), default=None,
               help="Training window in bases [default: --length with --pooling last, else at most 1024]; --length "
                    "is the window the model is meant for (evaluation and prediction default to it).")
+@click.option("--head-init", type=click.Choice(["random", "probe"]), default="random", show_default=True,
+              help="The classifier head before training: random, or a logistic regression fitted on the untrained "
+                   "model's pooled features (linear probe, then fine-tuning; its time counts in --max-minutes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Windows per step [default: the preset's, at most its token budget].")
 @click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
@@ -111,7 +114,7 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @common_options
 def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes: float | None,
           preset: str | None, init_from: Path | None, bidirectional: bool, pooling: str, train_length: int | None,
-          batch_size: int | None, accumulate: int, lr: float | None, warmup_min_length: int | None,
+          head_init: str, batch_size: int | None, accumulate: int, lr: float | None, warmup_min_length: int | None,
           warmup_stage_steps: int | None, checkpoint_activations: bool | None, rc_prob: float, val_per_species: int,
           val_every: int | None, checkpoint_every: int, num_workers: int, devices: int, num_nodes: int,
           strategy: str, resume: bool, device: str, seed: int) -> None:
@@ -125,7 +128,8 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
         checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
         val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
         devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed, bidirectional=bidirectional,
-        pooling=pooling, train_length=train_length, init_from=None if init_from is None else str(init_from))
+        pooling=pooling, train_length=train_length, head_init=head_init,
+        init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "species train", resume=resume, overwrite=True, inputs=(data, init_from))
     if resume:

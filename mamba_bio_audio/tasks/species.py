@@ -55,6 +55,8 @@ from mamba_bio_audio.tasks.windows import (
 
 DEFAULT_PRESET = "paper-1.4m"  # a species run's model size without --preset or --init-from
 DEFAULT_TRAIN_LENGTH = 1024  # a mean-pooled species run trains on windows of at most this length by default
+HEAD_INITS = ("random", "probe")  # a new head: random, or fitted on the untrained features (tasks.probe)
+PROBE_PER_SPECIES = 32  # train-split windows per species that the probe is fitted on
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -152,7 +154,9 @@ def label_map(model_labels: Sequence[str], store: TokenStore) -> np.ndarray:
 class SpeciesSettings(TrainSettings):
     """:class:`~mamba_bio_audio.tasks.windows.TrainSettings` plus ``bidirectional`` mixers, ``init_from`` a
     pretrained LM, the classifier's ``pooling`` ("mean" or "last") and ``train_length``: the length of the training
-    windows (None: ``length`` with last-token pooling, else at most :data:`DEFAULT_TRAIN_LENGTH`). ``length`` is the
+    windows (None: ``length`` with last-token pooling, else at most :data:`DEFAULT_TRAIN_LENGTH`); ``head_init``
+    "probe": the head fitted on the features of the model before training (:mod:`~mamba_bio_audio.tasks.probe`, its
+    time taken from ``max_minutes``), "random": as built. ``length`` is the
     window the model is meant for (recorded with it: the default of evaluation and prediction). ``preset`` None:
     :data:`DEFAULT_PRESET`, or the shape of ``init_from``."""
 
@@ -160,6 +164,7 @@ class SpeciesSettings(TrainSettings):
     init_from: str | None = None
     pooling: str = "mean"
     train_length: int | None = None
+    head_init: str = "random"
 
     def resolved_train_length(self) -> int:
         if self.train_length is not None:
@@ -185,13 +190,36 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> W
     if train_length != settings.length:  # the window the model is meant for must exist too (a DataError if not)
         WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction)
     training = dataclasses.replace(settings, preset=preset, length=train_length)
-    plan = plan_windows(store, training, lambda: build_classifier(
-        labels, settings.length, preset, settings.bidirectional, settings.init_from, settings.pooling),
-        labelled=True)
+    if settings.head_init not in HEAD_INITS:
+        raise UserError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {settings.head_init!r}")
+    torch.manual_seed(settings.seed)
+    model = build_classifier(labels, settings.length, preset, settings.bidirectional, settings.init_from,
+                             settings.pooling)
+    probe = None
+    if settings.head_init == "probe":
+        probe, training = _probe_head(model, store, training)
+    plan = plan_windows(store, training, lambda: model, labelled=True)
     plan.summary.update(labels=labels, train_species=plan.species, init_from=settings.init_from,
                         bidirectional=settings.bidirectional, pooling=settings.pooling, window=settings.length,
-                        train_length=train_length)
+                        train_length=train_length, head_init=settings.head_init)
+    if probe is not None:
+        plan.summary["probe"] = probe
     return plan
+
+
+def _probe_head(model: MambaClassifier, store: TokenStore, settings: SpeciesSettings) -> tuple[dict, SpeciesSettings]:
+    """Fit ``model``'s head on :data:`PROBE_PER_SPECIES` train windows per species of ``settings.length``; returns
+    the probe's facts and ``settings`` with the probe's time taken from a ``max_minutes`` budget."""
+    from mamba_bio_audio.tasks.probe import fit_head_by_probe
+
+    WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction).check()
+    windows = eval_windows(store, "train", settings.length, PROBE_PER_SPECIES, settings.seed + 3,
+                           max_n_fraction=settings.max_n_fraction)
+    probe = fit_head_by_probe(model, [t for t, _ in windows], windows.labels, device=torch_device(settings.device))
+    if settings.max_minutes is not None and settings.max_steps is None:
+        left = max(settings.max_minutes - probe["seconds"] / 60, settings.max_minutes / 10)
+        settings = dataclasses.replace(settings, max_minutes=left)
+    return probe, settings
 
 
 def run_training(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
