@@ -5,7 +5,8 @@
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
 #   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory |
 #                                                   #       decode-ab | some-tests | profile | synthetic-* |
-#                                                   #       induction-eval | species | sc09 | synthetic
+#                                                   #       induction-eval | species | species-ab |
+#                                                   #       classify-fragments | sc09 | synthetic
 #                                                   #       (default: tests bench)
 #
 # species / sc09 read development data from .gpudata/ (git-ignored; copy ../shared/data/dna/bacteria and
@@ -101,6 +102,18 @@ for step in $what; do
                 --per-species 40 --out $r/species_eval --device cuda 2>&1 | tail -15
             echo "species: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/species_eval/gpu_seconds.txt
             tar czf "$out/species.tar.gz" -C $r species/config.yaml species/metrics.json species/logs species_eval ;;
+        classify-fragments)  # labelled fragments (100-2,000 bases) of the 5 bacteria, held-out strains:
+            # mba dna classify prepare | train | evaluate (model beside the 6-mer baseline); CLASSIFY_ARGS adds flags
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            python3 /tmp/src/dev/make_fragments.py "$repo/.gpudata/bacteria" $r/fragments.csv \
+                --train-per-species ${FRAGMENTS_TRAIN:-5000} --test-per-species 400 &&
+            mba dna classify prepare $r/fragments.csv --split-column split --out $r/frag_store 2>&1 | tail -4 &&
+            mba dna classify train --data $r/frag_store --out $r/frag_run --max-minutes ${CLASSIFY_MINUTES:-3} \
+                --device cuda ${CLASSIFY_ARGS:-} 2>&1 | tail -6 &&
+            mba dna classify evaluate --checkpoint $r/frag_run --data $r/frag_store --out $r/frag_eval \
+                --device cuda 2>&1 | tail -15
+            echo "classify-fragments: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/frag_eval/gpu_seconds.txt
+            tar czf "$out/classify_fragments.tar.gz" -C $r frag_run/config.yaml frag_run/metrics.json frag_eval ;;
         sc09)  # FSDD at 8 kHz: short paper-6m training, samples, classifier, metrics
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             mba sc09 prepare --from-folder "$repo/.gpudata/fsdd/recordings" --out $r/fsdd --sample-rate 8000 \
