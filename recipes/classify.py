@@ -5,7 +5,7 @@
     mba dna classify prepare  human_nontata_promoters/ --out STORE                 # Genomic Benchmarks folder
     mba dna classify prepare  --download human_nontata_promoters --out STORE       # ... fetched by name
     mba dna classify prepare  promoter_all/ --out STORE                            # NT task: train.csv, test.csv
-    mba dna classify train    --data STORE --out RUN [--init-from PRETRAINED] [--class-weights]
+    mba dna classify train    --data STORE --out RUN [--init-from PRETRAINED] [--class-weights] [--pack]
     mba dna classify evaluate --checkpoint RUN --data STORE --out EVAL             # beside the 6-mer baseline
     mba dna classify predict  --checkpoint RUN seqs.csv --out preds.tsv
 
@@ -125,6 +125,10 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
               help="Peak learning rate [default: the preset's].")
 @click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Probability of reverse-complementing a training sequence.")
+@click.option("--pack", is_flag=True,
+              help="Pack many train sequences per row (no compute on padding); each is pooled on its own.")
+@click.option("--pack-length", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tokens per packed row (0: the longest train sequence, after --max-length).")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
@@ -132,9 +136,9 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @common_options
 def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | None, preset: str | None,
           init_from: Path | None, bidirectional: bool, pooling: str, class_weights: bool, max_length: int,
-          batch_size: int | None, lr: float | None, rc_prob: float, val_every: int | None, checkpoint_every: int,
+          batch_size: int | None, lr: float | None, rc_prob: float, pack: bool, pack_length: int, val_every: int | None, checkpoint_every: int,
           num_workers: int, resume: bool, device: str, seed: int) -> None:
-    """Train a MambaClassifier on the train split (length-bucketed, padded batches)."""
+    """Train a MambaClassifier on the train split (length-bucketed, padded batches; or packed rows)."""
     from mamba_bio_audio.tasks.classify import ClassifySettings, plan_training, run_training
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
@@ -142,12 +146,12 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
         length=max_length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr,
         rc_prob=rc_prob, val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
         device=device, seed=seed, bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
-        init_from=None if init_from is None else str(init_from))
+        init_from=None if init_from is None else str(init_from), pack=pack, pack_length=pack_length)
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "dna classify train", resume=resume, overwrite=True, inputs=(data, init_from))
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "max_length", "bidirectional",
-                                                                       "pooling"))
+                                                                       "pooling", "pack", "pack_length"))
     plan = plan_training(data, settings)
     if is_main_process():
         s = plan.summary

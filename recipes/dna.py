@@ -3,6 +3,7 @@
     mba dna pretrain --genomes DIR --out RUN --length 1024                 # a folder of FASTA files
     mba dna pretrain --data STORE --out RUN --length 1024                  # a store from 'species prepare'
     mba dna pretrain --bed sequences.bed --fasta hg38.fa.gz --out RUN ...  # HyenaDNA's hg38 intervals
+    mba dna pretrain --bed intervals.bed --fasta g.fa --out RUN --length 4096 --pack   # intervals of any length
 
 The work is done by :mod:`mamba_bio_audio.tasks.dna_lm` (model, training, perplexity) and
 :mod:`mamba_bio_audio.data_prep.dna` (genomes or BED intervals -> token store -> windows).
@@ -55,18 +56,21 @@ dna.add_command(classify)
               help="Windows per step [default: the preset's, at most its token budget].")
 @click.option("--rc-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Probability of reverse-complementing a training window.")
+@click.option("--pack", is_flag=True,
+              help="Fill each training row of --length bases with records / BED intervals of any length end to end "
+                   "(the model restarts at each; BED intervals are not widened).")
 @window_training_options
 @common_options
 def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: Path | None, split_by: str,
              out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str, batch_size: int | None, accumulate: int,
              lr: float | None, warmup_min_length: int | None, warmup_stage_steps: int | None,
-             checkpoint_activations: bool | None, rc_prob: float, val_per_species: int, val_every: int | None,
+             checkpoint_activations: bool | None, rc_prob: float, pack: bool, val_per_species: int, val_every: int | None,
              checkpoint_every: int, num_workers: int, devices: int, num_nodes: int, strategy: str, resume: bool,
              device: str, seed: int) -> None:
     """Train a MambaLM to predict the next base; report val perplexity and bits per base."""
     from mamba_bio_audio.data_prep.dna.bed import prepare_bed
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
-    from mamba_bio_audio.tasks.dna_lm import plan_pretraining, run_pretraining
+    from mamba_bio_audio.tasks.dna_lm import plan_packed_pretraining, plan_pretraining, run_pretraining
     from mamba_bio_audio.tasks.windows import TrainSettings, is_main_process, refuse_to_overwrite
 
     sources = [name for name, value in (("--genomes", genomes), ("--data", data), ("--bed", bed)) if value]
@@ -84,7 +88,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     if is_main_process():
         check_output_folder(out, "dna pretrain", resume=resume, overwrite=True, inputs=(genomes, data, bed, fasta))
         if resume:
-            check_resume_config(out, click.get_current_context().params, ("preset", "length"))
+            check_resume_config(out, click.get_current_context().params, ("preset", "length", "pack"))
     if resume and max_steps is None:  # the step count this run planned from its budget
         settings.max_steps = run_config_value(out, "max_steps")
     created = not out.exists()
@@ -95,8 +99,8 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
             if genomes is not None:
                 prepare_genomes(genomes, store, split_by, seed=seed)
             else:
-                prepare_bed(bed, fasta, store, extend_to=length)
-        plan = plan_pretraining(store, settings)
+                prepare_bed(bed, fasta, store, extend_to=0 if pack else length)
+        plan = (plan_packed_pretraining if pack else plan_pretraining)(store, settings)
     except Exception:
         if created and out.exists() and is_main_process():  # leave no half-made run behind
             shutil.rmtree(out)

@@ -7,9 +7,12 @@
   with the project's Lightning training (:class:`~mamba_bio_audio.training.module.ClassificationTask`, class
   weights optional). Sequences of mixed lengths share a batch: length buckets
   (:mod:`~mamba_bio_audio.data_prep.dna.buckets`) keep the padding small, and the attention mask makes a padded
-  sequence get the logits it gets alone (:class:`~mamba_bio_audio.models.classifier.MambaClassifier`);
+  sequence get the logits it gets alone (:class:`~mamba_bio_audio.models.classifier.MambaClassifier`). With
+  ``pack`` the train sequences are packed instead, many per row up to a token budget
+  (:mod:`~mamba_bio_audio.data_prep.dna.packing`), and the classifier pools each one on its own: no compute on pads;
 - evaluation: :func:`evaluate` scores a split (accuracy, MCC, macro-F1, AUROC when binary, confusion matrix) beside
-  the k-mer baseline (6-mer frequencies + logistic regression fit on the train split);
+  the k-mer baseline (6-mer frequencies + logistic regression fit on the train split); padded batches, or packed
+  rows (:func:`predict_proba` ``packed=True``: the same probabilities);
 - prediction: :func:`predict_file` writes class probabilities of every sequence of a file as TSV, streaming.
 """
 
@@ -35,6 +38,7 @@ from mamba_bio_audio.data_prep.dna.labelled import (
     read_labelled,
     write_labelled_store,
 )
+from mamba_bio_audio.data_prep.dna.packing import PackedSampler, collate_packed, join_row, pack_rows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.metrics.classification import classification_metrics
@@ -137,10 +141,16 @@ class WeightedClassificationTask(ClassificationTask):
         self.register_buffer("class_weight", None if weights is None else torch.tensor(weights), persistent=False)
 
     def compute_loss(self, batch):
-        if self.class_weight is None:
+        """Padded batches, or packed ones (``seq_idx``; one label per packed sequence, in order)."""
+        seq_idx = batch.get("seq_idx")
+        if self.class_weight is None and seq_idx is None:
             return super().compute_loss(batch)
-        logits = self.model(batch["input_ids"], batch.get("attention_mask"))
-        loss = F.cross_entropy(logits.float(), batch["label"], weight=self.class_weight.float())
+        if seq_idx is None:
+            logits = self.model(batch["input_ids"], batch.get("attention_mask"))
+        else:
+            logits = self.model(batch["input_ids"], batch.get("attention_mask"), seq_idx=seq_idx)
+        weight = None if self.class_weight is None else self.class_weight.float()
+        loss = F.cross_entropy(logits.float(), batch["label"], weight=weight)
         accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
         return loss, {"accuracy": accuracy}
 
@@ -150,7 +160,9 @@ class WeightedClassificationTask(ClassificationTask):
 class ClassifySettings(TrainSettings):
     """:class:`~mamba_bio_audio.tasks.windows.TrainSettings` for whole sequences: ``length`` is the crop (a longer
     training sequence gives a random window of it; 0: no crop), ``rc_prob`` defaults to 0 (labels may depend on
-    the strand), plus ``bidirectional``, ``pooling``, ``init_from`` and inverse-frequency ``class_weights``."""
+    the strand), plus ``bidirectional``, ``pooling``, ``init_from`` and inverse-frequency ``class_weights``.
+    ``pack``: train on packed rows of ``pack_length`` tokens (0: the longest training sequence, after the crop),
+    as many rows per step as hold ``batch_size`` sequences of the mean length."""
 
     length: int = 0
     rc_prob: float = 0.0
@@ -158,6 +170,8 @@ class ClassifySettings(TrainSettings):
     pooling: str = "mean"
     init_from: str | None = None
     class_weights: bool = False
+    pack: bool = False
+    pack_length: int = 0
 
     def __post_init__(self) -> None:
         if self.length:
@@ -185,12 +199,18 @@ class SequenceItems:
 
 
 class SequenceData(WindowData):
-    """Training batches of :func:`collate` (bucketed, padded, masked); validation batches given ready-made."""
+    """Training batches of :func:`collate` (bucketed, padded, masked) or, with ``packed``, of
+    :func:`~mamba_bio_audio.data_prep.dna.packing.collate_packed` (``batch_size`` rows); validation batches given
+    ready-made."""
+
+    def __init__(self, *args, packed: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.collate = collate_packed if packed else collate
 
     def train_dataloader(self) -> DataLoader:
         loader = super().train_dataloader()
         return DataLoader(loader.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=collate, pin_memory=torch.cuda.is_available())
+                          collate_fn=self.collate, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | list:
         return DataLoader(self.val_samples, batch_size=None) if self.val_samples else []
@@ -230,11 +250,18 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     batch = batch_size_for(preset, sized)
     lr = settings.lr or preset.lr
     weights = class_weights(store.meta["counts"]["train"], labels) if settings.class_weights else None
-    sampler = BucketedSampler(store, train, [class_of[store.records[i]["label"]] for i in train], batch,
-                              seed=settings.seed, crop=crop, rc_prob=settings.rc_prob)
+    train_classes = [class_of[store.records[i]["label"]] for i in train]
     val_batches = list(_batches(store, val, [class_of[store.records[i]["label"]] for i in val], batch, crop))
-    datamodule = SequenceData(SequenceItems(sampler), batch, val_samples=[b for _, b in val_batches],
-                              num_workers=settings.num_workers)
+    packing = None
+    if settings.pack:
+        sampler, rows, packing = _packed_sampler(store, train, train_classes, batch, window, settings)
+        datamodule = SequenceData(sampler, rows, val_samples=[b for _, b in val_batches],
+                                  num_workers=settings.num_workers, packed=True)
+    else:
+        sampler = BucketedSampler(store, train, train_classes, batch, seed=settings.seed, crop=crop,
+                                  rc_prob=settings.rc_prob)
+        datamodule = SequenceData(SequenceItems(sampler), batch, val_samples=[b for _, b in val_batches],
+                                  num_workers=settings.num_workers)
     settings, step_seconds = resolve_max_steps(
         settings, lambda: WeightedClassificationTask(model, OptimConfig(lr=lr), weights), datamodule)
     sized = dataclasses.replace(sized, max_steps=settings.max_steps)
@@ -243,13 +270,28 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
                "n_layer": model.config.n_layer, "parameters": param_count(model), "batch_size": batch, "lr": lr,
                "labels": labels, "train_sequences": len(train), "longest_train_sequence": longest, "crop": crop,
                "init_from": settings.init_from, "bidirectional": settings.bidirectional, "pooling": settings.pooling,
-               "class_weights": weights, "rc_prob": settings.rc_prob,
+               "class_weights": weights, "rc_prob": settings.rc_prob, "packing": packing,
                "checkpoint_activations": model.gradient_checkpointing,
                "validation": f"{len(val)} sequences of the val split" if val else "none (the store has no val split)",
                "max_steps": settings.max_steps, "max_minutes": settings.max_minutes}
     if step_seconds is not None:
         summary["measured_seconds_per_step"] = round(step_seconds, 4)
     return ClassifyPlan(model, task, datamodule, trainer_config(sized, [], bool(val)), store, val, summary)
+
+
+def _packed_sampler(store: TokenStore, train: Sequence[int], classes: Sequence[int], batch: int, window: int,
+                    settings: ClassifySettings) -> tuple[PackedSampler, int, dict]:
+    """The packed training stream: rows of ``settings.pack_length`` tokens (0: ``window``, the longest cut train
+    sequence), and rows per step (as many as hold ``batch`` sequences of the mean length); plus its summary."""
+    width = settings.pack_length or window
+    if settings.pack_length and settings.length and settings.pack_length < settings.length:
+        raise UserError(f"--pack-length {settings.pack_length} must hold a --max-length {settings.length} window")
+    sampler = PackedSampler(store, train, classes, width, seed=settings.seed, crop=settings.length or None,
+                            rc_prob=settings.rc_prob)
+    rows = max(1, round(batch * float(sampler.lengths.mean()) / width))
+    fill = sampler.fill()
+    return sampler, rows, {"row_tokens": width, "rows_per_step": rows, "fill": round(fill, 4),
+                           "sequences_per_step": round(rows * fill * width / float(sampler.lengths.mean()), 1)}
 
 
 def _batches(store: TokenStore, indices: Sequence[int], classes: Sequence[int] | None, batch_size: int,
@@ -291,12 +333,17 @@ def run_training(plan: ClassifyPlan, out: Path, resume: bool = False) -> dict:
 # ---- inference ----------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def predict_proba(model: MambaClassifier, sequences: Sequence[np.ndarray], batch_size: int = 64,
-                  device: torch.device | str = "cpu", crop: int | None = None) -> np.ndarray:
+                  device: torch.device | str = "cpu", crop: int | None = None, packed: bool = False) -> np.ndarray:
     """Class probabilities ``(n, num_classes)`` float64 of token sequences of any lengths, batched by length with
-    padding and masks (bf16 autocast on CUDA); a sequence longer than ``crop`` is read at its centre."""
+    padding and masks (bf16 autocast on CUDA); a sequence longer than ``crop`` is read at its centre. ``packed``:
+    the sequences packed into rows instead (:func:`_predict_packed`), the same probabilities."""
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
+    if packed:
+        out = _predict_packed(model, [_centre(s, crop) for s in sequences], batch_size, device)
+        model.train(was_training)
+        return out
     out = np.zeros((len(sequences), model.num_classes))
     lengths = [min(s.size, crop or s.size) for s in sequences]
     for rows in eval_batches(lengths, batch_size, EVAL_MAX_TOKENS):
@@ -305,6 +352,24 @@ def predict_proba(model: MambaClassifier, sequences: Sequence[np.ndarray], batch
             logits = model(torch.from_numpy(ids).to(device).long(), torch.from_numpy(mask).to(device))
         out[rows] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     model.train(was_training)
+    return out
+
+
+def _predict_packed(model: MambaClassifier, sequences: Sequence[np.ndarray], batch_size: int,
+                    device: torch.device) -> np.ndarray:
+    """Probabilities of ``sequences`` packed (first-fit decreasing) into rows of ``EVAL_MAX_TOKENS // batch_size``
+    tokens (at least the longest sequence), at most ``EVAL_MAX_TOKENS`` row tokens per batch."""
+    out = np.zeros((len(sequences), model.num_classes))
+    rows, width = pack_rows(sequences, EVAL_MAX_TOKENS // batch_size)
+    per_batch = max(1, EVAL_MAX_TOKENS // width)
+    for first in range(0, len(rows), per_batch):
+        group = rows[first: first + per_batch]
+        batch = collate_packed([join_row([sequences[k] for k in row], [0] * len(row)) for row in group])
+        with autocast(device):
+            logits = model(batch["input_ids"].to(device).long(), batch["attention_mask"].to(device),
+                           seq_idx=batch["seq_idx"].to(device))
+        order = [k for row in group for k in row]
+        out[order] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     return out
 
 

@@ -3,6 +3,11 @@
 The run is planned by :func:`~mamba_bio_audio.tasks.windows.plan_windows` like a species run; it is scored by the
 next-base cross-entropy on fixed validation windows (nats per base, perplexity, bits per base). Its saved model is
 the starting point of ``mba species train --init-from``.
+
+Packed pretraining (:func:`plan_packed_pretraining`, ``--pack``): each training row of ``length`` tokens holds
+records of any length end to end (:class:`~mamba_bio_audio.data_prep.dna.packed_windows.PackedWindowSampler`),
+numbered by ``seq_idx``; the model restarts its state at each record and :func:`next_token_loss` does not predict a
+record's first base from the one before it. Validation then uses fixed packed rows of the val split.
 """
 
 from __future__ import annotations
@@ -18,19 +23,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mamba_bio_audio.data_prep.dna.packed_windows import PackedWindowSampler
 from mamba_bio_audio.devices import torch_device
-from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.tasks.windows import (
     TrainSettings,
+    WindowData,
     WindowPlan,
     autocast,
+    batch_size_for,
     batches,
     dna_extra,
     get_preset,
     open_store,
+    optim_config,
+    param_count,
     plan_windows,
+    resolve_max_steps,
     run_windows,
+    trainer_config,
+    use_checkpointing,
+    warmup_callbacks,
 )
+from mamba_bio_audio.training.module import LMTask, OptimConfig
 
 LN2 = math.log(2.0)
 
@@ -47,20 +62,110 @@ def plan_pretraining(store_path: str | os.PathLike, settings: TrainSettings) -> 
     return plan
 
 
+class PackedWindowTokens:
+    """``sample_fn(i)`` of a :class:`PackedWindowSampler`: ``{"input_ids": uint8 (length,), "seq_idx": int32
+    (length,)}`` (picklable for DataLoader workers)."""
+
+    def __init__(self, sampler: PackedWindowSampler):
+        self.sampler = sampler
+
+    def __call__(self, i: int) -> dict[str, torch.Tensor]:
+        tokens, seq_idx = self.sampler[i]
+        return {"input_ids": torch.from_numpy(tokens), "seq_idx": torch.from_numpy(seq_idx)}
+
+
+def next_token_loss(model: nn.Module, ids: torch.Tensor,
+                    seq_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of the next-token cross-entropies (fp32), number of predicted tokens)`` of ``ids`` (batch, seqlen):
+    the model reads ``ids[:, :-1]`` and predicts ``ids[:, 1:]``. With ``seq_idx`` (batch, seqlen) several sequences
+    share a row: the model restarts at each, and the first token of a sequence is not predicted (its predecessor
+    belongs to another sequence)."""
+    targets = ids[:, 1:]
+    if seq_idx is None:
+        logits = model(ids[:, :-1])
+    else:
+        logits = model(ids[:, :-1], seq_idx=seq_idx[:, :-1])
+        targets = targets.masked_fill(seq_idx[:, 1:] != seq_idx[:, :-1], -100)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                            reduction="sum")
+    return total, (targets != -100).sum()
+
+
+class PackedLMTask(LMTask):
+    """:class:`~mamba_bio_audio.training.module.LMTask` that also reads packed batches (``"seq_idx"``): the mean
+    next-token cross-entropy over the predicted tokens (:func:`next_token_loss`)."""
+
+    def compute_loss(self, batch):
+        if "seq_idx" not in batch:
+            return super().compute_loss(batch)
+        total, count = next_token_loss(self.model, batch["input_ids"], batch["seq_idx"])
+        loss = total / count.clamp(min=1)
+        return loss, {"bits_per_token": loss.detach() / LN2}
+
+
+def plan_packed_pretraining(store_path: str | os.PathLike, settings: TrainSettings) -> WindowPlan:
+    """:func:`plan_pretraining` with packed rows: each training row of ``settings.length`` tokens holds records of
+    any length end to end (module docstring). Validation: ``val_per_species`` fixed packed rows per species of the
+    val split (``plan.val``: a list of ``(tokens, seq_idx)``). Batch, learning rate, warm-up and budget as
+    :func:`~mamba_bio_audio.tasks.windows.plan_windows`; nothing is written."""
+    from mamba_bio_audio.models.lm import MambaLM
+
+    store = open_store(store_path)
+    sampler = PackedWindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction,
+                                  rc_prob=settings.rc_prob, seed=settings.seed)
+    sampler.check()
+    val, val_note = None, "--val-per-species 0"
+    if settings.val_per_species:
+        try:
+            val_sampler = PackedWindowSampler(store, "val", settings.length, max_n_fraction=settings.max_n_fraction,
+                                              seed=settings.seed + 1)
+            val = val_sampler.rows(settings.val_per_species * len(val_sampler.species))
+            val_note = f"{len(val)} packed rows of the val split"
+        except DataError as e:
+            val_note = str(e)
+    torch.manual_seed(settings.seed)
+    preset_name = settings.preset or "tiny"
+    preset = get_preset(preset_name)
+    model = MambaLM(dataclasses.replace(preset.model_config(), extra=dna_extra(settings.length)))
+    model.gradient_checkpointing = use_checkpointing(settings)
+    batch = batch_size_for(preset, settings)
+    lr = settings.lr or preset.pretrain_lr
+    val_samples = [{"input_ids": torch.from_numpy(t), "seq_idx": torch.from_numpy(s)} for t, s in val or []]
+    datamodule = WindowData(PackedWindowTokens(sampler), batch, val_samples=val_samples,
+                            num_workers=settings.num_workers)
+    settings, step_seconds = resolve_max_steps(settings, lambda: PackedLMTask(model, OptimConfig(lr=lr)), datamodule)
+    callbacks, warmup = warmup_callbacks(settings)
+    task = PackedLMTask(model, optim_config(preset, settings, lr))
+    summary = {"preset": preset_name, "d_model": model.config.d_model, "n_layer": model.config.n_layer,
+               "parameters": param_count(model), "batch_size": batch, "lr": lr, "packed": True,
+               "sequence_length_warmup": warmup, "checkpoint_activations": model.gradient_checkpointing,
+               "validation": val_note, "max_steps": settings.max_steps, "max_minutes": settings.max_minutes,
+               "species": sampler.species}
+    if step_seconds is not None:
+        summary["measured_seconds_per_step"] = round(step_seconds, 4)
+    return WindowPlan(model, task, datamodule, trainer_config(settings, callbacks, val is not None), val, summary,
+                      sampler.species)
+
+
 def run_pretraining(plan: WindowPlan, out: Path, resume: bool = False, batch_size: int | None = None) -> dict:
     """Train, save ``out/model``, and return the metrics: val loss (nats per base), perplexity, bits per base."""
     metrics = run_windows(plan, out, resume)
     if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
         device = torch_device(plan.trainer.device)
-        metrics.update(lm_loss(plan.model, (t for t, _ in plan.val), batch_size, device))
+        if plan.summary.get("packed"):
+            metrics.update(lm_loss(plan.model, (t for t, _ in plan.val), batch_size, device,
+                                   seq_idx=(s for _, s in plan.val)))
+        else:
+            metrics.update(lm_loss(plan.model, (t for t, _ in plan.val), batch_size, device))
     return metrics
 
 
 @torch.inference_mode()
 def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | None = None,
-            device: torch.device | str = "cpu") -> dict:
+            device: torch.device | str = "cpu", seq_idx: Iterable[np.ndarray] | None = None) -> dict:
     """Next-base cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids; the model reads the first
-    ``seqlen - 1`` and predicts the last ``seqlen - 1``).
+    ``seqlen - 1`` and predicts the last ``seqlen - 1``). ``seq_idx``: one ``(seqlen,)`` array per window for
+    packed rows (:func:`next_token_loss`: a sequence's first token is not predicted).
 
     Returns ``{"val_loss": nats per base, "val_perplexity": exp(loss), "val_bits_per_base": loss / ln 2,
     "val_tokens": predicted bases}``.
@@ -69,13 +174,14 @@ def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | N
     was_training = model.training
     model.eval().to(device)
     total, count = 0.0, 0
+    seq_batches = batches(seq_idx, batch_size) if seq_idx is not None else None
     for batch in batches(windows, batch_size):
         ids = torch.from_numpy(batch).to(device).long()
+        seq = None if seq_batches is None else torch.from_numpy(next(seq_batches)).to(device)
         with autocast(device):
-            logits = model(ids[:, :-1])
-        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                 reduction="sum").item()
-        count += ids[:, 1:].numel()
+            batch_total, batch_count = next_token_loss(model, ids, seq)
+        total += batch_total.item()
+        count += int(batch_count)
     if count == 0:
         raise UserError("no windows to evaluate")
     model.train(was_training)
