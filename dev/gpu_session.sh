@@ -3,7 +3,7 @@
 #
 #   (here)   dev/fetch_gpu_wheels.sh               # once: cp312 wheels of biopython and soundfile into .whl/
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
-#   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory |
+#   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory | packed |
 #                                                   #       decode-ab | some-tests | profile | synthetic-* |
 #                                                   #       induction-eval | species | species-ab |
 #                                                   #       classify-fragments | sc09 | synthetic
@@ -135,6 +135,10 @@ for step in $what; do
             timeout ${MEMORY_SECONDS:-300} mba bench memory --lengths ${MEMORY_LENGTHS:-1048576,4194304} \
                 --checkpoint-level ${MEMORY_LEVELS:-0,1,2} --out /tmp/bench/memory --overwrite 2>&1 | tail -12
             cp /tmp/bench/memory/bench_memory.* "$out/" ;;
+        packed)  # packed vs padded batches (lengths log-uniform 200-5,000), and the scan with/without seq_idx
+            timeout ${PACKED_SECONDS:-420} mba bench packed --out /tmp/bench/packed --overwrite ${PACKED_ARGS:-} \
+                2>&1 | tail -20
+            cp /tmp/bench/packed/bench_packed.* "$out/" ;;
         train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
             timeout 420 python3 -m mamba_bio_audio bench train --out /tmp/bench/train --overwrite ${TRAIN_ARGS:-} \
                 2>&1 | tail -12

@@ -69,6 +69,33 @@ def memory(**params) -> None:
     click.echo(commands.memory(**params, progress=_progress))
 
 
+@bench.command("packed")
+@click.option("--sequences", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Sequences of the length distribution (one pass over them per mode).")
+@click.option("--min-length", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Lengths are log-uniform in [--min-length, --max-length] (Genomic Benchmarks-like).")
+@click.option("--tokens-per-step", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Token budget per step: tokens-per-step // max-length sequences (padded) or rows (packed).")
+@click.option("--d-model", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--n-layer", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "reference", "triton", "cuda"]), default=None,
+              help="Ops backend of the model [default: triton on CUDA, auto (torch reference) on CPU].")
+@click.option("--scan-shapes", default="8,1536,2048;1,1536,65536;1,512,1048576", show_default=True,
+              help="'batch,dim,seqlen' list separated by ';' for the scan with and without seq_idx ('': none).")
+@click.option("--scan-backend", type=click.Choice(["triton", "reference", "cuda"]), default=None,
+              help="Backend of the scan timings [default: triton on CUDA, reference on CPU].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the lengths and the batch order.")
+@click.option("--device", default=None, help="cuda (default when present) or cpu.")
+@_out_option("packed")
+@config_option
+def packed(**params) -> None:
+    """Packed vs padded batches on mixed lengths: useful tokens/s and peak memory; the scan with/without seq_idx."""
+    from mamba_bio_audio.benchmarks import commands
+
+    click.echo(commands.packed(**params, progress=_progress))
+
+
 # ---- whole-model training and generation throughput (mamba_bio_audio.benchmarks.train / .generate) ------------
 def _size_options(f):
     """--d-model --n-layer --transformer-layers --n-head --vocab-size (defaults: the 90.7M / 85.3M pair)."""

@@ -71,6 +71,31 @@ def memory(*, lengths: str, levels: str, segment: int | None, d_model: int, n_la
                  memory_markdown(rows, env, d_model, n_layer, segment), overwrite)
 
 
+def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step: int, d_model: int, n_layer: int,
+           backend: str | None, scan_shapes: str, scan_backend: str | None, seed: int, device: str | None, out: Path,
+           overwrite: bool, progress: Progress) -> str:
+    """``mba bench packed``: :func:`~mamba_bio_audio.benchmarks.packed.run_packed_bench`, report ``bench_packed``."""
+    from mamba_bio_audio.benchmarks.packed import packed_markdown, run_packed_bench
+    from mamba_bio_audio.benchmarks.train import default_backend
+
+    if not 1 <= min_length <= max_length:
+        raise UserError(f"--min-length {min_length} and --max-length {max_length}: need 1 <= min <= max")
+    if tokens_per_step < max_length:
+        raise UserError(f"--tokens-per-step {tokens_per_step} must hold one --max-length {max_length} sequence")
+    device = _device(device)
+    backend = default_backend(backend, device)
+    scan_backend = scan_backend or ("triton" if device.startswith("cuda") else "reference")
+    shape_list = options.parse_shapes(scan_shapes, "--scan-shapes") if scan_shapes else []
+    check_output_folder(out, "bench packed", overwrite=overwrite)
+    result = run_packed_bench(sequences=sequences, min_length=min_length, max_length=max_length,
+                              tokens_per_step=tokens_per_step, d_model=d_model, n_layer=n_layer, backend=backend,
+                              scan_shapes=shape_list, scan_backend=scan_backend, device=device, seed=seed,
+                              progress=progress)
+    result["environment"] = environment()
+    return _save(out, "bench packed", "bench_packed", result, packed_markdown(result, result["environment"]),
+                 overwrite)
+
+
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
           overwrite: bool, progress: Progress) -> str:

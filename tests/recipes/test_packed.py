@@ -71,3 +71,26 @@ def test_dna_pretrain_packed_on_short_bed_intervals(tmp_path, capsys):
     # 2 rows of 64: 63 targets each, less one per piece boundary (the val intervals are 40 and 30 bases)
     assert 2 * 63 - 2 * 2 <= metrics["val_tokens"] < 2 * 63
     assert 1 < metrics["val_perplexity"] < 12
+
+
+def test_bench_packed_at_tiny_cpu_sizes(tmp_path, capsys):
+    code, out, err = run(["bench", "packed", "--sequences", "30", "--min-length", "8", "--max-length", "64",
+                          "--tokens-per-step", "256", "--d-model", "16", "--n-layer", "1", "--scan-shapes",
+                          "2,8,128", "--device", "cpu", "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "b" / "bench_packed.json").read_text())
+    assert {"device", "torch", "date", "mamba_bio_audio"} <= set(data["environment"])
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert list(rows) == ["padded to max", "padded, length buckets", "packed"]
+    useful = rows["packed"]["useful_tokens"]
+    assert 8 * 30 <= useful <= 64 * 30 and rows["padded to max"]["useful_tokens"] == useful
+    assert rows["padded to max"]["computed_tokens"] == 64 * 30  # every sequence padded to the longest
+    assert rows["packed"]["useful_fraction"] > rows["padded to max"]["useful_fraction"]
+    assert all(r["useful_tokens_per_second"] > 0 and r["sequences"] == 30 for r in rows.values())
+    scan = data["scan"][0]
+    assert scan["backend"] == "reference" and scan["fwd_ms"] > 0 and scan["fwd_bwd_ms_seq_idx"] > 0
+    assert scan["sequences_per_row"] > 1
+    assert "| packed |" in out and (tmp_path / "b" / "bench_packed.md").is_file()
+    code, _, err = run(["bench", "packed", "--min-length", "10", "--max-length", "100", "--tokens-per-step", "50",
+                        "--device", "cpu", "--out", tmp_path / "c"], capsys)
+    assert_one_line_error(code, err, "--tokens-per-step 50 must hold")
