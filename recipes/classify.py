@@ -128,7 +128,8 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @click.option("--pack", is_flag=True,
               help="Pack many train sequences per row (no compute on padding); each is pooled on its own.")
 @click.option("--pack-length", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Tokens per packed row (0: the longest train sequence, after --max-length).")
+              help="Tokens per packed row (0: the longest train sequence, after --max-length); a longer sequence "
+                   "gives a random window of it.")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="[default: max-steps / 5]")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)

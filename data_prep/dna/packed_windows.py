@@ -62,7 +62,7 @@ class PackedWindowSampler(_PicklesStoreByPath):
             rec = self.store.records[entry]
             size = min(rec["length"], room)
             start = int(rng.integers(0, rec["length"] - size + 1))
-            if (round(rec["n_fraction"] * rec["length"]) <= self.max_n_fraction * size
+            if (round(rec.get("n_fraction", 1.0) * rec["length"]) <= self.max_n_fraction * size
                     or count_unknown(self.store.tokens(entry)[start: start + size]) <= self.max_n_fraction * size):
                 return entry, start, size
         name = self.species[k] if k is not None else "any species"
