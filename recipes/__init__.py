@@ -11,6 +11,7 @@ import click
 
 def register(cli: click.Group) -> None:
     """Add every recipe's command or group to the ``mba`` group."""
+    from mamba_bio_audio.recipes.audio import audio
     from mamba_bio_audio.recipes.bench import bench
     from mamba_bio_audio.recipes.demo import demo
     from mamba_bio_audio.recipes.dna import dna
@@ -24,5 +25,6 @@ def register(cli: click.Group) -> None:
     cli.add_command(dna)
     cli.add_command(species)
     cli.add_command(sc09)
+    cli.add_command(audio)
     cli.add_command(synthetic)
     cli.add_command(push)

@@ -130,16 +130,7 @@ def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None
     """
     import lightning.pytorch as pl
 
-    from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.training.budget import (
-        budget_callback,
-        planned_max_steps,
-        planned_steps,
-        seconds_per_step,
-    )
     from mamba_bio_audio.training.data import IndexedDataModule
-    from mamba_bio_audio.training.module import LMTask, OptimConfig
-    from mamba_bio_audio.training.trainer import TrainerConfig, fit
 
     s = settings
     pl.seed_everything(s.seed, verbose=False)
@@ -150,38 +141,67 @@ def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None
                                       for i in range(min(s.val_clips, len(val_set)))]
     datamodule = IndexedDataModule(clip_sample_fn(train_set, s.seed), s.batch_size, val_samples=val,
                                    num_workers=s.num_workers)
-    max_steps, step_seconds = s.max_steps, None
-    if max_steps is None and resume:
-        max_steps = planned_max_steps(out / "checkpoints" / "last.ckpt")
-    if max_steps is None and s.max_minutes is not None:
-        step_seconds = seconds_per_step(LMTask(model, OptimConfig(lr=s.lr)), datamodule, torch_device(s.device))
-        max_steps = planned_steps(60 * s.max_minutes, step_seconds)
-    max_steps = max_steps or DEFAULT_STEPS
-    task = LMTask(model, OptimConfig(lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1,
-                                     max_steps=max_steps))
-    trainer_config = TrainerConfig(max_steps=max_steps, max_minutes=s.max_minutes, device=s.device,
-                                   devices=s.devices, num_nodes=s.num_nodes,
-                                   strategy=s.strategy, precision=s.precision, grad_clip=0.1,
-                                   checkpoint_every=s.checkpoint_every,
-                                   val_every=(s.val_every or max(1, max_steps // 10)) if val else 0,
-                                   log_every=max(1, min(50, max_steps // 20)))
-    started = time.time()
-    trainer = fit(task, datamodule, out, trainer_config, resume=resume)
-    train_seconds = time.time() - started
-    cut = bool(getattr(budget_callback(trainer), "cut", False))
-    if not trainer.is_global_zero:
+    run = fit_audio_lm(model, datamodule, out, s, resume=resume, validate=bool(val))
+    if run is None:
         return None
     model.save_pretrained(out / "model")
     val_bits = None
     if val_set is not None:
         val_bits = nll_bits_per_sample(model, val_set, batch_size=s.batch_size, max_clips=s.val_clips,
                                        device=next(model.parameters()).device)
-    return {"val_bits_per_sample": val_bits, "val_clips": min(s.val_clips, len(val_set or [])),
-            "max_steps": max_steps, "max_minutes": s.max_minutes, "steps": int(trainer.global_step),
+    return {"val_bits_per_sample": val_bits, "val_clips": min(s.val_clips, len(val_set or [])), **run,
+            "arch": s.arch, "preset": s.preset, "parameters": sum(p.numel() for p in model.parameters()), **audio}
+
+
+def fit_audio_lm(model, datamodule, out: Path, settings: AudioTrainSettings, *, resume: bool = False,
+                 validate: bool = True, callbacks: Callable[[int], list] | None = None,
+                 task_class=None) -> dict | None:
+    """The training loop of the audio recipes: plan the steps (``settings.max_steps``, else a resumed run's plan,
+    else as many as ``max_minutes`` fits, else :data:`DEFAULT_STEPS`), train ``model`` as ``task_class`` (default
+    :class:`~mamba_bio_audio.training.module.LMTask`) on ``datamodule`` with AdamW (betas 0.9/0.95, weight decay
+    0.1, 10 % warm-up, cosine, grad clip 0.1) and ``callbacks(max_steps)``, checkpoints in ``out``.
+
+    Returns the run's facts (``max_steps``, ``max_minutes``, ``steps``, ``budget_cut``, ``train_seconds``, ...), or
+    None in the extra processes of a multi-device run (they write nothing).
+    """
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.training.budget import (
+        budget_callback,
+        planned_max_steps,
+        planned_steps,
+        seconds_per_step,
+    )
+    from mamba_bio_audio.training.module import LMTask, OptimConfig
+    from mamba_bio_audio.training.trainer import TrainerConfig, fit
+
+    s = settings
+    task_class = task_class or LMTask
+    max_steps, step_seconds = s.max_steps, None
+    if max_steps is None and resume:
+        max_steps = planned_max_steps(out / "checkpoints" / "last.ckpt")
+    if max_steps is None and s.max_minutes is not None:
+        step_seconds = seconds_per_step(task_class(model, OptimConfig(lr=s.lr)), datamodule, torch_device(s.device))
+        max_steps = planned_steps(60 * s.max_minutes, step_seconds)
+    max_steps = max_steps or DEFAULT_STEPS
+    task = task_class(model, OptimConfig(lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1,
+                                         max_steps=max_steps))
+    trainer_config = TrainerConfig(max_steps=max_steps, max_minutes=s.max_minutes, device=s.device,
+                                   devices=s.devices, num_nodes=s.num_nodes,
+                                   strategy=s.strategy, precision=s.precision, grad_clip=0.1,
+                                   checkpoint_every=s.checkpoint_every,
+                                   val_every=(s.val_every or max(1, max_steps // 10)) if validate else 0,
+                                   log_every=max(1, min(50, max_steps // 20)),
+                                   callbacks=list(callbacks(max_steps)) if callbacks else [])
+    started = time.time()
+    trainer = fit(task, datamodule, out, trainer_config, resume=resume)
+    train_seconds = time.time() - started
+    cut = bool(getattr(budget_callback(trainer), "cut", False))
+    if not trainer.is_global_zero:
+        return None
+    return {"max_steps": max_steps, "max_minutes": s.max_minutes, "steps": int(trainer.global_step),
             "budget_cut": cut, **({"stopped_by": "max_minutes"} if cut else {}),
             **({"measured_seconds_per_step": round(step_seconds, 4)} if step_seconds is not None else {}),
-            "train_seconds": train_seconds, "arch": s.arch, "preset": s.preset,
-            "parameters": sum(p.numel() for p in model.parameters()), **audio}
+            "train_seconds": train_seconds}
 
 
 # ---- test NLL ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,250 @@
+"""``mba audio ...``: 8-bit audio LMs on any folder of recordings: ``prepare``, ``train``, ``generate``,
+``evaluate``; the library is ``data_prep.audio.recordings``, ``tasks.audio_folder`` and the SC09 recipe's
+training loop and sampler (``tasks.audio_lm``, ``tasks.audio_generation``); docs/audio.md has a walk-through."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.recipes.options import (
+    budget_options,
+    common_options,
+    config_option,
+    out_option,
+    overwrite_option,
+)
+from mamba_bio_audio.recipes.outputs import (
+    atomic_write_text,
+    check_output_folder,
+    check_resume_config,
+    output_folder,
+    plot_curve,
+    read_csv_metric,
+    run_folder,
+    write_json,
+    write_yaml,
+)
+from mamba_bio_audio.recipes.sc09 import ARCHS, MODEL_PRESETS
+
+data_option = click.option("--data", required=True, type=click.Path(path_type=Path),
+                           help="Recordings store written by `mba audio prepare`.")
+short_files_option = click.option(
+    "--short-files", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
+    help="Files shorter than the window: left out with a warning, or padded with silence and masked out of the loss.")
+
+
+def _options() -> dict:
+    """The current command's option values (what ran), paths as strings: replayable with --config."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in click.get_current_context().params.items()}
+
+
+def _warn(command: str, messages) -> None:
+    for message in messages:
+        click.echo(f"mba audio {command}: warning: {message}", err=True)
+
+
+@click.group("audio")
+def audio() -> None:
+    """Audio LMs on any folder of recordings: prepare, train, generate, evaluate."""
+
+
+# ---- prepare ------------------------------------------------------------------------------------------------------
+@audio.command("prepare")
+@click.option("--from", "src", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of .wav / .flac / .ogg files (searched recursively; any length, rate, channels).")
+@out_option(help_text="Token store folder to write (replaced atomically).")
+@click.option("--sample-rate", type=click.IntRange(min=1000, max=192000), default=16000, show_default=True,
+              help="Store rate in Hz; every file is resampled to it (mono: channels averaged).")
+@click.option("--encoding", type=click.Choice(["mulaw8", "linear8"]), default="mulaw8", show_default=True)
+@click.option("--normalization", type=click.Choice(["none", "peak"]), default="none", show_default=True,
+              help="Amplitude: as read, or each file scaled to peak 1.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of the files (seeded shuffle by --seed) in the val split.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--split-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Lines '<file> <split>' (file relative to --from; split train|val|test) instead of the "
+                   "fractions; files not listed are train.")
+@click.option("--max-file-seconds", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
+              help="Longer files are skipped as huge.")
+@click.option("--max-clipped-fraction", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Files with more of their samples at full scale are skipped as clipped.")
+@click.option("--strict", is_flag=True, help="Stop at the first unusable file (exit 2) instead of skipping it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split by file.")
+@overwrite_option
+@config_option
+def prepare(src: Path, out: Path, sample_rate: int, encoding: str, normalization: str, val_fraction: float,
+            test_fraction: float, split_list: Path | None, max_file_seconds: float, max_clipped_fraction: float,
+            strict: bool, seed: int, overwrite: bool) -> None:
+    """Audio files -> 8-bit token store of whole recordings, split by file."""
+    from mamba_bio_audio.data_prep.audio.recordings import prepare_recordings
+
+    if split_list is not None and not split_list.is_file():
+        raise UserError(f"--split-list {split_list}: no such file")
+    check_output_folder(out, "audio prepare", overwrite=overwrite, inputs=(src,))
+    with output_folder(out, "audio prepare", overwrite=overwrite, inputs=(src,)) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = prepare_recordings(src, tmp, sample_rate, encoding=encoding, normalization=normalization,
+                                    val_fraction=val_fraction, test_fraction=test_fraction, split_list=split_list,
+                                    seed=seed, max_file_seconds=max_file_seconds,
+                                    max_clipped_fraction=max_clipped_fraction, strict=strict)
+    _warn("prepare", (f"skipped {m}" for m in result.skipped))
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    click.echo(f"wrote {out}: {counts} files at {sample_rate} Hz ({encoding}); {len(result.skipped)} files skipped")
+
+
+# ---- train --------------------------------------------------------------------------------------------------------
+@audio.command("train")
+@data_option
+@out_option(help_text="Run folder: config.yaml, checkpoints/, logs/, model/, metrics.json, loss.png.")
+@click.option("--window", type=click.IntRange(min=2, max=2**20), default=16384, show_default=True,
+              help="Samples per training window, cut at random from within the files.")
+@short_files_option
+@click.option("--preset", type=click.Choice(MODEL_PRESETS), default="paper-6m", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default="sashimi", show_default=True,
+              help="Multi-scale SaShiMi-style Mamba U-Net, or a plain Mamba LM.")
+@budget_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+              help="Peak AdamW lr (betas 0.9/0.95, weight decay 0.1, 10% warm-up, cosine; grad clip 0.1).")
+@click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
+              help="Sequence-length warm-up from this length, doubling to --window at constant samples per batch "
+                   "[default: 16384 above 16384, else off; 0: off].")
+@click.option("--warmup-stage-steps", type=click.IntRange(min=1), default=None,
+              help="Steps per warm-up stage [default: max-steps / 10].")
+@click.option("--checkpoint-activations/--no-checkpoint-activations", default=None,
+              help="Recompute activations in the backward pass (--arch mamba-lm) [default: on from 131072].")
+@click.option("--val-every", type=click.IntRange(min=0), default=0,
+              help="Steps between validations [default: max_steps / 10].")
+@click.option("--val-windows", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Validation windows scored (NLL in bits per sample).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=2000, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--precision", default=None, help="Lightning precision [default: bf16-mixed on GPU, 32-true on CPU].")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.ckpt (same flags).")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--num-nodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True)
+@common_options
+def train(data: Path, out: Path, window: int, short_files: str, preset: str, arch: str, max_steps: int | None,
+          max_minutes: float | None, batch_size: int, lr: float, warmup_min_length: int | None,
+          warmup_stage_steps: int | None, checkpoint_activations: bool | None, val_every: int, val_windows: int,
+          checkpoint_every: int, num_workers: int, precision: str | None, resume: bool, devices: int, num_nodes: int,
+          strategy: str, device: str, seed: int) -> None:
+    """Train an 8-bit audio LM on random windows of the training recordings."""
+    from mamba_bio_audio.tasks.audio_folder import (
+        RecordingTrainSettings,
+        RecordingWindows,
+        build_recording_lm,
+        open_recordings,
+        train_recording_lm,
+        warmup_plan,
+    )
+    from mamba_bio_audio.training.trainer import TrainerConfig
+
+    store = open_recordings(data)
+    settings = RecordingTrainSettings(
+        arch=arch, preset=preset, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+        val_every=val_every, val_clips=val_windows, checkpoint_every=checkpoint_every, num_workers=num_workers,
+        precision=precision, devices=devices, num_nodes=num_nodes, strategy=strategy, device=device, seed=seed,
+        window=window, short_files=short_files, warmup_min_length=warmup_min_length,
+        warmup_stage_steps=warmup_stage_steps, checkpoint_activations=checkpoint_activations)
+    # every refusal before anything is written: trainer options, window against the files, warm-up, memory level
+    TrainerConfig(device=device, strategy=strategy, precision=precision)
+    RecordingWindows(store, "train", window, seed, short_files)
+    warmup_plan(settings)
+    build_recording_lm(settings, {"sample_rate": 1, "encoding": "mulaw8", "clip_samples": window})
+    if resume:
+        check_resume_config(out, click.get_current_context().params, ("preset", "arch", "window"))
+    out = run_folder(out, "audio train", resume=resume, inputs=(data,))
+    write_yaml(out / "config.yaml", _options())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*left out of training")
+        metrics = train_recording_lm(store, out, settings, resume=resume)
+    if metrics is None:  # an extra process of a multi-device run
+        return
+    _warn("train", (f"{name}: shorter than the {window}-sample window -- left out of training"
+                    for name in metrics["files_left_out"]))
+    steps, bits = read_csv_metric(out / "logs", "train/bits_per_token")
+    if steps:
+        plot_curve(out / "loss.png", steps, bits, "step", "train NLL (bits per sample)",
+                   f"audio {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}, window {window}")
+    write_json(out / "metrics.json", metrics)
+    val_bits = metrics["val_bits_per_sample"]
+    shown = "n/a (no val windows)" if val_bits is None else f"{val_bits:.4f}"
+    click.echo(f"val NLL {shown} bits/sample after {metrics['steps']} steps ({metrics['train_seconds']:.0f} s); "
+               f"wrote {out}/model")
+
+
+# ---- generate -----------------------------------------------------------------------------------------------------
+@audio.command("generate")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training run folder (or its model/ folder).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=4, show_default=True, help="Clips to generate.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Clip length [default: the training window].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--cuda-graph/--eager", "cuda_graph", default=None,
+              help="Replay the decode step as CUDA graphs [default: on CUDA devices].")
+@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, spectrograms.png, metrics.json.")
+@common_options
+def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_size: int, temperature: float,
+             top_p: float, cuda_graph: bool | None, out: Path, device: str, seed: int) -> None:
+    """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.audio_generation import clip_length, load_audio_lm, write_samples
+    from mamba_bio_audio.tasks.audio_lm import audio_settings
+
+    where = torch_device(device)
+    if cuda_graph and where.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
+    model = load_audio_lm(checkpoint, device=where)
+    length = clip_length(seconds, audio_settings(model))
+    out = run_folder(out, "audio generate", inputs=(checkpoint,))
+    write_yaml(out / "config.yaml", _options())
+    metrics = write_samples(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
+                            top_p=top_p, seed=seed, cuda_graph=cuda_graph, device=where)
+    write_json(out / "metrics.json", metrics)
+    click.echo(f"wrote {num_samples} clips of {length / metrics['sample_rate']:.3f} s to {out} "
+               f"({metrics['audio_seconds_per_second']:.3g} s of audio per second)")
+
+
+# ---- evaluate -----------------------------------------------------------------------------------------------------
+@audio.command("evaluate")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training run folder (or its model/ folder).")
+@data_option
+@short_files_option
+@out_option(help_text="Folder for metrics.json and metrics.md.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--max-windows", type=click.IntRange(min=1), default=None,
+              help="Windows scored, evenly spaced over the split [default: all].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@common_options
+def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: str, max_windows: int | None,
+             batch_size: int, device: str, seed: int) -> None:
+    """NLL in bits per sample on consecutive windows (the training length) of the test recordings."""
+    from mamba_bio_audio.benchmarks.report import environment, markdown_table
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.audio_folder import evaluate_recording_lm, open_recordings
+    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+
+    where = torch_device(device)
+    model = load_audio_lm(checkpoint, device=where)
+    store = open_recordings(data)
+    metrics = evaluate_recording_lm(model, store, split=split, short_files=short_files, max_windows=max_windows,
+                                    batch_size=batch_size, device=where)
+    metrics.update(options=_options(), environment=environment())
+    table = markdown_table(["split", "NLL bits/sample", "windows", "window", "files"],
+                           [[split, metrics[f"{split}_bits_per_sample"], metrics[f"{split}_windows"],
+                             metrics["window"], metrics["files"]]])
+    out = run_folder(out, "audio evaluate", inputs=(checkpoint, data))
+    write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; each "
+                      f"window scored on its own (its first sample is context only).\n")
+    click.echo(table)

@@ -1,0 +1,135 @@
+"""data_prep.audio.recordings: any folder of WAV / FLAC / OGG at any rate and length -> a store of whole files;
+the seeded split by file, the list file, and every bad file skipped with its one-line reason (or raised)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mamba_bio_audio.data_prep.audio.recordings import (
+    prepare_recordings,
+    read_split_list,
+    split_by_file,
+)
+from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.errors import DataError
+
+RATE = 8000
+
+
+def tone(seconds: float, rate: int, freq: float = 220.0, level: float = 0.3) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Six usable files: WAV at the store rate, FLAC at 16 kHz in stereo, OGG, in a sub-folder too."""
+    src = tmp_path / "rec"
+    (src / "sub").mkdir(parents=True)
+    for i in range(4):
+        sf.write(src / f"w{i}.wav", tone(0.2 + 0.1 * i, RATE), RATE)
+    stereo = np.stack([tone(0.5, 16000), tone(0.5, 16000, level=0.1)], axis=1)
+    sf.write(src / "sub" / "st.flac", stereo, 16000)
+    sf.write(src / "sub" / "v.ogg", tone(0.3, RATE), RATE, format="OGG", subtype="VORBIS")
+    return src
+
+
+def prepare(src, out, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare_recordings(src, out, RATE, **kw)
+
+
+def test_every_format_any_rate_mono_at_the_store_rate(folder, tmp_path):
+    result = prepare(folder, tmp_path / "store", val_fraction=0.2, test_fraction=0.2)
+    store = TokenStore(tmp_path / "store")
+    records = {r["file"]: r for r in store.records}
+    assert set(records) == {"w0.wav", "w1.wav", "w2.wav", "w3.wav", "sub/st.flac", "sub/v.ogg"}
+    assert result.skipped == [] and sum(result.counts.values()) == 6
+    assert records["w2.wav"]["length"] == round(0.4 * RATE)
+    flac = records["sub/st.flac"]  # 16 kHz stereo: resampled to 8 kHz, channels averaged
+    assert (flac["length"], flac["source_rate"], flac["source_channels"]) == (round(0.5 * RATE), 16000, 2)
+    assert store.meta["sample_rate"] == RATE and store.meta["layout"] == "recordings"
+    # the stereo mix: mean of 0.3 and 0.1 amplitudes -> peak about 0.2 (mu-law token of 0.2 is about 228)
+    tokens = np.asarray(store.tokens(list(records).index("sub/st.flac")))
+    assert 215 < tokens.max() < 240
+
+
+def test_split_by_file_is_seeded_disjoint_and_complete():
+    names = [f"f{i}.wav" for i in range(20)]
+    a, b = split_by_file(names, 0.1, 0.2, seed=3), split_by_file(names, 0.1, 0.2, seed=3)
+    assert a == b and set(a) == set(names)
+    assert sorted(a.values()).count("test") == 4 and sorted(a.values()).count("val") == 2
+    assert split_by_file(names, 0.1, 0.2, seed=4) != a
+    small = split_by_file(["x", "y", "z"], 0.05, 0.05, seed=0)  # tiny folders still get one val and one test file
+    assert sorted(small.values()) == ["test", "train", "val"]
+
+
+def test_split_list(folder, tmp_path):
+    listing = tmp_path / "splits.txt"
+    listing.write_text("# held out\nw0.wav test\nsub/v.ogg\tval\n")
+    prepare(folder, tmp_path / "store", split_list=listing)
+    splits = {r["file"]: r["split"] for r in TokenStore(tmp_path / "store").records}
+    assert splits["w0.wav"] == "test" and splits["sub/v.ogg"] == "val"
+    assert {s for f, s in splits.items() if f not in ("w0.wav", "sub/v.ogg")} == {"train"}
+    listing.write_text("nope.wav test\n")
+    with pytest.raises(DataError, match=r"splits.txt:1: nope.wav is not an audio file"):
+        read_split_list(listing, ["w0.wav"])
+    listing.write_text("w0.wav holdout\n")
+    with pytest.raises(DataError, match=r"splits.txt:1: expected"):
+        read_split_list(listing, ["w0.wav"])
+
+
+def bad_files(src):
+    """One file of each problem; returns {file name: fragment of its message}."""
+    (src / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    sf.write(src / "empty.wav", np.zeros(0, np.float32), RATE)
+    nan = tone(0.2, RATE)
+    nan[100] = np.nan
+    sf.write(src / "nan.wav", nan, RATE, subtype="FLOAT")
+    sf.write(src / "clipped.wav", np.sign(tone(0.2, RATE)), RATE)
+    sf.write(src / "huge.wav", tone(3.0, RATE), RATE)
+    return {"garbage.wav": "unreadable", "empty.wav": "empty", "nan.wav": "NaN", "clipped.wav": "clipped",
+            "huge.wav": "huge"}
+
+
+def test_bad_files_are_skipped_with_their_reason(folder, tmp_path):
+    problems = bad_files(folder)
+    with pytest.warns(UserWarning):
+        result = prepare_recordings(folder, tmp_path / "store", RATE, max_file_seconds=2.0)
+    assert len(result.skipped) == len(problems)
+    for name, fragment in problems.items():
+        line = next(m for m in result.skipped if name in m)
+        assert fragment in line and "\n" not in line
+    assert {r["file"] for r in TokenStore(tmp_path / "store").records}.isdisjoint(problems)
+
+
+@pytest.mark.parametrize("name", ["garbage.wav", "empty.wav", "nan.wav", "clipped.wav", "huge.wav"])
+def test_strict_stops_at_a_bad_file_and_writes_nothing(tmp_path, name):
+    src = tmp_path / "rec"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3, RATE), RATE)
+    fragment = bad_files(src)[name]
+    for other in set(bad_files(src)) - {name}:
+        (src / other).unlink()
+    with pytest.raises(DataError, match=fragment) as info:
+        prepare(src, tmp_path / "store", strict=True, max_file_seconds=2.0)
+    assert name in str(info.value)
+    assert not (tmp_path / "store").exists() and [p.name for p in tmp_path.iterdir()] == ["rec"]
+
+
+def test_a_folder_without_usable_audio(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    with pytest.raises(DataError, match="no audio files"):
+        prepare(tmp_path / "empty", tmp_path / "store")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.wav").write_bytes(b"junk")
+    with pytest.raises(DataError, match="no usable audio files"):
+        prepare(bad, tmp_path / "store")
+    assert not (tmp_path / "store").exists()

@@ -1,0 +1,95 @@
+"""`mba audio` end to end on a small folder of mixed recordings (CPU): prepare -> train -> generate -> evaluate;
+bad inputs end in one line with exit code 2 and leave nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import assert_one_line_error
+from helpers import run_cli as run
+
+RATE = 8000
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_recordings(folder, n: int = 6) -> None:
+    """``n`` short recordings (chirps plus noise) of different lengths, formats and rates."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        rate = RATE if i % 3 else 16000
+        t = np.arange(int((0.15 + 0.05 * i) * rate)) / rate
+        wave = 0.3 * np.sin(2 * np.pi * (150 + 400 * t) * t) + 0.01 * rng.standard_normal(t.size)
+        suffix = (".wav", ".flac", ".ogg")[i % 3]
+        sf.write(folder / f"rec{i}{suffix}", wave.astype(np.float32), rate)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from mamba_bio_audio.cli import main
+
+    root = tmp_path_factory.mktemp("audio")
+    write_recordings(root / "rec")
+    steps = {
+        "prepare": ["audio", "prepare", "--from", root / "rec", "--out", root / "store", "--sample-rate", RATE,
+                    "--val-fraction", "0.2", "--test-fraction", "0.2"],
+        "train": ["audio", "train", "--data", root / "store", "--out", root / "run", "--preset", "tiny",
+                  "--window", "256", "--warmup-min-length", "64", "--warmup-stage-steps", "1", "--max-steps", "3",
+                  "--batch-size", "2", "--val-windows", "2", "--device", "cpu"],
+        "generate": ["audio", "generate", "--checkpoint", root / "run", "--num-samples", "2", "--seconds", "0.02",
+                     "--out", root / "gen", "--device", "cpu"],
+        "evaluate": ["audio", "evaluate", "--checkpoint", root / "run", "--data", root / "store", "--out",
+                     root / "eval", "--device", "cpu"],
+    }
+    codes = {}
+    for name, args in steps.items():
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        codes[name] = info.value.code
+        if codes[name] != 0:
+            break
+    return root, codes
+
+
+def test_every_command_succeeds(pipeline):
+    root, codes = pipeline
+    assert codes == {"prepare": 0, "train": 0, "generate": 0, "evaluate": 0}
+    index = json.loads((root / "store" / "index.json").read_text())
+    assert len(index["records"]) == 6 and {r["split"] for r in index["records"]} == {"train", "val", "test"}
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["window"] == 256 and metrics["steps"] == 3 and metrics["sample_rate"] == RATE
+    assert [s["length"] for s in metrics["sequence_length_warmup"]["stages"]] == [64, 128, 256]
+    assert 0 < metrics["val_bits_per_sample"] < 9
+    ev = json.loads((root / "eval" / "metrics.json").read_text())
+    assert ev["window"] == 256 and 0 < ev["test_bits_per_sample"] < 9 and ev["test_windows"] >= 1
+    wave, rate = sf.read(root / "gen" / "sample_0000.wav")
+    assert rate == RATE and wave.shape == (round(0.02 * RATE),)
+
+
+def test_bad_inputs_are_one_line(pipeline, tmp_path, capsys):
+    root, _ = pipeline
+    (tmp_path / "none").mkdir()
+    code, _, err = run(["audio", "prepare", "--from", tmp_path / "none", "--out", tmp_path / "s"], capsys)
+    assert_one_line_error(code, err, "no audio files")
+    code, _, err = run(["audio", "train", "--data", root / "store", "--out", tmp_path / "r", "--window", "100000",
+                        "--preset", "tiny", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--window 100000: longer than every train file", "rec")
+    code, _, err = run(["audio", "train", "--data", root / "store", "--out", tmp_path / "r", "--window", "256",
+                        "--warmup-min-length", "100", "--preset", "tiny", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--warmup-min-length 100")
+    code, _, err = run(["audio", "train", "--data", root / "rec", "--out", tmp_path / "r", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "not a token store")
+    assert not (tmp_path / "r").exists()
+    bad = tmp_path / "bad"
+    write_recordings(bad, 2)
+    (bad / "zz.wav").write_bytes(b"RIFF????WAVE junk")
+    code, _, err = run(["audio", "prepare", "--from", bad, "--out", tmp_path / "s", "--strict"], capsys)
+    assert_one_line_error(code, err, "zz.wav", "unreadable")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "none"]  # nothing half-written
+    code, _, err = run(["audio", "prepare", "--from", bad, "--out", tmp_path / "s"], capsys)
+    assert code == 0 and "warning: skipped" in err and "zz.wav" in err
