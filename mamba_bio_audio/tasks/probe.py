@@ -27,20 +27,20 @@ from mamba_bio_audio.tasks.windows import autocast, batches
 PROBE_L2 = 1.0
 
 
-@torch.inference_mode()
 def pooled_features(model: MambaClassifier, windows: Sequence[np.ndarray], device: torch.device | str = "cpu",
                     batch_size: int | None = None) -> np.ndarray:
     """``(n, d_model)`` float64: the pooled backbone states the head reads, of ``n`` windows ``(seqlen,)`` of token
-    ids (consecutive windows of equal length share a batch)."""
+    ids (consecutive windows of equal length share a batch). Leaves ``model`` on ``device``, trainable."""
     device = torch.device(device)
     was_training = model.training
-    model.eval().to(device)
+    model.eval().to(device)  # outside inference mode: parameters moved inside it could not be trained afterwards
     out = []
-    for batch in batches(windows, batch_size):
-        ids = torch.from_numpy(batch).to(device).long()
-        with autocast(device):
-            hidden = model.backbone(ids)
-        out.append(model.pool(hidden, None).double().cpu().numpy())
+    with torch.inference_mode():
+        for batch in batches(windows, batch_size):
+            ids = torch.from_numpy(batch).to(device).long()
+            with autocast(device):
+                hidden = model.backbone(ids)
+            out.append(model.pool(hidden, None).double().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.config.d_model))
 

@@ -1,6 +1,7 @@
 """The linear-probe head: the model's logits after fitting are the regression's, and species training can start from it."""
 
 import numpy as np
+import pytest
 import torch
 
 from mamba_bio_audio.config import MambaConfig
@@ -62,3 +63,16 @@ def test_species_training_from_a_probed_head(tmp_path):
     assert not torch.allclose(plan.model.head.weight, random.model.head.weight)  # the same model, its head fitted
     metrics = run_training(plan, tmp_path / "run")
     assert metrics["steps"] == 2 and metrics["probe"]["windows"] == 64
+
+
+@pytest.mark.gpu
+def test_a_head_probed_on_the_gpu_trains():
+    """The probe moves the model to the GPU; its parameters must stay trainable (not inference tensors)."""
+    rng = np.random.default_rng(0)
+    model = _model()
+    windows = [rng.integers(0, 4, 64) for _ in range(12)]
+    fit_head_by_probe(model, windows, np.arange(12) % 3, device="cuda")
+    assert model.head.weight.device.type == "cuda"
+    loss = model(torch.from_numpy(np.stack(windows)).cuda()).logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
