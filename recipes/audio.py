@@ -185,33 +185,49 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
               help="Training run folder (or its model/ folder).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=4, show_default=True, help="Clips to generate.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Clip length [default: the training window].")
+              help="Audio to generate per clip, after the prompt [default: the training window].")
+@click.option("--prompt", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Audio file to continue (mono: channels averaged; another rate: resampled; both with a warning).")
+@click.option("--prompt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Continue the prompt's first seconds [default: the whole file].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--cuda-graph/--eager", "cuda_graph", default=None,
               help="Replay the decode step as CUDA graphs [default: on CUDA devices].")
-@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, spectrograms.png, metrics.json.")
+@click.option("--batch-1-speed/--no-batch-1-speed", default=True, show_default=True,
+              help="Also time 1,024 recurrent steps at batch 1 (metrics.json: batch_1).")
+@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, metrics.json, index.html.")
 @common_options
-def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_size: int, temperature: float,
-             top_p: float, cuda_graph: bool | None, out: Path, device: str, seed: int) -> None:
-    """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
+def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: Path | None,
+             prompt_seconds: float | None, batch_size: int, temperature: float, top_p: float,
+             cuda_graph: bool | None, batch_1_speed: bool, out: Path, device: str, seed: int) -> None:
+    """Sample clips, or continue a prompt, one recurrent step per sample; WAVs grow on disk as they are sampled."""
     from mamba_bio_audio.devices import torch_device
-    from mamba_bio_audio.tasks.audio_generation import clip_length, load_audio_lm, write_samples
+    from mamba_bio_audio.tasks.audio_continuation import check_prompt_options, load_prompt, write_generations
+    from mamba_bio_audio.tasks.audio_generation import clip_length, likelihoods_tsv, load_audio_lm
     from mamba_bio_audio.tasks.audio_lm import audio_settings
 
     where = torch_device(device)
     if cuda_graph and where.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
+    check_prompt_options(prompt, prompt_seconds)
     model = load_audio_lm(checkpoint, device=where)
-    length = clip_length(seconds, audio_settings(model))
-    out = run_folder(out, "audio generate", inputs=(checkpoint,))
+    audio_info = audio_settings(model)
+    length = clip_length(seconds, audio_info)
+    tokens, notes = (None, []) if prompt is None else load_prompt(prompt, audio_info, prompt_seconds)
+    _warn("generate", notes)
+    out = run_folder(out, "audio generate", inputs=(checkpoint, prompt))
     write_yaml(out / "config.yaml", _options())
-    metrics = write_samples(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
-                            top_p=top_p, seed=seed, cuda_graph=cuda_graph, device=where)
+    rows, metrics = write_generations(model, out, num_samples, length, prompt=tokens, batch_size=batch_size,
+                                      temperature=temperature, top_p=top_p, seed=seed, cuda_graph=cuda_graph,
+                                      device=where, measure_batch_1=batch_1_speed)
+    metrics.update(prompt=None if prompt is None else str(prompt), prompt_notes=notes)
+    atomic_write_text(out / "likelihoods.tsv", likelihoods_tsv(rows))
     write_json(out / "metrics.json", metrics)
-    click.echo(f"wrote {num_samples} clips of {length / metrics['sample_rate']:.3f} s to {out} "
-               f"({metrics['audio_seconds_per_second']:.3g} s of audio per second)")
+    what = "continuations" if prompt is not None else "clips"
+    click.echo(f"wrote {num_samples} {what} of {length / metrics['sample_rate']:.3f} s to {out} "
+               f"({metrics['audio_seconds_per_second']:.3g} s of audio per second at batch {batch_size})")
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------------------

@@ -93,3 +93,28 @@ def test_bad_inputs_are_one_line(pipeline, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "none"]  # nothing half-written
     code, _, err = run(["audio", "prepare", "--from", bad, "--out", tmp_path / "s"], capsys)
     assert code == 0 and "warning: skipped" in err and "zz.wav" in err
+
+
+def test_generate_continues_a_prompt(pipeline, tmp_path, capsys):
+    root, _ = pipeline
+    t = np.arange(800) / 16000
+    chirp = 0.3 * np.sin(2 * np.pi * (200 + 3000 * t) * t)
+    sf.write(tmp_path / "p.wav", np.stack([chirp, chirp], axis=1).astype(np.float32), 16000)
+    code, out, err = run(["audio", "generate", "--checkpoint", root / "run", "--prompt", tmp_path / "p.wav",
+                          "--prompt-seconds", "0.02", "--seconds", "0.01", "--num-samples", "2", "--out",
+                          tmp_path / "cont", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "averaged to mono" in err and "resampled to the model's 8000 Hz" in err and "continuations" in out
+    metrics = json.loads((tmp_path / "cont" / "metrics.json").read_text())
+    assert metrics["prompt_samples"] == 160 and metrics["generated_samples_per_clip"] == 80
+    assert metrics["batch_1"]["samples_per_second"] > 0 and metrics["prompt_bits_per_sample"] > 0
+    wave, _ = sf.read(tmp_path / "cont" / "sample_0001.wav")
+    assert wave.shape == (240,)
+    code, _, err = run(["audio", "generate", "--checkpoint", root / "run", "--prompt-seconds", "1", "--out",
+                        tmp_path / "x", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--prompt-seconds needs --prompt")
+    (tmp_path / "junk.wav").write_bytes(b"junk")
+    code, _, err = run(["audio", "generate", "--checkpoint", root / "run", "--prompt", tmp_path / "junk.wav",
+                        "--out", tmp_path / "x", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "junk.wav", "unreadable")
+    assert not (tmp_path / "x").exists()
