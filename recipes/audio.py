@@ -207,6 +207,7 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
     from mamba_bio_audio.tasks.audio_continuation import check_prompt_options, load_prompt, write_generations
     from mamba_bio_audio.tasks.audio_generation import clip_length, likelihoods_tsv, load_audio_lm
     from mamba_bio_audio.tasks.audio_lm import audio_settings
+    from mamba_bio_audio.tasks.audio_page import generated_clips, write_listening_page
 
     where = torch_device(device)
     if cuda_graph and where.type != "cuda":
@@ -225,6 +226,9 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
     metrics.update(prompt=None if prompt is None else str(prompt), prompt_notes=notes)
     atomic_write_text(out / "likelihoods.tsv", likelihoods_tsv(rows))
     write_json(out / "metrics.json", metrics)
+    shown = "" if prompt is None else f"continuing the first {metrics['prompt_samples']} samples of {prompt.name}; "
+    write_listening_page(out, generated_clips(out), title=f"mba audio generate: {checkpoint}",
+                         notes=f"{shown}log-likelihood of the generated samples under the model.")
     what = "continuations" if prompt is not None else "clips"
     click.echo(f"wrote {num_samples} {what} of {length / metrics['sample_rate']:.3f} s to {out} "
                f"({metrics['audio_seconds_per_second']:.3g} s of audio per second at batch {batch_size})")
@@ -241,10 +245,13 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
 @click.option("--max-windows", type=click.IntRange(min=1), default=None,
               help="Windows scored, evenly spaced over the split [default: all].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--samples", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of WAVs (e.g. from `mba audio generate`) to score and list in OUT/index.html.")
 @common_options
 def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: str, max_windows: int | None,
-             batch_size: int, device: str, seed: int) -> None:
-    """NLL in bits per sample on consecutive windows (the training length) of the test recordings."""
+             batch_size: int, samples: Path | None, device: str, seed: int) -> None:
+    """NLL in bits per sample on consecutive windows (the training length) of the test recordings; with
+    --samples, a listening page of the WAVs with their log-likelihood."""
     from mamba_bio_audio.benchmarks.report import environment, markdown_table
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_folder import evaluate_recording_lm, open_recordings
@@ -259,7 +266,17 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
     table = markdown_table(["split", "NLL bits/sample", "windows", "window", "files"],
                            [[split, metrics[f"{split}_bits_per_sample"], metrics[f"{split}_windows"],
                              metrics["window"], metrics["files"]]])
-    out = run_folder(out, "audio evaluate", inputs=(checkpoint, data))
+    if samples is not None and not samples.is_dir():
+        raise UserError(f"--samples {samples}: no such folder")
+    out = run_folder(out, "audio evaluate", inputs=(checkpoint, data, samples))
+    if samples is not None:
+        from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
+
+        clips = scored_clips(samples, model, device=where)
+        write_listening_page(out, clips, title=f"mba audio evaluate: {samples}",
+                             notes="Log-likelihood of each whole clip under the model, in windows of its training "
+                                   "length.")
+        metrics["samples"] = {"folder": str(samples), "clips": len(clips)}
     write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; each "
                       f"window scored on its own (its first sample is context only).\n")

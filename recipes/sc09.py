@@ -178,6 +178,10 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
     metrics = write_samples(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
                             top_p=top_p, seed=seed, cuda_graph=cuda_graph, device=where)
     write_json(out / "metrics.json", metrics)
+    from mamba_bio_audio.tasks.audio_page import generated_clips, write_listening_page
+
+    write_listening_page(out, generated_clips(out), title=f"mba sc09 generate: {checkpoint}",
+                         notes="Log-likelihood of each clip under the model.")
     click.echo(f"wrote {num_samples} clips of {length / metrics['sample_rate']:.3f} s to {out} "
                f"({metrics['audio_seconds_per_second']:.3g} s of audio per second)")
 
@@ -255,4 +259,11 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
     out = run_folder(out, "sc09 evaluate", inputs=(checkpoint, data, classifier, samples))
     write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "metrics.md", table + evaluation_note(test_set))
+    if samples is not None:  # the listening page: each sample with its likelihood and the classifier's label
+        from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
+
+        clips = scored_clips(samples, model, classifier=net, label_names=test_set.store.meta.get("label_names"),
+                             batch_size=batch_size, device=where)
+        write_listening_page(out, clips, title=f"mba sc09 evaluate: {samples}",
+                             notes="Log-likelihood under the model; label and confidence from the classifier.")
     click.echo(table)

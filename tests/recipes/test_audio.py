@@ -4,6 +4,7 @@ bad inputs end in one line with exit code 2 and leave nothing half-written."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def pipeline(tmp_path_factory):
         "generate": ["audio", "generate", "--checkpoint", root / "run", "--num-samples", "2", "--seconds", "0.02",
                      "--out", root / "gen", "--device", "cpu"],
         "evaluate": ["audio", "evaluate", "--checkpoint", root / "run", "--data", root / "store", "--out",
-                     root / "eval", "--device", "cpu"],
+                     root / "eval", "--samples", root / "gen", "--device", "cpu"],
     }
     codes = {}
     for name, args in steps.items():
@@ -69,6 +70,17 @@ def test_every_command_succeeds(pipeline):
     assert ev["window"] == 256 and 0 < ev["test_bits_per_sample"] < 9 and ev["test_windows"] >= 1
     wave, rate = sf.read(root / "gen" / "sample_0000.wav")
     assert rate == RATE and wave.shape == (round(0.02 * RATE),)
+
+
+def test_listening_pages(pipeline):
+    root, _ = pipeline
+    for folder, prefix in (("gen", "sample_"), ("eval", "../gen/sample_")):
+        page = (root / folder / "index.html").read_text()
+        players = re.findall(r'<audio[^>]* src="([^"]+)"', page)
+        images = re.findall(r'<img src="([^"]+)"', page)
+        assert len(players) == len(images) == 2 and all(p.startswith(prefix) for p in players)
+        assert all((root / folder / src).is_file() for src in players + images)
+    assert json.loads((root / "eval" / "metrics.json").read_text())["samples"]["clips"] == 2
 
 
 def test_bad_inputs_are_one_line(pipeline, tmp_path, capsys):

@@ -4,6 +4,7 @@ train-classifier -> evaluate; and bad inputs ending in one line with exit code 2
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,16 @@ def test_classifier_and_evaluate_outputs(pipeline):
     assert metrics["scores"]["generated"]["n"] == 3 and metrics["scores"]["real test set"]["n"] == 50
     table = (root / "eval" / "metrics.md").read_text()
     assert "| real test set |" in table and "| generated |" in table and "FID" in table
+
+
+def test_listening_pages_of_generate_and_evaluate(pipeline):
+    root, _ = pipeline
+    generated = (root / "gen" / "index.html").read_text()
+    assert generated.count("<audio") == 3 and "predicted label" not in generated
+    evaluated = (root / "eval" / "index.html").read_text()
+    assert evaluated.count('src="../gen/sample_') == 3 and "predicted label" in evaluated
+    for src in re.findall(r'<img src="([^"]+)"', generated):
+        assert (root / "gen" / src).is_file()
 
 
 @pytest.mark.parametrize("case", ["missing-store", "no-source", "both-sources", "not-a-checkpoint",
