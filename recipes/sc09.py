@@ -230,10 +230,15 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
 @out_option(help_text="Folder for metrics.json and metrics.md.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-clips", type=click.IntRange(min=1), default=None, help="Test clips for the NLL [default: all].")
+@click.option("--threshold", type=click.Choice(["off", "best", "s4"]), default="off", show_default=True,
+              help="Also score the samples inside a likelihood band tuned on a random half (by --seed) and applied "
+                   "to the other (SaShiMi's protocol): the band of best IS, or the s4 script's (0.4, 0.95).")
 @common_options
 def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Path | None, out: Path,
-             batch_size: int, max_clips: int | None, device: str, seed: int) -> None:
+             batch_size: int, max_clips: int | None, threshold: str, device: str, seed: int) -> None:
     """Test NLL (bits per sample); FID / IS / mIS / AM of generated WAVs beside the real test set."""
+    import torch
+
     from mamba_bio_audio.benchmarks.report import environment
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_data import load_clips, read_samples
@@ -252,9 +257,21 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
     waves, skipped = read_samples(samples, test_set)
     for message in skipped:
         click.echo(f"mba sc09 evaluate: warning: skipped {message}", err=True)
+    band, extra = None, {}
+    if threshold != "off":
+        from mamba_bio_audio.tasks.sc09_protocol import tune_threshold
+
+        if samples is None:
+            raise UserError("--threshold needs --samples DIR and --classifier DIR")
+        band, all_waves, source = tune_threshold(samples, model, net, test_set, seed=seed, band_choice=threshold,
+                                                 device=where)
+        extra = {"generated, likelihood band": all_waves[torch.as_tensor(band.kept)]}
     metrics, table = evaluate_audio_lm(model, test_set, classifier=net,
                                        train_set=None if net is None else load_clips(data, "train", waveform=True),
-                                       generated=waves, batch_size=batch_size, max_clips=max_clips, device=where)
+                                       generated=waves, batch_size=batch_size, max_clips=max_clips, device=where,
+                                       extra_sets=extra)
+    if band is not None:
+        metrics["threshold"] = {**band.summary(), "choice": threshold, "log_likelihoods": source, "seed": seed}
     metrics.update(skipped_samples=skipped, options=_options(), environment=environment())
     out = run_folder(out, "sc09 evaluate", inputs=(checkpoint, data, classifier, samples))
     write_json(out / "metrics.json", metrics)

@@ -11,8 +11,8 @@ computed in float64 torch; no scipy. Conventions: ``0 log 0 = 0``; ``KL(p || q)`
   values of ``R2 R1``; this never squares the covariances' condition number, and a set against itself gives 0
   to rounding even when ``n < dim`` (no ``1e-4`` diagonal offset as the s4 script needs with scipy's sqrtm).
 - IS (higher is better, 1 .. classes): ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y)`` the mean of ``p(y|x)``
-  over the set. (The s4 script takes ``p(y)`` from a shuffled other half of the samples; the two agree for large
-  sets.)
+  over the set. (The s4 script's number is another quantity: its ``scipy.stats.entropy`` call on 2-D arrays runs
+  along the samples, see docs/audio.md, "Checked against the s4 code".)
 - mIS (higher is better, >= 1): ``exp(E_{x,x'} KL(p(y|x) || p(y|x')))`` over independent draws ``x, x'`` of the set
   (pairs with replacement). The s4 script estimates it from 10,000 random pairs; here the expectation over all
   ``n^2`` pairs is exact: ``-mean_x H(p(y|x)) - sum_y p(y) mean_x' log p(y|x')``.

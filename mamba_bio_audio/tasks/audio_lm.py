@@ -340,10 +340,10 @@ def score_sets(classifier, train_data, sets: dict[str, object], *, batch_size: i
 
 def evaluate_audio_lm(model, test_set: AudioClipDataset, *, classifier=None, train_set=None,
                       generated: torch.Tensor | None = None, batch_size: int = 16, max_clips: int | None = None,
-                      device: str | torch.device = "cpu") -> tuple[dict, str]:
+                      device: str | torch.device = "cpu", extra_sets: dict | None = None) -> tuple[dict, str]:
     """Test NLL of ``model`` (bits per sample over ``max_clips`` test clips, all by default) and, with a digit
     ``classifier``, FID / IS / mIS / AM of the real test set and of ``generated`` waveforms ``(n, samples)``
-    against ``train_set`` (:func:`score_sets`).
+    against ``train_set`` (:func:`score_sets`), and of any further named waveform sets in ``extra_sets``.
 
     Returns ``(metrics, table)``: ``{"test_nll_bits_per_sample", "nll_test_clips", "scores"}`` and a markdown table
     (:func:`evaluation_note` says how to read it).
@@ -353,6 +353,7 @@ def evaluate_audio_lm(model, test_set: AudioClipDataset, *, classifier=None, tra
     sets: dict = {"real test set": test_set}
     if generated is not None:
         sets["generated"] = generated
+    sets.update(extra_sets or {})
     scores = {} if classifier is None else score_sets(classifier, train_set, sets, device=device)
     nll = nll_bits_per_sample(model, test_set, batch_size=batch_size, max_clips=max_clips, device=device)
     metrics = {"test_nll_bits_per_sample": nll, "nll_test_clips": min(max_clips or len(test_set), len(test_set)),

@@ -135,6 +135,26 @@ def test_listening_pages_of_generate_and_evaluate(pipeline):
         assert (root / "gen" / src).is_file()
 
 
+def test_evaluate_with_the_likelihood_threshold(pipeline, tmp_path, capsys):
+    root, _ = pipeline
+    code, _, err = run(["sc09", "generate", "--checkpoint", root / "run", "--num-samples", "20", "--batch-size", "20",
+                        "--seconds", "0.02", "--out", tmp_path / "gen", "--device", "cpu"], capsys)
+    assert code == 0, err
+    code, out, err = run(["sc09", "evaluate", "--checkpoint", root / "run", "--data", root / "store",
+                          "--classifier", root / "clf", "--samples", tmp_path / "gen", "--threshold", "best",
+                          "--max-clips", "2", "--out", tmp_path / "eval", "--device", "cpu"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    band = metrics["threshold"]
+    assert band["log_likelihoods"] == "likelihoods.tsv" and band["tune_samples"] == 10 and band["test_samples"] == 10
+    assert metrics["scores"]["generated, likelihood band"]["n"] == band["kept_samples"] >= 2
+    assert "| generated, likelihood band |" in out
+    code, _, err = run(["sc09", "evaluate", "--checkpoint", root / "run", "--data", root / "store",
+                        "--classifier", root / "clf", "--samples", root / "gen", "--threshold", "s4",
+                        "--out", tmp_path / "eval3", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "at least 20 samples")
+
+
 @pytest.mark.parametrize("case", ["missing-store", "no-source", "both-sources", "not-a-checkpoint",
                                   "corrupt-checkpoint", "strict-corrupt-file", "no-usable-files",
                                   "bad-classifier", "samples-folder-missing", "one-sample",
