@@ -208,14 +208,18 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> W
 
 
 def _probe_head(model: MambaClassifier, store: TokenStore, settings: SpeciesSettings) -> tuple[dict, SpeciesSettings]:
-    """Fit ``model``'s head on :data:`PROBE_PER_SPECIES` train windows per species of ``settings.length``; returns
+    """Fit ``model``'s head on :data:`PROBE_PER_SPECIES` train windows per species of ``settings.length`` (and their
+    reverse complements when training augments with them); returns
     the probe's facts and ``settings`` with the probe's time taken from a ``max_minutes`` budget."""
     from mamba_bio_audio.tasks.probe import fit_head_by_probe
 
     WindowSampler(store, "train", settings.length, max_n_fraction=settings.max_n_fraction).check()
     windows = eval_windows(store, "train", settings.length, PROBE_PER_SPECIES, settings.seed + 3,
                            max_n_fraction=settings.max_n_fraction)
-    probe = fit_head_by_probe(model, [t for t, _ in windows], windows.labels, device=torch_device(settings.device))
+    tokens, labels = [t for t, _ in windows], windows.labels
+    if settings.rc_prob > 0:  # training reads both strands: so does the probe, else fine-tuning starts by unlearning
+        tokens, labels = tokens + [reverse_complement(t) for t in tokens], np.concatenate([labels, labels])
+    probe = fit_head_by_probe(model, tokens, labels, device=torch_device(settings.device))
     if settings.max_minutes is not None and settings.max_steps is None:
         left = max(settings.max_minutes - probe["seconds"] / 60, settings.max_minutes / 10)
         settings = dataclasses.replace(settings, max_minutes=left)
@@ -230,6 +234,33 @@ def run_training(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
         metrics["val_accuracy"] = float((probs.argmax(1) == plan.val.labels).mean())
         metrics["val_windows"] = len(plan.val)
     return metrics
+
+
+def split_accuracy(model: MambaClassifier, store_path: str | os.PathLike, split: str, length: int,
+                   per_species: int, seed: int = 0, device: torch.device | str = "cpu") -> float:
+    """Accuracy of ``model`` on ``per_species`` fixed windows of ``length`` per species of ``split``."""
+    store = open_store(store_path)
+    windows = eval_windows(store, split, length, per_species, seed)
+    probs = predict_proba(model, (t for t, _ in windows), device=device)
+    return float((probs.argmax(1) == label_map(model.labels, store)[windows.labels]).mean())
+
+
+def train_keeping_the_better(plan: WindowPlan, out: Path, store_path: str | os.PathLike, length: int,
+                             val_per_species: int = 16, seed: int = 0) -> dict:
+    """:func:`run_training` from a probed head, then keep whichever of the probed and the fine-tuned model scores
+    higher on fixed val-split windows (``out/model`` is rewritten when the probe wins): a short fine-tuning can
+    leave a model worse than its probe (the head's large weights amplify every change of the pooled states).
+    Returns the training metrics with ``val_accuracy_probe``, ``val_accuracy_fine_tuned`` and ``kept``."""
+    device = torch_device(plan.trainer.device)
+    probed = {k: v.detach().clone() for k, v in plan.model.state_dict().items()}
+    before = split_accuracy(plan.model, store_path, "val", length, val_per_species, seed, device)
+    metrics = run_training(plan, out)
+    after = split_accuracy(plan.model, store_path, "val", length, val_per_species, seed, device)
+    kept = "fine-tuned" if after >= before else "probe"
+    if kept == "probe":
+        plan.model.load_state_dict(probed)
+        plan.model.save_pretrained(out / "model")
+    return {**metrics, "val_accuracy_probe": before, "val_accuracy_fine_tuned": after, "kept": kept}
 
 
 # ---- inference ----------------------------------------------------------------------------------------------------

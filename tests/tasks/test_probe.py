@@ -56,13 +56,14 @@ def test_species_training_from_a_probed_head(tmp_path):
     settings = SpeciesSettings(length=128, max_steps=2, preset="tiny", batch_size=2, head_init="probe",
                                val_per_species=0, checkpoint_every=0, device="cpu", progress=False)
     plan = plan_training(tmp_path / "store", settings)
-    assert plan.summary["head_init"] == "probe" and plan.summary["probe"]["windows"] == 64
+    assert plan.summary["head_init"] == "probe"
+    assert plan.summary["probe"]["windows"] == 128  # 32 per species and their reverse complements (rc_prob 0.5)
     random = plan_training(tmp_path / "store", SpeciesSettings(**{**settings.__dict__, "head_init": "random"}))
     assert "probe" not in random.summary
     assert torch.equal(plan.model.backbone.embedding.weight, random.model.backbone.embedding.weight)
     assert not torch.allclose(plan.model.head.weight, random.model.head.weight)  # the same model, its head fitted
     metrics = run_training(plan, tmp_path / "run")
-    assert metrics["steps"] == 2 and metrics["probe"]["windows"] == 64
+    assert metrics["steps"] == 2 and metrics["probe"]["windows"] == 128
 
 
 @pytest.mark.gpu
@@ -76,3 +77,30 @@ def test_a_head_probed_on_the_gpu_trains():
     loss = model(torch.from_numpy(np.stack(windows)).cuda()).logsumexp(-1).mean()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_keeping_the_better_of_probe_and_fine_tuned(tmp_path):
+    from mamba_bio_audio.data_prep.dna.store import prepare_genomes
+    from mamba_bio_audio.data_prep.dna.synthetic import write_synthetic_genomes
+    from mamba_bio_audio.tasks.species import (
+        SpeciesSettings,
+        load_classifier,
+        plan_training,
+        split_accuracy,
+        train_keeping_the_better,
+    )
+
+    write_synthetic_genomes(tmp_path / "genomes", n_species=2, strains=3, length=3_000, seed=0)
+    prepare_genomes(tmp_path / "genomes", tmp_path / "store", "strain")
+    settings = SpeciesSettings(length=128, max_steps=3, preset="tiny", batch_size=2, lr=0.05, head_init="probe",
+                               val_per_species=0, checkpoint_every=0, device="cpu", progress=False)
+    plan = plan_training(tmp_path / "store", settings)
+    probed_head = plan.model.head.weight.detach().clone()
+    metrics = train_keeping_the_better(plan, tmp_path / "run", tmp_path / "store", 128, val_per_species=8)
+    assert metrics["kept"] == ("fine-tuned" if metrics["val_accuracy_fine_tuned"] >= metrics["val_accuracy_probe"]
+                               else "probe")
+    saved = load_classifier(tmp_path / "run")
+    assert torch.equal(saved.head.weight, plan.model.head.weight)  # what is kept is what was saved
+    assert torch.equal(saved.head.weight, probed_head) == (metrics["kept"] == "probe")
+    assert split_accuracy(saved, tmp_path / "store", "val", 128, 8) == max(metrics["val_accuracy_probe"],
+                                                                             metrics["val_accuracy_fine_tuned"])
