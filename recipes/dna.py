@@ -4,6 +4,7 @@
     mba dna pretrain --data STORE --out RUN --length 1024                  # a store from 'species prepare'
     mba dna pretrain --bed sequences.bed --fasta hg38.fa.gz --out RUN ...  # HyenaDNA's hg38 intervals
     mba dna pretrain --bed intervals.bed --fasta g.fa --out RUN --length 4096 --pack   # intervals of any length
+    mba dna pretrain --data STORE --out RUN --length 1024 --objective mlm  # masked-LM, a Caduceus (RCPS)
 
 The work is done by :mod:`mamba_bio_audio.tasks.dna_lm` (model, training, perplexity) and
 :mod:`mamba_bio_audio.data_prep.dna` (genomes or BED intervals -> token store -> windows).
@@ -59,18 +60,33 @@ dna.add_command(classify)
 @click.option("--pack", is_flag=True,
               help="Fill each training row of --length bases with records / BED intervals of any length end to end "
                    "(the model restarts at each; BED intervals are not widened).")
+@click.option("--objective", type=click.Choice(["clm", "mlm"]), default="clm", show_default=True,
+              help="clm: predict the next base (a causal MambaLM); mlm: masked-LM as Caduceus, 15% of the bases "
+                   "masked (a bidirectional Caduceus).")
+@click.option("--model-type", type=click.Choice(["mamba", "caduceus"]), default=None,
+              help="mamba: MambaLM (causal); caduceus: CaduceusLM (BiMamba, RC-equivariant RCPS) [default: mamba "
+                   "for clm, caduceus for mlm].")
+@click.option("--rcps/--no-rcps", default=True, show_default=True,
+              help="A Caduceus with reverse-complement parameter sharing (Caduceus-PS), or without (Caduceus-Ph).")
 @window_training_options
 @common_options
 def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: Path | None, split_by: str,
              out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str, batch_size: int | None, accumulate: int,
              lr: float | None, warmup_min_length: int | None, warmup_stage_steps: int | None,
-             checkpoint_activations: bool | None, rc_prob: float, pack: bool, val_per_species: int, val_every: int | None,
+             checkpoint_activations: bool | None, rc_prob: float, pack: bool, objective: str, model_type: str | None,
+             rcps: bool, val_per_species: int, val_every: int | None,
              checkpoint_every: int, num_workers: int, devices: int, num_nodes: int, strategy: str, resume: bool,
              device: str, seed: int) -> None:
-    """Train a MambaLM to predict the next base; report val perplexity and bits per base."""
+    """Train a MambaLM to predict the next base (or a Caduceus to fill in masked bases); report val perplexity and
+    bits per base."""
     from mamba_bio_audio.data_prep.dna.bed import prepare_bed
     from mamba_bio_audio.data_prep.dna.store import prepare_genomes
-    from mamba_bio_audio.tasks.dna_lm import plan_packed_pretraining, plan_pretraining, run_pretraining
+    from mamba_bio_audio.tasks.dna_lm import (
+        check_objective,
+        plan_packed_pretraining,
+        plan_pretraining,
+        run_pretraining,
+    )
     from mamba_bio_audio.tasks.windows import TrainSettings, is_main_process, refuse_to_overwrite
 
     sources = [name for name, value in (("--genomes", genomes), ("--data", data), ("--bed", bed)) if value]
@@ -78,6 +94,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         raise UserError("give exactly one of --genomes DIR, --data STORE or --bed FILE --fasta FILE")
     if (bed is None) != (fasta is None):
         raise UserError("--bed and --fasta go together")
+    check_objective(objective, model_type, pack)
     settings = TrainSettings(
         length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
         warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
@@ -88,7 +105,8 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     if is_main_process():
         check_output_folder(out, "dna pretrain", resume=resume, overwrite=True, inputs=(genomes, data, bed, fasta))
         if resume:
-            check_resume_config(out, click.get_current_context().params, ("preset", "length", "pack"))
+            check_resume_config(out, click.get_current_context().params, ("preset", "length", "pack", "objective",
+                                                                           "rcps"))
     if resume and max_steps is None:  # the step count this run planned from its budget
         settings.max_steps = run_config_value(out, "max_steps")
     created = not out.exists()
@@ -100,7 +118,10 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
                 prepare_genomes(genomes, store, split_by, seed=seed)
             else:
                 prepare_bed(bed, fasta, store, extend_to=0 if pack else length)
-        plan = (plan_packed_pretraining if pack else plan_pretraining)(store, settings)
+        if pack:
+            plan = plan_packed_pretraining(store, settings)
+        else:
+            plan = plan_pretraining(store, settings, objective, rcps=rcps)
     except Exception:
         if created and out.exists() and is_main_process():  # leave no half-made run behind
             shutil.rmtree(out)
@@ -115,6 +136,7 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         metrics["data"] = str(store)
         write_json(out / "metrics.json", metrics)
         if "val_perplexity" in metrics:
+            masked = " (masked bases)" if objective == "mlm" else ""
             click.echo(f"val perplexity {metrics['val_perplexity']:.3f}, {metrics['val_bits_per_base']:.3f} bits per "
-                       f"base (uniform over A/C/G/T: 4, 2 bits)")
+                       f"base{masked} (uniform over A/C/G/T: 4, 2 bits)")
         click.echo(f"{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mamba_bio_audio.checkpoint import (
     CONFIG_NAME,
@@ -60,7 +61,9 @@ _SSM_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_i
 class CaduceusConfig(JsonConfig):
     """Caduceus' config.json fields (``CaduceusConfig`` of its code). ``vocab_size`` is padded up to
     ``pad_vocab_size_multiple`` and ``complement_map`` (token id -> id of its complement) extended with
-    identities to it, as Caduceus does on load; ``ssm_cfg`` holds the mixer's fields (d_state, d_conv, expand ...)."""
+    identities to it, as Caduceus does on load; ``ssm_cfg`` holds the mixer's fields (d_state, d_conv, expand ...).
+    ``extra``: what our models record beside the weights (a classifier's head, the DNA window), as
+    ``MambaConfig.extra``; written to config.json only when not empty."""
 
     d_model: int = 256
     n_layer: int = 4
@@ -78,6 +81,7 @@ class CaduceusConfig(JsonConfig):
     rcps: bool = False
     complement_map: dict | None = None
     tie_word_embeddings: bool = True
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ssm_cfg) - _SSM_KEYS - {"use_fast_path", "layer"})
@@ -107,7 +111,10 @@ class CaduceusConfig(JsonConfig):
         return super().from_dict({k: v for k, v in data.items() if k not in _IGNORED_KEYS})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "model_type": MODEL_TYPE, "architectures": ["CaduceusForMaskedLM"]}
+        data = {**super().to_dict(), "model_type": MODEL_TYPE, "architectures": ["CaduceusForMaskedLM"]}
+        if not data["extra"]:
+            del data["extra"]
+        return data
 
     def mixer_config(self) -> MambaConfig:
         """The MambaConfig of one direction's mixer (and of the norms)."""
@@ -278,10 +285,12 @@ class Embeddings(nn.Module):
 
 
 class CaduceusBackbone(nn.Module):
-    """input_ids (batch, seqlen) -> hidden (batch, seqlen, d_model), or 2 * d_model with RCPS."""
+    """input_ids (batch, seqlen) -> hidden (batch, seqlen, d_model), or 2 * d_model with RCPS.
+    ``gradient_checkpointing``: in training, each block's activations are recomputed in the backward pass."""
 
     def __init__(self, config: CaduceusConfig):
         super().__init__()
+        self.gradient_checkpointing = False
         self.rcps = config.rcps
         self.residual_dtype = torch.float32 if config.residual_in_fp32 else None
         self.embeddings = Embeddings(config)
@@ -292,7 +301,10 @@ class CaduceusBackbone(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden, residual = self.embeddings.word_embeddings(input_ids), None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
+            else:
+                hidden, residual = layer(hidden, residual)
         norm = self.norm_f.submodule if isinstance(self.norm_f, NormHolder) else self.norm_f
         if self.rcps:
             return rcps_add_norm(norm, hidden, residual, "auto", self.residual_dtype)[0]
@@ -324,10 +336,16 @@ class CaduceusLM(nn.Module):
     def backbone(self) -> CaduceusBackbone:
         return self.caduceus.backbone
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.backbone.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.backbone.gradient_checkpointing = bool(value)
+
     def tie_weights(self) -> None:
-        for layer in self.backbone.layers:
-            mixer = layer.mixer.submodule if isinstance(layer.mixer, RCPSWrapper) else layer.mixer
-            mixer.tie_weights()
+        tie_mixers(self.backbone)
         if self.config.tie_word_embeddings:
             embedding = self.backbone.embeddings.word_embeddings
             head = self.lm_head.lm_head if self.config.rcps else self.lm_head
@@ -339,13 +357,7 @@ class CaduceusLM(nn.Module):
     # ---- checkpoints --------------------------------------------------------------------------------------
     def _tied_names(self) -> dict[str, str]:
         """name -> the name it is tied to (written once; filled from its partner on load)."""
-        names = {}
-        if self.config.bidirectional and self.config.bidirectional_weight_tie:
-            sub = ".submodule" if self.config.rcps else ""
-            for i in range(self.config.n_layer):
-                for p in ("in_proj.weight", "in_proj.bias", "out_proj.weight", "out_proj.bias"):
-                    prefix = f"caduceus.backbone.layers.{i}.mixer{sub}."
-                    names[prefix + "mamba_rev." + p] = prefix + "mamba_fwd." + p
+        names = tied_mixer_names(self.config)
         if self.config.tie_word_embeddings:
             emb = "caduceus.backbone.embeddings.word_embeddings." + ("embedding.weight" if self.config.rcps else
                                                                     "weight")
@@ -363,39 +375,70 @@ class CaduceusLM(nn.Module):
     def from_pretrained(cls, source: str | os.PathLike, device=None, dtype=None) -> CaduceusLM:
         """A Caduceus checkpoint (Caduceus' own ``save_pretrained`` or ours) from a folder or a Hub id
         ``org/name[@revision]``; tied tensors written once are filled from their partners."""
-        from mamba_bio_audio.hub import resolve
-
-        directory = resolve(source)
-        if not directory.is_dir():
-            raise CheckpointError(f"{directory}: no such checkpoint folder")
-        try:
-            config = CaduceusConfig.from_dict(read_config_dict(directory))
-        except (UserError, TypeError, ValueError) as e:
-            where = directory / CONFIG_NAME if Path(source) == directory else f"{source} ({CONFIG_NAME})"
-            raise CheckpointError(f"{where}: {e}") from None
+        directory, config = read_caduceus_config(source)
         model = cls(config)
-        state = dict(read_state_dict(directory))
-        for name, partner in model._tied_names().items():
-            if name not in state and partner in state:
-                state[name] = state[partner]
-            elif partner not in state and name in state:
-                state[partner] = state[name]
-        expected = model.state_dict()
-        for name in ("caduceus.backbone.embeddings.word_embeddings.complement_map", "lm_head.complement_map"):
-            if name in expected:
-                if name not in state:
-                    state[name] = expected[name]
-                elif not torch.equal(state[name].long(), expected[name]):
-                    raise CheckpointError(f"{source}: {name} differs from the config's complement_map")
-                state[name] = state[name].long()
-        for name, tensor in state.items():  # tied pairs stored twice must agree
-            if name in model._tied_names() and not torch.equal(tensor, state[model._tied_names()[name]]):
-                raise CheckpointError(f"{source}: {name} should be tied to {model._tied_names()[name]}")
-        load_state_dict_strict(model, state, source, tie_embeddings=False)
-        model.tie_weights()
+        load_tied_state(model, dict(read_state_dict(directory)), model._tied_names(), source)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model
+
+
+def read_caduceus_config(source: str | os.PathLike) -> tuple[Path, CaduceusConfig]:
+    """(the local folder, its CaduceusConfig) of a checkpoint folder or Hub id; a CheckpointError names it."""
+    from mamba_bio_audio.hub import resolve
+
+    directory = resolve(source)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such checkpoint folder")
+    try:
+        return directory, CaduceusConfig.from_dict(read_config_dict(directory))
+    except (UserError, TypeError, ValueError) as e:
+        where = directory / CONFIG_NAME if Path(source) == directory else f"{source} ({CONFIG_NAME})"
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def tie_mixers(backbone: CaduceusBackbone) -> None:
+    """Re-tie every BiMamba's reverse in/out projections to the forward ones (after a load)."""
+    for layer in backbone.layers:
+        mixer = layer.mixer.submodule if isinstance(layer.mixer, RCPSWrapper) else layer.mixer
+        mixer.tie_weights()
+
+
+def tied_mixer_names(config: CaduceusConfig, prefix: str = "caduceus.backbone.") -> dict[str, str]:
+    """The reverse mixers' in/out projection names -> the forward ones' they are tied to."""
+    names = {}
+    if config.bidirectional and config.bidirectional_weight_tie:
+        sub = ".submodule" if config.rcps else ""
+        for i in range(config.n_layer):
+            for p in ("in_proj.weight", "in_proj.bias", "out_proj.weight", "out_proj.bias"):
+                layer = f"{prefix}layers.{i}.mixer{sub}."
+                names[layer + "mamba_rev." + p] = layer + "mamba_fwd." + p
+    return names
+
+
+def load_tied_state(model: nn.Module, state: dict[str, torch.Tensor], tied: dict[str, str],
+                    source: str | os.PathLike) -> None:
+    """Load ``state`` into ``model`` (which has ``tie_weights()``): tied tensors written once are filled from their
+    partners (``tied``: name -> partner, as present in the model), tied pairs written twice must agree, the
+    complement-map buffers are checked against the config's; then the ties are remade."""
+    for name, partner in tied.items():
+        if name not in state and partner in state:
+            state[name] = state[partner]
+        elif partner not in state and name in state:
+            state[partner] = state[name]
+    expected = model.state_dict()
+    for name in expected:
+        if name.endswith("complement_map"):
+            if name not in state:
+                state[name] = expected[name]
+            elif not torch.equal(state[name].long(), expected[name]):
+                raise CheckpointError(f"{source}: {name} differs from the config's complement_map")
+            state[name] = state[name].long()
+    for name, tensor in state.items():  # tied pairs stored twice must agree
+        if name in tied and tied[name] in state and not torch.equal(tensor, state[tied[name]]):
+            raise CheckpointError(f"{source}: {name} should be tied to {tied[name]}")
+    load_state_dict_strict(model, state, source, tie_embeddings=False)
+    model.tie_weights()
 
 
 def is_caduceus_config(data: dict[str, Any]) -> bool:
@@ -408,3 +451,32 @@ def rc_average(model: nn.Module, input_ids: torch.Tensor, complement: torch.Tens
     logits = model(input_ids)
     back = model(rc_ids(input_ids, complement)).flip(1)[..., complement.to(logits.device)]
     return (logits + back) / 2
+
+
+def dna_caduceus_config(d_model: int, n_layer: int, rcps: bool = True, d_state: int = 16,
+                        expand: int = 2) -> CaduceusConfig:
+    """A fresh Caduceus for the hyena-12 tokenizer (the vocabulary and complement map of the published checkpoints):
+    BiMamba ``add`` with tied in/out projections, RCPS (the "ps" models) or not ("ph"), ``fused_add_norm`` as the
+    published checkpoints."""
+    from mamba_bio_audio.data_prep.dna.tokenizer import VOCAB_SIZE, reverse_complement
+
+    ids = list(range(VOCAB_SIZE))
+    complement = {str(i): int(reverse_complement([i])[0]) for i in ids}
+    ssm = {"d_state": d_state, "d_conv": 4, "expand": expand, "dt_rank": "auto", "dt_min": 0.001, "dt_max": 0.1,
+           "dt_init": "random", "dt_scale": 1.0, "dt_init_floor": 1e-4, "conv_bias": True, "bias": False}
+    return CaduceusConfig(d_model=d_model, n_layer=n_layer, vocab_size=VOCAB_SIZE, ssm_cfg=ssm, rms_norm=True,
+                          fused_add_norm=True, bidirectional=True, bidirectional_strategy="add",
+                          bidirectional_weight_tie=True, rcps=rcps, complement_map=complement)
+
+
+def check_dna_vocabulary(config: CaduceusConfig, source: str | os.PathLike) -> None:
+    """A Caduceus for the hyena-12 tokenizer (its 12 ids, padded; A C G T complemented), else a CheckpointError
+    naming ``source``."""
+    from mamba_bio_audio.data_prep.dna.tokenizer import VOCAB_SIZE
+
+    expected = dna_caduceus_config(config.d_model, 1).complement_map
+    cmap = config.complement_map
+    if config.vocab_size < VOCAB_SIZE or (cmap is not None and any(cmap[str(i)] != expected[str(i)]
+                                                                   for i in range(VOCAB_SIZE))):
+        raise CheckpointError(f"{source}: a Caduceus model of vocab {config.vocab_size} whose complement map is not "
+                              f"the {VOCAB_SIZE}-token hyena-12 tokenizer's that DNA models here read")

@@ -109,7 +109,12 @@ def split_summary(store: TokenStore) -> str:
 def build_model(labels: Sequence[str], window: int, preset: str | None, bidirectional: bool, pooling: str,
                 init_from: str | os.PathLike | None) -> MambaClassifier:
     """A fresh classifier over ``labels``; ``init_from`` a ``mba dna pretrain`` run (its LM backbone) or a trained
-    classifier (``mba species train`` or ``classify train``: its backbone; the head is new)."""
+    classifier (``mba species train`` or ``classify train``: its backbone; the head is new), or a Caduceus model
+    (a CaduceusClassifier: :mod:`~mamba_bio_audio.tasks.caduceus_init`)."""
+    from mamba_bio_audio.tasks.caduceus_init import caduceus_folder
+
+    if init_from is not None and caduceus_folder(init_from) is not None:
+        return build_classifier(labels, window, preset, bidirectional, init_from, pooling)
     if init_from is None or "classifier" not in _saved_config(init_from).extra:
         return build_classifier(labels, window, preset, bidirectional, init_from, pooling)
     folder = model_dir(init_from)
@@ -244,6 +249,8 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     model = build_model(labels, window, settings.preset, settings.bidirectional, settings.pooling,
                         settings.init_from)
     model.config.extra["dna"] = {**model.config.extra.get("dna", {}), "crop": crop}  # evaluation reads it
+    if settings.pack and not isinstance(model, MambaClassifier):
+        raise UserError("--pack needs a Mamba classifier (a Caduceus does not read packed rows)")
     model.gradient_checkpointing = use_checkpointing(sized)
     preset_name = settings.preset or preset_name_of(model.config)
     preset = get_preset(preset_name or "tiny")

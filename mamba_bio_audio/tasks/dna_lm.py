@@ -1,4 +1,5 @@
-"""Genome language-model pretraining (``mba dna pretrain``): a MambaLM learns to predict the next base.
+"""Genome language-model pretraining (``mba dna pretrain``): a MambaLM learns to predict the next base, or (masked-LM,
+``objective="mlm"``) a bidirectional Caduceus learns to fill in masked bases.
 
 The run is planned by :func:`~mamba_bio_audio.tasks.windows.plan_windows` like a species run; it is scored by the
 next-base cross-entropy on fixed validation windows (nats per base, perplexity, bits per base). Its saved model is
@@ -8,6 +9,13 @@ Packed pretraining (:func:`plan_packed_pretraining`, ``--pack``): each training 
 records of any length end to end (:class:`~mamba_bio_audio.data_prep.dna.packed_windows.PackedWindowSampler`),
 numbered by ``seq_idx``; the model restarts its state at each record and :func:`next_token_loss` does not predict a
 record's first base from the one before it. Validation then uses fixed packed rows of the val split.
+
+Masked-LM pretraining (``objective="mlm"``, as Caduceus): a :class:`~mamba_bio_audio.models.caduceus.CaduceusLM` of
+the preset's width and depth (BiMamba, RCPS by default) reads windows with 15% of the positions chosen and masked
+(:mod:`~mamba_bio_audio.training.mlm`: 80/10/10) and is scored by the cross-entropy at the chosen positions; its
+saved model loads with ``CaduceusLM.from_pretrained`` and is the starting point of ``species train --init-from``.
+A causal model cannot learn it (it sees no base after the mask), a bidirectional one cannot learn next-base
+prediction (it sees the base it predicts): both pairings are refused.
 """
 
 from __future__ import annotations
@@ -45,19 +53,55 @@ from mamba_bio_audio.tasks.windows import (
     use_checkpointing,
     warmup_callbacks,
 )
+from mamba_bio_audio.training.mlm import MLMTask, mask_generator, masked_lm_loss
 from mamba_bio_audio.training.module import LMTask, OptimConfig
 
 LN2 = math.log(2.0)
+OBJECTIVES = ("clm", "mlm")
+MODEL_TYPES = ("mamba", "caduceus")
+DEFAULT_MODEL_TYPE = {"clm": "mamba", "mlm": "caduceus"}
 
 
-def plan_pretraining(store_path: str | os.PathLike, settings: TrainSettings) -> WindowPlan:
-    """Build the MambaLM of ``settings.preset`` (default "tiny"), its task and data for next-base prediction on
-    ``store_path``'s train windows. Raises DataError/UserError before anything is written."""
+def check_objective(objective: str, model_type: str | None, pack: bool = False) -> str:
+    """The model type of a pretraining run (``model_type``, or the objective's default); a UserError for a pairing
+    that cannot learn: masked-LM with a causal MambaLM, next-base prediction with a bidirectional Caduceus, packed
+    rows with a Caduceus."""
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    model_type = model_type or DEFAULT_MODEL_TYPE[objective]
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    if objective == "mlm" and model_type == "mamba":
+        raise UserError("--objective mlm needs a bidirectional model: a causal MambaLM sees no base after the mask "
+                        "(use --model-type caduceus)")
+    if objective == "clm" and model_type == "caduceus":
+        raise UserError("--objective clm needs a causal model: a bidirectional Caduceus sees the base it predicts "
+                        "(use --objective mlm)")
+    if pack and model_type == "caduceus":
+        raise UserError("--pack needs a MambaLM (a Caduceus cannot restart at each packed record)")
+    return model_type
+
+
+def plan_pretraining(store_path: str | os.PathLike, settings: TrainSettings, objective: str = "clm",
+                     rcps: bool = True) -> WindowPlan:
+    """Build the model of ``settings.preset`` (default "tiny"), its task and data on ``store_path``'s train windows:
+    a MambaLM for next-base prediction (``objective`` "clm"), or a CaduceusLM of the preset's width and depth
+    (RCPS unless ``rcps`` is False) for masked-LM (``objective`` "mlm"). Raises DataError/UserError before anything
+    is written."""
+    from mamba_bio_audio.models.caduceus import CaduceusLM, dna_caduceus_config
     from mamba_bio_audio.models.lm import MambaLM
 
+    check_objective(objective, None)
     store = open_store(store_path)
-    config = dataclasses.replace(get_preset(settings.preset or "tiny").model_config(), extra=dna_extra(settings.length))
-    plan = plan_windows(store, settings, lambda: MambaLM(config), labelled=False)
+    preset = get_preset(settings.preset or "tiny")
+    if objective == "mlm":
+        config = dna_caduceus_config(preset.d_model, preset.n_layer, rcps=rcps)
+        plan = plan_windows(store, settings, lambda: CaduceusLM(config), labelled=False,
+                            task_class=lambda model, optim: MLMTask(model, optim, seed=settings.seed))
+        plan.summary.update(objective="mlm", model_type="caduceus", rcps=rcps)
+    else:
+        config = dataclasses.replace(preset.model_config(), extra=dna_extra(settings.length))
+        plan = plan_windows(store, settings, lambda: MambaLM(config), labelled=False)
     plan.summary["species"] = plan.species
     return plan
 
@@ -152,7 +196,10 @@ def run_pretraining(plan: WindowPlan, out: Path, resume: bool = False, batch_siz
     metrics = run_windows(plan, out, resume)
     if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
         device = torch_device(plan.trainer.device)
-        if plan.summary.get("packed"):
+        if plan.summary.get("objective") == "mlm":
+            metrics.update(masked_lm_eval(plan.model, (t for t, _ in plan.val), batch_size, device,
+                                          seed=plan.task.seed))
+        elif plan.summary.get("packed"):
             metrics.update(lm_loss(plan.model, (t for t, _ in plan.val), batch_size, device,
                                    seq_idx=(s for _, s in plan.val)))
         else:
@@ -188,3 +235,29 @@ def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | N
     loss = total / count
     return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_bits_per_base": loss / LN2,
             "val_tokens": count}
+
+
+@torch.inference_mode()
+def masked_lm_eval(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | None = None,
+                   device: torch.device | str = "cpu", seed: int = 0) -> dict:
+    """Masked-LM cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids), 15% of the positions of each
+    batch masked (:func:`~mamba_bio_audio.training.mlm.mask_tokens`; batch ``b``'s masks from seed ``seed + b``).
+
+    Returns ``{"val_loss": nats per masked base, "val_perplexity", "val_bits_per_base", "val_tokens": masked
+    bases}``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    total, count = 0.0, 0
+    for b, batch in enumerate(batches(windows, batch_size)):
+        ids = torch.from_numpy(batch).to(device).long()
+        with autocast(device):
+            batch_total, batch_count = masked_lm_loss(model, ids, mask_generator(device, seed + b))
+        total += batch_total.item()
+        count += int(batch_count)
+    model.train(was_training)
+    if count == 0:
+        raise UserError("no masked bases to evaluate (windows too few or too short)")
+    loss = total / count
+    return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_bits_per_base": loss / LN2, "val_tokens": count}

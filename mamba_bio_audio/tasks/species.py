@@ -66,8 +66,16 @@ def build_classifier(labels: Sequence[str], window: int, preset: str | None = No
     state (the paper's head) or the ``"mean"`` over the window.
 
     Its shape is the preset's, or (no preset, ``init_from`` given) the pretrained LM's; ``init_from`` (a
-    ``mba dna pretrain`` run or model folder) then supplies the backbone weights (:func:`load_backbone`).
+    ``mba dna pretrain`` run or model folder) then supplies the backbone weights (:func:`load_backbone`). A Caduceus
+    ``init_from`` gives a :class:`~mamba_bio_audio.models.caduceus_classifier.CaduceusClassifier`
+    (:mod:`~mamba_bio_audio.tasks.caduceus_init`).
     """
+    if init_from is not None:
+        from mamba_bio_audio.tasks.caduceus_init import build_caduceus_classifier, caduceus_folder
+
+        folder = caduceus_folder(init_from)
+        if folder is not None:
+            return build_caduceus_classifier(labels, window, folder, preset, pooling)
     if init_from is not None and preset is None:
         config = _pretrained_config(init_from)
         config = dataclasses.replace(config, bidirectional=bidirectional, extra={})
@@ -120,8 +128,13 @@ def copy_backbone(donor, model: MambaClassifier, folder: str | os.PathLike) -> N
 
 
 def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu") -> MambaClassifier:
-    """A trained species classifier from a ``mba species train`` run folder (or its ``model/`` folder)."""
+    """A trained species classifier from a ``mba species train`` run folder (or its ``model/`` folder); a
+    CaduceusClassifier when the run fine-tuned a Caduceus."""
+    from mamba_bio_audio.tasks.caduceus_init import caduceus_folder, load_caduceus_classifier
+
     folder = model_dir(path)
+    if caduceus_folder(folder) is not None:
+        return load_caduceus_classifier(folder).to(device).eval()
     try:
         model = MambaClassifier.from_pretrained(folder)
     except UserError as e:

@@ -383,13 +383,14 @@ class WindowPlan:
 
 
 def plan_windows(store: TokenStore, settings: TrainSettings, build_model: Callable[[], nn.Module], *,
-                 labelled: bool) -> WindowPlan:
+                 labelled: bool, task_class: Callable[..., nn.Module] | None = None) -> WindowPlan:
     """Build the model, its task and data for training on ``store``'s windows.
 
     Train windows are random and reverse-complemented with ``settings.rc_prob``; validation windows are fixed
     (:func:`validation_windows`). ``build_model()`` makes the model after the seed is set. ``labelled``: species
     classification (:class:`ClassificationTask`, batches carry ``label``; default lr: the preset's ``lr``), else
-    next-base prediction (:class:`LMTask`; default lr: ``pretrain_lr``). The batch and lr defaults come from
+    next-base prediction (:class:`LMTask`, or ``task_class(model, optim)``, e.g. masked-LM; default lr:
+    ``pretrain_lr``). The batch and lr defaults come from
     ``settings.preset``, else the preset of the model's shape, else "tiny". Raises DataError/UserError (e.g. a
     window longer than every record) before anything is written.
     """
@@ -404,7 +405,7 @@ def plan_windows(store: TokenStore, settings: TrainSettings, build_model: Callab
     preset = get_preset(preset_name or "tiny")
     batch = batch_size_for(preset, settings)
     lr = settings.lr or (preset.lr if labelled else preset.pretrain_lr)
-    task_class = ClassificationTask if labelled else LMTask
+    task_class = task_class or (ClassificationTask if labelled else LMTask)
     val_samples = [] if val is None else [
         {"input_ids": torch.from_numpy(t), **({"label": torch.tensor(y)} if labelled else {})} for t, y in val]
     datamodule = WindowData(WindowTokens(sampler, labels=labelled), batch, val_samples=val_samples,
