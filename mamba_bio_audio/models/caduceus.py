@@ -20,6 +20,9 @@ checkpoint needs the order it was trained with. Logits cover the padded vocabula
 
 Tensor names follow ``CaduceusForMaskedLM`` (``caduceus.backbone.layers.{i}.mixer[.submodule].mamba_fwd.*`` ...),
 so :meth:`CaduceusLM.from_pretrained` reads its config.json and safetensors (tied tensors written once).
+
+:func:`dna_caduceus_config` makes a fresh Caduceus for the hyena-12 tokenizer (``dna pretrain --objective mlm``);
+:mod:`~mamba_bio_audio.models.caduceus_classifier` puts a classification head on the backbone.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 :func:`mask_tokens` chooses each position with probability ``mask_prob`` (0.15, one Bernoulli draw per position, as
 Caduceus' ``mlm_getitem``); of the chosen, 80% are replaced by ``[MASK]``, 10% by a random base (A, C, G or T,
 uniform: it may equal the original) and 10% are left unchanged. The loss (:func:`masked_lm_loss`) is the
-cross-entropy at the chosen positions only.
+cross-entropy at the chosen positions only. One difference: Caduceus' hg38 loader draws the random token from its
+whole 12-token vocabulary (special tokens included; its A/C/G/T-only variant is commented out), here from the four
+bases, so a random replacement never shows the model a token it never sees otherwise.
 
 Masks are drawn on the batch's device from a generator seeded by ``(seed, step, batch)`` (:class:`MLMTask`), so a
 resumed run draws the masks it would have drawn, and validation scores the same masked positions at every
