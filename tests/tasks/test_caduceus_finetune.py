@@ -98,6 +98,24 @@ def test_build_classifier_takes_the_caduceus_backbone(tmp_path):
         assert torch.equal(again.backbone.state_dict()[name], tensor), name
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = _classifier().train()
+    ids, labels = _bases(2, 33, seed=3), torch.tensor([0, 2])
+
+    def grads():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids), labels).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.gradient_checkpointing = True
+    assert model.backbone.gradient_checkpointing
+    again = grads()
+    assert plain.keys() == again.keys() and len(plain) > 10
+    for name, grad in plain.items():
+        torch.testing.assert_close(again[name], grad, rtol=1e-6, atol=1e-7)
+
+
 # ---- species and classify through the CLI -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def species_store(tmp_path_factory):
