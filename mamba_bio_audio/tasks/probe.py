@@ -4,7 +4,8 @@ A new head starts random, and its first steps of fine-tuning push random errors 
 head first, by a convex regression on the features the backbone already gives (a "linear probe"), and only then
 fine-tuning everything is LP-FT (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"). With mean
 pooling even a randomly initialized Mamba's pooled states are a useful summary of a window's short words, so the
-probe alone places windows as well as a k-mer regression on short-word-rich data, in seconds on a CPU.
+probe alone places windows about as well as a k-mer regression where classes differ in short-word statistics (the
+demo's genomes: results/dna/README.md), in seconds on a CPU.
 
 :func:`fit_head_by_probe` fits :class:`~mamba_bio_audio.tasks.baselines.LogisticRegression` (the k-mer baseline's
 solver) on ``(n, d_model)`` pooled features and writes it into ``model.head`` (the features' standardization folded
