@@ -28,6 +28,23 @@ last ``p`` block outputs (the DownPool window) and the ``p`` fine vectors of the
 the stage reads slot ``t mod p``. The only control flow is on the Python counter ``state["t"]``, never on data, so
 the schedule repeats every ``prod(pools)`` samples (:attr:`SashimiLM.step_period`), and all state tensors are
 updated in place: :class:`mamba_bio_audio.generation.cuda_graph.GraphedStep` captures one CUDA graph per phase.
+
+Packed rows (``SashimiLM.forward(ids, seq_idx=)``): several clips in one row, each one run of equal ``seq_idx``
+values, get exactly the logits each gets alone, provided every clip starts at a multiple of ``S = prod(pools)``
+(:attr:`SashimiConfig.stride`); so each clip but a row's last must be ``S``-aligned in length: pad it at its end
+with any tokens under its own ``seq_idx`` (causality keeps its real positions' logits) and drop those logits.
+Given that, at every level a clip starts on a pooled position, and
+
+- the blocks of each stage restart their conv and scan where the sequence changes (the mixers' ``seq_idx``);
+- DownPool zeroes the window inputs from another sequence: the window ending at a clip's first sample ``s``
+  would reach ``p - 1`` samples back into the previous clip, where alone there are the zeros in front;
+- the coarse level's ``seq_idx`` is the fine one at the pooled positions ``p j`` (a window's last sample);
+- UpPool needs nothing: coarse ``j`` feeds the fine ``p j .. p j + p - 1``, all in the clip that holds ``p j``
+  since the next clip starts at a multiple of ``p`` after it.
+
+A clip starting elsewhere would share a pooled window with its neighbour at the coarse levels: refused
+(:class:`~mamba_bio_audio.errors.UserError`). No recurrent state is kept for packed rows (:meth:`SashimiLM.step`
+runs one clip per row).
 """
 
 from __future__ import annotations
@@ -53,6 +70,7 @@ from mamba_bio_audio.checkpoint import (
 from mamba_bio_audio.config import JsonConfig, MambaConfig
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.modules.block import Block, init_weights, make_norm
+from mamba_bio_audio.modules.packing import sequence_runs
 
 ARCHITECTURE = "sashimi"
 
@@ -125,7 +143,9 @@ class SashimiConfig(JsonConfig):
 class DownPool(nn.Module):
     """Causal pooling by ``pool``: ``(batch, seqlen, d_in) -> (batch, seqlen / pool, d_out)``.
 
-    Position ``j`` is ``linear(concat(x[pool*j - pool + 1], ..., x[pool*j]))`` (zeros before the start).
+    Position ``j`` is ``linear(concat(x[pool*j - pool + 1], ..., x[pool*j]))`` (zeros before the start). With
+    ``runs`` (batch, seqlen), the packed sequences' numbers, inputs of another sequence than ``x[pool*j]``'s count
+    as zeros too (as before the start of a sequence alone).
     """
 
     def __init__(self, d_in: int, d_out: int, pool: int):
@@ -133,9 +153,13 @@ class DownPool(nn.Module):
         self.pool = pool
         self.linear = nn.Linear(d_in * pool, d_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, runs: torch.Tensor | None = None) -> torch.Tensor:
         batch, seqlen, dim = x.shape
         x = F.pad(x, (0, 0, self.pool - 1, 0))[:, :seqlen]  # shift right by pool - 1
+        if runs is not None:
+            source = F.pad(runs, (self.pool - 1, 0), value=-1)[:, :seqlen]  # the run of each shifted input
+            owner = runs[:, :: self.pool].repeat_interleave(self.pool, dim=1)  # the run of the window's last sample
+            x = x.masked_fill((source != owner).unsqueeze(-1), 0)
         return self.linear(x.reshape(batch, seqlen // self.pool, self.pool * dim))
 
     def step(self, window: torch.Tensor) -> torch.Tensor:
@@ -164,16 +188,17 @@ class UpPool(nn.Module):
 
 # ---- stages ---------------------------------------------------------------------------------------------------
 class BlockStack(nn.Module):
-    """``n`` pre-norm residual Mamba blocks on one residual stream: ``(batch, seqlen, d) -> (batch, seqlen, d)``."""
+    """``n`` pre-norm residual Mamba blocks on one residual stream: ``(batch, seqlen, d) -> (batch, seqlen, d)``;
+    ``seq_idx`` (batch, seqlen): packed sequences, passed to every mixer."""
 
     def __init__(self, config: MambaConfig, n: int):
         super().__init__()
         self.layers = nn.ModuleList(Block(config, i) for i in range(n))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         hidden, residual = x, None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual)
+            hidden, residual = layer(hidden, residual, seq_idx=seq_idx)
         return hidden if residual is None else (hidden + residual).to(x.dtype)
 
     def step(self, x: torch.Tensor, states: list[dict]) -> torch.Tensor:
@@ -190,7 +215,9 @@ class BlockStack(nn.Module):
 class Stage(nn.Module):
     """One rate of the U-Net, holding the coarser stages inside it (recursively); the innermost is the centre.
 
-    ``forward: (batch, seqlen, d) -> (batch, seqlen, d)`` with ``seqlen`` a multiple of ``prod(pools[level:])``.
+    ``forward: (batch, seqlen, d) -> (batch, seqlen, d)`` with ``seqlen`` a multiple of ``prod(pools[level:])``;
+    ``runs`` (batch, seqlen): packed sequences' numbers, each starting at a multiple of ``prod(pools[level:])``
+    (the inner stage gets them at the pooled positions).
     """
 
     def __init__(self, config: SashimiConfig, level: int = 0):
@@ -210,11 +237,12 @@ class Stage(nn.Module):
         for stack in (self.down, self.up):
             stack.apply(partial(init_weights, n_layer=max(1, depth)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.down(x)
+    def forward(self, x: torch.Tensor, runs: torch.Tensor | None = None) -> torch.Tensor:
+        skip = self.down(x, runs)
         if self.inner is None:
-            return self.up(skip)
-        return self.up(self.unpool(self.inner(self.pool(skip))) + skip)
+            return self.up(skip, runs)
+        inner_runs = None if runs is None else runs[:, :: self.pool.pool]
+        return self.up(self.unpool(self.inner(self.pool(skip, runs), inner_runs)) + skip, runs)
 
     def allocate_state(self, batch_size: int, device, dtype) -> dict:
         """Zero states: the blocks' conv/SSM states, ``window`` (batch, pool, d) of recent down-path outputs,
@@ -264,19 +292,39 @@ class SashimiLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """``input_ids: (batch, seqlen)`` -> logits ``(batch, seqlen, vocab_size)``.
 
         Any ``seqlen`` works: the hidden states are padded at the end to a multiple of ``config.stride`` and the
         result cut back (padding after the last position cannot change earlier, causal, outputs).
+
+        ``seq_idx`` (batch, seqlen) integers: several clips packed in each row, each one run of equal values
+        starting at a multiple of ``config.stride``; each gets the logits it gets alone (module docstring).
         """
         seqlen = input_ids.shape[1]
         hidden = self.embedding(input_ids)
         pad = -seqlen % self.config.stride
+        runs = None if seq_idx is None else self._packed_runs(seq_idx, input_ids.shape, pad)
         if pad:
             hidden = F.pad(hidden, (0, 0, 0, pad))
-        hidden = self.stage(hidden)[:, :seqlen]
+        hidden = self.stage(hidden, runs)[:, :seqlen]
         return self.lm_head(self.norm_f(hidden.to(self.norm_f.weight.dtype)))
+
+    def _packed_runs(self, seq_idx: torch.Tensor, shape: torch.Size, pad: int) -> torch.Tensor:
+        """(batch, seqlen + pad) int32 run numbers of ``seq_idx`` (the end padding joins the last sequence), after
+        checking that every sequence starts at a multiple of the stride."""
+        if tuple(seq_idx.shape) != tuple(shape):
+            raise UserError(f"seq_idx must have the shape of input_ids {tuple(shape)}, got {tuple(seq_idx.shape)}")
+        runs = sequence_runs(seq_idx.to(self.embedding.weight.device))
+        stride = self.config.stride
+        starts = (runs[:, 1:] != runs[:, :-1]).nonzero()
+        misaligned = starts[(starts[:, 1] + 1) % stride != 0]
+        if len(misaligned):
+            row, position = misaligned[0].tolist()
+            raise UserError(f"packed sequences must start at multiples of the stride {stride} (prod(pools)); "
+                            f"row {row} has one starting at position {position + 1}: pad each sequence but a "
+                            f"row's last to a multiple of {stride} (any tokens, its own seq_idx)")
+        return torch.cat([runs, runs[:, -1:].expand(-1, pad)], dim=1) if pad else runs
 
     @property
     def step_period(self) -> int:
