@@ -157,6 +157,28 @@ def generate(**params) -> None:
     click.echo(commands.generate(**params, progress=_progress))
 
 
+@bench.command("cpu")
+@click.option("--lengths", default="4096", show_default=True, help="Comma-separated sequence lengths.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--d-model", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--n-layer", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch threads.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed steps of each model (median, min, max).")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed steps of each model first.")
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Largest |logits difference| between the two models accepted before timing.")
+@_out_option("cpu")
+@config_option
+def cpu(**params) -> None:
+    """CPU forward+backward: our MambaLM vs transformers' MambaForCausalLM slow path, same weights."""
+    from mamba_bio_audio.benchmarks import commands
+
+    click.echo(commands.cpu(**params, progress=_progress))
+
+
 # ---- several processes: context parallelism and the DDP loss curve; each command starts its own processes, which
 # run the same command again (mamba_bio_audio.benchmarks.commands) ---------------------------------------------
 @bench.command("context-parallel")

@@ -158,6 +158,25 @@ def generate(*, batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int
                  overwrite, figure=lambda path: generate_figure(path, rows, largest))
 
 
+def cpu(*, lengths: str, batch: int, d_model: int, n_layer: int, vocab_size: int, threads: int, repeats: int,
+        warmup: int, atol: float, out: Path, overwrite: bool, progress: Progress) -> str:
+    """``mba bench cpu``: :func:`~mamba_bio_audio.benchmarks.cpu.run_cpu_bench`, report ``bench_cpu``."""
+    from mamba_bio_audio.benchmarks.cpu import cpu_markdown, import_transformers, run_cpu_bench
+    from mamba_bio_audio.recipes.options import parse_int_list
+
+    length_list = parse_int_list(lengths, "--lengths")
+    if min(length_list) < 2:
+        raise UserError(f"--lengths: need at least 2 tokens (a next-token loss), got {lengths!r}")
+    transformers = import_transformers()
+    check_output_folder(out, "bench cpu", overwrite=overwrite)
+    progress(f"cpu bench: d_model {d_model} x {n_layer}, lengths {length_list}, {threads} threads; report into {out}")
+    result = run_cpu_bench(lengths=length_list, batch=batch, d_model=d_model, n_layer=n_layer,
+                           vocab_size=vocab_size, threads=threads, repeats=repeats, warmup=warmup, atol=atol,
+                           progress=progress)
+    result["environment"] = env = {**environment(), "transformers": transformers.__version__}
+    return _save(out, "bench cpu", "bench_cpu", result, cpu_markdown(result, env), overwrite)
+
+
 def context_parallel(*, args: Callable[[dict], list[str]], nproc_per_node: int | None, device: str, out: Path,
                      overwrite: bool, opts) -> str | None:
     """``mba bench context-parallel``: outside torchrun (no ``RANK``), start ``nproc_per_node`` ranks running the

@@ -1,0 +1,233 @@
+"""A CPU training step of our MambaLM beside transformers' ``MambaForCausalLM`` on its slow path (``mba bench cpu``).
+
+Both models have the same shape and the same weights: ours is built seeded, exported with
+``save_pretrained(layout="transformers")`` and loaded by ``transformers.MambaForCausalLM.from_pretrained``. Before
+any timing, both give the logits of the same tokens (batch, seqlen) within ``atol`` (a :class:`UserError`
+otherwise). A step is forward + cross-entropy of the next tokens (logits (batch, seqlen - 1, vocab) against
+ids[:, 1:]) + backward, in fp32, with ``torch.set_num_threads(threads)``; no optimizer. ``warmup`` untimed then
+``repeats`` timed steps, alternating between the two models so that a change of load on a shared machine hits both.
+The peak RSS of the process is read after each model's first step (ours first, so transformers' reading is the
+larger of the two).
+
+transformers' path: on CPU inputs its wrappers of mamba_ssm / causal_conv1d run the torch functions
+(``modeling_mamba.mamba_selective_scan``); with ``use_mambapy`` off and no ``torch.compile``, that is the
+sequential loop over time steps. :func:`transformers_path` records what decided it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mamba_bio_audio.errors import UserError
+
+MODELS = ("ours", "transformers")
+LABELS = {"ours": "MambaLM (ours)", "transformers": "transformers MambaForCausalLM"}
+
+
+def import_transformers():
+    """The ``transformers`` module, or a one-line UserError. transformers >= 5 imports the PyPI package
+    ``kernels``, which this repository's top-level ``kernels/`` folder shadows when the repository root is on
+    ``sys.path`` (running from the root); the root is left off ``sys.path`` for this import."""
+    if sys.modules.get("transformers") is None:
+        root = Path(__file__).resolve().parents[2]
+        saved = sys.path[:]
+        sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != root]
+        try:
+            import transformers  # noqa: F401
+            import transformers.models.mamba.modeling_mamba  # noqa: F401
+        except ImportError as e:
+            raise UserError(f"bench cpu needs transformers with its Mamba model (pip install -e '.[dev]'): {e}") \
+                from None
+        finally:
+            sys.path[:] = saved
+    return sys.modules["transformers"]
+
+
+def build_pair(d_model: int, n_layer: int, vocab_size: int, seed: int = 0):
+    """(ours, theirs): our MambaLM (seeded, torch reference ops) and transformers' MambaForCausalLM with the same
+    weights, both in training mode on the CPU in fp32; theirs has ``use_mambapy`` and ``use_associative_scan``
+    off."""
+    from mamba_bio_audio import MambaConfig, MambaLM
+    from mamba_bio_audio.modules.mixer import set_backend
+
+    transformers = import_transformers()
+    torch.manual_seed(seed)
+    ours = set_backend(MambaLM(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size)), "reference")
+    with tempfile.TemporaryDirectory() as folder:
+        ours.save_pretrained(Path(folder) / "model", layout="transformers")
+        theirs = transformers.MambaForCausalLM.from_pretrained(Path(folder) / "model", use_mambapy=False,
+                                                               use_associative_scan=False)
+    return ours.float().train(), theirs.float().train()
+
+
+def transformers_path(model) -> dict:
+    """What decides the path of transformers' Mamba mixer here: its config flags, whether mamba_ssm,
+    causal_conv1d and mambapy import, and the resulting path name (``"sequential torch loop"`` on CPU inputs
+    without mambapy; ``"mambapy pscan"`` with it and ``use_mambapy``)."""
+    config = model.config
+    found = {name: importlib.util.find_spec(name) is not None for name in ("mamba_ssm", "causal_conv1d", "mambapy")}
+    use_mambapy = bool(getattr(config, "use_mambapy", False))
+    path = "mambapy pscan" if use_mambapy and found["mambapy"] else "sequential torch loop"
+    return {"path": path, "use_mambapy": use_mambapy,
+            "use_associative_scan": bool(getattr(config, "use_associative_scan", False)),
+            "importable": found,
+            "note": "mamba_ssm / causal_conv1d kernels are not used for CPU inputs; the torch functions of "
+                    "transformers.models.mamba.modeling_mamba run (mamba_selective_scan's recurrent iteration)"}
+
+
+class _Fallbacks(logging.Handler):
+    """Collects transformers' log lines saying a function falls back to its PyTorch implementation."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "falling back" in message and message not in self.messages:
+            self.messages.append(message)
+
+
+@contextlib.contextmanager
+def fallback_messages():
+    """Yields a list that receives transformers' "falling back to its reference PyTorch implementation" lines
+    logged meanwhile (each is logged once per process, so a second model in the same process adds none)."""
+    handler, logger = _Fallbacks(), logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def logits_of(name: str, model, ids: torch.Tensor) -> torch.Tensor:
+    """ids (batch, seqlen) -> logits (batch, seqlen, vocab) of either model."""
+    return model(ids) if name == "ours" else model(ids).logits
+
+
+def check_logits(ours, theirs, ids: torch.Tensor, atol: float) -> float:
+    """Max |ours - theirs| over the logits of ``ids`` (no grad); a UserError above ``atol``."""
+    with torch.no_grad():
+        diff = (logits_of("ours", ours, ids) - logits_of("transformers", theirs, ids)).abs().max().item()
+    if not diff <= atol:
+        raise UserError(f"logits differ from transformers' by {diff:.3e} at seqlen {ids.shape[1]} (> --atol {atol})")
+    return diff
+
+
+def train_step(name: str, model, ids: torch.Tensor) -> tuple[float, float]:
+    """One forward + next-token cross-entropy + backward; (seconds, loss)."""
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    logits = logits_of(name, model, ids)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    return time.perf_counter() - start, loss.item()
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _row(name: str, batch: int, seqlen: int, times: list[float], loss: float, rss: float) -> dict:
+    median = statistics.median(times)
+    return {"model": name, "batch": batch, "seqlen": seqlen, "seconds": times, "median_s": median,
+            "min_s": min(times), "max_s": max(times), "tokens_per_second": batch * seqlen / median, "loss": loss,
+            "peak_rss_gib": rss}
+
+
+def run_cpu_bench(*, lengths: list[int], batch: int, d_model: int, n_layer: int, vocab_size: int, threads: int,
+                  repeats: int, warmup: int, atol: float, seed: int = 0,
+                  progress: Callable[[str], None] = print) -> dict:
+    """Build both models, check their logits at each length, time ``repeats`` steps of each; the report dict
+    (rows per model and length, ratios ours/theirs in tokens/s, the logits differences, transformers' path,
+    the load average before and after)."""
+    load_before = os.getloadavg()
+    with torch_threads(threads):
+        ours, theirs = build_pair(d_model, n_layer, vocab_size, seed)
+        models = {"ours": ours, "transformers": theirs}
+        rows, checks, ratios, fallbacks = [], [], [], []
+        for seqlen in lengths:
+            ids = torch.randint(0, vocab_size, (batch, seqlen), generator=torch.Generator().manual_seed(seed + 1))
+            progress(f"cpu bench: checking the logits at ({batch}, {seqlen})")
+            with fallback_messages() as messages:
+                diff = check_logits(ours, theirs, ids, atol)
+            fallbacks += messages
+            checks.append({"batch": batch, "seqlen": seqlen, "max_abs_diff": diff})
+            rss, times, losses = {}, {m: [] for m in MODELS}, {}
+            for i in range(warmup + repeats):
+                for name in MODELS:
+                    seconds, losses[name] = train_step(name, models[name], ids)
+                    rss.setdefault(name, peak_rss_gib())  # after its first step: the peak of one step
+                    timed = i >= warmup
+                    if timed:
+                        times[name].append(seconds)
+                    what = f"step {i - warmup + 1}/{repeats}" if timed else f"untimed step {i + 1}/{warmup}"
+                    progress(f"cpu bench: {name} ({batch}, {seqlen}) {what}: {seconds:.3f} s")
+            pair = [_row(name, batch, seqlen, times[name], losses[name], rss[name]) for name in MODELS]
+            rows += pair
+            ratios.append({"batch": batch, "seqlen": seqlen,
+                           "ratio": pair[0]["tokens_per_second"] / pair[1]["tokens_per_second"]})
+    path = {**transformers_path(theirs), "fallback_messages": fallbacks}
+    return {"rows": rows, "ratios": ratios, "logits_check": checks, "atol": atol, "transformers": path,
+            "ours_backend": "reference", "threads": threads, "repeats": repeats, "warmup": warmup,
+            "size": {"d_model": d_model, "n_layer": n_layer, "vocab_size": vocab_size,
+                     "parameters": sum(p.numel() for p in ours.parameters())},
+            "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
+
+
+def cpu_markdown(data: dict, env: dict) -> str:
+    """The report: one row per model and length, the ratio, the logits check, transformers' path, the machine."""
+    from mamba_bio_audio.benchmarks.report import markdown_table
+
+    size, tf = data["size"], data["transformers"]
+    rows = [[LABELS[r["model"]], f"({r['batch']}, {r['seqlen']})", r["median_s"], r["min_s"], r["max_s"],
+             r["tokens_per_second"], r["peak_rss_gib"]] for r in data["rows"]]
+    ratios = "; ".join(f"({r['batch']}, {r['seqlen']}): **{r['ratio']:.2f}x**" for r in data["ratios"])
+    checks = ", ".join(f"{c['max_abs_diff']:.2e} at ({c['batch']}, {c['seqlen']})" for c in data["logits_check"])
+    load = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    return "\n".join([
+        "# CPU training step: ours vs transformers' MambaForCausalLM (slow path)", "",
+        f"d_model {size['d_model']}, {size['n_layer']} layers, vocab {size['vocab_size']} "
+        f"({size['parameters']:,} parameters), fp32, forward + next-token cross-entropy + backward, "
+        f"{data['threads']} torch threads, {data['repeats']} timed steps each after {data['warmup']} untimed, the two "
+        "models alternating.", "",
+        markdown_table(["model", "(batch, seqlen)", "median s/step", "min s", "max s", "tokens/s",
+                        "peak RSS GiB (process)"], rows), "",
+        f"Ours / transformers in tokens/s: {ratios}.", "",
+        f"Same weights, same logits before timing: max |difference| {checks} (tolerance {data['atol']:g}).", "",
+        f"Ours: the torch reference ops (backend {data['ours_backend']}). transformers: **{tf['path']}** "
+        f"(use_mambapy {tf['use_mambapy']}, use_associative_scan {tf['use_associative_scan']}; importable: "
+        + ", ".join(f"{k} {v}" for k, v in tf["importable"].items()) + f"); {tf['note']}.", "",
+        *([f"transformers said: {' / '.join(tf['fallback_messages'])}", ""] if tf["fallback_messages"] else []),
+        "Peak RSS is the process' maximum after each model's first step (ours first), so transformers' "
+        "figure is the larger of the two.", "",
+        f"Load average (1 / 5 / 15 min) before {load(data['load_average_before'])}, after "
+        f"{load(data['load_average_after'])}.", "",
+        f"{env['device']}; torch {env['torch']}, transformers {env.get('transformers')}, python {env['python']}, "
+        f"mamba_bio_audio {env['mamba_bio_audio']}; {env['date']}.",
+    ])
