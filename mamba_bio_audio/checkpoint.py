@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mamba_bio_audio.config import JsonConfig, MambaConfig
+from mamba_bio_audio.config import JsonConfig, MambaConfig, read_json_object
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.files import umask_mode
 
@@ -115,16 +115,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 def read_config_dict(directory: str | os.PathLike) -> dict:
     """config.json of ``directory`` as a dict; CheckpointError when missing, unreadable or not an object."""
-    path = Path(directory) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: a config must be a JSON object")
-    return data
+    return read_json_object(Path(directory) / CONFIG_NAME)
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,

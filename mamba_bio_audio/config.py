@@ -28,6 +28,20 @@ _IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "m
                  "transformers_version", "_name_or_path"}
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in the file ``path``; CheckpointError when missing, unreadable or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a config must be a JSON object")
+    return data
+
+
 class JsonConfig:
     """The JSON round trip of a dataclass config: ``to_dict`` / ``from_dict`` / ``to_json`` / ``from_json``, and
     ``save`` / ``load`` of one JSON object per file (written atomically).
@@ -61,14 +75,7 @@ class JsonConfig:
     @classmethod
     def load(cls, path: str | os.PathLike):
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such config file") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: a config must be a JSON object")
+        data = read_json_object(path)
         try:
             return cls.from_dict(data)
         except (UserError, TypeError, ValueError) as e:
