@@ -322,18 +322,9 @@ class _Holder(nn.Module):
         self.backbone = CaduceusBackbone(config)
 
 
-class CaduceusLM(nn.Module):
-    """Caduceus' ``CaduceusForMaskedLM``: input_ids (batch, seqlen) -> logits (batch, seqlen, vocab_size), the head
-    tied to the embedding. RC equivariant with ``config.rcps``; any model is through :func:`rc_average`."""
-
-    def __init__(self, config: CaduceusConfig):
-        super().__init__()
-        self.config = config
-        self.caduceus = _Holder(config)
-        self.lm_head = RCPSLMHead(config) if config.rcps else nn.Linear(config.d_model, config.vocab_size, bias=False)
-        initializer = (config.initializer_cfg or {}).get("initializer_range", 0.02)
-        self.apply(partial(init_weights, n_layer=config.n_layer, initializer_range=initializer))
-        self.tie_weights()
+class CaduceusBackboneAccess:
+    """``backbone`` and ``gradient_checkpointing`` of a model that holds ``self.caduceus`` (a :class:`_Holder`):
+    shared by :class:`CaduceusLM` and the Caduceus classifier."""
 
     @property
     def backbone(self) -> CaduceusBackbone:
@@ -346,6 +337,20 @@ class CaduceusLM(nn.Module):
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, value: bool) -> None:
         self.backbone.gradient_checkpointing = bool(value)
+
+
+class CaduceusLM(CaduceusBackboneAccess, nn.Module):
+    """Caduceus' ``CaduceusForMaskedLM``: input_ids (batch, seqlen) -> logits (batch, seqlen, vocab_size), the head
+    tied to the embedding. RC equivariant with ``config.rcps``; any model is through :func:`rc_average`."""
+
+    def __init__(self, config: CaduceusConfig):
+        super().__init__()
+        self.config = config
+        self.caduceus = _Holder(config)
+        self.lm_head = RCPSLMHead(config) if config.rcps else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        initializer = (config.initializer_cfg or {}).get("initializer_range", 0.02)
+        self.apply(partial(init_weights, n_layer=config.n_layer, initializer_range=initializer))
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         tie_mixers(self.backbone)

@@ -30,7 +30,7 @@ import torch.nn as nn
 from mamba_bio_audio.checkpoint import read_state_dict, write_checkpoint
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.models.caduceus import (
-    CaduceusBackbone,
+    CaduceusBackboneAccess,
     CaduceusConfig,
     _Holder,
     load_tied_state,
@@ -43,7 +43,7 @@ from mamba_bio_audio.models.caduceus import (
 POOLINGS = ("mean",)
 
 
-class CaduceusClassifier(nn.Module):
+class CaduceusClassifier(CaduceusBackboneAccess, nn.Module):
     """input_ids (batch, seqlen) [+ attention_mask (batch, seqlen), True = real token] -> logits (batch,
     num_classes) float32. ``num_classes``, ``pooling`` and ``labels`` are kept in ``config.extra["classifier"]``
     (as :class:`~mamba_bio_audio.models.classifier.MambaClassifier`), so :meth:`from_pretrained` rebuilds the head."""
@@ -70,18 +70,6 @@ class CaduceusClassifier(nn.Module):
         self.caduceus = _Holder(config)
         self.head = nn.Linear(config.d_model, num_classes)
         self.tie_weights()
-
-    @property
-    def backbone(self) -> CaduceusBackbone:
-        return self.caduceus.backbone
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.backbone.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value: bool) -> None:
-        self.backbone.gradient_checkpointing = bool(value)
 
     def tie_weights(self) -> None:
         tie_mixers(self.backbone)
