@@ -22,8 +22,7 @@ from mamba_bio_audio.recipes.outputs import (
     check_output_folder,
     check_resume_config,
     output_folder,
-    plot_curve,
-    read_csv_metric,
+    report_audio_training,
     run_folder,
     write_json,
     write_yaml,
@@ -168,15 +167,8 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         return
     _warn("train", (f"{name}: shorter than the {window}-sample window -- left out of training"
                     for name in metrics["files_left_out"]))
-    steps, bits = read_csv_metric(out / "logs", "train/bits_per_token")
-    if steps:
-        plot_curve(out / "loss.png", steps, bits, "step", "train NLL (bits per sample)",
-                   f"audio {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}, window {window}")
-    write_json(out / "metrics.json", metrics)
-    val_bits = metrics["val_bits_per_sample"]
-    shown = "n/a (no val windows)" if val_bits is None else f"{val_bits:.4f}"
-    click.echo(f"val NLL {shown} bits/sample after {metrics['steps']} steps ({metrics['train_seconds']:.0f} s); "
-               f"wrote {out}/model")
+    report_audio_training(out, metrics, f"audio {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}, "
+                                         f"window {window}", "no val windows")
 
 
 # ---- generate -----------------------------------------------------------------------------------------------------

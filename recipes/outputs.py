@@ -21,7 +21,7 @@ from mamba_bio_audio.files import (
 )
 
 __all__ = ["atomic_write_text", "check_output_file", "check_output_folder", "check_resume_config", "output_folder",
-           "plot_curve", "read_csv_metric", "run_folder", "write_json", "write_yaml"]
+           "plot_curve", "read_csv_metric", "report_audio_training", "run_folder", "write_json", "write_yaml"]
 
 
 def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
@@ -132,3 +132,16 @@ def echo_summary(summary: dict) -> None:
         stages = summary["sequence_length_warmup"]["stages"]
         click.echo("sequence-length warm-up: " + ", ".join(f"{s['length']} from step {s['from_step']}"
                                                            for s in stages))
+
+
+def report_audio_training(out: Path, metrics: dict, title: str, no_val: str) -> None:
+    """After an audio LM run (sc09 or audio train): ``out/loss.png`` from its training log, ``out/metrics.json``, and
+    one line with the val NLL (``no_val`` says why there is none when it is None)."""
+    steps, bits = read_csv_metric(out / "logs", "train/bits_per_token")
+    if steps:
+        plot_curve(out / "loss.png", steps, bits, "step", "train NLL (bits per sample)", title)
+    write_json(out / "metrics.json", metrics)
+    val_bits = metrics["val_bits_per_sample"]
+    shown = f"n/a ({no_val})" if val_bits is None else f"{val_bits:.4f}"
+    click.echo(f"val NLL {shown} bits/sample after {metrics['steps']} steps ({metrics['train_seconds']:.0f} s); "
+               f"wrote {out}/model")

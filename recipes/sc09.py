@@ -21,8 +21,7 @@ from mamba_bio_audio.recipes.outputs import (
     check_output_folder,
     check_resume_config,
     output_folder,
-    plot_curve,
-    read_csv_metric,
+    report_audio_training,
     run_folder,
     write_json,
     write_yaml,
@@ -136,15 +135,8 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, 
     metrics = train_audio_lm(train_set, val_set, out, settings, resume=resume)
     if metrics is None:  # an extra process of a multi-device run
         return
-    steps, bits = read_csv_metric(out / "logs", "train/bits_per_token")
-    if steps:
-        plot_curve(out / "loss.png", steps, bits, "step", "train NLL (bits per sample)",
-                   f"sc09 {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}")
-    write_json(out / "metrics.json", metrics)
-    val_bits = metrics["val_bits_per_sample"]
-    shown = "n/a (no val split)" if val_bits is None else f"{val_bits:.4f}"
-    click.echo(f"val NLL {shown} bits/sample after {metrics['steps']} steps ({metrics['train_seconds']:.0f} s); wrote "
-               f"{out}/model")
+    report_audio_training(out, metrics, f"sc09 {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}",
+                          "no val split")
 
 
 # ---- generate -----------------------------------------------------------------------------------------------------
