@@ -131,6 +131,40 @@ for step in $what; do
             tar czf "$out/sc09.tar.gz" -C $r sc09/config.yaml sc09/metrics.json sc09/logs sc09_eval \
                 sc09_samples/metrics.json sc09_samples/likelihoods.tsv sc09_samples/spectrograms.png \
                 sc09_samples/sample_0000.wav sc09_samples/sample_0001.wav sc09_b1/metrics.json clf/metrics.json ;;
+        audio-sweep)  # test NLL against training window on the recordings store carried in .gpudata/music
+            # (index.json + tokens.u8.xz, see dev/README.md): SWEEP_WINDOWS, SWEEP_TOKENS, SWEEP_STEPS, SWEEP_ARGS
+            r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
+            if [ ! -f $r/music/tokens.u8 ]; then
+                mkdir -p $r/music && cp "$repo/.gpudata/music/index.json" "$repo/.gpudata/music/.mba-output" $r/music/ &&
+                python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+                    "$repo/.gpudata/music/tokens.u8.xz" $r/music/tokens.u8 || { status=1; continue; }
+            fi
+            # shellcheck disable=SC2086
+            timeout ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
+                --windows ${SWEEP_WINDOWS:-8192,32768,131072,524288,1048576} --tokens-per-batch ${SWEEP_TOKENS:-1048576} \
+                --max-steps ${SWEEP_STEPS:-100} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tail -25
+            echo "audio-sweep: $(( $(date +%s) - t0 )) s" | tee -a "$out/audio_sweep_seconds.txt"
+            tar czf "$out/audio_sweep.tar.gz" -C $r --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tensorboard sweep ;;
+        audio-continue)  # continue a test recording with the sweep's model at CONTINUE_WINDOW: a 4 s prompt cut
+            # from the store's first test file, CONTINUE_SECONDS of new audio, CONTINUE_SAMPLES clips, listening page
+            r=/tmp/runs; t0=$(date +%s)
+            python3 - "$r/music" "$r/prompt.wav" <<'PY' || { status=1; continue; }
+import sys
+import numpy as np, soundfile as sf
+from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.data_prep.audio.mulaw import decode
+store = TokenStore(sys.argv[1])
+rate = int(store.meta["sample_rate"])
+i = next(k for k, r in enumerate(store.records) if r["split"] == "test")
+tokens = store.window(i, 60 * rate, 4 * rate)  # 4 s from the first test file's minute 1
+sf.write(sys.argv[2], decode(tokens, store.meta["encoding"]).numpy().astype(np.float32), rate)
+print("prompt:", store.records[i]["file"], "60-64 s")
+PY
+            mba audio generate --checkpoint $r/sweep/window_${CONTINUE_WINDOW:-131072} --prompt $r/prompt.wav \
+                --seconds ${CONTINUE_SECONDS:-8} --num-samples ${CONTINUE_SAMPLES:-4} --batch-size ${CONTINUE_SAMPLES:-4} \
+                --out $r/continued --device cuda 2>&1 | grep -v "it/s" | tail -4
+            echo "audio-continue: $(( $(date +%s) - t0 )) s" | tee -a "$out/audio_sweep_seconds.txt"
+            tar czf "$out/audio_continue.tar.gz" -C $r continued prompt.wav ;;
         memory)  # the d_model 256 x 8 classifier at 2^20 and 2^22, checkpoint levels 0, 1, 2
             timeout ${MEMORY_SECONDS:-300} mba bench memory --lengths ${MEMORY_LENGTHS:-1048576,4194304} \
                 --checkpoint-level ${MEMORY_LEVELS:-0,1,2} --out /tmp/bench/memory --overwrite 2>&1 | tail -12

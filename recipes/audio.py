@@ -273,3 +273,59 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
     atomic_write_text(out / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; each "
                       f"window scored on its own (its first sample is context only).\n")
     click.echo(table)
+
+
+# ---- context-sweep ------------------------------------------------------------------------------------------------
+@audio.command("context-sweep")
+@data_option
+@out_option(help_text="Folder for window_W/ runs, sweep.json, sweep.md and sweep.png (a stopped sweep continues).")
+@click.option("--windows", default="8192,32768,131072,524288,1048576", show_default=True,
+              help="Training window lengths in samples, comma-separated (2 .. 2^20).")
+@click.option("--tokens-per-batch", type=click.IntRange(min=2), default=2**20, show_default=True,
+              help="Samples per step in every run (batch = this // window): equal compute per run.")
+@budget_options
+@click.option("--preset", type=click.Choice(MODEL_PRESETS), default="paper-6m", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHS), default="sashimi", show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--warmup-min-length", type=click.IntRange(min=0), default=None,
+              help="Sequence-length warm-up in each run from this length [default: off].")
+@click.option("--eval-window", type=click.IntRange(min=2, max=2**20), default=None,
+              help="The common test window every model is also scored at [default: the longest --windows].")
+@click.option("--max-test-windows", type=click.IntRange(min=1), default=None,
+              help="Test windows per score, evenly spaced [default: all].")
+@click.option("--val-windows", type=click.IntRange(min=1), default=8, show_default=True)
+@short_files_option
+@click.option("--precision", default=None, help="Lightning precision [default: bf16-mixed on GPU, 32-true on CPU].")
+@common_options
+def context_sweep(data: Path, out: Path, windows: str, tokens_per_batch: int, max_steps: int | None,
+                  max_minutes: float | None, preset: str, arch: str, lr: float, warmup_min_length: int | None,
+                  eval_window: int | None, max_test_windows: int | None, val_windows: int, short_files: str,
+                  precision: str | None, device: str, seed: int) -> None:
+    """Test NLL against training context: the same model trained at each window length with equal samples per
+    step and equal steps (the Mamba paper's long-context audio experiment)."""
+    from mamba_bio_audio.recipes.options import parse_int_list
+    from mamba_bio_audio.tasks.audio_context_sweep import SweepSettings, check_sweep, run_sweep
+    from mamba_bio_audio.tasks.audio_folder import MAX_WINDOW, RecordingTrainSettings, open_recordings
+    from mamba_bio_audio.training.trainer import TrainerConfig
+
+    lengths = parse_int_list(windows, "--windows")
+    if any(not 2 <= w <= MAX_WINDOW for w in lengths):
+        raise UserError(f"--windows {windows}: every window must be 2 .. {MAX_WINDOW} samples")
+    store = open_recordings(data)
+    base = RecordingTrainSettings(arch=arch, preset=preset, max_steps=max_steps, max_minutes=max_minutes, lr=lr,
+                                  val_clips=val_windows, precision=precision, device=device, seed=seed,
+                                  short_files=short_files, warmup_min_length=warmup_min_length,
+                                  checkpoint_every=10**9)
+    settings = SweepSettings(lengths, tokens_per_batch, base, eval_window, max_test_windows)
+    TrainerConfig(device=device, precision=precision)
+    check_sweep(store, settings)
+    out = run_folder(out, "audio context-sweep", inputs=(data,))
+    write_yaml(out / "config.yaml", _options())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*left out of training")
+        result = run_sweep(store, out, settings, progress=lambda m: click.echo(f"mba audio context-sweep: {m}",
+                                                                                err=True))
+    from mamba_bio_audio.tasks.audio_context_sweep import sweep_table
+
+    click.echo(sweep_table(result["rows"], result["common_window"]))
+    click.echo(f"wrote {out}/sweep.md, sweep.json, sweep.png")

@@ -1,0 +1,184 @@
+"""Test NLL against training context length (``mba audio context-sweep``): the Mamba paper's long-context audio
+experiment (its YouTubeMix figure) on any recordings store.
+
+The same model is trained once per window length ``W`` in ``windows``, each run with the same number of samples
+per batch (``tokens_per_batch``, so the batch is ``tokens_per_batch // W`` windows), the same number of steps
+(``max_steps``; or, with ``max_minutes``, the same wall-clock budget per run, its steps planned from the measured
+step time) and the same seed, optimiser and schedule: equal compute, only the context changes. The
+sequence-length warm-up is off unless ``warmup_min_length`` is given (with it the long windows would spend most
+of a short run at shorter lengths). Each trained model is scored on the test files:
+
+* ``test_bits_own``: consecutive windows of its own training length (what ``mba audio evaluate`` reports);
+* ``test_bits_common``: consecutive windows of one common length (``eval_window``, default the longest of
+  ``windows``) for every model, so that the rows differ only in training: a model trained on short windows then
+  runs past its training length (the recurrence has no position limit).
+
+Results: ``sweep.json`` (every row, the settings, the environment), ``sweep.md`` (the table) and ``sweep.png``
+(bits per sample against window length, log2 axis); each run's folder ``window_W/`` is an ``mba audio train`` run
+(config, model, logs, metrics.json). A run whose ``metrics.json`` exists is not trained again, so a stopped sweep
+continues where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mamba_bio_audio.data_prep.store import TokenStore
+from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.tasks.audio_folder import (
+    RecordingTrainSettings,
+    RecordingWindows,
+    eval_windows,
+    train_recording_lm,
+    window_nll_bits,
+)
+
+MAX_EVAL_BATCH = 64
+
+
+@dataclass
+class SweepSettings:
+    """What varies (``windows``, ascending) and what is held fixed: ``tokens_per_batch`` samples per step, the
+    training settings ``base`` (its window, batch size and val windows are set per run), and the evaluation:
+    ``eval_window`` (None: the longest window), at most ``max_test_windows`` test windows per score (None: all)."""
+
+    windows: list[int]
+    tokens_per_batch: int
+    base: RecordingTrainSettings
+    eval_window: int | None = None
+    max_test_windows: int | None = None
+
+    def __post_init__(self):
+        if not self.windows:
+            raise UserError("--windows: give at least one window length")
+        self.windows = sorted(set(self.windows))
+        if self.windows[-1] > self.tokens_per_batch:
+            raise UserError(f"--tokens-per-batch {self.tokens_per_batch}: smaller than the longest window "
+                            f"{self.windows[-1]} (each step holds at least one window)")
+
+    @property
+    def common_window(self) -> int:
+        return self.eval_window or self.windows[-1]
+
+    def run_settings(self, window: int) -> RecordingTrainSettings:
+        """The training settings of the run at ``window``: batch ``tokens_per_batch // window``."""
+        warmup = self.base.warmup_min_length if self.base.warmup_min_length is not None else 0
+        return dataclasses.replace(self.base, window=window, batch_size=self.tokens_per_batch // window,
+                                   warmup_min_length=warmup)
+
+
+def check_sweep(store: TokenStore, settings: SweepSettings) -> None:
+    """Refuse, before anything is trained, a window that no training file can hold (one-line DataError) and a
+    common evaluation window longer than every test file."""
+    from mamba_bio_audio.errors import DataError
+
+    for window in settings.windows:
+        RecordingWindows(store, "train", window, settings.base.seed, settings.base.short_files)
+    if not eval_windows(store, "test", settings.common_window, settings.base.short_files, 1):
+        raise DataError(f"--eval-window {settings.common_window}: longer than every test file of {store.path}; "
+                        f"give a shorter --eval-window or --short-files pad")
+
+
+def test_bits(model, store: TokenStore, window: int, settings: SweepSettings, device) -> tuple[float | None, int]:
+    """(bits per sample, windows scored) of ``model`` on consecutive ``window``-sample windows of the test files."""
+    windows = eval_windows(store, "test", window, settings.base.short_files, settings.max_test_windows)
+    batch = max(1, min(MAX_EVAL_BATCH, settings.tokens_per_batch // window))
+    return window_nll_bits(model, windows, batch_size=batch, device=device), len(windows)
+
+
+def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings, progress=print) -> dict:
+    """Train (or reuse) the run at ``window`` under ``out/window_{window}`` and score it; one table row."""
+    from mamba_bio_audio.devices import torch_device
+    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+
+    run = out / f"window_{window}"
+    s = settings.run_settings(window)
+    metrics_path = run / "metrics.json"
+    if metrics_path.is_file():
+        progress(f"window {window}: reusing {run}")
+        trained = json.loads(metrics_path.read_text())
+    else:
+        progress(f"window {window}: training, batch {s.batch_size} x {window} samples")
+        run.mkdir(parents=True, exist_ok=True)
+        where = torch_device(s.device)
+        if where.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(where)
+        t0 = time.perf_counter()
+        trained = train_recording_lm(store, run, s)
+        trained["wall_seconds"] = time.perf_counter() - t0
+        trained["peak_memory_gib"] = (torch.cuda.max_memory_allocated(where) / 2**30 if where.type == "cuda"
+                                      else None)
+        metrics_path.write_text(json.dumps(trained, indent=2, sort_keys=True, default=str) + "\n")
+    device = torch_device(s.device)
+    model = load_audio_lm(run, device=device)
+    own, own_n = test_bits(model, store, window, settings, device)
+    common, common_n = test_bits(model, store, settings.common_window, settings, device)
+    del model
+    row = {"window": window, "seconds_of_audio": window / int(store.meta["sample_rate"]), "batch": s.batch_size,
+           "steps": trained.get("steps"), "train_seconds": trained.get("train_seconds"),
+           "peak_memory_gib": trained.get("peak_memory_gib"), "val_bits": trained.get("val_bits_per_sample"),
+           "test_bits_own": own, "test_windows_own": own_n, "test_bits_common": common,
+           "test_windows_common": common_n, "parameters": trained.get("parameters")}
+    progress(f"window {window}: test {own:.4f} bits/sample at its own window, {common:.4f} at {settings.common_window}")
+    return row
+
+
+def sweep_table(rows: list[dict], common_window: int) -> str:
+    """The markdown table of ``rows`` (one per window)."""
+    from mamba_bio_audio.benchmarks.report import markdown_table
+
+    def fmt(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    return markdown_table(
+        ["window", "seconds", "batch", "steps", "train s", "peak GiB", "test bits/sample (own window)",
+         f"test bits/sample (window {common_window})"],
+        [[r["window"], fmt(r["seconds_of_audio"], ".3g"), r["batch"], r["steps"], fmt(r["train_seconds"], ".0f"),
+          fmt(r["peak_memory_gib"], ".1f"), fmt(r["test_bits_own"], ".4f"), fmt(r["test_bits_common"], ".4f")]
+         for r in rows])
+
+
+def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> None:
+    """Test bits per sample against training window (log2 x axis), own-window and common-window scores."""
+    from mamba_bio_audio.files import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    xs = [r["window"] for r in rows]
+    ax.plot(xs, [r["test_bits_own"] for r in rows], marker="o", label="test, windows of the training length")
+    ax.plot(xs, [r["test_bits_common"] for r in rows], marker="s", linestyle="--",
+            label=f"test, windows of {common_window} samples")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training window (samples)")
+    ax.set_ylabel("test NLL (bits per sample)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def run_sweep(store: TokenStore, out: Path, settings: SweepSettings, progress=print) -> dict:
+    """Every window's row (:func:`sweep_row`), then ``sweep.json`` / ``sweep.md`` / ``sweep.png`` in ``out``."""
+    from mamba_bio_audio.benchmarks.report import environment
+    from mamba_bio_audio.files import atomic_write_text
+
+    check_sweep(store, settings)
+    rows = [sweep_row(store, out, window, settings, progress) for window in settings.windows]
+    base = settings.base
+    title = (f"{base.arch} {base.preset}, {settings.tokens_per_batch} samples per step, "
+             f"{rows[0]['steps']} steps per run")
+    result = {"rows": rows, "tokens_per_batch": settings.tokens_per_batch, "common_window": settings.common_window,
+              "max_test_windows": settings.max_test_windows, "store": str(store.path),
+              "sample_rate": int(store.meta["sample_rate"]), "encoding": store.meta["encoding"],
+              "settings": dataclasses.asdict(base), "environment": environment()}
+    atomic_write_text(out / "sweep.json", json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(out / "sweep.md", f"# {title}\n\n{sweep_table(rows, settings.common_window)}\n")
+    plot_sweep(out / "sweep.png", rows, settings.common_window, title)
+    return result

@@ -1,0 +1,90 @@
+"""`mba audio context-sweep` on a tiny store (CPU): one run per window at equal samples per step and equal steps,
+each scored at its own window and at the common one; a second call reuses the runs; bad flags are one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import assert_one_line_error
+from helpers import run_cli as run
+
+RATE = 8000
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A recordings store of five 0.2-0.4 s chirps (3 train, 1 val, 1 test)."""
+    from mamba_bio_audio.cli import main
+
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "rec").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        t = np.arange(int((0.2 + 0.05 * i) * RATE)) / RATE
+        wave = 0.3 * np.sin(2 * np.pi * (150 + 300 * t) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(root / "rec" / f"rec{i}.wav", wave.astype(np.float32), RATE)
+    with pytest.raises(SystemExit) as info:
+        main(["audio", "prepare", "--from", str(root / "rec"), "--out", str(root / "store"), "--sample-rate",
+              str(RATE), "--val-fraction", "0.2", "--test-fraction", "0.2"])
+    assert info.value.code == 0
+    return root / "store"
+
+
+def sweep_args(store, out, *extra):
+    return ["audio", "context-sweep", "--data", store, "--out", out, "--windows", "256,64",
+            "--tokens-per-batch", "512", "--max-steps", "2", "--preset", "tiny", "--val-windows", "2",
+            "--device", "cpu", *extra]
+
+
+def test_sweep_trains_each_window_at_equal_compute_and_scores_it(store, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, _, err = run(sweep_args(store, out), capsys)
+    assert code == 0, err
+    result = json.loads((out / "sweep.json").read_text())
+    rows = result["rows"]
+    assert [r["window"] for r in rows] == [64, 256]  # ascending
+    assert [r["batch"] for r in rows] == [8, 2] and [r["steps"] for r in rows] == [2, 2]
+    assert result["common_window"] == 256
+    for r in rows:
+        assert 0 < r["test_bits_own"] < 9 and 0 < r["test_bits_common"] < 9
+        run_metrics = json.loads((out / f"window_{r['window']}" / "metrics.json").read_text())
+        assert run_metrics["window"] == r["window"] and run_metrics["steps"] == 2
+        assert run_metrics["sequence_length_warmup"] is None or not run_metrics["sequence_length_warmup"]["stages"]
+    assert rows[0]["test_windows_own"] > rows[0]["test_windows_common"] == rows[1]["test_windows_common"]
+    # the longest window's own score is its common score: the same windows, the same model
+    assert rows[1]["test_bits_own"] == pytest.approx(rows[1]["test_bits_common"], rel=1e-6)
+    assert (out / "sweep.png").stat().st_size > 0 and "| 64 |" in (out / "sweep.md").read_text()
+
+    # a second call reuses the trained runs and gives the same table
+    stamp = (out / "window_64" / "metrics.json").stat().st_mtime_ns
+    code, _, err = run(sweep_args(store, out), capsys)
+    assert code == 0, err
+    assert "reusing" in err and (out / "window_64" / "metrics.json").stat().st_mtime_ns == stamp
+    again = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["test_bits_own"] for r in again] == pytest.approx([r["test_bits_own"] for r in rows], rel=1e-5)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--windows", "64,1024"], "--tokens-per-batch 512"),
+    (["--windows", "64,x"], "--windows"),
+    (["--windows", "1"], "--windows 1"),
+    (["--windows", "4096", "--tokens-per-batch", "8192"], "longer than every train file"),
+    (["--eval-window", "8192"], "--eval-window 8192"),
+])
+def test_bad_flags_are_one_line_and_write_nothing(store, tmp_path, capsys, extra, fragment):
+    out = tmp_path / "sweep"
+    args = sweep_args(store, out)
+    for flag, value in zip(extra[::2], extra[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    code, _, err = run(args, capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not out.exists()
