@@ -98,12 +98,52 @@ def resolve_backend(backend: str, op: str, tensor: torch.Tensor):
     return backend, fn
 
 
+def resolve_seq_idx(seq_idx, cu_seqlens, batch: int, seqlen: int, device=None, allow_empty: bool = True):
+    """The packed-sequence numbering of a (batch, seqlen) input, given as ``seq_idx`` or as ``cu_seqlens``.
+
+    ``cu_seqlens`` is the flash-attention / mamba_ssm varlen convention: an integer tensor (n + 1,) of cumulative
+    sequence lengths, 0 = cu_seqlens[0] <= cu_seqlens[1] <= ... <= cu_seqlens[n] = seqlen, for n sequences packed
+    end to end in one row (batch must be 1); sequence k holds positions cu_seqlens[k] .. cu_seqlens[k + 1] - 1.
+    A repeated value is a zero-length sequence: it holds no position and changes nothing (``allow_empty=False``
+    refuses it, for callers that must return one result per sequence). Reading the values syncs a CUDA tensor
+    with the host once.
+
+    Args:
+        seq_idx: (batch, seqlen) integers or None, returned as given. cu_seqlens: (n + 1,) integers or None.
+        batch, seqlen: the input's. device: of the result (default cu_seqlens').
+    Returns:
+        seq_idx as given; or (1, seqlen) int32, sequence k's positions numbered k; or None when both are None.
+    Raises:
+        ValueError: both given; cu_seqlens not a 1-D integer tensor of at least 2 values, not starting at 0, not
+            ending at seqlen, decreasing (or, without ``allow_empty``, repeating), or batch != 1.
+    """
+    if cu_seqlens is None:
+        return seq_idx
+    if seq_idx is not None:
+        raise ValueError("pass seq_idx or cu_seqlens, not both")
+    if not torch.is_tensor(cu_seqlens) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
+            or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex or cu_seqlens.dtype == torch.bool:
+        raise ValueError("cu_seqlens must be a 1-D integer tensor (n + 1,) of cumulative sequence lengths, n >= 1")
+    if batch != 1:
+        raise ValueError(f"cu_seqlens packs sequences into one row: batch must be 1, got {batch}")
+    cu = cu_seqlens.detach().to("cpu", torch.int64)
+    lengths = cu.diff()
+    if int(cu[0]) != 0 or int(cu[-1]) != seqlen:
+        raise ValueError(f"cu_seqlens must start at 0 and end at seqlen {seqlen}, got {int(cu[0])} .. {int(cu[-1])}")
+    if bool((lengths < 0).any()):
+        raise ValueError("cu_seqlens must be non-decreasing")
+    if not allow_empty and bool((lengths == 0).any()):
+        raise ValueError("cu_seqlens holds a zero-length sequence (a repeated value); every sequence needs a token")
+    numbers = torch.repeat_interleave(torch.arange(lengths.numel(), dtype=torch.int32), lengths)
+    return numbers.unsqueeze(0).to(device if device is not None else cu_seqlens.device)
+
+
 def selective_scan_fn(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    return_last_state=False, initial_state=None, backend="auto", seq_idx=None,
+    return_last_state=False, initial_state=None, backend="auto", seq_idx=None, cu_seqlens=None,
 ):
     """The selective scan (S6), drop-in compatible with mamba_ssm's ``selective_scan_fn``, plus ``initial_state``
-    and packed sequences (``seq_idx``).
+    and packed sequences (``seq_idx`` or ``cu_seqlens``).
 
         h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t . h_t + D u_t,   out = y * silu(z)
         dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias
@@ -119,10 +159,14 @@ def selective_scan_fn(
             before every step t where seq_idx[b, t] != seq_idx[b, t - 1], so each sequence gives exactly what it
             gives alone. initial_state is the state before the row's first sequence; last_state is the final
             state of the row's last sequence. Not on the "cuda" backend (mamba_ssm's Mamba-1 scan has none).
+        cu_seqlens: (n + 1,) integers or None, instead of seq_idx for n sequences packed into one row (batch 1):
+            cumulative lengths 0 = cu_seqlens[0] <= ... <= cu_seqlens[n] = seqlen (:func:`resolve_seq_idx`; a
+            zero-length sequence changes nothing). Exactly what the equivalent seq_idx gives; both: ValueError.
     Returns:
         out (batch, dim, seqlen) in u's dtype, or (out, last_state) with last_state (batch, dim, d_state) float32.
     Gradients flow to every tensor input, initial_state included, and through last_state.
     """
+    seq_idx = resolve_seq_idx(seq_idx, cu_seqlens, u.shape[0], u.shape[-1], u.device)
     name, fn = resolve_backend(backend, "scan", u)
     if name == "reference":
         return selective_scan_chunked(
@@ -162,7 +206,7 @@ def selective_state_update(
 
 
 def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,
-                     backend="auto", seq_idx=None):
+                     backend="auto", seq_idx=None, cu_seqlens=None):
     """Depthwise causal conv1d: the causal-conv1d package on CUDA when installed, else Triton, else torch.
 
     Args:
@@ -173,9 +217,12 @@ def causal_conv1d_fn(x, weight, bias=None, activation=None, initial_state=None, 
             the row's first sequence's), and final_state holds only the row's last sequence's inputs. "auto"
             takes the Triton kernel for it on CUDA; "cuda" (the package) takes it only without initial_state and
             final_state.
+        cu_seqlens: (n + 1,) integers or None, instead of seq_idx for n sequences packed into one row (batch 1):
+            cumulative lengths from 0 to seqlen (:func:`resolve_seq_idx`); both: ValueError.
     Returns:
         out (batch, dim, seqlen), and final_state (batch, dim, width - 1) when return_final_state.
     """
+    seq_idx = resolve_seq_idx(seq_idx, cu_seqlens, x.shape[0], x.shape[-1], x.device)
     name, fn = resolve_backend(backend, "conv", x)
     if seq_idx is not None and name == "cuda":
         if backend == "auto":

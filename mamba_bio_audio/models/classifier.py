@@ -12,6 +12,7 @@ from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.modules.block import BackboneMixin, MambaBackbone
 from mamba_bio_audio.modules.packing import pool_sequences, sequence_runs
+from mamba_bio_audio.ops import resolve_seq_idx
 
 POOLINGS = ("last", "mean")
 
@@ -60,7 +61,7 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
         return (hidden * weights).sum(1, dtype=torch.float32) / weights.sum(1, dtype=torch.float32).clamp(min=1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (batch, seqlen); attention_mask (batch, seqlen), right padding (row b: True at its first
         length_b positions). A padded row gets the logits it gets alone: the causal direction reads its pads only
         after its real tokens, and a bidirectional model's reverse direction reads each row from its own end.
@@ -68,7 +69,12 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
         Packed rows: ``seq_idx`` (batch, seqlen) integers, several sequences per row, each one run of equal values
         (e.g. 0 0 0 1 1 2 ...). Returns then (n_sequences, num_classes): one row of logits per sequence, in order
         (row by row, left to right), each what the sequence gets alone. attention_mask (optional) marks real
-        tokens; pads may sit anywhere and are no sequence."""
+        tokens; pads may sit anywhere and are no sequence.
+
+        ``cu_seqlens`` (n + 1,) integers, instead of seq_idx: n sequences packed into one row (batch 1), cumulative
+        lengths from 0 to seqlen (:func:`~mamba_bio_audio.ops.resolve_seq_idx`); (n, num_classes) logits, as the
+        equivalent seq_idx gives. A zero-length sequence has nothing to pool: ValueError."""
+        seq_idx = resolve_seq_idx(seq_idx, cu_seqlens, *input_ids.shape[:2], input_ids.device, allow_empty=False)
         if seq_idx is not None:
             return self._forward_packed(input_ids, attention_mask, seq_idx)
         lengths = None

@@ -8,6 +8,7 @@ import torch.nn as nn
 from mamba_bio_audio.checkpoint import PretrainedMixin
 from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.modules.block import BackboneMixin, MambaBackbone
+from mamba_bio_audio.ops import resolve_seq_idx
 
 
 class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
@@ -31,10 +32,14 @@ class MambaLM(BackboneMixin, nn.Module, PretrainedMixin):
             self.lm_head.weight = self.backbone.embedding.weight
 
     def forward(self, input_ids: torch.Tensor, states: list[dict] | None = None,
-                num_last_tokens: int = 0, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                num_last_tokens: int = 0, seq_idx: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position (or the last ``num_last_tokens``); ``states`` receives prefill states.
         ``seq_idx`` (batch, seqlen) integers: several sequences packed in each row, each one run of equal values
-        (e.g. 0 0 0 1 1 2 ...); every sequence gets the logits it gets alone (no prefill states then)."""
+        (e.g. 0 0 0 1 1 2 ...); every sequence gets the logits it gets alone (no prefill states then).
+        ``cu_seqlens`` (n + 1,) integers, instead of seq_idx: n sequences packed into one row (batch 1), cumulative
+        lengths from 0 to seqlen (:func:`~mamba_bio_audio.ops.resolve_seq_idx`; zero-length ones change nothing)."""
+        seq_idx = resolve_seq_idx(seq_idx, cu_seqlens, *input_ids.shape[:2], input_ids.device)
         hidden = self.backbone(input_ids, states, seq_idx=seq_idx)
         if num_last_tokens > 0:
             hidden = hidden[:, -num_last_tokens:]

@@ -71,6 +71,7 @@ from mamba_bio_audio.config import JsonConfig, MambaConfig
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.modules.block import Block, init_weights, make_norm
 from mamba_bio_audio.modules.packing import sequence_runs
+from mamba_bio_audio.ops import resolve_seq_idx
 
 ARCHITECTURE = "sashimi"
 
@@ -292,7 +293,8 @@ class SashimiLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """``input_ids: (batch, seqlen)`` -> logits ``(batch, seqlen, vocab_size)``.
 
         Any ``seqlen`` works: the hidden states are padded at the end to a multiple of ``config.stride`` and the
@@ -300,7 +302,11 @@ class SashimiLM(nn.Module):
 
         ``seq_idx`` (batch, seqlen) integers: several clips packed in each row, each one run of equal values
         starting at a multiple of ``config.stride``; each gets the logits it gets alone (module docstring).
+        ``cu_seqlens`` (n + 1,) integers, instead of seq_idx: n clips packed into one row (batch 1), cumulative
+        lengths from 0 to seqlen (:func:`~mamba_bio_audio.ops.resolve_seq_idx`), each cu_seqlens[k] < seqlen a
+        multiple of the stride.
         """
+        seq_idx = resolve_seq_idx(seq_idx, cu_seqlens, *input_ids.shape[:2], input_ids.device)
         seqlen = input_ids.shape[1]
         hidden = self.embedding(input_ids)
         pad = -seqlen % self.config.stride
