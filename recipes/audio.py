@@ -34,6 +34,10 @@ data_option = click.option("--data", required=True, type=click.Path(path_type=Pa
 short_files_option = click.option(
     "--short-files", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
     help="Files shorter than the window: left out with a warning, or padded with silence and masked out of the loss.")
+train_short_files_option = click.option(
+    "--short-files", type=click.Choice(["skip", "pad", "pack"]), default="skip", show_default=True,
+    help="Files shorter than the window: left out with a warning, padded with silence and masked out of the loss, "
+         "or packed several per training row (seq_idx; no compute on padding; val windows padded).")
 
 
 def _options() -> dict:
@@ -101,7 +105,7 @@ def prepare(src: Path, out: Path, sample_rate: int, encoding: str, normalization
 @out_option(help_text="Run folder: config.yaml, checkpoints/, logs/, model/, metrics.json, loss.png.")
 @click.option("--window", type=click.IntRange(min=2, max=2**20), default=16384, show_default=True,
               help="Samples per training window, cut at random from within the files.")
-@short_files_option
+@train_short_files_option
 @click.option("--preset", type=click.Choice(MODEL_PRESETS), default="paper-6m", show_default=True)
 @click.option("--arch", type=click.Choice(ARCHS), default="sashimi", show_default=True,
               help="Multi-scale SaShiMi-style Mamba U-Net, or a plain Mamba LM.")
@@ -139,6 +143,7 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         RecordingWindows,
         build_recording_lm,
         open_recordings,
+        packing_align,
         train_recording_lm,
         warmup_plan,
     )
@@ -153,9 +158,10 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         warmup_stage_steps=warmup_stage_steps, checkpoint_activations=checkpoint_activations)
     # every refusal before anything is written: trainer options, window against the files, warm-up, memory level
     TrainerConfig(device=device, strategy=strategy, precision=precision)
-    RecordingWindows(store, "train", window, seed, short_files)
-    warmup_plan(settings)
-    build_recording_lm(settings, {"sample_rate": 1, "encoding": "mulaw8", "clip_samples": window})
+    align = packing_align(build_recording_lm(settings, {"sample_rate": 1, "encoding": "mulaw8",
+                                                         "clip_samples": window}))
+    RecordingWindows(store, "train", window, seed, short_files, align)
+    warmup_plan(settings, align)
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "arch", "window"))
     out = run_folder(out, "audio train", resume=resume, inputs=(data,))

@@ -118,18 +118,21 @@ class PackedWindowTokens:
         return {"input_ids": torch.from_numpy(tokens), "seq_idx": torch.from_numpy(seq_idx)}
 
 
-def next_token_loss(model: nn.Module, ids: torch.Tensor,
-                    seq_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum of the next-token cross-entropies (fp32), number of predicted tokens)`` of ``ids`` (batch, seqlen):
-    the model reads ``ids[:, :-1]`` and predicts ``ids[:, 1:]``. With ``seq_idx`` (batch, seqlen) several sequences
-    share a row: the model restarts at each, and the first token of a sequence is not predicted (its predecessor
-    belongs to another sequence)."""
+def next_token_loss(model: nn.Module, ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of the next-token cross-entropies (fp32), number of predicted tokens)`` of ``ids`` (batch, seqlen)
+    int64: the model reads ``ids[:, :-1]`` and predicts ``ids[:, 1:]``. With ``seq_idx`` (batch, seqlen) several
+    sequences share a row: the model restarts at each, and the first token of a sequence is not predicted (its
+    predecessor belongs to another sequence). ``mask`` (batch, seqlen) bool: tokens to predict (False: padding,
+    never a target)."""
     targets = ids[:, 1:]
     if seq_idx is None:
         logits = model(ids[:, :-1])
     else:
         logits = model(ids[:, :-1], seq_idx=seq_idx[:, :-1])
         targets = targets.masked_fill(seq_idx[:, 1:] != seq_idx[:, :-1], -100)
+    if mask is not None:
+        targets = targets.masked_fill(~mask[:, 1:].bool(), -100)
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
                             reduction="sum")
     return total, (targets != -100).sum()
