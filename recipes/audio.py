@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.recipes.audio_options import batch_size_option, checkpoint_option, sampling_options
 from mamba_bio_audio.recipes.options import (
     budget_options,
     common_options,
@@ -179,8 +180,7 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
 
 # ---- generate -----------------------------------------------------------------------------------------------------
 @audio.command("generate")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training run folder (or its model/ folder).")
+@checkpoint_option
 @click.option("--num-samples", type=click.IntRange(min=1), default=4, show_default=True, help="Clips to generate.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Audio to generate per clip, after the prompt [default: the training window].")
@@ -188,11 +188,8 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
               help="Audio file to continue (mono: channels averaged; another rate: resampled; both with a warning).")
 @click.option("--prompt-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Continue the prompt's first seconds [default: the whole file].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--cuda-graph/--eager", "cuda_graph", default=None,
-              help="Replay the decode step as CUDA graphs [default: on CUDA devices].")
+@batch_size_option
+@sampling_options
 @click.option("--batch-1-speed/--no-batch-1-speed", default=True, show_default=True,
               help="Also time 1,024 recurrent steps at batch 1 (metrics.json: batch_1).")
 @out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, metrics.json, index.html.")
@@ -234,15 +231,14 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
 
 # ---- evaluate -----------------------------------------------------------------------------------------------------
 @audio.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training run folder (or its model/ folder).")
+@checkpoint_option
 @data_option
 @short_files_option
 @out_option(help_text="Folder for metrics.json and metrics.md.")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--max-windows", type=click.IntRange(min=1), default=None,
               help="Windows scored, evenly spaced over the split [default: all].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@batch_size_option
 @click.option("--samples", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of WAVs (e.g. from `mba audio generate`) to score and list in OUT/index.html.")
 @common_options

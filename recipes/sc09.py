@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from mamba_bio_audio.errors import UserError
+from mamba_bio_audio.recipes.audio_options import batch_size_option, checkpoint_option, sampling_options
 from mamba_bio_audio.recipes.options import (
     budget_options,
     common_options,
@@ -141,16 +142,12 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, 
 
 # ---- generate -----------------------------------------------------------------------------------------------------
 @sc09.command("generate")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training run folder (or its model/ folder).")
+@checkpoint_option
 @click.option("--num-samples", type=click.IntRange(min=1), default=16, show_default=True, help="Clips to generate.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Clip length [default: the training clip length].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
-@click.option("--cuda-graph/--eager", "cuda_graph", default=None,
-              help="Replay the decode step as CUDA graphs [default: on CUDA devices].")
+@sampling_options
 @out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, spectrograms.png, metrics.json.")
 @common_options
 def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_size: int, temperature: float,
@@ -212,15 +209,14 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
 
 # ---- evaluate -----------------------------------------------------------------------------------------------------
 @sc09.command("evaluate")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training run folder (or its model/ folder).")
+@checkpoint_option
 @data_option
 @click.option("--classifier", type=click.Path(path_type=Path), default=None,
               help="Folder from `mba sc09 train-classifier` (without it: NLL only).")
 @click.option("--samples", type=click.Path(path_type=Path), default=None,
               help="Folder of generated WAVs to score (e.g. from `mba sc09 generate`).")
 @out_option(help_text="Folder for metrics.json and metrics.md.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@batch_size_option
 @click.option("--max-clips", type=click.IntRange(min=1), default=None, help="Test clips for the NLL [default: all].")
 @click.option("--threshold", type=click.Choice(["off", "best", "s4"]), default="off", show_default=True,
               help="Also score the samples inside a likelihood band tuned on a random half (by --seed) and applied "
