@@ -18,7 +18,7 @@ Files shorter than the window (``short_files``):
   stride ``prod(pools)`` for SaShiMi, 1 for the plain Mamba LM): its end is padded with silence under its own
   ``seq_idx`` up to the next multiple, as is the row's tail after its last file. The model restarts at every file;
   the loss leaves out the padding (``"mask"``) and the first sample of each file, whose predecessor belongs to
-  another file (:func:`~mamba_bio_audio.tasks.dna_lm.next_token_loss`, as ``dna pretrain --pack``). Example ``i``
+  another file (:func:`~mamba_bio_audio.training.module.next_token_loss`, as ``dna pretrain --pack``). Example ``i``
   is then either a random window of a long file, drawn as above, or one packed row chosen uniformly; a row weighs
   as much as ``window`` window starts, so a sample of a short file is read about as often as one of a long file.
   Still a pure function of ``(seed, i)``.
@@ -51,8 +51,7 @@ from mamba_bio_audio.data_prep.dna.packing import pack_lengths
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings
-from mamba_bio_audio.tasks.dna_lm import next_token_loss
-from mamba_bio_audio.training.module import LMTask
+from mamba_bio_audio.training.module import LMTask, next_token_loss
 
 LN2 = math.log(2.0)
 SHORT_FILES = ("skip", "pad", "pack")
@@ -223,7 +222,7 @@ def eval_windows(store: TokenStore, split: str, window: int, short_files: str = 
 
 
 class MaskedLMTask(LMTask):
-    """Next-sample prediction on uint8 windows (:func:`~mamba_bio_audio.tasks.dna_lm.next_token_loss`): the padded
+    """Next-sample prediction on uint8 windows (:func:`~mamba_bio_audio.training.module.next_token_loss`): the padded
     positions (``"mask"`` off) are left out of the loss; with ``"seq_idx"`` (packed rows) the model restarts at
     each file and a file's first sample is not predicted."""
 

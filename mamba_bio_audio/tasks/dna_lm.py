@@ -7,8 +7,9 @@ the starting point of ``mba species train --init-from``.
 
 Packed pretraining (:func:`plan_packed_pretraining`, ``--pack``): each training row of ``length`` tokens holds
 records of any length end to end (:class:`~mamba_bio_audio.data_prep.dna.packed_windows.PackedWindowSampler`),
-numbered by ``seq_idx``; the model restarts its state at each record and :func:`next_token_loss` does not predict a
-record's first base from the one before it. Validation then uses fixed packed rows of the val split.
+numbered by ``seq_idx``; the model restarts its state at each record and
+:func:`~mamba_bio_audio.training.module.next_token_loss` does not predict a record's first base from the one before
+it. Validation then uses fixed packed rows of the val split.
 
 Masked-LM pretraining (``objective="mlm"``, as Caduceus): a :class:`~mamba_bio_audio.models.caduceus.CaduceusLM` of
 the preset's width and depth (BiMamba, RCPS by default) reads windows with 15% of the positions chosen and masked
@@ -29,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mamba_bio_audio.data_prep.dna.packed_windows import PackedWindowSampler
 from mamba_bio_audio.devices import torch_device
@@ -54,7 +54,7 @@ from mamba_bio_audio.tasks.windows import (
     warmup_callbacks,
 )
 from mamba_bio_audio.training.mlm import MLMTask, mask_generator, masked_lm_loss
-from mamba_bio_audio.training.module import LMTask, OptimConfig
+from mamba_bio_audio.training.module import LMTask, OptimConfig, next_token_loss
 
 LN2 = math.log(2.0)
 OBJECTIVES = ("clm", "mlm")
@@ -118,29 +118,9 @@ class PackedWindowTokens:
         return {"input_ids": torch.from_numpy(tokens), "seq_idx": torch.from_numpy(seq_idx)}
 
 
-def next_token_loss(model: nn.Module, ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum of the next-token cross-entropies (fp32), number of predicted tokens)`` of ``ids`` (batch, seqlen)
-    int64: the model reads ``ids[:, :-1]`` and predicts ``ids[:, 1:]``. With ``seq_idx`` (batch, seqlen) several
-    sequences share a row: the model restarts at each, and the first token of a sequence is not predicted (its
-    predecessor belongs to another sequence). ``mask`` (batch, seqlen) bool: tokens to predict (False: padding,
-    never a target)."""
-    targets = ids[:, 1:]
-    if seq_idx is None:
-        logits = model(ids[:, :-1])
-    else:
-        logits = model(ids[:, :-1], seq_idx=seq_idx[:, :-1])
-        targets = targets.masked_fill(seq_idx[:, 1:] != seq_idx[:, :-1], -100)
-    if mask is not None:
-        targets = targets.masked_fill(~mask[:, 1:].bool(), -100)
-    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                            reduction="sum")
-    return total, (targets != -100).sum()
-
-
 class PackedLMTask(LMTask):
     """:class:`~mamba_bio_audio.training.module.LMTask` that also reads packed batches (``"seq_idx"``): the mean
-    next-token cross-entropy over the predicted tokens (:func:`next_token_loss`)."""
+    next-token cross-entropy over the predicted tokens (:func:`~mamba_bio_audio.training.module.next_token_loss`)."""
 
     def compute_loss(self, batch):
         if "seq_idx" not in batch:
@@ -215,7 +195,7 @@ def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | N
             device: torch.device | str = "cpu", seq_idx: Iterable[np.ndarray] | None = None) -> dict:
     """Next-base cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids; the model reads the first
     ``seqlen - 1`` and predicts the last ``seqlen - 1``). ``seq_idx``: one ``(seqlen,)`` array per window for
-    packed rows (:func:`next_token_loss`: a sequence's first token is not predicted).
+    packed rows (:func:`~mamba_bio_audio.training.module.next_token_loss`: a sequence's first token is not predicted).
 
     Returns ``{"val_loss": nats per base, "val_perplexity": exp(loss), "val_bits_per_base": loss / ln 2,
     "val_tokens": predicted bases}``.

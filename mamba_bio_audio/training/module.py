@@ -1,7 +1,8 @@
 """The LightningModule every recipe trains: holds the model and the loss, builds AdamW + cosine schedule.
 
 Subclasses implement :meth:`MambaTask.compute_loss`; :class:`LMTask` (next-token cross-entropy) and
-:class:`ClassificationTask` (cross-entropy on a label) cover the recipes.
+:class:`ClassificationTask` (cross-entropy on a label) cover the recipes; :func:`next_token_loss` is the summed
+next-token loss of packed (``seq_idx``) and masked rows that the DNA and audio LM tasks share.
 """
 
 from __future__ import annotations
@@ -78,6 +79,26 @@ class LMTask(MambaTask):
         logits = self.model(ids[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         return loss, {"bits_per_token": loss.detach() / torch.log(torch.tensor(2.0))}
+
+
+def next_token_loss(model: nn.Module, ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of the next-token cross-entropies (fp32), number of predicted tokens)`` of ``ids`` (batch, seqlen)
+    int64: the model reads ``ids[:, :-1]`` and predicts ``ids[:, 1:]``. With ``seq_idx`` (batch, seqlen) several
+    sequences share a row: the model restarts at each, and the first token of a sequence is not predicted (its
+    predecessor belongs to another sequence). ``mask`` (batch, seqlen) bool: tokens to predict (False: padding,
+    never a target)."""
+    targets = ids[:, 1:]
+    if seq_idx is None:
+        logits = model(ids[:, :-1])
+    else:
+        logits = model(ids[:, :-1], seq_idx=seq_idx[:, :-1])
+        targets = targets.masked_fill(seq_idx[:, 1:] != seq_idx[:, :-1], -100)
+    if mask is not None:
+        targets = targets.masked_fill(~mask[:, 1:].bool(), -100)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                            reduction="sum")
+    return total, (targets != -100).sum()
 
 
 class ClassificationTask(MambaTask):

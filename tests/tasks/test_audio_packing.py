@@ -26,8 +26,7 @@ from mamba_bio_audio.tasks.audio_folder import (
     warmup_plan,
 )
 from mamba_bio_audio.tasks.audio_lm import build_audio_lm
-from mamba_bio_audio.tasks.dna_lm import next_token_loss
-from mamba_bio_audio.training.module import OptimConfig
+from mamba_bio_audio.training.module import OptimConfig, next_token_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

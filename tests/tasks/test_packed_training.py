@@ -14,9 +14,9 @@ from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
 from mamba_bio_audio.data_prep.store import TokenStore, TokenStoreWriter
 from mamba_bio_audio.errors import DataError
 from mamba_bio_audio.tasks.classify import WeightedClassificationTask, predict_proba
-from mamba_bio_audio.tasks.dna_lm import PackedLMTask, lm_loss, next_token_loss
+from mamba_bio_audio.tasks.dna_lm import PackedLMTask, lm_loss
 from mamba_bio_audio.tasks.windows import dna_extra
-from mamba_bio_audio.training.module import OptimConfig
+from mamba_bio_audio.training.module import OptimConfig, next_token_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
