@@ -13,6 +13,8 @@ of a short run at shorter lengths). Each trained model is scored on the test fil
   ``windows``) for every model, so that the rows differ only in training: a model trained on short windows then
   runs past its training length (the recurrence has no position limit).
 
+A run that runs out of GPU memory leaves its row empty (``error``) and the sweep goes on.
+
 Results: ``sweep.json`` (every row, the settings, the environment), ``sweep.md`` (the table) and ``sweep.png``
 (bits per sample against window length, log2 axis); each run's folder ``window_W/`` is an ``mba audio train`` run
 (config, model, logs, metrics.json). A run whose ``metrics.json`` exists is not trained again, so a stopped sweep
@@ -110,7 +112,12 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
         if where.type == "cuda":
             torch.cuda.reset_peak_memory_stats(where)
         t0 = time.perf_counter()
-        trained = train_recording_lm(store, run, s)
+        try:
+            trained = train_recording_lm(store, run, s)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            progress(f"window {window}: out of GPU memory at batch {s.batch_size} -- row left empty")
+            return empty_row(window, s.batch_size, store, "out of GPU memory")
         trained["wall_seconds"] = time.perf_counter() - t0
         trained["peak_memory_gib"] = (torch.cuda.max_memory_allocated(where) / 2**30 if where.type == "cuda"
                                       else None)
@@ -125,8 +132,17 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
            "peak_memory_gib": trained.get("peak_memory_gib"), "val_bits": trained.get("val_bits_per_sample"),
            "test_bits_own": own, "test_windows_own": own_n, "test_bits_common": common,
            "test_windows_common": common_n, "parameters": trained.get("parameters")}
-    progress(f"window {window}: test {own:.4f} bits/sample at its own window, {common:.4f} at {settings.common_window}")
+    progress(f"window {window}: test {own:.4f} bits/sample at its own window, {common:.4f} at "
+             f"{settings.common_window}")
     return row
+
+
+def empty_row(window: int, batch: int, store: TokenStore, error: str) -> dict:
+    """The row of a window whose run could not train (e.g. out of GPU memory): no scores, the reason."""
+    return {"window": window, "seconds_of_audio": window / int(store.meta["sample_rate"]), "batch": batch,
+            "steps": None, "train_seconds": None, "peak_memory_gib": None, "val_bits": None, "test_bits_own": None,
+            "test_windows_own": 0, "test_bits_common": None, "test_windows_common": 0, "parameters": None,
+            "error": error}
 
 
 def sweep_table(rows: list[dict], common_window: int) -> str:
@@ -139,9 +155,9 @@ def sweep_table(rows: list[dict], common_window: int) -> str:
     return markdown_table(
         ["window", "seconds", "batch", "steps", "train s", "peak GiB", "test bits/sample (own window)",
          f"test bits/sample (window {common_window})"],
-        [[r["window"], fmt(r["seconds_of_audio"], ".3g"), r["batch"], r["steps"], fmt(r["train_seconds"], ".0f"),
-          fmt(r["peak_memory_gib"], ".1f"), fmt(r["test_bits_own"], ".4f"), fmt(r["test_bits_common"], ".4f")]
-         for r in rows])
+        [[r["window"], fmt(r["seconds_of_audio"], ".3g"), r["batch"], r["steps"] or r.get("error", "n/a"),
+          fmt(r["train_seconds"], ".0f"), fmt(r["peak_memory_gib"], ".1f"), fmt(r["test_bits_own"], ".4f"),
+          fmt(r["test_bits_common"], ".4f")] for r in rows])
 
 
 def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> None:
@@ -150,9 +166,10 @@ def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> 
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    xs = [r["window"] for r in rows]
-    ax.plot(xs, [r["test_bits_own"] for r in rows], marker="o", label="test, windows of the training length")
-    ax.plot(xs, [r["test_bits_common"] for r in rows], marker="s", linestyle="--",
+    scored = [r for r in rows if r["test_bits_own"] is not None]
+    xs = [r["window"] for r in scored]
+    ax.plot(xs, [r["test_bits_own"] for r in scored], marker="o", label="test, windows of the training length")
+    ax.plot(xs, [r["test_bits_common"] for r in scored], marker="s", linestyle="--",
             label=f"test, windows of {common_window} samples")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training window (samples)")
@@ -172,8 +189,10 @@ def run_sweep(store: TokenStore, out: Path, settings: SweepSettings, progress=pr
     check_sweep(store, settings)
     rows = [sweep_row(store, out, window, settings, progress) for window in settings.windows]
     base = settings.base
-    title = (f"{base.arch} {base.preset}, {settings.tokens_per_batch} samples per step, "
-             f"{rows[0]['steps']} steps per run")
+    steps = {r["steps"] for r in rows if r["steps"] is not None}
+    budget = (f"{steps.pop()} steps per run" if len(steps) == 1 else
+              f"{base.max_minutes:g} min per run" if base.max_minutes else "steps per run vary")
+    title = f"{base.arch} {base.preset}, {settings.tokens_per_batch} samples per step, {budget}"
     result = {"rows": rows, "tokens_per_batch": settings.tokens_per_batch, "common_window": settings.common_window,
               "max_test_windows": settings.max_test_windows, "store": str(store.path),
               "sample_rate": int(store.meta["sample_rate"]), "encoding": store.meta["encoding"],

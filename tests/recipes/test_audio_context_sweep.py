@@ -88,3 +88,26 @@ def test_bad_flags_are_one_line_and_write_nothing(store, tmp_path, capsys, extra
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, fragment)
     assert not out.exists()
+
+
+def test_a_window_out_of_gpu_memory_leaves_its_row_empty(store, tmp_path, monkeypatch):
+    import torch
+
+    from mamba_bio_audio.tasks import audio_context_sweep as sweep
+    from mamba_bio_audio.tasks.audio_folder import RecordingTrainSettings, open_recordings
+
+    real = sweep.train_recording_lm
+
+    def train(store_, run, s):
+        if s.window == 256:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(store_, run, s)
+
+    monkeypatch.setattr(sweep, "train_recording_lm", train)
+    base = RecordingTrainSettings(arch="sashimi", preset="tiny", max_steps=2, val_clips=2, device="cpu")
+    result = sweep.run_sweep(open_recordings(store), tmp_path, sweep.SweepSettings([64, 256], 512, base),
+                             progress=lambda m: None)
+    short, long_ = result["rows"]
+    assert short["test_bits_own"] is not None and short["steps"] == 2
+    assert long_["error"] == "out of GPU memory" and long_["test_bits_own"] is None
+    assert "out of GPU memory" in (tmp_path / "sweep.md").read_text() and (tmp_path / "sweep.png").is_file()
