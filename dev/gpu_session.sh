@@ -132,7 +132,7 @@ for step in $what; do
                 sc09_samples/metrics.json sc09_samples/likelihoods.tsv sc09_samples/spectrograms.png \
                 sc09_samples/sample_0000.wav sc09_samples/sample_0001.wav sc09_b1/metrics.json clf/metrics.json ;;
         audio-sweep)  # test NLL against training window on the recordings store carried in .gpudata/music
-            # (index.json + tokens.u8.xz, see dev/README.md): SWEEP_WINDOWS, SWEEP_TOKENS, SWEEP_STEPS, SWEEP_ARGS
+            # (index.json + tokens.u8.xz, see dev/README.md): SWEEP_WINDOWS, SWEEP_TOKENS, SWEEP_BUDGET, SWEEP_ARGS
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             if [ ! -f $r/music/tokens.u8 ]; then
                 mkdir -p $r/music && cp "$repo/.gpudata/music/index.json" "$repo/.gpudata/music/.mba-output" $r/music/ &&
@@ -141,8 +141,8 @@ for step in $what; do
             fi
             # shellcheck disable=SC2086
             timeout ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
-                --windows ${SWEEP_WINDOWS:-8192,32768,131072,524288,1048576} --tokens-per-batch ${SWEEP_TOKENS:-1048576} \
-                --max-steps ${SWEEP_STEPS:-100} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tail -25
+                --windows ${SWEEP_WINDOWS:-8192,32768,131072,262144,524288} --tokens-per-batch ${SWEEP_TOKENS:-524288} \
+                ${SWEEP_BUDGET:---max-minutes 0.9} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tail -25
             echo "audio-sweep: $(( $(date +%s) - t0 )) s" | tee -a "$out/audio_sweep_seconds.txt"
             tar czf "$out/audio_sweep.tar.gz" -C $r --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tensorboard sweep ;;
         audio-continue)  # continue a test recording with the sweep's model at CONTINUE_WINDOW: a 4 s prompt cut
@@ -162,7 +162,7 @@ print("prompt:", store.records[i]["file"], "60-64 s")
 PY
             mba audio generate --checkpoint $r/sweep/window_${CONTINUE_WINDOW:-131072} --prompt $r/prompt.wav \
                 --seconds ${CONTINUE_SECONDS:-8} --num-samples ${CONTINUE_SAMPLES:-4} --batch-size ${CONTINUE_SAMPLES:-4} \
-                --out $r/continued --device cuda 2>&1 | grep -v "it/s" | tail -4
+                --out $r/continued --device cuda ${CONTINUE_ARGS:-} 2>&1 | grep -v "it/s" | tail -4
             echo "audio-continue: $(( $(date +%s) - t0 )) s" | tee -a "$out/audio_sweep_seconds.txt"
             tar czf "$out/audio_continue.tar.gz" -C $r continued prompt.wav ;;
         memory)  # the d_model 256 x 8 classifier at 2^20 and 2^22, checkpoint levels 0, 1, 2
