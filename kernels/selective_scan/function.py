@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
+from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.selective_scan.backward import launch_backward
 from mamba_bio_audio.kernels.selective_scan.forward import launch_forward
-from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx, sequence_starts
+from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
 from mamba_bio_audio.kernels.selective_scan.plan import (
     DEFAULT_BLOCK_D,
     DEFAULT_CHUNK,
@@ -20,12 +22,34 @@ from mamba_bio_audio.kernels.selective_scan.plan import (
     same_layout,
 )
 
+RESET_BLOCK_T = 1024
+
+
+@triton.jit
+def reset_kernel(seq_ptr, reset_ptr, seqlen, stride_b, stride_t, BLOCK_T: tl.constexpr):
+    """reset (batch, seqlen) fp32 contiguous from seq_idx (batch, seqlen) of any integer dtype and strides
+    (stride_b, stride_t): -inf where t >= 1 and seq_idx[t] != seq_idx[t - 1], else 0; program (b, time block)."""
+    b, tb = tl.program_id(0), tl.program_id(1)
+    t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask = t < seqlen
+    row = seq_ptr + b.to(tl.int64) * stride_b
+    cur = tl.load(row + t.to(tl.int64) * stride_t, mask=mask, other=0)
+    prev = tl.load(row + (t - 1).to(tl.int64) * stride_t, mask=mask & (t >= 1), other=0)
+    start = (t >= 1) & (cur != prev)
+    tl.store(reset_ptr + b.to(tl.int64) * seqlen + t, tl.where(start, float("-inf"), 0.0), mask=mask)
+
 
 def reset_exponents(seq_idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """What the kernels read of seq_idx (batch, seqlen): fp32, contiguous, -inf at each step where a packed
-    sequence starts (t >= 1, seq_idx[t] != seq_idx[t - 1]) and 0 elsewhere, added to the decay's exponent."""
-    starts = sequence_starts(seq_idx.to(device))
-    return torch.zeros(starts.shape, device=device, dtype=torch.float32).masked_fill_(starts, float("-inf"))
+    sequence starts (t >= 1, seq_idx[t] != seq_idx[t - 1]) and 0 elsewhere, added to the decay's exponent.
+    One launch (:func:`reset_kernel`), whatever seq_idx's integer dtype and strides."""
+    seq_idx = seq_idx.to(device)
+    batch, seqlen = seq_idx.shape
+    reset = utils.empty(batch, seqlen, like=seq_idx, dtype=torch.float32)
+    if reset.numel():
+        reset_kernel[(batch, triton.cdiv(seqlen, RESET_BLOCK_T))](
+            seq_idx, reset, seqlen, seq_idx.stride(0), seq_idx.stride(1), BLOCK_T=RESET_BLOCK_T, num_warps=4)
+    return reset
 
 
 class SelectiveScanFn(torch.autograd.Function):

@@ -239,3 +239,21 @@ def test_gpu_triton_packed_matches_reference(device, dtype, case):
     for name, a, r in zip(NAMES, got, ref):
         err = ((a.double() - r).norm() / r.norm().clamp_min(1e-30)).item()
         assert err <= tol, f"{name}: relative error {err:.2e} > {tol:.0e}"
+
+
+@cpu_only
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16, torch.uint8])
+def test_reset_exponents_mark_each_start_once(dtype):
+    """The one-launch reset kernel: -inf exactly where the id changes (t >= 1), 0 elsewhere, for any integer dtype
+    and a strided seq_idx, over several time blocks (odd length past RESET_BLOCK_T)."""
+    from mamba_bio_audio.kernels.selective_scan.function import RESET_BLOCK_T, reset_exponents
+
+    torch.manual_seed(0)
+    seqlen = RESET_BLOCK_T + 37
+    wide = torch.randint(0, 3, (3, 2 * seqlen)).cumsum(1).to(dtype)  # runs of equal ids, uint8 wraps: still runs
+    seq_idx = wide[:, ::2]  # strided: stride_t = 2
+    reset = reset_exponents(seq_idx, torch.device("cpu"))
+    expected = torch.zeros(seq_idx.shape)
+    expected[:, 1:][seq_idx[:, 1:] != seq_idx[:, :-1]] = float("-inf")
+    assert reset.dtype == torch.float32 and reset.is_contiguous()
+    assert torch.equal(reset, expected) and bool(torch.isinf(reset).any())
