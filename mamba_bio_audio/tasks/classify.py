@@ -52,6 +52,7 @@ from mamba_bio_audio.tasks.windows import (
     batch_size_for,
     check_dna_config,
     dna_extra,
+    evaluating,
     get_preset,
     model_dir,
     open_store,
@@ -338,27 +339,22 @@ def run_training(plan: ClassifyPlan, out: Path, resume: bool = False) -> dict:
 
 
 # ---- inference ----------------------------------------------------------------------------------------------------
-@torch.inference_mode()
 def predict_proba(model: MambaClassifier, sequences: Sequence[np.ndarray], batch_size: int = 64,
                   device: torch.device | str = "cpu", crop: int | None = None, packed: bool = False) -> np.ndarray:
     """Class probabilities ``(n, num_classes)`` float64 of token sequences of any lengths, batched by length with
     padding and masks (bf16 autocast on CUDA); a sequence longer than ``crop`` is read at its centre. ``packed``:
     the sequences packed into rows instead (:func:`_predict_packed`), the same probabilities."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
-    if packed:
-        out = _predict_packed(model, [_centre(s, crop) for s in sequences], batch_size, device)
-        model.train(was_training)
-        return out
-    out = np.zeros((len(sequences), model.num_classes))
-    lengths = [min(s.size, crop or s.size) for s in sequences]
-    for rows in eval_batches(lengths, batch_size, EVAL_MAX_TOKENS):
-        ids, mask = pad_batch([_centre(sequences[r], crop) for r in rows])
-        with autocast(device):
-            logits = model(torch.from_numpy(ids).to(device).long(), torch.from_numpy(mask).to(device))
-        out[rows] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
-    model.train(was_training)
+    with evaluating(model, device):
+        if packed:
+            return _predict_packed(model, [_centre(s, crop) for s in sequences], batch_size, device)
+        out = np.zeros((len(sequences), model.num_classes))
+        lengths = [min(s.size, crop or s.size) for s in sequences]
+        for rows in eval_batches(lengths, batch_size, EVAL_MAX_TOKENS):
+            ids, mask = pad_batch([_centre(sequences[r], crop) for r in rows])
+            with autocast(device):
+                logits = model(torch.from_numpy(ids).to(device).long(), torch.from_numpy(mask).to(device))
+            out[rows] = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     return out
 
 

@@ -42,6 +42,7 @@ from mamba_bio_audio.tasks.windows import (
     batch_size_for,
     batches,
     dna_extra,
+    evaluating,
     get_preset,
     open_store,
     optim_config,
@@ -190,7 +191,6 @@ def run_pretraining(plan: WindowPlan, out: Path, resume: bool = False, batch_siz
     return metrics
 
 
-@torch.inference_mode()
 def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | None = None,
             device: torch.device | str = "cpu", seq_idx: Iterable[np.ndarray] | None = None) -> dict:
     """Next-base cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids; the model reads the first
@@ -201,26 +201,23 @@ def lm_loss(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | N
     "val_tokens": predicted bases}``.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
     total, count = 0.0, 0
     seq_batches = batches(seq_idx, batch_size) if seq_idx is not None else None
-    for batch in batches(windows, batch_size):
-        ids = torch.from_numpy(batch).to(device).long()
-        seq = None if seq_batches is None else torch.from_numpy(next(seq_batches)).to(device)
-        with autocast(device):
-            batch_total, batch_count = next_token_loss(model, ids, seq)
-        total += batch_total.item()
-        count += int(batch_count)
+    with evaluating(model, device):
+        for batch in batches(windows, batch_size):
+            ids = torch.from_numpy(batch).to(device).long()
+            seq = None if seq_batches is None else torch.from_numpy(next(seq_batches)).to(device)
+            with autocast(device):
+                batch_total, batch_count = next_token_loss(model, ids, seq)
+            total += batch_total.item()
+            count += int(batch_count)
     if count == 0:
         raise UserError("no windows to evaluate")
-    model.train(was_training)
     loss = total / count
     return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_bits_per_base": loss / LN2,
             "val_tokens": count}
 
 
-@torch.inference_mode()
 def masked_lm_eval(model: nn.Module, windows: Iterable[np.ndarray], batch_size: int | None = None,
                    device: torch.device | str = "cpu", seed: int = 0) -> dict:
     """Masked-LM cross-entropy of ``model`` over windows (each ``(seqlen,)`` token ids), 15% of the positions of each
@@ -230,16 +227,14 @@ def masked_lm_eval(model: nn.Module, windows: Iterable[np.ndarray], batch_size: 
     bases}``.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
     total, count = 0.0, 0
-    for b, batch in enumerate(batches(windows, batch_size)):
-        ids = torch.from_numpy(batch).to(device).long()
-        with autocast(device):
-            batch_total, batch_count = masked_lm_loss(model, ids, mask_generator(device, seed + b))
-        total += batch_total.item()
-        count += int(batch_count)
-    model.train(was_training)
+    with evaluating(model, device):
+        for b, batch in enumerate(batches(windows, batch_size)):
+            ids = torch.from_numpy(batch).to(device).long()
+            with autocast(device):
+                batch_total, batch_count = masked_lm_loss(model, ids, mask_generator(device, seed + b))
+            total += batch_total.item()
+            count += int(batch_count)
     if count == 0:
         raise UserError("no masked bases to evaluate (windows too few or too short)")
     loss = total / count

@@ -22,7 +22,7 @@ import torch
 
 from mamba_bio_audio.models.classifier import MambaClassifier
 from mamba_bio_audio.tasks.baselines import LogisticRegression
-from mamba_bio_audio.tasks.windows import autocast, batches
+from mamba_bio_audio.tasks.windows import autocast, batches, evaluating
 
 #: L2 penalty of the probe on standardized features (the k-mer baseline's)
 PROBE_L2 = 1.0
@@ -33,16 +33,13 @@ def pooled_features(model: MambaClassifier, windows: Sequence[np.ndarray], devic
     """``(n, d_model)`` float64: the pooled backbone states the head reads, of ``n`` windows ``(seqlen,)`` of token
     ids (consecutive windows of equal length share a batch). Leaves ``model`` on ``device``, trainable."""
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)  # outside inference mode: parameters moved inside it could not be trained afterwards
     out = []
-    with torch.inference_mode():
+    with evaluating(model, device):
         for batch in batches(windows, batch_size):
             ids = torch.from_numpy(batch).to(device).long()
             with autocast(device):
                 hidden = model.backbone(ids)
             out.append(model.pool(hidden, None).double().cpu().numpy())
-    model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, model.config.d_model))
 
 

@@ -46,6 +46,7 @@ from mamba_bio_audio.tasks.windows import (
     batches,
     check_dna_config,
     dna_extra,
+    evaluating,
     get_preset,
     model_dir,
     open_store,
@@ -277,7 +278,6 @@ def train_keeping_the_better(plan: WindowPlan, out: Path, store_path: str | os.P
 
 
 # ---- inference ----------------------------------------------------------------------------------------------------
-@torch.inference_mode()
 def predict_proba(model: MambaClassifier, windows: Iterable[np.ndarray], batch_size: int | None = None,
                   device: torch.device | str = "cpu", rc_average: bool = False) -> np.ndarray:
     """Species probabilities ``(n, num_classes)`` float64 of windows (each ``(seqlen,)`` token ids, any lengths:
@@ -287,17 +287,15 @@ def predict_proba(model: MambaClassifier, windows: Iterable[np.ndarray], batch_s
     reverse complement are the same DNA read from the other strand).
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
     out = []
-    for batch in batches(windows, batch_size):
-        ids = torch.from_numpy(batch).to(device).long()
-        with autocast(device):
-            probs = torch.softmax(model(ids).double(), dim=-1)
-            if rc_average:
-                probs = (probs + torch.softmax(model(reverse_complement(ids)).double(), dim=-1)) / 2
-        out.append(probs.cpu().numpy())
-    model.train(was_training)
+    with evaluating(model, device):
+        for batch in batches(windows, batch_size):
+            ids = torch.from_numpy(batch).to(device).long()
+            with autocast(device):
+                probs = torch.softmax(model(ids).double(), dim=-1)
+                if rc_average:
+                    probs = (probs + torch.softmax(model(reverse_complement(ids)).double(), dim=-1)) / 2
+            out.append(probs.cpu().numpy())
     if not out:
         return np.zeros((0, model.num_classes))
     return np.concatenate(out)

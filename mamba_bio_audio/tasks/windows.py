@@ -32,6 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -356,6 +357,20 @@ def autocast(device: torch.device):
     """bf16 autocast on CUDA (as training), a no-op context on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                      enabled=False)
+
+
+@contextmanager
+def evaluating(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Run ``model`` for inference on ``device``: moved there first, outside inference mode (parameters moved
+    inside it would become inference tensors that later training cannot use), in eval mode under
+    ``torch.inference_mode()``; its training flag is restored after, even on an error."""
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 # ---- one planner for every window-training run -------------------------------------------------------------------
