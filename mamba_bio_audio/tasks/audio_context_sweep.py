@@ -182,21 +182,31 @@ def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> 
 
 
 def run_sweep(store: TokenStore, out: Path, settings: SweepSettings, progress=print) -> dict:
-    """Every window's row (:func:`sweep_row`), then ``sweep.json`` / ``sweep.md`` / ``sweep.png`` in ``out``."""
+    """Every window's row (:func:`sweep_row`), shortest first; ``sweep.json`` / ``sweep.md`` / ``sweep.png`` in
+    ``out`` are rewritten after each row, so a sweep stopped part-way leaves the rows it finished."""
+    check_sweep(store, settings)
+    rows: list[dict] = []
+    result: dict = {}
+    for window in settings.windows:
+        rows.append(sweep_row(store, out, window, settings, progress))
+        result = write_sweep(out, rows, settings, store)
+    return result
+
+
+def write_sweep(out: Path, rows: list[dict], settings: SweepSettings, store: TokenStore) -> dict:
+    """``sweep.json``, ``sweep.md`` and ``sweep.png`` of the rows so far; returns what sweep.json holds."""
     from mamba_bio_audio.benchmarks.report import environment
     from mamba_bio_audio.files import atomic_write_text
 
-    check_sweep(store, settings)
-    rows = [sweep_row(store, out, window, settings, progress) for window in settings.windows]
     base = settings.base
     steps = {r["steps"] for r in rows if r["steps"] is not None}
     budget = (f"{steps.pop()} steps per run" if len(steps) == 1 else
               f"{base.max_minutes:g} min per run" if base.max_minutes else "steps per run vary")
     title = f"{base.arch} {base.preset}, {settings.tokens_per_batch} samples per step, {budget}"
-    result = {"rows": rows, "tokens_per_batch": settings.tokens_per_batch, "common_window": settings.common_window,
-              "max_test_windows": settings.max_test_windows, "store": str(store.path),
-              "sample_rate": int(store.meta["sample_rate"]), "encoding": store.meta["encoding"],
-              "settings": dataclasses.asdict(base), "environment": environment()}
+    result = {"rows": rows, "windows": settings.windows, "tokens_per_batch": settings.tokens_per_batch,
+              "common_window": settings.common_window, "max_test_windows": settings.max_test_windows,
+              "store": str(store.path), "sample_rate": int(store.meta["sample_rate"]),
+              "encoding": store.meta["encoding"], "settings": dataclasses.asdict(base), "environment": environment()}
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     atomic_write_text(out / "sweep.md", f"# {title}\n\n{sweep_table(rows, settings.common_window)}\n")
     plot_sweep(out / "sweep.png", rows, settings.common_window, title)
