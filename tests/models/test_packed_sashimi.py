@@ -119,14 +119,21 @@ def test_packed_triton_interpreted():
     torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-5)
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_packed_gpu(backend):
+    """fp32 on CUDA, norm-relative errors: this noised model's fp32 logits are ~3e-4 (absolute, on logits up to 10)
+    from its fp64 ones even on the CPU reference, where packed vs alone differ by 3.6e-6 relative (logits) and
+    5.5e-5 (worst parameter gradient); a packing error is O(1) (test_packed_differs_without_seq_idx)."""
     lm = model(backend, device="cuda", dtype=torch.float32, d_model=64, n_layers=2, d_state=16, pools=(4, 4))
     rows = [[64, 16, 37], [16, 96, 5]]
     packed, alone = packed_and_alone(lm, rows, device="cuda")
-    torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
+    assert relative_error(packed, alone) <= 5e-5
     grads = torch.autograd.grad(packed.square().mean(), list(lm.parameters()))
     alone_grads = torch.autograd.grad(alone.square().mean(), list(lm.parameters()))
     for (name, _), a, b in zip(lm.named_parameters(), grads, alone_grads):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+        assert relative_error(a, b) <= 1e-3, name
