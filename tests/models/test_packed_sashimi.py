@@ -132,8 +132,10 @@ def test_packed_gpu(backend):
     lm = model(backend, device="cuda", dtype=torch.float32, d_model=64, n_layers=2, d_state=16, pools=(4, 4))
     rows = [[64, 16, 37], [16, 96, 5]]
     packed, alone = packed_and_alone(lm, rows, device="cuda")
-    assert relative_error(packed, alone) <= 5e-5
+    err = relative_error(packed, alone)
+    assert err <= 5e-5, f"logits: relative error {err:.2e}"
     grads = torch.autograd.grad(packed.square().mean(), list(lm.parameters()))
     alone_grads = torch.autograd.grad(alone.square().mean(), list(lm.parameters()))
-    for (name, _), a, b in zip(lm.named_parameters(), grads, alone_grads):
-        assert relative_error(a, b) <= 1e-3, name
+    errors = {name: relative_error(a, b) for (name, _), a, b in zip(lm.named_parameters(), grads, alone_grads)}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-3, f"gradient of {worst}: relative error {errors[worst]:.2e}"
