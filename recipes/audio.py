@@ -257,9 +257,15 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
     metrics = evaluate_recording_lm(model, store, split=split, short_files=short_files, max_windows=max_windows,
                                     batch_size=batch_size, device=where)
     metrics.update(options=_options(), environment=environment())
-    table = markdown_table(["split", "NLL bits/sample", "windows", "window", "files"],
-                           [[split, metrics[f"{split}_bits_per_sample"], metrics[f"{split}_windows"],
-                             metrics["window"], metrics["files"]]])
+    from mamba_bio_audio.metrics.markov import markov_baseline
+
+    baseline = markov_baseline(store, split=split)
+    metrics["baseline"] = baseline
+    table = markdown_table(["model", "split", "NLL bits/sample", "windows", "window", "files"],
+                           [["audio LM", split, metrics[f"{split}_bits_per_sample"], metrics[f"{split}_windows"],
+                             metrics["window"], metrics["files"]],
+                            [f"order-{baseline['order']} Markov chain (baseline)", split,
+                             baseline["bits_per_sample"], "-", "-", metrics["files"]]])
     if samples is not None and not samples.is_dir():
         raise UserError(f"--samples {samples}: no such folder")
     out = run_folder(out, "audio evaluate", inputs=(checkpoint, data, samples))
@@ -273,7 +279,10 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
         metrics["samples"] = {"folder": str(samples), "clips": len(clips)}
     write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; each "
-                      f"window scored on its own (its first sample is context only).\n")
+                      f"window scored on its own (its first sample is context only). Baseline: an order-"
+                      f"{baseline['order']} Markov chain of the samples (add-{baseline['alpha']:g}) fitted on the "
+                      f"train files, scored over every {split} sample after each file's first "
+                      f"{baseline['order']}.\n")
     click.echo(table)
 
 

@@ -15,8 +15,10 @@ of a short run at shorter lengths). Each trained model is scored on the test fil
 
 A run that runs out of GPU memory leaves its row empty (``error``) and the sweep goes on.
 
-Results: ``sweep.json`` (every row, the settings, the environment), ``sweep.md`` (the table) and ``sweep.png``
-(bits per sample against window length, log2 axis); each run's folder ``window_W/`` is an ``mba audio train`` run
+Beside them, the simple baseline: an order-2 Markov chain of the samples fitted on the train files
+(:func:`~mamba_bio_audio.metrics.markov.markov_baseline`). Results: ``sweep.json`` (every row, the baseline, the
+settings, the environment), ``sweep.md`` (the table) and ``sweep.png`` (bits per sample against window length,
+log2 axis); each run's folder ``window_W/`` is an ``mba audio train`` run
 (config, model, logs, metrics.json). A run whose ``metrics.json`` exists is not trained again, so a stopped sweep
 continues where it was.
 """
@@ -160,8 +162,9 @@ def sweep_table(rows: list[dict], common_window: int) -> str:
           fmt(r["test_bits_common"], ".4f")] for r in rows])
 
 
-def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> None:
-    """Test bits per sample against training window (log2 x axis), own-window and common-window scores."""
+def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str, baseline: dict | None = None) -> None:
+    """Test bits per sample against training window (log2 x axis), own-window and common-window scores, and the
+    Markov baseline as a dashed line."""
     from mamba_bio_audio.files import pyplot, save_figure
 
     plt = pyplot()
@@ -171,6 +174,9 @@ def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> 
     ax.plot(xs, [r["test_bits_own"] for r in scored], marker="o", label="test, windows of the training length")
     ax.plot(xs, [r["test_bits_common"] for r in scored], marker="s", linestyle="--",
             label=f"test, windows of {common_window} samples")
+    if baseline is not None:
+        ax.axhline(baseline["bits_per_sample"], color="gray", linestyle="--", linewidth=1,
+                   label=f"order-{baseline['order']} Markov chain (baseline)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("training window (samples)")
     ax.set_ylabel("test NLL (bits per sample)")
@@ -184,17 +190,22 @@ def plot_sweep(path: Path, rows: list[dict], common_window: int, title: str) -> 
 def run_sweep(store: TokenStore, out: Path, settings: SweepSettings, progress=print) -> dict:
     """Every window's row (:func:`sweep_row`), shortest first; ``sweep.json`` / ``sweep.md`` / ``sweep.png`` in
     ``out`` are rewritten after each row, so a sweep stopped part-way leaves the rows it finished."""
+    from mamba_bio_audio.metrics.markov import markov_baseline
+
     check_sweep(store, settings)
+    baseline = markov_baseline(store)
+    progress(f"baseline: order-2 Markov chain of the samples, test {baseline['bits_per_sample']:.4f} bits/sample")
     rows: list[dict] = []
     result: dict = {}
     for window in settings.windows:
         rows.append(sweep_row(store, out, window, settings, progress))
-        result = write_sweep(out, rows, settings, store)
+        result = write_sweep(out, rows, settings, store, baseline)
     return result
 
 
-def write_sweep(out: Path, rows: list[dict], settings: SweepSettings, store: TokenStore) -> dict:
-    """``sweep.json``, ``sweep.md`` and ``sweep.png`` of the rows so far; returns what sweep.json holds."""
+def write_sweep(out: Path, rows: list[dict], settings: SweepSettings, store: TokenStore, baseline: dict) -> dict:
+    """``sweep.json``, ``sweep.md`` and ``sweep.png`` of the rows so far, beside ``baseline``
+    (:func:`~mamba_bio_audio.metrics.markov.markov_baseline`); returns what sweep.json holds."""
     from mamba_bio_audio.benchmarks.report import environment
     from mamba_bio_audio.files import atomic_write_text
 
@@ -206,8 +217,12 @@ def write_sweep(out: Path, rows: list[dict], settings: SweepSettings, store: Tok
     result = {"rows": rows, "windows": settings.windows, "tokens_per_batch": settings.tokens_per_batch,
               "common_window": settings.common_window, "max_test_windows": settings.max_test_windows,
               "store": str(store.path), "sample_rate": int(store.meta["sample_rate"]),
-              "encoding": store.meta["encoding"], "settings": dataclasses.asdict(base), "environment": environment()}
+              "encoding": store.meta["encoding"], "settings": dataclasses.asdict(base), "baseline": baseline,
+              "environment": environment()}
+    shown = (f"Baseline: an order-{baseline['order']} Markov chain of the samples (add-{baseline['alpha']:g}, "
+             f"fitted on the train files), {baseline['bits_per_sample']:.4f} bits/sample over the "
+             f"{baseline['samples']:,} test samples.")
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    atomic_write_text(out / "sweep.md", f"# {title}\n\n{sweep_table(rows, settings.common_window)}\n")
-    plot_sweep(out / "sweep.png", rows, settings.common_window, title)
+    atomic_write_text(out / "sweep.md", f"# {title}\n\n{sweep_table(rows, settings.common_window)}\n\n{shown}\n")
+    plot_sweep(out / "sweep.png", rows, settings.common_window, title, baseline)
     return result

@@ -68,6 +68,8 @@ def test_every_command_succeeds(pipeline):
     assert 0 < metrics["val_bits_per_sample"] < 9
     ev = json.loads((root / "eval" / "metrics.json").read_text())
     assert ev["window"] == 256 and 0 < ev["test_bits_per_sample"] < 9 and ev["test_windows"] >= 1
+    assert ev["baseline"]["order"] == 2 and 0 < ev["baseline"]["bits_per_sample"] < 9
+    assert "Markov chain (baseline)" in (root / "eval" / "metrics.md").read_text()
     wave, rate = sf.read(root / "gen" / "sample_0000.wav")
     assert rate == RATE and wave.shape == (round(0.02 * RATE),)
 

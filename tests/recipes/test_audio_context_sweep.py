@@ -60,6 +60,9 @@ def test_sweep_trains_each_window_at_equal_compute_and_scores_it(store, tmp_path
     # the longest window's own score is its common score: the same windows, the same model
     assert rows[1]["test_bits_own"] == pytest.approx(rows[1]["test_bits_common"], rel=1e-6)
     assert (out / "sweep.png").stat().st_size > 0 and "| 64 |" in (out / "sweep.md").read_text()
+    baseline = result["baseline"]  # beside the models: an order-2 Markov chain fitted on the train files
+    assert baseline["order"] == 2 and 0 < baseline["bits_per_sample"] < 9 and baseline["samples"] > 0
+    assert "Markov chain" in (out / "sweep.md").read_text()
 
     # a second call reuses the trained runs and gives the same table
     stamp = (out / "window_64" / "metrics.json").stat().st_mtime_ns
