@@ -139,6 +139,8 @@ for step in $what; do
                 python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
                     "$repo/.gpudata/music/tokens.u8.xz" $r/music/tokens.u8 || { status=1; continue; }
             fi
+            # earlier calls' runs carried in .gpudata/music/sweep/window_W/metrics.json are reused (a sweep over calls)
+            if [ -d "$repo/.gpudata/music/sweep" ] && [ ! -d $r/sweep ]; then cp -r "$repo/.gpudata/music/sweep" $r/sweep; fi
             # shellcheck disable=SC2086
             timeout ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
                 --windows ${SWEEP_WINDOWS:-8192,32768,131072,262144,524288} --tokens-per-batch ${SWEEP_TOKENS:-524288} \

@@ -19,8 +19,9 @@ Beside them, the simple baseline: an order-2 Markov chain of the samples fitted 
 (:func:`~mamba_bio_audio.metrics.markov.markov_baseline`). Results: ``sweep.json`` (every row, the baseline, the
 settings, the environment), ``sweep.md`` (the table) and ``sweep.png`` (bits per sample against window length,
 log2 axis); each run's folder ``window_W/`` is an ``mba audio train`` run
-(config, model, logs, metrics.json). A run whose ``metrics.json`` exists is not trained again, so a stopped sweep
-continues where it was.
+(config, model, logs, metrics.json). A run whose ``metrics.json`` exists is not trained again, and its test scores
+are kept there too (``sweep_test``), so a stopped sweep continues where it was, even from the runs' metrics.json
+files alone (e.g. carried to another machine without their models).
 """
 
 from __future__ import annotations
@@ -124,11 +125,20 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
         trained["peak_memory_gib"] = (torch.cuda.max_memory_allocated(where) / 2**30 if where.type == "cuda"
                                       else None)
         metrics_path.write_text(json.dumps(trained, indent=2, sort_keys=True, default=str) + "\n")
-    device = torch_device(s.device)
-    model = load_audio_lm(run, device=device)
-    own, own_n = test_bits(model, store, window, settings, device)
-    common, common_n = test_bits(model, store, settings.common_window, settings, device)
-    del model
+    scored = trained.get("sweep_test", {})
+    if scored.get("common_window") == settings.common_window and \
+            scored.get("max_test_windows") == settings.max_test_windows:
+        own, own_n, common, common_n = (scored[k] for k in ("own", "own_windows", "common", "common_windows"))
+    else:  # scored once, and kept in the run's metrics.json: a reused run needs no model
+        device = torch_device(s.device)
+        model = load_audio_lm(run, device=device)
+        own, own_n = test_bits(model, store, window, settings, device)
+        common, common_n = test_bits(model, store, settings.common_window, settings, device)
+        del model
+        trained["sweep_test"] = {"own": own, "own_windows": own_n, "common": common, "common_windows": common_n,
+                                 "common_window": settings.common_window,
+                                 "max_test_windows": settings.max_test_windows}
+        metrics_path.write_text(json.dumps(trained, indent=2, sort_keys=True, default=str) + "\n")
     row = {"window": window, "seconds_of_audio": window / int(store.meta["sample_rate"]), "batch": s.batch_size,
            "steps": trained.get("steps"), "train_seconds": trained.get("train_seconds"),
            "peak_memory_gib": trained.get("peak_memory_gib"), "val_bits": trained.get("val_bits_per_sample"),
