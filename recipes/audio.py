@@ -315,7 +315,7 @@ def context_sweep(data: Path, out: Path, windows: str, tokens_per_batch: int, ma
     """Test NLL against training context: the same model trained at each window length with equal samples per
     step and equal steps (the Mamba paper's long-context audio experiment)."""
     from mamba_bio_audio.recipes.options import parse_int_list
-    from mamba_bio_audio.tasks.audio_context_sweep import SweepSettings, check_sweep, run_sweep
+    from mamba_bio_audio.tasks.audio_context_sweep import SweepSettings, check_sweep, run_sweep, sweep_table
     from mamba_bio_audio.tasks.audio_folder import MAX_WINDOW, RecordingTrainSettings, open_recordings
     from mamba_bio_audio.training.trainer import TrainerConfig
 
@@ -336,7 +336,5 @@ def context_sweep(data: Path, out: Path, windows: str, tokens_per_batch: int, ma
         warnings.filterwarnings("ignore", message=".*left out of training")
         result = run_sweep(store, out, settings, progress=lambda m: click.echo(f"mba audio context-sweep: {m}",
                                                                                 err=True))
-    from mamba_bio_audio.tasks.audio_context_sweep import sweep_table
-
     click.echo(sweep_table(result["rows"], result["common_window"]))
     click.echo(f"wrote {out}/sweep.md, sweep.json, sweep.png")

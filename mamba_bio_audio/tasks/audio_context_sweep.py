@@ -97,8 +97,26 @@ def test_bits(model, store: TokenStore, window: int, settings: SweepSettings, de
     return window_nll_bits(model, windows, batch_size=batch, device=device), len(windows)
 
 
+ROW_FIELDS = ("steps", "train_seconds", "peak_memory_gib", "val_bits", "test_bits_own", "test_windows_own",
+              "test_bits_common", "test_windows_common", "parameters")
+"""A table row's fields besides window, seconds_of_audio and batch (None until known)."""
+
+
+def new_row(window: int, batch: int, store: TokenStore, **values) -> dict:
+    """One table row: the window, its length in seconds and its batch; every other field None unless given."""
+    return {"window": window, "seconds_of_audio": window / int(store.meta["sample_rate"]), "batch": batch,
+            **dict.fromkeys(ROW_FIELDS), **values}
+
+
+def save_metrics(path: Path, metrics: dict) -> None:
+    from mamba_bio_audio.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings, progress=print) -> dict:
-    """Train (or reuse) the run at ``window`` under ``out/window_{window}`` and score it; one table row."""
+    """Train (or reuse) the run at ``window`` under ``out/window_{window}`` and score it; one table row. A run
+    that runs out of GPU memory gives a row without scores, its ``error`` the reason."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_generation import load_audio_lm
 
@@ -120,41 +138,32 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             progress(f"window {window}: out of GPU memory at batch {s.batch_size} -- row left empty")
-            return empty_row(window, s.batch_size, store, "out of GPU memory")
+            return new_row(window, s.batch_size, store, test_windows_own=0, test_windows_common=0,
+                           error="out of GPU memory")
         trained["wall_seconds"] = time.perf_counter() - t0
         trained["peak_memory_gib"] = (torch.cuda.max_memory_allocated(where) / 2**30 if where.type == "cuda"
                                       else None)
-        metrics_path.write_text(json.dumps(trained, indent=2, sort_keys=True, default=str) + "\n")
-    scored = trained.get("sweep_test", {})
-    if scored.get("common_window") == settings.common_window and \
-            scored.get("max_test_windows") == settings.max_test_windows:
-        own, own_n, common, common_n = (scored[k] for k in ("own", "own_windows", "common", "common_windows"))
-    else:  # scored once, and kept in the run's metrics.json: a reused run needs no model
+        save_metrics(metrics_path, trained)  # before scoring: a run stopped while scoring is not trained again
+    scores = trained.get("sweep_test", {})
+    if (scores.get("common_window"), scores.get("max_test_windows")) != (settings.common_window,
+                                                                         settings.max_test_windows):
+        # scored once and kept in the run's metrics.json: a reused run needs no model
         device = torch_device(s.device)
         model = load_audio_lm(run, device=device)
         own, own_n = test_bits(model, store, window, settings, device)
         common, common_n = test_bits(model, store, settings.common_window, settings, device)
         del model
-        trained["sweep_test"] = {"own": own, "own_windows": own_n, "common": common, "common_windows": common_n,
-                                 "common_window": settings.common_window,
-                                 "max_test_windows": settings.max_test_windows}
-        metrics_path.write_text(json.dumps(trained, indent=2, sort_keys=True, default=str) + "\n")
-    row = {"window": window, "seconds_of_audio": window / int(store.meta["sample_rate"]), "batch": s.batch_size,
-           "steps": trained.get("steps"), "train_seconds": trained.get("train_seconds"),
-           "peak_memory_gib": trained.get("peak_memory_gib"), "val_bits": trained.get("val_bits_per_sample"),
-           "test_bits_own": own, "test_windows_own": own_n, "test_bits_common": common,
-           "test_windows_common": common_n, "parameters": trained.get("parameters")}
-    progress(f"window {window}: test {own:.4f} bits/sample at its own window, {common:.4f} at "
-             f"{settings.common_window}")
+        scores = {"test_bits_own": own, "test_windows_own": own_n, "test_bits_common": common,
+                  "test_windows_common": common_n, "common_window": settings.common_window,
+                  "max_test_windows": settings.max_test_windows}
+        trained["sweep_test"] = scores
+        save_metrics(metrics_path, trained)
+    row = new_row(window, s.batch_size, store, steps=trained.get("steps"), train_seconds=trained.get("train_seconds"),
+                  peak_memory_gib=trained.get("peak_memory_gib"), val_bits=trained.get("val_bits_per_sample"),
+                  parameters=trained.get("parameters"), **{k: scores[k] for k in ROW_FIELDS if k in scores})
+    progress(f"window {window}: test {row['test_bits_own']:.4f} bits/sample at its own window, "
+             f"{row['test_bits_common']:.4f} at {settings.common_window}")
     return row
-
-
-def empty_row(window: int, batch: int, store: TokenStore, error: str) -> dict:
-    """The row of a window whose run could not train (e.g. out of GPU memory): no scores, the reason."""
-    return {"window": window, "seconds_of_audio": window / int(store.meta["sample_rate"]), "batch": batch,
-            "steps": None, "train_seconds": None, "peak_memory_gib": None, "val_bits": None, "test_bits_own": None,
-            "test_windows_own": 0, "test_bits_common": None, "test_windows_common": 0, "parameters": None,
-            "error": error}
 
 
 def sweep_table(rows: list[dict], common_window: int) -> str:
