@@ -147,6 +147,20 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
         model.tie_weights()
 
 
+def load_backbone_weights(donor: nn.Module, model: nn.Module, source: str | os.PathLike,
+                          hint: str = "") -> None:
+    """Load ``donor.backbone``'s weights into ``model.backbone`` (fine-tuning from a pretrained model read from
+    ``source``); a CheckpointError names ``source`` and the first tensor of ``model``'s backbone that the donor lacks
+    or holds in another shape (``hint``, e.g. " (drop --preset ...)", appended to it)."""
+    source_state, target = donor.backbone.state_dict(), model.backbone.state_dict()
+    for name, tensor in target.items():
+        if name not in source_state or source_state[name].shape != tensor.shape:
+            got = tuple(source_state[name].shape) if name in source_state else "nothing"
+            raise CheckpointError(f"{source}: pretrained tensor backbone.{name} has shape {got}, this classifier "
+                                  f"needs {tuple(tensor.shape)}{hint}")
+    model.backbone.load_state_dict(source_state)
+
+
 class PretrainedMixin:
     """``save_pretrained(dir)`` / ``cls.from_pretrained(dir or Hub id)`` / ``push_to_hub(repo_id)`` for models
     built from a MambaConfig."""

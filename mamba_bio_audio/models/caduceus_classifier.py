@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mamba_bio_audio.checkpoint import read_state_dict, write_checkpoint
+from mamba_bio_audio.checkpoint import load_backbone_weights, read_state_dict, write_checkpoint
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.models.caduceus import (
     CaduceusBackboneAccess,
@@ -39,6 +39,7 @@ from mamba_bio_audio.models.caduceus import (
     tie_mixers,
     tied_mixer_names,
 )
+from mamba_bio_audio.models.classifier import head_settings
 
 POOLINGS = ("mean",)
 
@@ -51,24 +52,14 @@ class CaduceusClassifier(CaduceusBackboneAccess, nn.Module):
     def __init__(self, config: CaduceusConfig, num_classes: int | None = None, pooling: str | None = None,
                  labels: list[str] | None = None):
         super().__init__()
-        saved = dict(config.extra.get("classifier", {}))
-        num_classes = num_classes if num_classes is not None else saved.get("num_classes")
-        pooling = pooling or saved.get("pooling", "mean")
-        labels = labels if labels is not None else saved.get("labels")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise UserError(f"CaduceusClassifier needs num_classes >= 2, got {num_classes!r}")
-        if pooling not in POOLINGS:
-            raise UserError(f"a Caduceus classifier pools by the mean over the sequence (Caduceus' own heads), "
-                            f"not {pooling!r}")
-        if labels is not None and len(labels) != num_classes:
-            raise UserError(f"{len(labels)} labels given for {num_classes} classes")
-        head = {"num_classes": num_classes, "pooling": pooling, "labels": labels}
+        head = head_settings(config, num_classes, pooling, labels, owner="CaduceusClassifier",
+                             default_pooling="mean", poolings=POOLINGS,
+                             pooling_error="a Caduceus classifier pools by the mean over the sequence (Caduceus' "
+                                           "own heads), not {!r}")
         self.config = dataclasses.replace(config, extra={**config.extra, "classifier": head})
-        self.num_classes = num_classes
-        self.pooling = pooling
-        self.labels = labels
+        self.num_classes, self.pooling, self.labels = head["num_classes"], head["pooling"], head["labels"]
         self.caduceus = _Holder(config)
-        self.head = nn.Linear(config.d_model, num_classes)
+        self.head = nn.Linear(config.d_model, self.num_classes)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -137,11 +128,5 @@ class CaduceusClassifier(CaduceusBackboneAccess, nn.Module):
     def load_backbone_from(self, donor: nn.Module, source: str | os.PathLike) -> None:
         """Copy the backbone of ``donor`` (a CaduceusLM or CaduceusClassifier read from ``source``) into this one;
         a CheckpointError names ``source`` when the backbones differ in shape."""
-        source_state, target = donor.backbone.state_dict(), self.backbone.state_dict()
-        for name, tensor in target.items():
-            if name not in source_state or source_state[name].shape != tensor.shape:
-                got = tuple(source_state[name].shape) if name in source_state else "nothing"
-                raise CheckpointError(f"{source}: pretrained tensor backbone.{name} has shape {got}, this classifier "
-                                      f"needs {tuple(tensor.shape)}")
-        self.backbone.load_state_dict(source_state)
+        load_backbone_weights(donor, self, source)
         self.tie_weights()

@@ -17,6 +17,25 @@ from mamba_bio_audio.ops import resolve_seq_idx
 POOLINGS = ("last", "mean")
 
 
+def head_settings(config, num_classes: int | None, pooling: str | None, labels: list[str] | None, *, owner: str,
+                  default_pooling: str, poolings: tuple[str, ...], pooling_error: str) -> dict:
+    """A classifier head's ``{"num_classes", "pooling", "labels"}``: each argument, or when None the value saved in
+    ``config.extra["classifier"]`` (so ``from_pretrained`` rebuilds the head), pooling defaulting to
+    ``default_pooling``. One-line UserErrors: fewer than 2 classes (naming ``owner``), a pooling not in
+    ``poolings`` (``pooling_error``, formatted with the pooling), as many labels as classes."""
+    saved = dict(config.extra.get("classifier", {}))
+    num_classes = num_classes if num_classes is not None else saved.get("num_classes")
+    pooling = pooling or saved.get("pooling", default_pooling)
+    labels = labels if labels is not None else saved.get("labels")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise UserError(f"{owner} needs num_classes >= 2, got {num_classes!r}")
+    if pooling not in poolings:
+        raise UserError(pooling_error.format(pooling))
+    if labels is not None and len(labels) != num_classes:
+        raise UserError(f"{len(labels)} labels given for {num_classes} classes")
+    return {"num_classes": num_classes, "pooling": pooling, "labels": labels}
+
+
 class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
     """input_ids (batch, seqlen) [+ attention_mask (batch, seqlen), True = real token] -> logits (batch, num_classes).
 
@@ -28,24 +47,13 @@ class MambaClassifier(BackboneMixin, nn.Module, PretrainedMixin):
     def __init__(self, config: MambaConfig, num_classes: int | None = None, pooling: str | None = None,
                  labels: list[str] | None = None):
         super().__init__()
-        saved = dict(config.extra.get("classifier", {}))
-        num_classes = num_classes if num_classes is not None else saved.get("num_classes")
-        pooling = pooling or saved.get("pooling", "last")
-        labels = labels if labels is not None else saved.get("labels")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise UserError(f"MambaClassifier needs num_classes >= 2, got {num_classes!r}")
-        if pooling not in POOLINGS:
-            raise UserError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if labels is not None and len(labels) != num_classes:
-            raise UserError(f"{len(labels)} labels given for {num_classes} classes")
-        head = {"num_classes": num_classes, "pooling": pooling, "labels": labels}
+        head = head_settings(config, num_classes, pooling, labels, owner="MambaClassifier", default_pooling="last",
+                             poolings=POOLINGS, pooling_error=f"pooling must be one of {POOLINGS}, got {{!r}}")
         config = dataclasses.replace(config, extra={**config.extra, "classifier": head})
         self.config = config
-        self.num_classes = num_classes
-        self.pooling = pooling
-        self.labels = labels
+        self.num_classes, self.pooling, self.labels = head["num_classes"], head["pooling"], head["labels"]
         self.backbone = MambaBackbone(config)
-        self.head = nn.Linear(config.d_model, num_classes)
+        self.head = nn.Linear(config.d_model, self.num_classes)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """hidden (batch, seqlen, d_model) -> (batch, d_model) float32 (a mean accumulates in float32: bf16's 3

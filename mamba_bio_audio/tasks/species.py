@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mamba_bio_audio.checkpoint import load_backbone_weights
 from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
 from mamba_bio_audio.data_prep.dna.windows import WindowSampler, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
@@ -116,16 +117,12 @@ def copy_backbone(donor, model: MambaClassifier, folder: str | os.PathLike) -> N
 
     A CheckpointError names the folder and the layer count or the first tensor whose shape differs.
     """
-    source, target = donor.backbone.state_dict(), model.backbone.state_dict()
-    if len(source) != len(target) or donor.config.n_layer != model.config.n_layer:
+    hint = " (drop --preset to take the pretrained shape)"
+    if len(donor.backbone.state_dict()) != len(model.backbone.state_dict()) or \
+            donor.config.n_layer != model.config.n_layer:
         raise CheckpointError(f"{folder}: the pretrained model has {donor.config.n_layer} layers, this classifier "
-                              f"{model.config.n_layer} (drop --preset to take the pretrained shape)")
-    for name, tensor in target.items():
-        if name not in source or source[name].shape != tensor.shape:
-            got = tuple(source[name].shape) if name in source else "nothing"
-            raise CheckpointError(f"{folder}: pretrained tensor backbone.{name} has shape {got}, this classifier "
-                                  f"needs {tuple(tensor.shape)} (drop --preset to take the pretrained shape)")
-    model.backbone.load_state_dict(source)
+                              f"{model.config.n_layer}{hint}")
+    load_backbone_weights(donor, model, folder, hint)
 
 
 def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu") -> MambaClassifier:
