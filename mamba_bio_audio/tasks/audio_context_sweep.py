@@ -114,6 +114,19 @@ def save_metrics(path: Path, metrics: dict) -> None:
     atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
 
 
+REUSE_MUST_MATCH = ("arch", "preset", "max_steps", "max_minutes")
+"""The settings a reused run's metrics.json must share with the sweep (its window is its folder's name)."""
+
+
+def check_reused_run(trained: dict, settings: RecordingTrainSettings, run: Path) -> None:
+    """Refuse to put a run trained under another budget or model (an earlier sweep's) into this sweep's table."""
+    differ = [f"{key} {trained.get(key)!r} there, {getattr(settings, key)!r} now" for key in REUSE_MUST_MATCH
+              if trained.get(key) != getattr(settings, key)]
+    if differ:
+        raise UserError(f"{run}: trained with other settings ({'; '.join(differ)}); move it away or sweep with "
+                        f"the same settings")
+
+
 def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings, progress=print) -> dict:
     """Train (or reuse) the run at ``window`` under ``out/window_{window}`` and score it; one table row. A run
     that runs out of GPU memory gives a row without scores, its ``error`` the reason."""
@@ -126,6 +139,7 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
     if metrics_path.is_file():
         progress(f"window {window}: reusing {run}")
         trained = json.loads(metrics_path.read_text())
+        check_reused_run(trained, s, run)
     else:
         progress(f"window {window}: training, batch {s.batch_size} x {window} samples")
         run.mkdir(parents=True, exist_ok=True)

@@ -126,24 +126,29 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_packed_gpu(backend):
-    """fp32 on CUDA, norm-relative errors: this noised model's fp32 logits are ~3e-4 (absolute, on logits up to 10)
-    from its fp64 ones even on the CPU reference, where packed vs alone differ by 3.6e-6 relative (logits) and
-    5.5e-5 (worst parameter gradient); a packing error is O(1) (test_packed_differs_without_seq_idx)."""
+    """fp32 on CUDA against the fp64 reference: packing may add no more error than the fp32 run of the clips
+    alone has. This noised model is ill-conditioned (its fp32 logits are ~2e-5 from its fp64 ones, relative, even
+    on the CPU reference; a gradient summed over every position, such as an inner level's A_log, can be off by
+    ~1e-3 in fp32), so packed and alone are each compared with the fp64 truth rather than with each other; a
+    packing error is O(1) (test_packed_differs_without_seq_idx)."""
     size = dict(d_model=64, n_layers=2, d_state=16, pools=(4, 4))
     lm = model(backend, device="cuda", dtype=torch.float32, **size)
+    reference = model(**size)  # fp64, CPU, the same parameters
     rows = [[64, 16, 37], [16, 96, 5]]
     packed, alone = packed_and_alone(lm, rows, device="cuda")
-    with torch.no_grad():  # for the message: which of the two is off, against the fp64 reference's alone logits
-        truth = packed_and_alone(model(**size), rows)[1]
-    versus_fp64 = {"packed": relative_error(packed.cpu(), truth), "alone": relative_error(alone.cpu(), truth)}
-    err = relative_error(packed, alone)
-    # where the difference sits, for the failure message: each clip's worst position (row-major clip order)
-    lengths = [n for row in rows for n in row]
-    where = [(n, int(d.abs().amax(-1).argmax()), float(d.abs().amax())) for n, d in
-             zip(lengths, (packed - alone).split(lengths))]
-    assert err <= 5e-5, f"logits: relative error {err:.2e}; per clip (length, worst position, max abs): {where}; vs fp64: {versus_fp64}"
+    truth = packed_and_alone(reference, rows)[1]
+
+    def errors(a, b, truth):  # relative errors against the fp64 truth, and the bound packing must keep
+        packed_error, alone_error = relative_error(a.cpu(), truth), relative_error(b.cpu(), truth)
+        return packed_error, alone_error, max(3 * alone_error, 1e-5)
+
+    packed_error, alone_error, bound = errors(packed, alone, truth)
+    assert packed_error <= bound, f"logits: {packed_error:.2e} from fp64 packed, {alone_error:.2e} alone"
+    names = [name for name, _ in lm.named_parameters()]
     grads = torch.autograd.grad(packed.square().mean(), list(lm.parameters()))
     alone_grads = torch.autograd.grad(alone.square().mean(), list(lm.parameters()))
-    errors = {name: relative_error(a, b) for (name, _), a, b in zip(lm.named_parameters(), grads, alone_grads)}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] <= 1e-3, f"gradient of {worst}: relative error {errors[worst]:.2e}"
+    true_grads = torch.autograd.grad(truth.square().mean(), list(reference.parameters()))
+    report = {name: errors(a, b, t) for name, a, b, t in zip(names, grads, alone_grads, true_grads)}
+    worst = max(report, key=lambda name: report[name][0] / report[name][2])
+    packed_error, alone_error, bound = report[worst]
+    assert packed_error <= bound, f"gradient of {worst}: {packed_error:.2e} from fp64 packed, {alone_error:.2e} alone"

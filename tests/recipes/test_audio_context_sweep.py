@@ -74,6 +74,13 @@ def test_sweep_trains_each_window_at_equal_compute_and_scores_it(store, tmp_path
     again = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["test_bits_own"] for r in again] == pytest.approx([r["test_bits_own"] for r in rows], rel=1e-5)
 
+    # a run of another budget is not put into this table: one line naming the run and the setting
+    args = sweep_args(store, out)
+    args[args.index("--max-steps") + 1] = "3"
+    code, _, err = run(args, capsys)
+    last = err.strip().splitlines()[-1]  # after the progress lines
+    assert code == 2 and "Traceback" not in err and "max_steps 2 there, 3 now" in last and "window_64" in last
+
 
 @pytest.mark.parametrize("extra, fragment", [
     (["--windows", "64,1024"], "--tokens-per-batch 512"),
