@@ -22,6 +22,7 @@ from mamba_bio_audio.files import atomic_write_text
 
 SSM_LAYERS = ("S6", "S4D")
 CHECKPOINT_LEVELS = (0, 1, 2)
+FUSED_INNER = ("triton", "all", "off")  # MambaConfig.fused_inner
 
 # mamba_ssm config keys we accept and ignore: they only select fused kernels, which we choose ourselves.
 _IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "model_type", "torch_dtype",
@@ -102,6 +103,13 @@ class MambaConfig(JsonConfig):
             each block in the backward pass (torch.utils.checkpoint); 2 also recomputes each block's backward in
             time segments, carrying its conv and SSM states, so the recomputed activations are one segment's
             (mamba_bio_audio.modules.recompute). ``model.gradient_checkpointing = True`` sets 2.
+        fused_inner: in training, a selective mixer can run conv -> x_proj -> dt_proj -> scan as one autograd
+            Function (modules/fused_inner.py) that keeps neither the conv output nor delta for the backward
+            (2 x d_inner values per token and layer) but recomputes them there, as mamba_ssm's MambaInnerFn
+            does; the same results up to float rounding. "triton": where the scan runs on Triton (training on
+            the GPU); "all": on the reference backend too, where it recomputes the whole inner graph (less
+            memory for about one more inner forward; how CPU tests check it); "off": never. Calls it cannot
+            take (carried states, S4D, the "cuda" scan) run unfused.
     """
 
     d_model: int = 256
@@ -126,6 +134,7 @@ class MambaConfig(JsonConfig):
     ssm_layer: str = "S6"
     bidirectional: bool = False
     checkpoint_level: int = 0
+    fused_inner: str = "triton"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,6 +150,8 @@ class MambaConfig(JsonConfig):
             raise UserError(f"MambaConfig needs 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.checkpoint_level not in CHECKPOINT_LEVELS or isinstance(self.checkpoint_level, bool):
             raise UserError(f"MambaConfig.checkpoint_level must be one of {CHECKPOINT_LEVELS}, got {self.checkpoint_level!r}")
+        if self.fused_inner not in FUSED_INNER:
+            raise UserError(f"MambaConfig.fused_inner must be one of {FUSED_INNER}, got {self.fused_inner!r}")
         if self.dt_init not in ("random", "constant"):
             raise UserError(f"MambaConfig.dt_init must be 'random' or 'constant', got {self.dt_init!r}")
 

@@ -182,6 +182,16 @@ def selective_scan_fn(
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx)
 
 
+def selective_scan_kernels(backend: str, tensor: torch.Tensor):
+    """The Triton scan's module (kernels/selective_scan/function.py: ``scan_forward`` / ``scan_backward``, which
+    leave the saving of tensors to the caller, ``default_tunables``, ``reset_exponents``, ``check_seq_idx``) when
+    ``backend`` resolves to Triton for the scan of tensors like ``tensor``, else None. For callers that fuse
+    the scan into a larger autograd Function (modules/fused_inner.py)."""
+    if resolve_backend(backend, "scan", tensor)[0] != "triton":
+        return None
+    return importlib.import_module(_TRITON_MODULES["scan"][0])
+
+
 def selective_state_update(
     state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto", dt_proj_weight=None,
 ):

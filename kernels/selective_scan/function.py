@@ -59,41 +59,79 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, tun):
-        p = make_plan(u, A, B, C, tun.chunk_size)
-        B_in, C_in = B, C
-        u, delta, z = same_layout(u, delta, z)
-        (B, C), A = as_groups(B, C), A.contiguous()
-        D, delta_bias, initial_state = (x.contiguous() if x is not None else None for x in (D, delta_bias, initial_state))
-        if p.seqlen == 0:
-            out = torch.empty_like(u)
-            last = (initial_state.float() if initial_state is not None
-                    else u.new_zeros(p.batch, p.dim, p.d_state, dtype=torch.float32))
-            states = u.new_empty(p.batch, p.dim, 0, p.d_state, dtype=torch.float32)
-        else:
-            out, last, states = launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, p, tun,
-                                               reset)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, states)
-        ctx.meta = (softplus, p, tun, B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
+        out, last, saved, meta = scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, tun)
+        ctx.save_for_backward(*saved)
+        ctx.meta = meta
         ctx.set_materialize_grads(False)
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        softplus, p, tun, B_shape, C_shape, B_dtype, C_dtype = ctx.meta
-        saved = ctx.saved_tensors
-        u, delta, A, B, C, D, z, delta_bias, h0, _, _ = saved
-        if p.seqlen == 0:
-            zeros = [torch.zeros_like(x) if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
-            dh0 = None if h0 is None else (dlast if dlast is not None else torch.zeros_like(h0))
-            du, ddelta, dA, dB, dC, dD, dz, dbias = zeros
-        else:
-            du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = launch_backward(dout, dlast, saved, softplus, p, tun)
+        return (*scan_backward(dout, dlast, ctx.saved_tensors, ctx.meta), None, None, None)
 
-        def cast(grad, like):
-            return None if grad is None else grad.to(like.dtype)
 
-        return (du, ddelta, cast(dA, A), dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
-                cast(dD, D), dz, cast(dbias, delta_bias), cast(dh0, h0), None, None, None)
+def prepare(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size):
+    """(plan, (u, delta, A, B, C, D, z, delta_bias, initial_state)) in the layouts the kernels index: u, delta, z
+    sharing one layout (:func:`same_layout`), B, C as groups (:func:`as_groups`), the rest contiguous. Views
+    where the inputs allow (the mixer's channel-major tensors), else copies; the same inputs give the same
+    layouts, so a caller that recomputes u and delta for the backward gets what the forward read."""
+    p = make_plan(u, A, B, C, chunk_size)
+    u, delta, z = same_layout(u, delta, z)
+    (B, C), A = as_groups(B, C), A.contiguous()
+    D, delta_bias, initial_state = (x.contiguous() if x is not None else None for x in (D, delta_bias, initial_state))
+    return p, (u, delta, A, B, C, D, z, delta_bias, initial_state)
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, softplus, tun):
+    """The scan's forward without autograd: (out, last_state, saved, meta). ``saved`` = (u, delta, A, B, C, D, z,
+    delta_bias, initial_state, reset, states), the tensors :func:`scan_backward` reads (as :func:`prepare` laid
+    them out; states: the fp32 chunk-start states (batch, dim, nsaved, d_state)); ``meta``: the rest it needs.
+    Arguments as :class:`SelectiveScanFn`'s."""
+    B_in, C_in = B, C
+    p, (u, delta, A, B, C, D, z, delta_bias, initial_state) = prepare(u, delta, A, B, C, D, z, delta_bias,
+                                                                       initial_state, tun.chunk_size)
+    if p.seqlen == 0:
+        out = torch.empty_like(u)
+        last = (initial_state.float() if initial_state is not None
+                else u.new_zeros(p.batch, p.dim, p.d_state, dtype=torch.float32))
+        states = u.new_empty(p.batch, p.dim, 0, p.d_state, dtype=torch.float32)
+    else:
+        out, last, states = launch_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, p, tun,
+                                           reset)
+    saved = (u, delta, A, B, C, D, z, delta_bias, initial_state, reset, states)
+    return out, last, saved, (softplus, p, tun, B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
+
+
+def scan_backward(dout, dlast, saved, meta):
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state), each in its input's dtype and
+    shape (None for an absent input), from dout (batch, dim, seqlen) or None, dlast (batch, dim, d_state) or
+    None, and :func:`scan_forward`'s ``saved`` and ``meta`` (u and delta may be recomputed, in the same
+    layout)."""
+    softplus, p, tun, B_shape, C_shape, B_dtype, C_dtype = meta
+    u, delta, A, B, C, D, z, delta_bias, h0, _, _ = saved
+    if p.seqlen == 0:
+        zeros = [torch.zeros_like(x) if x is not None else None for x in (u, delta, A, B, C, D, z, delta_bias)]
+        dh0 = None if h0 is None else (dlast if dlast is not None else torch.zeros_like(h0))
+        du, ddelta, dA, dB, dC, dD, dz, dbias = zeros
+    else:
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = launch_backward(dout, dlast, saved, softplus, p, tun)
+
+    def cast(grad, like):
+        return None if grad is None else grad.to(like.dtype)
+
+    return (du, ddelta, cast(dA, A), dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
+            cast(dD, D), dz, cast(dbias, delta_bias), cast(dh0, h0))
+
+
+def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=None, num_warps=None, n_segments=None,
+                     num_stages=None, save_every=None) -> Tunables:
+    """The scan's tunables for u (batch, dim, seqlen): the given ones, the defaults for the rest (save_every from
+    the saved states' size, :func:`auto_save_every`)."""
+    chunk = chunk_size or DEFAULT_CHUNK
+    if save_every is None:
+        save_every = auto_save_every(u.shape[0] * u.shape[1] * triton.cdiv(u.shape[2], chunk) * d_state * 4)
+    return Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
+                    num_stages or DEFAULT_NUM_STAGES, save_every)
 
 
 def selective_scan_triton(
@@ -126,11 +164,7 @@ def selective_scan_triton(
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
-    chunk = chunk_size or DEFAULT_CHUNK
-    if save_every is None:
-        save_every = auto_save_every(u.shape[0] * u.shape[1] * triton.cdiv(u.shape[2], chunk) * A.shape[1] * 4)
-    tun = Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
-                    num_stages or DEFAULT_NUM_STAGES, save_every)
+    tun = default_tunables(u, A.shape[1], chunk_size, block_d, num_warps, n_segments, num_stages, save_every)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2])
     reset = reset_exponents(seq_idx, u.device) if seq_idx is not None else None
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, delta_softplus,
