@@ -343,6 +343,27 @@ def mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, 
                                   backend=backend, dt_proj_weight=dt_proj_weight)
 
 
+def fused_inner_enabled() -> bool:
+    """Whether mixers may take the fused inner path (modules/fused_inner.py, as ``MambaConfig.fused_inner``
+    allows): unless the environment variable MBA_FUSED_INNER is "0" (for A/B measurements of one model)."""
+    return os.environ.get("MBA_FUSED_INNER", "1") != "0"
+
+
+FUSED_SAVE_EVERY_ENV = "MBA_FUSED_SAVE_EVERY"
+
+
+def fused_inner_save_every() -> int | None:
+    """Chunks between the chunk-start states that the fused mixer's scan keeps for the backward
+    (modules/fused_inner.py; the scan's ``save_every``): the environment variable MBA_FUSED_SAVE_EVERY, a
+    positive integer; unset or 0: the scan's own choice (1 unless a call's states would pass 1 GiB). Larger
+    values cut those states (4 d_state / (chunk_size save_every) bytes per channel and step) for one more
+    pass over the scan's inputs in the backward."""
+    value = _env_int(FUSED_SAVE_EVERY_ENV, 0)
+    if value < 0:
+        raise ValueError(f"{FUSED_SAVE_EVERY_ENV} must be a positive integer (or 0: the scan's choice), got {value}")
+    return value or None
+
+
 FUSED_DT_PROJ_ENV = "MBA_FUSED_DT_PROJ_MAX_BATCH"
 
 

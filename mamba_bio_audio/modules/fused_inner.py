@@ -41,8 +41,9 @@ class Settings(NamedTuple):
 def can_fuse(mode: str, backend: str, like: torch.Tensor) -> bool:
     """Whether a call on tensors like ``like`` with the ops ``backend`` takes the fused path under
     ``MambaConfig.fused_inner`` = ``mode``: "triton" when the scan resolves to Triton, "all" also on the
-    reference, "off" never (mamba_ssm's "cuda" scan keeps its own tensors: never)."""
-    if mode == "off":
+    reference, "off" never (mamba_ssm's "cuda" scan keeps its own tensors: never); none while the environment
+    variable MBA_FUSED_INNER is "0" (:func:`ops.fused_inner_enabled`)."""
+    if mode == "off" or not ops.fused_inner_enabled():
         return False
     return ops.resolve_backend(backend, "scan", like)[0] in (("triton",) if mode == "triton" else ("triton", "reference"))
 
@@ -107,14 +108,15 @@ class MambaInnerFn(torch.autograd.Function):
         dt, B, C = _split(x_dbl, s)
         cdt = x_dbl.dtype  # the products' dtype in the forward (autocast's, or the weights')
         with torch.no_grad():
-            delta = project(dt_proj_weight.to(cdt), dt)
+            w_dt = dt_proj_weight.to(cdt)
+            delta = project(w_dt, dt)
             _, laid_out = s.kernels.prepare(u.detach(), delta, A, B, C, D, z, dt_bias, None, s.tunables.chunk_size)
             saved = (*laid_out, reset, states)
             du, ddelta, dA, dB, dC, dD, dz, ddt_bias, _ = s.kernels.scan_backward(dy, None, saved, ctx.scan_meta)
             # delta = dt_proj_weight @ dt and x_dbl = x_proj_weight @ u, as autograd's product backwards would
             ddelta_cols = columns(ddelta)
             d_dt_proj = (ddelta_cols @ columns(dt).t()).to(dt_proj_weight.dtype)
-            d_x_dbl = torch.cat([dt_proj_weight.to(cdt).t() @ ddelta_cols, columns(dB.to(cdt)),
+            d_x_dbl = torch.cat([w_dt.t() @ ddelta_cols, columns(dB.to(cdt)),
                                  columns(dC.to(cdt))])
             d_x_proj = (d_x_dbl @ columns(u).t()).to(x_proj_weight.dtype)
             du = du + (x_proj_weight.to(cdt).t() @ d_x_dbl).view(du.shape[1], du.shape[0], du.shape[2]) \
@@ -142,12 +144,13 @@ def mamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, 
                 dt_rank: int, backend: str = "auto") -> torch.Tensor:
     """The selective mixer from in_proj's halves to the gated scan output, keeping less for the backward
     (:class:`MambaInnerFn`; arguments and result as there). ``backend``: the ops backend, whose scan must be
-    Triton or the reference (:func:`can_fuse`)."""
+    Triton or the reference (:func:`can_fuse`). The Triton scan keeps every ``ops.fused_inner_save_every()``-th
+    chunk-start state (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice)."""
     kernels = ops.selective_scan_kernels(backend, x)
     tunables = None
     if kernels is not None:
         kernels.check_seq_idx(seq_idx, x.shape[0], x.shape[2])
-        tunables = kernels.default_tunables(x, A.shape[1])
+        tunables = kernels.default_tunables(x, A.shape[1], save_every=ops.fused_inner_save_every())
     settings = Settings(dt_rank, A.shape[1], backend, kernels, tunables)
     return MambaInnerFn.apply(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx,
                               settings)

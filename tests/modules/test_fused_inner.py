@@ -166,14 +166,33 @@ def test_triton_fused_keeps_less_by_the_conv_output_and_delta():
     assert kept0 - kept >= u_and_delta, (kept0, kept)
 
 
-@pytest.mark.parametrize("case", ["s4d", "carry", "no_grad", "off", "reference_by_default"])
-def test_calls_it_cannot_take_run_unfused(case):
+@cpu_triton
+def test_triton_save_every_keeps_fewer_states_same_gradients(monkeypatch):
+    """MBA_FUSED_SAVE_EVERY=2: every other chunk-start state kept (seqlen 21, chunk 8: 2 of 3), the same gradients."""
+    fused, unfused = mixer_pair("triton", torch.float32)
+    batch, seqlen = 2, 21
+    hidden = torch.randn(batch, seqlen, 8, generator=torch.Generator().manual_seed(6))
+    seq_idx = packed_ids(batch, seqlen)
+    kept_all = sum(saved_storages(fused, hidden).values())
+    monkeypatch.setenv("MBA_FUSED_SAVE_EVERY", "2")
+    assert_same(run(fused, hidden, seq_idx), run(unfused, hidden, seq_idx), 1e-6, 1e-5)
+    kept_half = sum(saved_storages(fused, hidden).values())
+    assert kept_all - kept_half == batch * fused.d_inner * (3 - 2) * fused.d_state * 4
+    monkeypatch.setenv("MBA_FUSED_SAVE_EVERY", "-1")
+    with pytest.raises(ValueError, match="MBA_FUSED_SAVE_EVERY"):
+        fused(hidden)
+
+
+@pytest.mark.parametrize("case", ["s4d", "carry", "no_grad", "off", "reference_by_default", "env_off"])
+def test_calls_it_cannot_take_run_unfused(case, monkeypatch):
     kw = {"ssm_layer": "S4D"} if case == "s4d" else {}
     fused, unfused = mixer_pair("reference", **kw)
     if case == "off":
         fused = unfused
     elif case == "reference_by_default":  # "triton", the default, leaves the reference backend unfused
         fused.config = MambaConfig(d_model=8, d_state=4)
+    elif case == "env_off":
+        monkeypatch.setenv("MBA_FUSED_INNER", "0")
     hidden = torch.randn(2, 11, 8, dtype=torch.float64)
     if case == "carry":
         out, _ = fused.forward_segment(hidden)
