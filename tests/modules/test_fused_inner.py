@@ -27,12 +27,12 @@ cuda_triton = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING,
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def mixer_pair(backend: str, dtype=torch.float64, device="cpu", **kw) -> tuple[Mamba, Mamba]:
+def mixer_pair(backend: str, dtype=torch.float64, device="cpu", d_model=8, d_state=4, **kw) -> tuple[Mamba, Mamba]:
     """(fused, unfused) mixers with the same weights."""
     torch.manual_seed(0)
-    fused = Mamba(MambaConfig(d_model=8, d_state=4, fused_inner="all", **kw)).to(device, dtype)
+    fused = Mamba(MambaConfig(d_model=d_model, d_state=d_state, fused_inner="all", **kw)).to(device, dtype)
     unfused = copy.deepcopy(fused)
-    unfused.config = MambaConfig(d_model=8, d_state=4, fused_inner="off", **kw)
+    unfused.config = MambaConfig(d_model=d_model, d_state=d_state, fused_inner="off", **kw)
     for m in (fused, unfused):
         m.backend = backend
     return fused, unfused
@@ -218,9 +218,9 @@ def test_config_refuses_an_unknown_mode():
 @pytest.mark.parametrize("seq", [False, True])
 def test_gpu_fused_matches_unfused(dtype, tol, seq):
     """fp32 weights and inputs, or bf16 autocast: the fused and unfused mixers on CUDA through Triton."""
-    fused, unfused = mixer_pair("triton", torch.float32, "cuda")
-    hidden = torch.randn(2, 1000, 8, generator=torch.Generator().manual_seed(1)).cuda()
-    seq_idx = packed_ids(2, 1000).cuda() if seq else None
+    fused, unfused = mixer_pair("triton", torch.float32, "cuda", d_model=64, d_state=16)
+    hidden = torch.randn(3, 1000, 64, generator=torch.Generator().manual_seed(1)).cuda()
+    seq_idx = packed_ids(3, 1000).cuda() if seq else None
     autocast = dtype if dtype != torch.float32 else None
     assert_same(run(fused, hidden, seq_idx, autocast), run(unfused, hidden, seq_idx, autocast), tol, tol)
 
