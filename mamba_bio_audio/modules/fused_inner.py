@@ -116,11 +116,10 @@ class MambaInnerFn(torch.autograd.Function):
             # delta = dt_proj_weight @ dt and x_dbl = x_proj_weight @ u, as autograd's product backwards would
             ddelta_cols = columns(ddelta)
             d_dt_proj = (ddelta_cols @ columns(dt).t()).to(dt_proj_weight.dtype)
-            d_x_dbl = torch.cat([w_dt.t() @ ddelta_cols, columns(dB.to(cdt)),
-                                 columns(dC.to(cdt))])
+            d_x_dbl = torch.cat([w_dt.t() @ ddelta_cols, columns(dB), columns(dC)])  # dB, dC in x_dbl's dtype
             d_x_proj = (d_x_dbl @ columns(u).t()).to(x_proj_weight.dtype)
-            du = du + (x_proj_weight.to(cdt).t() @ d_x_dbl).view(du.shape[1], du.shape[0], du.shape[2]) \
-                .transpose(0, 1)
+            batch, d_inner, seqlen = du.shape
+            du.add_((x_proj_weight.to(cdt).t() @ d_x_dbl).view(d_inner, batch, seqlen).transpose(0, 1))
         wanted = [t for t in leaves if t is not None]
         grads = iter(torch.autograd.grad(u, wanted, du))
         dx, d_conv_weight, d_conv_bias = (next(grads) if t is not None else None for t in leaves)
