@@ -15,6 +15,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mamba_bio_audio import MambaConfig, MambaLM  # noqa: E402
+from mamba_bio_audio.benchmarks.memory import activation_bytes  # noqa: E402
 from mamba_bio_audio.errors import UserError  # noqa: E402
 from mamba_bio_audio.modules.mixer import Mamba, set_backend  # noqa: E402
 
@@ -164,6 +165,20 @@ def test_triton_fused_keeps_less_by_the_conv_output_and_delta():
     kept, kept0 = sum(saved_storages(fused, hidden).values()), sum(saved_storages(unfused, hidden).values())
     u_and_delta = 2 * batch * fused.d_inner * seqlen * 4
     assert kept0 - kept >= u_and_delta, (kept0, kept)
+
+
+@cpu_triton
+def test_triton_whole_model_keeps_exactly_the_conv_output_and_delta_less():
+    """Live bytes after the forward (benchmarks/memory.py's exact storage count), fp32: the fused model keeps
+    exactly u and delta less per layer, nothing else changes."""
+    batch, seqlen, n_layer = 2, 9, 1
+    ids = torch.randint(0, 7, (batch, seqlen), generator=torch.Generator().manual_seed(7))
+    kept = {}
+    for mode in ("off", "triton"):
+        torch.manual_seed(0)
+        config = MambaConfig(d_model=8, n_layer=n_layer, vocab_size=7, d_state=4, fused_inner=mode)
+        kept[mode] = activation_bytes(set_backend(MambaLM(config), "triton").backbone, ids)["kept"]
+    assert kept["off"] - kept["triton"] == n_layer * 2 * batch * config.d_inner * seqlen * 4
 
 
 @cpu_triton
