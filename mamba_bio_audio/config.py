@@ -108,8 +108,9 @@ class MambaConfig(JsonConfig):
             (2 x d_inner values per token and layer) but recomputes them there, as mamba_ssm's MambaInnerFn
             does; the same results up to float rounding. "triton": where the scan runs on Triton (training on
             the GPU); "all": on the reference backend too, where it recomputes the whole inner graph (less
-            memory for about one more inner forward; how CPU tests check it); "off": never. Calls it cannot
-            take (carried states, S4D, the "cuda" scan) run unfused.
+            memory for about one more inner forward; how CPU tests check it); "off" (the default until its
+            speed is measured on a GPU): never. Calls it cannot take (carried states, S4D, the "cuda" scan)
+            run unfused.
     """
 
     d_model: int = 256
@@ -134,7 +135,7 @@ class MambaConfig(JsonConfig):
     ssm_layer: str = "S6"
     bidirectional: bool = False
     checkpoint_level: int = 0
-    fused_inner: str = "triton"
+    fused_inner: str = "off"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

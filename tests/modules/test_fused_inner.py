@@ -204,8 +204,8 @@ def test_calls_it_cannot_take_run_unfused(case, monkeypatch):
     fused, unfused = mixer_pair("reference", **kw)
     if case == "off":
         fused = unfused
-    elif case == "reference_by_default":  # "triton", the default, leaves the reference backend unfused
-        fused.config = MambaConfig(d_model=8, d_state=4)
+    elif case == "reference_by_default":  # "triton" leaves the reference backend unfused
+        fused.config = MambaConfig(d_model=8, d_state=4, fused_inner="triton")
     elif case == "env_off":
         monkeypatch.setenv("MBA_FUSED_INNER", "0")
     hidden = torch.randn(2, 11, 8, dtype=torch.float64)
