@@ -140,7 +140,11 @@ for step in $what; do
                     "$repo/.gpudata/music/tokens.u8.xz" $r/music/tokens.u8 || { status=1; continue; }
             fi
             # earlier calls' runs carried in .gpudata/music/sweep/window_W/metrics.json are reused (a sweep over calls)
-            if [ -d "$repo/.gpudata/music/sweep" ] && [ ! -d $r/sweep ]; then cp -r "$repo/.gpudata/music/sweep" $r/sweep; fi
+            # (the folder is an earlier sweep's output: its marker is written when only the runs' files were carried)
+            if [ -d "$repo/.gpudata/music/sweep" ] && [ ! -d $r/sweep ]; then
+                cp -r "$repo/.gpudata/music/sweep" $r/sweep
+                [ -f $r/sweep/.mba-output ] || echo "audio context-sweep" > $r/sweep/.mba-output
+            fi
             # shellcheck disable=SC2086
             timeout ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
                 --windows ${SWEEP_WINDOWS:-8192,32768,131072,262144,524288} --tokens-per-batch ${SWEEP_TOKENS:-524288} \
