@@ -329,7 +329,7 @@ def context_sweep(data: Path, out: Path, windows: str, tokens_per_batch: int, ma
                                   checkpoint_every=10**9)
     settings = SweepSettings(lengths, tokens_per_batch, base, eval_window, max_test_windows)
     TrainerConfig(device=device, precision=precision)
-    check_sweep(store, settings)
+    check_sweep(store, settings, out)
     out = run_folder(out, "audio context-sweep", inputs=(data,))
     write_yaml(out / "config.yaml", _options())
     with warnings.catch_warnings():

@@ -78,9 +78,23 @@ class SweepSettings:
                                    warmup_min_length=warmup)
 
 
-def check_sweep(store: TokenStore, settings: SweepSettings) -> None:
-    """Refuse, before anything is trained, a window that no training file can hold (one-line DataError) and a
-    common evaluation window longer than every test file."""
+REUSE_MUST_MATCH = ("arch", "preset", "max_steps", "max_minutes")
+"""The settings a reused run's metrics.json must share with the sweep (its window is its folder's name)."""
+
+
+def check_reused_run(trained: dict, settings: RecordingTrainSettings, run: Path) -> None:
+    """Refuse to put a run trained under another budget or model (an earlier sweep's) into this sweep's table."""
+    differ = [f"{key} {trained.get(key)!r} there, {getattr(settings, key)!r} now" for key in REUSE_MUST_MATCH
+              if trained.get(key) != getattr(settings, key)]
+    if differ:
+        raise UserError(f"{run}: trained with other settings ({'; '.join(differ)}); move it away or sweep with "
+                        f"the same settings")
+
+
+def check_sweep(store: TokenStore, settings: SweepSettings, out: Path | None = None) -> None:
+    """Refuse, before anything is trained or written, a window that no training file can hold (one-line
+    DataError), a common evaluation window longer than every test file, and (with ``out``) an earlier run in
+    ``out`` that this sweep would reuse but that was trained with other settings (:func:`check_reused_run`)."""
     from mamba_bio_audio.errors import DataError
 
     for window in settings.windows:
@@ -88,6 +102,12 @@ def check_sweep(store: TokenStore, settings: SweepSettings) -> None:
     if not eval_windows(store, "test", settings.common_window, settings.base.short_files, 1):
         raise DataError(f"--eval-window {settings.common_window}: longer than every test file of {store.path}; "
                         f"give a shorter --eval-window or --short-files pad")
+    if out is None:
+        return
+    for window in settings.windows:
+        metrics_path = out / f"window_{window}" / "metrics.json"
+        if metrics_path.is_file():
+            check_reused_run(json.loads(metrics_path.read_text()), settings.run_settings(window), metrics_path.parent)
 
 
 def test_bits(model, store: TokenStore, window: int, settings: SweepSettings, device) -> tuple[float | None, int]:
@@ -114,19 +134,6 @@ def save_metrics(path: Path, metrics: dict) -> None:
     atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
 
 
-REUSE_MUST_MATCH = ("arch", "preset", "max_steps", "max_minutes")
-"""The settings a reused run's metrics.json must share with the sweep (its window is its folder's name)."""
-
-
-def check_reused_run(trained: dict, settings: RecordingTrainSettings, run: Path) -> None:
-    """Refuse to put a run trained under another budget or model (an earlier sweep's) into this sweep's table."""
-    differ = [f"{key} {trained.get(key)!r} there, {getattr(settings, key)!r} now" for key in REUSE_MUST_MATCH
-              if trained.get(key) != getattr(settings, key)]
-    if differ:
-        raise UserError(f"{run}: trained with other settings ({'; '.join(differ)}); move it away or sweep with "
-                        f"the same settings")
-
-
 def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings, progress=print) -> dict:
     """Train (or reuse) the run at ``window`` under ``out/window_{window}`` and score it; one table row. A run
     that runs out of GPU memory gives a row without scores, its ``error`` the reason."""
@@ -138,8 +145,7 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         progress(f"window {window}: reusing {run}")
-        trained = json.loads(metrics_path.read_text())
-        check_reused_run(trained, s, run)
+        trained = json.loads(metrics_path.read_text())  # its settings checked by check_sweep
     else:
         progress(f"window {window}: training, batch {s.batch_size} x {window} samples")
         run.mkdir(parents=True, exist_ok=True)
@@ -225,7 +231,7 @@ def run_sweep(store: TokenStore, out: Path, settings: SweepSettings, progress=pr
     ``out`` are rewritten after each row, so a sweep stopped part-way leaves the rows it finished."""
     from mamba_bio_audio.metrics.markov import markov_baseline
 
-    check_sweep(store, settings)
+    check_sweep(store, settings, out)
     baseline = markov_baseline(store)
     progress(f"baseline: order-2 Markov chain of the samples, test {baseline['bits_per_sample']:.4f} bits/sample")
     rows: list[dict] = []

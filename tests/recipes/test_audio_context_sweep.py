@@ -74,12 +74,14 @@ def test_sweep_trains_each_window_at_equal_compute_and_scores_it(store, tmp_path
     again = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["test_bits_own"] for r in again] == pytest.approx([r["test_bits_own"] for r in rows], rel=1e-5)
 
-    # a run of another budget is not put into this table: one line naming the run and the setting
+    # a run of another budget is not put into this table: one line naming the run and the setting, before
+    # anything is trained or written (the folder's config.yaml is the first call's)
+    config = (out / "config.yaml").read_text()
     args = sweep_args(store, out)
     args[args.index("--max-steps") + 1] = "3"
     code, _, err = run(args, capsys)
-    last = err.strip().splitlines()[-1]  # after the progress lines
-    assert code == 2 and "Traceback" not in err and "max_steps 2 there, 3 now" in last and "window_64" in last
+    assert_one_line_error(code, err, "max_steps 2 there, 3 now")
+    assert "window_64" in err and (out / "config.yaml").read_text() == config
 
 
 @pytest.mark.parametrize("extra, fragment", [
