@@ -1,5 +1,6 @@
-"""A/B of MambaConfig.fused_inner on one GPU: training step time and peak memory, "off" vs "triton", the two
-models alternating step by step. Writes JSON to argv[1] (default stdout only).
+"""A/B of MambaConfig.fused_inner on one GPU: training step time and peak memory, "off" vs "triton", one model
+after the other (each alone on the GPU, so each peak is its own). Prints a JSON line per shape; argv[1]: the
+report's JSON file.
 
     python dev/fused_inner_ab.py OUT.json [d_model n_layer]   # shapes (8, 2048) and (1, 65536)
 """

@@ -194,19 +194,19 @@ class Mamba(nn.Module):
             state["conv_state"].copy_(F.pad(x, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
                                       else x[:, :, -self.d_conv:])
         conv_init, ssm_init = carry if carry is not None else (None, None)
+        A = -torch.exp(_fp32(self.A_log))  # (d_inner, d_state)
         if self._fuses_inner(x, state, carry, return_carry):
             from mamba_bio_audio.modules.fused_inner import mamba_inner  # it imports this module's helpers
 
             y = mamba_inner(x, z, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
-                            self.dt_proj.weight, -torch.exp(_fp32(self.A_log)), _fp32(self.D),
-                            _fp32(self.dt_proj.bias), seq_idx, dt_rank=self.dt_rank, backend=self.backend)
+                            self.dt_proj.weight, A, _fp32(self.D), _fp32(self.dt_proj.bias), seq_idx,
+                            dt_rank=self.dt_rank, backend=self.backend)
             return self._out_proj(y), None
         x = ops.causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
                                  initial_state=conv_init, return_final_state=return_carry, backend=self.backend,
                                  seq_idx=seq_idx)
         if return_carry:
             x, conv_final = x
-        A = -torch.exp(_fp32(self.A_log))  # (d_inner, d_state)
         delta, B, C, delta_bias = self._delta_B_C(x)
         y = ops.selective_scan_fn(
             x, delta, A, B, C, _fp32(self.D), z=z, delta_bias=delta_bias, delta_softplus=True,
@@ -226,10 +226,12 @@ class Mamba(nn.Module):
         """Whether this forward runs conv -> scan as one Function that recomputes the conv output and delta in
         the backward (modules/fused_inner.py): training (autograd on) of a selective mixer, no states carried in
         or out, a non-empty sequence, and a scan backend that ``MambaConfig.fused_inner`` fuses."""
+        if not (self.selective and torch.is_grad_enabled() and state is None and carry is None and not return_carry
+                and x.shape[-1] > 0 and self.config.fused_inner != "off"):
+            return False
         from mamba_bio_audio.modules.fused_inner import can_fuse
 
-        return (self.selective and torch.is_grad_enabled() and state is None and carry is None and not return_carry
-                and x.shape[-1] > 0 and can_fuse(self.config.fused_inner, self.backend, x))
+        return can_fuse(self.config.fused_inner, self.backend, x)
 
     def _delta_B_C(self, x: torch.Tensor):
         """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C (batch, d_state, seqlen) (S6) or
