@@ -6,7 +6,7 @@
 #   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory | packed |
 #                                                   #       decode-ab | some-tests | profile | synthetic-* |
 #                                                   #       induction-eval | species | species-ab |
-#                                                   #       classify-fragments | sc09 | synthetic | fused-ab
+#                                                   #       classify-fragments | sc09 | synthetic | fused-ab | packed-diag
 #                                                   #       (default: tests bench)
 #
 # species / sc09 read development data from .gpudata/ (git-ignored; copy ../shared/data/dna/bacteria and
@@ -223,6 +223,8 @@ PY
             # the same with the fused scan keeping every 4th chunk state
             python3 /tmp/src/dev/fused_inner_ab.py "$out/fused_inner_ab.json" 2>&1 | tail -4
             MBA_FUSED_SAVE_EVERY=4 python3 /tmp/src/dev/fused_inner_ab.py "$out/fused_inner_ab_save4.json" 2>&1 | tail -4 ;;
+        packed-diag)  # #17: the packed SaShiMi test's gradient gap over seeds, backends, TF32 off, a smaller noise
+            timeout 240 python3 /tmp/src/dev/packed_sashimi_diag.py "$out/packed_sashimi_diag.json" 2>&1 | tail -30 ;;
         some-tests)  # only the GPU tests of TEST_FILES (paths under tests/)
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml \
                 $(for f in ${TEST_FILES:-kernels}; do echo /tmp/src/tests/$f; done) 2>&1 | tee "$out/gpu_tests_some.txt" | tail -8
