@@ -145,10 +145,16 @@ for step in $what; do
                 cp -r "$repo/.gpudata/music/sweep" $r/sweep
                 [ -f $r/sweep/.mba-output ] || echo "audio context-sweep" > $r/sweep/.mba-output
             fi
+            # every 15 s, the finished rows to $out/audio_sweep_partial/ (a call cut by its limit still returns them)
+            ( while sleep 15; do mkdir -p "$out/audio_sweep_partial"; cp $r/sweep/sweep.* "$out/audio_sweep_partial/" 2>/dev/null
+                for d in $r/sweep/window_*; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" \
+                    "$out/audio_sweep_partial/$(basename "$d")_metrics.json"; done; done ) &
+            copier=$!
             # shellcheck disable=SC2086
             timeout ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
                 --windows ${SWEEP_WINDOWS:-8192,32768,131072,262144,524288} --tokens-per-batch ${SWEEP_TOKENS:-524288} \
                 ${SWEEP_BUDGET:---max-minutes 0.9} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tail -25
+            kill $copier 2>/dev/null
             echo "audio-sweep: $(( $(date +%s) - t0 )) s" | tee -a "$out/audio_sweep_seconds.txt"
             tar czf "$out/audio_sweep.tar.gz" -C $r --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tensorboard sweep ;;
         audio-continue)  # continue a test recording with the sweep's model at CONTINUE_WINDOW: a 4 s prompt cut
