@@ -3,10 +3,11 @@
 #
 #   (here)   dev/fetch_gpu_wheels.sh               # once: cp312 wheels of biopython and soundfile into .whl/
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
+#            (optional) .anchor-src/: their sdists, for the build-anchor step (dev/build_anchor.sh says how)
 #   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory | packed |
 #                                                   #       decode-ab | some-tests | profile | synthetic-* |
 #                                                   #       induction-eval | species | species-ab |
-#                                                   #       classify-fragments | sc09 | synthetic | fused-ab | packed-diag
+#                                                   #       classify-fragments | sc09 | synthetic | fused-ab | packed-diag | build-anchor
 #                                                   #       (default: tests bench)
 #
 # species / sc09 read development data from .gpudata/ (git-ignored; copy ../shared/data/dna/bacteria and
@@ -34,7 +35,7 @@ for packed in "$repo"/.anchor-xz/*.so.xz; do
     python3 -c "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.open(sys.argv[1]).read())" \
         "$packed" "/tmp/site/$(basename "$packed" .xz)" || exit 1
 done
-rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/src/.whl /tmp/src/.anchor-whl /tmp/src/.anchor-xz /tmp/src/.anchor
+rm -rf /tmp/src /tmp/pkg && cp -r "$repo" /tmp/src && rm -rf /tmp/src/.git /tmp/src/.whl /tmp/src/.anchor-whl /tmp/src/.anchor-xz /tmp/src/.anchor /tmp/src/.anchor-src
 python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/pkg /tmp/src >/dev/null || exit 1
 export PYTHONPATH=/tmp/pkg:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PATH=/tmp/pkg/bin:$PATH
@@ -229,6 +230,11 @@ PY
             # the same with the fused scan keeping every 4th chunk state
             python3 /tmp/src/dev/fused_inner_ab.py "$out/fused_inner_ab.json" 2>&1 | tail -4
             MBA_FUSED_SAVE_EVERY=4 python3 /tmp/src/dev/fused_inner_ab.py "$out/fused_inner_ab_save4.json" 2>&1 | tail -4 ;;
+        build-anchor)  # mamba_ssm + causal-conv1d from the sdists in .anchor-src/ for sm_90 (~7 min), installed into
+            # /tmp/site for the steps after it, and returned in $OUT/anchor-xz/ (carry it as .anchor-xz/ later)
+            timeout ${ANCHOR_SECONDS:-560} bash /tmp/src/dev/build_anchor.sh "$repo/.anchor-src" "$out/anchor-xz" 2>&1 \
+                | grep -v "^  \|warning" | tail -12
+            [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         packed-diag)  # #17: the packed SaShiMi test's gradient gap over seeds, backends, TF32 off, a smaller noise
             timeout 240 python3 /tmp/src/dev/packed_sashimi_diag.py "$out/packed_sashimi_diag.json" 2>&1 | tail -30 ;;
         some-tests)  # only the GPU tests of TEST_FILES (paths under tests/)

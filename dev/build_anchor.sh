@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build the side-by-side anchor (mamba_ssm 2.3.2.post1, causal-conv1d 1.7.0) on the GPU machine for sm_90 only,
+# install it into /tmp/site, and leave it in OUT_DIR as .anchor-xz/ wants it: each wheel without its CUDA
+# extension, plus the stripped extension xz-compressed (carry that folder as .anchor-xz/ in later calls).
+#
+#   (here)   mkdir -p .anchor-src && cd .anchor-src && MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
+#                pip download --no-deps --no-build-isolation --no-binary :all: mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
+#   (device) bash dev/build_anchor.sh SRC_DIR OUT_DIR      # gpu_session.sh step build-anchor
+#
+# ../shared/design/TARGETS.md: about 4 + 3 minutes with MAX_JOBS=16. The sdists' setup.py compiles for ~9
+# architectures; a scratch copy keeps only compute_90 / sm_90. Never builds inside the carried repository.
+set -euo pipefail
+src=$1
+out=$2
+work=/tmp/anchor-build
+rm -rf "$work" && mkdir -p "$work/wheels" "$out"
+for sdist in "$src"/causal_conv1d-*.tar.gz "$src"/mamba_ssm-*.tar.gz; do
+    tar xzf "$sdist" -C "$work"
+done
+for pkg in "$work"/causal_conv1d-* "$work"/mamba_ssm-*; do
+    [ -d "$pkg" ] || continue
+    # drop every -gencode pair but sm_90 (the two appends become `pass`, so if-blocks keep a body)
+    python3 - "$pkg/setup.py" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+pair = re.compile(r'^(\s*)cc_flag\.append\("-gencode"\)\n\s*cc_flag\.append\("arch=compute_(\d+),code=sm_\d+"\)\n',
+                  re.M)
+text, n = pair.subn(lambda m: m.group(0) if m.group(2) == "90" else f"{m.group(1)}pass\n", text)
+assert n >= 2 and 'arch=compute_90,code=sm_90' in text, f"{path}: the -gencode lines were not found"
+open(path, "w").write(text)
+print(f"{path}: kept sm_90 of {n} -gencode pairs")
+PY
+    t0=$(date +%s)
+    (cd "$pkg" && MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} \
+        python3 -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$work/wheels" .)
+    echo "built $(basename "$pkg") in $(( $(date +%s) - t0 )) s"
+done
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$work"/wheels/*.whl
+# split each wheel: the extension (stripped, xz) beside the rest
+python3 - "$work/wheels" "$out" <<'PY'
+import lzma, pathlib, shutil, subprocess, sys, zipfile
+wheels, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for wheel in sorted(wheels.glob("*.whl")):
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out / wheel.name, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if item.filename.endswith(".so") and "/" not in item.filename:
+                so = out / item.filename
+                so.write_bytes(src.read(item))
+                if shutil.which("strip"):
+                    subprocess.run(["strip", "--strip-unneeded", str(so)], check=False)  # unstripped if it fails
+                (out / (item.filename + ".xz")).write_bytes(lzma.compress(so.read_bytes(), preset=9))
+                print(f"{item.filename}: {so.stat().st_size / 2**20:.1f} MiB stripped, "
+                      f"{(out / (item.filename + '.xz')).stat().st_size / 2**20:.1f} MiB xz")
+                so.unlink()
+            else:
+                dst.writestr(item, src.read(item))
+PY
+python3 -c "import selective_scan_cuda, causal_conv1d_cuda, mamba_ssm; print('mamba_ssm', mamba_ssm.__version__, 'imports')"
