@@ -13,6 +13,9 @@ once; an untied head would add 196,608).
 
 Decoding uses a KV cache: ``cache = model.allocate_cache(batch, max_len)``, then ``model(prompt, cache=cache)``
 (prefill) and ``model.step(ids, cache)`` per token; both write keys and values at ``cache.pos`` and advance it.
+:meth:`TransformerLM.static_step` is the same token step with static shapes (the position a device tensor, the
+attention over a fixed prefix of the cache under a mask), which a CUDA graph can capture once and replay at every
+position (:mod:`mamba_bio_audio.generation.transformer_decoder`).
 
 Shapes: input_ids (batch, seqlen); hidden (batch, seqlen, d_model); per head (batch, n_head, seqlen, head_dim).
 """
@@ -60,7 +63,9 @@ class TransformerConfig:
 class KVCache:
     """Keys and values of every layer for ``max_len`` positions; ``pos`` = positions filled so far.
 
-    ``kv``: (n_layer, 2, batch, n_head, max_len, head_dim), uninitialised beyond ``pos`` (never read there).
+    ``kv``: (n_layer, 2, batch, n_head, max_len, head_dim), uninitialised beyond ``pos`` (never read there by
+    the eager path). ``position``: (1,) int64 on the cache's device, the next position for
+    :meth:`TransformerLM.static_step` (which advances it, not ``pos``; its caller keeps the two in step).
     """
 
     def __init__(self, config: TransformerConfig, batch_size: int, max_len: int, device=None, dtype=None):
@@ -69,6 +74,7 @@ class KVCache:
         self.kv = torch.empty(config.n_layer, 2, batch_size, config.n_head, max_len, config.head_dim,
                               device=device, dtype=dtype)
         self.pos = 0
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
 
     @property
     def max_len(self) -> int:
@@ -113,6 +119,23 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(batch, seqlen, d_model))
 
+    def static_step(self, x: torch.Tensor, kv: torch.Tensor, position: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """One token per sequence with static shapes: x (batch, 1, d_model) -> (batch, 1, d_model).
+
+        Its key and value are written into ``kv`` (2, batch, n_head, max_len, head_dim) at ``position`` ((1,) int64
+        device tensor); the query attends to the first ``length`` cached positions under ``mask``
+        (1, 1, 1, length), additive (0 where ``j <= position``, -inf after). Positions masked out must hold
+        finite values (softmax weight 0 times NaN is NaN).
+        """
+        batch, _, d_model = x.shape
+        length = mask.shape[-1]
+        q, k, v = self.qkv(x).view(batch, 1, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        kv[0].index_copy_(2, position, k)
+        kv[1].index_copy_(2, position, v)
+        y = F.scaled_dot_product_attention(q, kv[0, :, :, :length], kv[1, :, :, :length], attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(batch, 1, d_model))
+
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(LN(x)), then x + MLP(LN(x))."""
@@ -128,6 +151,12 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, pos: int = 0) -> torch.Tensor:
         """x (batch, seqlen, d_model) -> same shape."""
         x = x + self.attn(self.norm1(x), kv, pos)
+        return x + self.mlp(self.norm2(x))
+
+    def static_step(self, x: torch.Tensor, kv: torch.Tensor, position: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """x (batch, 1, d_model) -> same shape; see :meth:`CausalSelfAttention.static_step`."""
+        x = x + self.attn.static_step(self.norm1(x), kv, position, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -191,6 +220,31 @@ class TransformerLM(nn.Module):
     def step(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One token per sequence: input_ids (batch,) -> logits (batch, vocab); the cache advances by one."""
         return self.forward(input_ids[:, None], cache)[:, 0]
+
+    def static_step(self, input_ids: torch.Tensor, cache: KVCache, length: int | None = None) -> torch.Tensor:
+        """One token per sequence at position ``cache.position``, with shapes that do not depend on it (what a
+        CUDA graph captures): input_ids (batch,) -> logits (batch, vocab).
+
+        Keys and values are written at ``cache.position`` (a device tensor, read on the device: no host sync),
+        the queries attend to cache positions ``0 .. length - 1`` (default ``cache.max_len``) under a mask built
+        from ``cache.position`` (position ``j`` is seen when ``j <= cache.position``), and ``cache.position``
+        advances by one in place; ``cache.pos`` is left to the caller. Needs ``cache.position < length <=
+        cache.max_len`` (not checked: it lives on the device) and finite values in cache positions
+        ``cache.position + 1 .. length - 1``, which are read and masked. The attention reads ``length`` positions
+        whatever the position, more than :meth:`step` (``pos + 1``); the logits are the same.
+        """
+        length = cache.max_len if length is None else length
+        position = cache.position
+        hidden = self.embedding(input_ids)[:, None]
+        if self.position is not None:
+            hidden = hidden + self.position(position)
+        seen = torch.arange(length, device=position.device) <= position
+        mask = torch.zeros(1, 1, 1, length, dtype=hidden.dtype, device=hidden.device)
+        mask.masked_fill_(~seen, float("-inf"))
+        for i, layer in enumerate(self.layers):
+            hidden = layer.static_step(hidden, cache.kv[i], position, mask)
+        position += 1
+        return self.lm_head(self.norm_f(hidden[:, 0]))
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
