@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
-from mamba_bio_audio.kernels.selective_scan.forward import dt_input, segment_keep
+from mamba_bio_audio.kernels.selective_scan.forward import dt_input, segment_keep, seq_in_dt
 from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
 from mamba_bio_audio.kernels.selective_scan.tiles import (
     at_step,
@@ -27,9 +27,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     channel_block,
     chunk_states,
     combine,
-    dt_tile,
+    dt_reset_tile,
     group_base,
-    reset_tile,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -54,15 +53,15 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr
         g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_N, BLOCK_D).
 
     dt_next: dt shifted one step left (CHUNK, BLOCK_D), zero past the sequence end (there exp(0 A) = 1 and
-    ``g`` is the gradient of last_state); reset_next (CHUNK,) the decay exponent's addend at step t + 1 (-inf
-    where a packed sequence starts there, with HAS_SEQ). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
+    ``g`` is the gradient of last_state); reset_next, broadcastable to (CHUNK, BLOCK_D), the decay exponent's
+    addend at step t + 1 (-inf where a packed sequence starts there, with HAS_SEQ). A reverse scan computes s_t = a_t s_{t+1} + b_t with the same
     combine, since the running value enters ``combine`` first.
 
     The reverse scan is a forward scan between two time flips: Triton (3.6) lowers ``reverse=True`` with ~640
     lane shuffles per tile even though time is held in-thread, while ``tl.flip`` along an in-thread axis is
     register moves (NOTES.md, item 1 of what changed)."""
     if HAS_SEQ:
-        dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :] + reset_next[:, None, None])
+        dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :] + reset_next[:, None, :])
     else:
         dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
     b = Ct * dy[:, None, :]
@@ -74,7 +73,7 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr
 def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2,
                        b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
                        HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
+                       SEQ_IN_DT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
     """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved.
 
     Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
@@ -92,10 +91,10 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_p
             mask = t_mask[:, None] & d_mask[None, :]
             offs = row[None, :] + t[:, None]
             u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+            dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                                      HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
             Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
                           B_VARYING)
-            reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
             hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
             h = at_step(hs, CHUNK - 1, CHUNK)
         tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
@@ -121,7 +120,8 @@ def _bwd_summary_kernel(
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    SEQ_IN_DT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """Per time segment [s0, s1), from a zero gradient after it: the state gradient at its first step
     g_{s0} -> seg_g (batch, nseg, dim, d_state), and sum_{s0 < t <= s1} dt_t -> seg_dt (batch, nseg, dim),
@@ -147,10 +147,10 @@ def _bwd_summary_kernel(
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
-        dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
+        dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
+                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
-        reset_next = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
         dt_sum += tl.sum(dt_next, axis=0)
@@ -169,8 +169,9 @@ def _bwd_kernel(
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
-    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr, SAVE_EVERY: tl.constexpr,
+    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -186,7 +187,9 @@ def _bwd_kernel(
         dz_t      = dout_t y_pre_t silu'(z_t) ; d initial_state = exp(dt_0 A) g_0
 
     Packed sequences (HAS_SEQ): dA_t = 0 where one starts (in the state recompute and in g's recurrence), so the
-    formulas hold unchanged; seg_keep (batch, nseg) zeroes a later segment's decay when a start cuts it.
+    formulas hold unchanged; seg_keep (batch, nseg) zeroes a later segment's decay when a start cuts it. The
+    starts come as delta's sign bits with SEQ_IN_DT (the softplus pass's dt: the one-step-ahead tile that g's
+    recurrence reads anyway carries reset_{t+1}, so no load is added), else from reset_ptr.
     """
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)
@@ -244,12 +247,12 @@ def _bwd_kernel(
             h = _group_start_state(
                 u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
                 bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                HAS_BIAS, B_VARYING, HAS_SEQ, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
+                HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+        dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
         hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
 
         # Output gate: out = y_pre silu(z).
@@ -261,8 +264,8 @@ def _bwd_kernel(
 
         # State gradients, right to left from g.
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
-        dt_next = dt_tile(delta_ptr, offs + 1, next_mask, bias, HAS_BIAS)
-        reset_next = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)
+        dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
+                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
 
@@ -308,7 +311,8 @@ def _bwd_kernel(
     if WANT_DBIAS:
         tl.store(dbias_ptr + seg_row, dbias_acc, mask=d_mask)
     if HAS_H0:
-        # h_0 = exp(dt_0 A) h_{-1} + ..., so dL/dh_{-1} = exp(dt_0 A) g_0 (first segment only).
+        # h_0 = exp(dt_0 A) h_{-1} + ..., so dL/dh_{-1} = exp(dt_0 A) g_0 (first segment only). No sequence
+        # starts at t = 0, so dt_0 carries no sign mark (SEQ_IN_DT).
         dt0 = tl.load(delta_ptr + row, mask=d_mask, other=0.0).to(tl.float32) + bias
         tl.store(state_ptrs(dh0_ptr, b * dim + d, n, d_state), tl.exp2(dt0[None, :] * A2) * g,
                  mask=nd_mask & (seg == 0))
@@ -321,7 +325,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
     u, delta_in, A, B, C, D, z, bias_in, h0, reset, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
-    delta, delta_bias = dt_input(delta_in, bias_in, softplus)
+    delta, delta_bias = dt_input(delta_in, bias_in, softplus, reset)
     f32 = torch.float32
     block_d, warps = tun.block_d, tun.num_warps
     programs = p.groups * p.blocks(block_d)
@@ -351,7 +355,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             dout, delta, A, C, z_arg, bias, seq, seg_g, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gc, ppgc,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq,
-            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            SEQ_IN_DT=seq_in_dt(softplus, reset), BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
 
     du, ddelta = utils.empty_as(u), utils.empty_as(delta_in)
@@ -378,7 +382,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
-            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+            SEQ_IN_DT=seq_in_dt(softplus, reset), BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
             num_warps=warps,
         )
         for X, grad, part in zip((B, C), grads_bc, parts):

@@ -22,9 +22,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     bc_tile,
     channel_block,
     chunk_states,
-    dt_tile,
+    dt_reset_tile,
     group_base,
-    reset_tile,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -32,21 +31,36 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
 from mamba_bio_audio.kernels.utils import LOG2E, load_vec, softplus
 
 SOFTPLUS_BLOCK_T = 1024
+SOFTPLUS_SEQ_ROWS = 8  # channels per program of the softplus pass with seq_idx: one reset load serves them all
 
 
 @triton.jit
-def softplus_kernel(delta_ptr, bias_ptr, dt_ptr, dim, seqlen, stride_b, stride_d,
-                     HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr):
+def softplus_kernel(delta_ptr, bias_ptr, reset_ptr, dt_ptr, dim, seqlen, stride_b, stride_d,
+                     HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, ROWS: tl.constexpr, BLOCK_T: tl.constexpr):
     """dt = softplus(delta + bias) in fp32, (batch, dim, seqlen) with delta's strides (stride_b, stride_d, 1);
-    program (row = b * dim + d, time block)."""
-    row, tb = tl.program_id(0), tl.program_id(1)
+    program (ROWS channels of one batch row, time block).
+
+    HAS_SEQ: reset (batch, seqlen) fp32 contiguous, -inf where a packed sequence starts
+    (:func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents`); dt is stored there with its sign
+    bit set (softplus >= 0, so the sign is free; a dt that underflows to 0 becomes -0.0), which the scan kernels
+    read as the start (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.dt_reset_tile`)."""
+    rb, tb = tl.program_id(0), tl.program_id(1)
+    blocks = tl.cdiv(dim, ROWS)
+    b = rb // blocks
+    d = (rb % blocks) * ROWS + tl.arange(0, ROWS)
     t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
-    mask = t < seqlen
-    offs = (row // dim).to(tl.int64) * stride_b + (row % dim).to(tl.int64) * stride_d + t
+    t_mask = t < seqlen
+    mask = (d < dim)[:, None] & t_mask[None, :]
+    offs = b.to(tl.int64) * stride_b + d.to(tl.int64)[:, None] * stride_d + t[None, :]
     x = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        x += tl.load(bias_ptr + row % dim).to(tl.float32)
-    tl.store(dt_ptr + offs, softplus(x), mask=mask)
+        x += tl.load(bias_ptr + d, mask=d < dim, other=0.0).to(tl.float32)[:, None]
+    dt = softplus(x)
+    if HAS_SEQ:
+        start = tl.load(reset_ptr + b.to(tl.int64) * seqlen + t, mask=t_mask, other=0.0) < 0
+        bits = dt.to(tl.int32, bitcast=True) | tl.where(start, -2147483648, 0)[None, :]  # the sign bit, also of 0
+        dt = bits.to(tl.float32, bitcast=True)
+    tl.store(dt_ptr + offs, dt, mask=mask)
 
 
 @triton.jit
@@ -54,7 +68,7 @@ def _fwd_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, reset_ptr, seg_h_ptr, seg_dt_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
-    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Per time segment, from a zero state: the end state -> seg_h (batch, nseg, dim, d_state) and
@@ -79,9 +93,9 @@ def _fwd_summary_kernel(
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+        dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
-        reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
         hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
         h = at_step(hs, CHUNK - 1, CHUNK)
         dt_sum += tl.sum(dt, axis=0)
@@ -98,15 +112,16 @@ def _fwd_kernel(
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
     SAVE_EVERY: tl.constexpr,
 ):
     """out (batch, dim, seqlen); states (batch, dim, nsaved, d_state) = the fp32 state before every
     SAVE_EVERY-th chunk (nsaved = cdiv(nchunks, SAVE_EVERY));
     last (batch, dim, d_state) = the final state (written by the last segment).
-    HAS_SEQ: packed sequences, reset_ptr fp32 (batch, seqlen), -inf where one starts (the decay is zero there),
-    and seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise."""
+    HAS_SEQ: packed sequences, the decay is zero where one starts: with SEQ_IN_DT the starts are delta's sign
+    bits (the softplus pass's dt, :func:`softplus_kernel`), else reset_ptr fp32 (batch, seqlen) is -inf there;
+    seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
@@ -141,10 +156,10 @@ def _fwd_kernel(
                  mask=nd_mask & (c % SAVE_EVERY == 0))
 
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+        dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)
         hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
         y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
         if HAS_Z:
@@ -156,23 +171,33 @@ def _fwd_kernel(
     tl.store(state_ptrs(last_ptr, b * dim + d, n, d_state), h, mask=nd_mask & (seg == nseg - 1))
 
 
-def dt_input(delta, delta_bias, softplus):
+def dt_input(delta, delta_bias, softplus, reset=None):
     """What the scan kernels read as delta, and the bias they add themselves.
 
     With softplus, dt = softplus(delta + bias) is computed once by an elementwise pass into an fp32 buffer
     (batch, dim, seqlen): in the scan kernels the softplus would run replicated over the state lanes of every
-    tile (NOTES.md: about a third of the forward's instructions). Without softplus the kernels add the
-    bias themselves.
+    tile (NOTES.md: about a third of the forward's instructions). With packed sequences (reset, (batch, seqlen)
+    as :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives it) that pass also marks
+    each start as dt's sign bit, so the scan kernels need no other load for them (:func:`seq_in_dt`). Without
+    softplus the kernels add the bias themselves (and read reset).
     """
     if not softplus:
         return delta, delta_bias
     batch, dim, seqlen = delta.shape
     dt = utils.empty_as(delta, torch.float32)
-    softplus_kernel[(batch * dim, triton.cdiv(seqlen, SOFTPLUS_BLOCK_T))](
-        delta, delta_bias if delta_bias is not None else delta, dt, dim, seqlen, delta.stride(0), delta.stride(1),
-        HAS_BIAS=delta_bias is not None, BLOCK_T=SOFTPLUS_BLOCK_T, num_warps=4,
+    rows = 1 if reset is None else SOFTPLUS_SEQ_ROWS
+    softplus_kernel[(batch * triton.cdiv(dim, rows), triton.cdiv(seqlen, SOFTPLUS_BLOCK_T // rows))](
+        delta, delta_bias if delta_bias is not None else delta, reset if reset is not None else delta, dt, dim,
+        seqlen, delta.stride(0), delta.stride(1), HAS_BIAS=delta_bias is not None, HAS_SEQ=reset is not None,
+        ROWS=rows, BLOCK_T=SOFTPLUS_BLOCK_T // rows, num_warps=4,
     )
     return dt, None
+
+
+def seq_in_dt(softplus: bool, reset) -> bool:
+    """Whether the scan kernels read packed sequences' starts from dt's sign (:func:`dt_input` with softplus)
+    rather than from reset."""
+    return softplus and reset is not None
 
 
 def segment_keep(reset, nseg: int, per_seg: int, chunk: int, shift: int) -> torch.Tensor:
@@ -193,7 +218,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
     """Launch the forward; returns out, last_state and the chunk-start states. reset: packed sequences as
     :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives them, or None."""
     batch, dim, seqlen = u.shape
-    delta, delta_bias = dt_input(delta, delta_bias, softplus)
+    delta, delta_bias = dt_input(delta, delta_bias, softplus, reset)
     f32 = torch.float32
     out = utils.empty_as(u)
     last = utils.empty(batch, dim, p.d_state, like=u, dtype=f32)
@@ -215,7 +240,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
             u, delta, A, B, bias, seq, seg_h, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gb, ppgb,
             HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4, HAS_SEQ=has_seq,
-            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            SEQ_IN_DT=seq_in_dt(softplus, reset), BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
     _fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
@@ -223,7 +248,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
         dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], *strides(u, B, C), cpg, bpg, gb, ppgb,
         gc, ppgc,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
-        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq,
+        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq, SEQ_IN_DT=seq_in_dt(softplus, reset),
         BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
         num_warps=warps,
     )

@@ -78,6 +78,26 @@ def reset_tile(reset_ptr, reset_row, t, seqlen, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
+def dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, reset_row, t, seqlen, HAS_BIAS: tl.constexpr,
+                  HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr):
+    """dt at steps t (CHUNK, BLOCK_D) as :func:`dt_tile` gives it, and the decay exponent's addend (-inf where a
+    packed sequence starts, else 0) as a tile broadcastable to (CHUNK, BLOCK_D).
+
+    SEQ_IN_DT: the starts are dt's sign bits (``forward.softplus_kernel`` stores softplus >= 0 with the sign set
+    at a start, -0.0 where it underflows to 0): no load beyond dt's, a sign test and a select on the
+    (CHUNK, BLOCK_D) tile; dt is returned without its sign. Else, with HAS_SEQ, the addend is
+    :func:`reset_tile`'s (one more load per step: delta not from the softplus pass, i.e. delta_softplus off);
+    without HAS_SEQ it is zero and never read."""
+    dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+    if SEQ_IN_DT:
+        r = tl.where(dt.to(tl.int32, bitcast=True) < 0, float("-inf"), 0.0)
+        dt = tl.abs(dt)
+    else:
+        r = reset_tile(reset_ptr, reset_row, t, seqlen, HAS_SEQ)[:, None]
+    return dt, r
+
+
+@triton.jit
 def seg_keep(keep_ptr, idx, HAS_SEQ: tl.constexpr):
     """The 0/1 factor of a time segment's total decay (no sequence starts inside it: 1), fp32 at keep_ptr[idx];
     1 without HAS_SEQ."""
@@ -91,10 +111,11 @@ def seg_keep(keep_ptr, idx, HAS_SEQ: tl.constexpr):
 @triton.jit
 def chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ: tl.constexpr):
     """All states of one chunk. dt, u: (CHUNK, BLOCK_D); Bt: broadcastable B tile; A2 = A log2(e) and h, the
-    state before the chunk: (BLOCK_N, BLOCK_D); reset (CHUNK,): the decay exponent's addend from
-    :func:`reset_tile` (used only with HAS_SEQ). Returns h_t and dt_t B_t u_t, both (CHUNK, BLOCK_N, BLOCK_D)."""
+    state before the chunk: (BLOCK_N, BLOCK_D); reset, broadcastable to (CHUNK, BLOCK_D): the decay exponent's
+    addend from :func:`dt_reset_tile` (used only with HAS_SEQ). Returns h_t and dt_t B_t u_t, both
+    (CHUNK, BLOCK_N, BLOCK_D)."""
     if HAS_SEQ:
-        dA = tl.exp2(dt[:, None, :] * A2[None, :, :] + reset[:, None, None])
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :] + reset[:, None, :])
     else:
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
     dBu = (dt * u)[:, None, :] * Bt

@@ -257,3 +257,41 @@ def test_reset_exponents_mark_each_start_once(dtype):
     expected[:, 1:][seq_idx[:, 1:] != seq_idx[:, :-1]] = float("-inf")
     assert reset.dtype == torch.float32 and reset.is_contiguous()
     assert torch.equal(reset, expected) and bool(torch.isinf(reset).any())
+
+
+@cpu_only
+@pytest.mark.parametrize("kw", [dict(), dict(n_segments=2), dict(save_every=2)], ids=["plain", "segments", "save2"])
+def test_triton_start_where_softplus_underflows(kw):
+    """With softplus the kernels read each start as dt's sign bit: a start where softplus(delta + bias) underflows
+    to 0 in fp32 (marked -0.0, which `dt < 0` would miss) still resets. Chunk 4, seqlen 15: starts at the last
+    step of a chunk (t = 3, 7), at a chunk edge (t = 8, also a segment edge with n_segments=2) and at the last
+    step of the partly masked tail chunk (t = 14); dim 5 with block_d 4 leaves masked channel lanes."""
+    lengths = [[3, 4, 1, 6, 1], [5, 4, 4, 2]]
+    leaves = make_leaves(2, 5, 15, 4, seed=12)
+    seq_idx = seq_idx_of(lengths)
+    delta, bias = leaves[1], leaves[7]
+    for b, t in (seq_idx[:, 1:] != seq_idx[:, :-1]).nonzero().tolist():
+        delta[b, :, t + 1] = -200.0 - bias  # fp32 softplus(-200) = 0 (fp64: 1e-87)
+    assert_packed_matches(selective_scan_triton, leaves, lengths, seed=12, chunk_size=4, block_d=4, **kw)
+
+
+@cpu_only
+def test_softplus_pass_marks_starts_in_sign():
+    """dt_input with reset: the same magnitudes as without, the sign bit set exactly at each start (also on a dt
+    that underflows to 0), over channel blocks that do not divide dim, several time blocks and strided delta."""
+    from mamba_bio_audio.kernels.selective_scan.forward import SOFTPLUS_BLOCK_T, dt_input
+    from mamba_bio_audio.kernels.selective_scan.function import reset_exponents
+
+    torch.manual_seed(0)
+    batch, dim, seqlen = 2, 11, 2 * SOFTPLUS_BLOCK_T + 5
+    delta = torch.randn(dim, batch, seqlen).transpose(0, 1)  # channel-major view: stride_b != dim * seqlen
+    bias = torch.randn(dim)
+    seq_idx = torch.randint(0, 2, (batch, seqlen)).cumsum(1)
+    starts = torch.zeros(batch, seqlen, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    delta[:, 3][starts] = -200.0 - bias[3]  # channel 3: softplus underflows to 0 at every start
+    plain, _ = dt_input(delta, bias, True)
+    marked, none = dt_input(delta, bias, True, reset_exponents(seq_idx, torch.device("cpu")))
+    assert none is None and bool(starts.any()) and bool((plain[:, 3][starts] == 0).all())
+    assert torch.equal(marked.abs(), plain)
+    assert torch.equal(torch.signbit(marked), starts[:, None, :].expand(batch, dim, seqlen))
