@@ -141,6 +141,9 @@ def train(**params) -> None:
 @_size_options
 @click.option("--cuda-graph/--eager", "cuda_graph", default=None,
               help="Our decode step as a CUDA graph [default: on CUDA].")
+@click.option("--attention-bucket", type=click.IntRange(min=0), default=256, show_default=True,
+              help="The Transformer under CUDA graphs (on CUDA, beside its eager rows) attends to the filled cache "
+                   "positions rounded up to a multiple of this, one graph per multiple; 0: the whole cache.")
 @click.option("--largest-batch", is_flag=True,
               help="Also find the largest batch that fits --largest-new-tokens for ours and the Transformer, and "
                    "compare their throughput there.")
@@ -151,7 +154,8 @@ def train(**params) -> None:
 @_out_option("generate")
 @config_option
 def generate(**params) -> None:
-    """Generation tokens/s and ms/step: our Mamba (CUDA graph), mamba_ssm (cg=True), the KV-cache Transformer."""
+    """Generation tokens/s and ms/step: our Mamba (CUDA graph), mamba_ssm (cg=True), the KV-cache Transformer
+    (eager, and under CUDA graphs on CUDA)."""
     from mamba_bio_audio.benchmarks import commands
 
     click.echo(commands.generate(**params, progress=_progress))

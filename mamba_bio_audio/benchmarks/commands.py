@@ -125,8 +125,8 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
 
 def generate(*, batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int, d_model: int, n_layer: int,
              transformer_layers: int, n_head: int, vocab_size: int, models: str, backend: str | None,
-             cuda_graph: bool | None, largest_batch: bool, largest_new_tokens: int, max_batch: int,
-             device: str | None, out: Path, overwrite: bool, progress: Progress) -> str:
+             cuda_graph: bool | None, attention_bucket: int, largest_batch: bool, largest_new_tokens: int,
+             max_batch: int, device: str | None, out: Path, overwrite: bool, progress: Progress) -> str:
     """``mba bench generate``: :func:`~mamba_bio_audio.benchmarks.generate.run_generate_bench` (and, with
     ``largest_batch``, :func:`~mamba_bio_audio.benchmarks.generate.run_largest_batch`), report ``bench_generate``
     with its figure."""
@@ -146,12 +146,14 @@ def generate(*, batch_sizes: str, new_tokens: int, prompt_len: int, repeats: int
     backend = default_backend(backend, device)
     check_output_folder(out, "bench generate", overwrite=overwrite)
     rows = run_generate_bench(names, batches, size, device, prompt_len=prompt_len, new_tokens=new_tokens,
-                              repeats=repeats, backend=backend, cuda_graph=cuda_graph, progress=progress)
+                              repeats=repeats, backend=backend, cuda_graph=cuda_graph,
+                              attention_bucket=attention_bucket, progress=progress)
     largest = None
     if largest_batch:
         largest = run_largest_batch([m for m in LARGEST_MODELS if m in names] or list(LARGEST_MODELS), size,
                                     device, prompt_len=prompt_len, new_tokens=largest_new_tokens,
-                                    max_batch=max_batch, backend=backend, cuda_graph=cuda_graph, progress=progress)
+                                    max_batch=max_batch, backend=backend, cuda_graph=cuda_graph,
+                                    attention_bucket=attention_bucket, progress=progress)
     env = environment()
     data = {"rows": rows, "largest_batch": largest, "size": asdict(size), "device": device, "environment": env}
     return _save(out, "bench generate", "bench_generate", data, generate_markdown(rows, largest, env, size),

@@ -1,17 +1,22 @@
 """Generation throughput (``mba bench generate``): our MambaLM (CUDA-graph decode), mamba_ssm's ``generate``
-(``cg=True``) and the Transformer with a KV cache, greedy, after a short random prompt.
+(``cg=True``) and the Transformer with a KV cache, eager and under CUDA graphs, greedy, after a short random prompt.
 
 A timed run is one whole generate call: prefill of the prompt plus ``new_tokens`` decode steps with sampling,
 between two ``torch.cuda.synchronize()`` — what mamba_ssm's own generation benchmark times. Setup that a user
 pays once per model and batch size (our :class:`~mamba_bio_audio.generation.decoder.Decoder`'s graph capture, mamba_ssm's
 graph cache) happens before: it is reported as ``setup_seconds``, and one untimed warm-up call precedes the
 median of ``repeats`` timed calls. ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds.
-The Transformer decodes eagerly (no CUDA graph): its attention reads a cache that grows by one position per step.
+On CUDA the Transformer gets two rows per batch size (``cuda_graph`` false / true): eager ``generate``, whose
+attention reads a cache that grows by one position per step, and a
+:class:`~mamba_bio_audio.generation.transformer_decoder.TransformerDecoder`, whose static-cache step is replayed as
+CUDA graphs attending to the filled positions rounded up to a multiple of ``attention_bucket`` (more cache reads
+than the eager step, no host overhead); off CUDA only the eager row.
 
 Largest batch (the Mamba paper's "5x the Transformer's inference throughput"): for 2,048 new tokens, a doubling
 search (then bisection to 1/8) over batch sizes finds the largest batch whose memory fits — a probe allocates the
 full-length state (Mamba) or KV cache (Transformer), prefills and takes steps at the last positions, and catches
-``torch.cuda.OutOfMemoryError`` — then one full generation at that batch gives each model's throughput.
+``torch.cuda.OutOfMemoryError`` — then one full generation at that batch gives each model's throughput; the Transformer is searched and timed
+once eager and once under CUDA graphs (on CUDA), and ``ratio`` / ``ratio_graphed`` compare Mamba with each.
 """
 
 from __future__ import annotations
@@ -32,14 +37,28 @@ from mamba_bio_audio.benchmarks.train import (
     error_text,
     free_memory,
 )
+from mamba_bio_audio.generation.transformer_decoder import DEFAULT_BUCKET
 
 LARGEST_MODELS = ("mamba", "transformer")
 
 
-def make_generate_fn(name: str, model, prompt: torch.Tensor, new_tokens: int,
-                     cuda_graph: bool | None = None) -> Callable[..., torch.Tensor]:
+def decode_modes(name: str, device: str, cuda_graph: bool | None) -> list[bool | None]:
+    """The ``cuda_graph`` settings ``name`` is measured with: ours as asked; the Transformer eager (False) and,
+    on CUDA, under CUDA graphs (True); mamba_ssm as its ``cg=True`` decides (None)."""
+    if name == "mamba":
+        return [cuda_graph]
+    if name == "transformer":
+        return [False, True] if str(device).startswith("cuda") else [False]
+    return [None]
+
+
+def make_generate_fn(name: str, model, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool | None = None,
+                     attention_bucket: int = DEFAULT_BUCKET) -> Callable[..., torch.Tensor]:
     """``fn(n=new_tokens)`` runs one greedy generation of n tokens after ``prompt`` (batch, prompt_len); for our
-    model it holds a :class:`~mamba_bio_audio.generation.decoder.Decoder` built (its step captured) here, once."""
+    model it holds a :class:`~mamba_bio_audio.generation.decoder.Decoder` built (its step captured) here, once, and
+    for the Transformer with ``cuda_graph`` True a
+    :class:`~mamba_bio_audio.generation.transformer_decoder.TransformerDecoder` for ``prompt_len + new_tokens``
+    positions (otherwise its eager ``generate``)."""
     if name == "mamba":
         from mamba_bio_audio.generation.decoder import Decoder
 
@@ -48,6 +67,11 @@ def make_generate_fn(name: str, model, prompt: torch.Tensor, new_tokens: int,
     if name == "mamba_ssm":
         cg = prompt.is_cuda
         return lambda n=new_tokens: model.generate(prompt, max_length=prompt.shape[1] + n, cg=cg, top_k=1)
+    if cuda_graph:
+        from mamba_bio_audio.generation.transformer_decoder import TransformerDecoder
+
+        decoder = TransformerDecoder(model, prompt.shape[0], prompt.shape[1] + new_tokens, True, attention_bucket)
+        return lambda n=new_tokens: decoder(prompt, n, temperature=0)
     return lambda n=new_tokens: model.generate(prompt, n, temperature=0)
 
 
@@ -57,13 +81,14 @@ def _sync(device: str) -> None:
 
 
 def time_generation(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str, *,
-                    repeats: int = 3, warmup_tokens: int | None = None, cuda_graph: bool | None = None) -> dict:
+                    repeats: int = 3, warmup_tokens: int | None = None, cuda_graph: bool | None = None,
+                    attention_bucket: int = DEFAULT_BUCKET) -> dict:
     """Setup, warm-up and the median of ``repeats`` timed generate calls: a partial row (raises on OOM)."""
     vocab = model.config.vocab_size
     gen = torch.Generator(device=device).manual_seed(2)
     prompt = torch.randint(0, vocab, (batch, prompt_len), device=device, generator=gen)
     t0 = time.perf_counter()
-    fn = make_generate_fn(name, model, prompt, new_tokens, cuda_graph)
+    fn = make_generate_fn(name, model, prompt, new_tokens, cuda_graph, attention_bucket)
     _sync(device)
     row = {"setup_seconds": time.perf_counter() - t0}
     # untimed warm-up (kernels compiled, caches allocated); shorter if asked, except for mamba_ssm, whose graph
@@ -90,51 +115,65 @@ def _dtype(device: str) -> torch.dtype:
 
 
 def _base_row(name: str, device: str, backend: str, cuda_graph: bool | None, prompt_len: int,
-              new_tokens: int) -> dict:
-    """What every row of ``name`` says about the run: sizes, dtype, backend (ours), whether a CUDA graph is used."""
+              new_tokens: int, attention_bucket: int = DEFAULT_BUCKET) -> dict:
+    """What every row of ``name`` says about the run: sizes, dtype, backend (ours), whether a CUDA graph is used
+    (and, for the graphed Transformer, its ``attention_bucket``)."""
     cuda = str(device).startswith("cuda")
     row = {"model": name, "prompt_len": prompt_len, "new_tokens": new_tokens, "dtype": str(_dtype(device))[6:]}
     if name == "mamba":
         row.update(backend=backend, cuda_graph=cuda and cuda_graph is not False)
-    else:  # mamba_ssm runs generate(cg=True) on CUDA; the Transformer decodes eagerly
-        row["cuda_graph"] = cuda and name == "mamba_ssm"
+    elif name == "transformer":  # eager, or its static-cache step under CUDA graphs when asked (on CUDA)
+        row["cuda_graph"] = cuda and cuda_graph is True
+        if row["cuda_graph"]:
+            row["attention_bucket"] = attention_bucket
+    else:  # mamba_ssm runs generate(cg=True) on CUDA
+        row["cuda_graph"] = cuda
     return row
+
+
+def _mode(row: dict) -> str:
+    return ", CUDA graph" if row.get("cuda_graph") and row["model"] == "transformer" else ""
 
 
 def run_generate_bench(models: list[str], batch_sizes: list[int], size: BenchSize, device: str, *,
                        prompt_len: int = 16, new_tokens: int = 1000, repeats: int = 3, backend: str = "auto",
-                       cuda_graph: bool | None = None, progress: Callable[[str], None] = print) -> list[dict]:
-    """One row per (model, batch size): ms/step, tokens/s, peak GiB (or a note / an error)."""
+                       cuda_graph: bool | None = None, attention_bucket: int = DEFAULT_BUCKET,
+                       progress: Callable[[str], None] = print) -> list[dict]:
+    """One row per (model, decode mode, batch size): ms/step, tokens/s, peak GiB (or a note / an error); the
+    modes are :func:`decode_modes` (the Transformer eager, then graphed on CUDA)."""
     rows = []
     cuda = str(device).startswith("cuda")
     dtype = _dtype(device)
     for name in models:
-        base = _base_row(name, device, backend, cuda_graph, prompt_len, new_tokens)
+        modes = decode_modes(name, device, cuda_graph)
+        bases = [_base_row(name, device, backend, mode, prompt_len, new_tokens, attention_bucket) for mode in modes]
         model = None
         try:
             model = build_model(name, size, device, dtype, backend).eval()
-            base["parameters"] = count_parameters(model)
+            for base in bases:
+                base["parameters"] = count_parameters(model)
         except Unavailable as e:
-            rows += [{**base, "batch": b, "note": str(e)} for b in batch_sizes]
+            rows += [{**base, "batch": b, "note": str(e)} for base in bases for b in batch_sizes]
             progress(f"generate bench: {name}: {e}")
             continue
-        for batch in batch_sizes:
-            progress(f"generate bench: {name}, batch {batch}, {new_tokens} new tokens")
-            row = {**base, "batch": batch}
-            try:
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                row.update(time_generation(name, model, batch, prompt_len, new_tokens, device, repeats=repeats,
-                                           cuda_graph=cuda_graph))
-                if cuda:
-                    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on
-                row["error"] = error_text(e)
-                if not isinstance(e, torch.cuda.OutOfMemoryError):
-                    progress(traceback.format_exc().rstrip())
-            free_memory(device)
-            progress("  " + _summary(row))
-            rows.append(row)
+        for mode, base in zip(modes, bases):
+            for batch in batch_sizes:
+                progress(f"generate bench: {name}{_mode(base)}, batch {batch}, {new_tokens} new tokens")
+                row = {**base, "batch": batch}
+                try:
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    row.update(time_generation(name, model, batch, prompt_len, new_tokens, device, repeats=repeats,
+                                               cuda_graph=mode, attention_bucket=attention_bucket))
+                    if cuda:
+                        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on
+                    row["error"] = error_text(e)
+                    if not isinstance(e, torch.cuda.OutOfMemoryError):
+                        progress(traceback.format_exc().rstrip())
+                free_memory(device)
+                progress("  " + _summary(row))
+                rows.append(row)
         del model
         free_memory(device)
     return rows
@@ -148,13 +187,17 @@ def _summary(row: dict) -> str:
 
 # ---- largest batch ------------------------------------------------------------------------------------------
 def _probe(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str,
-           cuda_graph: bool | None) -> None:
+           cuda_graph: bool | None, attention_bucket: int = DEFAULT_BUCKET) -> None:
     """Allocate what a generation of ``new_tokens`` at ``batch`` holds, prefill, and take steps at the last
-    positions (the largest attention for the Transformer). Raises torch.cuda.OutOfMemoryError when it does not fit."""
+    positions (the largest attention for the Transformer). Raises torch.cuda.OutOfMemoryError when it does not fit.
+    The graphed Transformer allocates its whole cache and captures every attended length (the longest included)
+    when its decoder is built, so a short generation holds what a full one does."""
     prompt = torch.zeros(batch, prompt_len, dtype=torch.long, device=device)
     with torch.no_grad():
         if name == "mamba":
             make_generate_fn(name, model, prompt, 3, cuda_graph)()  # its state does not grow with length
+        elif cuda_graph:
+            make_generate_fn(name, model, prompt, new_tokens, True, attention_bucket)(3)
         else:
             cache = model.allocate_cache(batch, prompt_len + new_tokens)
             ids = model(prompt, cache=cache, num_last_tokens=1)[:, -1].argmax(-1)
@@ -173,10 +216,10 @@ def out_of_memory(e: BaseException) -> bool:
 
 
 def fits(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str,
-         cuda_graph: bool | None = None) -> bool:
+         cuda_graph: bool | None = None, attention_bucket: int = DEFAULT_BUCKET) -> bool:
     """Whether a generation of ``new_tokens`` at ``batch`` fits in memory (see :func:`_probe`)."""
     try:
-        _probe(name, model, batch, prompt_len, new_tokens, device, cuda_graph)
+        _probe(name, model, batch, prompt_len, new_tokens, device, cuda_graph, attention_bucket)
         return True
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if not out_of_memory(e):
@@ -214,16 +257,18 @@ def largest_batch(fit: Callable[[int], bool], max_batch: int, progress: Callable
 
 
 def _largest_for(name: str, size: BenchSize, device: str, prompt_len: int, new_tokens: int, max_batch: int,
-                 backend: str, cuda_graph: bool | None, progress: Callable[[str], None]) -> dict:
-    """One model's largest-batch row: the search, then one full timed generation there."""
+                 backend: str, cuda_graph: bool | None, progress: Callable[[str], None],
+                 attention_bucket: int = DEFAULT_BUCKET) -> dict:
+    """One model's (in one decode mode) largest-batch row: the search, then one full timed generation there."""
     dtype = _dtype(device)
     cuda = str(device).startswith("cuda")
-    row = _base_row(name, device, backend, cuda_graph, prompt_len, new_tokens)
+    row = _base_row(name, device, backend, cuda_graph, prompt_len, new_tokens, attention_bucket)
     model = build_model(name, size, device, dtype, backend).eval()
     row["parameters"] = count_parameters(model)
-    progress(f"largest batch: {name}, {new_tokens} new tokens (search up to {max_batch})")
-    batch, capped = largest_batch(lambda b: fits(name, model, b, prompt_len, new_tokens, device, cuda_graph),
-                                  max_batch, progress)
+    progress(f"largest batch: {name}{_mode(row)}, {new_tokens} new tokens (search up to {max_batch})")
+    batch, capped = largest_batch(
+        lambda b: fits(name, model, b, prompt_len, new_tokens, device, cuda_graph, attention_bucket),
+        max_batch, progress)
     row.update(largest_batch=batch, capped=capped)
     for _ in range(3):  # the full run may still run out where the probe did not: back off and retry
         if batch < 1:
@@ -233,7 +278,8 @@ def _largest_for(name: str, size: BenchSize, device: str, prompt_len: int, new_t
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             row.update(batch=batch, **time_generation(name, model, batch, prompt_len, new_tokens, device,
-                                                      repeats=1, warmup_tokens=8, cuda_graph=cuda_graph))
+                                                      repeats=1, warmup_tokens=8, cuda_graph=cuda_graph,
+                                                      attention_bucket=attention_bucket))
             if cuda:
                 row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             return row
@@ -249,32 +295,58 @@ def _largest_for(name: str, size: BenchSize, device: str, prompt_len: int, new_t
 
 def run_largest_batch(models: list[str], size: BenchSize, device: str, *, prompt_len: int = 16,
                       new_tokens: int = 2048, max_batch: int = 1 << 20, backend: str = "auto",
-                      cuda_graph: bool | None = None, progress: Callable[[str], None] = print) -> dict:
-    """For each of ``models`` (ours, the Transformer): the largest batch that fits ``new_tokens`` and the
-    throughput of one full generation there; ``ratio`` = Mamba tokens/s / Transformer tokens/s."""
+                      cuda_graph: bool | None = None, attention_bucket: int = DEFAULT_BUCKET,
+                      progress: Callable[[str], None] = print) -> dict:
+    """For each of ``models`` (ours, the Transformer) in each of its :func:`decode_modes`: the largest batch that
+    fits ``new_tokens`` and the throughput of one full generation there. ``ratio`` = Mamba tokens/s / eager
+    Transformer tokens/s; ``ratio_graphed`` = Mamba / Transformer under CUDA graphs (None off CUDA)."""
     rows = []
     for name in models:
-        try:
-            row = _largest_for(name, size, device, prompt_len, new_tokens, max_batch, backend, cuda_graph, progress)
-        except Exception as e:  # noqa: BLE001 - a failing model becomes a row
-            row = {**_base_row(name, device, backend, cuda_graph, prompt_len, new_tokens), "error": error_text(e)}
-            progress(traceback.format_exc().rstrip())
-        free_memory(device)
-        progress("  " + _summary(row))
-        rows.append(row)
-    speed = {r["model"]: r.get("tokens_per_second") for r in rows}
-    ratio = speed["mamba"] / speed["transformer"] if speed.get("mamba") and speed.get("transformer") else None
-    return {"rows": rows, "ratio": ratio, "max_batch": max_batch}
+        for mode in decode_modes(name, device, cuda_graph):
+            try:
+                row = _largest_for(name, size, device, prompt_len, new_tokens, max_batch, backend, mode, progress,
+                                   attention_bucket)
+            except Exception as e:  # noqa: BLE001 - a failing model becomes a row
+                row = {**_base_row(name, device, backend, mode, prompt_len, new_tokens, attention_bucket),
+                       "error": error_text(e)}
+                progress(traceback.format_exc().rstrip())
+            free_memory(device)
+            progress("  " + _summary(row))
+            rows.append(row)
+
+    def speed(name: str, graphed: bool | None = None) -> float | None:
+        return next((r.get("tokens_per_second") for r in rows
+                     if r["model"] == name and (graphed is None or r.get("cuda_graph") == graphed)), None)
+
+    def ratio(other: float | None) -> float | None:
+        mamba = speed("mamba")
+        return mamba / other if mamba and other else None
+
+    return {"rows": rows, "ratio": ratio(speed("transformer", False)),
+            "ratio_graphed": ratio(speed("transformer", True)), "max_batch": max_batch}
 
 
 # ---- report -------------------------------------------------------------------------------------------------
+def _label(r: dict) -> str:
+    """The model's label with its backend (ours) and decode mode: "Mamba (ours) [triton, CUDA graph]"."""
+    extra = [r["backend"]] if "backend" in r else []
+    extra += ["CUDA graph"] if r.get("cuda_graph") else (["eager"] if "cuda_graph" in r else [])
+    return LABELS[r["model"]] + (f" [{', '.join(extra)}]" if extra else "")
+
+
+def _graph_note(rows: list[dict]) -> str:
+    """How the graphed Transformer rows attend (empty when there are none)."""
+    bucket = next((r["attention_bucket"] for r in rows if "attention_bucket" in r), None)
+    if bucket is None:
+        return ""
+    attended = (f"the filled positions rounded up to a multiple of {bucket}" if bucket
+                else "the whole preallocated cache")
+    return (f" Transformer [CUDA graph]: a static KV cache, one graph per attended length replayed per token, "
+            f"each step attending to {attended} under a mask (the eager rows attend to the filled positions only).")
+
+
 def generate_markdown(rows: list[dict], largest: dict | None, env: dict, size: BenchSize) -> str:
     from mamba_bio_audio.benchmarks.report import markdown_table
-
-    def label(r):
-        extra = [r["backend"]] if "backend" in r else []
-        extra += ["CUDA graph"] if r.get("cuda_graph") else (["eager"] if "cuda_graph" in r else [])
-        return LABELS[r["model"]] + (f" [{', '.join(extra)}]" if extra else "")
 
     first = (rows or (largest or {}).get("rows") or [{}])[0]
     text = (f"# Generation throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
@@ -283,34 +355,40 @@ def generate_markdown(rows: list[dict], largest: dict | None, env: dict, size: B
             f"prefill + all decode steps (setup such as graph capture excluded, reported separately). Mamba: "
             f"d_model {size.d_model}, {size.n_layer} layers; Transformer: {size.transformer_layers} layers, "
             f"{size.n_head} heads, KV cache, SDPA; vocab {size.vocab_size}.")
+    text += _graph_note(rows + ((largest or {}).get("rows") or []))
     if rows:
         table = markdown_table(
             ["model", "batch", "new tokens", "tokens/s", "ms/step", "peak GiB", "setup s", "note"],
-            [[label(r), r["batch"], r["new_tokens"], r.get("tokens_per_second"), r.get("ms_per_step"),
+            [[_label(r), r["batch"], r["new_tokens"], r.get("tokens_per_second"), r.get("ms_per_step"),
               r.get("peak_gib"), r.get("setup_seconds"), r.get("error") or r.get("note", "")] for r in rows])
         text += f"\n\n## Fixed batch sizes (median of repeated runs)\n\n{table}"
     if largest:
         table = markdown_table(
             ["model", "largest batch", "new tokens", "tokens/s", "ms/step", "peak GiB", "note"],
-            [[label(r), r.get("batch", r.get("largest_batch")), r["new_tokens"], r.get("tokens_per_second"),
+            [[_label(r), r.get("batch", r.get("largest_batch")), r["new_tokens"], r.get("tokens_per_second"),
               r.get("ms_per_step"), r.get("peak_gib"),
               r.get("error") or (f"search capped at {largest['max_batch']}" if r.get("capped") else "")]
              for r in largest["rows"]])
-        ratio = f"{largest['ratio']:.2f}x" if largest.get("ratio") else "—"
+        ratio = f"**{largest['ratio']:.2f}x**" if largest.get("ratio") else "**—**"
+        if largest.get("ratio_graphed"):
+            ratio += f" (Transformer eager), **{largest['ratio_graphed']:.2f}x** (Transformer under CUDA graphs)"
         text += (f"\n\n## Largest batch that fits (one run each)\n\n{table}\n\nMamba / Transformer throughput at "
-                 f"their largest batches: **{ratio}** (the Mamba paper reports about 5x).")
+                 f"their largest batches: {ratio} (the Mamba paper reports about 5x).")
     return text
 
 
 def generate_figure(path, rows: list[dict], largest: dict | None):
     """tokens/s per batch size (log scale), one bar per model; the largest-batch throughputs in a second panel."""
+    def name(r: dict) -> str:  # the model, and for the Transformer its decode mode
+        return LABELS[r["model"]] + (" [CUDA graph]" if _mode(r) else "")
+
     batches = list(dict.fromkeys(r["batch"] for r in rows))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    series = {LABELS[m]: [next((r.get("tokens_per_second") for r in rows if r["model"] == m and r["batch"] == b),
-                               None) for b in batches] for m in models}
+    models = list(dict.fromkeys(name(r) for r in rows))
+    series = {m: [next((r.get("tokens_per_second") for r in rows if name(r) == m and r["batch"] == b),
+                       None) for b in batches] for m in models}
     panels = [([f"batch {b}" for b in batches], series, "tokens/s", True)]
     if largest:
-        panels.append(([LABELS[r["model"]] + f"\nbatch {r.get('batch', '?')}" for r in largest["rows"]],
+        panels.append(([name(r) + f"\nbatch {r.get('batch', '?')}" for r in largest["rows"]],
                        {"largest batch": [r.get("tokens_per_second") for r in largest["rows"]]},
                        "tokens/s at the largest batch", False))
     return bar_chart(path, panels, "generation throughput")
