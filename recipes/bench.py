@@ -123,6 +123,10 @@ def _size_options(f):
 @_size_options
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps (median).")
+@click.option("--cuda-graphs", is_flag=True,
+              help="Capture our Mamba's whole step (forward, loss, backward, AdamW with capturable=True) once per "
+                   "shape as a CUDA graph and time its replays; the capture is reported apart (capture s). CUDA "
+                   "only; mamba_ssm and the Transformer stay eager.")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
 @_out_option("train")
 @config_option

@@ -98,9 +98,9 @@ def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step:
 
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
-          overwrite: bool, progress: Progress) -> str:
+          overwrite: bool, progress: Progress, cuda_graphs: bool = False) -> str:
     """``mba bench train``: :func:`~mamba_bio_audio.benchmarks.train.run_train_bench`, report ``bench_train``
-    with its figure."""
+    with its figure. ``cuda_graphs``: our Mamba's rows replay a captured step (CUDA only; the peers stay eager)."""
     from mamba_bio_audio.benchmarks.train import (
         default_backend,
         run_train_bench,
@@ -112,13 +112,14 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
     names = options.parse_models(models)
     size = options.bench_size(d_model, n_layer, transformer_layers, n_head, vocab_size)
     device = _device(device)
+    graph_models = options.cuda_graph_models(cuda_graphs, names, device)
     backend = default_backend(backend, device)
     check_output_folder(out, "bench train", overwrite=overwrite)
     rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
-                           progress=progress)
+                           cuda_graph_models=graph_models, progress=progress)
     env = environment()
     data = {"rows": rows, "size": asdict(size), "warmup": warmup, "steps": steps, "device": device,
-            "environment": env}
+            "cuda_graph_models": list(graph_models), "environment": env}
     return _save(out, "bench train", "bench_train", data, train_markdown(rows, env, size, warmup, steps), overwrite,
                  figure=lambda path: train_figure(path, rows))
 

@@ -54,6 +54,23 @@ def parse_models(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: the models whose training step ``bench train --cuda-graphs`` captures (the peers run as their libraries ship)
+GRAPHED_MODELS = ("mamba",)
+
+
+def cuda_graph_models(cuda_graphs: bool, models: list[str], device: str) -> tuple[str, ...]:
+    """``--cuda-graphs`` of ``bench train``: the models among ``models`` whose step is captured
+    (:data:`GRAPHED_MODELS`), none without the flag; a UserError off CUDA or when ``models`` has none of them."""
+    if not cuda_graphs:
+        return ()
+    if not str(device).startswith("cuda"):
+        raise UserError(f"--cuda-graphs: CUDA graphs need a CUDA device; got {device}")
+    graphed = tuple(m for m in models if m in GRAPHED_MODELS)
+    if not graphed:
+        raise UserError(f"--cuda-graphs captures the step of {', '.join(GRAPHED_MODELS)} only; --models has none")
+    return graphed
+
+
 def parse_levels(text: str) -> list[int]:
     """``--checkpoint-level`` of ``bench memory``: comma-separated ``MambaConfig.checkpoint_level`` values."""
     from mamba_bio_audio.benchmarks.memory import LEVEL_NAMES

@@ -7,6 +7,11 @@ of the timed steps gives tokens/s = batch * seqlen / seconds. Peak memory is ``t
 over the whole run (parameters, gradients, AdamW state and activations). Out-of-memory and other failures become a
 row with an ``error`` and the run goes on.
 
+With ``cuda_graph`` (``--cuda-graphs``) a model's step is captured once as a CUDA graph
+(:class:`~mamba_bio_audio.training.graphed_step.CapturedStep`: AdamW with ``capturable=True``, autocast without its
+weight cache) and each timed step is one replay plus the batch copy; the capture and its eager warm-up steps are
+timed apart (the row's ``setup_seconds``) and count in the peak memory. Every row says ``cuda_graph`` true or false.
+
 The benchmark models (also used by :mod:`mamba_bio_audio.benchmarks.generate`):
 - ``mamba``: our :class:`MambaLM` (d_model 768, 24 layers, vocab 256: 90,716,928 parameters), ops backend chosen
   by ``--backend`` (Triton on CUDA by default).
@@ -115,29 +120,39 @@ def error_text(e: BaseException) -> str:
 
 
 def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: str, *, warmup: int = 3,
-                  steps: int = 10, backend: str = "auto", progress: Callable[[str], None] = print) -> dict:
-    """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict)."""
+                  steps: int = 10, backend: str = "auto", cuda_graph: bool = False,
+                  progress: Callable[[str], None] = print) -> dict:
+    """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict).
+    ``cuda_graph``: the step captured as a CUDA graph (CUDA only; at least one eager warm-up step before capture
+    even with ``warmup`` 0), its setup time in the row's ``setup_seconds``."""
+    from mamba_bio_audio.training.graphed_step import make_step
+
     cuda = str(device).startswith("cuda")
-    row = {"model": name, "batch": batch, "seqlen": seqlen, "autocast": "bf16" if cuda else "off"}
+    row = {"model": name, "batch": batch, "seqlen": seqlen, "autocast": "bf16" if cuda else "off",
+           "cuda_graph": cuda_graph}
     if name == "mamba":
         row["backend"] = backend
-    model = opt = None
+    model = opt = step = None
     try:
         model = build_model(name, size, device, backend=backend)
         row["parameters"] = count_parameters(model)
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cuda_graph)
         gen = torch.Generator(device=device).manual_seed(1)
         ids = torch.randint(0, size.vocab_size, (batch, seqlen + 1), device=device, generator=gen)
         inputs, targets = ids[:, :-1], ids[:, 1:]
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        loss_fn = lm_loss(name, model, size.vocab_size, cuda, autocast_cache=not cuda_graph)
+        step = make_step(model, opt, loss_fn, inputs, targets, cuda_graph, warmup=max(1, warmup))
+        if cuda_graph:
+            row["setup_seconds"] = step.setup_seconds
         times = []
         for i in range(warmup + steps):
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _train_step(name, model, opt, inputs, targets, size.vocab_size, cuda)
+            step(inputs, targets)
             if cuda:
                 torch.cuda.synchronize()
             if i >= warmup:
@@ -153,32 +168,36 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
         if not isinstance(e, torch.cuda.OutOfMemoryError):
             progress(traceback.format_exc().rstrip())
     finally:
-        del model, opt
+        del model, opt, step
         free_memory(device)
     return row
 
 
-def _train_step(name: str, model, opt, inputs: torch.Tensor, targets: torch.Tensor, vocab_size: int,
-                cuda: bool) -> None:
-    """forward (bf16 autocast on CUDA) + fp32 cross-entropy + backward + AdamW; activations die on return."""
-    with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
-        logits = logits_of(name, model, inputs)
-    loss = F.cross_entropy(logits[..., :vocab_size].float().flatten(0, 1), targets.flatten())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+def lm_loss(name: str, model, vocab_size: int, cuda: bool, autocast_cache: bool = True):
+    """The benchmark's loss function (inputs, targets) -> loss: the forward under bf16 autocast on CUDA (fp32
+    parameters; ``autocast_cache=False`` for a captured step), cross-entropy in fp32 over the first
+    ``vocab_size`` logits. inputs, targets: (batch, seqlen) token ids."""
+    def loss_fn(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda,
+                            cache_enabled=autocast_cache):
+            logits = logits_of(name, model, inputs)
+        return F.cross_entropy(logits[..., :vocab_size].float().flatten(0, 1), targets.flatten())
+
+    return loss_fn
 
 
 def run_train_bench(models: list[str], shapes: list[tuple[int, int]], size: BenchSize, device: str, *,
-                    warmup: int = 3, steps: int = 10, backend: str = "auto",
+                    warmup: int = 3, steps: int = 10, backend: str = "auto", cuda_graph_models: tuple[str, ...] = (),
                     progress: Callable[[str], None] = print) -> list[dict]:
-    """One row per (model, shape), models in the order given; a missing model gives one "note" row per shape."""
+    """One row per (model, shape), models in the order given; a missing model gives one "note" row per shape.
+    Models in ``cuda_graph_models`` run their step as a captured CUDA graph (:func:`measure_train`)."""
     rows = []
     for name in models:
         for batch, seqlen in shapes:
-            progress(f"train bench: {name}, batch {batch}, seqlen {seqlen}")
+            graphed = name in cuda_graph_models
+            progress(f"train bench: {name}, batch {batch}, seqlen {seqlen}" + (", CUDA graph" if graphed else ""))
             row = measure_train(name, size, batch, seqlen, device, warmup=warmup, steps=steps, backend=backend,
-                                progress=progress)
+                                cuda_graph=graphed, progress=progress)
             progress("  " + _summary(row))
             rows.append(row)
     return rows
@@ -187,25 +206,36 @@ def run_train_bench(models: list[str], shapes: list[tuple[int, int]], size: Benc
 def _summary(row: dict) -> str:
     if "tokens_per_second" in row:
         peak = f", {row['peak_gib']:.2f} GiB" if "peak_gib" in row else ""
-        return f"{row['tokens_per_second']:,.0f} tokens/s, {row['ms_per_step']:.1f} ms/step{peak}"
+        setup = f", capture {row['setup_seconds']:.1f} s" if "setup_seconds" in row else ""
+        return f"{row['tokens_per_second']:,.0f} tokens/s, {row['ms_per_step']:.1f} ms/step{peak}{setup}"
     return row.get("error") or row.get("note", "")
 
 
 def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, steps: int) -> str:
     from mamba_bio_audio.benchmarks.report import markdown_table
 
-    headers = ["model", "(batch, seqlen)", "parameters", "tokens/s", "ms/step", "peak GiB", "note"]
+    graphed = any(r.get("cuda_graph") for r in rows)
+    headers = ["model", "(batch, seqlen)", "parameters", "tokens/s", "ms/step", "peak GiB",
+               *(["CUDA graph", "capture s"] if graphed else []), "note"]
     table = markdown_table(headers, [
         [LABELS[r["model"]] + (f" [{r['backend']}]" if "backend" in r else ""), f"({r['batch']}, {r['seqlen']})",
          f"{r['parameters']:,}" if "parameters" in r else None, r.get("tokens_per_second"), r.get("ms_per_step"),
-         r.get("peak_gib"), r.get("error") or r.get("note", "")] for r in rows])
+         r.get("peak_gib"), *([_yes_no(r.get("cuda_graph")), r.get("setup_seconds")] if graphed else []),
+         r.get("error") or r.get("note", "")] for r in rows])
     autocast = "bf16 autocast" if rows and rows[0]["autocast"] == "bf16" else "no autocast"
+    graph_text = (" Rows with CUDA graph \"yes\" replay the whole step captured once as a CUDA graph (AdamW "
+                  "capturable=True); their capture, with its eager warm-up steps, is timed apart (capture s) and "
+                  "counts in the peak; the other rows run eagerly." if graphed else "")
     return (f"# Whole-model training throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
             f"mamba_ssm {env['mamba_ssm']}, {env['date']}. One step = forward ({autocast}, fp32 parameters) + "
             f"fp32 cross-entropy + backward + AdamW; median of {steps} steps after {warmup} warm-up steps; "
             f"peak = torch.cuda.max_memory_allocated. Mamba: d_model {size.d_model}, {size.n_layer} layers; "
             f"Transformer: {size.transformer_layers} layers, {size.n_head} heads, SDPA causal, no position "
-            f"embedding; vocab {size.vocab_size}.\n\n{table}")
+            f"embedding; vocab {size.vocab_size}.{graph_text}\n\n{table}")
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "yes" if flag else "no"
 
 
 def bar_chart(path, panels: list[tuple[list[str], dict[str, list[float | None]], str, bool]], title: str):
