@@ -60,16 +60,17 @@ class GraphedLengths:
     Args:
         step: ``ids (batch,) int64, length -> logits (batch, vocab)``; writes into the cache and advances its
             device position in place.
-        lengths: the attended lengths to capture.
+        lengths: the attended lengths to capture, ascending.
         reset: puts the cache back to its start (zeroed keys and values, position 0), in place.
         batch_size: rows of ``ids``. device: a CUDA device.
         fill_token: the token in the static input buffer during warm-up and capture (any valid id).
 
-    Construction runs one warm-up step per length on a side stream (lazy initialisation, kernel selection outside
-    the capture; the cache is reset before each, so the position stays in range), captures the graphs into one
-    memory pool and finally resets the cache. ``graphed(ids, length)`` copies ``ids`` into the static input
-    buffer and replays that length's graph; it returns the logits, a view into graph memory valid until the next
-    call (any graph of the pool may overwrite it).
+    Construction resets the cache, runs one warm-up step per length on a side stream (lazy initialisation, kernel
+    selection outside the capture; the ``k``-th writes position ``k``, below its length since the lengths are
+    distinct and ascending), captures the graphs into one memory pool (a capture runs nothing) and finally resets
+    the cache. ``graphed(ids, length)`` copies ``ids`` into the static input buffer and replays that length's
+    graph; it returns the logits, a view into graph memory valid until the next call (any graph of the pool may
+    overwrite it).
     """
 
     def __init__(self, step: Callable[[torch.Tensor, int], torch.Tensor], lengths: list[int],
@@ -78,18 +79,17 @@ class GraphedLengths:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.ids = torch.full((batch_size,), fill_token, dtype=torch.long, device=device)
+        reset()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for length in lengths:
-                reset()
                 step(self.ids, length)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         pool = None
         for length in lengths:
-            reset()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 self.logits[length] = step(self.ids, length)
