@@ -132,7 +132,7 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
            "cuda_graph": cuda_graph}
     if name == "mamba":
         row["backend"] = backend
-    model = opt = step = None
+    model = opt = loss_fn = step = None
     try:
         model = build_model(name, size, device, backend=backend)
         row["parameters"] = count_parameters(model)
@@ -168,7 +168,7 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
         if not isinstance(e, torch.cuda.OutOfMemoryError):
             progress(traceback.format_exc().rstrip())
     finally:
-        del model, opt, step
+        del model, opt, loss_fn, step  # the loss function holds the model too
         free_memory(device)
     return row
 
@@ -261,13 +261,15 @@ def bar_chart(path, panels: list[tuple[list[str], dict[str, list[float | None]],
 
 
 def train_figure(path, rows: list[dict]):
-    """tokens/s and peak GiB per shape, one bar per model."""
+    """tokens/s and peak GiB per shape, one bar per model (its label says "CUDA graph" when its steps were)."""
     shapes = list(dict.fromkeys((r["batch"], r["seqlen"]) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
+    graphed = {r["model"] for r in rows if r.get("cuda_graph")}
 
     def series(key):
-        return {LABELS[m]: [next((r.get(key) for r in rows if r["model"] == m and (r["batch"], r["seqlen"]) == s),
-                                 None) for s in shapes] for m in models}
+        return {LABELS[m] + (", CUDA graph" if m in graphed else ""):
+                [next((r.get(key) for r in rows if r["model"] == m and (r["batch"], r["seqlen"]) == s), None)
+                 for s in shapes] for m in models}
 
     groups = [f"({b}, {L})" for b, L in shapes]
     panels = [(groups, series("tokens_per_second"), "tokens/s", False)]
