@@ -3,20 +3,23 @@
 
 A timed run is one whole generate call: prefill of the prompt plus ``new_tokens`` decode steps with sampling,
 between two ``torch.cuda.synchronize()`` — what mamba_ssm's own generation benchmark times. Setup that a user
-pays once per model and batch size (our :class:`~mamba_bio_audio.generation.decoder.Decoder`'s graph capture, mamba_ssm's
-graph cache) happens before: it is reported as ``setup_seconds``, and one untimed warm-up call precedes the
-median of ``repeats`` timed calls. ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds.
+pays once per model and batch size (the graph captures of our
+:class:`~mamba_bio_audio.generation.decoder.Decoder` and of the Transformer's
+:class:`~mamba_bio_audio.generation.transformer_decoder.TransformerDecoder`, mamba_ssm's graph cache) happens before:
+it is reported as ``setup_seconds``, and one untimed warm-up call precedes the median of ``repeats`` timed calls.
+ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds.
+
 On CUDA the Transformer gets two rows per batch size (``cuda_graph`` false / true): eager ``generate``, whose
-attention reads a cache that grows by one position per step, and a
-:class:`~mamba_bio_audio.generation.transformer_decoder.TransformerDecoder`, whose static-cache step is replayed as
-CUDA graphs attending to the filled positions rounded up to a multiple of ``attention_bucket`` (more cache reads
-than the eager step, no host overhead); off CUDA only the eager row.
+attention reads a cache that grows by one position per step, and the TransformerDecoder, whose static-cache step is
+replayed as CUDA graphs attending to the filled positions rounded up to a multiple of ``attention_bucket`` (more
+cache reads than the eager step, no host overhead); off CUDA only the eager row.
 
 Largest batch (the Mamba paper's "5x the Transformer's inference throughput"): for 2,048 new tokens, a doubling
 search (then bisection to 1/8) over batch sizes finds the largest batch whose memory fits — a probe allocates the
-full-length state (Mamba) or KV cache (Transformer), prefills and takes steps at the last positions, and catches
-``torch.cuda.OutOfMemoryError`` — then one full generation at that batch gives each model's throughput; the Transformer is searched and timed
-once eager and once under CUDA graphs (on CUDA), and ``ratio`` / ``ratio_graphed`` compare Mamba with each.
+full-length state (Mamba) or KV cache (Transformer; graphed: also its captured graphs), prefills and takes steps at
+the last positions, and catches ``torch.cuda.OutOfMemoryError`` — then one full generation at that batch gives each
+model's throughput. The Transformer is searched and timed once eager and once under CUDA graphs (on CUDA);
+``ratio`` / ``ratio_graphed`` compare Mamba with each.
 """
 
 from __future__ import annotations
