@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -167,31 +168,34 @@ class CapturedStep:
             raise ValueError(f"warmup must be at least 1 step before capture, got {warmup}")
         check_capturable(model, optimizer, inputs, targets)
         start = time.perf_counter()
-        device = inputs.device
+        self.device = device = inputs.device
         self.optimizer, self.loss_fn = optimizer, loss_fn
-        self.static_inputs = inputs.detach().clone(memory_format=torch.contiguous_format)
-        self.static_targets = targets.detach().clone(memory_format=torch.contiguous_format)
-        snapshot = _Snapshot(model, optimizer, device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                train_step(optimizer, loss_fn, self.static_inputs, self.static_targets)
-        torch.cuda.current_stream(device).wait_stream(side)
-        snapshot.restore(model, optimizer)
-        optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the grads from the graph's pool
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()  # the warm-up's cached blocks cannot be released while capturing
-        self.graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(self.graph):
-                self.loss = train_step(optimizer, loss_fn, self.static_inputs, self.static_targets)
-        except Exception as e:  # noqa: BLE001 - any failure inside capture: name it in one line
-            text = str(e).strip().splitlines()
-            raise CaptureError(f"CUDA graph capture of the training step failed: {type(e).__name__}: "
-                               f"{text[0] if text else ''} (a host sync or data-dependent shape in the step?)"
-                               ) from e
-        torch.cuda.synchronize(device)
+        with torch.cuda.device(device):  # streams, capture and kernels on the tensors' device
+            self.static_inputs = inputs.detach().clone(memory_format=torch.contiguous_format)
+            self.static_targets = targets.detach().clone(memory_format=torch.contiguous_format)
+            snapshot = _Snapshot(model, optimizer, device)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                # AdamW warns once when a capturable instance steps uncaptured: these steps are meant to
+                warnings.filterwarnings("ignore", message=".*capturable=True.*without CUDA graph capture")
+                for _ in range(warmup):
+                    train_step(optimizer, loss_fn, self.static_inputs, self.static_targets)
+            torch.cuda.current_stream(device).wait_stream(side)
+            snapshot.restore(model, optimizer)
+            optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the grads from the graph's pool
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()  # the warm-up's cached blocks cannot be released while capturing
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.loss = train_step(optimizer, loss_fn, self.static_inputs, self.static_targets)
+            except Exception as e:  # noqa: BLE001 - any failure inside capture: name it in one line
+                text = str(e).strip().splitlines()
+                raise CaptureError(f"CUDA graph capture of the training step failed: {type(e).__name__}: "
+                                   f"{text[0] if text else ''} (a host sync or data-dependent shape in the step?)"
+                                   ) from e
+            torch.cuda.synchronize(device)
         self.setup_seconds = time.perf_counter() - start
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -199,9 +203,11 @@ class CapturedStep:
         for name, new, static in (("inputs", inputs, self.static_inputs), ("targets", targets, self.static_targets)):
             if new.shape != static.shape or new.dtype != static.dtype:
                 raise UserError(f"CUDA graph step captured for {name} {_describe(static)}; got {_describe(new)}")
-            if new is not static:
-                static.copy_(new, non_blocking=True)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            for new, static in ((inputs, self.static_inputs), (targets, self.static_targets)):
+                if new is not static:
+                    static.copy_(new, non_blocking=True)
+            self.graph.replay()
         return self.loss
 
 
