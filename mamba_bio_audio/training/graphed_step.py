@@ -23,8 +23,9 @@ What capture needs, and where this module checks it (:func:`check_capturable`, a
   Python branches on tensor values, data-dependent shapes). Our MambaLM's training forward and backward have none
   (packed sequences given as ``cu_seqlens`` do: not used here). A failure during capture becomes a
   :class:`CaptureError` naming the operation that failed.
-- No activation recomputation (``checkpoint_level`` 0): ``torch.utils.checkpoint`` saves and restores the CUDA
-  RNG state on the host, which capture refuses.
+- No activation recomputation (``checkpoint_level`` 0): level 1 (and level 2 on short sequences) runs
+  ``torch.utils.checkpoint``, which saves and restores the CUDA RNG state on the host around each recomputed
+  block; that has not been checked under capture, so it is refused.
 - Under autocast, the loss function should pass ``cache_enabled=False`` (PyTorch's rule for autocast in captured
   regions); the casts are the same, so the results are too.
 
@@ -95,8 +96,8 @@ def check_capturable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
                         "(otherwise its step count is read on the host)")
     level = getattr(model, "checkpoint_level", 0)
     if level:
-        raise UserError(f"CUDA graphs: checkpoint_level {level} cannot be captured (torch.utils.checkpoint saves "
-                        "the CUDA RNG state on the host); use checkpoint_level 0")
+        raise UserError(f"CUDA graphs: checkpoint_level {level} (activation recomputation) is not captured; use "
+                        "checkpoint_level 0")
     for name, t in (("inputs", inputs), ("targets", targets)):
         if not torch.is_tensor(t):
             raise UserError(f"CUDA graphs: {name} must be a tensor, got {type(t).__name__}")

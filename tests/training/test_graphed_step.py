@@ -100,7 +100,7 @@ def test_captured_step_needs_a_cuda_device():
 @pytest.mark.parametrize("change, fragment", [
     ("sgd", "must be torch.optim.Adam or AdamW, got SGD"),
     ("not_capturable", "AdamW(..., capturable=True)"),
-    ("checkpointing", "checkpoint_level 2 cannot be captured"),
+    ("checkpointing", "checkpoint_level 2 (activation recomputation) is not captured"),
     ("list_inputs", "inputs must be a tensor, got list"),
 ])
 def test_check_capturable_refusals(change, fragment):
