@@ -1,5 +1,5 @@
 """One whole training step (loss, backward, optimizer step) captured as a CUDA graph for fixed input shapes and
-replayed per call: one graph launch instead of the ~1,500 kernel launches a 24-layer Mamba step makes from Python.
+replayed per call: one graph launch instead of a launch from Python for every kernel of the step.
 
 PyTorch's "whole network capture" recipe (the CUDA Graphs section of its CUDA semantics notes):
 
@@ -28,6 +28,9 @@ What capture needs, and where this module checks it (:func:`check_capturable`, a
   block; that has not been checked under capture, so it is refused.
 - Under autocast, the loss function should pass ``cache_enabled=False`` (PyTorch's rule for autocast in captured
   regions); the casts are the same, so the results are too.
+- What the host decides while a step runs is fixed at capture: the ops backend, the kernels' launch
+  configurations, the MBA_* environment variables that ``mamba_bio_audio.ops`` reads per call, and
+  ``torch.use_deterministic_algorithms`` (the scan's backward chooses atomics or partial sums by it).
 
 :class:`EagerStep` runs the same step without a graph, with the same interface (``--cuda-graphs`` off, or CPU).
 """
