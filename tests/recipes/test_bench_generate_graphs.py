@@ -19,9 +19,12 @@ from mamba_bio_audio.benchmarks.generate import (
 )
 from mamba_bio_audio.benchmarks.train import BenchSize, build_model
 
+from helpers import assert_one_line_error
+from helpers import run_cli as run
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = BenchSize(d_model=16, n_layer=1, vocab_size=13, transformer_layers=2, n_head=2)
+TINY = BenchSize(d_model=32, n_layer=1, vocab_size=16, transformer_layers=2, n_head=2)
 ENV = {"device": "test", "torch": "x", "triton": "x", "mamba_ssm": "x", "date": "today"}
 
 
@@ -35,13 +38,24 @@ def test_decode_modes():
 
 def test_static_cache_generation_is_the_eager_one_and_is_timed_on_cpu():
     model = build_model("transformer", TINY, "cpu", torch.float64).eval()
-    prompt = torch.randint(0, 13, (3, 4), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(0, 16, (3, 4), generator=torch.Generator().manual_seed(0))
     static = make_generate_fn("transformer", model, prompt, 9, cuda_graph=True, attention_bucket=4)
     eager = make_generate_fn("transformer", model, prompt, 9, cuda_graph=False)
     assert torch.equal(static(), eager()) and torch.equal(static(5), eager(5))
     row = time_generation("transformer", model, 2, 3, 6, "cpu", repeats=1, cuda_graph=True, attention_bucket=4)
     assert row["tokens_per_second"] > 0 and row["setup_seconds"] >= 0
     assert fits("transformer", model, 2, 3, 6, "cpu", cuda_graph=True, attention_bucket=4)
+
+
+def test_attention_bucket_flag(tmp_path, capsys):
+    args = ["bench", "generate", "--batch-sizes", "2", "--new-tokens", "3", "--prompt-len", "2", "--repeats", "1",
+            "--models", "transformer", "--d-model", "8", "--n-layer", "1", "--transformer-layers", "1",
+            "--n-head", "2", "--device", "cpu"]
+    code, out, err = run([*args, "--attention-bucket", "0", "--out", tmp_path / "ok"], capsys)
+    assert code == 0, err
+    assert "| Transformer (SDPA) [eager] | 2 |" in out and "[CUDA graph]" not in out  # no graphed rows off CUDA
+    code, _, err = run([*args, "--attention-bucket", "-1", "--out", tmp_path / "bad"], capsys)
+    assert_one_line_error(code, err, "--attention-bucket")
 
 
 def test_report_names_both_transformer_modes_and_both_ratios(tmp_path):
