@@ -18,7 +18,10 @@ where the cache reads dominate a step. Here the attended length is bucketed inst
 ``bucket`` positions (the last one ``max_len``), all captured up front into one memory pool, and each step replays
 the smallest that covers its position, so a step reads at most ``bucket - 1`` masked positions. The graph is
 picked on the host from the host's copy of the position (``cache.pos``), so replay needs no device-to-host sync.
-``bucket=0`` gives one graph over the whole ``max_len`` buffer.
+``bucket=0`` gives one graph over the whole ``max_len`` buffer. Multiples rather than powers of two: a step reads
+at most ``bucket - 1`` extra positions (powers of two would read up to twice the filled length), for
+``ceil(max_len / bucket)`` captures up front (9 at the largest-batch benchmark's 2,064 positions). With a mask SDPA
+cannot take its flash kernel; it picks among the others (memory-efficient, cuDNN, math).
 
 The masked positions are read, so they must be finite (softmax weight 0 times NaN is NaN): the cache is zeroed
 when allocated and, at each call, beyond the prompt.
