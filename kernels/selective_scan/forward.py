@@ -194,10 +194,15 @@ def dt_input(delta, delta_bias, softplus, reset=None):
     return dt, None
 
 
-def seq_in_dt(softplus: bool, reset) -> bool:
-    """Whether the scan kernels read packed sequences' starts from dt's sign (:func:`dt_input` with softplus)
-    rather than from reset."""
-    return softplus and reset is not None
+def seq_in_dt(softplus: bool, reset) -> int:
+    """The scan kernels' SEQ_IN_DT: where they read packed sequences' starts. 0: from reset (delta_softplus off),
+    or no packed sequences; 1: from dt's sign bit (:func:`dt_input` with softplus) by PTX ``prmt``, compiled for
+    an NVIDIA GPU; 2: from dt's sign bit by a compare and a select (the interpreter, other GPUs), the same bits
+    (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.start_addend`)."""
+    if not softplus or reset is None:
+        return 0
+    compiled = isinstance(softplus_kernel, triton.runtime.JITFunction)  # not under TRITON_INTERPRET=1
+    return 1 if compiled and reset.is_cuda and torch.version.hip is None else 2
 
 
 def segment_keep(reset, nseg: int, per_seg: int, chunk: int, shift: int) -> torch.Tensor:

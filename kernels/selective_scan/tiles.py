@@ -78,19 +78,37 @@ def reset_tile(reset_ptr, reset_row, t, seqlen, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
+def start_addend(dt, SEQ_IN_DT: tl.constexpr):
+    """The decay exponent's addend from dt's sign bit (a packed sequence's start, :func:`dt_reset_tile`):
+    -2^127 (bits 0xFF000000; exp2 of anything plus it is 0, for any A, as -inf would be, while a finite value
+    keeps 0 * it = 0 in masked lanes) where the sign is set, else +0. One instruction per element on NVIDIA GPUs
+    (SEQ_IN_DT 1): PTX ``prmt`` with selector 0xB444 replicates the sign of byte 3 over byte 3 and takes zero
+    bytes from the constant 0 for bytes 0-2. Elsewhere (SEQ_IN_DT 2: the interpreter, other GPUs) a compare and a
+    select give the same bits."""
+    bits = dt.to(tl.int32, bitcast=True)
+    if SEQ_IN_DT == 1:
+        r = tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, 0xB444;", "=r,r", [bits], dtype=tl.int32, is_pure=True,
+                                      pack=1)
+    else:
+        r = tl.where(bits < 0, -16777216, 0)  # 0xFF000000 as int32
+    return r.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, reset_row, t, seqlen, HAS_BIAS: tl.constexpr,
                   HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr):
-    """dt at steps t (CHUNK, BLOCK_D) as :func:`dt_tile` gives it, and the decay exponent's addend (-inf where a
-    packed sequence starts, else 0) as a tile broadcastable to (CHUNK, BLOCK_D).
+    """dt at steps t (CHUNK, BLOCK_D) as :func:`dt_tile` gives it, and the decay exponent's addend (very negative
+    where a packed sequence starts, so that the decay is 0 there, else 0) as a tile broadcastable to
+    (CHUNK, BLOCK_D).
 
-    SEQ_IN_DT: the starts are dt's sign bits (``forward.softplus_kernel`` stores softplus >= 0 with the sign set
-    at a start, -0.0 where it underflows to 0): no load beyond dt's, a sign test and a select on the
-    (CHUNK, BLOCK_D) tile; dt is returned without its sign. Else, with HAS_SEQ, the addend is
-    :func:`reset_tile`'s (one more load per step: delta not from the softplus pass, i.e. delta_softplus off);
-    without HAS_SEQ it is zero and never read."""
+    SEQ_IN_DT (1 or 2): the starts are dt's sign bits (``forward.softplus_kernel`` stores softplus >= 0 with the
+    sign set at a start, -0.0 where it underflows to 0): no load beyond dt's, one operation per element of the
+    tile as the kernels hold it (:func:`start_addend`); dt is returned without its sign. SEQ_IN_DT 0 with HAS_SEQ:
+    the addend is :func:`reset_tile`'s (-inf, one more load per step: delta not from the softplus pass, i.e.
+    delta_softplus off); without HAS_SEQ it is zero and never read."""
     dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
     if SEQ_IN_DT:
-        r = tl.where(dt.to(tl.int32, bitcast=True) < 0, float("-inf"), 0.0)
+        r = start_addend(dt, SEQ_IN_DT)
         dt = tl.abs(dt)
     else:
         r = reset_tile(reset_ptr, reset_row, t, seqlen, HAS_SEQ)[:, None]
