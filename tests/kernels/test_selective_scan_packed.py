@@ -259,16 +259,17 @@ def test_reset_exponents_mark_each_start_once(dtype):
     assert torch.equal(reset, expected) and bool(torch.isinf(reset).any())
 
 
-@cpu_only
 @pytest.mark.parametrize("kw", [dict(), dict(n_segments=2), dict(save_every=2)], ids=["plain", "segments", "save2"])
-def test_triton_start_where_softplus_underflows(kw):
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=cpu_only), pytest.param("cuda", marks=gpu_only)])
+def test_triton_start_where_softplus_underflows(device, kw):
     """With softplus the kernels read each start as dt's sign bit: a start where softplus(delta + bias) underflows
     to 0 in fp32 (marked -0.0, which `dt < 0` would miss) still resets. Chunk 4, seqlen 15: starts at the last
     step of a chunk (t = 3, 7), at a chunk edge (t = 8, also a segment edge with n_segments=2) and at the last
-    step of the partly masked tail chunk (t = 14); dim 5 with block_d 4 leaves masked channel lanes."""
+    step of the partly masked tail chunk (t = 14); dim 5 with block_d 4 leaves masked channel lanes. On CUDA
+    the start's decay addend comes from PTX prmt, under the interpreter from a compare and select."""
     lengths = [[3, 4, 1, 6, 1], [5, 4, 4, 2]]
-    leaves = make_leaves(2, 5, 15, 4, seed=12)
-    seq_idx = seq_idx_of(lengths)
+    leaves = make_leaves(2, 5, 15, 4, seed=12, device=device)
+    seq_idx = seq_idx_of(lengths, device=device)
     delta, bias = leaves[1], leaves[7]
     for b, t in (seq_idx[:, 1:] != seq_idx[:, :-1]).nonzero().tolist():
         delta[b, :, t + 1] = -200.0 - bias  # fp32 softplus(-200) = 0 (fp64: 1e-87)
