@@ -31,7 +31,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
 from mamba_bio_audio.kernels.utils import LOG2E, load_vec, softplus
 
 SOFTPLUS_BLOCK_T = 1024
-SOFTPLUS_SEQ_ROWS = 8  # channels per program of the softplus pass with seq_idx: one reset load serves them all
+# with seq_idx: channels per program of the softplus pass (one load of the reset row serves them all), and warps
+SOFTPLUS_SEQ_ROWS, SOFTPLUS_SEQ_WARPS = 8, 8
 
 
 @triton.jit
@@ -185,11 +186,11 @@ def dt_input(delta, delta_bias, softplus, reset=None):
         return delta, delta_bias
     batch, dim, seqlen = delta.shape
     dt = utils.empty_as(delta, torch.float32)
-    rows = 1 if reset is None else SOFTPLUS_SEQ_ROWS
-    softplus_kernel[(batch * triton.cdiv(dim, rows), triton.cdiv(seqlen, SOFTPLUS_BLOCK_T // rows))](
+    rows, warps = (1, 4) if reset is None else (SOFTPLUS_SEQ_ROWS, SOFTPLUS_SEQ_WARPS)
+    softplus_kernel[(batch * triton.cdiv(dim, rows), triton.cdiv(seqlen, SOFTPLUS_BLOCK_T))](
         delta, delta_bias if delta_bias is not None else delta, reset if reset is not None else delta, dt, dim,
         seqlen, delta.stride(0), delta.stride(1), HAS_BIAS=delta_bias is not None, HAS_SEQ=reset is not None,
-        ROWS=rows, BLOCK_T=SOFTPLUS_BLOCK_T // rows, num_warps=4,
+        ROWS=rows, BLOCK_T=SOFTPLUS_BLOCK_T, num_warps=warps,
     )
     return dt, None
 
