@@ -143,9 +143,13 @@ def main() -> None:
     ap.add_argument("--dump", help="write the SASS of the last kernel here")
     ap.add_argument("--ttgir", help="write the TritonGPU IR (layouts, conversions) of the last kernel here")
     ap.add_argument("--set", action="append", default=[], help="NAME=0|1: override a constexpr flag")
+    ap.add_argument("--delta", choices=("fp32", "bf16"), default="fp32",
+                    help="dtype of the delta the kernels read: fp32 (default: the softplus pass's dt buffer, what "
+                         "training runs) or bf16 (counts in NOTES.md before 2026-12-07 used bf16)")
     args = ap.parse_args()
     bf16 = {n: "bf16" for n in ("u_ptr", "delta_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "dout_ptr", "du_ptr",
                                  "ddelta_ptr", "dz_ptr")}
+    bf16["delta_ptr"] = args.delta
     # the training configuration: softplus precomputed by the wrapper, so the kernels add no bias
     common = dict(HAS_BIAS=False, BLOCK_D=args.block_d, BLOCK_N=16, CHUNK=args.chunk)
     stages = dict(STAGES=args.stages, SAVE_EVERY=1)
