@@ -215,10 +215,11 @@ PY
                 /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         profile)  # the 90.7M model's training step by CUDA kernel (where the time goes), ours beside mamba_ssm
+            # (PROFILE_ARGS, e.g. --cuda-graphs with PROFILE_MODELS=mamba)
             for shape in ${PROFILE_SHAPES:-8x2048 1x65536}; do
                 for model in ${PROFILE_MODELS:-mamba mamba_ssm}; do
                     timeout 150 python3 /tmp/src/dev/profile_step.py --out "$out/profiles" --model $model \
-                        --batch ${shape%x*} --seqlen ${shape#*x} 2>&1 | tail -2
+                        --batch ${shape%x*} --seqlen ${shape#*x} ${PROFILE_ARGS:-} 2>&1 | tail -2
                 done
             done
             tar czf "$out/profiles.tar.gz" -C "$out" profiles && rm -rf "$out/profiles" ;;
