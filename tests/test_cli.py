@@ -71,6 +71,8 @@ def test_demo_writes_its_outputs(tmp_path, capsys):
     assert [row["length"] for row in metrics["per_length"]] == [32, 64]
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["baseline_accuracy"] <= 1 and metrics["synthetic"]
     assert metrics["train"]["max_steps"] == 2 and len(metrics["confusion_matrix"]) == 3
+    assert metrics["train"]["preset"] == "demo" and metrics["train"]["kept"] in ("probe", "fine-tuned")
+    assert json.loads((out / "run/model/config.json").read_text())["d_state"] == 1
     for name in ("accuracy_vs_length.png", "config.yaml", "run/model/model.safetensors", "run/model/config.json",
                  "store/index.json", "genomes/synth_00.fa"):
         assert (out / name).is_file(), name
