@@ -1,12 +1,12 @@
 """``mba demo``: the species-classification job end to end on built-in SYNTHETIC genomes (offline, CPU-sized).
 
-    synthetic genomes (data_prep/dna/synthetic.py) -> token store, whole strains held out -> tiny MambaClassifier
+    synthetic genomes (data_prep/dna/synthetic.py) -> token store, whole strains held out -> small MambaClassifier
     -> accuracy at several window lengths beside a 6-mer logistic regression on the same test windows
 
 The genomes are not biology: each "species" is drawn from its own short-word statistics (GC content and
 context-dependent base frequencies, as real genomes differ), with repeat families, strains and assembly gaps; a
-short window carries less species signal than a long one. The model (the ``demo`` preset: one block, d_state 1, about
-a fifth of ``tiny``'s CPU time per token) is mean-pooled, so it trains on short windows (--length 256: many windows
+short window carries less species signal than a long one. The model (the ``demo`` preset: one block, d_state 1, dt_min
+0.01, several times ``tiny``'s tokens per second on a CPU) is mean-pooled, so it trains on short windows (--length 256: many windows
 per second) and reads any length. Its head is first fitted on its untrained pooled states (a linear probe), then the
 whole model is fine-tuned for --max-minutes; the demo keeps whichever of the two scores higher on 1,024-base windows
 of the validation strain (tasks.species.train_keeping_the_better). The same functions serve ``mba species train`` and ``mba species evaluate`` (:mod:`mamba_bio_audio.tasks.species`).
