@@ -31,6 +31,33 @@ def reset_state(state) -> None:
             state[key] = 0
 
 
+def capture_per_key(step: Callable[[torch.Tensor, object], torch.Tensor], keys, ids: torch.Tensor,
+                    device: torch.device, before_capture: Callable[[object], None] | None = None
+                    ) -> tuple[dict, dict]:
+    """One CUDA graph of ``step(ids, key) -> logits`` per key, all in one memory pool: first one warm-up call per
+    key, in order, on a side stream (kernel compilation, autotuning and lazy initialisation outside the capture),
+    then per key ``before_capture(key)`` (if given) and the capture. ``ids``: the static input buffer the graphs
+    read. Returns ({key: graph}, {key: logits}), the logits views into graph memory that a replay overwrites."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for key in keys:
+            step(ids, key)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graphs: dict = {}
+    logits: dict = {}
+    pool = None
+    for key in keys:
+        if before_capture is not None:
+            before_capture(key)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            logits[key] = step(ids, key)
+        pool = graph.pool()
+        graphs[key] = graph
+    return graphs, logits
+
+
 class GraphedStep:
     """``step(ids) -> logits`` captured as CUDA graphs, one per phase ``t mod period`` of the decode schedule.
 
@@ -55,24 +82,14 @@ class GraphedStep:
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.state, self.period = state, int(period)
         self.ids = torch.full((batch_size,), fill_token, dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up (Triton compilation, cuBLAS handles, lazy init) outside the capture
-            for _ in range(self.period):
-                step(self.ids)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graphs: list[torch.cuda.CUDAGraph] = []
-        self.logits: list[torch.Tensor] = []
-        pool = None
-        for phase in range(self.period):
+
+        def before_capture(phase: int) -> None:
             reset_state(state)
             if isinstance(state, dict) and "t" in state:
                 state["t"] = phase
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits.append(step(self.ids))
-            pool = graph.pool()
-            self.graphs.append(graph)
+
+        self.graphs, self.logits = capture_per_key(lambda ids, phase: step(ids), range(self.period), self.ids,
+                                                   device, before_capture)
         reset_state(state)
         self.t = 0
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from mamba_bio_audio.generation.cuda_graph import capture_per_key
 from mamba_bio_audio.generation.decoder import use_cuda_graph
 from mamba_bio_audio.generation.sampling import check_generate_args, decode_loop, seeded_generator
 
@@ -68,12 +69,12 @@ class GraphedLengths:
         batch_size: rows of ``ids``. device: a CUDA device.
         fill_token: the token in the static input buffer during warm-up and capture (any valid id).
 
-    Construction resets the cache, runs one warm-up step per length on a side stream (lazy initialisation, kernel
-    selection outside the capture; the ``k``-th writes position ``k``, below its length since the lengths are
-    distinct and ascending), captures the graphs into one memory pool (a capture runs nothing) and finally resets
-    the cache. ``graphed(ids, length)`` copies ``ids`` into the static input buffer and replays that length's
-    graph; it returns the logits, a view into graph memory valid until the next call (any graph of the pool may
-    overwrite it).
+    Construction resets the cache, runs one warm-up step per length and captures one graph per length into one
+    memory pool (:func:`~mamba_bio_audio.generation.cuda_graph.capture_per_key`; the ``k``-th warm-up step writes
+    position ``k``, below its length since the lengths are distinct and ascending; a capture runs nothing) and
+    finally resets the cache. ``graphed(ids, length)`` copies ``ids`` into the static input buffer and replays
+    that length's graph; it returns the logits, a view into graph memory valid until the next call (any graph of
+    the pool may overwrite it).
     """
 
     def __init__(self, step: Callable[[torch.Tensor, int], torch.Tensor], lengths: list[int],
@@ -83,21 +84,7 @@ class GraphedLengths:
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.ids = torch.full((batch_size,), fill_token, dtype=torch.long, device=device)
         reset()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for length in lengths:
-                step(self.ids, length)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}
-        pool = None
-        for length in lengths:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[length] = step(self.ids, length)
-            pool = graph.pool()
-            self.graphs[length] = graph
+        self.graphs, self.logits = capture_per_key(step, lengths, self.ids, device)
         reset()
 
     def __call__(self, input_ids: torch.Tensor, length: int) -> torch.Tensor:
