@@ -153,8 +153,9 @@ def run_generate_bench(models: list[str], batch_sizes: list[int], size: BenchSiz
         model = None
         try:
             model = build_model(name, size, device, dtype, backend).eval()
+            parameters = count_parameters(model)
             for base in bases:
-                base["parameters"] = count_parameters(model)
+                base["parameters"] = parameters
         except Unavailable as e:
             rows += [{**base, "batch": b, "note": str(e)} for base in bases for b in batch_sizes]
             progress(f"generate bench: {name}: {e}")
