@@ -127,6 +127,12 @@ def _size_options(f):
               help="Capture our Mamba's whole step (forward, loss, backward, AdamW with capturable=True) once per "
                    "shape as a CUDA graph and time its replays; the capture is reported apart (capture s). CUDA "
                    "only; mamba_ssm and the Transformer stay eager.")
+@click.option("--fused-inner", type=click.Choice(["off", "triton", "all"]), default="off", show_default=True,
+              help="Our Mamba's MambaConfig.fused_inner: conv -> x_proj -> dt_proj -> scan as one autograd Function "
+                   "that recomputes the conv output and delta in the backward (less memory).")
+@click.option("--fused-save-every", type=click.IntRange(min=1), default=None,
+              help="With --fused-inner: keep every K-th chunk-start state of the fused scan (as the environment "
+                   "variable MBA_FUSED_SAVE_EVERY) [default: the scan's choice].")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
 @_out_option("train")
 @config_option

@@ -98,9 +98,12 @@ def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step:
 
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
-          overwrite: bool, progress: Progress, cuda_graphs: bool = False) -> str:
+          overwrite: bool, progress: Progress, cuda_graphs: bool = False, fused_inner: str = "off",
+          fused_save_every: int | None = None) -> str:
     """``mba bench train``: :func:`~mamba_bio_audio.benchmarks.train.run_train_bench`, report ``bench_train``
-    with its figure. ``cuda_graphs``: our Mamba's rows replay a captured step (CUDA only; the peers stay eager)."""
+    with its figure. ``cuda_graphs``: our Mamba's rows replay a captured step (CUDA only; the peers stay eager).
+    ``fused_inner``: our Mamba's ``MambaConfig.fused_inner``; ``fused_save_every`` (with it) sets the
+    environment variable MBA_FUSED_SAVE_EVERY for this process."""
     from mamba_bio_audio.benchmarks.train import (
         default_backend,
         run_train_bench,
@@ -114,12 +117,18 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
     device = _device(device)
     graph_models = options.cuda_graph_models(cuda_graphs, names, device)
     backend = default_backend(backend, device)
+    if fused_save_every is not None:
+        if fused_inner == "off":
+            raise UserError("--fused-save-every applies to the fused inner mixer: give --fused-inner too")
+        from mamba_bio_audio.ops import FUSED_SAVE_EVERY_ENV
+
+        os.environ[FUSED_SAVE_EVERY_ENV] = str(fused_save_every)
     check_output_folder(out, "bench train", overwrite=overwrite)
     rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
-                           cuda_graph_models=graph_models, progress=progress)
+                           cuda_graph_models=graph_models, fused_inner=fused_inner, progress=progress)
     env = environment()
     data = {"rows": rows, "size": asdict(size), "warmup": warmup, "steps": steps, "device": device,
-            "cuda_graph_models": list(graph_models), "environment": env}
+            "cuda_graph_models": list(graph_models), "fused_inner": fused_inner, "environment": env}
     return _save(out, "bench train", "bench_train", data, train_markdown(rows, env, size, warmup, steps), overwrite,
                  figure=lambda path: train_figure(path, rows))
 

@@ -58,15 +58,17 @@ def default_backend(backend: str | None, device: str) -> str:
 
 
 def build_model(name: str, size: BenchSize, device: str, dtype: torch.dtype = torch.float32,
-                backend: str = "auto") -> torch.nn.Module:
-    """One benchmark model on ``device`` in ``dtype``, seeded; raises :class:`Unavailable` for a missing package."""
+                backend: str = "auto", fused_inner: str = "off") -> torch.nn.Module:
+    """One benchmark model on ``device`` in ``dtype``, seeded; raises :class:`Unavailable` for a missing package.
+    ``fused_inner``: our Mamba's ``MambaConfig.fused_inner`` (the other models ignore it)."""
     torch.manual_seed(0)
     if name == "mamba":
         from mamba_bio_audio import MambaConfig, MambaLM
         from mamba_bio_audio.modules.mixer import set_backend
 
         with torch.device(device):  # built in place: no host copy (and a "meta" model keeps its tied weights)
-            model = MambaLM(MambaConfig(d_model=size.d_model, n_layer=size.n_layer, vocab_size=size.vocab_size))
+            model = MambaLM(MambaConfig(d_model=size.d_model, n_layer=size.n_layer, vocab_size=size.vocab_size,
+                                        fused_inner=fused_inner))
         model = set_backend(model, backend).to(dtype=dtype)
         for name, p in model.named_parameters():  # as mamba_ssm keeps them: A_log and D in fp32 at any dtype
             if name.endswith(("A_log", "D")):
@@ -120,21 +122,26 @@ def error_text(e: BaseException) -> str:
 
 
 def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: str, *, warmup: int = 3,
-                  steps: int = 10, backend: str = "auto", cuda_graph: bool = False,
+                  steps: int = 10, backend: str = "auto", cuda_graph: bool = False, fused_inner: str = "off",
                   progress: Callable[[str], None] = print) -> dict:
     """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict).
     ``cuda_graph``: the step captured as a CUDA graph (CUDA only; at least one eager warm-up step before capture
-    even with ``warmup`` 0), its setup time in the row's ``setup_seconds``."""
+    even with ``warmup`` 0), its setup time in the row's ``setup_seconds``. ``fused_inner``: our Mamba's
+    ``MambaConfig.fused_inner``; its row records it with the fused scan's ``fused_save_every`` (None: the scan's
+    own choice; environment variable MBA_FUSED_SAVE_EVERY)."""
+    from mamba_bio_audio import ops
     from mamba_bio_audio.training.graphed_step import make_step
 
     cuda = str(device).startswith("cuda")
     row = {"model": name, "batch": batch, "seqlen": seqlen, "autocast": "bf16" if cuda else "off",
            "cuda_graph": cuda_graph}
     if name == "mamba":
-        row["backend"] = backend
+        row.update(backend=backend, fused_inner=fused_inner)
+        if fused_inner != "off":
+            row["fused_save_every"] = ops.fused_inner_save_every()
     model = opt = loss_fn = step = None
     try:
-        model = build_model(name, size, device, backend=backend)
+        model = build_model(name, size, device, backend=backend, fused_inner=fused_inner)
         row["parameters"] = count_parameters(model)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cuda_graph)
@@ -188,16 +195,17 @@ def lm_loss(name: str, model, vocab_size: int, cuda: bool, autocast_cache: bool 
 
 def run_train_bench(models: list[str], shapes: list[tuple[int, int]], size: BenchSize, device: str, *,
                     warmup: int = 3, steps: int = 10, backend: str = "auto", cuda_graph_models: tuple[str, ...] = (),
-                    progress: Callable[[str], None] = print) -> list[dict]:
+                    fused_inner: str = "off", progress: Callable[[str], None] = print) -> list[dict]:
     """One row per (model, shape), models in the order given; a missing model gives one "note" row per shape.
-    Models in ``cuda_graph_models`` run their step as a captured CUDA graph (:func:`measure_train`)."""
+    Models in ``cuda_graph_models`` run their step as a captured CUDA graph, our Mamba with ``fused_inner``
+    (:func:`measure_train`)."""
     rows = []
     for name in models:
         for batch, seqlen in shapes:
             graphed = name in cuda_graph_models
             progress(f"train bench: {name}, batch {batch}, seqlen {seqlen}" + (", CUDA graph" if graphed else ""))
             row = measure_train(name, size, batch, seqlen, device, warmup=warmup, steps=steps, backend=backend,
-                                cuda_graph=graphed, progress=progress)
+                                cuda_graph=graphed, fused_inner=fused_inner, progress=progress)
             progress("  " + _summary(row))
             rows.append(row)
     return rows
@@ -218,7 +226,7 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
     headers = ["model", "(batch, seqlen)", "parameters", "tokens/s", "ms/step", "peak GiB",
                *(["CUDA graph", "capture s"] if graphed else []), "note"]
     table = markdown_table(headers, [
-        [LABELS[r["model"]] + (f" [{r['backend']}]" if "backend" in r else ""), f"({r['batch']}, {r['seqlen']})",
+        [model_label(r), f"({r['batch']}, {r['seqlen']})",
          f"{r['parameters']:,}" if "parameters" in r else None, r.get("tokens_per_second"), r.get("ms_per_step"),
          r.get("peak_gib"), *([_yes_no(r.get("cuda_graph")), r.get("setup_seconds")] if graphed else []),
          r.get("error") or r.get("note", "")] for r in rows])
@@ -232,6 +240,17 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
             f"peak = torch.cuda.max_memory_allocated. Mamba: d_model {size.d_model}, {size.n_layer} layers; "
             f"Transformer: {size.transformer_layers} layers, {size.n_head} heads, SDPA causal, no position "
             f"embedding; vocab {size.vocab_size}.{graph_text}\n\n{table}")
+
+
+def model_label(row: dict) -> str:
+    """A row's model column: the model's name, with our Mamba's backend and fused-inner settings in brackets."""
+    if "backend" not in row:
+        return LABELS[row["model"]]
+    settings = [row["backend"]]
+    if row.get("fused_inner", "off") != "off":
+        every = row.get("fused_save_every")
+        settings.append("fused inner" + (f", save_every {every}" if every else ""))
+    return f"{LABELS[row['model']]} [{', '.join(settings)}]"
 
 
 def _yes_no(flag: bool | None) -> str:

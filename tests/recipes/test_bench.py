@@ -43,6 +43,16 @@ def test_bench_train_writes_json_markdown_and_png(tmp_path, capsys):
     assert "| Transformer (SDPA) | (1, 24) |" in out
 
 
+def test_bench_train_fused_inner_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MBA_FUSED_SAVE_EVERY", "0")  # the command sets it for its process: restored after
+    code, out, err = run(["bench", "train", "--shapes", "2,16", *TINY, "--models", "mamba", "--warmup", "0",
+                          "--steps", "1", "--fused-inner", "all", "--fused-save-every", "2", "--out", tmp_path], capsys)
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "bench_train.json").read_text())["rows"]
+    assert row["fused_inner"] == "all" and row["fused_save_every"] == 2 and row["tokens_per_second"] > 0, row
+    assert "| Mamba (ours) [auto, fused inner, save_every 2] | (2, 16) |" in out
+
+
 def test_bench_generate_with_largest_batch(tmp_path, capsys):
     code, out, err = run(["bench", "generate", "--batch-sizes", "1,2", "--new-tokens", "5", "--prompt-len", "3",
                           "--repeats", "1", "--models", "mamba,transformer", *TINY, "--largest-batch",
@@ -68,6 +78,7 @@ def test_bench_generate_with_largest_batch(tmp_path, capsys):
     (["train", "--shapes", "8,2048;oops"], "--shapes"),
     (["train", "--shapes", "0,16"], "positive"),
     (["train", "--models", "mamba,gpt"], "unknown model 'gpt'"),
+    (["train", "--fused-save-every", "4"], "give --fused-inner too"),
     (["generate", "--batch-sizes", "1,x"], "--batch-sizes"),
     (["generate", "--d-model", "30", "--n-head", "4"], "must divide"),
 ])
