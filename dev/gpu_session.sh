@@ -5,7 +5,7 @@
 #            (optional) .anchor-whl/: mamba_ssm and causal-conv1d wheels built for sm_90, for side-by-side runs
 #            (optional) .anchor-src/: their sdists, for the build-anchor step (dev/build_anchor.sh says how)
 #   (device) bash dev/gpu_session.sh [what ...]    # what: tests | kernel-tests | bench | train | generate | memory | packed |
-#                                                   #       decode-ab | some-tests | profile | synthetic-* |
+#                                                   #       decode-ab | some-tests | profile | synthetic-* | train-variants |
 #                                                   #       induction-eval | species | species-ab |
 #                                                   #       classify-fragments | sc09 | synthetic | fused-ab | packed-diag | build-anchor
 #                                                   #       (default: tests bench)
@@ -190,6 +190,22 @@ PY
             timeout 420 python3 -m mamba_bio_audio bench train --out /tmp/bench/train --overwrite ${TRAIN_ARGS:-} \
                 2>&1 | tail -12
             cp /tmp/bench/train/bench_train.* "$out/" ;;
+        train-variants)  # our Mamba's training step under each '|'-separated flag set of TRAIN_VARIANTS (default:
+            # eager, fused inner, fused inner keeping every 16th chunk state, each again with --cuda-graphs), at
+            # TRAIN_SHAPES, one report per variant under $out/train_variants/vK/, a summary in train_variants.md
+            v=0; t0=$(date +%s); mkdir -p "$out/train_variants"
+            IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-| --fused-inner triton| --fused-inner triton --fused-save-every 16| --cuda-graphs| --cuda-graphs --fused-inner triton| --cuda-graphs --fused-inner triton --fused-save-every 16}"
+            for flags in "${variants[@]}"; do
+                v=$((v + 1))
+                echo "== variant $v:${flags:- (eager, unfused)}" | tee -a "$out/train_variants/summary.txt"
+                # shellcheck disable=SC2086
+                timeout ${TRAIN_VARIANT_SECONDS:-150} python3 -m mamba_bio_audio bench train --models mamba \
+                    --shapes "${TRAIN_SHAPES:-8,2048;1,65536}" --out /tmp/bench/train_v$v --overwrite $flags 2>&1 \
+                    | grep -E "^\| Mamba|tokens/s|Error|error" | tail -4 | tee -a "$out/train_variants/summary.txt"
+                mkdir -p "$out/train_variants/v$v" && cp /tmp/bench/train_v$v/bench_train.json \
+                    /tmp/bench/train_v$v/bench_train.md "$out/train_variants/v$v/" 2>/dev/null
+            done
+            echo "train-variants: $(( $(date +%s) - t0 )) s" | tee -a "$out/train_variants/summary.txt" ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
             # (the Transformer runs eager and graphed since 2026-12-07: about twice its share of the time; split the
             # call with GENERATE_ARGS, e.g. --models mamba,transformer --largest-batch, if GENERATE_SECONDS is short)
