@@ -179,7 +179,22 @@ def selective_scan_fn(
             raise ValueError("backend 'cuda' (mamba_ssm) has no seq_idx (packed sequences); use 'triton' or "
                              "'reference'")
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx)
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, seq_idx,
+              softplus_in_kernel=scan_softplus_in_kernel())
+
+
+SCAN_SOFTPLUS_ENV = "MBA_SCAN_SOFTPLUS"
+
+
+def scan_softplus_in_kernel() -> bool:
+    """Where the Triton scan computes dt = softplus(delta + delta_bias): the environment variable
+    MBA_SCAN_SOFTPLUS, "pass" (default: one elementwise pass into an fp32 buffer the size of delta, in forward
+    and backward) or "kernel" (inside the scan kernels: no buffer; ``selective_scan_triton``'s
+    ``softplus_in_kernel``)."""
+    value = os.environ.get(SCAN_SOFTPLUS_ENV, "pass")
+    if value not in ("pass", "kernel"):
+        raise ValueError(f"{SCAN_SOFTPLUS_ENV} must be 'pass' or 'kernel', got {value!r}")
+    return value == "kernel"
 
 
 def selective_scan_kernels(backend: str, tensor: torch.Tensor):

@@ -33,7 +33,7 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     silu_parts,
     state_ptrs,
 )
-from mamba_bio_audio.kernels.utils import LOG2E, load_vec
+from mamba_bio_audio.kernels.utils import LOG2E, load_vec, softplus_approx
 
 PARTIAL_BYTES = 1 << 30  # bound on the backward's dB + dC partial sums (varying B/C)
 
@@ -73,7 +73,8 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr
 def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2,
                        b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
                        HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
-                       SEQ_IN_DT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
+                       SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
     """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved.
 
     Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
@@ -92,7 +93,7 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_p
             offs = row[None, :] + t[:, None]
             u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                      HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
+                                      HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
             Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
                           B_VARYING)
             hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
@@ -120,7 +121,7 @@ def _bwd_summary_kernel(
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
-    SEQ_IN_DT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     STAGES: tl.constexpr,
 ):
     """Per time segment [s0, s1), from a zero gradient after it: the state gradient at its first step
@@ -148,7 +149,7 @@ def _bwd_summary_kernel(
         offs = row[None, :] + t[:, None]
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
-                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
+                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
@@ -169,7 +170,7 @@ def _bwd_kernel(
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
-    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
+    C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
     SAVE_EVERY: tl.constexpr,
 ):
@@ -247,10 +248,10 @@ def _bwd_kernel(
             h = _group_start_state(
                 u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
                 bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
+                HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, DT_IN, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
         hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
@@ -265,7 +266,7 @@ def _bwd_kernel(
         # State gradients, right to left from g.
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
-                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
+                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
 
@@ -314,6 +315,8 @@ def _bwd_kernel(
         # h_0 = exp(dt_0 A) h_{-1} + ..., so dL/dh_{-1} = exp(dt_0 A) g_0 (first segment only). No sequence
         # starts at t = 0, so dt_0 carries no sign mark (SEQ_IN_DT).
         dt0 = tl.load(delta_ptr + row, mask=d_mask, other=0.0).to(tl.float32) + bias
+        if DT_IN:
+            dt0 = softplus_approx(dt0)
         tl.store(state_ptrs(dh0_ptr, b * dim + d, n, d_state), tl.exp2(dt0[None, :] * A2) * g,
                  mask=nd_mask & (seg == 0))
 
@@ -325,7 +328,9 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
     u, delta_in, A, B, C, D, z, bias_in, h0, reset, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
-    delta, delta_bias = dt_input(delta_in, bias_in, softplus, reset)
+    dt_in = softplus and tun.softplus_in_kernel
+    delta, delta_bias = dt_input(delta_in, bias_in, softplus, reset, dt_in)
+    seq_flag = seq_in_dt(softplus and not dt_in, reset)
     f32 = torch.float32
     block_d, warps = tun.block_d, tun.num_warps
     programs = p.groups * p.blocks(block_d)
@@ -355,7 +360,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             dout, delta, A, C, z_arg, bias, seq, seg_g, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gc, ppgc,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq,
-            SEQ_IN_DT=seq_in_dt(softplus, reset), BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
 
     du, ddelta = utils.empty_as(u), utils.empty_as(delta_in)
@@ -382,7 +387,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
-            SEQ_IN_DT=seq_in_dt(softplus, reset), BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
             num_warps=warps,
         )
         for X, grad, part in zip((B, C), grads_bc, parts):

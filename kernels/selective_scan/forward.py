@@ -69,7 +69,7 @@ def _fwd_summary_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, reset_ptr, seg_h_ptr, seg_dt_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
-    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Per time segment, from a zero state: the end state -> seg_h (batch, nseg, dim, d_state) and
@@ -95,7 +95,7 @@ def _fwd_summary_kernel(
         offs = row[None, :] + t[:, None]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
         hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
         h = at_step(hs, CHUNK - 1, CHUNK)
@@ -113,7 +113,7 @@ def _fwd_kernel(
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
-    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
     SAVE_EVERY: tl.constexpr,
 ):
@@ -158,7 +158,7 @@ def _fwd_kernel(
 
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT)
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
         hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
@@ -172,7 +172,7 @@ def _fwd_kernel(
     tl.store(state_ptrs(last_ptr, b * dim + d, n, d_state), h, mask=nd_mask & (seg == nseg - 1))
 
 
-def dt_input(delta, delta_bias, softplus, reset=None):
+def dt_input(delta, delta_bias, softplus, reset=None, in_kernel=False):
     """What the scan kernels read as delta, and the bias they add themselves.
 
     With softplus, dt = softplus(delta + bias) is computed once by an elementwise pass into an fp32 buffer
@@ -180,9 +180,10 @@ def dt_input(delta, delta_bias, softplus, reset=None):
     tile (NOTES.md: about a third of the forward's instructions). With packed sequences (reset, (batch, seqlen)
     as :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives it) that pass also marks
     each start as dt's sign bit, so the scan kernels need no other load for them (:func:`seq_in_dt`). Without
-    softplus the kernels add the bias themselves (and read reset).
+    softplus, or with ``in_kernel`` (the kernels' DT_IN: softplus inside them, no buffer), the kernels add the
+    bias themselves (and read reset).
     """
-    if not softplus:
+    if not softplus or in_kernel:
         return delta, delta_bias
     batch, dim, seqlen = delta.shape
     dt = utils.empty_as(delta, torch.float32)
@@ -196,8 +197,8 @@ def dt_input(delta, delta_bias, softplus, reset=None):
 
 
 def seq_in_dt(softplus: bool, reset) -> int:
-    """The scan kernels' SEQ_IN_DT: where they read packed sequences' starts. 0: from reset (delta_softplus off),
-    or no packed sequences; 1: from dt's sign bit (:func:`dt_input` with softplus) by PTX ``prmt``, compiled for
+    """The scan kernels' SEQ_IN_DT: where they read packed sequences' starts. 0: from reset (no softplus pass:
+    delta_softplus off or softplus in the kernels; pass ``softplus`` False then), or no packed sequences; 1: from dt's sign bit (:func:`dt_input` with softplus) by PTX ``prmt``, compiled for
     an NVIDIA GPU; 2: from dt's sign bit by a compare and a select (the interpreter, other GPUs), the same bits
     (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.start_addend`)."""
     if not softplus or reset is None:
@@ -224,7 +225,9 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
     """Launch the forward; returns out, last_state and the chunk-start states. reset: packed sequences as
     :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives them, or None."""
     batch, dim, seqlen = u.shape
-    delta, delta_bias = dt_input(delta, delta_bias, softplus, reset)
+    dt_in = softplus and tun.softplus_in_kernel
+    delta, delta_bias = dt_input(delta, delta_bias, softplus, reset, dt_in)
+    seq_flag = seq_in_dt(softplus and not dt_in, reset)
     f32 = torch.float32
     out = utils.empty_as(u)
     last = utils.empty(batch, dim, p.d_state, like=u, dtype=f32)
@@ -246,7 +249,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
             u, delta, A, B, bias, seq, seg_h, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gb, ppgb,
             HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4, HAS_SEQ=has_seq,
-            SEQ_IN_DT=seq_in_dt(softplus, reset), BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
         )
     _fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
@@ -254,7 +257,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
         dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], *strides(u, B, C), cpg, bpg, gb, ppgb,
         gc, ppgc,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
-        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq, SEQ_IN_DT=seq_in_dt(softplus, reset),
+        B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq, SEQ_IN_DT=seq_flag, DT_IN=dt_in,
         BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
         num_warps=warps,
     )

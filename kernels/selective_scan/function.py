@@ -124,20 +124,20 @@ def scan_backward(dout, dlast, saved, meta):
 
 
 def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=None, num_warps=None, n_segments=None,
-                     num_stages=None, save_every=None) -> Tunables:
+                     num_stages=None, save_every=None, softplus_in_kernel=None) -> Tunables:
     """The scan's tunables for u (batch, dim, seqlen): the given ones, the defaults for the rest (save_every from
-    the saved states' size, :func:`auto_save_every`)."""
+    the saved states' size, :func:`auto_save_every`; softplus in its own pass)."""
     chunk = chunk_size or DEFAULT_CHUNK
     if save_every is None:
         save_every = auto_save_every(u.shape[0] * u.shape[1] * triton.cdiv(u.shape[2], chunk) * d_state * 4)
     return Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
-                    num_stages or DEFAULT_NUM_STAGES, save_every)
+                    num_stages or DEFAULT_NUM_STAGES, save_every, bool(softplus_in_kernel))
 
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state=None, seq_idx=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
-    save_every=None,
+    save_every=None, softplus_in_kernel=None,
 ):
     """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
 
@@ -161,10 +161,17 @@ def selective_scan_triton(
             4 d_state / (chunk_size save_every) bytes per (batch, channel, step)); the backward recomputes the
             others, one save group at a time, at the cost of one more pass over the inputs. Default: 1, or more
             when the saved states would pass SAVED_STATE_BYTES (1 GiB).
+        softplus_in_kernel: with delta_softplus, compute dt = softplus(delta + delta_bias) inside the scan kernels
+            (an approximate-exp2/log2 form, :func:`~mamba_bio_audio.kernels.utils.softplus_approx`, replicated
+            over each tile's state lanes) instead of one elementwise pass into an fp32 (batch, dim, seqlen)
+            buffer that forward and backward each allocate: no buffer (4 bytes per element), for more work in
+            the kernels. Packed sequences' starts are then read from their own row (no sign bit to carry them).
+            Default: off (the pass).
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
-    tun = default_tunables(u, A.shape[1], chunk_size, block_d, num_warps, n_segments, num_stages, save_every)
+    tun = default_tunables(u, A.shape[1], chunk_size, block_d, num_warps, n_segments, num_stages, save_every,
+                           softplus_in_kernel)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2])
     reset = reset_exponents(seq_idx, u.device) if seq_idx is not None else None
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, delta_softplus,

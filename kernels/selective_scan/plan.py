@@ -50,6 +50,7 @@ class Tunables:
     n_segments: int | None
     num_stages: int = 1
     save_every: int = 1
+    softplus_in_kernel: bool = False  # with delta_softplus: in the scan kernels, not the fp32 dt buffer's pass
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from mamba_bio_audio.kernels.utils import softplus_approx
+
 
 @triton.jit
 def combine(a1, b1, a2, b2):
@@ -18,12 +20,15 @@ def combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr):
-    """dt (CHUNK, BLOCK_D): the (already softplus-ed) delta, plus bias in the kernel when HAS_BIAS; zero where
-    masked so that masked steps are identity steps (exp(0 A) = 1, dt B u = 0)."""
+def dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, DT_IN: tl.constexpr):
+    """dt (CHUNK, BLOCK_D): delta, plus bias in the kernel when HAS_BIAS, then softplus in the kernel when DT_IN
+    (:func:`~mamba_bio_audio.kernels.utils.softplus_approx`; otherwise delta is the softplus pass's dt or is used
+    as is); zero where masked so that masked steps are identity steps (exp(0 A) = 1, dt B u = 0)."""
     dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt = dt + bias[None, :]
+    if DT_IN:
+        dt = softplus_approx(dt)
     return tl.where(mask, dt, 0.0)
 
 
@@ -96,7 +101,7 @@ def start_addend(dt, SEQ_IN_DT: tl.constexpr):
 
 @triton.jit
 def dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, reset_row, t, seqlen, HAS_BIAS: tl.constexpr,
-                  HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr):
+                  HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr):
     """dt at steps t (CHUNK, BLOCK_D) as :func:`dt_tile` gives it, and the decay exponent's addend (very negative
     where a packed sequence starts, so that the decay is 0 there, else 0) as a tile broadcastable to
     (CHUNK, BLOCK_D).
@@ -105,8 +110,8 @@ def dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, reset_row, t, seqlen, 
     sign set at a start, -0.0 where it underflows to 0): no load beyond dt's, one operation per element of the
     tile as the kernels hold it (:func:`start_addend`); dt is returned without its sign. SEQ_IN_DT 0 with HAS_SEQ:
     the addend is :func:`reset_tile`'s (-inf, one more load per step: delta not from the softplus pass, i.e.
-    delta_softplus off); without HAS_SEQ it is zero and never read."""
-    dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS)
+    delta_softplus off, or softplus in the kernel: DT_IN); without HAS_SEQ it is zero and never read."""
+    dt = dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS, DT_IN)
     if SEQ_IN_DT:
         r = start_addend(dt, SEQ_IN_DT)
         dt = tl.abs(dt)

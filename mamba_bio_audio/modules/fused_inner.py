@@ -144,12 +144,14 @@ def mamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, 
     """The selective mixer from in_proj's halves to the gated scan output, keeping less for the backward
     (:class:`MambaInnerFn`; arguments and result as there). ``backend``: the ops backend, whose scan must be
     Triton or the reference (:func:`can_fuse`). The Triton scan keeps every ``ops.fused_inner_save_every()``-th
-    chunk-start state (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice)."""
+    chunk-start state (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice) and computes
+    softplus where MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
     kernels = ops.selective_scan_kernels(backend, x)
     tunables = None
     if kernels is not None:
         kernels.check_seq_idx(seq_idx, x.shape[0], x.shape[2])
-        tunables = kernels.default_tunables(x, A.shape[1], save_every=ops.fused_inner_save_every())
+        tunables = kernels.default_tunables(x, A.shape[1], save_every=ops.fused_inner_save_every(),
+                                            softplus_in_kernel=ops.scan_softplus_in_kernel())
     settings = Settings(dt_rank, A.shape[1], backend, kernels, tunables)
     return MambaInnerFn.apply(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx,
                               settings)

@@ -13,11 +13,14 @@ import pytest  # noqa: E402
 pytest.importorskip("triton")
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from mamba_bio_audio.kernels.selective_scan import backward, plan  # noqa: E402
 from mamba_bio_audio.kernels.selective_scan.function import selective_scan_triton  # noqa: E402
 from mamba_bio_audio.kernels.selective_scan.naive import selective_scan_naive  # noqa: E402
 from mamba_bio_audio.kernels.selective_scan.plan import autotune_candidates  # noqa: E402
+from mamba_bio_audio.kernels.utils import softplus_approx  # noqa: E402
 
 from helpers import poison_empty  # noqa: E402
 
@@ -279,3 +282,126 @@ def test_auto_save_every_keeps_saved_states_under_budget():
     assert plan.auto_save_every(budget + 1) == 2
     assert plan.auto_save_every(4 * budget) == 4
     assert plan.auto_save_every(1000 * budget) == plan.MAX_SAVE_EVERY
+
+
+# ---- softplus in the scan kernels (softplus_in_kernel=True): no fp32 dt buffer ----
+
+IN_KERNEL_CASES = [
+    dict(shape=(2, 6, 21, 4)),
+    dict(shape=(2, 6, 21, 4), bias=False),  # softplus of delta alone
+    dict(shape=(2, 6, 17, 4), h0=True),  # d initial_state reads dt_0 (softplus of the first step)
+    dict(shape=(1, 4, 23, 4), bc="fixed", h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=4)),
+    dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=2)),
+    dict(shape=(2, 8, 11, 4), bc="grouped", groups=2),
+]
+
+
+@cpu_only
+@pytest.mark.parametrize("case", IN_KERNEL_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", ""))
+def test_softplus_in_kernel_matches_oracle(case):
+    """The kernels' own softplus (approximate exp2/log2 with a Taylor branch) against the fp64 oracle: outputs and
+    every gradient, with and without bias, segments, save groups, grouped and fixed B/C."""
+    case = dict(case)
+    kw = case.pop("kw", SMALL)
+    shape = case.pop("shape")
+    leaves = make_inputs(*shape, seed=sum(shape) + 1, **case)
+    assert_matches(leaves, softplus=True, seed=sum(shape) + 1, softplus_in_kernel=True, **kw)
+
+
+@cpu_only
+def test_softplus_in_kernel_over_a_wide_range():
+    """delta + bias from about -18 to 18 (dt ~1e-8 to 18): both branches of the in-kernel softplus and of the
+    sigmoid the backward recovers from dt."""
+    leaves = make_inputs(2, 6, 21, 4, seed=8)
+    leaves[1] = leaves[1] * 12
+    assert_matches(leaves, softplus=True, seed=8, softplus_in_kernel=True, **SMALL)
+
+
+@cpu_only
+def test_softplus_in_kernel_allocates_no_dt_buffer(monkeypatch):
+    """With softplus_in_kernel no float32 (batch, dim, seqlen) tensor is allocated in forward or backward (the
+    softplus pass's buffer); without it, one per direction."""
+    from mamba_bio_audio.kernels import utils
+
+    shape = (2, 6, 21)
+    seen = []
+    real_empty = utils.empty
+
+    def spy(*size, like, dtype=None):
+        if dtype == torch.float32 and size == (2 * 6 * 21,):  # empty_as(delta, float32): its span
+            seen.append(size)
+        return real_empty(*size, like=like, dtype=dtype)
+
+    monkeypatch.setattr(utils, "empty", spy)
+    for in_kernel, expected in ((False, 2), (True, 0)):
+        seen.clear()
+        leaves = make_inputs(*shape, 4, seed=3)
+        run(selective_scan_triton, leaves, torch.float32, True, 3, softplus_in_kernel=in_kernel, **SMALL)
+        assert len(seen) == expected, (in_kernel, seen)
+
+
+@triton.jit
+def _softplus_approx_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, softplus_approx(tl.load(x_ptr + i, mask=i < n, other=0.0)), mask=i < n)
+
+
+def softplus_approx_on(x: torch.Tensor) -> torch.Tensor:
+    """kernels.utils.softplus_approx applied elementwise by a Triton kernel (fp32 in and out)."""
+    y = torch.empty_like(x)
+    _softplus_approx_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+    return y
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=cpu_only),
+                                    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+                                        not torch.cuda.is_available() or INTERPRETING,
+                                        reason="needs CUDA and TRITON_INTERPRET=0")])])
+def test_softplus_approx_relative_error(device):
+    """Against fp64 softplus over x in [-40, 40] (dt from 4e-18 to 40), including both sides of the Taylor branch
+    (e^-|x| = 1/16 at |x| = 2.77): relative error below 1e-5 (on the GPU: MUFU ex2 / log2)."""
+    x = torch.cat([torch.linspace(-40, 40, 20001, dtype=torch.float64),
+                   torch.tensor([-2.7726, -2.7725, 2.7725, 2.7726, 0.0, -0.0], dtype=torch.float64)])
+    got = softplus_approx_on(x.float().to(device)).double().cpu()
+    want = torch.nn.functional.softplus(x.float().double())
+    err = ((got - want).abs() / want).max().item()
+    assert torch.isfinite(got).all() and err < 1e-5, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="needs CUDA and TRITON_INTERPRET=0")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kw", [dict(), dict(n_segments=4), dict(save_every=4)], ids=["plain", "segments", "save4"])
+def test_gpu_softplus_in_kernel(dtype, kw):
+    leaves = make_inputs(2, 96, 2048, 16, h0=True, device="cuda", seed=13)
+    assert_matches(leaves, dtype=dtype, seed=13, softplus_in_kernel=True, **kw)
+
+
+@cpu_only
+def test_ops_scan_softplus_from_environment(monkeypatch):
+    """MBA_SCAN_SOFTPLUS=kernel reaches the Triton scan through ops (no fp32 dt buffer allocated); a value other
+    than pass / kernel is refused with the variable's name."""
+    from mamba_bio_audio import ops
+    from mamba_bio_audio.kernels import utils
+
+    leaves = [x.float() if x is not None else None for x in make_inputs(2, 6, 21, 4, seed=5)]
+    buffers = []
+    real_empty = utils.empty
+
+    def spy(*size, like, dtype=None):
+        if dtype == torch.float32 and size == (2 * 6 * 21,):
+            buffers.append(size)
+        return real_empty(*size, like=like, dtype=dtype)
+
+    monkeypatch.setattr(utils, "empty", spy)
+    outs = {}
+    for mode in ("pass", "kernel"):
+        monkeypatch.setenv("MBA_SCAN_SOFTPLUS", mode)
+        buffers.clear()
+        outs[mode] = ops.selective_scan_fn(*leaves[:8], delta_softplus=True, backend="triton")
+        assert len(buffers) == (1 if mode == "pass" else 0), mode
+    assert ((outs["pass"] - outs["kernel"]).norm() / outs["pass"].norm()).item() < 1e-5
+    monkeypatch.setenv("MBA_SCAN_SOFTPLUS", "fast")
+    with pytest.raises(ValueError, match="MBA_SCAN_SOFTPLUS"):
+        ops.selective_scan_fn(*leaves[:8], delta_softplus=True, backend="triton")

@@ -159,6 +159,17 @@ def test_triton_packed_equals_one_by_one(name):
                           **{"chunk_size": 4, "block_d": 4, **kw})
 
 
+@cpu_only
+@pytest.mark.parametrize("name", ["edges", "segments", "grouped-save2"])
+def test_triton_packed_softplus_in_kernel(name):
+    """softplus in the scan kernels: no dt buffer to carry the starts in its sign bits, so they come from the
+    reset row, as with delta_softplus off."""
+    lengths, kw, softplus, shape = case_args(name)
+    leaves = make_leaves(**shape, seed=4)
+    assert_packed_matches(selective_scan_triton, leaves, lengths, softplus=softplus, seed=4,
+                          **{"chunk_size": 4, "block_d": 4, "softplus_in_kernel": True, **kw})
+
+
 def test_ids_only_matter_where_they_change():
     """Any integer ids: a reset where the value changes, none elsewhere (ids need not increase)."""
     leaves = make_leaves(1, 3, 7, 2, seed=4)
@@ -223,8 +234,9 @@ def random_lengths(batch, seqlen, seed, max_len):
 @pytest.mark.parametrize("case", [dict(), dict(bc="grouped", groups=4), dict(bc="fixed", kw=dict(n_segments=4)),
                                   dict(kw=dict(save_every=2, n_segments=3))],
                          ids=["varying", "grouped", "fixed-segments", "save2-segments"])
+@pytest.mark.parametrize("in_kernel", [False, True], ids=["softplus-pass", "softplus-in-kernel"])
 @pytest.mark.parametrize("device", [pytest.param("cuda", marks=gpu_only)])
-def test_gpu_triton_packed_matches_reference(device, dtype, case):
+def test_gpu_triton_packed_matches_reference(device, dtype, case, in_kernel):
     """Triton on CUDA with seq_idx vs the fp64 chunked reference with the same seq_idx (the reference is checked
     against the one-by-one oracle above), at a realistic size: lengths 1..700 packed into rows of 2048."""
     case = dict(case)
@@ -233,8 +245,8 @@ def test_gpu_triton_packed_matches_reference(device, dtype, case):
     seq_idx = seq_idx_of(random_lengths(2, 2048, 11, 700), device=device)
     ref = results(lambda xs: selective_scan_chunked(*xs[:8], True, True, xs[8], seq_idx=seq_idx),
                   [x.to(dtype).double() if x is not None else None for x in leaves], torch.float64, True, 11)
-    got = results(lambda xs: selective_scan_triton(*xs[:8], True, True, xs[8], seq_idx, **kw), leaves, dtype, True,
-                  11)
+    got = results(lambda xs: selective_scan_triton(*xs[:8], True, True, xs[8], seq_idx, softplus_in_kernel=in_kernel,
+                                                   **kw), leaves, dtype, True, 11)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for name, a, r in zip(NAMES, got, ref):
         err = ((a.double() - r).norm() / r.norm().clamp_min(1e-30)).item()
