@@ -36,7 +36,9 @@ def _progress(message: str) -> None:
 @click.option("--shapes", default="8,1536,2048;1,1536,65536;1,512,1048576", show_default=True,
               help="'batch,dim,seqlen' list separated by ';'.")
 @click.option("--backends", default="triton,cuda,reference", show_default=True,
-              help="Comma-separated: triton, cuda (mamba_ssm, if importable), reference.")
+              help="Comma-separated: triton, cuda (mamba_ssm, if importable), reference; and Triton variants: "
+                   "triton-kernel-softplus (softplus inside the kernels: no fp32 dt buffer), triton-lean (that, and "
+                   "every 4th chunk-start state kept).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
 @click.option("--d-state", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from mamba_bio_audio.errors import UserError
 
-SCAN_BACKENDS = ("triton", "cuda", "reference")
+# triton-kernel-softplus: the Triton scan with softplus inside its kernels (no fp32 dt buffer); triton-lean: that
+# and every 4th chunk-start state kept (benchmarks/scan.py, TRITON_VARIANTS)
+SCAN_BACKENDS = ("triton", "cuda", "reference", "triton-kernel-softplus", "triton-lean")
 CHECK_DTYPES = ("float64", "float32", "bfloat16")
 
 

@@ -15,6 +15,11 @@ import torch
 from mamba_bio_audio import ops
 
 DEFAULT_SHAPES = [(8, 1536, 2048), (1, 1536, 65536), (1, 512, 1048576)]
+# bench rows of the Triton scan with tunables other than the defaults: name -> selective_scan_triton keywords
+TRITON_VARIANTS = {
+    "triton-kernel-softplus": dict(softplus_in_kernel=True),
+    "triton-lean": dict(softplus_in_kernel=True, save_every=4),
+}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -87,16 +92,24 @@ def copy_bandwidth(device: str) -> float | None:
 
 
 def bench_one(backend: str, shape: tuple[int, int, int], d_state: int, dtype: torch.dtype, device: str) -> dict:
-    """Times and peak memory of one backend at one shape; a row dict (ms, GiB), or an 'error' entry."""
+    """Times and peak memory of one backend (or a :data:`TRITON_VARIANTS` name) at one shape; a row dict (ms,
+    GiB), or an 'error' entry."""
     batch, dim, seqlen = shape
     timer = _timer(device)
     row: dict = {"backend": backend, "batch": batch, "dim": dim, "seqlen": seqlen}
     try:
         x = make_inputs(batch, dim, seqlen, d_state, dtype, device, requires_grad=True)
 
-        def forward():
-            return ops.selective_scan_fn(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
-                                         delta_softplus=True, backend=backend)
+        if backend in TRITON_VARIANTS:
+            from mamba_bio_audio.kernels.selective_scan.function import selective_scan_triton
+
+            def forward():
+                return selective_scan_triton(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
+                                             delta_softplus=True, **TRITON_VARIANTS[backend])
+        else:
+            def forward():
+                return ops.selective_scan_fn(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
+                                             delta_softplus=True, backend=backend)
 
         with torch.no_grad():
             row["fwd_ms"] = timer(forward)

@@ -405,3 +405,16 @@ def test_ops_scan_softplus_from_environment(monkeypatch):
     monkeypatch.setenv("MBA_SCAN_SOFTPLUS", "fast")
     with pytest.raises(ValueError, match="MBA_SCAN_SOFTPLUS"):
         ops.selective_scan_fn(*leaves[:8], delta_softplus=True, backend="triton")
+
+
+@cpu_only
+@pytest.mark.parametrize("variant", ["triton-kernel-softplus", "triton-lean"])
+def test_bench_scan_triton_variants_run(variant):
+    """``mba bench scan --backends triton-kernel-softplus,triton-lean`` rows: the variant's keywords reach the
+    scan (a bad keyword would leave an error in the row) and both directions run."""
+    from mamba_bio_audio.benchmarks.options import parse_backends
+    from mamba_bio_audio.benchmarks.scan import TRITON_VARIANTS, bench_one
+
+    assert parse_backends(variant) == [variant] and variant in TRITON_VARIANTS
+    row = bench_one(variant, (1, 4, 40), 4, torch.float32, "cpu")
+    assert "error" not in row and row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0, row
