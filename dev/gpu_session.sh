@@ -191,10 +191,12 @@ PY
                 2>&1 | tail -12
             cp /tmp/bench/train/bench_train.* "$out/" ;;
         train-variants)  # our Mamba's training step under each '|'-separated flag set of TRAIN_VARIANTS (default:
-            # eager, fused inner, fused inner keeping every 16th chunk state, each again with --cuda-graphs), at
+            # eager, fused inner, fused inner keeping every 16th chunk state with softplus in the scan kernels, each
+            # again with --cuda-graphs), at
             # TRAIN_SHAPES, one report per variant under $out/train_variants/vK/, a summary in train_variants.md
             v=0; t0=$(date +%s); mkdir -p "$out/train_variants"
-            IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-| --fused-inner triton| --fused-inner triton --fused-save-every 16| --cuda-graphs| --cuda-graphs --fused-inner triton| --cuda-graphs --fused-inner triton --fused-save-every 16}"
+            lean="--fused-inner triton --fused-save-every 16 --scan-softplus kernel"
+            IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-| --fused-inner triton| $lean| --cuda-graphs| --cuda-graphs --fused-inner triton| --cuda-graphs $lean}"
             for flags in "${variants[@]}"; do
                 v=$((v + 1))
                 echo "== variant $v:${flags:- (eager, unfused)}" | tee -a "$out/train_variants/summary.txt"

@@ -135,6 +135,10 @@ def _size_options(f):
 @click.option("--fused-save-every", type=click.IntRange(min=1), default=None,
               help="With --fused-inner: keep every K-th chunk-start state of the fused scan (as the environment "
                    "variable MBA_FUSED_SAVE_EVERY) [default: the scan's choice].")
+@click.option("--scan-softplus", type=click.Choice(["pass", "kernel"]), default=None,
+              help="Where our Triton scan computes softplus (as the environment variable MBA_SCAN_SOFTPLUS): an "
+                   "elementwise pass into an fp32 buffer, or inside the scan kernels (no buffer) [default: the "
+                   "variable's value, else pass].")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
 @_out_option("train")
 @config_option

@@ -99,11 +99,11 @@ def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step:
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
           overwrite: bool, progress: Progress, cuda_graphs: bool = False, fused_inner: str = "off",
-          fused_save_every: int | None = None) -> str:
+          fused_save_every: int | None = None, scan_softplus: str | None = None) -> str:
     """``mba bench train``: :func:`~mamba_bio_audio.benchmarks.train.run_train_bench`, report ``bench_train``
     with its figure. ``cuda_graphs``: our Mamba's rows replay a captured step (CUDA only; the peers stay eager).
     ``fused_inner``: our Mamba's ``MambaConfig.fused_inner``; ``fused_save_every`` (with it) sets the
-    environment variable MBA_FUSED_SAVE_EVERY for this process."""
+    environment variable MBA_FUSED_SAVE_EVERY for this process, ``scan_softplus`` MBA_SCAN_SOFTPLUS."""
     from mamba_bio_audio.benchmarks.train import (
         default_backend,
         run_train_bench,
@@ -123,6 +123,10 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
         from mamba_bio_audio.ops import FUSED_SAVE_EVERY_ENV
 
         os.environ[FUSED_SAVE_EVERY_ENV] = str(fused_save_every)
+    if scan_softplus is not None:
+        from mamba_bio_audio.ops import SCAN_SOFTPLUS_ENV
+
+        os.environ[SCAN_SOFTPLUS_ENV] = scan_softplus
     check_output_folder(out, "bench train", overwrite=overwrite)
     rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
                            cuda_graph_models=graph_models, fused_inner=fused_inner, progress=progress)

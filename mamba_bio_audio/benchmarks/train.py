@@ -128,7 +128,7 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
     ``cuda_graph``: the step captured as a CUDA graph (CUDA only; at least one eager warm-up step before capture
     even with ``warmup`` 0), its setup time in the row's ``setup_seconds``. ``fused_inner``: our Mamba's
     ``MambaConfig.fused_inner``; its row records it with the fused scan's ``fused_save_every`` (None: the scan's
-    own choice; environment variable MBA_FUSED_SAVE_EVERY)."""
+    own choice; environment variable MBA_FUSED_SAVE_EVERY) and ``scan_softplus`` (MBA_SCAN_SOFTPLUS)."""
     from mamba_bio_audio import ops
     from mamba_bio_audio.training.graphed_step import make_step
 
@@ -136,7 +136,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
     row = {"model": name, "batch": batch, "seqlen": seqlen, "autocast": "bf16" if cuda else "off",
            "cuda_graph": cuda_graph}
     if name == "mamba":
-        row.update(backend=backend, fused_inner=fused_inner)
+        row.update(backend=backend, fused_inner=fused_inner,
+                   scan_softplus="kernel" if ops.scan_softplus_in_kernel() else "pass")
         if fused_inner != "off":
             row["fused_save_every"] = ops.fused_inner_save_every()
     model = opt = loss_fn = step = None
@@ -250,6 +251,8 @@ def model_label(row: dict) -> str:
     if row.get("fused_inner", "off") != "off":
         every = row.get("fused_save_every")
         settings.append("fused inner" + (f", save_every {every}" if every else ""))
+    if row.get("scan_softplus") == "kernel":
+        settings.append("softplus in the scan")
     return f"{LABELS[row['model']]} [{', '.join(settings)}]"
 
 

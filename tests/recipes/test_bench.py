@@ -44,13 +44,16 @@ def test_bench_train_writes_json_markdown_and_png(tmp_path, capsys):
 
 
 def test_bench_train_fused_inner_rows(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MBA_FUSED_SAVE_EVERY", "0")  # the command sets it for its process: restored after
+    monkeypatch.setenv("MBA_FUSED_SAVE_EVERY", "0")  # the command sets them for its process: restored after
+    monkeypatch.setenv("MBA_SCAN_SOFTPLUS", "pass")
     code, out, err = run(["bench", "train", "--shapes", "2,16", *TINY, "--models", "mamba", "--warmup", "0",
-                          "--steps", "1", "--fused-inner", "all", "--fused-save-every", "2", "--out", tmp_path], capsys)
+                          "--steps", "1", "--fused-inner", "all", "--fused-save-every", "2", "--scan-softplus",
+                          "kernel", "--out", tmp_path], capsys)
     assert code == 0, err
     (row,) = json.loads((tmp_path / "bench_train.json").read_text())["rows"]
     assert row["fused_inner"] == "all" and row["fused_save_every"] == 2 and row["tokens_per_second"] > 0, row
-    assert "| Mamba (ours) [auto, fused inner, save_every 2] | (2, 16) |" in out
+    assert row["scan_softplus"] == "kernel", row
+    assert "| Mamba (ours) [auto, fused inner, save_every 2, softplus in the scan] | (2, 16) |" in out
 
 
 def test_bench_generate_with_largest_batch(tmp_path, capsys):
