@@ -51,6 +51,16 @@ def scan(**params) -> None:
     click.echo(commands.scan(**params, progress=_progress))
 
 
+@bench.command("summary")
+@click.argument("reports", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_out_option("summary")
+def summary(**params) -> None:
+    """One table of ours beside the peer, with the ratio, from bench_scan / train / generate / cpu JSON reports."""
+    from mamba_bio_audio.benchmarks import commands
+
+    click.echo(commands.summary(**params, progress=_progress))
+
+
 @bench.command("memory")
 @click.option("--lengths", default="131072,1048576", show_default=True, help="Comma-separated sequence lengths.")
 @click.option("--checkpoint-level", "levels", default="0,1,2", show_default=True,

@@ -249,3 +249,17 @@ def ddp(*, args: Callable[[dict], list[str]], opts, run_name: str | None, overwr
         data = compare(replace(opts, out=tmp))
     return (f"max |loss difference| over {opts.steps} steps: {data['max_abs_diff']:.3e}; wrote "
             f"{out / 'ddp_loss_curve.json'}, .md, .png")
+
+
+def summary(*, reports: tuple[Path, ...], out: Path, overwrite: bool, progress: Progress) -> str:
+    """``mba bench summary``: :func:`~mamba_bio_audio.benchmarks.summary.summarize` of the given reports, written
+    as ``bench_summary``."""
+    from mamba_bio_audio.benchmarks.summary import summarize, summary_markdown
+
+    if not reports:
+        raise UserError("bench summary: give one or more bench_*.json reports")
+    rows = summarize(list(reports))
+    check_output_folder(out, "bench summary", overwrite=overwrite)
+    progress(f"summary of {len(reports)} reports: {len(rows)} rows")
+    data = {"rows": rows, "reports": [str(p) for p in reports], "environment": environment()}
+    return _save(out, "bench summary", "bench_summary", data, summary_markdown(rows), overwrite)
