@@ -26,8 +26,8 @@ HEADERS = ["measure", "shape", "ours", "peer", "peer value", "ours / peer", "bet
 
 
 def load_report(path: Path) -> tuple[str, dict]:
-    """(kind, data) of one benchmark JSON; kind is "scan", "train", "generate" or "cpu". A UserError for a file
-    that is not JSON or not one of those reports."""
+    """(kind, data) of one benchmark JSON; kind is "scan", "train", "generate", "cpu" or "summary" (this module's
+    own report: it adds no rows). A UserError for a file that is not JSON or not one of those reports."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -36,6 +36,8 @@ def load_report(path: Path) -> tuple[str, dict]:
     if not isinstance(rows, list):
         raise UserError(f"{path}: no 'rows' list: not a report of mba bench scan, train, generate or cpu")
     keys = set().union(*(r.keys() for r in rows if isinstance(r, dict))) if rows else set()
+    if {"measure", "peer", "ratio"} <= keys:  # an earlier summary (a glob over report folders meets it)
+        return "summary", data
     if {"backend", "dim"} <= keys:
         return "scan", data
     if "ratios" in data:
@@ -136,7 +138,8 @@ def cpu_rows(data: dict, file: str) -> list[dict]:
     return out
 
 
-ROWS = {"scan": scan_rows, "train": train_rows, "generate": generate_rows, "cpu": cpu_rows}
+ROWS = {"scan": scan_rows, "train": train_rows, "generate": generate_rows, "cpu": cpu_rows,
+        "summary": lambda data, file: []}
 
 
 def summarize(paths: list[Path]) -> list[dict]:

@@ -68,7 +68,13 @@ def test_summary_command_writes_report(tmp_path, capsys):
     code, out, err = run(["bench", "summary", str(scan_report(tmp_path)), "--out", str(tmp_path / "sum")], capsys)
     assert code == 0, err
     assert "| scan fwd ms | (8, 1536, 2048) | 0.380 | mamba_ssm | 0.450 | 0.84x | lower |" in out
-    assert json.loads((tmp_path / "sum" / "bench_summary.json").read_text())["rows"]
+    first = tmp_path / "sum" / "bench_summary.json"
+    assert json.loads(first.read_text())["rows"]
+    # a glob over report folders also meets the summary's own report: it adds nothing
+    code, again, err = run(["bench", "summary", str(scan_report(tmp_path)), str(first), "--out",
+                            str(tmp_path / "sum2")], capsys)
+    assert code == 0, err
+    assert again.count("| scan fwd ms |") == 1
 
 
 @pytest.mark.parametrize("content, fragment", [("not json", "not a readable benchmark JSON"),
