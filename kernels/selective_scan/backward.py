@@ -190,7 +190,8 @@ def _bwd_kernel(
     Packed sequences (HAS_SEQ): dA_t = 0 where one starts (in the state recompute and in g's recurrence), so the
     formulas hold unchanged; seg_keep (batch, nseg) zeroes a later segment's decay when a start cuts it. The
     starts come as delta's sign bits with SEQ_IN_DT (the softplus pass's dt: the one-step-ahead tile that g's
-    recurrence reads anyway carries reset_{t+1}, so no load is added), else from reset_ptr.
+    recurrence reads anyway carries reset_{t+1}, so no load is added), else from reset_ptr. DT_IN: dt is
+    softplus(delta + bias) computed in the kernel, for every tile that reads it (as in the forward).
     """
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)

@@ -122,7 +122,10 @@ def _fwd_kernel(
     last (batch, dim, d_state) = the final state (written by the last segment).
     HAS_SEQ: packed sequences, the decay is zero where one starts: with SEQ_IN_DT the starts are delta's sign
     bits (the softplus pass's dt, :func:`softplus_kernel`), else reset_ptr fp32 (batch, seqlen) is -inf there;
-    seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise."""
+    seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise.
+    DT_IN: delta is the raw input and the kernel applies bias and softplus itself (``softplus_in_kernel``,
+    :func:`~mamba_bio_audio.kernels.selective_scan.tiles.dt_tile`); else delta is the softplus pass's dt, or
+    delta used as it is (delta_softplus off)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
