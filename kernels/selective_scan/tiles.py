@@ -100,6 +100,16 @@ def start_addend(dt, SEQ_IN_DT: tl.constexpr):
 
 
 @triton.jit
+def dt_from_raw(raw, mask, bias, HAS_BIAS: tl.constexpr):
+    """dt = softplus(raw + bias) (CHUNK, BLOCK_D), zero where masked, from an already loaded delta tile ``raw``
+    (the prefetched form of :func:`dt_tile` with DT_IN)."""
+    x = raw.to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias[None, :]
+    return tl.where(mask, softplus_approx(x), 0.0)
+
+
+@triton.jit
 def dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, reset_row, t, seqlen, HAS_BIAS: tl.constexpr,
                   HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr):
     """dt at steps t (CHUNK, BLOCK_D) as :func:`dt_tile` gives it, and the decay exponent's addend (very negative
