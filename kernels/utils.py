@@ -55,12 +55,12 @@ def softplus(x):
 
 @triton.jit
 def softplus_approx(x):
-    """log(1 + e^x) from the GPU's approximate base-2 exp and log (``tl.exp2`` / ``tl.log2``: one MUFU each in
-    fp32): max(x, 0) + log(1 + e) with e = e^-|x|, where log(1 + e) is ln 2 log2(1 + e) for e > 1/16 and its
-    Taylor series e (1 - e (1/2 - e (1/3 - e / 4))) below (relative error < e^4 / 5 < 4e-6: no cancellation in
-    1 + e for tiny e). About a dozen instructions against :func:`softplus`'s IEEE division and software log: for
-    the scan kernels, which run it replicated over their state lanes (kernels/selective_scan/NOTES.md)."""
-    e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
+    """log(1 + e^x) from base-2 exp and log (``tl.exp2``: one MUFU in fp32; ``tl.log2``: libdevice's
+    ``__nv_log2f`` on NVIDIA GPUs): max(x, 0) + log(1 + e) with e = e^-|x|, where log(1 + e) is ln 2 log2(1 + e)
+    for e > 1/16 and its Taylor series e (1 - e (1/2 - e (1/3 - e / 4))) below (relative error < e^4 / 5 < 4e-6:
+    no cancellation in 1 + e for tiny e). No IEEE division, unlike :func:`softplus`: for the scan kernels'
+    ``softplus_in_kernel`` (kernels/selective_scan/NOTES.md)."""
+    e = tl.exp2(-tl.abs(x) * LOG2E)
     series = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - e * 0.25)))
     log1p = tl.where(e > 0.0625, tl.log2(1.0 + e) * 0.6931471805599453, series)
     return tl.maximum(x, 0.0) + log1p

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
-from mamba_bio_audio.kernels.selective_scan.forward import dt_input, segment_keep, seq_in_dt
+from mamba_bio_audio.kernels.selective_scan.forward import kernel_dt_args, segment_keep
 from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
 from mamba_bio_audio.kernels.selective_scan.tiles import (
     at_step,
@@ -352,9 +352,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
     u, delta_in, A, B, C, D, z, bias_in, h0, reset, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
-    dt_in = softplus and tun.softplus_in_kernel
-    delta, delta_bias = dt_input(delta_in, bias_in, softplus, reset, dt_in)
-    seq_flag = seq_in_dt(softplus and not dt_in, reset)
+    delta, delta_bias, dt_in, seq_flag = kernel_dt_args(delta_in, bias_in, softplus, reset, tun)
     f32 = torch.float32
     block_d, warps = tun.block_d, tun.num_warps
     programs = p.groups * p.blocks(block_d)

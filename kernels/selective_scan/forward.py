@@ -188,7 +188,7 @@ def _fwd_kernel(
     tl.store(state_ptrs(last_ptr, b * dim + d, n, d_state), h, mask=nd_mask & (seg == nseg - 1))
 
 
-def dt_input(delta, delta_bias, softplus, reset=None, in_kernel=False):
+def dt_input(delta, delta_bias, softplus, reset=None):
     """What the scan kernels read as delta, and the bias they add themselves.
 
     With softplus, dt = softplus(delta + bias) is computed once by an elementwise pass into an fp32 buffer
@@ -196,10 +196,9 @@ def dt_input(delta, delta_bias, softplus, reset=None, in_kernel=False):
     tile (NOTES.md: about a third of the forward's instructions). With packed sequences (reset, (batch, seqlen)
     as :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives it) that pass also marks
     each start as dt's sign bit, so the scan kernels need no other load for them (:func:`seq_in_dt`). Without
-    softplus, or with ``in_kernel`` (the kernels' DT_IN: softplus inside them, no buffer), the kernels add the
-    bias themselves (and read reset).
+    softplus the kernels add the bias themselves (and read reset).
     """
-    if not softplus or in_kernel:
+    if not softplus:
         return delta, delta_bias
     batch, dim, seqlen = delta.shape
     dt = utils.empty_as(delta, torch.float32)
@@ -213,14 +212,24 @@ def dt_input(delta, delta_bias, softplus, reset=None, in_kernel=False):
 
 
 def seq_in_dt(softplus: bool, reset) -> int:
-    """The scan kernels' SEQ_IN_DT: where they read packed sequences' starts. 0: from reset (no softplus pass:
-    delta_softplus off or softplus in the kernels; pass ``softplus`` False then), or no packed sequences; 1: from dt's sign bit (:func:`dt_input` with softplus) by PTX ``prmt``, compiled for
-    an NVIDIA GPU; 2: from dt's sign bit by a compare and a select (the interpreter, other GPUs), the same bits
-    (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.start_addend`)."""
+    """The scan kernels' SEQ_IN_DT: where they read packed sequences' starts. 0: from reset (``softplus`` False:
+    no softplus pass), or no packed sequences; 1: from dt's sign bit (:func:`dt_input` with softplus) by PTX
+    ``prmt``, compiled for an NVIDIA GPU; 2: from dt's sign bit by a compare and a select (the interpreter, other
+    GPUs), the same bits (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.start_addend`)."""
     if not softplus or reset is None:
         return 0
     compiled = isinstance(softplus_kernel, triton.runtime.JITFunction)  # not under TRITON_INTERPRET=1
     return 1 if compiled and reset.is_cuda and torch.version.hip is None else 2
+
+
+def kernel_dt_args(delta, delta_bias, softplus, reset, tun: Tunables):
+    """(delta, delta_bias, DT_IN, SEQ_IN_DT) for the scan kernels of one direction: with softplus and
+    ``tun.softplus_in_kernel`` the raw delta and bias (the kernels apply both, DT_IN), else :func:`dt_input`'s;
+    SEQ_IN_DT by :func:`seq_in_dt`, which reads the sign bits only of the softplus pass's dt."""
+    dt_in = bool(softplus and tun.softplus_in_kernel)
+    if not dt_in:
+        delta, delta_bias = dt_input(delta, delta_bias, softplus, reset)
+    return delta, delta_bias, dt_in, seq_in_dt(softplus and not dt_in, reset)
 
 
 def segment_keep(reset, nseg: int, per_seg: int, chunk: int, shift: int) -> torch.Tensor:
@@ -241,9 +250,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
     """Launch the forward; returns out, last_state and the chunk-start states. reset: packed sequences as
     :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` gives them, or None."""
     batch, dim, seqlen = u.shape
-    dt_in = softplus and tun.softplus_in_kernel
-    delta, delta_bias = dt_input(delta, delta_bias, softplus, reset, dt_in)
-    seq_flag = seq_in_dt(softplus and not dt_in, reset)
+    delta, delta_bias, dt_in, seq_flag = kernel_dt_args(delta, delta_bias, softplus, reset, tun)
     f32 = torch.float32
     out = utils.empty_as(u)
     last = utils.empty(batch, dim, p.d_state, like=u, dtype=f32)

@@ -162,10 +162,9 @@ def selective_scan_triton(
             others, one save group at a time, at the cost of one more pass over the inputs. Default: 1, or more
             when the saved states would pass SAVED_STATE_BYTES (1 GiB).
         softplus_in_kernel: with delta_softplus, compute dt = softplus(delta + delta_bias) inside the scan kernels
-            (an approximate-exp2/log2 form, :func:`~mamba_bio_audio.kernels.utils.softplus_approx`, replicated
-            over each tile's state lanes) instead of one elementwise pass into an fp32 (batch, dim, seqlen)
-            buffer that forward and backward each allocate: no buffer (4 bytes per element), for more work in
-            the kernels. Packed sequences' starts are then read from their own row (no sign bit to carry them).
+            (an exp2/log2 form, :func:`~mamba_bio_audio.kernels.utils.softplus_approx`) instead of one
+            elementwise pass into an fp32 (batch, dim, seqlen) buffer that forward and backward each allocate: no
+            buffer (4 bytes per element), for more work in the kernels (slower on an H100 on 2026-12-07: NOTES.md). Packed sequences' starts are then read from their own row (no sign bit to carry them).
             Default: off (the pass).
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.

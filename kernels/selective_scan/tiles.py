@@ -20,16 +20,30 @@ def combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def dt_from_raw(raw, mask, bias, HAS_BIAS: tl.constexpr):
+    """dt = softplus(raw + bias) (CHUNK, BLOCK_D), zero where masked, from an already loaded delta tile ``raw``
+    (what :func:`dt_tile` does with DT_IN after its load; the scan's main loops call it on tiles they read one chunk
+    ahead)."""
+    x = raw.to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias[None, :]
+    return tl.where(mask, softplus_approx(x), 0.0)
+
+
+@triton.jit
 def dt_tile(delta_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, DT_IN: tl.constexpr):
     """dt (CHUNK, BLOCK_D): delta, plus bias in the kernel when HAS_BIAS, then softplus in the kernel when DT_IN
     (:func:`~mamba_bio_audio.kernels.utils.softplus_approx`; otherwise delta is the softplus pass's dt or is used
     as is); zero where masked so that masked steps are identity steps (exp(0 A) = 1, dt B u = 0)."""
-    dt = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt = dt + bias[None, :]
+    raw = tl.load(delta_ptr + offs, mask=mask, other=0.0)
     if DT_IN:
-        dt = softplus_approx(dt)
-    return tl.where(mask, dt, 0.0)
+        dt = dt_from_raw(raw, mask, bias, HAS_BIAS)
+    else:
+        dt = raw.to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        dt = tl.where(mask, dt, 0.0)
+    return dt
 
 
 @triton.jit
@@ -97,16 +111,6 @@ def start_addend(dt, SEQ_IN_DT: tl.constexpr):
     else:
         r = tl.where(bits < 0, -16777216, 0)  # 0xFF000000 as int32
     return r.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def dt_from_raw(raw, mask, bias, HAS_BIAS: tl.constexpr):
-    """dt = softplus(raw + bias) (CHUNK, BLOCK_D), zero where masked, from an already loaded delta tile ``raw``
-    (the prefetched form of :func:`dt_tile` with DT_IN)."""
-    x = raw.to(tl.float32)
-    if HAS_BIAS:
-        x = x + bias[None, :]
-    return tl.where(mask, softplus_approx(x), 0.0)
 
 
 @triton.jit
