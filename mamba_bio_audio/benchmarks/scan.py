@@ -6,6 +6,7 @@ fp32, d_state 16, input-dependent B/C (batch, d_state, seqlen), delta_softplus, 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,13 +104,12 @@ def bench_one(backend: str, shape: tuple[int, int, int], d_state: int, dtype: to
         if backend in TRITON_VARIANTS:
             from mamba_bio_audio.kernels.selective_scan.function import selective_scan_triton
 
-            def forward():
-                return selective_scan_triton(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
-                                             delta_softplus=True, **TRITON_VARIANTS[backend])
+            scan = functools.partial(selective_scan_triton, **TRITON_VARIANTS[backend])
         else:
-            def forward():
-                return ops.selective_scan_fn(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias,
-                                             delta_softplus=True, backend=backend)
+            scan = functools.partial(ops.selective_scan_fn, backend=backend)
+
+        def forward():
+            return scan(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias, delta_softplus=True)
 
         with torch.no_grad():
             row["fwd_ms"] = timer(forward)

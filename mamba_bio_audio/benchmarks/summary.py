@@ -147,7 +147,11 @@ def summarize(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
         kind, data = load_report(path)
-        rows += ROWS[kind](data, Path(path).name)
+        try:
+            rows += ROWS[kind](data, Path(path).name)
+        except (KeyError, TypeError, AttributeError) as e:  # a report edited by hand or cut short
+            raise UserError(f"{path}: a {kind} report whose rows lack what mba bench {kind} writes "
+                            f"({type(e).__name__}: {e})") from None
     return rows
 
 

@@ -79,7 +79,8 @@ def test_summary_command_writes_report(tmp_path, capsys):
 
 @pytest.mark.parametrize("content, fragment", [("not json", "not a readable benchmark JSON"),
                                                ('{"rows": 3}', "no 'rows' list"),
-                                               ('{"rows": [{"x": 1}]}', "unknown kind")])
+                                               ('{"rows": [{"x": 1}]}', "unknown kind"),
+                                               ('{"rows": [{"backend": "triton", "dim": 4}]}', "rows lack")])
 def test_bad_report_is_one_line(tmp_path, capsys, content, fragment):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
