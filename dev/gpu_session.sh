@@ -151,8 +151,9 @@ for step in $what; do
                 for d in $r/sweep/window_*; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" \
                     "$out/audio_sweep_partial/$(basename "$d")_metrics.json"; done; done ) &
             copier=$!
+            # a sweep cut by SWEEP_SECONDS prints where it was (SIGABRT: the fault handler's Python traceback)
             # shellcheck disable=SC2086
-            timeout ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
+            PYTHONFAULTHANDLER=1 timeout -s ABRT -k 15 ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
                 --windows ${SWEEP_WINDOWS:-8192,32768,131072,262144,524288} --tokens-per-batch ${SWEEP_TOKENS:-524288} \
                 ${SWEEP_BUDGET:---max-minutes 0.9} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tail -25
             kill $copier 2>/dev/null
