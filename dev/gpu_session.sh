@@ -155,7 +155,7 @@ for step in $what; do
             # shellcheck disable=SC2086
             PYTHONFAULTHANDLER=1 timeout -s ABRT -k 15 ${SWEEP_SECONDS:-540} mba audio context-sweep --data $r/music --out $r/sweep \
                 --windows ${SWEEP_WINDOWS:-8192,32768,131072,262144,524288} --tokens-per-batch ${SWEEP_TOKENS:-524288} \
-                ${SWEEP_BUDGET:---max-minutes 0.9} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tail -25
+                ${SWEEP_BUDGET:---max-minutes 0.9} --device cuda ${SWEEP_ARGS:-} 2>&1 | grep -v "Epoch\|Validation\|it/s" | tee "$out/audio_sweep_log.txt" | tail -25
             kill $copier 2>/dev/null
             echo "audio-sweep: $(( $(date +%s) - t0 )) s" | tee -a "$out/audio_sweep_seconds.txt"
             tar czf "$out/audio_sweep.tar.gz" -C $r --exclude='*.ckpt' --exclude='*.safetensors' --exclude=tensorboard sweep ;;
