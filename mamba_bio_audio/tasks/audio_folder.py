@@ -310,7 +310,7 @@ def train_recording_lm(store: TokenStore, out: Path, settings: RecordingTrainSet
     """
     import lightning.pytorch as pl
 
-    from mamba_bio_audio.tasks.audio_lm import fit_audio_lm
+    from mamba_bio_audio.tasks.audio_lm import eval_device, fit_audio_lm
     from mamba_bio_audio.tasks.windows import WindowData, warmup_callbacks
 
     s = settings
@@ -334,7 +334,7 @@ def train_recording_lm(store: TokenStore, out: Path, settings: RecordingTrainSet
     if run is None:
         return None
     model.save_pretrained(out / "model")
-    val_bits = window_nll_bits(model, val, batch_size=s.batch_size, device=next(model.parameters()).device)
+    val_bits = window_nll_bits(model, val, batch_size=s.batch_size, device=eval_device(s))
     return {"val_bits_per_sample": val_bits, "val_windows": len(val), **run, "arch": s.arch, "preset": s.preset,
             "parameters": sum(p.numel() for p in model.parameters()), "window": s.window,
             "short_files": s.short_files, "train_files": train.files, "files_left_out": train.left_out,

@@ -148,9 +148,18 @@ def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None
     val_bits = None
     if val_set is not None:
         val_bits = nll_bits_per_sample(model, val_set, batch_size=s.batch_size, max_clips=s.val_clips,
-                                       device=next(model.parameters()).device)
+                                       device=eval_device(s))
     return {"val_bits_per_sample": val_bits, "val_clips": min(s.val_clips, len(val_set or [])), **run,
             "arch": s.arch, "preset": s.preset, "parameters": sum(p.numel() for p in model.parameters()), **audio}
+
+
+def eval_device(settings: AudioTrainSettings) -> torch.device:
+    """Where to score a model after :func:`fit_audio_lm`: the device it trained on. Not the model's own device:
+    Lightning's teardown moves the model back to the CPU when ``fit`` returns (scoring 2^19-sample windows
+    there took minutes)."""
+    from mamba_bio_audio.devices import torch_device
+
+    return torch_device(settings.device)
 
 
 def fit_audio_lm(model, datamodule, out: Path, settings: AudioTrainSettings, *, resume: bool = False,

@@ -125,3 +125,28 @@ def test_a_window_out_of_gpu_memory_leaves_its_row_empty(store, tmp_path, monkey
     assert short["test_bits_own"] is not None and short["steps"] == 2
     assert long_["error"] == "out of GPU memory" and long_["test_bits_own"] is None
     assert "out of GPU memory" in (tmp_path / "sweep.md").read_text() and (tmp_path / "sweep.png").is_file()
+
+
+@pytest.mark.gpu
+def test_a_run_trained_on_the_gpu_scores_its_val_windows_there(store, tmp_path, monkeypatch):
+    """Lightning moves the model to the CPU when fit returns; the val score after training must still run on the
+    training device (on the CPU it took minutes at 2^19-sample windows)."""
+    import torch
+
+    from mamba_bio_audio.tasks import audio_folder
+    from mamba_bio_audio.tasks.audio_folder import RecordingTrainSettings, open_recordings, train_recording_lm
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    scored_on = []
+    real = audio_folder.window_nll_bits
+
+    def window_nll_bits(model, windows, **kw):
+        scored_on.append(torch.device(kw["device"]).type)
+        return real(model, windows, **kw)
+
+    monkeypatch.setattr(audio_folder, "window_nll_bits", window_nll_bits)
+    settings = RecordingTrainSettings(arch="sashimi", preset="tiny", max_steps=2, val_clips=2, device="cuda",
+                                      window=256, batch_size=2)
+    metrics = train_recording_lm(open_recordings(store), tmp_path, settings)
+    assert scored_on == ["cuda"] and 0 < metrics["val_bits_per_sample"] < 9
