@@ -27,10 +27,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     channel_block,
     chunk_states,
     combine,
-    dt_from_raw,
     dt_reset_tile,
     group_base,
-    reset_tile,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -236,11 +234,6 @@ def _bwd_kernel(
     dbias_acc = tl.zeros([BLOCK_D], tl.float32)
     c_begin = seg * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
-    if DT_IN:  # delta's two tiles are read one chunk ahead (2-byte loads get no asynchronous copy)
-        t0 = (c_end - 1) * CHUNK + tl.arange(0, CHUNK)
-        offs0 = row[None, :] + t0[:, None]
-        raw_next = tl.load(delta_ptr + offs0, mask=(t0 < seqlen)[:, None] & d_mask[None, :], other=0.0)
-        raw_ahead_next = tl.load(delta_ptr + offs0 + 1, mask=(t0 + 1 < seqlen)[:, None] & d_mask[None, :], other=0.0)
     for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
         c = c_end - 1 - i
         t = c * CHUNK + tl.arange(0, CHUNK)
@@ -248,13 +241,6 @@ def _bwd_kernel(
         tn_mask = t_mask[:, None] & n_mask[None, :]
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
-        if DT_IN:
-            raw, raw_ahead = raw_next, raw_ahead_next
-            tp = t - CHUNK  # the chunk before, walked next
-            raw_next = tl.load(delta_ptr + offs - CHUNK, mask=((tp >= 0) & (tp < seqlen))[:, None] & d_mask[None, :],
-                               other=0.0)
-            raw_ahead_next = tl.load(delta_ptr + offs - CHUNK + 1,
-                                     mask=((tp >= 0) & (tp + 1 < seqlen))[:, None] & d_mask[None, :], other=0.0)
 
         # Recompute the chunk's states from the saved state before it.
         if SAVE_EVERY == 1:
@@ -265,12 +251,8 @@ def _bwd_kernel(
                 bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
                 HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, DT_IN, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if DT_IN:
-            dt = dt_from_raw(raw, mask, bias, HAS_BIAS)
-            reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)[:, None]
-        else:
-            dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                      HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
+        dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
         hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
@@ -284,13 +266,8 @@ def _bwd_kernel(
 
         # State gradients, right to left from g.
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
-        if DT_IN:
-            dt_next = dt_from_raw(raw_ahead, next_mask, bias, HAS_BIAS)
-            reset_next = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_SEQ)[:, None]
-        else:
-            dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr,
-                                                b.to(tl.int64) * seqlen, t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT,
-                                                DT_IN)
+        dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
+                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
         g = at_step(gs, 0, CHUNK)
 

@@ -22,10 +22,8 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     bc_tile,
     channel_block,
     chunk_states,
-    dt_from_raw,
     dt_reset_tile,
     group_base,
-    reset_tile,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -152,10 +150,6 @@ def _fwd_kernel(
         h = (seg_keep(seg_keep_ptr, b * nseg + j, HAS_SEQ) * tl.exp2(dt_sum[None, :] * A2)) * h + h_seg
 
     c_begin = seg * chunks_per_seg
-    if DT_IN:  # delta is read one chunk ahead: its 2-byte loads get no asynchronous copy from the pipeliner
-        t0 = c_begin * CHUNK + tl.arange(0, CHUNK)
-        raw_next = tl.load(delta_ptr + row[None, :] + t0[:, None], mask=(t0 < seqlen)[:, None] & d_mask[None, :],
-                           other=0.0)
     for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
         t = c * CHUNK + tl.arange(0, CHUNK)
         t_mask = t < seqlen
@@ -166,15 +160,8 @@ def _fwd_kernel(
                  mask=nd_mask & (c % SAVE_EVERY == 0))
 
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if DT_IN:
-            raw = raw_next
-            raw_next = tl.load(delta_ptr + offs + CHUNK, mask=(t + CHUNK < seqlen)[:, None] & d_mask[None, :],
-                               other=0.0)
-            dt = dt_from_raw(raw, mask, bias, HAS_BIAS)
-            reset = reset_tile(reset_ptr, b.to(tl.int64) * seqlen, t, seqlen, HAS_SEQ)[:, None]
-        else:
-            dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                      HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
+        dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
         hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
