@@ -189,7 +189,8 @@ def fit_audio_lm(model, datamodule, out: Path, settings: AudioTrainSettings, *, 
     if max_steps is None and resume:
         max_steps = planned_max_steps(out / "checkpoints" / "last.ckpt")
     if max_steps is None and s.max_minutes is not None:
-        step_seconds = seconds_per_step(task_class(model, OptimConfig(lr=s.lr)), datamodule, torch_device(s.device))
+        step_seconds = seconds_per_step(task_class(model, OptimConfig(lr=s.lr)), datamodule, torch_device(s.device),
+                                        precision=s.precision)
         max_steps = planned_steps(60 * s.max_minutes, step_seconds)
     max_steps = max_steps or DEFAULT_STEPS
     task = task_class(model, OptimConfig(lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup=0.1,

@@ -463,6 +463,7 @@ def resolve_max_steps(settings: TrainSettings, make_task: Callable[[], nn.Module
     if settings.max_minutes is None:
         return dataclasses.replace(settings, max_steps=DEFAULT_MAX_STEPS), None
     step_seconds = seconds_per_step(make_task(), datamodule, torch_device(settings.device),
+                                    precision=None,  # DNA runs train at the trainer's default (trainer_config)
                                     accumulate=settings.accumulate)
     steps = planned_steps(60 * settings.max_minutes, step_seconds)
     return dataclasses.replace(settings, max_steps=steps), step_seconds

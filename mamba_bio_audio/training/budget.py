@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning.pytorch as pl
 import torch
@@ -68,22 +70,61 @@ def budget_callback(trainer: pl.Trainer) -> WallClockBudget | None:
     return next((c for c in trainer.callbacks if isinstance(c, WallClockBudget)), None)
 
 
+#: Lightning's precision names (and their short forms): the autocast dtype of "-mixed" ones, the parameter dtype of
+#: "-true" ones (None: float32, as built)
+_MIXED = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16, "16": torch.float16}
+_TRUE = {"32-true": None, "32": None, "64-true": torch.float64, "64": torch.float64, "bf16-true": torch.bfloat16,
+         "16-true": torch.float16}
+
+
+def probe_precision(precision: str | None, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(autocast dtype or None, parameter dtype or None) under which a step runs with Lightning ``precision`` on
+    ``device``; None is the trainer's default (bf16-mixed on CUDA, 32-true on the CPU)."""
+    if precision is None:
+        return (torch.bfloat16 if device.type == "cuda" else None), None
+    precision = str(precision)
+    if precision in _MIXED:
+        return _MIXED[precision], None
+    if precision in _TRUE:
+        return None, _TRUE[precision]
+    raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join([*_MIXED, *_TRUE])}")
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Float tensors made inside are ``dtype`` (as in Lightning's "-true" precisions); None changes nothing."""
+    if dtype is None:
+        yield
+        return
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def seconds_per_step(task: pl.LightningModule, datamodule: pl.LightningDataModule, device: torch.device, *,
-                     accumulate: int = 1, steps: int = 3, warmup: int = 2) -> float:
+                     precision: str | None = None, accumulate: int = 1, steps: int = 3, warmup: int = 2) -> float:
     """Median seconds of one optimizer step (``accumulate`` batches: data, forward, backward, AdamW) of a copy of
-    ``task`` on ``device``, under bf16 autocast on CUDA as training runs; the first ``warmup`` steps (kernel
-    compilation, autotuning, allocator growth) are not counted. ``task`` itself is left untouched."""
+    ``task`` on ``device``, at the run's Lightning ``precision`` (:func:`probe_precision`: autocast for "-mixed",
+    the parameters and float inputs in that dtype for "-true"; None: bf16 autocast on CUDA, fp32 on the CPU, as
+    the trainer's default); the first ``warmup`` steps (kernel compilation, autotuning, allocator growth) are not
+    counted. ``task`` itself is left untouched."""
+    autocast_dtype, param_dtype = probe_precision(precision, device)
     probe = copy.deepcopy(task).to(device).train()
+    if param_dtype is not None:
+        probe = probe.to(param_dtype)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
     loader = iter(datamodule.train_dataloader())
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None)
     times = []
     for step in range(warmup + steps):
         started = time.perf_counter()
         for _ in range(accumulate):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(loader).items()}
+            batch = {k: _to(v, device, param_dtype) for k, v in next(loader).items()}
             batch = datamodule.on_after_batch_transfer(batch, 0)
-            with autocast:
+            with autocast, _default_dtype(param_dtype):
                 loss, _ = probe.compute_loss(batch)
             loss.backward()
         optimizer.step()
@@ -96,6 +137,16 @@ def seconds_per_step(task: pl.LightningModule, datamodule: pl.LightningDataModul
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return sorted(times)[len(times) // 2]
+
+
+def _to(value, device: torch.device, float_dtype: torch.dtype | None):
+    """A batch entry on ``device``; a floating-point tensor also in ``float_dtype`` (when given), as Lightning's
+    "-true" precisions convert the inputs."""
+    if not torch.is_tensor(value):
+        return value
+    if float_dtype is not None and value.is_floating_point():
+        return value.to(device, float_dtype)
+    return value.to(device)
 
 
 def planned_steps(budget_seconds: float, step_seconds: float) -> int:

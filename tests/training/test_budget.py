@@ -83,6 +83,76 @@ def test_seconds_per_step_times_a_copy_and_leaves_the_task_untouched(tiny_specie
     assert all(torch.equal(before[k], v) for k, v in plan.model.state_dict().items())
 
 
+class _SpyTask(torch.nn.Module):
+    """A one-layer task that records, at each loss, the CPU autocast state, its weight's and its input's dtype (in
+    a class attribute: the probe trains a deep copy)."""
+
+    seen: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def compute_loss(self, batch):
+        enabled = torch.is_autocast_enabled("cpu")
+        self.seen.append((enabled, torch.get_autocast_dtype("cpu") if enabled else None, self.layer.weight.dtype,
+                          batch["x"].dtype))
+        return self.layer(batch["x"]).float().square().mean(), {}
+
+
+class _SpyData:
+    def train_dataloader(self):
+        return ({"x": torch.ones(2, 4)} for _ in range(100))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        return batch
+
+
+@pytest.mark.parametrize(("precision", "expected"), [
+    (None, (False, None, torch.float32, torch.float32)),  # the CPU default: fp32, as training runs
+    ("32-true", (False, None, torch.float32, torch.float32)),
+    ("32", (False, None, torch.float32, torch.float32)),
+    ("bf16-mixed", (True, torch.bfloat16, torch.float32, torch.float32)),
+    ("bf16", (True, torch.bfloat16, torch.float32, torch.float32)),
+    ("bf16-true", (False, None, torch.bfloat16, torch.bfloat16)),
+    ("64-true", (False, None, torch.float64, torch.float64)),
+])
+def test_the_step_time_probe_runs_at_the_runs_precision(precision, expected, monkeypatch):
+    seen = []
+    monkeypatch.setattr(_SpyTask, "seen", seen)
+    task = _SpyTask()
+    seconds = seconds_per_step(task, _SpyData(), torch.device("cpu"), precision=precision, steps=1, warmup=1)
+    assert seconds > 0 and seen and all(s == expected for s in seen)
+    assert task.layer.weight.dtype == torch.float32 and torch.get_default_dtype() == torch.float32
+
+
+def test_probe_precision_on_cuda_and_unknown_names():
+    from mamba_bio_audio.training.budget import probe_precision
+
+    cuda = torch.device("cuda")
+    assert probe_precision(None, cuda) == (torch.bfloat16, None)  # the GPU default: bf16-mixed
+    assert probe_precision("16-mixed", cuda) == (torch.float16, None)
+    assert probe_precision("32-true", cuda) == (None, None)
+    assert probe_precision("16-true", cuda) == (None, torch.float16)
+    with pytest.raises(ValueError):
+        probe_precision("8-mixed", cuda)
+
+
+def test_audio_training_times_its_steps_at_its_precision(monkeypatch, tmp_path):
+    from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings, fit_audio_lm
+
+    class Planned(Exception):
+        pass
+
+    def spy(task, datamodule, device, **kwargs):
+        raise Planned(kwargs.get("precision"))
+
+    monkeypatch.setattr("mamba_bio_audio.training.budget.seconds_per_step", spy)
+    settings = AudioTrainSettings(max_minutes=1.0, precision="bf16-mixed", device="cpu")
+    with pytest.raises(Planned, match="bf16-mixed"):
+        fit_audio_lm(None, None, tmp_path, settings, task_class=lambda model, optim: None)
+
+
 def test_species_train_with_a_budget_plans_steps_and_says_when_the_budget_cut_it(tiny_species_store, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["species", "train", "--data", str(tiny_species_store), "--out", str(out),
