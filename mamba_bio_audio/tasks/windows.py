@@ -328,13 +328,7 @@ def train_and_export(task, datamodule, out: Path, tcfg: TrainerConfig, resume: b
     seconds = time.time() - started
     budget = budget_callback(trainer)
     result = TrainResult(seconds, int(trainer.global_step), budget is not None and budget.cut)
-    if is_main_process():
-        if tcfg.strategy == "fsdp":  # the in-memory weights are shards: read the full ones back from the checkpoint
-            from mamba_bio_audio.training.trainer import load_training_checkpoint
-
-            ckpt = load_training_checkpoint(out / "checkpoints" / "last.ckpt")  # weights only, like every load
-            state = ckpt["state_dict"]
-            task.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    if is_main_process():  # under FSDP, fit has given the parameters their full tensors back
         task.model.save_pretrained(out / "model")
     return result
 

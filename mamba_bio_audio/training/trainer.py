@@ -146,7 +146,23 @@ def fit(task: pl.LightningModule, datamodule: pl.LightningDataModule, out_dir: s
                  "checkpoint": str(stop.path)}, indent=2, sort_keys=True) + "\n")
         raise TrainingStopped(stop.stopped_by, trainer.global_step, Path(out_dir))
     trainer.save_checkpoint(Path(out_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    if cfg.strategy == "fsdp":
+        unshard_parameters(trainer.strategy.model, task)
     return trainer
+
+
+def unshard_parameters(wrapped: torch.nn.Module, module: torch.nn.Module) -> None:
+    """Give ``module``'s parameters their full tensors again after FSDP training. ``wrapped`` is the
+    ``FullyShardedDataParallel`` around ``module`` (Lightning's ``trainer.strategy.model``, ``use_orig_params=True``):
+    when ``fit`` returns, each of ``module``'s parameters is a 1-D view of this rank's shard (empty where the
+    weight lies in another rank's), so saving or scoring the model would see no weights. A collective: every rank
+    calls it. Afterwards the parameters are plain tensors on each rank (the FSDP wrapper is not to be used again)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(wrapped, writeback=False):
+        full = {name: p.detach().clone() for name, p in module.named_parameters()}
+    for name, p in module.named_parameters():
+        p.data = full[name]
 
 
 # ---- safe checkpoint loading ---------------------------------------------------------------------------------------
