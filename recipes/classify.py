@@ -30,6 +30,7 @@ from mamba_bio_audio.recipes.outputs import (
     check_output_folder,
     check_resume_config,
     output_folder,
+    run_config_value,
     run_folder,
     write_json,
 )
@@ -153,6 +154,8 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "max_length", "bidirectional",
                                                                        "pooling", "pack", "pack_length"))
+        if max_steps is None:  # the steps the run had (given, or planned from its budget): the schedule's length
+            settings.max_steps = run_config_value(out, "max_steps")
     plan = plan_training(data, settings)
     if is_main_process():
         s = plan.summary
@@ -160,7 +163,8 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
                    f"{s['batch_size']}, lr {s['lr']:g}; {s['train_sequences']:,} train sequences; validation: "
                    f"{s['validation']}")
         run_folder(out, "dna classify train", resume=resume, inputs=(data, init_from))
-        _write_config(out, {**click.get_current_context().params, "batch_size": s["batch_size"], "lr": s["lr"]})
+        _write_config(out, {**click.get_current_context().params, "batch_size": s["batch_size"], "lr": s["lr"],
+                            "max_steps": s["max_steps"]})
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         metrics["data"] = str(data)

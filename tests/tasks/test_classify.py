@@ -225,3 +225,31 @@ def test_settings_without_a_crop_still_check_the_other_fields():
         ClassifySettings(max_steps=0)
     with pytest.raises(UserError, match="--length"):
         dataclasses.replace(ClassifySettings(), length=1)
+
+
+@pytest.mark.parametrize("first", [["--max-steps", "3"], ["--max-minutes", "1"]])
+def test_resume_keeps_the_steps_the_run_had(trained, first, monkeypatch, tmp_path, capsys):
+    """A run given --max-steps, or one that planned its steps from --max-minutes, resumed without --max-steps keeps
+    its step count (and so its learning-rate schedule): no default, no second measurement of the step time."""
+    from mamba_bio_audio.training.budget import planned_max_steps
+
+    _, _, store, _ = trained
+    monkeypatch.setattr("mamba_bio_audio.tasks.windows.DEFAULT_MAX_STEPS", 5)  # what a re-planned run would take
+    monkeypatch.setattr("mamba_bio_audio.training.budget.seconds_per_step", lambda *a, **k: 17.0)  # 3 steps in 1 min
+    run = tmp_path / "run"
+    args = ["dna", "classify", "train", "--data", store, "--out", run, "--batch-size", "4", "--preset", "tiny",
+            "--device", "cpu", "--val-every", "100"]
+    code, _, err = run_cli([*args, *first], capsys)
+    assert code == 0, err
+    assert json.loads((run / "metrics.json").read_text())["max_steps"] == 3
+
+    def measured_again(*a, **k):
+        raise AssertionError("the resumed run measured the step time again")
+
+    monkeypatch.setattr("mamba_bio_audio.training.budget.seconds_per_step", measured_again)
+    resumed = [*args, "--resume", *(["--max-minutes", "1"] if "--max-minutes" in first else [])]
+    code, _, err = run_cli(resumed, capsys)
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["max_steps"] == 3 and metrics["steps"] == 3
+    assert planned_max_steps(run / "checkpoints" / "last.ckpt") == 3
