@@ -148,6 +148,7 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         train_recording_lm,
         warmup_plan,
     )
+    from mamba_bio_audio.tasks.audio_lm import check_step_plan
     from mamba_bio_audio.training.trainer import TrainerConfig
 
     store = open_recordings(data)
@@ -159,6 +160,7 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         warmup_stage_steps=warmup_stage_steps, checkpoint_activations=checkpoint_activations)
     # every refusal before anything is written: trainer options, window against the files, warm-up, memory level
     TrainerConfig(device=device, strategy=strategy, precision=precision)
+    check_step_plan(settings, resume)
     align = packing_align(build_recording_lm(settings, {"sample_rate": 1, "encoding": "mulaw8",
                                                          "clip_samples": window}))
     RecordingWindows(store, "train", window, seed, short_files, align)

@@ -118,21 +118,22 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, 
           resume: bool, devices: int, num_nodes: int, strategy: str, device: str, seed: int) -> None:
     """Train an 8-bit audio LM on next-sample prediction."""
     from mamba_bio_audio.tasks.audio_data import load_clips
-    from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings, train_audio_lm
+    from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings, check_step_plan, train_audio_lm
     from mamba_bio_audio.training.trainer import TrainerConfig
 
     train_set = load_clips(data, "train")
     val_set = load_clips(data, "val", required=False)
     TrainerConfig(device=device, strategy=strategy, precision=precision)  # checks them before anything is written
-    if resume:
-        check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
-    out = run_folder(out, "sc09 train", resume=resume, inputs=(data,))
-    write_yaml(out / "config.yaml", _options())
     settings = AudioTrainSettings(arch=arch, preset=preset, max_steps=max_steps, max_minutes=max_minutes,
                                   batch_size=batch_size, lr=lr,
                                   val_every=val_every, val_clips=val_clips, checkpoint_every=checkpoint_every,
                                   num_workers=num_workers, precision=precision, devices=devices,
                                   num_nodes=num_nodes, strategy=strategy, device=device, seed=seed)
+    check_step_plan(settings, resume)
+    if resume:
+        check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
+    out = run_folder(out, "sc09 train", resume=resume, inputs=(data,))
+    write_yaml(out / "config.yaml", _options())
     metrics = train_audio_lm(train_set, val_set, out, settings, resume=resume)
     if metrics is None:  # an extra process of a multi-device run
         return

@@ -121,6 +121,16 @@ class AudioTrainSettings:
     seed: int = 0
 
 
+def check_step_plan(settings: AudioTrainSettings, resume: bool) -> None:
+    """A one-line UserError for ``--max-minutes`` without ``--max-steps`` on several devices (a fresh run): each
+    process would plan its own step count from its own measured step time, and processes that disagree hang at the
+    end of training (or train on different schedules). A resumed run reads the planned count from its checkpoint."""
+    s = settings
+    if not resume and s.max_steps is None and s.max_minutes is not None and s.devices * s.num_nodes > 1:
+        raise UserError("--max-minutes plans the step count from one device's speed: with several devices give "
+                        "--max-steps too (the budget still stops the run in time)")
+
+
 def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None, out: Path,
                    settings: AudioTrainSettings, resume: bool = False) -> dict | None:
     """Train a fresh audio LM on next-sample prediction, save ``out/model`` and score the validation clips.

@@ -96,6 +96,9 @@ def test_bad_inputs_are_one_line(pipeline, tmp_path, capsys):
     code, _, err = run(["audio", "train", "--data", root / "store", "--out", tmp_path / "r", "--window", "256",
                         "--warmup-min-length", "100", "--preset", "tiny", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "--warmup-min-length 100")
+    code, _, err = run(["audio", "train", "--data", root / "store", "--out", tmp_path / "r", "--window", "256",
+                        "--max-minutes", "1", "--devices", "2", "--preset", "tiny", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--max-minutes", "--max-steps")
     code, _, err = run(["audio", "train", "--data", root / "rec", "--out", tmp_path / "r", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "not a token store")
     assert not (tmp_path / "r").exists()
