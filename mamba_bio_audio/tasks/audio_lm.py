@@ -215,6 +215,8 @@ def fit_audio_lm(model, datamodule, out: Path, settings: AudioTrainSettings, *, 
     started = time.time()
     trainer = fit(task, datamodule, out, trainer_config, resume=resume)
     train_seconds = time.time() - started
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        model.float()  # --precision bf16-true / 16-true leave half-precision weights: save and score in fp32
     cut = bool(getattr(budget_callback(trainer), "cut", False))
     if not trainer.is_global_zero:
         return None

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from helpers import assert_one_line_error
 from helpers import run_cli as run
@@ -135,3 +136,16 @@ def test_generate_continues_a_prompt(pipeline, tmp_path, capsys):
                         "--out", tmp_path / "x", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "junk.wav", "unreadable")
     assert not (tmp_path / "x").exists()
+
+
+def test_half_precision_training_saves_fp32_weights(pipeline, tmp_path, capsys):
+    """`--precision bf16-true` trains with bf16 weights; the saved model and its val score are fp32."""
+    import safetensors.torch
+
+    root, _ = pipeline
+    code, _, err = run(["audio", "train", "--data", root / "store", "--out", tmp_path / "r", "--preset", "tiny",
+                        "--window", "256", "--max-steps", "1", "--batch-size", "2", "--val-windows", "2",
+                        "--precision", "bf16-true", "--device", "cpu"], capsys)
+    assert code == 0, err
+    weights = safetensors.torch.load_file(tmp_path / "r" / "model" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
