@@ -101,7 +101,11 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
     precision = cfg.precision or ("bf16-mixed" if accelerator == "gpu" else "32-true")
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step{step:07d}",
                                  auto_insert_metric_name=False, every_n_train_steps=cfg.checkpoint_every or None,
-                                 save_top_k=1, save_last=True)
+                                 save_top_k=1, save_last=True,
+                                 # last.ckpt is also written by GracefulStop and at the end of fit: without this,
+                                 # Lightning saves "its" last checkpoint as last-v1.ckpt beside one it did not
+                                 # write, and a resumed run's last.ckpt stays at the stop
+                                 enable_version_counter=False)
     callbacks = [checkpoint, LearningRateMonitor(logging_interval="step"), *cfg.callbacks,
                  GracefulStop(out_dir / "checkpoints" / "last.ckpt")]
     if cfg.max_minutes is not None:

@@ -96,3 +96,17 @@ def test_sigint_saves_stops_130(store, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["stopped_by"] == "SIGINT" and metrics["global_step"] >= 1
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_resumed_run_keeps_one_last_checkpoint(store, tmp_path):
+    """last.ckpt written outside Lightning's ModelCheckpoint (at the end of fit, or by a stop) is the one the
+    resumed run's periodic saves replace: before, they went to last-v1.ckpt and last.ckpt stayed at the resume
+    point, so a hard kill then restarted from there."""
+    base = ["species", "train", "--data", store, "--out", tmp_path / "run", "--preset", "tiny", "--length", "64",
+            "--batch-size", "4", "--val-per-species", "0", "--device", "cpu"]
+    for extra in (["--max-steps", "3", "--checkpoint-every", "1000"],
+                  ["--max-steps", "6", "--checkpoint-every", "1", "--resume"]):
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in base + extra])
+        assert info.value.code == 0
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
