@@ -33,6 +33,9 @@ class AudioClipDataset(Dataset):
         self.encoding = meta.get("encoding")
         if meta.get("domain") != "audio" or self.encoding not in ENCODINGS:
             raise DataError(f"{self.store.path}: not an audio token store (meta encoding {self.encoding!r})")
+        if "clip_samples" not in meta:
+            raise DataError(f"{self.store.path}: a recordings store of any-length files (from 'mba audio prepare'): "
+                            "use the 'mba audio' commands, or 'mba sc09 prepare' for fixed-length clips")
         self.sample_rate = int(meta["sample_rate"])
         self.clip_samples = int(meta["clip_samples"])
         self.waveform = waveform

@@ -42,8 +42,7 @@ class _SpeciesWindows:
     def __init__(self, store: TokenStore, split: str, length: int, max_n_fraction: float, max_draws: int):
         if length <= 0:
             raise DataError(f"window length must be positive, not {length}")
-        if store.meta.get("domain") != "dna":
-            raise DataError(f"{store.path}: not a DNA token store")
+        check_genome_store(store)
         self.path, self.records, self.split, self.length = store.path, store.records, split, length
         self.max_unknown = int(max_n_fraction * length)
         self.max_draws = max_draws
@@ -142,6 +141,18 @@ class WindowSampler(_PicklesStoreByPath):
         while True:
             yield self[i]
             i += 1
+
+
+def check_genome_store(store: TokenStore) -> None:
+    """A one-line DataError unless ``store`` holds genomes by species (``mba species prepare`` / ``dna pretrain``):
+    a labelled-sequence store or an audio store says which command reads it."""
+    meta = store.meta
+    if meta.get("domain") == "dna" and meta.get("task") == "classify":
+        raise DataError(f"{store.path}: a labelled-sequence store (from 'mba dna classify prepare'): train on it "
+                        "with 'mba dna classify train'")
+    if meta.get("domain") != "dna" or "species" not in meta:
+        raise DataError(f"{store.path}: not a genome token store (made by 'mba species prepare' or "
+                        "'mba dna pretrain')")
 
 
 class WindowSet(_PicklesStoreByPath, Sequence):

@@ -48,7 +48,7 @@ from mamba_bio_audio.checkpoint import CONFIG_NAME
 from mamba_bio_audio.config import MambaConfig
 from mamba_bio_audio.data_prep.dna.tokenizer import NAME as TOKENIZER
 from mamba_bio_audio.data_prep.dna.tokenizer import VOCAB_SIZE
-from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, eval_windows
+from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, check_genome_store, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
 from mamba_bio_audio.training.data import IndexedDataModule
@@ -278,9 +278,9 @@ class WindowTokens:
 
 
 def open_store(path: str | os.PathLike) -> TokenStore:
+
     store = TokenStore(path)
-    if store.meta.get("domain") != "dna":
-        raise DataError(f"{store.path}: not a DNA token store (made by 'mba species prepare' or 'mba dna pretrain')")
+    check_genome_store(store)
     return store
 
 

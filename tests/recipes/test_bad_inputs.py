@@ -81,6 +81,8 @@ def fx(tmp_path_factory):
     _ok(["sc09", "prepare", "--from-folder", root / "digits", "--out", root / "sc09store", "--sample-rate", "8000",
          "--clip-seconds", "0.1"])
     f["sc09store"] = root / "sc09store"
+    _ok(["audio", "prepare", "--from", root / "digits", "--out", root / "rstore", "--sample-rate", "8000"])
+    f["rstore"] = root / "rstore"
     audio = {"sample_rate": 8000, "encoding": "mulaw8", "clip_samples": 800}
     build_audio_lm("mamba-lm", "tiny", audio).save_pretrained(root / "audio_lm")
     f["audio_lm"] = root / "audio_lm"
@@ -272,6 +274,17 @@ CASES = [
     ("sc09-train-budget-on-2-devices", lambda f, t: (["sc09", "train", "--data", f["sc09store"], "--out", t / "o",
                                                       "--preset", "tiny", "--device", "cpu", "--devices", "2",
                                                       "--max-minutes", "1"], t / "o"), "--max-steps"),
+    ("species-train-labelled-store", lambda f, t: (["species", "train", "--data", f["cstore"], "--out", t / "o",
+                                                    *SPECIES_TRAIN], t / "o"), "labelled-sequence store"),
+    ("species-evaluate-labelled-store", lambda f, t: (["species", "evaluate", "--checkpoint", f["run"], "--data",
+                                                       f["cstore"], "--out", t / "o", "--device", "cpu"], t / "o"),
+     "dna classify train"),
+    ("dna-pretrain-labelled-store", lambda f, t: (["dna", "pretrain", "--data", f["cstore"], "--out", t / "o",
+                                                   "--preset", "tiny", "--length", "64", "--max-steps", "1",
+                                                   "--device", "cpu"], t / "o"), "labelled-sequence store"),
+    ("sc09-train-recordings-store", lambda f, t: (["sc09", "train", "--data", f["rstore"], "--out", t / "o",
+                                                   "--preset", "tiny", "--device", "cpu"], t / "o"),
+     "recordings store"),
     ("sc09-train-species-store", lambda f, t: (["sc09", "train", "--data", f["store"], "--out", t / "o",
                                                 "--preset", "tiny", "--device", "cpu"], t / "o"), "store"),
     ("sc09-train-out-holds-their-files", lambda f, t: (["sc09", "train", "--data", f["sc09store"], "--out",
