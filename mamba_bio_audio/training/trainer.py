@@ -67,6 +67,9 @@ class TrainerConfig:
 
 def check_trainer_config(cfg: TrainerConfig) -> None:
     """Device, strategy and precision as one-line UserErrors, before anything is written or trained."""
+    if str(cfg.device).startswith("cuda:") and cfg.devices * cfg.num_nodes > 1:
+        raise UserError(f"--device {cfg.device} names one GPU, but --devices {cfg.devices} (x {cfg.num_nodes} nodes) "
+                        "asks for several: use --device cuda (and CUDA_VISIBLE_DEVICES to choose them)")
     accelerator, _ = resolve_device(cfg.device)
     if cfg.max_minutes is not None and not cfg.max_minutes > 0:
         raise UserError(f"--max-minutes must be positive, got {cfg.max_minutes}")

@@ -108,3 +108,12 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
         assert torch.equal(p, q), name
     with pytest.raises(UserError, match="no checkpoint"):
         _run(tmp_path / "c", 2, resume=True)
+
+
+def test_one_named_gpu_with_several_devices_is_one_line():
+    """`--device cuda:1 --devices 2` would train on one GPU silently (Lightning's launcher) or fail after the run
+    folder is written (torchrun): refused when the config is made."""
+    from mamba_bio_audio.training.trainer import TrainerConfig
+
+    with pytest.raises(UserError, match="--device cuda:1 names one GPU"):
+        TrainerConfig(device="cuda:1", devices=2)
