@@ -63,8 +63,16 @@ def _is_empty_folder(path: Path) -> bool:
 
 
 def _is_main_rank() -> bool:
-    """False in the extra processes a multi-device run launches: they neither check nor write output folders."""
-    return all(os.environ.get(name, "0") in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """False in the extra processes a multi-device run launches: they neither check nor write output folders.
+
+    The global rank is read from ``RANK`` (torchrun, Lightning), else ``SLURM_PROCID`` (plain ``srun``); without
+    either, a process is the main one when its ``NODE_RANK`` and ``LOCAL_RANK`` are both 0 (or unset), as in the
+    processes Lightning launches itself."""
+    for name in ("RANK", "SLURM_PROCID"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value == "0"
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in ("NODE_RANK", "LOCAL_RANK"))
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -211,9 +219,13 @@ def umask_mode(mode: int = 0o777) -> int:
     return mode & ~current
 
 
-def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), flag: str = "--out") -> Path:
+def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), overwrite: bool | None = None,
+                      flag: str = "--out") -> Path:
     """Refuse, before any work, an output file that is a folder, one of the ``inputs`` (or inside an input folder),
-    or whose folder cannot be written; returns ``out``. An existing file of another name is replaced atomically."""
+    a path inside a folder marked as an ``mba`` output (another command's: a token store, a run), an existing file
+    unless ``overwrite`` is true, or a file whose folder cannot be written; returns ``out``. The file is then
+    written atomically by the caller. ``overwrite=None``: the command has no ``--overwrite`` flag, so the message
+    for an existing file does not offer one."""
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{flag} {out}: is a folder; expected a file name")
@@ -221,5 +233,12 @@ def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), flag: str =
     for source in inputs:
         if source is not None and (resolved == Path(source).resolve() or Path(source).resolve() in resolved.parents):
             raise UserError(f"{flag} {out}: is an input ({source}); choose another file")
+    for folder in resolved.parents:
+        kind = output_kind(folder)
+        if kind is not None:
+            raise UserError(f"{flag} {out}: lies inside {folder}, a '{kind}' output; choose a file outside it")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        how = "pass --overwrite to replace it" if overwrite is False else "choose a new file name or remove it first"
+        raise UserError(f"{flag} {out}: already exists; {how}")
     _probe_writable(out, flag)
     return out

@@ -92,6 +92,54 @@ def test_never_an_input_folder(tmp_path, where):
     assert fasta.read_text() == ">r\nACGT\n"
 
 
+def test_an_existing_output_file_needs_overwrite(tmp_path):
+    """Before: `dna classify predict ... --out mydata.csv` replaced the user's CSV without a word."""
+    mine = tmp_path / "mydata.csv"
+    mine.write_text("years,of,work\n")
+    with pytest.raises(UserError, match="already exists; choose a new file name"):
+        check_output_file(mine)  # a command without --overwrite does not offer one
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        check_output_file(mine, overwrite=False)
+    assert check_output_file(mine, overwrite=True) == mine
+    assert mine.read_text() == "years,of,work\n"
+    assert check_output_file(tmp_path / "new.tsv") == tmp_path / "new.tsv"
+
+
+@pytest.mark.parametrize("where", ["index.json", "preds.tsv", "sub/preds.tsv"])
+def test_never_a_file_inside_an_output_folder(tmp_path, where):
+    """Before: `species predict ... --out OTHERSTORE/index.json` destroyed a token store."""
+    store = tmp_path / "store"
+    (store / "sub").mkdir(parents=True)
+    (store / MARKER).write_text("species prepare\n")
+    (store / "index.json").write_text("{}")
+    with pytest.raises(UserError, match="a 'species prepare' output"):
+        check_output_file(store / where, overwrite=True)
+    assert (store / "index.json").read_text() == "{}" and not (store / "preds.tsv").exists()
+
+
+@pytest.mark.parametrize("env, main", [
+    ({}, True),
+    ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+    ({"RANK": "3", "LOCAL_RANK": "1"}, False),
+    ({"SLURM_PROCID": "2"}, False),  # plain srun sets only this
+    ({"SLURM_PROCID": "0"}, True),
+    ({"RANK": "0", "SLURM_PROCID": "5"}, True),  # torchrun inside a SLURM job step: RANK is the rank
+    ({"RANK": "1", "SLURM_PROCID": "0"}, False),
+    ({"NODE_RANK": "1"}, False),  # processes Lightning launches itself
+    ({"LOCAL_RANK": "2"}, False),
+])
+def test_one_rank_check(monkeypatch, tmp_path, env, main):
+    from mamba_bio_audio.files import _is_main_rank
+
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _is_main_rank() is main
+    assert run_folder(tmp_path / "run", "k") == tmp_path / "run"
+    assert (tmp_path / "run").is_dir() is main  # an extra process writes nothing
+
+
 def test_run_folder_resume_needs_a_run_of_the_same_kind(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(UserError, match="no run to resume"):
