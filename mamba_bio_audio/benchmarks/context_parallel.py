@@ -18,6 +18,7 @@ gloo on CPU.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,10 @@ def check(opts: ContextParallelOptions, device, dtype: torch.dtype, seqlen: int)
 
 
 def time_steps(step, opts: ContextParallelOptions, device, collective: bool) -> dict:
-    """Median seconds of ``step()`` after warm-up, and this process's peak memory (CUDA)."""
+    """Median seconds of ``step()`` after warm-up, and this process's peak memory (CUDA). Out of memory in a step
+    of one process alone is that row's error; in a ``collective`` step (ranks pass states to each other) it ends
+    this process with exit code 2 and one line, since its neighbours would otherwise wait for it forever (torchrun
+    then stops them)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -151,6 +155,10 @@ def time_steps(step, opts: ContextParallelOptions, device, collective: bool) -> 
             if i >= opts.warmup:
                 times.append(time.perf_counter() - t0)
     except torch.OutOfMemoryError:
+        if collective:
+            print(f"mba bench context-parallel: rank {dist.get_rank()}: out of GPU memory in the context-parallel "
+                  "step; stopping every rank", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         return {"error": "out of memory"}
     row = {"seconds_per_step": sorted(times)[len(times) // 2], "all_seconds": times}
     if device.type == "cuda":

@@ -127,3 +127,24 @@ def test_bench_command_runs_on_cpu_with_two_processes(tmp_path):
     bench = data["bench"]
     assert bench["world_size"] == 2 and bench["seconds_per_step"] > 0
     assert (out / "context_parallel.md").read_text().startswith("# Context parallelism")
+
+
+def test_out_of_memory_in_the_collective_step_stops_the_process(monkeypatch, capsys):
+    """A rank out of memory in the context-parallel step must not move on (its neighbour would wait for its
+    message forever): one line and exit 2. Alone, it is the row's error."""
+    from types import SimpleNamespace
+
+    from mamba_bio_audio.benchmarks import context_parallel as cp
+
+    monkeypatch.setattr(cp.dist, "barrier", lambda: None)
+    monkeypatch.setattr(cp.dist, "get_rank", lambda: 1)
+
+    def step():
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    opts = SimpleNamespace(warmup=0, steps=1)
+    assert cp.time_steps(step, opts, torch.device("cpu"), collective=False) == {"error": "out of memory"}
+    with pytest.raises(SystemExit) as info:
+        cp.time_steps(step, opts, torch.device("cpu"), collective=True)
+    assert info.value.code == 2
+    assert "rank 1: out of GPU memory" in capsys.readouterr().err
