@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mamba_bio_audio.errors import UserError
@@ -30,3 +32,16 @@ def torch_device(name: str | None = "auto") -> torch.device:
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPUs here")
         return device
     raise UserError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+
+
+def process_device(name: str | None = "auto") -> torch.device:
+    """:func:`torch_device`, but for work a process does on its own before training starts (a probe, a step-time
+    probe): in a multi-device run each process's GPU is ``cuda:LOCAL_RANK`` (set by Lightning's launcher and
+    torchrun), not GPU 0 for every process. Unchanged for the CPU, a named ``cuda:N`` and single-process runs."""
+    device = torch_device(name)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        index = int(local_rank)
+        if index < torch.cuda.device_count():
+            return torch.device("cuda", index)
+    return device

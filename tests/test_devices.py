@@ -53,3 +53,21 @@ def test_lightning_devices_come_from_the_same_parser(monkeypatch):
     assert resolve_device("cuda:1") == ("gpu", [1])
     with pytest.raises(UserError, match="only 2 GPUs here"):
         resolve_device("cuda:2")
+
+
+def test_process_device_is_the_local_rank_gpu(monkeypatch):
+    """Work a process does before training (the species probe) runs on its own GPU in a multi-device run, not on
+    GPU 0 for every process."""
+    import torch
+
+    from mamba_bio_audio.devices import process_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_device("cuda") == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device("cuda") == torch.device("cuda", 1)
+    assert process_device("auto") == torch.device("cuda", 1)
+    assert process_device("cuda:0") == torch.device("cuda", 0)  # a named GPU stays named
+    assert process_device("cpu") == torch.device("cpu")

@@ -35,7 +35,7 @@ from mamba_bio_audio.checkpoint import load_backbone_weights
 from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
 from mamba_bio_audio.data_prep.dna.windows import WindowSampler, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
-from mamba_bio_audio.devices import torch_device
+from mamba_bio_audio.devices import process_device, torch_device
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
 from mamba_bio_audio.files import pyplot, save_figure
 from mamba_bio_audio.models.classifier import MambaClassifier
@@ -230,7 +230,9 @@ def _probe_head(model: MambaClassifier, store: TokenStore, settings: SpeciesSett
     tokens, labels = [t for t, _ in windows], windows.labels
     if settings.rc_prob > 0:  # training reads both strands: so does the probe, else fine-tuning starts by unlearning
         tokens, labels = tokens + [reverse_complement(t) for t in tokens], np.concatenate([labels, labels])
-    probe = fit_head_by_probe(model, tokens, labels, device=torch_device(settings.device))
+    probe = fit_head_by_probe(model, tokens, labels, device=process_device(settings.device))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the probe's cached blocks, before training takes its GPU
     if settings.max_minutes is not None and settings.max_steps is None:
         left = max(settings.max_minutes - probe["seconds"] / 60, settings.max_minutes / 10)
         settings = dataclasses.replace(settings, max_minutes=left)
