@@ -21,7 +21,8 @@ settings, the environment), ``sweep.md`` (the table) and ``sweep.png`` (bits per
 log2 axis); each run's folder ``window_W/`` is an ``mba audio train`` run
 (config, model, logs, metrics.json). A run whose ``metrics.json`` exists is not trained again, and its test scores
 are kept there too (``sweep_test``), so a stopped sweep continues where it was, even from the runs' metrics.json
-files alone (e.g. carried to another machine without their models).
+files alone (e.g. carried to another machine without their models). A run stopped by SIGTERM / SIGINT (its
+metrics.json only says so: :func:`stopped_run`) is continued from its ``checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ REUSE_MUST_MATCH = ("arch", "preset", "max_steps", "max_minutes")
 """The settings a reused run's metrics.json must share with the sweep (its window is its folder's name)."""
 
 
+def stopped_run(trained: dict) -> bool:
+    """Whether a run's metrics.json is the note a run stopped by a signal leaves (``stopped_by`` SIGTERM or SIGINT,
+    its step and checkpoint; written by :func:`~mamba_bio_audio.training.trainer.fit`) rather than a finished run's
+    metrics (whose ``stopped_by`` is at most "max_minutes")."""
+    from mamba_bio_audio.errors import TrainingStopped
+
+    return trained.get("stopped_by") in TrainingStopped.EXIT_CODES
+
+
 def check_reused_run(trained: dict, settings: RecordingTrainSettings, run: Path) -> None:
     """Refuse to put a run trained under another budget or model (an earlier sweep's) into this sweep's table."""
     differ = [f"{key} {trained.get(key)!r} there, {getattr(settings, key)!r} now" for key in REUSE_MUST_MATCH
@@ -107,7 +117,9 @@ def check_sweep(store: TokenStore, settings: SweepSettings, out: Path | None = N
     for window in settings.windows:
         metrics_path = out / f"window_{window}" / "metrics.json"
         if metrics_path.is_file():
-            check_reused_run(json.loads(metrics_path.read_text()), settings.run_settings(window), metrics_path.parent)
+            trained = json.loads(metrics_path.read_text())
+            if not stopped_run(trained):  # a stopped run is continued, not reused
+                check_reused_run(trained, settings.run_settings(window), metrics_path.parent)
 
 
 def test_bits(model, store: TokenStore, window: int, settings: SweepSettings, device) -> tuple[float | None, int]:
@@ -139,22 +151,28 @@ def sweep_row(store: TokenStore, out: Path, window: int, settings: SweepSettings
     that runs out of GPU memory gives a row without scores, its ``error`` the reason."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+    from mamba_bio_audio.training.trainer import last_checkpoint
 
     run = out / f"window_{window}"
     s = settings.run_settings(window)
     metrics_path = run / "metrics.json"
-    if metrics_path.is_file():
-        progress(f"window {window}: reusing {run}")
-        trained = json.loads(metrics_path.read_text())  # its settings checked by check_sweep
+    trained = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    if trained is not None and not stopped_run(trained):
+        progress(f"window {window}: reusing {run}")  # its settings checked by check_sweep
     else:
-        progress(f"window {window}: training, batch {s.batch_size} x {window} samples")
+        resume = trained is not None and last_checkpoint(run) is not None
+        if resume:
+            progress(f"window {window}: continuing the run stopped by {trained['stopped_by']} at step "
+                     f"{trained.get('global_step')}")
+        else:
+            progress(f"window {window}: training, batch {s.batch_size} x {window} samples")
         run.mkdir(parents=True, exist_ok=True)
         where = torch_device(s.device)
         if where.type == "cuda":
             torch.cuda.reset_peak_memory_stats(where)
         t0 = time.perf_counter()
         try:
-            trained = train_recording_lm(store, run, s)
+            trained = train_recording_lm(store, run, s, resume=resume)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             progress(f"window {window}: out of GPU memory at batch {s.batch_size} -- row left empty")

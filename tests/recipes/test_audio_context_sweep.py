@@ -84,6 +84,37 @@ def test_sweep_trains_each_window_at_equal_compute_and_scores_it(store, tmp_path
     assert "window_64" in err and (out / "config.yaml").read_text() == config
 
 
+def test_a_sweep_stopped_by_sigterm_continues_the_stopped_run(store, tmp_path, capsys, monkeypatch):
+    """Before: the note a stopped run leaves in window_W/metrics.json (stopped_by, global_step, checkpoint) was
+    taken for a finished run of other settings, and the sweep refused to continue ("arch None there")."""
+    from mamba_bio_audio.training.callbacks import GracefulStop
+
+    out = tmp_path / "sweep"
+    start = GracefulStop.on_train_start
+
+    def signalled(self, trainer, pl_module):  # as if SIGTERM arrived during the first step
+        start(self, trainer, pl_module)
+        self.received = "SIGTERM"
+
+    monkeypatch.setattr(GracefulStop, "on_train_start", signalled)
+    code, _, err = run(sweep_args(store, out), capsys)
+    assert code == 143, err
+    note = json.loads((out / "window_64" / "metrics.json").read_text())
+    assert note["stopped_by"] == "SIGTERM" and note["global_step"] == 1
+    assert (out / "window_64" / "checkpoints" / "last.ckpt").is_file() and not (out / "window_256").exists()
+    monkeypatch.setattr(GracefulStop, "on_train_start", start)
+
+    code, _, err = run(sweep_args(store, out), capsys)
+    assert code == 0, err
+    assert "window 64: continuing the run stopped by SIGTERM at step 1" in err
+    trained = json.loads((out / "window_64" / "metrics.json").read_text())
+    assert trained["steps"] == 2 and trained["arch"] == "sashimi" and "global_step" not in trained
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == [2, 2] and all(0 < r["test_bits_own"] < 9 for r in rows)
+    # the resumed part's logs sit beside the first part's (a new version), not over them
+    assert len(list((out / "window_64" / "logs").glob("version_*"))) == 2
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--windows", "64,1024"], "--tokens-per-batch 512"),
     (["--windows", "64,x"], "--windows"),
@@ -112,10 +143,10 @@ def test_a_window_out_of_gpu_memory_leaves_its_row_empty(store, tmp_path, monkey
 
     real = sweep.train_recording_lm
 
-    def train(store_, run, s):
+    def train(store_, run, s, **kw):
         if s.window == 256:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real(store_, run, s)
+        return real(store_, run, s, **kw)
 
     monkeypatch.setattr(sweep, "train_recording_lm", train)
     base = RecordingTrainSettings(arch="sashimi", preset="tiny", max_steps=2, val_clips=2, device="cpu")
