@@ -44,6 +44,7 @@ from mamba_bio_audio.tasks.windows import (
     dna_extra,
     evaluating,
     get_preset,
+    is_main_process,
     open_store,
     optim_config,
     param_count,
@@ -178,6 +179,8 @@ def plan_packed_pretraining(store_path: str | os.PathLike, settings: TrainSettin
 def run_pretraining(plan: WindowPlan, out: Path, resume: bool = False, batch_size: int | None = None) -> dict:
     """Train, save ``out/model``, and return the metrics: val loss (nats per base), perplexity, bits per base."""
     metrics = run_windows(plan, out, resume)
+    if not is_main_process():  # the other processes of a multi-device run: their scores would go unused
+        return metrics
     if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
         device = torch_device(plan.trainer.device)
         if plan.summary.get("objective") == "mlm":

@@ -49,6 +49,7 @@ from mamba_bio_audio.tasks.windows import (
     dna_extra,
     evaluating,
     get_preset,
+    is_main_process,
     model_dir,
     open_store,
     plan_windows,
@@ -242,6 +243,8 @@ def _probe_head(model: MambaClassifier, store: TokenStore, settings: SpeciesSett
 def run_training(plan: WindowPlan, out: Path, resume: bool = False) -> dict:
     """Fit, save ``out/model``, and return the metrics (with the val accuracy at the training length if any)."""
     metrics = run_windows(plan, out, resume)
+    if not is_main_process():  # the other processes of a multi-device run: their scores would go unused
+        return metrics
     if plan.val is not None:  # Lightning hands the model back on the CPU: evaluate on the training device
         probs = predict_proba(plan.model, (t for t, _ in plan.val), device=torch_device(plan.trainer.device))
         metrics["val_accuracy"] = float((probs.argmax(1) == plan.val.labels).mean())
@@ -264,6 +267,8 @@ def train_keeping_the_better(plan: WindowPlan, out: Path, store_path: str | os.P
     higher on fixed val-split windows (``out/model`` is rewritten when the probe wins): a short fine-tuning can
     leave a model worse than its probe (the head's large weights amplify every change of the pooled states).
     Returns the training metrics with ``val_accuracy_probe``, ``val_accuracy_fine_tuned`` and ``kept``."""
+    if not is_main_process():  # only the main process scores, keeps and saves
+        return run_training(plan, out)
     device = torch_device(plan.trainer.device)
     probed = {k: v.detach().clone() for k, v in plan.model.state_dict().items()}
     before = split_accuracy(plan.model, store_path, "val", length, val_per_species, seed, device)
