@@ -60,6 +60,7 @@ class StopTraining(pl.Callback):
     which the target was reached (validation runs every ``val_every`` steps, so a multiple of it). ``history``:
     [{"step", "accuracy", "loss"}] per validation. With ``keep_best``, ``best_state`` is a CPU copy of the model's
     state dict at the validation with the highest accuracy (ties: the lowest ``val/loss``), ``best_step`` its step.
+    All of it is saved in training checkpoints, so a resumed run keeps its history and best weights.
     """
 
     def __init__(self, target_accuracy: float | None = None, deadline: float | None = None,
@@ -93,6 +94,19 @@ class StopTraining(pl.Callback):
             self.reason, self.reached_at = "target", trainer.global_step
             trainer.should_stop = True
 
+    def state_dict(self) -> dict:
+        return {"reason": self.reason, "reached_at": self.reached_at, "best": self.best,
+                "history": [dict(h) for h in self.history], "best_state": self.best_state,
+                "best_step": self.best_step, "best_key": None if self._best_key is None else list(self._best_key)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("reason") == "target":  # a stop by the deadline is what a resume continues from
+            self.reason, self.reached_at = "target", state_dict.get("reached_at")
+        self.best, self.history = state_dict.get("best"), list(state_dict.get("history", []))
+        self.best_state, self.best_step = state_dict.get("best_state"), state_dict.get("best_step")
+        key = state_dict.get("best_key")
+        self._best_key = None if key is None else tuple(key)
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if self.deadline is None or self.reason is not None or time.monotonic() < self.deadline:
             return
@@ -110,7 +124,8 @@ class LengthCurriculum(pl.Callback):
     every ``check_every`` steps). The data reads :meth:`seqlen_at` for each
     sample (step = index // batch size); an early switch takes effect ``lag`` steps after the check, so batches
     the loader has already fetched keep their length. ``starts`` lists the first step of each stage reached.
-    The state is not saved in checkpoints: a resumed run starts the curriculum again.
+    ``starts`` and the count of good checks are saved in training checkpoints: a resumed run continues the
+    curriculum where it was (a stage cut short by ``time_caps`` keeps its recorded start).
     """
 
     def __init__(self, stages: tuple[tuple[int, int], ...] | list, final_len: int, advance_at: float | None = None,
@@ -124,6 +139,13 @@ class LengthCurriculum(pl.Callback):
         self.check_every, self.checks, self.lag = check_every, checks, lag
         self.starts = [0]
         self._good = 0
+
+    def state_dict(self) -> dict:
+        return {"starts": list(self.starts), "good": self._good}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.starts = [int(s) for s in state_dict.get("starts", [0])]
+        self._good = int(state_dict.get("good", 0))
 
     def _boundaries(self, upto: int) -> list[int]:
         """First steps of stages 0 .. upto: the recorded ones, then each stage's cap after the last."""
