@@ -55,7 +55,6 @@ from mamba_bio_audio.tasks.windows import (
     evaluating,
     get_preset,
     model_dir,
-    open_store,
     optim_config,
     param_count,
     preset_name_of,
@@ -94,8 +93,8 @@ def prepare(source: str | os.PathLike | None, out: str | os.PathLike, *, fmt: st
 
 
 def open_labelled_store(path: str | os.PathLike) -> TokenStore:
-    store = open_store(path)
-    if store.meta.get("task") != "classify":
+    store = TokenStore(path)  # not open_store: that one takes genome stores only
+    if store.meta.get("domain") != "dna" or store.meta.get("task") != "classify":
         raise DataError(f"{store.path}: not a store of labelled sequences (made by 'mba dna classify prepare')")
     return store
 
