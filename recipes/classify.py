@@ -26,17 +26,18 @@ from mamba_bio_audio.recipes.options import (
     overwrite_option,
 )
 from mamba_bio_audio.recipes.outputs import (
+    check_checkpoint_fits,
     check_output_file,
     check_output_folder,
-    check_resume_config,
     output_folder,
-    run_config_value,
+    resume_params,
     run_folder,
     write_json,
 )
 
 DIR = click.Path(file_okay=False, path_type=Path)
 FORMAT_CHOICES = ("auto", "table", "nt", "fasta", "genomic-benchmarks")
+PRESET_NAMES = ("tiny", "paper-1.4m", "paper-7m")
 
 
 def reader_options(f):
@@ -111,7 +112,7 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Store from 'classify prepare'.")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
 @budget_options
-@click.option("--preset", type=click.Choice(["tiny", "paper-1.4m", "paper-7m"]), default=None,
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Model size [default: tiny, or the shape of --init-from].")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="A 'dna pretrain' run, or a trained species/classify model, whose backbone starts the model.")
@@ -138,33 +139,35 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @common_options
 def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | None, preset: str | None,
           init_from: Path | None, bidirectional: bool, pooling: str, class_weights: bool, max_length: int,
-          batch_size: int | None, lr: float | None, rc_prob: float, pack: bool, pack_length: int, val_every: int | None, checkpoint_every: int,
-          num_workers: int, resume: bool, device: str, seed: int) -> None:
+          batch_size: int | None, lr: float | None, rc_prob: float, pack: bool, pack_length: int,
+          val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on the train split (length-bucketed, padded batches; or packed rows)."""
     from mamba_bio_audio.tasks.classify import ClassifySettings, plan_training, run_training
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
-    settings = ClassifySettings(
-        length=max_length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr,
-        rc_prob=rc_prob, val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
-        device=device, seed=seed, bidirectional=bidirectional, pooling=pooling, class_weights=class_weights,
-        init_from=None if init_from is None else str(init_from), pack=pack, pack_length=pack_length)
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "dna classify train", resume=resume, overwrite=True, inputs=(data, init_from))
+    ctx = click.get_current_context()
+    p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
+    settings = ClassifySettings(
+        length=p["max_length"], max_steps=p["max_steps"], max_minutes=max_minutes, preset=p["preset"],
+        batch_size=p["batch_size"], lr=p["lr"], rc_prob=p["rc_prob"], val_every=val_every,
+        checkpoint_every=checkpoint_every, num_workers=num_workers, device=device, seed=p["seed"],
+        bidirectional=p["bidirectional"], pooling=p["pooling"], class_weights=p["class_weights"],
+        init_from=None if p["init_from"] is None else str(p["init_from"]), pack=p["pack"],
+        pack_length=p["pack_length"])
+    plan = plan_training(p["data"], settings)
     if resume:
-        check_resume_config(out, click.get_current_context().params, ("preset", "max_length", "bidirectional",
-                                                                       "pooling", "pack", "pack_length"))
-        if max_steps is None:  # the steps the run had (given, or planned from its budget): the schedule's length
-            settings.max_steps = run_config_value(out, "max_steps")
-    plan = plan_training(data, settings)
+        check_checkpoint_fits(out, plan.task)
     if is_main_process():
         s = plan.summary
         click.echo(f"model: {s['n_layer']} layers x d_model {s['d_model']}, {s['parameters']:,} parameters; batch "
                    f"{s['batch_size']}, lr {s['lr']:g}; {s['train_sequences']:,} train sequences; validation: "
                    f"{s['validation']}")
         run_folder(out, "dna classify train", resume=resume, inputs=(data, init_from))
-        _write_config(out, {**click.get_current_context().params, "batch_size": s["batch_size"], "lr": s["lr"],
-                            "max_steps": s["max_steps"]})
+        preset_name = s["preset"] if s["preset"] in PRESET_NAMES else p["preset"]
+        _write_config(out, {**p, "batch_size": s["batch_size"], "lr": s["lr"], "max_steps": s["max_steps"],
+                            "preset": preset_name})
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         metrics["data"] = str(data)

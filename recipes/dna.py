@@ -12,6 +12,7 @@ The work is done by :mod:`mamba_bio_audio.tasks.dna_lm` (model, training, perple
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,10 @@ from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.classify import classify
 from mamba_bio_audio.recipes.options import budget_options, common_options, window_training_options
 from mamba_bio_audio.recipes.outputs import (
+    check_checkpoint_fits,
     check_output_folder,
-    check_resume_config,
     echo_summary,
-    run_config_value,
+    resume_params,
     run_folder,
     write_json,
     write_run_config,
@@ -38,6 +39,32 @@ def dna() -> None:
 
 
 dna.add_command(classify)
+
+
+def launcher_world_size() -> int:
+    """The number of processes an external launcher started (torchrun: WORLD_SIZE, SLURM: SLURM_NTASKS; 1 when
+    neither is set or readable)."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        try:
+            size = int(os.environ.get(name, "1"))
+        except ValueError:
+            continue
+        if size > 1:
+            return size
+    return 1
+
+
+def refuse_preparing_under_a_launcher(source: str) -> None:
+    """A one-line UserError when ``--genomes``/``--bed`` would be prepared into RUN/store by several processes at
+    once: every process of a launcher (torchrun, SLURM) runs this command from the start, and only rank 0 writes
+    the store that the others open at once."""
+    size = launcher_world_size()
+    if size == 1:
+        return
+    first = ("`mba species prepare --genomes DIR --out STORE` (with --split-by as here)" if source == "--genomes" else
+             "this command without the launcher and with --max-steps 1 (it writes RUN/store)")
+    raise UserError(f"{source}: under a launcher of {size} processes the store cannot be prepared by every process "
+                    f"at once; prepare it first in one process with {first}, then launch with --data STORE")
 
 
 @dna.command("pretrain")
@@ -71,7 +98,8 @@ dna.add_command(classify)
 @window_training_options
 @common_options
 def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: Path | None, split_by: str,
-             out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str, batch_size: int | None, accumulate: int,
+             out: Path, length: int, max_steps: int | None, max_minutes: float | None, preset: str,
+             batch_size: int | None, accumulate: int,
              lr: float | None, warmup_min_length: int | None, warmup_stage_steps: int | None,
              checkpoint_activations: bool | None, rc_prob: float, pack: bool, objective: str, model_type: str | None,
              rcps: bool, val_per_species: int, val_every: int | None,
@@ -89,39 +117,42 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     )
     from mamba_bio_audio.tasks.windows import TrainSettings, is_main_process, refuse_to_overwrite
 
+    refuse_to_overwrite(out, resume)
+    ctx = click.get_current_context()
+    p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
+    genomes, data, bed, fasta = p["genomes"], p["data"], p["bed"], p["fasta"]
     sources = [name for name, value in (("--genomes", genomes), ("--data", data), ("--bed", bed)) if value]
     if len(sources) != 1:
         raise UserError("give exactly one of --genomes DIR, --data STORE or --bed FILE --fasta FILE")
     if (bed is None) != (fasta is None):
         raise UserError("--bed and --fasta go together")
-    check_objective(objective, model_type, pack)
+    check_objective(p["objective"], p["model_type"], p["pack"])
     settings = TrainSettings(
-        length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr, accumulate=accumulate,
-        warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
-        checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
-        val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
-        devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed)
-    refuse_to_overwrite(out, resume)
+        length=p["length"], max_steps=p["max_steps"], max_minutes=max_minutes, preset=p["preset"],
+        batch_size=p["batch_size"], lr=p["lr"], accumulate=p["accumulate"], warmup_min_length=p["warmup_min_length"],
+        warmup_stage_steps=p["warmup_stage_steps"], checkpoint_activations=checkpoint_activations,
+        rc_prob=p["rc_prob"], val_per_species=p["val_per_species"], val_every=val_every,
+        checkpoint_every=checkpoint_every, num_workers=num_workers, device=device, devices=devices,
+        num_nodes=num_nodes, strategy=strategy, seed=p["seed"])
+    store = data or out / "store"
+    if data is None and not (store / "index.json").is_file():
+        refuse_preparing_under_a_launcher(sources[0])
     if is_main_process():
         check_output_folder(out, "dna pretrain", resume=resume, overwrite=True, inputs=(genomes, data, bed, fasta))
-        if resume:
-            check_resume_config(out, click.get_current_context().params, ("preset", "length", "pack", "objective",
-                                                                           "rcps"))
-    if resume and max_steps is None:  # the step count this run planned from its budget
-        settings.max_steps = run_config_value(out, "max_steps")
     created = not out.exists()
-    store = data or out / "store"
     try:
         if data is None and is_main_process() and not (resume and (store / "index.json").is_file()):
             run_folder(out, "dna pretrain", resume=resume, inputs=(genomes, bed, fasta))  # ours before RUN/store
             if genomes is not None:
-                prepare_genomes(genomes, store, split_by, seed=seed)
+                prepare_genomes(genomes, store, p["split_by"], seed=p["seed"])
             else:
-                prepare_bed(bed, fasta, store, extend_to=0 if pack else length)
-        if pack:
+                prepare_bed(bed, fasta, store, extend_to=0 if p["pack"] else p["length"])
+        if p["pack"]:
             plan = plan_packed_pretraining(store, settings)
         else:
-            plan = plan_pretraining(store, settings, objective, rcps=rcps)
+            plan = plan_pretraining(store, settings, p["objective"], rcps=p["rcps"])
+        if resume:
+            check_checkpoint_fits(out, plan.task)
     except Exception:
         if created and out.exists() and is_main_process():  # leave no half-made run behind
             shutil.rmtree(out)
@@ -129,14 +160,14 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
     if is_main_process():
         echo_summary(plan.summary)
         run_folder(out, "dna pretrain", resume=resume, inputs=(genomes, data, bed, fasta))
-        write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
-                         lr=plan.summary["lr"], max_steps=plan.summary["max_steps"])
+        write_run_config(out, p, batch_size=plan.summary["batch_size"], lr=plan.summary["lr"],
+                         max_steps=plan.summary["max_steps"])
     metrics = run_pretraining(plan, out, resume=resume)
     if is_main_process():
         metrics["data"] = str(store)
         write_json(out / "metrics.json", metrics)
         if "val_perplexity" in metrics:
-            masked = " (masked bases)" if objective == "mlm" else ""
+            masked = " (masked bases)" if p["objective"] == "mlm" else ""
             click.echo(f"val perplexity {metrics['val_perplexity']:.3f}, {metrics['val_bits_per_base']:.3f} bits per "
                        f"base{masked} (uniform over A/C/G/T: 4, 2 bits)")
         click.echo(f"{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")

@@ -20,8 +20,16 @@ from mamba_bio_audio.files import (
     save_figure,
 )
 
-__all__ = ["atomic_write_text", "check_output_file", "check_output_folder", "check_resume_config", "output_folder",
-           "plot_curve", "read_csv_metric", "report_audio_training", "run_folder", "write_json", "write_yaml"]
+__all__ = ["atomic_write_text", "check_checkpoint_fits", "check_output_file", "check_output_folder",
+           "check_resume_config", "output_folder", "plot_curve", "read_csv_metric", "report_audio_training",
+           "resume_params", "run_folder", "write_json", "write_yaml"]
+
+# Options a --resume may change: where and how fast the run goes on, not what it trains (see resume_params).
+RUNTIME_OPTIONS = frozenset({"out", "resume", "max_steps", "max_minutes", "num_workers", "device", "devices",
+                             "num_nodes", "strategy", "checkpoint_every", "val_every", "checkpoint_activations"})
+# Options whose value config.yaml records as the run resolved it: a saved None there was not recorded (an older or
+# broken config.yaml), not a choice of the run's.
+RESOLVED_OPTIONS = ("preset", "batch_size", "lr", "max_steps", "train_length")
 
 
 def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
@@ -47,13 +55,123 @@ def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
         return
     for key in keys:
         given = params.get(key)
-        if given is None or key not in saved:
+        if given is None or saved.get(key) is None:  # a saved None was not recorded
             continue
         plain = str(given) if isinstance(given, Path) else given
         if plain != saved[key]:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"{flag} {plain}: the run in {out} was started with {flag} {saved[key]}; --resume "
                             f"continues it as it was (start a new --out to change it)")
+
+
+def resume_params(out: Path, ctx: click.Context, resolved: tuple[str, ...] = RESOLVED_OPTIONS) -> dict:
+    """The option values a ``--resume`` of the training run in ``out`` continues with: ``ctx.params`` with every
+    option not given (neither on the command line nor by ``--config``) taken from the run's ``config.yaml``.
+
+    Planning options (every option but :data:`RUNTIME_OPTIONS`: the data, model, batch, lr, schedule, seed,
+    augmentation, validation windows, ...) are the run's: one given with another value than the saved one is a
+    one-line UserError naming the option, both values and the run folder. Run-time options may differ: ``out``,
+    ``resume``, ``max_steps`` (a resume may train on to more steps; not given: the saved value, the length of the
+    run's schedule), ``max_minutes``, ``num_workers``, ``device``, ``devices``, ``num_nodes`` and ``strategy``
+    (the hardware; more devices make the global batch larger), ``checkpoint_every``, ``val_every`` and
+    ``checkpoint_activations`` (memory only); apart from ``max_steps`` they take this command line's values.
+    ``--init-from`` on the command line is refused: the weights come from the checkpoint (the saved value still
+    rebuilds the model the run had).
+
+    A saved None of a ``resolved`` option (one the run writes as it resolved it, e.g. ``preset``) or a key missing
+    from ``config.yaml`` was not recorded: the given value (or the default) is taken. A run without a readable
+    ``config.yaml`` keeps ``ctx.params``. The run's ``checkpoints/last.ckpt`` must load first
+    (:func:`check_resume_config`). Nothing is written.
+    """
+    from click.core import ParameterSource
+
+    check_resume_config(out, {}, ())
+    saved = _saved_config(out)
+    params = dict(ctx.params)
+    options = {p.name: p for p in ctx.command.params}
+
+    def given(key: str) -> bool:
+        return ctx.get_parameter_source(key) not in (None, ParameterSource.DEFAULT)
+
+    if params.get("init_from") is not None and ctx.get_parameter_source("init_from") == ParameterSource.COMMANDLINE:
+        raise UserError(f"--init-from {params['init_from']}: --resume continues the run in {out} from its "
+                        f"checkpoint, which holds the weights (leave --init-from out)")
+    for key, value in ctx.params.items():
+        if key not in saved or (key in RUNTIME_OPTIONS and key != "max_steps"):
+            continue
+        recorded = saved[key]
+        if recorded is None and key in resolved:
+            continue
+        option = options.get(key)
+        if not given(key):
+            is_path = option is not None and isinstance(option.type, click.Path) and option.type.type is not str
+            params[key] = Path(recorded) if is_path and isinstance(recorded, str) else recorded
+        elif key not in RUNTIME_OPTIONS and not _same_value(value, recorded):
+            raise UserError(f"{_shown(option, key, value)}: the run in {out} was started "
+                            f"{_shown(option, key, recorded, started=True)}; --resume continues it as it was (start "
+                            f"a new --out to change it)")
+    return params
+
+
+def _saved_config(out: Path) -> dict:
+    """The run's ``config.yaml`` as a dict ({} when missing or unreadable)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(out) / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _same_value(given, recorded) -> bool:
+    if isinstance(given, Path):
+        if recorded is None:
+            return False
+        return str(given) == str(recorded) or given.resolve() == Path(recorded).resolve()
+    if isinstance(given, tuple):
+        given = list(given)
+    return given == recorded
+
+
+def _shown(option: click.Parameter | None, key: str, value, started: bool = False) -> str:
+    """An option value as the command line spells it: '--batch-size 8', '--no-rcps', 'without --init-from'
+    (``started``: 'with --batch-size 8', ...)."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(option, click.Option) and option.is_flag and isinstance(value, bool):
+        if value:
+            text = option.opts[0] if option.opts else flag
+        elif option.secondary_opts:
+            text = option.secondary_opts[0]
+        else:
+            return f"without {flag}"
+    elif value is None:
+        return f"without {flag}"
+    else:
+        text = f"{flag} {value}"
+    return f"with {text}" if started else text
+
+
+def check_checkpoint_fits(out: Path, module) -> None:
+    """Before a ``--resume`` writes anything: the weights of the run's ``checkpoints/last.ckpt`` must have the
+    names and shapes of ``module``'s (the planned LightningModule), else a one-line UserError (e.g. a store with
+    another number of classes, or another model type)."""
+    from mamba_bio_audio.training.trainer import last_checkpoint, load_training_checkpoint
+
+    ckpt = last_checkpoint(out)
+    if ckpt is None:
+        raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
+    saved = load_training_checkpoint(ckpt)["state_dict"]
+    planned = module.state_dict()
+    for name in sorted(set(saved) | set(planned)):
+        have = tuple(saved[name].shape) if name in saved else None
+        want = tuple(planned[name].shape) if name in planned else None
+        if have != want:
+            detail = (f"{name} is {list(have)} there, {list(want)} in the planned model"
+                      if have is not None and want is not None else
+                      f"{name} is only in the {'checkpoint' if have is not None else 'planned model'}")
+            raise UserError(f"--resume: the checkpoint in {Path(out) / 'checkpoints'} does not fit the model this "
+                            f"command plans ({detail}); --resume continues a run with its own data and options")
 
 
 def write_json(path: Path, data: Any) -> None:

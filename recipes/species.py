@@ -27,12 +27,12 @@ from mamba_bio_audio.recipes.options import (
 )
 from mamba_bio_audio.recipes.outputs import (
     atomic_write_text,
+    check_checkpoint_fits,
     check_output_file,
     check_output_folder,
-    check_resume_config,
     echo_summary,
     output_folder,
-    run_config_value,
+    resume_params,
     run_folder,
     write_json,
     write_run_config,
@@ -122,29 +122,28 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
     from mamba_bio_audio.tasks.species import SpeciesSettings, plan_training, run_training
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
-    settings = SpeciesSettings(
-        length=length, max_steps=max_steps, max_minutes=max_minutes, preset=preset, batch_size=batch_size, lr=lr,
-        accumulate=accumulate, warmup_min_length=warmup_min_length, warmup_stage_steps=warmup_stage_steps,
-        checkpoint_activations=checkpoint_activations, rc_prob=rc_prob, val_per_species=val_per_species,
-        val_every=val_every, checkpoint_every=checkpoint_every, num_workers=num_workers, device=device,
-        devices=devices, num_nodes=num_nodes, strategy=strategy, seed=seed, bidirectional=bidirectional,
-        pooling=pooling, train_length=train_length, head_init=head_init,
-        init_from=None if init_from is None else str(init_from))
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "species train", resume=resume, overwrite=True, inputs=(data, init_from))
+    ctx = click.get_current_context()
+    p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
+    settings = SpeciesSettings(
+        length=p["length"], max_steps=p["max_steps"], max_minutes=max_minutes, preset=p["preset"],
+        batch_size=p["batch_size"], lr=p["lr"], accumulate=p["accumulate"], warmup_min_length=p["warmup_min_length"],
+        warmup_stage_steps=p["warmup_stage_steps"], checkpoint_activations=checkpoint_activations,
+        rc_prob=p["rc_prob"], val_per_species=p["val_per_species"], val_every=val_every,
+        checkpoint_every=checkpoint_every, num_workers=num_workers, device=device, devices=devices,
+        num_nodes=num_nodes, strategy=strategy, seed=p["seed"], bidirectional=p["bidirectional"],
+        pooling=p["pooling"], train_length=p["train_length"], head_init=p["head_init"],
+        init_from=None if p["init_from"] is None else str(p["init_from"]))
+    plan = plan_training(p["data"], settings)
     if resume:
-        check_resume_config(out, click.get_current_context().params,
-                            ("preset", "length", "bidirectional", "pooling", "train_length"))
-        for key in ("max_steps", "preset", "train_length"):  # as the run had them (e.g. the steps it planned)
-            if getattr(settings, key) is None:
-                setattr(settings, key, run_config_value(out, key))
-    plan = plan_training(data, settings)
+        check_checkpoint_fits(out, plan.task)
     if is_main_process():
         echo_summary(plan.summary)
         run_folder(out, "species train", resume=resume, inputs=(data, init_from))
-        write_run_config(out, click.get_current_context().params, batch_size=plan.summary["batch_size"],
-                         lr=plan.summary["lr"], max_steps=plan.summary["max_steps"],
-                         train_length=plan.summary["train_length"])
+        write_run_config(out, p, batch_size=plan.summary["batch_size"], lr=plan.summary["lr"],
+                         max_steps=plan.summary["max_steps"], train_length=plan.summary["train_length"],
+                         preset=plan.summary["preset"] if plan.summary["preset"] in PRESET_NAMES else p["preset"])
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         write_json(out / "metrics.json", metrics)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.files import run_folder
-from mamba_bio_audio.recipes.outputs import write_json, write_yaml
+from mamba_bio_audio.recipes.outputs import run_config_value, write_json, write_yaml
 
 TASKS = ("selective-copy", "induction-heads")
 ARCHS = ("mamba", "no-gate")
@@ -225,10 +225,16 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     model = _model(arch, config)
     history = _continue_from(model, Path(init_from)) if init_from is not None else []
     prior_steps = sum(h["steps"] for h in history)
-    write_yaml(out / "config.yaml", {"command": f"synthetic {task}", "arch": arch, "layer": layer, "device": device,
-                                     "seed": seed, "preset": asdict(preset), "model": config.to_dict(),
-                                     "time_budget_s": time_budget_s, "precision": precision,
-                                     "init_from": None if init_from is None else str(init_from)})
+    run_config = {"command": f"synthetic {task}", "arch": arch, "layer": layer, "device": device, "seed": seed,
+                  "preset": asdict(preset), "model": config.to_dict(), "time_budget_s": time_budget_s,
+                  "precision": precision, "init_from": None if init_from is None else str(init_from)}
+    if resume:  # the run's config.yaml stays as it was unless this is the same model (else: one line, no write)
+        saved = run_config_value(out, "model"), run_config_value(out, "arch"), run_config_value(out, "layer")
+        if saved[0] is not None and saved != (run_config["model"], arch, layer):
+            raise UserError(f"--resume: the run in {out} trained another model ({saved[1]}, {saved[2]}, "
+                            f"{saved[0].get('d_model')}-wide; this command: {arch}, {layer}, {config.d_model}-wide, "
+                            f"or another task or preset); start a new --out to change it")
+    write_yaml(out / "config.yaml", run_config)
 
     def held_out(i: int) -> dict:
         return generator.sample(EVAL_OFFSET + i)
