@@ -36,8 +36,8 @@ def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
     """Before ``--resume`` writes anything: the run's ``checkpoints/last.ckpt`` must load safely (weights only;
     truncated, corrupt or planted files are refused in one line), and each of ``keys`` given on this command line
     (not None) must equal the value in the run's ``config.yaml``, so that a resume with another shape (e.g.
-    ``--preset``) is refused and the run's own config stays as it was. A run without a readable config.yaml is
-    not compared."""
+    ``--preset``) is refused and the run's own config stays as it was. A run without a readable config.yaml, or a
+    key saved as None (not recorded), is not compared. The training recipes use :func:`resume_params`."""
     import yaml
 
     from mamba_bio_audio.training.trainer import last_checkpoint, load_training_checkpoint

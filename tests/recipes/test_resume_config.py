@@ -198,16 +198,18 @@ PRETRAIN = ["--length", "32", "--batch-size", "4", "--val-per-species", "0", "--
 
 def test_pretrain_resume_takes_the_saved_source_and_refuses_changes(genomes, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = run(["dna", "pretrain", "--genomes", genomes, "--out", out, "--max-steps", "1", *PRETRAIN], capsys)
+    code, _, err = run(["dna", "pretrain", "--genomes", genomes, "--out", out, "--max-steps", "1", *PRETRAIN,
+                        "--preset", "paper-1.4m"], capsys)
     assert code == 0, err
     code, _, err = run(["dna", "pretrain", "--out", out, "--max-steps", "2", "--resume", *PRETRAIN], capsys)
-    assert code == 0, err  # --genomes and everything else as the run had them
-    assert config_of(out)["genomes"] == str(genomes) and config_of(out)["max_steps"] == 2
+    assert code == 0, err  # --genomes, --preset (not the default tiny) and everything else as the run had them
+    config = config_of(out)
+    assert config["genomes"] == str(genomes) and config["max_steps"] == 2 and config["preset"] == "paper-1.4m"
     before = (out / "config.yaml").read_bytes()
     for extra, fragments in [(["--model-type", "mamba"], ["--model-type mamba", "without --model-type"]),
                              (["--lr", "0.5"], ["--lr 0.5", "with --lr"]),
                              (["--data", out / "store"], [f"--data {out / 'store'}", "without --data"]),
-                             (["--preset", "paper-1.4m"], ["--preset paper-1.4m", "with --preset tiny"]),
+                             (["--preset", "tiny"], ["--preset tiny", "with --preset paper-1.4m"]),
                              (["--no-rcps"], ["--no-rcps", "with --rcps"])]:
         code, _, err = run(["dna", "pretrain", "--out", out, "--resume", *PRETRAIN, *extra], capsys)
         assert_one_line_error(code, err, *fragments, str(out))
