@@ -149,6 +149,7 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         warmup_plan,
     )
     from mamba_bio_audio.tasks.audio_lm import check_step_plan
+    from mamba_bio_audio.tasks.windows import is_main_process
     from mamba_bio_audio.training.trainer import TrainerConfig
 
     store = open_recordings(data)
@@ -168,7 +169,8 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "arch", "window"))
     out = run_folder(out, "audio train", resume=resume, inputs=(data,))
-    write_yaml(out / "config.yaml", _options())
+    if is_main_process():  # one writer: another process may get here before the folder exists
+        write_yaml(out / "config.yaml", _options())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*left out of training")
         metrics = train_recording_lm(store, out, settings, resume=resume)
@@ -194,12 +196,15 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
 @sampling_options
 @click.option("--batch-1-speed/--no-batch-1-speed", default=True, show_default=True,
               help="Also time 1,024 recurrent steps at batch 1 (metrics.json: batch_1).")
-@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, metrics.json, index.html.")
+@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, metrics.json, index.html (written beside it, "
+                      "renamed into place at the end).")
+@overwrite_option
 @common_options
 def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: Path | None,
              prompt_seconds: float | None, batch_size: int, temperature: float, top_p: float,
-             cuda_graph: bool | None, batch_1_speed: bool, out: Path, device: str, seed: int) -> None:
-    """Sample clips, or continue a prompt, one recurrent step per sample; WAVs grow on disk as they are sampled."""
+             cuda_graph: bool | None, batch_1_speed: bool, out: Path, overwrite: bool, device: str, seed: int) -> None:
+    """Sample clips, or continue a prompt, one recurrent step per sample; WAVs grow on disk as they are sampled
+    (in a temporary folder beside OUT, named on stderr, renamed to OUT when every clip is done)."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_continuation import check_prompt_options, load_prompt, write_generations
     from mamba_bio_audio.tasks.audio_generation import clip_length, likelihoods_tsv, load_audio_lm
@@ -210,22 +215,25 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
     if cuda_graph and where.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
     check_prompt_options(prompt, prompt_seconds)
+    check_output_folder(out, "audio generate", overwrite=overwrite, inputs=(checkpoint, prompt))
     model = load_audio_lm(checkpoint, device=where)
     audio_info = audio_settings(model)
     length = clip_length(seconds, audio_info)
     tokens, notes = (None, []) if prompt is None else load_prompt(prompt, audio_info, prompt_seconds)
     _warn("generate", notes)
-    out = run_folder(out, "audio generate", inputs=(checkpoint, prompt))
-    write_yaml(out / "config.yaml", _options())
-    rows, metrics = write_generations(model, out, num_samples, length, prompt=tokens, batch_size=batch_size,
-                                      temperature=temperature, top_p=top_p, seed=seed, cuda_graph=cuda_graph,
-                                      device=where, measure_batch_1=batch_1_speed)
-    metrics.update(prompt=None if prompt is None else str(prompt), prompt_notes=notes)
-    atomic_write_text(out / "likelihoods.tsv", likelihoods_tsv(rows))
-    write_json(out / "metrics.json", metrics)
-    shown = "" if prompt is None else f"continuing the first {metrics['prompt_samples']} samples of {prompt.name}; "
-    write_listening_page(out, generated_clips(out), title=f"mba audio generate: {checkpoint}",
-                         notes=f"{shown}log-likelihood of the generated samples under the model.")
+    with output_folder(out, "audio generate", overwrite=overwrite, inputs=(checkpoint, prompt)) as tmp:
+        tmp.mkdir()
+        click.echo(f"mba audio generate: sampling into {tmp} (renamed to {out} when done)", err=True)
+        write_yaml(tmp / "config.yaml", _options())
+        rows, metrics = write_generations(model, tmp, num_samples, length, prompt=tokens, batch_size=batch_size,
+                                          temperature=temperature, top_p=top_p, seed=seed, cuda_graph=cuda_graph,
+                                          device=where, measure_batch_1=batch_1_speed)
+        metrics.update(prompt=None if prompt is None else str(prompt), prompt_notes=notes)
+        atomic_write_text(tmp / "likelihoods.tsv", likelihoods_tsv(rows))
+        write_json(tmp / "metrics.json", metrics)
+        shown = "" if prompt is None else f"continuing the first {metrics['prompt_samples']} samples of {prompt.name}; "
+        write_listening_page(tmp, generated_clips(tmp), title=f"mba audio generate: {checkpoint}",
+                             notes=f"{shown}log-likelihood of the generated samples under the model.")
     what = "continuations" if prompt is not None else "clips"
     click.echo(f"wrote {num_samples} {what} of {length / metrics['sample_rate']:.3f} s to {out} "
                f"({metrics['audio_seconds_per_second']:.3g} s of audio per second at batch {batch_size})")
@@ -243,9 +251,10 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
 @batch_size_option
 @click.option("--samples", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of WAVs (e.g. from `mba audio generate`) to score and list in OUT/index.html.")
+@overwrite_option
 @common_options
 def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: str, max_windows: int | None,
-             batch_size: int, samples: Path | None, device: str, seed: int) -> None:
+             batch_size: int, samples: Path | None, overwrite: bool, device: str, seed: int) -> None:
     """NLL in bits per sample on consecutive windows (the training length) of the test recordings; with
     --samples, a listening page of the WAVs with their log-likelihood."""
     from mamba_bio_audio.benchmarks.report import environment, markdown_table
@@ -253,6 +262,10 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
     from mamba_bio_audio.tasks.audio_folder import evaluate_recording_lm, open_recordings
     from mamba_bio_audio.tasks.audio_generation import load_audio_lm
 
+    if samples is not None and not samples.is_dir():
+        raise UserError(f"--samples {samples}: no such folder")
+    inputs = (checkpoint, data, samples)
+    check_output_folder(out, "audio evaluate", overwrite=overwrite, inputs=inputs)
     where = torch_device(device)
     model = load_audio_lm(checkpoint, device=where)
     store = open_recordings(data)
@@ -268,23 +281,22 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
                              metrics["window"], metrics["files"]],
                             [f"order-{baseline['order']} Markov chain (baseline)", split,
                              baseline["bits_per_sample"], "-", "-", metrics["files"]]])
-    if samples is not None and not samples.is_dir():
-        raise UserError(f"--samples {samples}: no such folder")
-    out = run_folder(out, "audio evaluate", inputs=(checkpoint, data, samples))
-    if samples is not None:
-        from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
+    with output_folder(out, "audio evaluate", overwrite=overwrite, inputs=inputs) as tmp:
+        tmp.mkdir()
+        if samples is not None:
+            from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
 
-        clips = scored_clips(samples, model, device=where)
-        write_listening_page(out, clips, title=f"mba audio evaluate: {samples}",
-                             notes="Log-likelihood of each whole clip under the model, in windows of its training "
-                                   "length.")
-        metrics["samples"] = {"folder": str(samples), "clips": len(clips)}
-    write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; each "
-                      f"window scored on its own (its first sample is context only). Baseline: an order-"
-                      f"{baseline['order']} Markov chain of the samples (add-{baseline['alpha']:g}) fitted on the "
-                      f"train files, scored over every {split} sample after each file's first "
-                      f"{baseline['order']}.\n")
+            clips = scored_clips(samples, model, device=where)
+            write_listening_page(tmp, clips, title=f"mba audio evaluate: {samples}",
+                                 notes="Log-likelihood of each whole clip under the model, in windows of its "
+                                       "training length.")
+            metrics["samples"] = {"folder": str(samples), "clips": len(clips)}
+        write_json(tmp / "metrics.json", metrics)
+        atomic_write_text(tmp / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; "
+                          f"each window scored on its own (its first sample is context only). Baseline: an order-"
+                          f"{baseline['order']} Markov chain of the samples (add-{baseline['alpha']:g}) fitted on "
+                          f"the train files, scored over every {split} sample after each file's first "
+                          f"{baseline['order']}.\n")
     click.echo(table)
 
 

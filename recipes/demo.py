@@ -10,13 +10,13 @@ short window carries less species signal than a long one. The model (the ``demo`
 per second) and reads any length. Its head is first fitted on its untrained pooled states (a linear probe), then the
 whole model is fine-tuned for --max-minutes; the demo keeps whichever of the two scores higher on 1,024-base windows
 of the validation strain (tasks.species.train_keeping_the_better). The same functions serve ``mba species train`` and ``mba species evaluate`` (:mod:`mamba_bio_audio.tasks.species`).
-Writes into --out (default ./mba-demo, its previous demo outputs replaced): genomes/, store/, run/ (the trained
-model, logs), metrics.json, accuracy_vs_length.png and config.yaml.
+Writes --out (default ./mba-demo; a previous demo's folder is replaced, a folder of other files refused): genomes/,
+store/, run/ (the trained model, logs), metrics.json, accuracy_vs_length.png and config.yaml, all written into a
+temporary folder beside it and renamed into place at the end.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import click
 
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.options import common_options, out_option, parse_int_list
-from mamba_bio_audio.recipes.outputs import run_folder, write_json, write_yaml
+from mamba_bio_audio.recipes.outputs import check_output_folder, output_folder, write_json, write_yaml
 
 #: Training budget and learning rate of the demo (measured on a loaded 2-core CPU: results/cpu_speed.md; the lr and
 #: the training window were chosen on the val strain: results/dna/README.md).
@@ -87,35 +87,37 @@ def demo(out: Path | None, max_steps: int | None, max_minutes: float, length: in
                                batch_size=batch_size, lr=lr, pooling=pooling, head_init=head_init, rc_prob=rc_prob, val_per_species=0, checkpoint_every=0, device=device, seed=seed,
                                progress=False)
     torch_dev = torch_device(device)
-    out = run_folder(out or Path("mba-demo"), "demo")
-    write_yaml(out / "config.yaml", {"command": "demo", **click.get_current_context().params, "out": str(out)})
-    write_synthetic_genomes(out / "genomes", n_species=n_species, strains=3, length=genome_length, seed=seed)
-    store = prepare_genomes(out / "genomes", out / "store", "strain", seed=seed)
-    click.echo(f"synthetic genomes: {n_species} species x 3 strains x ~{genome_length:,} bases; "
-               f"held-out test strain per species")
-    plan = plan_training(store, settings)
-    s = plan.summary
-    steps = f"{max_steps} steps" if max_steps else f"up to {max_minutes:g} min"
-    click.echo(f"training a {s['parameters']:,}-parameter Mamba ({s['n_layer']} layers x d_model {s['d_model']}, "
-               f"{pooling} pooling) for {steps} on batches of {batch_size} windows of {length} bases ...")
-    if (out / "run").exists():
-        shutil.rmtree(out / "run")  # the previous demo's run
-    if head_init == "probe":
-        select = min(max(length, SELECT_LENGTH), genome_length)
-        train_metrics = train_keeping_the_better(plan, out / "run", store, select, val_per_species=SELECT_PER_SPECIES,
-                                                 seed=seed)
-        click.echo(f"val-strain accuracy at {select} bases: {train_metrics['val_accuracy_probe']:.3f} with the probed "
-                   f"head, {train_metrics['val_accuracy_fine_tuned']:.3f} after {train_metrics['steps']} steps of "
-                   f"fine-tuning; keeping the {train_metrics['kept']} model")
-    else:
-        train_metrics = run_training(plan, out / "run")
-    click.echo(f"evaluating on {per_species} test windows per species and length ...")
-    result = evaluate_lengths(plan.model, store, lengths, per_species=per_species, seed=seed, device=torch_dev)
-    result.update(train=train_metrics, synthetic=True, seconds=round(time.time() - started, 1))
-    write_json(out / "metrics.json", result)
-    plot_accuracy_vs_length(out / "accuracy_vs_length.png", result,
-                            title=f"mba demo (synthetic genomes): tiny Mamba, {train_metrics['steps']} steps at "
-                                  f"{length} bases")
+    out = out or Path("mba-demo")
+    check_output_folder(out, "demo", overwrite=True)  # the previous demo's outputs are replaced, nothing else
+    with output_folder(out, "demo", overwrite=True) as tmp:  # written beside it, renamed into place at the end
+        tmp.mkdir()
+        write_yaml(tmp / "config.yaml", {"command": "demo", **click.get_current_context().params, "out": str(out)})
+        write_synthetic_genomes(tmp / "genomes", n_species=n_species, strains=3, length=genome_length, seed=seed)
+        store = prepare_genomes(tmp / "genomes", tmp / "store", "strain", seed=seed)
+        click.echo(f"synthetic genomes: {n_species} species x 3 strains x ~{genome_length:,} bases; "
+                   f"held-out test strain per species")
+        plan = plan_training(store, settings)
+        s = plan.summary
+        steps = f"{max_steps} steps" if max_steps else f"up to {max_minutes:g} min"
+        click.echo(f"training a {s['parameters']:,}-parameter Mamba ({s['n_layer']} layers x d_model "
+                   f"{s['d_model']}, {pooling} pooling) for {steps} on batches of {batch_size} windows of {length} "
+                   f"bases ...")
+        if head_init == "probe":
+            select = min(max(length, SELECT_LENGTH), genome_length)
+            train_metrics = train_keeping_the_better(plan, tmp / "run", store, select,
+                                                     val_per_species=SELECT_PER_SPECIES, seed=seed)
+            click.echo(f"val-strain accuracy at {select} bases: {train_metrics['val_accuracy_probe']:.3f} with the "
+                       f"probed head, {train_metrics['val_accuracy_fine_tuned']:.3f} after "
+                       f"{train_metrics['steps']} steps of fine-tuning; keeping the {train_metrics['kept']} model")
+        else:
+            train_metrics = run_training(plan, tmp / "run")
+        click.echo(f"evaluating on {per_species} test windows per species and length ...")
+        result = evaluate_lengths(plan.model, store, lengths, per_species=per_species, seed=seed, device=torch_dev)
+        result.update(train=train_metrics, synthetic=True, seconds=round(time.time() - started, 1))
+        write_json(tmp / "metrics.json", result)
+        plot_accuracy_vs_length(tmp / "accuracy_vs_length.png", result,
+                                title=f"mba demo (synthetic genomes): tiny Mamba, {train_metrics['steps']} steps at "
+                                      f"{length} bases")
     click.echo(accuracy_table(result))
     click.echo("The 6-mer baseline shows how much species signal a window of each length holds. The model reads "
                "the same short-word statistics through its pooled states; longer training (--max-minutes) and the "

@@ -119,6 +119,7 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, 
     """Train an 8-bit audio LM on next-sample prediction."""
     from mamba_bio_audio.tasks.audio_data import load_clips
     from mamba_bio_audio.tasks.audio_lm import AudioTrainSettings, check_step_plan, train_audio_lm
+    from mamba_bio_audio.tasks.windows import is_main_process
     from mamba_bio_audio.training.trainer import TrainerConfig
 
     train_set = load_clips(data, "train")
@@ -133,7 +134,8 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, 
     if resume:
         check_resume_config(out, click.get_current_context().params, ("preset", "arch"))
     out = run_folder(out, "sc09 train", resume=resume, inputs=(data,))
-    write_yaml(out / "config.yaml", _options())
+    if is_main_process():  # one writer: another process may get here before the folder exists
+        write_yaml(out / "config.yaml", _options())
     metrics = train_audio_lm(train_set, val_set, out, settings, resume=resume)
     if metrics is None:  # an extra process of a multi-device run
         return
@@ -149,29 +151,32 @@ def train(data: Path, out: Path, preset: str, arch: str, max_steps: int | None, 
               help="Clip length [default: the training clip length].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @sampling_options
-@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, spectrograms.png, metrics.json.")
+@out_option(help_text="Folder for sample_NNNN.wav, likelihoods.tsv, spectrograms.png, metrics.json "
+                      "(written beside it, renamed into place at the end).")
+@overwrite_option
 @common_options
 def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_size: int, temperature: float,
-             top_p: float, cuda_graph: bool | None, out: Path, device: str, seed: int) -> None:
+             top_p: float, cuda_graph: bool | None, out: Path, overwrite: bool, device: str, seed: int) -> None:
     """Sample clips autoregressively (recurrent state, one step per sample) and write 16-bit WAVs."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_generation import clip_length, load_audio_lm, write_samples
     from mamba_bio_audio.tasks.audio_lm import audio_settings
+    from mamba_bio_audio.tasks.audio_page import generated_clips, write_listening_page
 
     where = torch_device(device)
     if cuda_graph and where.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
+    check_output_folder(out, "sc09 generate", overwrite=overwrite, inputs=(checkpoint,))
     model = load_audio_lm(checkpoint, device=where)
     length = clip_length(seconds, audio_settings(model))
-    out = run_folder(out, "sc09 generate", inputs=(checkpoint,))
-    write_yaml(out / "config.yaml", _options())
-    metrics = write_samples(model, out, num_samples, length, batch_size=batch_size, temperature=temperature,
-                            top_p=top_p, seed=seed, cuda_graph=cuda_graph, device=where)
-    write_json(out / "metrics.json", metrics)
-    from mamba_bio_audio.tasks.audio_page import generated_clips, write_listening_page
-
-    write_listening_page(out, generated_clips(out), title=f"mba sc09 generate: {checkpoint}",
-                         notes="Log-likelihood of each clip under the model.")
+    with output_folder(out, "sc09 generate", overwrite=overwrite, inputs=(checkpoint,)) as tmp:
+        tmp.mkdir()
+        write_yaml(tmp / "config.yaml", _options())
+        metrics = write_samples(model, tmp, num_samples, length, batch_size=batch_size, temperature=temperature,
+                                top_p=top_p, seed=seed, cuda_graph=cuda_graph, device=where)
+        write_json(tmp / "metrics.json", metrics)
+        write_listening_page(tmp, generated_clips(tmp), title=f"mba sc09 generate: {checkpoint}",
+                             notes="Log-likelihood of each clip under the model.")
     click.echo(f"wrote {num_samples} clips of {length / metrics['sample_rate']:.3f} s to {out} "
                f"({metrics['audio_seconds_per_second']:.3g} s of audio per second)")
 
@@ -185,9 +190,10 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, batch_si
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@overwrite_option
 @common_options
-def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size: int, lr: float, device: str,
-                     seed: int) -> None:
+def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size: int, lr: float, overwrite: bool,
+                     device: str, seed: int) -> None:
     """Train the digit classifier behind FID / IS / mIS / AM."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_data import load_clips
@@ -197,12 +203,14 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
     val_set = load_clips(data, "val", waveform=True, required=False)
     test_set = load_clips(data, "test", waveform=True, required=False)
     where = torch_device(device)
-    out = run_folder(out, "sc09 train-classifier", inputs=(data,))
-    write_yaml(out / "config.yaml", _options())
-    model, metrics = train_classifier(train_set, val_set, test_set, preset, epochs=epochs, batch_size=batch_size,
-                                      lr=lr, device=where, seed=seed, log=lambda line: click.echo(line, err=True))
-    model.save_pretrained(out)
-    write_json(out / "metrics.json", metrics)
+    check_output_folder(out, "sc09 train-classifier", overwrite=overwrite, inputs=(data,))
+    with output_folder(out, "sc09 train-classifier", overwrite=overwrite, inputs=(data,)) as tmp:
+        model, metrics = train_classifier(train_set, val_set, test_set, preset, epochs=epochs,
+                                          batch_size=batch_size, lr=lr, device=where, seed=seed,
+                                          log=lambda line: click.echo(line, err=True))
+        model.save_pretrained(tmp)
+        write_yaml(tmp / "config.yaml", _options())
+        write_json(tmp / "metrics.json", metrics)
     test_acc = metrics["test_accuracy"]
     shown = "n/a" if test_acc is None else f"{test_acc:.3f}"
     click.echo(f"classifier test accuracy {shown}; wrote {out}")
@@ -222,9 +230,10 @@ def train_classifier(data: Path, out: Path, preset: str, epochs: int, batch_size
 @click.option("--threshold", type=click.Choice(["off", "best", "s4"]), default="off", show_default=True,
               help="Also score the samples inside a likelihood band tuned on a random half (by --seed) and applied "
                    "to the other (SaShiMi's protocol): the band of best IS, or the s4 script's (0.4, 0.95).")
+@overwrite_option
 @common_options
 def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Path | None, out: Path,
-             batch_size: int, max_clips: int | None, threshold: str, device: str, seed: int) -> None:
+             batch_size: int, max_clips: int | None, threshold: str, overwrite: bool, device: str, seed: int) -> None:
     """Test NLL (bits per sample); FID / IS / mIS / AM of generated WAVs beside the real test set."""
     import torch
 
@@ -239,6 +248,8 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
         evaluation_note,
     )
 
+    inputs = (checkpoint, data, classifier, samples)
+    check_output_folder(out, "sc09 evaluate", overwrite=overwrite, inputs=inputs)
     where = torch_device(device)
     model = load_audio_lm(checkpoint, device=where)
     test_set = load_clips(data, "test", waveform=True)
@@ -262,14 +273,15 @@ def evaluate(checkpoint: Path, data: Path, classifier: Path | None, samples: Pat
     if band is not None:
         metrics["threshold"] = {**band.summary(), "choice": threshold, "log_likelihoods": source, "seed": seed}
     metrics.update(skipped_samples=skipped, options=_options(), environment=environment())
-    out = run_folder(out, "sc09 evaluate", inputs=(checkpoint, data, classifier, samples))
-    write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "metrics.md", table + evaluation_note(test_set))
-    if samples is not None:  # the listening page: each sample with its likelihood and the classifier's label
-        from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
+    with output_folder(out, "sc09 evaluate", overwrite=overwrite, inputs=inputs) as tmp:
+        tmp.mkdir()
+        write_json(tmp / "metrics.json", metrics)
+        atomic_write_text(tmp / "metrics.md", table + evaluation_note(test_set))
+        if samples is not None:  # the listening page: each sample with its likelihood and the classifier's label
+            from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
 
-        clips = scored_clips(samples, model, classifier=net, label_names=test_set.store.meta.get("label_names"),
-                             batch_size=batch_size, device=where)
-        write_listening_page(out, clips, title=f"mba sc09 evaluate: {samples}",
-                             notes="Log-likelihood under the model; label and confidence from the classifier.")
+            clips = scored_clips(samples, model, classifier=net, label_names=test_set.store.meta.get("label_names"),
+                                 batch_size=batch_size, device=where)
+            write_listening_page(tmp, clips, title=f"mba sc09 evaluate: {samples}",
+                                 notes="Log-likelihood under the model; label and confidence from the classifier.")
     click.echo(table)

@@ -149,3 +149,61 @@ def test_half_precision_training_saves_fp32_weights(pipeline, tmp_path, capsys):
     assert code == 0, err
     weights = safetensors.torch.load_file(tmp_path / "r" / "model" / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_generate_and_evaluate_replace_their_output_only_with_overwrite(pipeline, tmp_path, capsys, monkeypatch):
+    """Before: generate wrote into an earlier output in place: `--num-samples 3` then `--num-samples 1` left three
+    WAVs and a 3-clip page beside a 1-row likelihoods.tsv, and a later evaluate --samples scored the mixed set."""
+    root, _ = pipeline
+    gen, ev = tmp_path / "gen", tmp_path / "eval"
+
+    def generate(n, *extra):
+        return run(["audio", "generate", "--checkpoint", root / "run", "--num-samples", n, "--seconds", "0.01",
+                    "--no-batch-1-speed", "--out", gen, "--device", "cpu", *extra], capsys)
+
+    def evaluate(*extra):
+        return run(["audio", "evaluate", "--checkpoint", root / "run", "--data", root / "store", "--out", ev,
+                    "--samples", gen, "--max-windows", "1", "--device", "cpu", *extra], capsys)
+
+    code, _, err = generate(3)
+    assert code == 0, err
+    assert "sampling into" in err and ".gen.partial-" in err  # the WAVs grow in a temporary folder beside OUT
+    assert evaluate()[0] == 0
+    first = snapshot(gen)
+    code, _, err = generate(1)
+    assert_one_line_error(code, err, "pass --overwrite")
+    code, _, err = evaluate()
+    assert_one_line_error(code, err, "pass --overwrite")
+    assert snapshot(gen) == first
+
+    code, _, err = generate(1, "--overwrite")
+    assert code == 0, err
+    assert sorted(p.name for p in gen.glob("*.wav")) == ["sample_0000.wav"]
+    assert (gen / "index.html").read_text().count("<audio") == 1
+    assert len((gen / "likelihoods.tsv").read_text().splitlines()) == 2
+    code, _, err = evaluate("--overwrite")
+    assert code == 0, err
+    assert json.loads((ev / "metrics.json").read_text())["samples"]["clips"] == 1
+    assert (ev / "index.html").read_text().count("<audio") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "gen"]  # no temporary sibling left
+
+    # a generation that fails part-way leaves the earlier output as it was
+    import mamba_bio_audio.tasks.audio_continuation as continuation
+
+    real = continuation.write_generations
+
+    def fail(model, out, *args, **kwargs):
+        real(model, out, *args, **kwargs)
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setattr(continuation, "write_generations", fail)
+    before = snapshot(gen)
+    code, _, err = generate(2, "--overwrite")
+    assert code != 0
+    assert snapshot(gen) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "gen"]

@@ -470,3 +470,24 @@ def test_prepare_says_when_a_species_has_no_validation_split(fx, tmp_path, capsy
     assert code == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 2 and all("has no val split" in line and "--val" in line for line in lines), err
+
+
+@pytest.mark.parametrize("command", ["audio", "sc09"])
+def test_an_extra_process_of_a_multi_device_run_writes_nothing(fx, tmp_path, capsys, monkeypatch, command):
+    """Before: every process wrote config.yaml; under torchrun a rank other than 0 could reach it before rank 0 had
+    created the run folder (FileNotFoundError) and the ranks wrote the same temporary file."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    import mamba_bio_audio.tasks.audio_folder as audio_folder
+    import mamba_bio_audio.tasks.audio_lm as audio_lm
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    monkeypatch.setattr(audio_folder, "train_recording_lm", lambda *a, **k: None)  # what an extra process returns
+    monkeypatch.setattr(audio_lm, "train_audio_lm", lambda *a, **k: None)
+    args = {"audio": ["audio", "train", "--data", fx["rstore"], "--window", "256"],
+            "sc09": ["sc09", "train", "--data", fx["sc09store"]]}[command]
+    code, _, err = run([*args, "--out", tmp_path / "run", "--preset", "tiny", "--max-steps", "1", "--device", "cpu"],
+                       capsys)
+    assert code == 0, err
+    assert not (tmp_path / "run").exists()

@@ -259,3 +259,40 @@ def test_prepare_from_a_speech_commands_tree(tmp_path, capsys):
     code, _, err = run(["sc09", "prepare", "--from-folder", str(src), "--out", str(tmp_path / "s3"),
                         "--download"], capsys)
     assert_one_line_error(code, err, "--download needs --from")
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_generate_classifier_and_evaluate_replace_their_output_only_with_overwrite(pipeline, tmp_path, capsys):
+    """Before: each wrote into its earlier output in place (generate --num-samples 3 then 2 left three WAVs and a
+    3-clip page beside a 2-row likelihoods.tsv, and evaluate scored all three)."""
+    root, _ = pipeline
+    gen, clf, ev = tmp_path / "gen", tmp_path / "clf", tmp_path / "eval"
+    commands = {
+        "generate": lambda n: ["generate", "--checkpoint", root / "run", "--num-samples", n, "--seconds", "0.01",
+                               "--out", gen],
+        "train-classifier": lambda n: ["train-classifier", "--data", root / "store", "--out", clf, "--preset",
+                                       "tiny", "--epochs", "1"],
+        "evaluate": lambda n: ["evaluate", "--checkpoint", root / "run", "--data", root / "store", "--classifier",
+                               clf, "--samples", gen, "--out", ev, "--max-clips", "1"],
+    }
+    for name, args in commands.items():
+        code, _, err = run(["sc09", *args(3), "--device", "cpu"], capsys)
+        assert code == 0, f"{name}: {err}"
+    before = {name: _snapshot(folder) for name, folder in (("gen", gen), ("clf", clf), ("eval", ev))}
+    for args in commands.values():
+        code, _, err = run(["sc09", *args(2), "--device", "cpu"], capsys)
+        assert_one_line_error(code, err, "pass --overwrite")
+    assert {name: _snapshot(folder) for name, folder in (("gen", gen), ("clf", clf), ("eval", ev))} == before
+    for name, args in commands.items():
+        code, _, err = run(["sc09", *args(2), "--overwrite", "--device", "cpu"], capsys)
+        assert code == 0, f"{name}: {err}"
+    assert sorted(p.name for p in gen.glob("*.wav")) == ["sample_0000.wav", "sample_0001.wav"]
+    assert (gen / "index.html").read_text().count("<audio") == 2
+    assert len((gen / "likelihoods.tsv").read_text().splitlines()) == 3
+    assert json.loads((ev / "metrics.json").read_text())["scores"]["generated"]["n"] == 2
+    assert (ev / "index.html").read_text().count("<audio") == 2
+    assert (clf / "model.safetensors").is_file() and (clf / "config.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf", "eval", "gen"]  # no temporary sibling left
