@@ -23,6 +23,7 @@ from mamba_bio_audio.recipes.options import (
     common_options,
     config_option,
     device_option,
+    overwrite_file_option,
     overwrite_option,
 )
 from mamba_bio_audio.recipes.outputs import (
@@ -223,17 +224,18 @@ def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: in
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TSV file to write.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @reader_options
+@overwrite_file_option
 @device_option
 @config_option
 def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str, sequence_column: str,
             label_column: str, split_column: str | None, id_column: str | None, label_key: str, lenient: bool,
-            device: str) -> None:
+            overwrite: bool, device: str) -> None:
     """Class probabilities of every sequence of a file (labels optional), as TSV."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.classify import predict_file
     from mamba_bio_audio.tasks.species import load_classifier
 
-    check_output_file(out, inputs=(checkpoint, source))
+    check_output_file(out, inputs=(checkpoint, source), overwrite=overwrite)
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,10 @@ def out_option(required: bool = True, help_text: str = "Output folder."):
     return deco
 
 
+def overwrite_file_option(f):
+    return click.option("--overwrite", is_flag=True, help="Replace --out if the file exists.")(f)
+
+
 def overwrite_option(f):
     return click.option("--overwrite", is_flag=True,
                         help="Replace --out when it holds this command's own earlier output (never other files).")(f)

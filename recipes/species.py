@@ -21,6 +21,7 @@ from mamba_bio_audio.recipes.options import (
     common_options,
     config_option,
     device_option,
+    overwrite_file_option,
     overwrite_option,
     parse_int_list,
     window_training_options,
@@ -215,15 +216,16 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
 @click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing.")
 @click.option("--rc-average/--no-rc-average", default=False, show_default=True,
               help="Average each window's probabilities with those of its reverse complement (both strands).")
+@overwrite_file_option
 @device_option
 @config_option
 def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | None, max_windows: int | None,
-            batch_size: int | None, lenient: bool, rc_average: bool, device: str) -> None:
+            batch_size: int | None, lenient: bool, rc_average: bool, overwrite: bool, device: str) -> None:
     """Species probabilities per record (or per window) of FASTA/2bit files, as a TSV."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import load_classifier, model_window, predict_records, predictions_tsv
 
-    check_output_file(out, inputs=(checkpoint, *fasta))
+    check_output_file(out, inputs=(checkpoint, *fasta), overwrite=overwrite)
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     if max_windows is None:

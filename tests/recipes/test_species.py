@@ -116,6 +116,13 @@ def test_predict_per_record_and_per_window(trained, genomes, work, capsys):
     assert header[:4] == ["file", "record", "start", "end"] and len(rows) == 15
     assert all(int(r[3]) - int(r[2]) == 100 for r in rows)
     assert all(sum(float(p) for p in r[5:]) == pytest.approx(1, abs=1e-4) for r in rows)
+    again = ["species", "predict", "--checkpoint", trained, fasta[0], "--out", work / "windows.tsv", "--device", "cpu"]
+    code, _, err = run(again, capsys)  # an existing file: only with --overwrite
+    assert_one_line_error(code, err, "windows.tsv", "--overwrite")
+    assert len((work / "windows.tsv").read_text().splitlines()) == 16
+    code, _, err = run([*again, "--overwrite"], capsys)
+    assert code == 0, err
+    assert len((work / "windows.tsv").read_text().splitlines()) == 4  # now per record: 3 records
 
 
 def test_resume_continues_the_run(trained, store, work, capsys):
