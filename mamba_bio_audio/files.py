@@ -17,11 +17,24 @@ from pathlib import Path
 from mamba_bio_audio.errors import UserError
 
 
+def _temporary_sibling(path: Path, suffix: str) -> Path:
+    """A unique hidden name beside ``path`` (two writers of the same file never share one; the file is created by
+    its writer, so it gets the usual permissions)."""
+    import uuid
+
+    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file beside it and a rename: readers see the old file or
+    the new one, never a part; a failed write leaves no temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = _temporary_sibling(path, ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -38,10 +51,13 @@ def pyplot():
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` as PNG at ``path`` atomically and close it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    tmp = _temporary_sibling(path, ".tmp.png")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -255,3 +255,25 @@ def test_stores_models_and_wavs_follow_the_umask(genomes, tmp_path, capsys):
     for folder in ("store", "plain_store", "model"):
         assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o755, folder
     assert stat.S_IMODE((tmp_path / "a.wav").stat().st_mode) == 0o644
+
+
+def test_atomic_writes_use_their_own_temporary_files_and_leave_none(tmp_path, monkeypatch):
+    """Two writers of one file do not share a temporary name, and a failed write leaves no temporary file."""
+    import os
+
+    from mamba_bio_audio import files
+
+    seen = []
+    real = files._temporary_sibling
+    monkeypatch.setattr(files, "_temporary_sibling", lambda p, s: seen.append(real(p, s)) or seen[-1])
+    files.atomic_write_text(tmp_path / "a.yaml", "one")
+    files.atomic_write_text(tmp_path / "a.yaml", "two")
+    assert (tmp_path / "a.yaml").read_text() == "two" and seen[0] != seen[1]
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        files.atomic_write_text(tmp_path / "b.yaml", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml"]
