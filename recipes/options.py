@@ -8,9 +8,14 @@ import click
 
 from mamba_bio_audio.errors import UserError
 
+ACTION_FLAGS = ("resume", "overwrite")
+"""What a command does to its --out: given on the command line each time, never taken from a --config file (a run's
+own config.yaml records them, and ``--config RUN/config.yaml --out NEW`` is a new run with the same options)."""
+
 
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None):
-    """Eager: read YAML into ctx.default_map so that flags given on the command line still win."""
+    """Eager: read YAML into ctx.default_map so that flags given on the command line still win (the
+    :data:`ACTION_FLAGS` are left out)."""
     if value is None:
         return None
     import yaml
@@ -31,6 +36,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
     unknown = sorted(set(normalized) - names)
     if unknown:
         raise click.BadParameter(f"{path}: unknown options {', '.join(unknown)}", ctx=ctx, param=param)
+    normalized = {k: v for k, v in normalized.items() if k not in ACTION_FLAGS}
     ctx.default_map = {**(ctx.default_map or {}), **normalized}
     return path
 

@@ -230,3 +230,17 @@ def test_bad_training_flags(store, tmp_path, capsys, args, fragment):
                         "--device", "cpu", *args], capsys)
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_runs_config_starts_a_new_run(trained, store, tmp_path, capsys):
+    """`--config RUN/config.yaml --out NEW` trains a new run with the same options, also from the config of a
+    resumed run (which records resume: true): --resume and --overwrite come from the command line only."""
+    import yaml
+
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config["resume"] = True
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run(["species", "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "new",
+                        "--max-steps", "1"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "new" / "metrics.json").read_text())["steps"] == 1
