@@ -136,7 +136,7 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
         num_nodes=num_nodes, strategy=strategy, seed=p["seed"], bidirectional=p["bidirectional"],
         pooling=p["pooling"], train_length=p["train_length"], head_init=p["head_init"],
         init_from=None if p["init_from"] is None else str(p["init_from"]))
-    plan = plan_training(p["data"], settings)
+    plan = plan_training(p["data"], settings, resume=resume)
     if resume:
         check_checkpoint_fits(out, plan.task)
     if is_main_process():

@@ -186,9 +186,10 @@ class SpeciesSettings(TrainSettings):
         return self.length if self.pooling == "last" else min(self.length, DEFAULT_TRAIN_LENGTH)
 
 
-def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> WindowPlan:
+def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings, resume: bool = False) -> WindowPlan:
     """Build the classifier, its task and data (:func:`~mamba_bio_audio.tasks.windows.plan_windows`): random
-    RC-augmented train windows, fixed val windows.
+    RC-augmented train windows, fixed val windows. With ``resume`` the head is not probed (the checkpoint's
+    weights replace it; nor is the probe's time taken from the budget again).
 
     Every problem of the inputs (missing store, a species without a record as long as the window, a pretrained
     model of another shape) raises here, before the caller writes anything.
@@ -208,7 +209,7 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings) -> W
     model = build_classifier(labels, settings.length, preset, settings.bidirectional, settings.init_from,
                              settings.pooling)
     probe = None
-    if settings.head_init == "probe":
+    if settings.head_init == "probe" and not resume:
         probe, training = _probe_head(model, store, training)
     plan = plan_windows(store, training, lambda: model, labelled=True)
     plan.summary.update(labels=labels, train_species=plan.species, init_from=settings.init_from,

@@ -244,3 +244,20 @@ def test_a_runs_config_starts_a_new_run(trained, store, tmp_path, capsys):
                         "--max-steps", "1"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "new" / "metrics.json").read_text())["steps"] == 1
+
+
+def test_a_resume_does_not_fit_the_probe_again(store, monkeypatch):
+    """The checkpoint's weights replace the head on --resume: the probe is not fitted again (nor its time taken
+    from the budget twice)."""
+    from mamba_bio_audio.tasks import species
+
+    def probe(*args, **kwargs):
+        raise AssertionError("probed on resume")
+
+    monkeypatch.setattr(species, "_probe_head", probe)
+    settings = species.SpeciesSettings(length=64, preset="tiny", batch_size=4, max_steps=2, device="cpu",
+                                       head_init="probe", val_per_species=0)
+    plan = species.plan_training(store, settings, resume=True)
+    assert "probe" not in plan.summary
+    with pytest.raises(AssertionError, match="probed on resume"):
+        species.plan_training(store, settings)
