@@ -22,7 +22,7 @@ from mamba_bio_audio.files import (
 
 __all__ = ["atomic_write_text", "check_checkpoint_fits", "check_output_file", "check_output_folder",
            "check_resume_config", "output_folder", "plot_curve", "read_csv_metric", "report_audio_training",
-           "resume_params", "run_folder", "write_json", "write_yaml"]
+           "resume_params", "run_folder", "saved_run_config", "write_json", "write_yaml"]
 
 # Options a --resume may change: where and how fast the run goes on, not what it trains (see resume_params).
 RUNTIME_OPTIONS = frozenset({"out", "resume", "max_steps", "max_minutes", "num_workers", "device", "devices",
@@ -38,21 +38,13 @@ def check_resume_config(out: Path, params: dict, keys: tuple[str, ...]) -> None:
     (not None) must equal the value in the run's ``config.yaml``, so that a resume with another shape (e.g.
     ``--preset``) is refused and the run's own config stays as it was. A run without a readable config.yaml, or a
     key saved as None (not recorded), is not compared. The training recipes use :func:`resume_params`."""
-    import yaml
-
     from mamba_bio_audio.training.trainer import last_checkpoint, load_training_checkpoint
 
     ckpt = last_checkpoint(out)
     if ckpt is None:
         raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
     load_training_checkpoint(ckpt)
-
-    try:
-        saved = yaml.safe_load((Path(out) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return
-    if not isinstance(saved, dict):
-        return
+    saved = saved_run_config(out)
     for key in keys:
         given = params.get(key)
         if given is None or saved.get(key) is None:  # a saved None was not recorded
@@ -86,7 +78,7 @@ def resume_params(out: Path, ctx: click.Context, resolved: tuple[str, ...] = RES
     from click.core import ParameterSource
 
     check_resume_config(out, {}, ())
-    saved = _saved_config(out)
+    saved = saved_run_config(out)
     params = dict(ctx.params)
     options = {p.name: p for p in ctx.command.params}
 
@@ -113,8 +105,9 @@ def resume_params(out: Path, ctx: click.Context, resolved: tuple[str, ...] = RES
     return params
 
 
-def _saved_config(out: Path) -> dict:
-    """The run's ``config.yaml`` as a dict ({} when missing or unreadable)."""
+def saved_run_config(out: Path) -> dict:
+    """The run's ``out/config.yaml`` as a dict ({} when missing or unreadable): what a ``--resume`` compares with
+    and takes the options it was not given from."""
     import yaml
 
     try:
@@ -221,18 +214,6 @@ def plot_curve(path: Path, xs, ys, xlabel: str, ylabel: str, title: str, ylim: t
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def run_config_value(out: Path, key: str):
-    """The value of ``key`` in the run's ``out/config.yaml`` (None when the file or the key is missing): what a
-    ``--resume`` takes for options it was not given, e.g. the ``max_steps`` a ``--max-minutes`` run planned."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load((Path(out) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return saved.get(key) if isinstance(saved, dict) else None
 
 
 def write_run_config(out: Path, params: dict, **resolved) -> None:

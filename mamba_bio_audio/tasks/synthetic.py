@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.files import run_folder
-from mamba_bio_audio.recipes.outputs import run_config_value, write_json, write_yaml
+from mamba_bio_audio.recipes.outputs import saved_run_config, write_json, write_yaml
 
 TASKS = ("selective-copy", "induction-heads")
 ARCHS = ("mamba", "no-gate")
@@ -229,7 +229,8 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
                   "preset": asdict(preset), "model": config.to_dict(), "time_budget_s": time_budget_s,
                   "precision": precision, "init_from": None if init_from is None else str(init_from)}
     if resume:  # the run's config.yaml stays as it was unless this is the same model (else: one line, no write)
-        saved = run_config_value(out, "model"), run_config_value(out, "arch"), run_config_value(out, "layer")
+        run = saved_run_config(out)
+        saved = run.get("model"), run.get("arch"), run.get("layer")
         if saved[0] is not None and saved != (run_config["model"], arch, layer):
             raise UserError(f"--resume: the run in {out} trained another model ({saved[1]}, {saved[2]}, "
                             f"{saved[0].get('d_model')}-wide; this command: {arch}, {layer}, {config.d_model}-wide, "

@@ -278,7 +278,6 @@ class WindowTokens:
 
 
 def open_store(path: str | os.PathLike) -> TokenStore:
-
     store = TokenStore(path)
     check_genome_store(store)
     return store
