@@ -154,7 +154,7 @@ def check_checkpoint_fits(out: Path, module) -> None:
     ckpt = last_checkpoint(out)
     if ckpt is None:
         raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
-    saved = load_training_checkpoint(ckpt)["state_dict"]
+    saved = load_training_checkpoint(ckpt, mmap=True)["state_dict"]  # shapes only: resume_params read it whole
     planned = module.state_dict()
     for name in sorted(set(saved) | set(planned)):
         have = tuple(saved[name].shape) if name in saved else None

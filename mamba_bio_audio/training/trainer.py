@@ -181,9 +181,10 @@ def _safe_globals() -> list:
     return [AttributeDict]
 
 
-def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_training_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """A Lightning ``.ckpt`` read with ``torch.load(weights_only=True)`` (passed explicitly, so that neither an old
     torch's default nor ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` can turn unpickling of arbitrary objects back on).
+    ``mmap``: tensors are mapped from the file, not read (for a look at names and shapes).
 
     A file that is truncated or not a checkpoint, or one that needs types outside the allow-list (a planted pickle
     that would run code), raises a one-line :class:`CheckpointError`.
@@ -191,7 +192,7 @@ def load_training_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     torch.serialization.add_safe_globals(_safe_globals())
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         detail = next((line.strip() for line in first if "Unsupported global" in line or "GLOBAL" in line), "")
