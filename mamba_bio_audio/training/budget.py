@@ -77,12 +77,15 @@ _TRUE = {"32-true": None, "32": None, "64-true": torch.float64, "64": torch.floa
          "16-true": torch.float16}
 
 
+def default_precision(device_type: str) -> str:
+    """The Lightning precision training runs at when none is given: bf16 autocast on CUDA, fp32 elsewhere."""
+    return "bf16-mixed" if device_type == "cuda" else "32-true"
+
+
 def probe_precision(precision: str | None, device: torch.device) -> tuple[torch.dtype | None, torch.dtype | None]:
     """(autocast dtype or None, parameter dtype or None) under which a step runs with Lightning ``precision`` on
-    ``device``; None is the trainer's default (bf16-mixed on CUDA, 32-true on the CPU)."""
-    if precision is None:
-        return (torch.bfloat16 if device.type == "cuda" else None), None
-    precision = str(precision)
+    ``device``; None is the trainer's default (:func:`default_precision`)."""
+    precision = str(precision or default_precision(device.type))
     if precision in _MIXED:
         return _MIXED[precision], None
     if precision in _TRUE:

@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from mamba_bio_audio.devices import torch_device
 from mamba_bio_audio.errors import CheckpointError, TrainingStopped, UserError
 from mamba_bio_audio.files import atomic_write_text
-from mamba_bio_audio.training.budget import WallClockBudget
+from mamba_bio_audio.training.budget import WallClockBudget, default_precision
 from mamba_bio_audio.training.callbacks import GracefulStop
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -101,7 +101,7 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
     accelerator, devices = resolve_device(cfg.device)
     if devices in ("auto", 1):  # "auto" would take every GPU: train on the number asked for (default 1)
         devices = cfg.devices
-    precision = cfg.precision or ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    precision = cfg.precision or default_precision("cuda" if accelerator == "gpu" else "cpu")
     checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="step{step:07d}",
                                  auto_insert_metric_name=False, every_n_train_steps=cfg.checkpoint_every or None,
                                  save_top_k=1, save_last=True,
