@@ -122,13 +122,12 @@ class AudioTrainSettings:
 
 
 def check_step_plan(settings: AudioTrainSettings, resume: bool) -> None:
-    """A one-line UserError for ``--max-minutes`` without ``--max-steps`` on several devices (a fresh run): each
-    process would plan its own step count from its own measured step time, and processes that disagree hang at the
-    end of training (or train on different schedules). A resumed run reads the planned count from its checkpoint."""
-    s = settings
-    if not resume and s.max_steps is None and s.max_minutes is not None and s.devices * s.num_nodes > 1:
-        raise UserError("--max-minutes plans the step count from one device's speed: with several devices give "
-                        "--max-steps too (the budget still stops the run in time)")
+    """:func:`~mamba_bio_audio.training.budget.check_budget_plan` for a fresh run (a resumed run reads the planned
+    step count from its checkpoint)."""
+    from mamba_bio_audio.training.budget import check_budget_plan
+
+    if not resume:
+        check_budget_plan(settings.max_steps, settings.max_minutes, settings.devices * settings.num_nodes)
 
 
 def train_audio_lm(train_set: AudioClipDataset, val_set: AudioClipDataset | None, out: Path,

@@ -51,6 +51,7 @@ from mamba_bio_audio.data_prep.dna.tokenizer import VOCAB_SIZE
 from mamba_bio_audio.data_prep.dna.windows import WindowSampler, WindowSet, check_genome_store, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
+from mamba_bio_audio.training.budget import check_budget_plan
 from mamba_bio_audio.training.data import IndexedDataModule
 from mamba_bio_audio.training.module import ClassificationTask, LMTask, OptimConfig
 from mamba_bio_audio.training.trainer import TrainerConfig, last_checkpoint
@@ -191,9 +192,7 @@ class TrainSettings:
             raise UserError(f"--max-steps must be positive, got {self.max_steps}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise UserError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.max_steps is None and self.max_minutes is not None and self.devices * self.num_nodes > 1:
-            raise UserError("--max-minutes plans the step count from one device's speed: with several devices give "
-                            "--max-steps too (the budget still stops the run in time)")
+        check_budget_plan(self.max_steps, self.max_minutes, self.devices * self.num_nodes)
         if not 0 <= self.rc_prob <= 1:
             raise UserError(f"--rc-prob must lie in [0, 1], got {self.rc_prob}")
 

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import lightning.pytorch as pl
 import torch
 
+from mamba_bio_audio.errors import UserError
+
 #: the share of the budget that planned steps may fill; the rest covers validation, checkpoints and step-time noise
 PLANNED_SHARE = 0.85
 
@@ -150,6 +152,15 @@ def _to(value, device: torch.device, float_dtype: torch.dtype | None):
     if float_dtype is not None and value.is_floating_point():
         return value.to(device, float_dtype)
     return value.to(device)
+
+
+def check_budget_plan(max_steps: int | None, max_minutes: float | None, processes: int) -> None:
+    """A one-line UserError for a step count planned from ``max_minutes`` (no ``max_steps``) on several
+    ``processes``: each would plan its own from its own measured step time, and processes that disagree train on
+    different schedules and hang at the end of training."""
+    if max_steps is None and max_minutes is not None and processes > 1:
+        raise UserError("--max-minutes plans the step count from one device's speed: with several devices give "
+                        "--max-steps too (the budget still stops the run in time)")
 
 
 def planned_steps(budget_seconds: float, step_seconds: float) -> int:
