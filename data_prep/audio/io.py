@@ -8,7 +8,7 @@ Conversions done on reading, in this order:
   (its defaults: windowed-sinc, Hann window, ``lowpass_filter_width=6``, ``rolloff=0.99``).
 
 Failures raise :class:`~mamba_bio_audio.errors.DataError` with one line naming the file and the problem:
-missing, unreadable or corrupt, empty (no samples), or holding NaN/inf samples (possible in float WAV/FLAC).
+missing, unreadable or corrupt, empty (0 bytes, or no samples), or holding NaN/inf samples (possible in float WAV/FLAC).
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ def resample(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     return AF.resample(wave, orig_rate, new_rate)
 
 
+def unreadable(path: Path, error: Exception) -> str:
+    """The one-line message for a file soundfile cannot open or decode (libsndfile's reason, without its
+    repetition of the path)."""
+    reason = error.error_string if isinstance(error, sf.LibsndfileError) else str(error)
+    reason = reason.strip().splitlines()[0].rstrip(".") if reason.strip() else type(error).__name__
+    return f"{path}: unreadable or corrupt audio ({reason})"
+
+
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
     """Read a WAV/FLAC file as a mono float32 waveform.
 
@@ -48,12 +56,12 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such audio file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
-    except sf.LibsndfileError as e:
-        raise DataError(f"{path}: unreadable or corrupt audio ({e.error_string.rstrip('.')})") from None
     except (sf.SoundFileError, RuntimeError, ValueError) as e:
-        raise DataError(f"{path}: unreadable or corrupt audio ({e})") from None
+        raise DataError(unreadable(path, e)) from None
     if data.size == 0:
         raise DataError(f"{path}: empty audio file (no samples)")
     if not np.isfinite(data).all():

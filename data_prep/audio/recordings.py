@@ -5,15 +5,16 @@ duration, any rate, any channel count. Each file is read as float32 (:func:`~.io
 to mono), checked, resampled to the store's rate (torchaudio's windowed sinc), normalised (:mod:`.mulaw`, default
 none) and quantized to 8-bit tokens (mu-law or linear). One record per file, of the file's own length.
 
-Splits are by file, so no recording is in two splits: a seeded shuffle of the files gives ``val_fraction`` and
-``test_fraction`` of them to ``val`` and ``test`` (each at least one file when its fraction is above 0 and there
-are at least three files), or a list file names them (:func:`read_split_list`).
+Splits are by file, so no recording is in two splits: a seeded shuffle of the usable files (those not skipped)
+gives ``val_fraction`` and ``test_fraction`` of them to ``val`` and ``test`` (each at least one file when its
+fraction is above 0 and there are at least three usable files), or a list file names them
+(:func:`read_split_list`; a skipped file it names is simply absent).
 
 Problems with one file -- unreadable or corrupt, empty, NaN or infinite samples, longer than ``max_file_seconds``
 ("huge": checked from the header, before reading), more than ``max_clipped_fraction`` of its samples at full scale
 ("clipped") -- skip that file with a warning naming it, or with ``strict`` raise a one-line
-:class:`~mamba_bio_audio.errors.DataError`. A folder with no audio files, or no usable training file, is a
-DataError. The store is written atomically (:class:`~mamba_bio_audio.data_prep.store.TokenStoreWriter`).
+:class:`~mamba_bio_audio.errors.DataError`. A folder with no audio files, with no usable one (the DataError names
+the first skipped file and its problem) or with no usable training file is a DataError. The store is written atomically (:class:`~mamba_bio_audio.data_prep.store.TokenStoreWriter`).
 
 Store layout: meta ``domain="audio"``, ``layout="recordings"``, ``encoding``, ``sample_rate``, ``normalization``,
 ``source``, ``split_by`` and ``skipped``; one record per file with ``file`` (relative to the source folder, POSIX),
@@ -34,7 +35,7 @@ from mamba_bio_audio.errors import DataError
 
 from ..store import TokenStoreWriter
 from .clips import SPLITS, PrepareResult, skip_or_raise
-from .io import read_audio, resample
+from .io import read_audio, resample, unreadable
 from .mulaw import ENCODINGS, NORMALIZATIONS, encode, normalize
 
 RECORDING_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -101,10 +102,12 @@ def read_split_list(path: str | os.PathLike, names: list[str]) -> dict[str, str]
 
 def file_problem(path: Path, max_file_seconds: float) -> str | None:
     """A one-line problem read from the header (unreadable, empty, huge), or None."""
+    if path.stat().st_size == 0:
+        return f"{path}: empty file (0 bytes)"
     try:
         info = sf.info(str(path))
-    except (sf.LibsndfileError, sf.SoundFileError, RuntimeError, ValueError) as e:
-        return f"{path}: unreadable or corrupt audio ({str(e).strip().splitlines()[0] if str(e).strip() else e})"
+    except (sf.SoundFileError, RuntimeError, ValueError) as e:
+        return unreadable(path, e)
     if info.frames <= 0:
         return f"{path}: empty audio file (no samples)"
     seconds = info.frames / info.samplerate
@@ -154,12 +157,8 @@ def prepare_recordings(
     src_dir = Path(src_dir)
     files = find_recordings(src_dir)
     names = [p.relative_to(src_dir).as_posix() for p in files]
-    if split_list is not None:
-        splits = read_split_list(split_list, names)
-    else:
-        splits = split_by_file(names, val_fraction, test_fraction, seed)
+    splits = read_split_list(split_list, names) if split_list is not None else None
     skipped: list[str] = []
-    counts: Counter[str] = Counter()
     meta = {"domain": "audio", "layout": "recordings", "encoding": encoding, "sample_rate": int(sample_rate),
             "normalization": normalization, "source": "recordings",
             "split_by": "list" if split_list is not None else f"file (seed {seed}, val {val_fraction}, "
@@ -180,11 +179,15 @@ def prepare_recordings(
                 continue
             channels = sf.info(str(path)).channels
             wave = normalize(resample(wave, rate, sample_rate), normalization)
-            writer.add(encode(wave, encoding).numpy(), file=name, split=splits[name],
+            writer.add(encode(wave, encoding).numpy(), file=name, split="",
                        seconds=round(wave.numel() / sample_rate, 6), source_rate=rate, source_channels=channels)
-            counts[splits[name]] += 1
-        if not counts:
-            raise DataError(f"{src_dir}: no usable audio files ({len(skipped)} skipped)")
+        if not writer.records:
+            raise DataError(f"{src_dir}: no usable audio files ({len(skipped)} skipped; the first: {skipped[0]})")
+        if splits is None:  # the seeded split of the usable files: a skipped file takes no val or test place
+            splits = split_by_file([r["file"] for r in writer.records], val_fraction, test_fraction, seed)
+        for record in writer.records:
+            record["split"] = splits[record["file"]]
+        counts = Counter(record["split"] for record in writer.records)
         if not counts["train"]:
             raise DataError(f"{src_dir}: no usable file is in the train split")
         writer.meta["skipped"] = skipped

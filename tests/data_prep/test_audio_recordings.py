@@ -3,6 +3,7 @@ the seeded split by file, the list file, and every bad file skipped with its one
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -87,14 +88,15 @@ def test_split_list(folder, tmp_path):
 def bad_files(src):
     """One file of each problem; returns {file name: fragment of its message}."""
     (src / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    (src / "zero.wav").write_bytes(b"")
     sf.write(src / "empty.wav", np.zeros(0, np.float32), RATE)
     nan = tone(0.2, RATE)
     nan[100] = np.nan
     sf.write(src / "nan.wav", nan, RATE, subtype="FLOAT")
     sf.write(src / "clipped.wav", np.sign(tone(0.2, RATE)), RATE)
     sf.write(src / "huge.wav", tone(3.0, RATE), RATE)
-    return {"garbage.wav": "unreadable", "empty.wav": "empty", "nan.wav": "NaN", "clipped.wav": "clipped",
-            "huge.wav": "huge"}
+    return {"garbage.wav": "unreadable", "zero.wav": "empty file (0 bytes)", "empty.wav": "empty", "nan.wav": "NaN",
+            "clipped.wav": "clipped", "huge.wav": "huge"}
 
 
 def test_bad_files_are_skipped_with_their_reason(folder, tmp_path):
@@ -104,11 +106,11 @@ def test_bad_files_are_skipped_with_their_reason(folder, tmp_path):
     assert len(result.skipped) == len(problems)
     for name, fragment in problems.items():
         line = next(m for m in result.skipped if name in m)
-        assert fragment in line and "\n" not in line
+        assert fragment in line and "\n" not in line and line.count(name) == 1
     assert {r["file"] for r in TokenStore(tmp_path / "store").records}.isdisjoint(problems)
 
 
-@pytest.mark.parametrize("name", ["garbage.wav", "empty.wav", "nan.wav", "clipped.wav", "huge.wav"])
+@pytest.mark.parametrize("name", ["garbage.wav", "zero.wav", "empty.wav", "nan.wav", "clipped.wav", "huge.wav"])
 def test_strict_stops_at_a_bad_file_and_writes_nothing(tmp_path, name):
     src = tmp_path / "rec"
     src.mkdir()
@@ -116,7 +118,7 @@ def test_strict_stops_at_a_bad_file_and_writes_nothing(tmp_path, name):
     fragment = bad_files(src)[name]
     for other in set(bad_files(src)) - {name}:
         (src / other).unlink()
-    with pytest.raises(DataError, match=fragment) as info:
+    with pytest.raises(DataError, match=re.escape(fragment)) as info:
         prepare(src, tmp_path / "store", strict=True, max_file_seconds=2.0)
     assert name in str(info.value)
     assert not (tmp_path / "store").exists() and [p.name for p in tmp_path.iterdir()] == ["rec"]
@@ -133,3 +135,36 @@ def test_a_folder_without_usable_audio(tmp_path):
     with pytest.raises(DataError, match="no usable audio files"):
         prepare(bad, tmp_path / "store")
     assert not (tmp_path / "store").exists()
+
+
+def test_no_usable_file_names_the_first_problem(tmp_path):
+    """Before: "no usable audio files (1 skipped)", with the skipped file and its problem nowhere on the screen."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    sf.write(src / "nan.wav", np.array([0.1, np.nan], np.float32), RATE, subtype="FLOAT")
+    with pytest.raises(DataError) as info:
+        prepare(src, tmp_path / "store")
+    message = str(info.value)
+    assert "no usable audio files" in message and "nan.wav: NaN" in message and "\n" not in message
+    assert [p.name for p in tmp_path.iterdir()] == ["rec"]
+
+
+@pytest.mark.parametrize("bad", ["a.wav", "b.wav", "c.wav"])
+def test_a_skipped_file_takes_no_split_place(tmp_path, bad):
+    """The seeded split is of the usable files. Before: it was drawn over every file, so a skipped one could take
+    the only train place (three files, b.wav bad: "no usable file is in the train split", two good files unused)."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        sf.write(src / name, tone(0.2, RATE), RATE)
+    (src / bad).write_bytes(b"junk" * 100)
+    result = prepare(src, tmp_path / "store")
+    assert result.counts == {"train": 2, "val": 0, "test": 0} and len(result.skipped) == 1
+    good = sorted({"a.wav", "b.wav", "c.wav"} - {bad})
+    assert {r["file"]: r["split"] for r in TokenStore(tmp_path / "store").records} == split_by_file(good, 0.1, 0.1, 0)
+
+
+def test_the_split_of_a_clean_folder_is_the_seeded_split_of_its_files(folder, tmp_path):
+    prepare(folder, tmp_path / "store", val_fraction=0.2, test_fraction=0.2, seed=5)
+    records = TokenStore(tmp_path / "store").records
+    assert {r["file"]: r["split"] for r in records} == split_by_file([r["file"] for r in records], 0.2, 0.2, 5)
