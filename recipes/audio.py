@@ -51,6 +51,34 @@ def _warn(command: str, messages) -> None:
         click.echo(f"mba audio {command}: warning: {message}", err=True)
 
 
+def _sample_files(samples: Path) -> list[Path]:
+    """The audio files directly in ``samples`` that ``evaluate --samples`` scores (scored_clips' choice), or a
+    one-line UserError when there are none."""
+    from mamba_bio_audio.data_prep.audio.io import AUDIO_SUFFIXES
+
+    files = sorted(p for p in samples.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"--samples {samples}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+    return files
+
+
+def _left_out(files: list[Path], clips) -> list[str]:
+    """One line per file of ``files`` that is not among the scored ``clips``: its read problem (unreadable, empty,
+    NaN)."""
+    from mamba_bio_audio.data_prep.audio.io import read_audio
+    from mamba_bio_audio.errors import DataError
+
+    scored, problems = {clip.path for clip in clips}, []
+    for path in files:
+        if path not in scored:
+            try:
+                read_audio(path)
+                problems.append(f"{path}: not scored")
+            except DataError as e:
+                problems.append(str(e))
+    return problems
+
+
 @click.group("audio")
 def audio() -> None:
     """Audio LMs on any folder of recordings: prepare, train, generate, evaluate."""
@@ -264,6 +292,7 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
 
     if samples is not None and not samples.is_dir():
         raise UserError(f"--samples {samples}: no such folder")
+    sample_files = _sample_files(samples) if samples is not None else []
     inputs = (checkpoint, data, samples)
     check_output_folder(out, "audio evaluate", overwrite=overwrite, inputs=inputs)
     where = torch_device(device)
@@ -287,16 +316,21 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
             from mamba_bio_audio.tasks.audio_page import scored_clips, write_listening_page
 
             clips = scored_clips(samples, model, device=where)
+            left_out = _left_out(sample_files, clips)
+            if not clips:
+                raise UserError(f"--samples {samples}: no readable audio file (the first: {left_out[0]})")
             write_listening_page(tmp, clips, title=f"mba audio evaluate: {samples}",
                                  notes="Log-likelihood of each whole clip under the model, in windows of its "
                                        "training length.")
-            metrics["samples"] = {"folder": str(samples), "clips": len(clips)}
+            metrics["samples"] = {"folder": str(samples), "clips": len(clips), "left_out": left_out}
         write_json(tmp / "metrics.json", metrics)
         atomic_write_text(tmp / "metrics.md", table + f"\n\n{metrics['sample_rate']} Hz, {metrics['encoding']}; "
                           f"each window scored on its own (its first sample is context only). Baseline: an order-"
                           f"{baseline['order']} Markov chain of the samples (add-{baseline['alpha']:g}) fitted on "
                           f"the train files, scored over every {split} sample after each file's first "
                           f"{baseline['order']}.\n")
+    _warn("evaluate", (f"--samples: {m} -- left out of the page" for m in metrics.get("samples", {}).get(
+        "left_out", [])))
     click.echo(table)
 
 

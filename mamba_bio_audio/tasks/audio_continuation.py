@@ -38,7 +38,10 @@ def load_prompt(path: str | os.PathLike, audio: dict, seconds: float | None = No
 
     path = Path(path)
     rate = int(audio["sample_rate"])
-    wave, _ = read_audio(path, rate)  # DataError: missing, unreadable, empty, NaN
+    try:
+        wave, _ = read_audio(path, rate)
+    except DataError as e:  # missing, unreadable, empty, NaN: say which option named the file
+        raise DataError(f"--prompt {e}") from None
     info = sf.info(str(path))
     notes = []
     if info.channels > 1:

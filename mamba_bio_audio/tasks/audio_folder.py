@@ -293,9 +293,19 @@ def warmup_plan(settings: RecordingTrainSettings, align: int = 1) -> None:
     """Refuse, before anything is written, a warm-up the window does not allow (a one-line UserError); with
     ``"pack"``, also one whose shortest length is no multiple of ``align`` (:func:`packing_align`): the warm-up
     cuts rows into pieces of that length, and packed files must still start at multiples of ``align`` in each."""
-    from mamba_bio_audio.tasks.windows import warmup_stages
+    from mamba_bio_audio.tasks.windows import WARMUP_ABOVE, warmup_stages
 
-    stages = warmup_stages(dataclasses.replace(settings, max_steps=settings.max_steps or 10))
+    try:
+        stages = warmup_stages(dataclasses.replace(settings, max_steps=settings.max_steps or 10))
+    except UserError:
+        if settings.warmup_min_length is not None:
+            raise
+        # the default warm-up, not an option the user passed: name the window and the way out
+        halvings = math.ceil(math.log2(settings.window / WARMUP_ABOVE))
+        fits = f" or {settings.window >> halvings}" if settings.window % 2**halvings == 0 else ""
+        raise UserError(f"--window {settings.window}: the default sequence-length warm-up doubles from "
+                        f"{WARMUP_ABOVE}, so needs a window of {WARMUP_ABOVE} times a power of two; pass "
+                        f"--warmup-min-length 0 (off){fits}") from None
     if stages is not None and settings.short_files == "pack" and stages[0] % align:
         raise UserError(f"--warmup-min-length {stages[0]}: --short-files pack needs a multiple of the model's "
                         f"stride {align} (packed files start at multiples of it)")

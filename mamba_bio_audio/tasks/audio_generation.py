@@ -188,7 +188,8 @@ def load_audio_lm(directory: str | os.PathLike, device=None):
         directory = directory / MODEL_FOLDER
     path = directory / CONFIG_NAME
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such checkpoint folder")
+        what = "a file, not a checkpoint folder" if directory.exists() else "no such checkpoint folder"
+        raise CheckpointError(f"{directory}: {what}")
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a model checkpoint or training run (no {CONFIG_NAME} or "
                               f"{MODEL_FOLDER}/{CONFIG_NAME})")
