@@ -163,9 +163,9 @@ def output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
     create it, or let a writer that makes its own folder create it).
 
     After :func:`check_output_folder`'s checks (call it earlier too, before any work, to fail fast) the body writes
-    the sibling ``.NAME.partial-PID``; on success our marker is added and the sibling is renamed to ``out`` (an old
-    output of ours, with ``overwrite``, is moved aside first and deleted after); on any error the sibling is deleted
-    and ``out`` is left as it was. A folder we did not create is never deleted. In the extra processes of a
+    the sibling ``.NAME.partial-HOST-PID`` (those a killed writer on this machine left are deleted first); on
+    success our marker is added and the sibling is renamed to ``out`` (an old output of ours, with ``overwrite``, is
+    moved aside first and deleted after); on any error the sibling is deleted and ``out`` is left as it was. A folder we did not create is never deleted. In the extra processes of a
     multi-device run this yields ``out`` itself and does nothing else.
     """
     out = Path(out)
@@ -180,11 +180,12 @@ def output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
             raise PermissionError(13, "Permission denied")
     except OSError as e:
         raise _writable_error(out, e, flag) from None
-    tmp = parent / f".{out.name}.partial-{os.getpid()}"
+    _remove_dead_partials(parent, out.name)
+    tmp = parent / f".{out.name}.partial-{_host()}-{os.getpid()}"
     n = 0
-    while tmp.exists():  # a leftover is not deleted either: pick a new name
+    while tmp.exists():  # a leftover of a live process is not deleted: pick a new name
         n += 1
-        tmp = parent / f".{out.name}.partial-{os.getpid()}-{n}"
+        tmp = parent / f".{out.name}.partial-{_host()}-{os.getpid()}-{n}"
     try:
         yield tmp
         tmp.mkdir(exist_ok=True)
@@ -203,6 +204,37 @@ def output_folder(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _host() -> str:
+    """This machine's name as it goes into temporary folder names (letters, digits, ``_`` and ``.`` only)."""
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def _remove_dead_partials(parent: Path, name: str) -> None:
+    """Delete the temporary ``.NAME.partial-HOST-PID[-n]`` folders that a killed writer of ``NAME`` on this machine
+    left beside it (its process is gone); those of another machine (a shared file system) or of a live process
+    stay."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(name)}\.partial-{re.escape(_host())}-(\d+)(-\d+)?")
+    for leftover in parent.glob(f".{name}.partial-*"):
+        match = pattern.fullmatch(leftover.name)
+        if match and leftover.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def run_folder(out: str | os.PathLike, kind: str, *, resume: bool = False, inputs: tuple = (),

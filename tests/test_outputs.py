@@ -35,6 +35,29 @@ def test_output_folder_writes_a_sibling_and_renames_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_output_folder_removes_what_a_killed_writer_left_on_this_machine_only(tmp_path):
+    import subprocess
+    import sys
+
+    from mamba_bio_audio.files import _host
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    killed = tmp_path / f".out.partial-{_host()}-{dead_pid}"  # a writer killed mid-way (its process is gone)
+    killed_second = tmp_path / f".out.partial-{_host()}-{dead_pid}-1"
+    live = tmp_path / f".out.partial-{_host()}-{os.getppid()}"  # a writer still running
+    elsewhere = tmp_path / f".out.partial-othermachine-{dead_pid}"  # another machine's, on a shared disk
+    other_output = tmp_path / f".other.partial-{_host()}-{dead_pid}"
+    for folder in (killed, killed_second, live, elsewhere, other_output):
+        folder.mkdir()
+        (folder / "part.bin").write_bytes(b"x")
+    with output_folder(tmp_path / "out", "k") as tmp:
+        tmp.mkdir()
+    assert not killed.exists() and not killed_second.exists()
+    assert live.exists() and elsewhere.exists() and other_output.exists()
+
+
 def test_output_folder_refuses_other_files_and_other_kinds(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
