@@ -11,7 +11,8 @@ the mu-law round trip) followed by the continuation, written chunk by chunk into
 
 The prompt (:func:`load_prompt`) is read like training data: channels averaged to mono (a warning says so), another
 rate resampled to the model's (a warning says so), no amplitude normalisation, then quantized with the model's
-encoding; ``prompt_seconds`` keeps its first seconds.
+encoding; ``prompt_seconds`` keeps its first seconds. A prompt longer than an hour (``MAX_SECONDS``, as for
+``--seconds``) is refused from its header before it is read: the parallel prefill's memory grows with its length.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def load_prompt(path: str | os.PathLike, audio: dict, seconds: float | None = No
 
     path = Path(path)
     rate = int(audio["sample_rate"])
+    check_prompt_length(path, seconds)
     try:
         wave, _ = read_audio(path, rate)
     except DataError as e:  # missing, unreadable, empty, NaN: say which option named the file
@@ -57,6 +59,23 @@ def load_prompt(path: str | os.PathLike, audio: dict, seconds: float | None = No
                          f"{seconds:g}; the whole file is the prompt")
         wave = wave[:keep]
     return encode(wave, audio["encoding"]).long(), notes
+
+
+def check_prompt_length(path: Path, seconds: float | None) -> None:
+    """Refuse, from the header and before reading, a prompt (its first ``seconds`` when given) longer than
+    :data:`~mamba_bio_audio.tasks.audio_generation.MAX_SECONDS` with a one-line UserError; an unreadable header is
+    left to :func:`~mamba_bio_audio.data_prep.audio.io.read_audio` to name."""
+    from mamba_bio_audio.tasks.audio_generation import MAX_SECONDS
+
+    try:
+        duration = sf.info(str(path)).duration
+    except (sf.SoundFileError, RuntimeError, ValueError):
+        return
+    if seconds is None and duration > MAX_SECONDS:
+        raise UserError(f"--prompt {path}: {duration:.0f} s long, more than the {MAX_SECONDS} s a prompt may be; "
+                        f"pass --prompt-seconds to continue its start")
+    if seconds is not None and min(duration, seconds) > MAX_SECONDS:
+        raise UserError(f"--prompt-seconds {seconds:g}: more than the {MAX_SECONDS} s a prompt may be")
 
 
 def make_step(model, state, batch_size: int, device: torch.device, cuda_graph: bool | None):

@@ -115,3 +115,16 @@ def test_evaluate_samples_warns_about_each_file_left_out(setup, tmp_path, capsys
     assert "left out of the page" in warnings[0]
     listed = json.loads((tmp_path / "ev" / "metrics.json").read_text())["samples"]
     assert listed["clips"] == 1 and len(listed["left_out"]) == 1 and "junk.wav" in listed["left_out"][0]
+
+
+def test_a_prompt_over_an_hour_is_refused_before_it_is_read(setup, tmp_path, capsys):
+    """Before: read whole, resampled and prefilled in one parallel pass, whose memory grows with the prompt (1.8 GB
+    for a minute at 8 kHz with the tiny model on the CPU, so over 100 GB for two hours)."""
+    sf.write(tmp_path / "long.wav", np.zeros(3700, np.int16), 1)  # 3,700 s at 1 Hz: a long header, a small file
+    code, _, err = run(["audio", "generate", "--checkpoint", setup / "model", "--prompt", tmp_path / "long.wav",
+                        "--out", tmp_path / "gen", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "long.wav: 3700 s long, more than the 3600 s", "pass --prompt-seconds")
+    code, _, err = run(["audio", "generate", "--checkpoint", setup / "model", "--prompt", tmp_path / "long.wav",
+                        "--prompt-seconds", "3650", "--out", tmp_path / "gen", "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "--prompt-seconds 3650: more than the 3600 s")
+    assert [p.name for p in tmp_path.iterdir()] == ["long.wav"]
