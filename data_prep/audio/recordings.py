@@ -12,7 +12,7 @@ fraction is above 0 and there are at least three usable files), or a list file n
 
 Problems with one file -- unreadable or corrupt, empty, NaN or infinite samples, longer than ``max_file_seconds``
 ("huge": checked from the header, before reading), more than ``max_clipped_fraction`` of its samples at full scale
-("clipped") -- skip that file with a warning naming it, or with ``strict`` raise a one-line
+("clipped"; the full scale of the file's own format, below 1 for 8-bit and G.711 files) -- skip that file with a warning naming it, or with ``strict`` raise a one-line
 :class:`~mamba_bio_audio.errors.DataError`. A folder with no audio files, with no usable one (the DataError names
 the first skipped file and its problem) or with no usable training file is a DataError. The store is written atomically (:class:`~mamba_bio_audio.data_prep.store.TokenStoreWriter`).
 
@@ -42,6 +42,9 @@ RECORDING_SUFFIXES = (".wav", ".flac", ".ogg")
 MAX_FILE_SECONDS = 3600.0  # default: a longer file is skipped as "huge" (its float32 copy alone would be > 0.5 GB)
 MAX_CLIPPED_FRACTION = 0.01  # default: a file with more of its samples at full scale is skipped as "clipped"
 FULL_SCALE = 0.999  # |x| at or above this counts as clipped (16-bit full scale is 32767/32768 = 0.99997)
+# the largest positive sample of the coarser subtypes, all below FULL_SCALE (8-bit PCM, and G.711 as libsndfile
+# decodes it); at or above it counts as clipped in a file of that subtype
+SUBTYPE_FULL_SCALE = {"PCM_U8": 127 / 128, "PCM_S8": 127 / 128, "ULAW": 32124 / 32768, "ALAW": 32256 / 32768}
 
 
 def find_recordings(src_dir: str | os.PathLike) -> list[Path]:
@@ -116,9 +119,10 @@ def file_problem(path: Path, max_file_seconds: float) -> str | None:
     return None
 
 
-def clipped_fraction(wave: torch.Tensor) -> float:
-    """The fraction of samples of ``wave: (samples,)`` at full scale (``|x| >= FULL_SCALE``)."""
-    return float((wave.abs() >= FULL_SCALE).float().mean())
+def clipped_fraction(wave: torch.Tensor, subtype: str | None = None) -> float:
+    """The fraction of samples of ``wave: (samples,)`` at full scale: ``|x| >= FULL_SCALE``, or at the largest
+    positive value of a coarser ``subtype`` (soundfile's name: ``PCM_U8``, ``ULAW``, ...; SUBTYPE_FULL_SCALE)."""
+    return float((wave.abs() >= min(FULL_SCALE, SUBTYPE_FULL_SCALE.get(subtype, 1.0))).float().mean())
 
 
 def prepare_recordings(
@@ -169,18 +173,18 @@ def prepare_recordings(
             if problem is None:
                 try:
                     wave, rate = read_audio(path)
+                    info = sf.info(str(path))
                 except DataError as e:
                     problem = str(e)
-            if problem is None and (clipped := clipped_fraction(wave)) > max_clipped_fraction:
+            if problem is None and (clipped := clipped_fraction(wave, info.subtype)) > max_clipped_fraction:
                 problem = (f"{path}: clipped ({100 * clipped:.1f}% of the samples at full scale, more than "
                            f"{100 * max_clipped_fraction:g}%; raise --max-clipped-fraction to keep it)")
             if problem is not None:
                 skip_or_raise(problem, skipped, strict)
                 continue
-            channels = sf.info(str(path)).channels
             wave = normalize(resample(wave, rate, sample_rate), normalization)
             writer.add(encode(wave, encoding).numpy(), file=name, split="",
-                       seconds=round(wave.numel() / sample_rate, 6), source_rate=rate, source_channels=channels)
+                       seconds=round(wave.numel() / sample_rate, 6), source_rate=rate, source_channels=info.channels)
         if not writer.records:
             raise DataError(f"{src_dir}: no usable audio files ({len(skipped)} skipped; the first: {skipped[0]})")
         if splits is None:  # the seeded split of the usable files: a skipped file takes no val or test place

@@ -168,3 +168,16 @@ def test_the_split_of_a_clean_folder_is_the_seeded_split_of_its_files(folder, tm
     prepare(folder, tmp_path / "store", val_fraction=0.2, test_fraction=0.2, seed=5)
     records = TokenStore(tmp_path / "store").records
     assert {r["file"]: r["split"] for r in records} == split_by_file([r["file"] for r in records], 0.2, 0.2, 5)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "ULAW"])
+def test_clipping_is_found_at_a_coarse_format_full_scale(tmp_path, subtype):
+    """An 8-bit or mu-law WAV tops out below 0.999 (127/128, 32124/32768). Before: clipped at its positive full
+    scale only, a third of the samples there, it was kept as clean."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    sf.write(src / "clipped.wav", np.clip(2 * tone(0.3, RATE, level=1.0), -0.5, 1.0), RATE, subtype=subtype)
+    sf.write(src / "clean.wav", tone(0.3, RATE, level=0.9), RATE, subtype=subtype)
+    result = prepare(src, tmp_path / "store")
+    assert result.counts["train"] == 1 and len(result.skipped) == 1
+    assert "clipped.wav: clipped (3" in result.skipped[0]
