@@ -12,9 +12,11 @@ fraction is above 0 and there are at least three usable files), or a list file n
 
 Problems with one file -- unreadable or corrupt, empty, NaN or infinite samples, longer than ``max_file_seconds``
 ("huge": checked from the header, before reading), more than ``max_clipped_fraction`` of its samples at full scale
-("clipped"; the full scale of the file's own format, below 1 for 8-bit and G.711 files) -- skip that file with a warning naming it, or with ``strict`` raise a one-line
-:class:`~mamba_bio_audio.errors.DataError`. A folder with no audio files, with no usable one (the DataError names
-the first skipped file and its problem) or with no usable training file is a DataError. The store is written atomically (:class:`~mamba_bio_audio.data_prep.store.TokenStoreWriter`).
+("clipped"; the full scale of the file's own format, below 1 for 8-bit and G.711 files) -- skip that file with a
+warning naming it, or with ``strict`` raise a one-line :class:`~mamba_bio_audio.errors.DataError`. A folder with no
+audio files, with no usable one (the DataError names the first skipped file and its problem) or with no usable
+training file is a DataError. The store is written atomically
+(:class:`~mamba_bio_audio.data_prep.store.TokenStoreWriter`).
 
 Store layout: meta ``domain="audio"``, ``layout="recordings"``, ``encoding``, ``sample_rate``, ``normalization``,
 ``source``, ``split_by`` and ``skipped``; one record per file with ``file`` (relative to the source folder, POSIX),
