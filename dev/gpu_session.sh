@@ -294,6 +294,7 @@ PY
                 synthetic-runs/*/config.yaml synthetic-runs/*/logs synthetic-runs/*/model 2>/dev/null) ;;
         synthetic-resume)  # resume the induction-heads run carried in .gpudata/synthetic-runs/${RESUME_FROM} (its
             # last checkpoint: weights, optimizer state, step, data position) as the table's row, then the table
+            # (SYNTHETIC_MINUTES is the whole run's budget: the earlier parts' training time counts)
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             cp -r "$repo/.gpudata/synthetic-runs" $r/
             row=$r/synthetic-runs/induction_heads_mamba_S6

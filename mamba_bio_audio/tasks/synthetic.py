@@ -195,7 +195,8 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     step count and data position); ``steps`` then counts from that run's start, ``resumed_at`` says where this
     part began.
 
-    time_budget_s: wall-clock seconds for the whole run; training stops ``preset.eval_reserve_s`` before the end
+    time_budget_s: wall-clock seconds for the whole run (with ``resume``, earlier parts' training time counts:
+    the checkpoint keeps it, as ``--max-minutes`` does for every training command); training stops ``preset.eval_reserve_s`` before the end
     (at the latest at half the budget), and test lengths not reached in time are skipped. metrics["stopped"] says
     why training ended early: "target" (validation accuracy reached preset.target_accuracy), "time", or None.
     log: where the per-length test lines go (default: stderr).
@@ -209,15 +210,16 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     from mamba_bio_audio.training.synthetic_task import MaskedLMTask, StopTraining
     from mamba_bio_audio.training.trainer import TrainerConfig, fit
 
-    clock = time.monotonic()
+    if resume and not (Path(out) / "checkpoints" / "last.ckpt").is_file():
+        raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
+    # a resumed run's clock started when its first part did (less the time between the parts)
+    clock = time.monotonic() - (_earlier_training_seconds(Path(out)) if resume else 0.0)
     deadline = None if time_budget_s is None else clock + time_budget_s
     train_deadline = None if deadline is None else clock + max(time_budget_s - preset.eval_reserve_s,
                                                                time_budget_s / 2)
     from mamba_bio_audio.devices import torch_device
 
     eval_device = torch_device(device)
-    if resume and not (Path(out) / "checkpoints" / "last.ckpt").is_file():
-        raise UserError(f"--resume: no checkpoint to resume from in {Path(out) / 'checkpoints'}")
     out = run_folder(out, f"synthetic {task}", resume=resume, inputs=() if init_from is None else (init_from,))
     pl.seed_everything(seed, verbose=False)
     generator = _generator(task, preset.data, seed)
@@ -313,6 +315,18 @@ def _checkpoint_step(out: Path) -> int:
         return int(json.loads(earlier.read_text())["steps"]) if earlier.is_file() else -1
     except (OSError, ValueError, KeyError, TypeError):
         return -1
+
+
+def _earlier_training_seconds(out: Path) -> float:
+    """Seconds of training the run in OUT had done by its last checkpoint (its StopTraining state; 0 when the
+    checkpoint predates that record)."""
+    from mamba_bio_audio.training.trainer import last_checkpoint, load_training_checkpoint
+
+    path = last_checkpoint(out)
+    if path is None:
+        return 0.0
+    state = load_training_checkpoint(path, mmap=True).get("callbacks", {}).get("StopTraining", {})
+    return float(state.get("elapsed", 0.0)) if isinstance(state, dict) else 0.0
 
 
 def _history_entry(steps: int, preset: TaskPreset) -> dict:

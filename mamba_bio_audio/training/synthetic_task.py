@@ -76,6 +76,15 @@ class StopTraining(pl.Callback):
         self.best_state: dict | None = None
         self.best_step: int | None = None
         self._best_key: tuple[float, float] | None = None
+        self.before = 0.0  # seconds of training in earlier parts of a resumed run
+        self.started: float | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier parts of a resumed run included (saved in checkpoints)."""
+        return self.before + (time.monotonic() - self.started if self.started is not None else 0.0)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.monotonic()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.metric)
@@ -97,7 +106,8 @@ class StopTraining(pl.Callback):
     def state_dict(self) -> dict:
         return {"reason": self.reason, "reached_at": self.reached_at, "best": self.best,
                 "history": [dict(h) for h in self.history], "best_state": self.best_state,
-                "best_step": self.best_step, "best_key": None if self._best_key is None else list(self._best_key)}
+                "best_step": self.best_step, "best_key": None if self._best_key is None else list(self._best_key),
+                "elapsed": self.elapsed()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("reason") == "target":  # a stop by the deadline is what a resume continues from
@@ -106,6 +116,7 @@ class StopTraining(pl.Callback):
         self.best_state, self.best_step = state_dict.get("best_state"), state_dict.get("best_step")
         key = state_dict.get("best_key")
         self._best_key = None if key is None else tuple(key)
+        self.before = float(state_dict.get("elapsed", 0.0))
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if self.deadline is None or self.reason is not None or time.monotonic() < self.deadline:

@@ -178,6 +178,25 @@ def test_resume_continues_the_run_in_out(micro_presets, tmp_path, capsys):
     assert_one_line_error(code, err, "cannot be combined with --init-from")
 
 
+def test_resume_counts_the_earlier_parts_training_time_in_max_minutes(micro_presets, tmp_path, capsys):
+    """--max-minutes is the whole run's budget, as for every training command: a resumed run whose earlier part
+    already trained for longer stops at its first step (before the fix its budget started again in full)."""
+    out = tmp_path / "run"
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--max-steps", "2"],
+                       capsys)
+    assert code == 0, err
+    ckpt = out / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    assert 0 < state["callbacks"]["StopTraining"]["elapsed"] < 600  # the first part's training time, kept
+    state["callbacks"]["StopTraining"]["elapsed"] = 3600.0  # as if it had trained for an hour
+    torch.save(state, ckpt)
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--max-steps", "40", "--max-minutes", "30"], capsys)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stopped"] == "time" and m["steps"] == 3  # one step past the resume point, not 40
+
+
 def test_init_from_a_model_of_another_task_is_a_one_line_error(micro_presets, tmp_path, capsys):
     code, _, err = run(["synthetic", "selective-copy", "--out", str(tmp_path / "sc"), "--device", "cpu",
                         "--max-steps", "1"], capsys)
