@@ -43,16 +43,9 @@ def unreadable(path: Path, error: Exception) -> str:
     return f"{path}: unreadable or corrupt audio ({reason})"
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
-    """Read a WAV/FLAC file as a mono float32 waveform.
-
-    Args:
-        path: the audio file.
-        sample_rate: resample to this rate (Hz); ``None`` keeps the file's own rate.
-
-    Returns:
-        ``(wave, rate)``: ``wave`` is a float32 tensor of shape ``(samples,)`` and ``rate`` its sample rate.
-    """
+def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """An audio file's samples as float32 ``(frames, channels)`` (no conversion but PCM scaling) and its rate in
+    Hz; a one-line DataError when the file is missing, unreadable, empty or holds NaN/inf samples."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such audio file")
@@ -67,7 +60,26 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple
     if not np.isfinite(data).all():
         bad = int(np.argmax(~np.isfinite(data).all(axis=1)))
         raise DataError(f"{path}: NaN or infinite sample at frame {bad}")
-    wave = torch.from_numpy(data.mean(axis=1, dtype=np.float32))
+    return data, int(rate)
+
+
+def to_mono(data: np.ndarray) -> torch.Tensor:
+    """``(frames, channels)`` float32 -> ``(frames,)``: the mean of the channels."""
+    return torch.from_numpy(data.mean(axis=1, dtype=np.float32))
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int | None = None) -> tuple[torch.Tensor, int]:
+    """Read a WAV/FLAC file as a mono float32 waveform (:func:`read_frames`, then :func:`to_mono`).
+
+    Args:
+        path: the audio file.
+        sample_rate: resample to this rate (Hz); ``None`` keeps the file's own rate.
+
+    Returns:
+        ``(wave, rate)``: ``wave`` is a float32 tensor of shape ``(samples,)`` and ``rate`` its sample rate.
+    """
+    data, rate = read_frames(path)
+    wave = to_mono(data)
     if sample_rate is not None and sample_rate != rate:
         wave = resample(wave, rate, sample_rate)
         rate = sample_rate

@@ -1,9 +1,10 @@
 """Any folder of recordings -> an audio token store of whole files (``mba audio prepare``).
 
 Files: ``.wav``, ``.flac`` and ``.ogg`` (whatever libsndfile reads through soundfile), found recursively, any
-duration, any rate, any channel count. Each file is read as float32 (:func:`~.io.read_audio`: channels averaged
-to mono), checked, resampled to the store's rate (torchaudio's windowed sinc), normalised (:mod:`.mulaw`, default
-none) and quantized to 8-bit tokens (mu-law or linear). One record per file, of the file's own length.
+duration, any rate, any channel count. Each file is read as float32 (:func:`~.io.read_frames`), checked (clipping
+in every channel), averaged to mono, resampled to the store's rate (torchaudio's windowed sinc), normalised
+(:mod:`.mulaw`, default none) and quantized to 8-bit tokens (mu-law or linear). One record per file, of the file's
+own length.
 
 Splits are by file, so no recording is in two splits: a seeded shuffle of the usable files (those not skipped)
 gives ``val_fraction`` and ``test_fraction`` of them to ``val`` and ``test`` (each at least one file when its
@@ -37,7 +38,7 @@ from mamba_bio_audio.errors import DataError
 
 from ..store import TokenStoreWriter
 from .clips import SPLITS, PrepareResult, skip_or_raise
-from .io import read_audio, resample, unreadable
+from .io import read_frames, resample, to_mono, unreadable
 from .mulaw import ENCODINGS, NORMALIZATIONS, encode, normalize
 
 RECORDING_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -121,10 +122,12 @@ def file_problem(path: Path, max_file_seconds: float) -> str | None:
     return None
 
 
-def clipped_fraction(wave: torch.Tensor, subtype: str | None = None) -> float:
-    """The fraction of samples of ``wave: (samples,)`` at full scale: ``|x| >= FULL_SCALE``, or at the largest
-    positive value of a coarser ``subtype`` (soundfile's name: ``PCM_U8``, ``ULAW``, ...; SUBTYPE_FULL_SCALE)."""
-    return float((wave.abs() >= min(FULL_SCALE, SUBTYPE_FULL_SCALE.get(subtype, 1.0))).float().mean())
+def clipped_fraction(samples: torch.Tensor | np.ndarray, subtype: str | None = None) -> float:
+    """The fraction of ``samples`` (any shape: a file's ``(frames, channels)``, every channel counted) at full
+    scale: ``|x| >= FULL_SCALE``, or at the largest positive value of a coarser ``subtype`` (soundfile's name:
+    ``PCM_U8``, ``ULAW``, ...; SUBTYPE_FULL_SCALE)."""
+    samples = torch.as_tensor(samples)
+    return float((samples.abs() >= min(FULL_SCALE, SUBTYPE_FULL_SCALE.get(subtype, 1.0))).float().mean())
 
 
 def prepare_recordings(
@@ -174,17 +177,17 @@ def prepare_recordings(
             problem = file_problem(path, max_file_seconds)
             if problem is None:
                 try:
-                    wave, rate = read_audio(path)
+                    data, rate = read_frames(path)  # (frames, channels): clipping is counted per channel
                     info = sf.info(str(path))
                 except DataError as e:
                     problem = str(e)
-            if problem is None and (clipped := clipped_fraction(wave, info.subtype)) > max_clipped_fraction:
+            if problem is None and (clipped := clipped_fraction(data, info.subtype)) > max_clipped_fraction:
                 problem = (f"{path}: clipped ({100 * clipped:.1f}% of the samples at full scale, more than "
                            f"{100 * max_clipped_fraction:g}%; raise --max-clipped-fraction to keep it)")
             if problem is not None:
                 skip_or_raise(problem, skipped, strict)
                 continue
-            wave = normalize(resample(wave, rate, sample_rate), normalization)
+            wave = normalize(resample(to_mono(data), rate, sample_rate), normalization)
             writer.add(encode(wave, encoding).numpy(), file=name, split="",
                        seconds=round(wave.numel() / sample_rate, 6), source_rate=rate, source_channels=info.channels)
         if not writer.records:

@@ -181,3 +181,15 @@ def test_clipping_is_found_at_a_coarse_format_full_scale(tmp_path, subtype):
     result = prepare(src, tmp_path / "store")
     assert result.counts["train"] == 1 and len(result.skipped) == 1
     assert "clipped.wav: clipped (3" in result.skipped[0]
+
+
+def test_clipping_in_one_channel_is_found(tmp_path):
+    """Before: clipping was counted on the mono mix, where a channel at full scale beside a quiet one averages to
+    about half scale: a stereo file with one channel clipped throughout was kept as clean."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    loud = np.clip(3 * tone(0.3, RATE, level=1.0), -1.0, 1.0)
+    sf.write(src / "one_side.wav", np.stack([loud, 0.1 * tone(0.3, RATE)], axis=1), RATE)
+    sf.write(src / "clean.wav", np.stack([tone(0.3, RATE), tone(0.3, RATE)], axis=1), RATE)
+    result = prepare(src, tmp_path / "store")
+    assert result.counts["train"] == 1 and len(result.skipped) == 1 and "one_side.wav: clipped" in result.skipped[0]
