@@ -51,6 +51,21 @@ def _warn(command: str, messages) -> None:
         click.echo(f"mba audio {command}: warning: {message}", err=True)
 
 
+def _load_audio_lm(checkpoint: Path, device):
+    """The audio LM of ``checkpoint`` (:func:`~mamba_bio_audio.tasks.audio_generation.load_audio_lm`); a model
+    without the audio settings is a one-line CheckpointError naming the folder."""
+    from mamba_bio_audio.errors import CheckpointError
+    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
+    from mamba_bio_audio.tasks.audio_lm import audio_settings
+
+    model = load_audio_lm(checkpoint, device=device)
+    try:
+        audio_settings(model)
+    except CheckpointError as e:
+        raise CheckpointError(f"--checkpoint {checkpoint}: {e}") from None
+    return model
+
+
 def _sample_files(samples: Path) -> list[Path]:
     """The audio files directly in ``samples`` that ``evaluate --samples`` scores (scored_clips' choice), or a
     one-line UserError when there are none."""
@@ -235,7 +250,7 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
     (in a temporary folder beside OUT, named on stderr, renamed to OUT when every clip is done)."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_continuation import check_prompt_options, load_prompt, write_generations
-    from mamba_bio_audio.tasks.audio_generation import clip_length, likelihoods_tsv, load_audio_lm
+    from mamba_bio_audio.tasks.audio_generation import clip_length, likelihoods_tsv
     from mamba_bio_audio.tasks.audio_lm import audio_settings
     from mamba_bio_audio.tasks.audio_page import generated_clips, write_listening_page
 
@@ -244,7 +259,7 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
         raise UserError(f"--cuda-graph needs a CUDA device, not {where}")
     check_prompt_options(prompt, prompt_seconds)
     check_output_folder(out, "audio generate", overwrite=overwrite, inputs=(checkpoint, prompt))
-    model = load_audio_lm(checkpoint, device=where)
+    model = _load_audio_lm(checkpoint, where)
     audio_info = audio_settings(model)
     length = clip_length(seconds, audio_info)
     tokens, notes = (None, []) if prompt is None else load_prompt(prompt, audio_info, prompt_seconds)
@@ -288,7 +303,6 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
     from mamba_bio_audio.benchmarks.report import environment, markdown_table
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.audio_folder import evaluate_recording_lm, open_recordings
-    from mamba_bio_audio.tasks.audio_generation import load_audio_lm
 
     if samples is not None and not samples.is_dir():
         raise UserError(f"--samples {samples}: no such folder")
@@ -296,7 +310,7 @@ def evaluate(checkpoint: Path, data: Path, short_files: str, out: Path, split: s
     inputs = (checkpoint, data, samples)
     check_output_folder(out, "audio evaluate", overwrite=overwrite, inputs=inputs)
     where = torch_device(device)
-    model = load_audio_lm(checkpoint, device=where)
+    model = _load_audio_lm(checkpoint, where)
     store = open_recordings(data)
     metrics = evaluate_recording_lm(model, store, split=split, short_files=short_files, max_windows=max_windows,
                                     batch_size=batch_size, device=where)

@@ -128,3 +128,16 @@ def test_a_prompt_over_an_hour_is_refused_before_it_is_read(setup, tmp_path, cap
                         "--prompt-seconds", "3650", "--out", tmp_path / "gen", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "--prompt-seconds 3650: more than the 3600 s")
     assert [p.name for p in tmp_path.iterdir()] == ["long.wav"]
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_a_model_without_audio_settings_names_the_checkpoint(setup, tmp_path, capsys, command):
+    """Before: "the checkpoint is not an audio model (...)", naming no folder."""
+    from mamba_bio_audio import MambaConfig, MambaLM
+
+    MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=16, d_state=4)).save_pretrained(tmp_path / "dna")
+    extra = ["--data", setup / "store"] if command == "evaluate" else []
+    code, _, err = run(["audio", command, "--checkpoint", tmp_path / "dna", *extra, "--out", tmp_path / "o",
+                        "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, f"--checkpoint {tmp_path / 'dna'}", "not an audio model")
+    assert [p.name for p in tmp_path.iterdir()] == ["dna"]
