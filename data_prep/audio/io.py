@@ -56,7 +56,7 @@ def read_frames(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     except (sf.SoundFileError, RuntimeError, ValueError) as e:
         raise DataError(unreadable(path, e)) from None
     if data.size == 0:
-        raise DataError(f"{path}: empty audio file (no samples)")
+        raise DataError(f"{path}: empty audio file (no samples: a header only, or a file cut short)")
     if not np.isfinite(data).all():
         bad = int(np.argmax(~np.isfinite(data).all(axis=1)))
         raise DataError(f"{path}: NaN or infinite sample at frame {bad}")

@@ -115,7 +115,7 @@ def file_problem(path: Path, max_file_seconds: float) -> str | None:
     except (sf.SoundFileError, RuntimeError, ValueError) as e:
         return unreadable(path, e)
     if info.frames <= 0:
-        return f"{path}: empty audio file (no samples)"
+        return f"{path}: empty audio file (no samples: a header only, or a file cut short)"
     seconds = info.frames / info.samplerate
     if seconds > max_file_seconds:
         return f"{path}: huge file ({seconds:.0f} s, more than {max_file_seconds:g} s; raise --max-file-seconds)"

@@ -193,3 +193,17 @@ def test_clipping_in_one_channel_is_found(tmp_path):
     sf.write(src / "clean.wav", np.stack([tone(0.3, RATE), tone(0.3, RATE)], axis=1), RATE)
     result = prepare(src, tmp_path / "store")
     assert result.counts["train"] == 1 and len(result.skipped) == 1 and "one_side.wav: clipped" in result.skipped[0]
+
+
+def test_a_truncated_ogg_is_not_called_merely_empty(tmp_path):
+    """libsndfile finds no samples in an OGG cut in half. Before: "empty audio file (no samples)" for a file of
+    kilobytes, which reads as a wrong path rather than a damaged file."""
+    src = tmp_path / "rec"
+    src.mkdir()
+    sf.write(src / "ok.wav", tone(0.3, RATE), RATE)
+    sf.write(tmp_path / "whole.ogg", tone(5.0, RATE), RATE, format="OGG", subtype="VORBIS")
+    data = (tmp_path / "whole.ogg").read_bytes()
+    (src / "cut.ogg").write_bytes(data[:len(data) // 2])
+    result = prepare(src, tmp_path / "store")
+    assert len(result.skipped) == 1 and "cut.ogg: empty audio file (no samples: a header only, or a file cut short)" \
+        in result.skipped[0]
