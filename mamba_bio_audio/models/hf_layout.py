@@ -6,8 +6,9 @@ Ours follows mamba_ssm's ``MambaLMHeadModel``; transformers' differs in the conf
 ``padded_vocab_size``. Import pads the extra rows with zeros (never read: ids are below ``vocab_size`` and the
 logits are cut to it), export drops them, so both models give the same logits.
 
-A config.json is in transformers' layout when it has ``model_type`` or ``hidden_size`` and no ``d_model``
-(:func:`is_transformers_config`); :meth:`MambaConfig.from_dict` reads it through :func:`translate_config`.
+A config.json is in transformers' layout when it names the Mamba model type or architecture, or has
+``model_type`` or ``hidden_size`` and no ``d_model`` (:func:`is_transformers_config`); :meth:`MambaConfig.from_dict`
+reads it through :func:`translate_config`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ _VOCAB_ROWS = ("backbone.embedding.weight", "lm_head.weight")
 
 
 def is_transformers_config(data: dict[str, Any]) -> bool:
-    """True for a transformers config.json (``model_type`` or ``hidden_size``, and no ``d_model``)."""
+    """True for a transformers config.json: ``model_type`` "mamba" or the ``MambaForCausalLM`` architecture, or
+    (older files) ``model_type`` / ``hidden_size`` without ``d_model``. The Hub's ``state-spaces/mamba-*-hf``
+    configs carry mamba_ssm's keys (``d_model``, ``n_layer``, ``ssm_cfg``) beside transformers' own; their weights
+    are in transformers' layout, and transformers' keys are the ones read."""
+    if data.get("model_type") == MODEL_TYPE or ARCHITECTURE in (data.get("architectures") or []):
+        return True
     return "d_model" not in data and ("model_type" in data or "hidden_size" in data)
 
 

@@ -69,6 +69,32 @@ def test_transformers_checkpoint_loads_with_the_same_logits(tmp_path, tie, use_b
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+def test_a_hub_hf_config_with_mamba_ssm_keys_too_loads_in_transformers_layout(tmp_path):
+    """The Hub's state-spaces/mamba-130m-hf config.json carries mamba_ssm's keys (d_model, n_layer, d_inner,
+    ssm_cfg, rms_norm, fused_add_norm ...) beside transformers' (hidden_size, num_hidden_layers, state_size ...),
+    and its weights are in transformers' layout (backbone.embeddings): it loads, with transformers' logits."""
+    theirs = _transformers_model(tie=True)
+    folder = tmp_path / "hf"
+    theirs.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(d_model=config["hidden_size"], n_layer=config["num_hidden_layers"],
+                  d_inner=config["intermediate_size"], ssm_cfg={}, rms_norm=True, fused_add_norm=True,
+                  rescale_prenorm_residual=False, pad_vocab_size_multiple=1)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert hf_layout.is_transformers_config(config)
+    ours = MambaLM.from_pretrained(folder).eval()
+    ids = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_layout_detection():
+    assert hf_layout.is_transformers_config({"model_type": "mamba", "d_model": 8, "hidden_size": 8})
+    assert hf_layout.is_transformers_config({"architectures": ["MambaForCausalLM"], "d_model": 8})
+    assert hf_layout.is_transformers_config({"hidden_size": 8})
+    assert not hf_layout.is_transformers_config({"d_model": 8, "n_layer": 2, "ssm_cfg": {}})  # mamba_ssm's own
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_export_loads_in_transformers_with_our_logits(tmp_path, tie):
     transformers = _import_transformers()
