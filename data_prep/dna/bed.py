@@ -9,7 +9,12 @@ into a token store whose entries carry the split, so :class:`~.windows.WindowSam
 
 An interval shorter than ``extend_to`` is widened around its centre to ``extend_to`` bases (shifted, not padded,
 at a chromosome end), as HyenaDNA's ``FastaInterval`` widens intervals to the model's context; HyenaDNA pads with
-N where a widened interval leaves the chromosome, we shift it instead so no window is N filler.
+N where a widened interval leaves the chromosome, we shift it instead so no window is N filler. Widening never
+makes splits share bases (:func:`place_intervals`): test intervals are widened first, then val, then train, each
+inside the room left between the intervals of the other splits on its chromosome (their widened extent once
+placed, their BED extent before, and a dropped one's BED extent: its bases stay out of the other splits). An interval that does not fit centred is shifted within that room
+(``clipped``); one whose room is shorter than ``extend_to`` is dropped (``dropped``): no window of that length
+fits it. Both counts go to the store's ``meta["split"]``, with one warning when either is not zero.
 
 Every problem is one :class:`~mamba_bio_audio.errors.DataError` naming the file and line: a malformed line, an
 unknown split, an interval that is empty, leaves its chromosome or names a chromosome the FASTA does not hold.
@@ -18,8 +23,11 @@ unknown split, an interval that is empty, leaves its chromosome or names a chrom
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from mamba_bio_audio.errors import DataError
 
@@ -30,6 +38,7 @@ from .tokenizer import NAME, VOCAB_SIZE, count_unknown
 
 _SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _SKIP_PREFIXES = ("#", "track", "browser")
+_PLACING_ORDER = ("test", "val", "train")  # who widens first
 
 
 @dataclass(frozen=True)
@@ -86,14 +95,59 @@ def widen(start: int, end: int, extend_to: int, chrom_length: int) -> tuple[int,
     return new_start, new_start + target
 
 
+def place_intervals(intervals: list[Interval], extend_to: int,
+                    chrom_length: int) -> tuple[list[tuple[int, int] | None], int, int]:
+    """Where the intervals of one chromosome go once widened to ``extend_to``: per interval (same order) its
+    ``(start, end)``, or None when dropped; then the counts ``clipped`` and ``dropped`` (module docstring).
+
+    An interval of another split bounds the room of this one: ``lo`` is the furthest end, cut at this interval's
+    start, of those starting before it; ``hi`` the nearest start, cut at this interval's end, of those ending
+    after it. Intervals that overlap in the BED itself keep that overlap; widening adds none.
+    """
+    target = min(extend_to, chrom_length)
+    placed = [(iv.start, iv.end) for iv in intervals]  # a dropped interval keeps blocking its own bases
+    kept = [True] * len(intervals)
+    clipped = 0
+    for split in _PLACING_ORDER:
+        mine = [k for k, iv in enumerate(intervals) if iv.split == split]
+        if not mine:
+            continue
+        others = np.array([p for iv, p in zip(intervals, placed) if iv.split != split],
+                          dtype=np.int64).reshape(-1, 2)
+        by_start = others[np.argsort(others[:, 0], kind="stable")]
+        max_end = np.maximum.accumulate(by_start[:, 1]) if len(others) else by_start[:, 1]
+        by_end = others[np.argsort(others[:, 1], kind="stable")]
+        min_start = np.minimum.accumulate(by_end[::-1, 0])[::-1] if len(others) else by_end[:, 0]
+        for k in mine:
+            iv = intervals[k]
+            if iv.end - iv.start >= target:
+                continue
+            before = int(np.searchsorted(by_start[:, 0], iv.start, side="left"))
+            lo = min(int(max_end[before - 1]), iv.start) if before else 0
+            after = int(np.searchsorted(by_end[:, 1], iv.end, side="right"))
+            hi = max(int(min_start[after]), iv.end) if after < len(by_end) else chrom_length
+            lo, hi = max(lo, 0), min(hi, chrom_length)
+            start, end = widen(iv.start, iv.end, extend_to, chrom_length)
+            if lo <= start and end <= hi:
+                placed[k] = (start, end)
+            elif hi - lo >= target:
+                start = min(max(start, lo), hi - target)
+                placed[k] = (start, start + target)
+                clipped += 1
+            else:
+                kept[k] = False
+    return [p if keep else None for p, keep in zip(placed, kept)], clipped, kept.count(False)
+
+
 def prepare_bed(bed: str | os.PathLike, fasta: str | os.PathLike, out_dir: str | os.PathLike, *,
                 species: str | None = None, extend_to: int = 0, lenient: bool = False,
                 overwrite: bool = True) -> Path:
     """Write the token store of ``bed``'s intervals of ``fasta`` to ``out_dir`` (atomically); returns ``out_dir``.
 
     One store entry per interval, with fields ``species`` (``species``, default the FASTA's name without suffix),
-    ``record`` (``chrom:start-end``), ``strain`` and ``chromosome`` (the chromosome), ``file``, ``start``,
-    ``offset, length``, ``n_fraction`` and ``split``. ``extend_to`` widens shorter intervals (module docstring).
+    ``record`` (``chrom:start-end``, as widened), ``strain`` and ``chromosome`` (the chromosome), ``file``,
+    ``start``, ``offset, length``, ``n_fraction`` and ``split``. ``extend_to`` widens shorter intervals without
+    reaching into another split (module docstring); ``meta["split"]`` counts the ``clipped`` and ``dropped`` ones.
     """
     bed, fasta = Path(bed), Path(fasta)
     intervals = read_bed(bed)
@@ -104,19 +158,37 @@ def prepare_bed(bed: str | os.PathLike, fasta: str | os.PathLike, out_dir: str |
             raise DataError(f"{bed}: line {iv.line}: chromosome {iv.chrom!r} is not in {fasta}")
         by_chrom.setdefault(iv.chrom, []).append(iv)
     species = species or _stem(fasta)
+    split_meta = {"by": "bed", "bed": str(bed), "extend_to": extend_to, "clipped": 0, "dropped": 0}
     meta = {"domain": "dna", "tokenizer": NAME, "vocab_size": VOCAB_SIZE, "species": [species],
-            "split": {"by": "bed", "bed": str(bed), "extend_to": extend_to}, "lenient": lenient}
+            "split": split_meta, "lenient": lenient}
     with TokenStoreWriter(out_dir, meta=meta, overwrite=overwrite) as writer:
         for header, tokens in read_records(fasta, lenient):
-            for iv in by_chrom.get(header.id, ()):
+            chrom_intervals = by_chrom.get(header.id, [])
+            for iv in chrom_intervals:
                 if iv.end > tokens.size:
                     raise DataError(f"{bed}: line {iv.line}: interval {iv.chrom}:{iv.start}-{iv.end} runs past the "
                                     f"end of {iv.chrom} ({tokens.size} bases in {fasta})")
-                start, end = widen(iv.start, iv.end, extend_to, tokens.size) if extend_to else (iv.start, iv.end)
+            if extend_to:
+                placed, clipped, dropped = place_intervals(chrom_intervals, extend_to, tokens.size)
+                split_meta["clipped"] += clipped
+                split_meta["dropped"] += dropped
+            else:
+                placed = [(iv.start, iv.end) for iv in chrom_intervals]
+            for iv, where in zip(chrom_intervals, placed):
+                if where is None:
+                    continue
+                start, end = where
                 part = tokens[start:end]
                 writer.add(part, species=species, record=f"{iv.chrom}:{start}-{end}", strain=iv.chrom,
                            chromosome=iv.chrom, file=fasta.name, start=start,
                            n_fraction=count_unknown(part) / part.size, split=iv.split)
+        if not writer.records:
+            raise DataError(f"{bed}: every interval was dropped: widened to {extend_to} bases, none fits between "
+                            f"the intervals of the other splits")
+    if split_meta["clipped"] or split_meta["dropped"]:
+        warnings.warn(f"{bed}: widened to {extend_to} bases clear of the other splits' intervals, "
+                      f"{split_meta['clipped']} interval(s) were shifted off centre and {split_meta['dropped']} "
+                      f"dropped (less than {extend_to} bases of room)", stacklevel=2)
     return Path(out_dir)
 
 
