@@ -64,10 +64,14 @@ def plan_splits(units: Mapping[str, Sequence[str]], by: str = "record", *, val: 
 
     ``val``/``test`` name held-out units explicitly (a name applies in every species that has it); without them
     the held-out units are drawn from ``seed``. ``fractions`` (train, val, test) cut the region-split species.
+    ``by="fraction"`` holds out no unit, so names with it are a DataError (not silently ignored).
     """
     if by not in SPLIT_BY:
         raise DataError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {by!r}")
     fracs = _checked_fractions(fractions)
+    if by == "fraction" and (val is not None or test is not None):
+        raise DataError("--val/--test name records or strains to hold out (--split-by record or strain); "
+                        "--split-by fraction holds out a region of every record instead, so it takes no names")
     if by == "fraction":
         return SplitPlan(by, fracs, seed, region_species=tuple(sorted(units)))
     if val is not None or test is not None:

@@ -135,6 +135,19 @@ def test_fraction_split_regions_tile_each_record(genomes, tmp_path):
         assert [e["length"] for e in entries] == [210, 60, 30]
 
 
+def test_fraction_split_with_held_out_names_is_one_line(genomes, tmp_path, capsys):
+    from helpers import assert_one_line_error, run_cli
+
+    folder, _ = genomes
+    with pytest.raises(DataError, match="--split-by fraction holds out a region of every record"):
+        plan_splits({"ant": ["A1", "A2"]}, "fraction", test=["A1"])
+    out = tmp_path / "store"
+    code, _, err = run_cli(["species", "prepare", "--genomes", folder, "--out", out, "--split-by", "fraction",
+                            "--val", "A1", "--test", "A2"], capsys)
+    assert_one_line_error(code, err, "--val/--test name records or strains", "--split-by fraction")
+    assert not out.exists()
+
+
 def test_region_bounds_and_fraction_checks():
     assert region_bounds(10, (0.8, 0.1, 0.1)) == [("train", 0, 8), ("val", 8, 9), ("test", 9, 10)]
     assert region_bounds(3, (0.8, 0.1, 0.1)) == [("train", 0, 2), ("val", 2, 3)]  # the empty test region is left out
