@@ -108,7 +108,10 @@ def check_sweep(store: TokenStore, settings: SweepSettings, out: Path | None = N
     from mamba_bio_audio.errors import DataError
 
     for window in settings.windows:
-        RecordingWindows(store, "train", window, settings.base.seed, settings.base.short_files)
+        try:
+            RecordingWindows(store, "train", window, settings.base.seed, settings.base.short_files)
+        except (DataError, UserError) as e:  # its message names --window: here the flag is --windows
+            raise type(e)(str(e).replace(f"--window {window}:", f"--windows {window}:", 1)) from None
     if not eval_windows(store, "test", settings.common_window, settings.base.short_files, 1):
         raise DataError(f"--eval-window {settings.common_window}: longer than every test file of {store.path}; "
                         f"give a shorter --eval-window or --short-files pad")

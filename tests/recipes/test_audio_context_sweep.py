@@ -119,7 +119,7 @@ def test_a_sweep_stopped_by_sigterm_continues_the_stopped_run(store, tmp_path, c
     (["--windows", "64,1024"], "--tokens-per-batch 512"),
     (["--windows", "64,x"], "--windows"),
     (["--windows", "1"], "--windows 1"),
-    (["--windows", "4096", "--tokens-per-batch", "8192"], "longer than every train file"),
+    (["--windows", "4096", "--tokens-per-batch", "8192"], "--windows 4096: longer than every train file"),
     (["--eval-window", "8192"], "--eval-window 8192"),
 ])
 def test_bad_flags_are_one_line_and_write_nothing(store, tmp_path, capsys, extra, fragment):
