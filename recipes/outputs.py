@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +170,22 @@ def check_checkpoint_fits(out: Path, module) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """``data`` as indented JSON (keys sorted, other objects as ``str``), written atomically. NaN and +-Infinity
+    (e.g. an AUROC of a split with one class) are written as ``null``: strict JSON has no such numbers, and Python's
+    json would write bare ``NaN`` that other parsers reject."""
+    atomic_write_text(path, json.dumps(finite_or_null(data), indent=2, sort_keys=True, default=str,
+                                       allow_nan=False) + "\n")
+
+
+def finite_or_null(data: Any) -> Any:
+    """``data`` with every non-finite float (Python's or numpy's) inside dicts, lists and tuples replaced by None."""
+    if isinstance(data, dict):
+        return {k: finite_or_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_null(v) for v in data]
+    if isinstance(data, numbers.Real) and not isinstance(data, numbers.Integral) and not math.isfinite(data):
+        return None
+    return data
 
 
 def write_yaml(path: Path, data: Any) -> None:

@@ -44,7 +44,7 @@ from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.metrics.classification import classification_metrics
 from mamba_bio_audio.models.classifier import MambaClassifier
 from mamba_bio_audio.tasks.baselines import BASELINE_K, BASELINE_L2, BASELINE_NAME, kmer_baseline
-from mamba_bio_audio.tasks.species import build_classifier, copy_backbone
+from mamba_bio_audio.tasks.species import build_classifier, copy_backbone, resolve_architecture
 from mamba_bio_audio.tasks.windows import (
     TrainSettings,
     WindowData,
@@ -67,6 +67,7 @@ from mamba_bio_audio.training.module import ClassificationTask, OptimConfig
 from mamba_bio_audio.training.trainer import TrainerConfig
 
 EVAL_MAX_TOKENS = 2**18  # padded tokens per evaluation batch
+MIN_PACK_LENGTH = 8  # the shortest --pack-length: a row must hold more than a few bases (and the conv kernel)
 BASELINE_MAX_TRAIN = 20_000  # train sequences the k-mer baseline fits on at most (a seeded subset beyond)
 
 
@@ -167,12 +168,15 @@ class ClassifySettings(TrainSettings):
     training sequence gives a random window of it; 0: no crop), ``rc_prob`` defaults to 0 (labels may depend on
     the strand), plus ``bidirectional``, ``pooling``, ``init_from`` and inverse-frequency ``class_weights``.
     ``pack``: train on packed rows of ``pack_length`` tokens (0: the longest training sequence, after the crop),
-    as many rows per step as hold ``batch_size`` sequences of the mean length."""
+    as many rows per step as hold ``batch_size`` sequences of the mean length; a ``pack_length`` shorter than the
+    longest training sequence is the crop when ``length`` is 0 (:meth:`crop`). ``bidirectional`` and ``pooling``
+    None: not given (a fresh model's default, or the ``init_from`` model's: :func:`~mamba_bio_audio.tasks.species.
+    resolve_architecture`)."""
 
     length: int = 0
     rc_prob: float = 0.0
-    bidirectional: bool = False
-    pooling: str = "mean"
+    bidirectional: bool | None = None
+    pooling: str | None = None
     init_from: str | None = None
     class_weights: bool = False
     pack: bool = False
@@ -183,6 +187,21 @@ class ClassifySettings(TrainSettings):
             super().__post_init__()
         else:  # no crop: TrainSettings' checks of the other fields (a copy with a valid length runs them)
             dataclasses.replace(self, length=2)
+        if self.pack and 0 < self.pack_length < MIN_PACK_LENGTH:
+            raise UserError(f"--pack-length {self.pack_length} is too short: a packed row holds at least "
+                            f"{MIN_PACK_LENGTH} bases (0: the longest train sequence)")
+        if self.pack and self.pack_length and self.length and self.pack_length < self.length:
+            raise UserError(f"--pack-length {self.pack_length} must hold a --max-length {self.length} window")
+
+    def crop(self, longest: int) -> int | None:
+        """The crop training uses, given the ``longest`` train sequence: ``length`` (--max-length), else with
+        ``pack`` a ``pack_length`` shorter than ``longest`` (a packed row cannot hold more), else None (whole
+        sequences). Evaluation and prediction read the centre of this many bases (recorded in the model)."""
+        if self.length:
+            return self.length
+        if self.pack and 0 < self.pack_length < longest:
+            return self.pack_length
+        return None
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
@@ -242,12 +261,13 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
     val = [i for i, r in enumerate(store.records) if r["split"] == "val"]
     longest = max(store.records[i]["length"] for i in train)
-    crop = settings.length or None
+    crop = settings.crop(longest)
     window = min(crop or longest, longest)
+    bidirectional, pooling = resolve_architecture(settings.init_from, settings.bidirectional, settings.pooling)
+    settings = dataclasses.replace(settings, bidirectional=bidirectional, pooling=pooling)
     sized = dataclasses.replace(settings, length=max(2, window))  # batch and checkpointing defaults by length
     torch.manual_seed(settings.seed)
-    model = build_model(labels, window, settings.preset, settings.bidirectional, settings.pooling,
-                        settings.init_from)
+    model = build_model(labels, window, settings.preset, bidirectional, pooling, settings.init_from)
     model.config.extra["dna"] = {**model.config.extra.get("dna", {}), "crop": crop}  # evaluation reads it
     if settings.pack and not isinstance(model, MambaClassifier):
         raise UserError("--pack needs a Mamba classifier (a Caduceus does not read packed rows)")
@@ -261,7 +281,7 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     val_batches = list(_batches(store, val, [class_of[store.records[i]["label"]] for i in val], batch, crop))
     packing = None
     if settings.pack:
-        sampler, rows, packing = _packed_sampler(store, train, train_classes, batch, window, settings)
+        sampler, rows, packing = _packed_sampler(store, train, train_classes, batch, window, crop, settings)
         datamodule = SequenceData(sampler, rows, val_samples=[b for _, b in val_batches],
                                   num_workers=settings.num_workers, packed=True)
     else:
@@ -287,14 +307,12 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
 
 
 def _packed_sampler(store: TokenStore, train: Sequence[int], classes: Sequence[int], batch: int, window: int,
-                    settings: ClassifySettings) -> tuple[PackedSampler, int, dict]:
+                    crop: int | None, settings: ClassifySettings) -> tuple[PackedSampler, int, dict]:
     """The packed training stream: rows of ``settings.pack_length`` tokens (0: ``window``, the longest cut train
-    sequence), and rows per step (as many as hold ``batch`` sequences of the mean length); plus its summary."""
+    sequence) holding sequences cut to ``crop`` (:meth:`ClassifySettings.crop`), and rows per step (as many as hold
+    ``batch`` sequences of the mean length); plus its summary."""
     width = settings.pack_length or window
-    if settings.pack_length and settings.length and settings.pack_length < settings.length:
-        raise UserError(f"--pack-length {settings.pack_length} must hold a --max-length {settings.length} window")
-    sampler = PackedSampler(store, train, classes, width, seed=settings.seed, crop=settings.length or None,
-                            rc_prob=settings.rc_prob)
+    sampler = PackedSampler(store, train, classes, width, seed=settings.seed, crop=crop, rc_prob=settings.rc_prob)
     rows = max(1, round(batch * float(sampler.lengths.mean()) / width))
     fill = sampler.fill()
     return sampler, rows, {"row_tokens": width, "rows_per_step": rows, "fill": round(fill, 4),
@@ -333,7 +351,7 @@ def run_training(plan: ClassifyPlan, out: Path, resume: bool = False) -> dict:
                               device=torch_device(plan.trainer.device), crop=plan.summary["crop"])
         labels = plan.summary["labels"]
         y = np.array([labels.index(plan.store.records[i]["label"]) for i in plan.val])
-        metrics["val"] = classification_metrics(y, probs)
+        metrics["val"] = split_metrics(y, probs, labels)
     return metrics
 
 
@@ -386,9 +404,13 @@ def evaluate(model: MambaClassifier, store_path: str | os.PathLike, *, split: st
              seed: int = 0) -> dict:
     """Metrics of ``model`` on every sequence of ``split``, beside the k-mer baseline fit on the train split.
 
+    A model trained with a crop (:func:`model_crop`) reads the centre ``crop`` bases of a longer sequence; the
+    baseline then reads the same: it is fit on the centre crop of each train sequence and scores the centre crop of
+    each ``split`` sequence (like for like; ``crop`` None: whole sequences for both).
+
     Returns a JSON-ready dict: ``split``, ``labels`` (the model's; confusion matrices in this order), ``n``,
-    ``majority`` (the share of the most common class: what a constant guess scores), ``model`` and ``baseline``
-    (:func:`~mamba_bio_audio.metrics.classification.classification_metrics` each) and the baseline's set-up.
+    ``majority`` (the share of the most common class: what a constant guess scores), ``crop``, ``model`` and
+    ``baseline`` (:func:`split_metrics` each) and the baseline's set-up (with the ``crop`` it read).
     """
     store = open_labelled_store(store_path)
     labels = list(model.labels)
@@ -402,65 +424,106 @@ def evaluate(model: MambaClassifier, store_path: str | os.PathLike, *, split: st
                         f"{', '.join(store.meta['counts'])})")
     y = np.array([labels.index(store.records[i]["label"]) for i in indices])
     sequences = [store.tokens(i) for i in indices]
-    probs = predict_proba(model, sequences, batch_size, device, crop=model_crop(model))
+    crop = model_crop(model)
+    probs = predict_proba(model, sequences, batch_size, device, crop=crop)
     result = {"split": split, "labels": labels, "n": len(indices),
-              "majority": float(np.bincount(y, minlength=len(labels)).max() / len(y)),
-              "model": classification_metrics(y, probs)}
+              "majority": float(np.bincount(y, minlength=len(labels)).max() / len(y)), "crop": crop,
+              "model": split_metrics(y, probs, labels)}
     if baseline:
         train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
         if len(train) > baseline_max_train:
             train = sorted(np.random.default_rng(seed).choice(train, baseline_max_train, replace=False).tolist())
         train_y = np.array([labels.index(store.records[i]["label"]) for i in train])
-        base = kmer_baseline(((store.tokens(i), None) for i in train), train_y,
-                             ((s, None) for s in sequences), len(labels))
-        result["baseline"] = {**classification_metrics(y, base), "name": BASELINE_NAME, "k": BASELINE_K,
-                              "l2": BASELINE_L2, "train_sequences": len(train)}
+        base = kmer_baseline(((_centre(store.tokens(i), crop), None) for i in train), train_y,
+                             ((_centre(s, crop), None) for s in sequences), len(labels))
+        result["baseline"] = {**split_metrics(y, base, labels), "name": BASELINE_NAME, "k": BASELINE_K,
+                              "l2": BASELINE_L2, "train_sequences": len(train), "crop": crop}
+    return result
+
+
+def split_metrics(y: np.ndarray, probs: np.ndarray, labels: Sequence[str]) -> dict:
+    """:func:`~mamba_bio_audio.metrics.classification.classification_metrics` of a split, except that a split whose
+    sequences all have one label gets ``mcc`` and ``auroc`` None (JSON null) and a ``note`` saying why: neither is
+    defined without a second class (the formulas would give 0 and NaN, numbers that read as results)."""
+    result = classification_metrics(y, probs)
+    present = np.unique(y)
+    if present.size == 1:
+        result["mcc"] = None
+        if "auroc" in result:
+            result["auroc"] = None
+        result["note"] = (f"every sequence of the split has label {labels[int(present[0])]}: MCC"
+                          f"{' and AUROC are' if 'auroc' in result else ' is'} undefined with one class (null)")
     return result
 
 
 def results_table(result: dict) -> str:
-    """Plain-text table: the model and the baseline, one row each."""
+    """Plain-text table: the model and the baseline, one row each (``n/a`` for an undefined metric)."""
     keys = ["accuracy", "mcc", "macro_f1"] + (["auroc"] if "auroc" in result["model"] else [])
     lines = [f"{'':<10}" + "".join(f"{k:>10}" for k in keys)]
     for name in ("model", "baseline"):
         if name in result:
             lines.append(f"{'mamba' if name == 'model' else '6-mer LR':<10}"
-                         + "".join(f"{result[name][k]:>10.3f}" for k in keys))
+                         + "".join(f"{_cell(result[name][k]):>10}" for k in keys))
     lines.append(f"({result['n']} sequences of the {result['split']} split; majority class {result['majority']:.3f})")
+    if "note" in result["model"]:
+        lines.append(f"({result['model']['note']})")
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
 
 # ---- prediction ---------------------------------------------------------------------------------------------------
 def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "auto",
                  batch_size: int = 64, device: torch.device | str = "cpu", chunk: int = 4096,
                  lenient: bool = False, **columns) -> int:
-    """Write ``out`` (TSV): ``id, length, [label,] predicted, p_<label>...`` per sequence of ``source``, in file
-    order, reading ``chunk`` sequences at a time; labels in the input are optional. Returns the row count."""
+    """Write ``out`` (TSV): ``id, length, [bases_read,] [label,] predicted, p_<label>...`` per sequence of
+    ``source``, in file order, reading ``chunk`` sequences at a time; labels in the input are optional. Returns the
+    row count.
+
+    ``length`` is the sequence's length; ``bases_read`` (only for a model trained with a crop, :func:`model_crop`)
+    the bases the model read: the centre ``min(length, crop)``. The ``label`` column is there when any sequence of
+    the file has a label (an unlabelled one then has an empty cell): whether it is, is known only at the end, so
+    the rows go to a temporary file first and are copied behind the header. Every row has the header's columns
+    (tabs and line breaks in ids and labels become spaces)."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp, body = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.rows.tmp")
     labels = list(model.labels)
-    rows = 0
+    crop = model_crop(model)
+    rows, with_label = 0, False
     try:
-        with open(tmp, "w") as f:
-            header_written = False
+        with open(body, "w") as f:  # every row with a label cell (maybe empty); dropped below when all are
             for group in _chunks(read_labelled(source, fmt, lenient=lenient, require_labels=False, **columns), chunk):
-                with_label = group[0].label is not None
-                if not header_written:
-                    f.write("\t".join(["id", "length", *(["label"] if with_label else []), "predicted",
-                                       *(f"p_{c}" for c in labels)]) + "\n")
-                    header_written = True
-                probs = predict_proba(model, [s.tokens for s in group], batch_size, device, crop=model_crop(model))
+                probs = predict_proba(model, [s.tokens for s in group], batch_size, device, crop=crop)
                 for s, p in zip(group, probs):
-                    f.write("\t".join([s.id, str(s.tokens.size), *([s.label or ""] if with_label else []),
+                    read = [str(min(s.tokens.size, crop))] if crop else []
+                    f.write("\t".join([_cell_text(s.id), str(s.tokens.size), *read, _cell_text(s.label or ""),
                                        labels[int(p.argmax())], *(f"{x:.6f}" for x in p)]) + "\n")
+                    with_label = with_label or s.label is not None
                 rows += len(group)
         if rows == 0:
             raise DataError(f"{source}: no sequences")
+        label_at = 3 if crop else 2  # the label cell's column
+        with open(body) as rows_in, open(tmp, "w") as f:
+            f.write("\t".join(["id", "length", *(["bases_read"] if crop else []), *(["label"] if with_label else []),
+                               "predicted", *(f"p_{c}" for c in labels)]) + "\n")
+            for line in rows_in:
+                if not with_label:
+                    cells = line.split("\t")
+                    line = "\t".join(cells[:label_at] + cells[label_at + 1:])
+                f.write(line)
         os.replace(tmp, out)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for path in (tmp, body):
+            if path.exists():
+                path.unlink()
     return rows
+
+
+def _cell_text(text: str) -> str:
+    """``text`` for one TSV cell: tabs and line breaks become spaces."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def _chunks(items: Iterator[LabelledSequence], size: int) -> Iterator[list[LabelledSequence]]:

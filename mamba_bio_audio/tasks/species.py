@@ -69,7 +69,8 @@ def build_classifier(labels: Sequence[str], window: int, preset: str | None = No
     state (the paper's head) or the ``"mean"`` over the window.
 
     Its shape is the preset's, or (no preset, ``init_from`` given) the pretrained LM's; ``init_from`` (a
-    ``mba dna pretrain`` run or model folder) then supplies the backbone weights (:func:`load_backbone`). A Caduceus
+    ``mba dna pretrain`` run or model folder; a trained classifier is a CheckpointError, :func:`check_lm_donor`)
+    then supplies the backbone weights (:func:`load_backbone`). A Caduceus
     ``init_from`` gives a :class:`~mamba_bio_audio.models.caduceus_classifier.CaduceusClassifier`
     (:mod:`~mamba_bio_audio.tasks.caduceus_init`).
     """
@@ -92,12 +93,53 @@ def build_classifier(labels: Sequence[str], window: int, preset: str | None = No
 
 
 def _pretrained_config(path: str | os.PathLike):
+    folder = model_dir(path)
+    config = _saved_config(folder)
+    check_dna_config(config, folder)
+    check_lm_donor(config, folder)
+    return config
+
+
+def _saved_config(folder: Path):
     from mamba_bio_audio.config import MambaConfig
 
-    folder = model_dir(path)
-    config = MambaConfig.load(folder / "config.json")
-    check_dna_config(config, folder)
-    return config
+    return MambaConfig.load(folder / "config.json")
+
+
+def check_lm_donor(config, folder: str | os.PathLike) -> None:
+    """A pretrained language model's config, or a CheckpointError saying what ``folder`` holds instead (a trained
+    classifier, whose head a language model does not have) and what ``--init-from`` expects here."""
+    if "classifier" in config.extra:
+        raise CheckpointError(f"{folder}: a trained classifier ('mba species train' or 'mba dna classify train'), "
+                              f"not a pretrained language model; --init-from here expects a 'mba dna pretrain' run "
+                              f"or model folder, or a Caduceus model")
+
+
+def resolve_architecture(init_from: str | os.PathLike | None, bidirectional: bool | None,
+                         pooling: str | None) -> tuple[bool, str]:
+    """``(bidirectional, pooling)`` of a classifier started from ``init_from``: each given value (not None) as
+    given, else the ``init_from`` model's (its ``bidirectional`` flag; a trained classifier's pooling too), else
+    False and ``"mean"``.
+
+    A causal donor may be made bidirectional (the mixers share their weights between the two directions: the
+    backbone loads as it is); a bidirectional donor made causal (``bidirectional=False`` given) is a UserError:
+    its backbone learned to read both ways, and silently dropping that was a bug. A given pooling other than a
+    classifier donor's is used (the head is new either way). A Caduceus ``init_from`` keeps the given values.
+    """
+    if init_from is not None:
+        from mamba_bio_audio.tasks.caduceus_init import caduceus_folder
+
+        if caduceus_folder(init_from) is None:
+            folder = model_dir(init_from)
+            config = _saved_config(folder)
+            if bidirectional is None:
+                bidirectional = config.bidirectional
+            elif config.bidirectional and not bidirectional:
+                raise UserError(f"--init-from {init_from}: a bidirectional model; a unidirectional classifier would "
+                                f"drop what its backbone learned reading backwards (leave out the flag to keep "
+                                f"it bidirectional)")
+            pooling = pooling or config.extra.get("classifier", {}).get("pooling")
+    return bool(bidirectional), pooling or "mean"
 
 
 def load_backbone(model: MambaClassifier, path: str | os.PathLike) -> None:
@@ -108,6 +150,7 @@ def load_backbone(model: MambaClassifier, path: str | os.PathLike) -> None:
     from mamba_bio_audio.models.lm import MambaLM
 
     folder = model_dir(path)
+    check_lm_donor(_saved_config(folder), folder)
     lm = MambaLM.from_pretrained(folder)
     check_dna_config(lm.config, folder)
     copy_backbone(lm, model, folder)
@@ -170,11 +213,12 @@ class SpeciesSettings(TrainSettings):
     "probe": the head fitted on the features of the model before training (:mod:`~mamba_bio_audio.tasks.probe`, its
     time taken from ``max_minutes``), "random": as built. ``length`` is the
     window the model is meant for (recorded with it: the default of evaluation and prediction). ``preset`` None:
-    :data:`DEFAULT_PRESET`, or the shape of ``init_from``."""
+    :data:`DEFAULT_PRESET`, or the shape of ``init_from``. ``bidirectional`` and ``pooling`` None: not given
+    (False and "mean", or those of ``init_from``: :func:`resolve_architecture`)."""
 
-    bidirectional: bool = False
+    bidirectional: bool | None = None
     init_from: str | None = None
-    pooling: str = "mean"
+    pooling: str | None = None
     train_length: int | None = None
     head_init: str = "random"
 
@@ -198,6 +242,8 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings, resu
     labels = list(store.meta["species"])
     if len(labels) < 2:
         raise DataError(f"{store.path}: holds {len(labels)} species; classification needs at least 2")
+    bidirectional, pooling = resolve_architecture(settings.init_from, settings.bidirectional, settings.pooling)
+    settings = dataclasses.replace(settings, bidirectional=bidirectional, pooling=pooling)
     preset = settings.preset or (None if settings.init_from else DEFAULT_PRESET)
     train_length = settings.resolved_train_length()
     if train_length != settings.length:  # the window the model is meant for must exist too (a DataError if not)
