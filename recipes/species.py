@@ -120,6 +120,7 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
           val_every: int | None, checkpoint_every: int, num_workers: int, devices: int, num_nodes: int,
           strategy: str, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on random RC-augmented windows of the train split."""
+    from mamba_bio_audio.tasks.pretrain_overlap import check_pretrain_overlap
     from mamba_bio_audio.tasks.species import SpeciesSettings, plan_training, run_training
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
@@ -139,14 +140,18 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
     plan = plan_training(p["data"], settings, resume=resume)
     if resume:
         check_checkpoint_fits(out, plan.task)
+    overlap = None
     if is_main_process():
         echo_summary(plan.summary)
+        overlap = check_pretrain_overlap(p["data"], p["init_from"])  # held-out bases the backbone has read
         run_folder(out, "species train", resume=resume, inputs=(data, init_from))
         write_run_config(out, p, batch_size=plan.summary["batch_size"], lr=plan.summary["lr"],
                          max_steps=plan.summary["max_steps"], train_length=plan.summary["train_length"],
                          preset=plan.summary["preset"] if plan.summary["preset"] in PRESET_NAMES else p["preset"])
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
+        if overlap is not None:
+            metrics["pretrain_overlap"] = overlap
         write_json(out / "metrics.json", metrics)
         val = f"val accuracy {metrics['val_accuracy']:.3f}, " if "val_accuracy" in metrics else ""
         click.echo(f"{val}{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")

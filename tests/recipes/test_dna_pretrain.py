@@ -65,6 +65,34 @@ def test_species_train_starts_from_the_pretrained_backbone(pretrained, genomes, 
     assert metrics["init_from"].endswith("model") and metrics["preset"] == "tiny"  # the pretrained model's shape
 
 
+def test_fine_tuning_warns_when_the_backbone_was_pretrained_on_held_out_strains(pretrained, genomes, tmp_path,
+                                                                              capsys):
+    """The pretraining store split by record puts records of the species store's held-out strains in its train
+    split: species train --init-from says so in one warning line and in metrics.json; fine-tuning on the
+    pretraining run's own store (what --data STORE gives) has nothing to say."""
+    from mamba_bio_audio.tasks.pretrain_overlap import held_out_overlap
+
+    species_store = tmp_path / "species_store"
+    code, _, err = run(["species", "prepare", "--genomes", genomes, "--out", species_store, "--split-by", "record",
+                        "--seed", "3"], capsys)
+    assert code == 0, err
+    found = held_out_overlap(species_store, pretrained / "store")
+    assert found is not None and 0 < found["overlap_bases"] <= found["held_out_bases"]
+    out = tmp_path / "leaky"
+    code, _, err = run(["species", "train", "--data", species_store, "--out", out, "--max-steps", "1",
+                        "--init-from", pretrained, *SMALL], capsys)
+    assert code == 0, err
+    assert "was pretrained on" in err and "not held out" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pretrain_overlap"]["overlap_bases"] == found["overlap_bases"]
+    assert held_out_overlap(pretrained / "store", pretrained / "store")["overlap_bases"] == 0
+    code, _, err = run(["species", "train", "--data", pretrained / "store", "--out", tmp_path / "clean",
+                        "--max-steps", "1", "--init-from", pretrained, *SMALL], capsys)
+    assert code == 0 and "was pretrained on" not in err
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert clean["pretrain_overlap"]["overlap_bases"] == 0
+
+
 def test_init_from_a_different_shape_is_one_line(pretrained, tmp_path, capsys):
     code, _, err = run(["species", "train", "--data", pretrained / "store", "--out", tmp_path / "r",
                         "--init-from", pretrained, "--preset", "paper-1.4m", *SMALL], capsys)
