@@ -5,8 +5,10 @@
     mba dna classify prepare  human_nontata_promoters/ --out STORE                 # Genomic Benchmarks folder
     mba dna classify prepare  --download human_nontata_promoters --out STORE       # ... fetched by name
     mba dna classify prepare  promoter_all/ --out STORE                            # NT task: train.csv, test.csv
+    mba dna classify prepare  external.csv --split-column split --out TEST_STORE   # every row 'test': test-only
     mba dna classify train    --data STORE --out RUN [--init-from PRETRAINED] [--class-weights] [--pack]
     mba dna classify evaluate --checkpoint RUN --data STORE --out EVAL             # beside the 6-mer baseline
+    mba dna classify evaluate --checkpoint RUN --data TEST_STORE --out EVAL        # an external test set
     mba dna classify predict  --checkpoint RUN seqs.csv --out preds.tsv
 
 The work is done by :mod:`mamba_bio_audio.tasks.classify`; these commands parse flags and write outputs.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.recipes.options import (
     budget_options,
     common_options,
@@ -46,11 +49,17 @@ def reader_options(f):
     for option in reversed([
         click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default="auto", show_default=True,
                      help="Input layout (auto: a folder of train/test class folders is Genomic Benchmarks, of "
-                          "train.csv/test.csv an NT task; a file starting with '>' FASTA; else CSV/TSV)."),
-        click.option("--sequence-column", default="sequence", show_default=True, help="CSV/TSV column of bases."),
-        click.option("--label-column", default="label", show_default=True, help="CSV/TSV column of labels."),
-        click.option("--split-column", default=None, help="CSV/TSV column of splits (train, val/dev, test)."),
-        click.option("--id-column", default=None, help="CSV/TSV column of ids [default: the line number]."),
+                          "train.csv/test.csv an NT task; a file starting with '>' FASTA; else CSV/TSV; table: "
+                          "one CSV/TSV file)."),
+        click.option("--sequence-column", default="sequence", show_default=True,
+                     help="CSV/TSV column of bases (NT task files too)."),
+        click.option("--label-column", default="label", show_default=True,
+                     help="CSV/TSV column of labels (NT task files too)."),
+        click.option("--split-column", default=None,
+                     help="CSV/TSV column of splits (train, val/dev, test); an empty cell is train (and so may be "
+                          "drawn for val); no split at all: every row is drawn."),
+        click.option("--id-column", default=None,
+                     help="CSV/TSV column of ids [default: the line number; NT task files: 'name' if present]."),
         click.option("--label-key", default="label", show_default=True,
                      help="FASTA header key of the label ('>id label=X')."),
         click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing."),
@@ -61,9 +70,10 @@ def reader_options(f):
 
 def _columns(fmt: str, sequence_column: str, label_column: str, split_column: str | None, id_column: str | None,
              label_key: str) -> dict:
-    """The reader keywords of ``fmt`` (the table columns only for CSV/TSV, the header key only for FASTA)."""
+    """The reader keywords of ``fmt`` (the table columns only for CSV/TSV and NT task files, the header key only
+    for FASTA)."""
     columns = {}
-    if fmt in ("auto", "table"):
+    if fmt in ("auto", "table", "nt"):
         columns.update(sequence_column=sequence_column, label_column=label_column, split_column=split_column,
                        id_column=id_column)
     if fmt in ("auto", "fasta"):
@@ -82,9 +92,11 @@ def classify() -> None:
 @click.option("--download", default=None, help="Fetch this Genomic Benchmarks data set by name (needs network).")
 @click.option("--download-dir", type=DIR, default=None, help="Where --download puts it [~/.genomic_benchmarks].")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-              help="Share of train drawn for validation when the input gives no val split.")
+              help="Share of train drawn for validation when the input gives no val split (drawn per distinct "
+                   "sequence: identical ones share a split).")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-              help="Share drawn for test when the input gives no split at all.")
+              help="Share drawn for test when the input gives no split at all. Input whose rows are all test "
+                   "(or val) makes a test-only store, for 'classify evaluate'.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn splits.")
 @reader_options
 @overwrite_option
@@ -92,7 +104,11 @@ def classify() -> None:
 def prepare(source: Path | None, out: Path, download: str | None, download_dir: Path | None, val_fraction: float,
             test_fraction: float, seed: int, fmt: str, sequence_column: str, label_column: str,
             split_column: str | None, id_column: str | None, label_key: str, lenient: bool, overwrite: bool) -> None:
-    """Labelled sequences -> a token store (one entry per sequence, its label and split)."""
+    """Labelled sequences -> a token store (one entry per sequence, its label and split).
+
+    Sequences without a split are train; when none has a split, val and test are drawn (seeded, per distinct
+    sequence). Identical sequences in train and val/test of the input's own splits are kept, with a warning.
+    """
     from mamba_bio_audio.tasks.classify import prepare as prepare_store
     from mamba_bio_audio.tasks.classify import split_summary
 
@@ -104,9 +120,16 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
                               val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, lenient=lenient,
                               **_columns(fmt_for_columns, sequence_column, label_column, split_column, id_column,
                                          label_key))
-        summary, count, labels = split_summary(store), len(store), store.meta["labels"]
+        summary, count, meta = split_summary(store), len(store), store.meta
     click.echo(summary)
-    click.echo(f"wrote {out} ({count:,} sequences, labels {', '.join(labels)})")
+    if sum(meta["duplicates"].values()):
+        held_out = " and ".join(f"{n:,} {split}" for split, n in meta["duplicates"].items() if n)
+        click.echo(f"mba dna classify prepare: warning: {held_out} sequence(s) are identical to a train sequence "
+                   f"(the input's own splits; counted in the store's meta 'duplicates')", err=True)
+    if meta["test_only"]:
+        click.echo(f"test-only store (no train split): evaluate a trained model on it with "
+                   f"'mba dna classify evaluate --checkpoint RUN --data {out}'")
+    click.echo(f"wrote {out} ({count:,} sequences, labels {', '.join(meta['labels'])})")
 
 
 @classify.command("train")
@@ -143,13 +166,21 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
           batch_size: int | None, lr: float | None, rc_prob: float, pack: bool, pack_length: int,
           val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on the train split (length-bucketed, padded batches; or packed rows)."""
-    from mamba_bio_audio.tasks.classify import ClassifySettings, plan_training, run_training
+    from mamba_bio_audio.tasks.classify import (
+        ClassifySettings,
+        open_labelled_store,
+        plan_training,
+        run_training,
+    )
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "dna classify train", resume=resume, overwrite=True, inputs=(data, init_from))
     ctx = click.get_current_context()
     p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
+    if open_labelled_store(p["data"]).meta.get("test_only"):
+        raise UserError(f"{p['data']}: a test-only store (no train split) is for 'classify evaluate'; train on a "
+                        f"store with train sequences")
     settings = ClassifySettings(
         length=p["max_length"], max_steps=p["max_steps"], max_minutes=max_minutes, preset=p["preset"],
         batch_size=p["batch_size"], lr=p["lr"], rc_prob=p["rc_prob"], val_every=val_every,
@@ -191,14 +222,18 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
 @common_options
 def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: int, baseline: bool,
              baseline_max_train: int, overwrite: bool, device: str, seed: int) -> None:
-    """Accuracy, MCC, macro-F1, AUROC (binary) and the confusion matrix, beside the k-mer baseline."""
+    """Accuracy, MCC, macro-F1, AUROC (binary) and the confusion matrix, beside the k-mer baseline (left out for a
+    test-only store: it fits on the train split)."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.metrics.classification import plot_confusion_matrix
     from mamba_bio_audio.tasks.classify import evaluate as evaluate_store
-    from mamba_bio_audio.tasks.classify import results_table
+    from mamba_bio_audio.tasks.classify import open_labelled_store, results_table
     from mamba_bio_audio.tasks.species import load_classifier
 
     check_output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=(checkpoint, data))
+    if baseline and "train" not in open_labelled_store(data).meta["counts"]:
+        click.echo(f"{data} has no train split: the 6-mer baseline (fit on train) is left out")
+        baseline = False
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     result = evaluate_store(model, data, split=split, batch_size=batch_size, device=torch_dev, baseline=baseline,

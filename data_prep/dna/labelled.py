@@ -2,13 +2,15 @@
 
 Formats (:data:`FORMATS`, or ``"auto"``: :func:`detect_format`):
 
-- ``table``: CSV or TSV (the delimiter from the header line: a tab makes it TSV), one sequence per row, the column
-  names given (``sequence_column``, ``label_column``, optional ``split_column`` and ``id_column``);
+- ``table``: one CSV or TSV file (the delimiter from the header line: a tab makes it TSV), one sequence per row,
+  the column names given (``sequence_column``, ``label_column``, optional ``split_column`` and ``id_column``; an
+  empty split cell is no split, see :func:`write_labelled_store`; without ids a row's id is ``line N``);
 - ``nt``: the Nucleotide Transformer downstream-task layout: CSV with columns ``sequence``, ``label`` and ``name``
-  (the id), as one file or a folder of ``train.csv`` / ``test.csv`` (``dev`` / ``val`` / ``validation`` too),
-  the split taken from the file name;
+  (the id; other names with ``sequence_column``, ``label_column``, ``id_column``; without a ``name`` column ids
+  are ``<file> line N``), as one file or a folder of ``train.csv`` / ``test.csv`` (``dev`` / ``val`` /
+  ``validation`` too), the split taken from the file name;
 - ``fasta``: FASTA with the label in the header, ``>id label=X`` (``label_key`` for another key; a ``split=``
-  word gives the split);
+  word gives the split, ``split=`` with no value none);
 - ``genomic-benchmarks``: the folder the ``genomic-benchmarks`` package writes, ``NAME/{train,test}/<class>/*.txt``,
   one sequence per file (:func:`download_genomic_benchmark` fetches one by name).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import os
 import re
@@ -68,6 +71,11 @@ def split_name(text: str, where: str) -> str:
     return name
 
 
+def _optional_split(text: str, where: str) -> str | None:
+    """:func:`split_name` of ``text``, or None when it is blank (no split given)."""
+    return split_name(text, where) if text.strip() else None
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """The format of ``path``: a folder with ``train/`` or ``test/`` class folders is ``genomic-benchmarks``, one
     of CSV files ``nt``; a file whose first character is ``>`` is ``fasta``; else ``table``."""
@@ -94,10 +102,17 @@ def read_labelled(path: str | os.PathLike, fmt: str = "auto", *, sequence_column
         raise DataError(f"{path}: no such file or folder")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "table":
+        if path.is_dir():
+            raise DataError(f"{path}: a folder; --format table reads one CSV/TSV file (for a folder of train.csv / "
+                            f"test.csv use --format nt or auto)")
         yield from read_table(path, sequence_column, label_column, split_column, id_column, lenient=lenient,
                               require_labels=require_labels)
     elif fmt == "nt":
-        yield from read_nt(path, lenient=lenient, require_labels=require_labels)
+        if split_column is not None:
+            raise DataError(f"{path}: --split-column does not apply to Nucleotide Transformer task files (the split "
+                            f"is the file name: train.csv, test.csv)")
+        yield from read_nt(path, sequence_column, label_column, id_column, lenient=lenient,
+                           require_labels=require_labels)
     elif fmt == "fasta":
         yield from read_fasta(path, label_key, lenient=lenient, require_labels=require_labels)
     elif fmt == "genomic-benchmarks":
@@ -109,10 +124,13 @@ def read_labelled(path: str | os.PathLike, fmt: str = "auto", *, sequence_column
 # ---- CSV / TSV ----------------------------------------------------------------------------------------------------
 def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label_column: str = "label",
                split_column: str | None = None, id_column: str | None = None, *, split: str | None = None,
-               lenient: bool = False, require_labels: bool = True) -> Iterator[LabelledSequence]:
+               default_id_column: str | None = None, id_prefix: str = "", lenient: bool = False,
+               require_labels: bool = True) -> Iterator[LabelledSequence]:
     """Rows of a CSV/TSV file (gzip or not) with a header line; ``split`` for every row when there is no column.
 
-    A row's id is its ``id_column`` value, else ``line N``. Empty lines are skipped.
+    A row's id is its ``id_column`` value (a missing column is an error), else its ``default_id_column`` value
+    when the file has that column, else ``{id_prefix}line N``. An empty split cell is no split (None). Empty lines
+    are skipped.
     """
     path = Path(path)
     csv.field_size_limit(_FIELD_LIMIT)
@@ -126,7 +144,8 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
             seq_i = _column(path, header, sequence_column, "--sequence-column")
             label_i = _column(path, header, label_column, "--label-column", required=require_labels)
             split_i = None if split_column is None else _column(path, header, split_column, "--split-column")
-            id_i = None if id_column is None else _column(path, header, id_column, "id column")
+            id_i = (_column(path, header, id_column, "--id-column") if id_column is not None
+                    else _column(path, header, default_id_column, "", required=False) if default_id_column else None)
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
@@ -136,8 +155,9 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
                 label = None if label_i is None else row[label_i].strip()
                 if require_labels and not label:
                     raise DataError(f"{where}: empty label")
-                row_split = split if split_i is None else split_name(row[split_i], where)
-                yield LabelledSequence(id=row[id_i].strip() if id_i is not None else f"line {reader.line_num}",
+                row_split = split if split_i is None else _optional_split(row[split_i], where)
+                yield LabelledSequence(id=row[id_i].strip() if id_i is not None else
+                                       f"{id_prefix}line {reader.line_num}",
                                        tokens=_encode(row[seq_i].strip(), lenient, where), label=label or None,
                                        split=row_split, where=where)
 
@@ -164,16 +184,19 @@ def _column(path: Path, header: list[str], name: str, flag: str, required: bool 
 
 
 # ---- Nucleotide Transformer tasks ---------------------------------------------------------------------------------
-def read_nt(path: str | os.PathLike, *, lenient: bool = False,
+def read_nt(path: str | os.PathLike, sequence_column: str = "sequence", label_column: str = "label",
+            id_column: str | None = None, *, lenient: bool = False,
             require_labels: bool = True) -> Iterator[LabelledSequence]:
-    """The Nucleotide Transformer downstream-task layout: CSV columns ``sequence``, ``label``, ``name``."""
+    """The Nucleotide Transformer downstream-task layout: CSV columns ``sequence``, ``label``, ``name`` (the id:
+    ``id_column``, else ``name`` when the file has it, else ``<file> line N``), one file or a folder of them."""
     path = Path(path)
     files = _nt_files(path) if path.is_dir() else [(path, _split_of_name(path))]
     if not files:
         raise DataError(f"{path}: no train.csv / test.csv files")
     for file, split in files:
-        yield from read_table(file, "sequence", "label", None, "name", split=split, lenient=lenient,
-                              require_labels=require_labels)
+        yield from read_table(file, sequence_column, label_column, None, id_column, split=split,
+                              default_id_column="name", id_prefix=f"{file.name} " if path.is_dir() else "",
+                              lenient=lenient, require_labels=require_labels)
 
 
 def _nt_files(folder: Path) -> list[tuple[Path, str]]:
@@ -201,7 +224,7 @@ def read_fasta(path: str | os.PathLike, label_key: str = "label", *, lenient: bo
         label = fields.get(label_key) or None
         if require_labels and label is None:
             raise DataError(f"{where}: no '{label_key}=' in the header (choose the key with --label-key)")
-        split = split_name(fields["split"], where) if "split" in fields else None
+        split = _optional_split(fields.get("split", ""), where)
         yield LabelledSequence(id=header.id, tokens=tokens, label=label, split=split, where=where)
 
 
@@ -296,12 +319,17 @@ def write_labelled_store(sequences: Iterator[LabelledSequence], out_dir: str | o
                          lenient: bool = False, overwrite: bool = True) -> Path:
     """Write a DNA token store with one entry per sequence (``id, label, split, offset, length``); returns its path.
 
-    Splits: the input's where given (a record without one is train). With no split anywhere, a seeded draw puts
-    ``val_fraction`` of the sequences in val and ``test_fraction`` in test; with splits but no val, ``val_fraction``
-    of train goes to val (a label keeps at least its train sequences: none of them moves if all would). A label
-    seen in val or test but never in train is a DataError naming its first place. Meta: ``labels`` (sorted; a
-    label's class id is its position), ``counts`` per split and label, ``tokenizer``, ``vocab_size``,
-    ``lenient``, ``source``. Written atomically: any error leaves nothing behind.
+    Splits: the input's where given; a record without one (no split column or word, or an empty cell) is train.
+    With no split anywhere, a seeded draw puts ``val_fraction`` of the sequences in val and ``test_fraction`` in
+    test; with splits but no val, ``val_fraction`` of train (the records without a split included) goes to val (a
+    label keeps at least its train sequences: none of them moves if all would). Draws are per distinct sequence:
+    identical sequences (the same bases, any case) always land in the same split. A label seen in val or test but
+    never in train is a DataError naming its first place, unless no record is in train at all: then the store is
+    test-only (``meta["test_only"]``; e.g. an external test set to evaluate a trained model on) and its labels are
+    those of its records. Meta: ``labels`` (sorted; a label's class id is its position), ``counts`` per split and
+    label, ``duplicates`` (val and test sequences identical to a train sequence: only user-given splits can have
+    them), ``test_only``, ``tokenizer``, ``vocab_size``, ``lenient``, ``source``. Written atomically: any error
+    leaves nothing behind.
     """
     from ..store import TokenStoreWriter
     from .tokenizer import NAME, VOCAB_SIZE
@@ -313,43 +341,56 @@ def write_labelled_store(sequences: Iterator[LabelledSequence], out_dir: str | o
             "source": source}
     with TokenStoreWriter(out_dir, meta=meta, overwrite=overwrite) as writer:
         first_place: dict[tuple[str, str], str] = {}
-        draws = []
+        group_of: dict[bytes, int] = {}  # a digest of the tokens -> the sequence's group (identical sequences)
+        groups, draws = [], []
         for seq in sequences:
             writer.add(seq.tokens, id=seq.id, label=seq.label, split=seq.split)
             first_place.setdefault((seq.split or "", seq.label), seq.where)
-            draws.append(rng.random())
+            group = group_of.setdefault(hashlib.blake2b(seq.tokens.tobytes(), digest_size=16).digest(), len(draws))
+            if group == len(draws):
+                draws.append(rng.random())
+            groups.append(group)
         if not writer.records:
             raise DataError(f"{source or out_dir}: no sequences")
-        _assign_splits(writer.records, np.array(draws), val_fraction, test_fraction)
-        labels = sorted({r["label"] for r in writer.records if r["split"] == "train"})
+        groups = np.array(groups)
+        _assign_splits(writer.records, groups, np.array(draws)[groups], val_fraction, test_fraction)
+        splits = np.array([r["split"] for r in writer.records])
+        test_only = "train" not in splits
+        labels = sorted({r["label"] for r in writer.records if test_only or r["split"] == "train"})
         for r in writer.records:
             if r["label"] not in labels:
                 place = first_place.get((r["split"], r["label"])) or first_place.get(("", r["label"]))
                 raise DataError(f"{place}: label {r['label']!r} appears in the {r['split']} split but never in "
                                 f"train (train labels: {', '.join(labels) or 'none'})")
-        if len(labels) < 2:
+        if len(labels) < 2 and not test_only:
             raise DataError(f"{source or out_dir}: the train split holds {len(labels)} label(s); classification "
                             f"needs at least 2")
         counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
         for r in writer.records:
             counts[r["split"]][r["label"]] = counts[r["split"]].get(r["label"], 0) + 1
-        writer.meta.update(labels=labels, counts={s: c for s, c in counts.items() if c})
+        in_train = np.isin(groups, groups[splits == "train"])
+        duplicates = {s: int((in_train & (splits == s)).sum()) for s in SPLITS[1:]}
+        writer.meta.update(labels=labels, counts={s: c for s, c in counts.items() if c}, duplicates=duplicates,
+                           test_only=test_only)
     return Path(out_dir)
 
 
-def _assign_splits(records: list[dict], draws: np.ndarray, val_fraction: float, test_fraction: float) -> None:
-    """Fill in the ``split`` of each record in place (see :func:`write_labelled_store`)."""
+def _assign_splits(records: list[dict], groups: np.ndarray, draws: np.ndarray, val_fraction: float,
+                   test_fraction: float) -> None:
+    """Fill in the ``split`` of each record in place (see :func:`write_labelled_store`); ``groups`` ``(n,)``: the
+    group of identical sequences of each record, ``draws`` ``(n,)``: its group's uniform draw."""
     given = {r["split"] for r in records} - {None}
     drawn = []
-    for r, u in zip(records, draws):
+    for k, (r, u) in enumerate(zip(records, draws)):
         if not given:
             r["split"] = "val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"
         elif r["split"] is None or r["split"] == "train":
             r["split"] = "val" if "val" not in given and u < val_fraction else "train"
         else:
             continue
-        drawn.append(r)
+        drawn.append(k)
     in_train = {r["label"] for r in records if r["split"] == "train"}
-    for r in drawn:  # a draw never takes every train sequence of a label
-        if r["label"] not in in_train:
-            r["split"] = "train"
+    back = {groups[k] for k in drawn if records[k]["label"] not in in_train}
+    for k in drawn:  # a draw never takes every train sequence of a label (nor splits a group doing so)
+        if groups[k] in back:
+            records[k]["split"] = "train"

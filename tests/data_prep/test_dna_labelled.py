@@ -27,6 +27,13 @@ def read(path, fmt="auto", **kw):
     return [(s.id, decode(s.tokens), s.label, s.split) for s in read_labelled(path, fmt, **kw)]
 
 
+def distinct(n: int, seed: int = 0, length: int = 12) -> list[str]:
+    """``n`` different random sequences (identical ones would share their split)."""
+    rng = np.random.default_rng(seed)
+    seqs = list(dict.fromkeys("".join(rng.choice(list("ACGT"), length)) for _ in range(2 * n)))
+    return seqs[:n]
+
+
 def write_gb(root: Path, layout: dict) -> Path:
     """A Genomic Benchmarks folder: {split: {class: [sequence, ...]}} -> root/split/class/i.txt."""
     for split, classes in layout.items():
@@ -117,7 +124,7 @@ def test_store_one_entry_per_sequence_with_labels_and_seeded_splits(tmp_path):
 
 
 def test_val_is_drawn_from_train_when_only_train_and_test_are_given(tmp_path):
-    root = write_gb(tmp_path / "gb", {"train": {"a": ["ACGT"] * 40, "b": ["GGCA"] * 40, "c": ["TT"]},
+    root = write_gb(tmp_path / "gb", {"train": {"a": distinct(40, 1), "b": distinct(40, 2), "c": ["TT"]},
                                       "test": {"a": ["AC"], "b": ["GG"]}})
     store = TokenStore(write_labelled_store(read_labelled(root), tmp_path / "store", val_fraction=0.25))
     counts = store.meta["counts"]
@@ -222,7 +229,8 @@ def test_bucketed_sampler_is_a_pure_function_of_the_index(tmp_path):
 
 def test_sequences_without_a_split_beside_given_ones_are_train_and_give_the_val_draw(tmp_path):
     path = tmp_path / "seqs.fa"
-    path.write_text("".join(f">r{i} label={'ab'[i % 2]}{' split=test' if i < 4 else ''}\nACGT\n" for i in range(100)))
+    path.write_text("".join(f">r{i} label={'ab'[i % 2]}{' split=test' if i < 4 else ''}\n{seq}\n"
+                            for i, seq in enumerate(distinct(100))))
     store = TokenStore(write_labelled_store(read_labelled(path), tmp_path / "store", val_fraction=0.3))
     splits = [r["split"] for r in store.records]
     assert splits[:4] == ["test"] * 4 and set(splits[4:]) == {"train", "val"} and splits.count("val") > 15
