@@ -135,9 +135,9 @@ def resolve_architecture(init_from: str | os.PathLike | None, bidirectional: boo
             if bidirectional is None:
                 bidirectional = config.bidirectional
             elif config.bidirectional and not bidirectional:
-                raise UserError(f"--init-from {init_from}: a bidirectional model; a unidirectional classifier would "
-                                f"drop what its backbone learned reading backwards (leave out the flag to keep "
-                                f"it bidirectional)")
+                raise UserError(f"--init-from {init_from}: a bidirectional model; train it with --bidirectional "
+                                f"(a unidirectional classifier would drop what its backbone learned reading "
+                                f"backwards)")
             pooling = pooling or config.extra.get("classifier", {}).get("pooling")
     return bool(bidirectional), pooling or "mean"
 

@@ -87,7 +87,7 @@ def test_a_causal_donor_may_be_made_bidirectional_but_not_the_other_way(tmp_path
     assert resolve_architecture(causal, True, None) == (True, "mean")
     assert resolve_architecture(None, None, None) == (False, "mean")
     bidirectional = save_classifier(tmp_path / "bi", bidirectional=True, pooling="mean")
-    with pytest.raises(UserError, match="a bidirectional model") as info:
+    with pytest.raises(UserError, match="a bidirectional model; train it with --bidirectional") as info:
         resolve_architecture(bidirectional, False, None)
     assert "\n" not in str(info.value)
 
