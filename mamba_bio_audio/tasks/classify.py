@@ -274,7 +274,8 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     model.gradient_checkpointing = use_checkpointing(sized)
     preset_name = settings.preset or preset_name_of(model.config)
     preset = get_preset(preset_name or "tiny")
-    batch = batch_size_for(preset, sized)
+    batch_length = _batch_length(store, train, window, settings.pack)
+    batch = batch_size_for(preset, dataclasses.replace(sized, length=batch_length))
     lr = settings.lr or preset.lr
     weights = class_weights(store.meta["counts"]["train"], labels) if settings.class_weights else None
     train_classes = [class_of[store.records[i]["label"]] for i in train]
@@ -295,6 +296,7 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     task = WeightedClassificationTask(model, optim_config(preset, settings, lr), weights)
     summary = {"preset": preset_name or "pretrained (tiny's batch and lr)", "d_model": model.config.d_model,
                "n_layer": model.config.n_layer, "parameters": param_count(model), "batch_size": batch, "lr": lr,
+               "batch_planned_for_length": batch_length,
                "labels": labels, "train_sequences": len(train), "longest_train_sequence": longest, "crop": crop,
                "init_from": settings.init_from, "bidirectional": settings.bidirectional, "pooling": settings.pooling,
                "class_weights": weights, "rc_prob": settings.rc_prob, "packing": packing,
@@ -304,6 +306,17 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     if step_seconds is not None:
         summary["measured_seconds_per_step"] = round(step_seconds, 4)
     return ClassifyPlan(model, task, datamodule, trainer_config(sized, [], bool(val)), store, val, summary)
+
+
+def _batch_length(store: TokenStore, train: Sequence[int], window: int, pack: bool) -> int:
+    """The sequence length the default batch size is planned for (the preset's token budget over it): padded
+    batches, ``window`` (the longest cut train sequence: a bucket of the longest ones must fit the budget, so one
+    long sequence makes every batch small; ``--pack`` or ``--max-length`` avoid that); packed rows, the mean cut
+    length (a step's rows hold about batch x mean tokens, one long sequence only widens the rows)."""
+    if not pack:
+        return max(2, window)
+    lengths = np.minimum([store.records[i]["length"] for i in train], window)
+    return max(2, int(np.ceil(lengths.mean())))
 
 
 def _packed_sampler(store: TokenStore, train: Sequence[int], classes: Sequence[int], batch: int, window: int,

@@ -116,3 +116,19 @@ def test_species_init_from_a_classifier_says_what_it_expects(tmp_path, preset):
         build_classifier(["x", "y"], 32, preset, False, donor, "mean")
     message = str(info.value)
     assert "a trained classifier" in message and "'mba dna pretrain' run" in message and "\n" not in message
+
+
+# ---- the default batch size and one long sequence ----------------------------------------------------------------
+def test_one_long_sequence_does_not_shrink_the_packed_batch(tmp_path):
+    """tiny's token budget is 2^16: a padded bucket of the longest sequences must fit it (batch 1 with a 70,000-base
+    sequence), while packed rows plan the batch for the mean length (the preset's 16 sequences per step)."""
+    rng = np.random.default_rng(0)
+    rows = ["".join(rng.choice(list("ACGT"), 30)) + f",{'ab'[i % 2]}" for i in range(30)]
+    rows.append("".join(rng.choice(list("ACGT"), 70_000)) + ",a")
+    (tmp_path / "seqs.csv").write_text("sequence,label,split\n" + "\n".join(f"{r},train" for r in rows) + "\n")
+    prepare(tmp_path / "seqs.csv", tmp_path / "store", split_column="split")
+    padded = plan_training(tmp_path / "store", ClassifySettings(max_steps=1, preset="tiny", device="cpu"))
+    assert padded.summary["batch_size"] == 1 and padded.summary["batch_planned_for_length"] == 70_000
+    packed = plan_training(tmp_path / "store", ClassifySettings(pack=True, max_steps=1, preset="tiny", device="cpu"))
+    assert packed.summary["batch_size"] == 16 and packed.summary["batch_planned_for_length"] < 3_000
+    assert packed.summary["packing"]["row_tokens"] == 70_000 and packed.summary["packing"]["rows_per_step"] == 1
