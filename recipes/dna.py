@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import click
@@ -146,7 +147,11 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
             if genomes is not None:
                 prepare_genomes(genomes, store, p["split_by"], seed=p["seed"])
             else:
-                prepare_bed(bed, fasta, store, extend_to=0 if p["pack"] else p["length"])
+                with warnings.catch_warnings(record=True) as caught:  # the widening's warning, as one line
+                    warnings.simplefilter("always")
+                    prepare_bed(bed, fasta, store, extend_to=0 if p["pack"] else p["length"])
+                for w in caught:
+                    click.echo(f"mba dna pretrain: warning: {w.message}", err=True)
         if p["pack"]:
             plan = plan_packed_pretraining(store, settings)
         else:

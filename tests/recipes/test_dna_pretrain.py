@@ -125,6 +125,18 @@ def test_pretrain_on_bed_intervals(tmp_path, capsys):
     assert store.tokens(2).size == 64  # the 40-base val interval was widened to the window around its centre
 
 
+def test_bed_widening_clear_of_other_splits_is_one_warning_line(tmp_path, capsys):
+    rng = __import__("numpy").random.default_rng(1)
+    (tmp_path / "hg.fa").write_text(">chr1\n" + "".join(rng.choice(list("ACGT"), 3000)) + "\n")
+    # a 20-base train interval right beside a test one: centred at 64 bases it would cover test bases
+    (tmp_path / "s.bed").write_text("chr1\t0\t1000\ttrain\nchr1\t1000\t1020\ttest\nchr1\t1100\t2900\ttrain\n")
+    code, _, err = run(["dna", "pretrain", "--bed", tmp_path / "s.bed", "--fasta", tmp_path / "hg.fa",
+                        "--out", tmp_path / "run", "--max-steps", "1", *SMALL], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "warning:" in line]
+    assert len(lines) == 1 and "clear of the other splits" in lines[0] and "shifted off centre" in lines[0]
+
+
 def test_bed_reader_and_widen(tmp_path):
     bed = tmp_path / "a.bed"
     bed.write_text("# comment\ntrack name=x\nchr1 5 10\nchr2\t0\t3\tvalidation\n")
