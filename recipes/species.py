@@ -55,8 +55,8 @@ def species() -> None:
 @click.option("--out", type=DIR, required=True, help="Token store folder to write (replaced atomically).")
 @click.option("--split-by", type=click.Choice(["record", "strain", "fraction"]), default="record", show_default=True,
               help="Hold out whole records (chromosomes), whole strains, or a region of every record.")
-@click.option("--val", "val_names", default=None, help="Comma-separated records/strains for val (default: drawn).")
-@click.option("--test", "test_names", default=None, help="Comma-separated records/strains for test (default: drawn).")
+@click.option("--val", "val_names", default=None, help="Comma-separated records/strains for val (default: drawn; record/strain splits only).")
+@click.option("--test", "test_names", default=None, help="Comma-separated records/strains for test (default: drawn; record/strain splits only).")
 @click.option("--lenient", is_flag=True, help="Encode invalid characters as [UNK] instead of failing.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn held-out records/strains.")
 @overwrite_option
