@@ -140,8 +140,11 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
               help="Model size [default: tiny, or the shape of --init-from].")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="A 'dna pretrain' run, or a trained species/classify model, whose backbone starts the model.")
-@click.option("--bidirectional", is_flag=True, help="Each mixer also reads the sequence backwards.")
-@click.option("--pooling", type=click.Choice(["last", "mean"]), default="mean", show_default=True)
+@click.option("--bidirectional/--unidirectional", default=None,
+              help="Each mixer also reads the sequence backwards [default: off, or as the --init-from model].")
+@click.option("--pooling", type=click.Choice(["last", "mean"]), default=None,
+              help="Classify from the mean hidden state or the last base's [default: mean, or the --init-from "
+                   "classifier's].")
 @click.option("--class-weights", is_flag=True, help="Weigh the loss by inverse class frequency (imbalance).")
 @click.option("--max-length", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train on random windows of this many bases of longer sequences (0: whole sequences).")
@@ -162,7 +165,7 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @common_options
 def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | None, preset: str | None,
-          init_from: Path | None, bidirectional: bool, pooling: str, class_weights: bool, max_length: int,
+          init_from: Path | None, bidirectional: bool | None, pooling: str | None, class_weights: bool, max_length: int,
           batch_size: int | None, lr: float | None, rc_prob: float, pack: bool, pack_length: int,
           val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on the train split (length-bucketed, padded batches; or packed rows)."""
@@ -199,7 +202,7 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
         run_folder(out, "dna classify train", resume=resume, inputs=(data, init_from))
         preset_name = s["preset"] if s["preset"] in PRESET_NAMES else p["preset"]
         _write_config(out, {**p, "batch_size": s["batch_size"], "lr": s["lr"], "max_steps": s["max_steps"],
-                            "preset": preset_name})
+                            "preset": preset_name, "bidirectional": s["bidirectional"], "pooling": s["pooling"]})
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         metrics["data"] = str(data)

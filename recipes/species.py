@@ -98,9 +98,12 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
               help="Model size [default: paper-1.4m, or the shape of --init-from; tiny for a quick CPU run].")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="A 'dna pretrain' run (or its model/ folder) whose backbone starts the classifier.")
-@click.option("--bidirectional", is_flag=True, help="Each mixer also reads the window backwards (shared weights).")
-@click.option("--pooling", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
-              help="Classify from the window's mean hidden state or the last base's (the paper's causal head).")
+@click.option("--bidirectional/--unidirectional", default=None,
+              help="Each mixer also reads the window backwards (shared weights) [default: off, or as the --init-from "
+                   "model].")
+@click.option("--pooling", type=click.Choice(["mean", "last"]), default=None,
+              help="Classify from the window's mean hidden state or the last base's (the paper's causal head) "
+                   "[default: mean, or the --init-from classifier's].")
 @click.option("--train-length", type=click.IntRange(min=2), default=None,
               help="Training window in bases [default: --length with --pooling last, else at most 1024]; --length "
                    "is the window the model is meant for (evaluation and prediction default to it).")
@@ -114,7 +117,8 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 @window_training_options
 @common_options
 def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes: float | None,
-          preset: str | None, init_from: Path | None, bidirectional: bool, pooling: str, train_length: int | None,
+          preset: str | None, init_from: Path | None, bidirectional: bool | None, pooling: str | None,
+          train_length: int | None,
           head_init: str, batch_size: int | None, accumulate: int, lr: float | None, warmup_min_length: int | None,
           warmup_stage_steps: int | None, checkpoint_activations: bool | None, rc_prob: float, val_per_species: int,
           val_every: int | None, checkpoint_every: int, num_workers: int, devices: int, num_nodes: int,
@@ -147,7 +151,8 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
         run_folder(out, "species train", resume=resume, inputs=(data, init_from))
         write_run_config(out, p, batch_size=plan.summary["batch_size"], lr=plan.summary["lr"],
                          max_steps=plan.summary["max_steps"], train_length=plan.summary["train_length"],
-                         preset=plan.summary["preset"] if plan.summary["preset"] in PRESET_NAMES else p["preset"])
+                         preset=plan.summary["preset"] if plan.summary["preset"] in PRESET_NAMES else p["preset"],
+                         bidirectional=plan.summary["bidirectional"], pooling=plan.summary["pooling"])
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         if overlap is not None:

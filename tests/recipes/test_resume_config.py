@@ -172,7 +172,7 @@ def test_classify_resume_keeps_preset_and_options(tmp_path, capsys):
     before = (out / "config.yaml").read_bytes()
     for extra, fragments in [(["--lr", "0.5"], ["--lr 0.5", "with --lr"]),
                              (["--seed", "3"], ["--seed 3", "with --seed 0"]),
-                             (["--bidirectional"], ["--bidirectional", "without --bidirectional"]),
+                             (["--bidirectional"], ["--bidirectional", "with --unidirectional"]),
                              (["--init-from", store], ["--init-from", "leave --init-from out"])]:
         code, _, err = run([*args, "--resume", *extra], capsys)
         assert_one_line_error(code, err, *fragments)

@@ -81,6 +81,23 @@ def test_init_from_a_bidirectional_classifier_keeps_its_flags(store, tmp_path):
     assert given.model.config.bidirectional and given.model.pooling == "mean"  # a given pooling is used
 
 
+def test_the_cli_keeps_the_donors_flags_unless_given(store, tmp_path, capsys):
+    donor = save_classifier(tmp_path / "donor", bidirectional=True, pooling="last")
+    common = ["--data", store, "--max-steps", "1", "--batch-size", "4", "--device", "cpu", "--init-from", donor]
+    code, _, err = run_cli(["dna", "classify", "train", "--out", tmp_path / "kept", *common], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "kept" / "model" / "config.json").read_text())
+    assert config["bidirectional"] is True and config["extra"]["classifier"]["pooling"] == "last"
+    code, _, err = run_cli(["dna", "classify", "train", "--out", tmp_path / "mean", "--pooling", "mean", *common],
+                           capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "mean" / "model" / "config.json").read_text())["extra"]["classifier"][
+        "pooling"] == "mean"
+    code, _, err = run_cli(["dna", "classify", "train", "--out", tmp_path / "uni", "--unidirectional", *common],
+                           capsys)
+    assert_one_line_error(code, err, "a bidirectional model; train it with --bidirectional")
+
+
 def test_a_causal_donor_may_be_made_bidirectional_but_not_the_other_way(tmp_path):
     causal = save_classifier(tmp_path / "causal", bidirectional=False, pooling="mean")
     assert resolve_architecture(causal, None, None) == (False, "mean")
