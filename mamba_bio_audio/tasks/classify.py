@@ -260,6 +260,9 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     class_of = {label: c for c, label in enumerate(labels)}
     train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
     val = [i for i, r in enumerate(store.records) if r["split"] == "val"]
+    if not train:
+        raise DataError(f"{store.path}: no sequences in the train split (a test-only store is for 'mba dna classify "
+                        f"evaluate')")
     longest = max(store.records[i]["length"] for i in train)
     crop = settings.crop(longest)
     window = min(crop or longest, longest)
@@ -442,8 +445,8 @@ def evaluate(model: MambaClassifier, store_path: str | os.PathLike, *, split: st
     result = {"split": split, "labels": labels, "n": len(indices),
               "majority": float(np.bincount(y, minlength=len(labels)).max() / len(y)), "crop": crop,
               "model": split_metrics(y, probs, labels)}
-    if baseline:
-        train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
+    train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
+    if baseline and train:  # a test-only store has nothing to fit the baseline on
         if len(train) > baseline_max_train:
             train = sorted(np.random.default_rng(seed).choice(train, baseline_max_train, replace=False).tolist())
         train_y = np.array([labels.index(store.records[i]["label"]) for i in train])

@@ -101,6 +101,15 @@ def test_an_external_test_set_is_a_test_only_store_for_evaluate(trained, tmp_pat
                             "1", "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "a test-only store (no train split) is for 'classify evaluate'")
     assert not (tmp_path / "r").exists()
+    # the library functions under the recipe refuse or skip on their own (no IndexError / ValueError)
+    from mamba_bio_audio.errors import DataError
+    from mamba_bio_audio.models.classifier import MambaClassifier
+    from mamba_bio_audio.tasks.classify import ClassifySettings, evaluate, plan_training
+
+    with pytest.raises(DataError, match="no sequences in the train split"):
+        plan_training(store, ClassifySettings(max_steps=1, device="cpu"))
+    scored = evaluate(MambaClassifier.from_pretrained(run / "model"), store, baseline=True)
+    assert scored["n"] == 10 and "baseline" not in scored
 
 
 def test_a_test_only_store_with_a_label_the_model_does_not_know(trained, tmp_path, capsys):
