@@ -71,6 +71,9 @@ def summary(**params) -> None:
 @click.option("--d-model", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--n-layer", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps (median).")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Untimed steps first (Triton compilation and autotuning); the peak is taken over the timed "
+                   "steps.")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
 @_out_option("memory")
 @config_option
@@ -136,12 +139,13 @@ def _size_options(f):
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps (median).")
 @click.option("--cuda-graphs", is_flag=True,
-              help="Capture our Mamba's whole step (forward, loss, backward, AdamW with capturable=True) once per "
-                   "shape as a CUDA graph and time its replays; the capture is reported apart (capture s). CUDA "
-                   "only; mamba_ssm and the Transformer stay eager.")
-@click.option("--fused-inner", type=click.Choice(["off", "triton", "all"]), default="off", show_default=True,
-              help="Our Mamba's MambaConfig.fused_inner: conv -> x_proj -> dt_proj -> scan as one autograd Function "
-                   "that recomputes the conv output and delta in the backward (less memory).")
+              help="Capture the whole step of our Mamba and of mamba_ssm (forward, loss, backward, AdamW with "
+                   "capturable=True) once per shape as a CUDA graph and time its replays; the capture is reported "
+                   "apart (capture s). CUDA only; the Transformer stays eager.")
+@click.option("--fused-inner", default="off", show_default=True,
+              help="Our Mamba's MambaConfig.fused_inner, off, triton or all: conv -> x_proj -> dt_proj -> scan as "
+                   "one autograd Function that recomputes the conv output and delta in the backward (less memory, "
+                   "as mamba_ssm's fast path does). Comma-separated for a row of ours per value, e.g. off,triton.")
 @click.option("--fused-save-every", type=click.IntRange(min=1), default=None,
               help="With --fused-inner: keep every K-th chunk-start state of the fused scan (as the environment "
                    "variable MBA_FUSED_SAVE_EVERY) [default: the scan's choice].")
@@ -149,6 +153,9 @@ def _size_options(f):
               help="Where our Triton scan computes softplus (as the environment variable MBA_SCAN_SOFTPLUS): an "
                    "elementwise pass into an fp32 buffer, or inside the scan kernels (no buffer) [default: the "
                    "variable's value, else pass].")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measure each shape this many times, the models' order reversed every other round; a row is "
+                   "the median round, with the spread.")
 @click.option("--device", default=None, help="cuda (default when present) or cpu.")
 @_out_option("train")
 @config_option

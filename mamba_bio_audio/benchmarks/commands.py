@@ -26,10 +26,17 @@ def _device(device: str | None) -> str:
     return str(torch_device(device))
 
 
+def report_kind(command: str) -> str:
+    """The ``"kind"`` of a report: "bench train" -> "train"."""
+    return command.removeprefix("bench ").strip().replace(" ", "-")
+
+
 def _save(out: Path, kind: str, name: str, data: dict, markdown: str, overwrite: bool,
           figure: Callable[[Path], object] | None = None) -> str:
     """Write ``name.json`` / ``.md`` (and ``name.png`` through ``figure(path)``) as the report folder ``out``;
-    returns the markdown followed by the line naming what was written."""
+    returns the markdown followed by the line naming what was written. The JSON starts with ``"kind"``: the
+    command's name ("scan", "train", ...), which ``mba bench summary`` reads to tell the reports apart."""
+    data = {"kind": report_kind(kind), **data}
     with output_folder(out, kind, overwrite=overwrite) as tmp:
         write_report(tmp, name, data, markdown)
         if figure is not None:
@@ -52,7 +59,7 @@ def scan(*, shapes: str, backends: str, dtype: str, d_state: int, device: str | 
 
 
 def memory(*, lengths: str, levels: str, segment: int | None, d_model: int, n_layer: int, steps: int,
-           device: str | None, out: Path, overwrite: bool, progress: Progress) -> str:
+           device: str | None, out: Path, overwrite: bool, progress: Progress, warmup: int = 1) -> str:
     """``mba bench memory``: :func:`~mamba_bio_audio.benchmarks.memory.measure_step` per length and level,
     report ``bench_memory``."""
     from mamba_bio_audio.benchmarks.memory import measure_step, memory_markdown
@@ -65,7 +72,8 @@ def memory(*, lengths: str, levels: str, segment: int | None, d_model: int, n_la
     for seqlen in length_list:
         for level in level_list:
             progress(f"memory bench: seqlen {seqlen}, checkpoint level {level}")
-            rows.append(measure_step(d_model, n_layer, seqlen, level, device, steps, segment=segment))
+            rows.append(measure_step(d_model, n_layer, seqlen, level, device, steps, segment=segment,
+                                     warmup=warmup))
     env = environment()
     return _save(out, "bench memory", "bench_memory", {"rows": rows, "environment": env},
                  memory_markdown(rows, env, d_model, n_layer, segment), overwrite)
@@ -99,11 +107,13 @@ def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step:
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
           overwrite: bool, progress: Progress, cuda_graphs: bool = False, fused_inner: str = "off",
-          fused_save_every: int | None = None, scan_softplus: str | None = None) -> str:
+          fused_save_every: int | None = None, scan_softplus: str | None = None, rounds: int = 1) -> str:
     """``mba bench train``: :func:`~mamba_bio_audio.benchmarks.train.run_train_bench`, report ``bench_train``
-    with its figure. ``cuda_graphs``: our Mamba's rows replay a captured step (CUDA only; the peers stay eager).
-    ``fused_inner``: our Mamba's ``MambaConfig.fused_inner``; ``fused_save_every`` (with it) sets the
-    environment variable MBA_FUSED_SAVE_EVERY for this process, ``scan_softplus`` MBA_SCAN_SOFTPLUS."""
+    with its figure. ``cuda_graphs``: the rows of our Mamba and mamba_ssm replay a captured step (CUDA only; the
+    Transformer stays eager). ``fused_inner``: our Mamba's ``MambaConfig.fused_inner``, or several
+    comma-separated (one row of ours each); ``fused_save_every`` (with a fused value) sets the environment
+    variable MBA_FUSED_SAVE_EVERY for this process, ``scan_softplus`` MBA_SCAN_SOFTPLUS. ``rounds``: each shape
+    measured that many times, the models' order reversed every other round."""
     from mamba_bio_audio.benchmarks.train import (
         default_backend,
         run_train_bench,
@@ -117,8 +127,11 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
     device = _device(device)
     graph_models = options.cuda_graph_models(cuda_graphs, names, device)
     backend = default_backend(backend, device)
+    fused = options.parse_fused_inner(fused_inner)
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
     if fused_save_every is not None:
-        if fused_inner == "off":
+        if fused == ["off"]:
             raise UserError("--fused-save-every applies to the fused inner mixer: give --fused-inner too")
         from mamba_bio_audio.ops import FUSED_SAVE_EVERY_ENV
 
@@ -129,10 +142,11 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
         os.environ[SCAN_SOFTPLUS_ENV] = scan_softplus
     check_output_folder(out, "bench train", overwrite=overwrite)
     rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
-                           cuda_graph_models=graph_models, fused_inner=fused_inner, progress=progress)
+                           cuda_graph_models=graph_models, fused_inner=fused, rounds=rounds, progress=progress)
     env = environment()
-    data = {"rows": rows, "size": asdict(size), "warmup": warmup, "steps": steps, "device": device,
-            "cuda_graph_models": list(graph_models), "fused_inner": fused_inner, "environment": env}
+    data = {"rows": rows, "size": asdict(size), "warmup": warmup, "steps": steps, "rounds": rounds,
+            "device": device, "cuda_graph_models": list(graph_models), "fused_inner": ",".join(fused),
+            "environment": env}
     return _save(out, "bench train", "bench_train", data, train_markdown(rows, env, size, warmup, steps), overwrite,
                  figure=lambda path: train_figure(path, rows))
 
@@ -254,12 +268,14 @@ def ddp(*, args: Callable[[dict], list[str]], opts, run_name: str | None, overwr
 def summary(*, reports: tuple[Path, ...], out: Path, overwrite: bool, progress: Progress) -> str:
     """``mba bench summary``: :func:`~mamba_bio_audio.benchmarks.summary.summarize` of the given reports, written
     as ``bench_summary``."""
-    from mamba_bio_audio.benchmarks.summary import summarize, summary_markdown
+    from mamba_bio_audio.benchmarks.summary import summarize_reports, summary_markdown
 
     if not reports:
         raise UserError("bench summary: give one or more bench_*.json reports")
-    rows = summarize(list(reports))
+    rows, skipped = summarize_reports(list(reports))
     check_output_folder(out, "bench summary", overwrite=overwrite)
+    for s in skipped:
+        progress(f"skipped {s['file']}: a {s['kind']} report ({s['reason']})")
     progress(f"summary of {len(reports)} reports: {len(rows)} rows")
-    data = {"rows": rows, "reports": [str(p) for p in reports], "environment": environment()}
-    return _save(out, "bench summary", "bench_summary", data, summary_markdown(rows), overwrite)
+    data = {"rows": rows, "reports": [str(p) for p in reports], "skipped": skipped, "environment": environment()}
+    return _save(out, "bench summary", "bench_summary", data, summary_markdown(rows, skipped), overwrite)

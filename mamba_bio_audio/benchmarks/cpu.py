@@ -6,8 +6,10 @@ any timing, both give the logits of the same tokens (batch, seqlen) within ``ato
 otherwise). A step is forward + cross-entropy of the next tokens (logits (batch, seqlen - 1, vocab) against
 ids[:, 1:]) + backward, in fp32, with ``torch.set_num_threads(threads)``; no optimizer. ``warmup`` untimed then
 ``repeats`` timed steps, alternating between the two models so that a change of load on a shared machine hits both.
-The peak RSS of the process is read after each model's first step (ours first, so transformers' reading is the
-larger of the two).
+Peak memory: the process' peak resident set during each step, the most over a model's steps at a length. On Linux
+the kernel's high-water mark is reset before each step (``/proc/self/clear_refs``) and read after it (``VmHWM``), so
+a reading holds that step alone (on top of what is resident: both models' weights); where that is not possible
+(``rss_method`` "ru_maxrss") it is the process' peak so far, which only grows.
 
 transformers' path: on CPU inputs its wrappers of mamba_ssm / causal_conv1d run the torch functions
 (``modeling_mamba.mamba_selective_scan``); with ``use_mambapy`` off and no ``torch.compile``, that is the
@@ -143,6 +145,42 @@ def peak_rss_gib() -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process' resident-set high-water mark to its current size (Linux >= 4.0: "5" written to
+    ``/proc/self/clear_refs``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return hwm_gib() is not None
+    except OSError:
+        return False
+
+
+def hwm_gib() -> float | None:
+    """The high-water mark of this process' resident set (``VmHWM`` of ``/proc/self/status``), None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def step_peak_rss(fn: Callable[[], object]) -> tuple[object, float, str]:
+    """(fn(), the peak resident GiB while it ran, the method): "VmHWM" (the high-water mark reset before), else
+    "ru_maxrss" (the process' peak so far)."""
+    if reset_peak_rss():
+        out = fn()
+        peak = hwm_gib()
+        if peak is not None:
+            return out, peak, "VmHWM"
+    else:
+        out = fn()
+    return out, peak_rss_gib(), "ru_maxrss"
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     saved = torch.get_num_threads()
@@ -153,11 +191,11 @@ def torch_threads(n: int):
         torch.set_num_threads(saved)
 
 
-def _row(name: str, batch: int, seqlen: int, times: list[float], loss: float, rss: float) -> dict:
+def _row(name: str, batch: int, seqlen: int, times: list[float], loss: float, rss: float, method: str) -> dict:
     median = statistics.median(times)
     return {"model": name, "batch": batch, "seqlen": seqlen, "seconds": times, "median_s": median,
             "min_s": min(times), "max_s": max(times), "tokens_per_second": batch * seqlen / median, "loss": loss,
-            "peak_rss_gib": rss}
+            "peak_rss_gib": rss, "rss_method": method}
 
 
 def run_cpu_bench(*, lengths: list[int], batch: int, d_model: int, n_layer: int, vocab_size: int, threads: int,
@@ -178,17 +216,18 @@ def run_cpu_bench(*, lengths: list[int], batch: int, d_model: int, n_layer: int,
                 diff = check_logits(ours, theirs, ids, atol)
             fallbacks += messages
             checks.append({"batch": batch, "seqlen": seqlen, "max_abs_diff": diff})
-            rss, times, losses = {}, {m: [] for m in MODELS}, {}
+            rss, times, losses, method = {}, {m: [] for m in MODELS}, {}, {}
             for i in range(warmup + repeats):
                 for name in MODELS:
-                    seconds, losses[name] = train_step(name, models[name], ids)
-                    rss.setdefault(name, peak_rss_gib())  # after its first step: the peak of one step
+                    (seconds, losses[name]), peak, method[name] = step_peak_rss(
+                        lambda name=name, ids=ids: train_step(name, models[name], ids))
+                    rss[name] = max(rss.get(name, 0.0), peak)
                     timed = i >= warmup
                     if timed:
                         times[name].append(seconds)
                     what = f"step {i - warmup + 1}/{repeats}" if timed else f"untimed step {i + 1}/{warmup}"
                     progress(f"cpu bench: {name} ({batch}, {seqlen}) {what}: {seconds:.3f} s")
-            pair = [_row(name, batch, seqlen, times[name], losses[name], rss[name]) for name in MODELS]
+            pair = [_row(name, batch, seqlen, times[name], losses[name], rss[name], method[name]) for name in MODELS]
             rows += pair
             ratios.append({"batch": batch, "seqlen": seqlen,
                            "ratio": pair[0]["tokens_per_second"] / pair[1]["tokens_per_second"]})
@@ -198,6 +237,15 @@ def run_cpu_bench(*, lengths: list[int], batch: int, d_model: int, n_layer: int,
             "size": {"d_model": d_model, "n_layer": n_layer, "vocab_size": vocab_size,
                      "parameters": sum(p.numel() for p in ours.parameters())},
             "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
+
+
+def _rss_text(rows: list[dict]) -> str:
+    if rows and all(r.get("rss_method") == "VmHWM" for r in rows):
+        return ("Peak RSS: the process' resident high-water mark, reset before each step and read after it (the "
+                "most over a model's steps); it includes what stays resident (both models' weights), not the other "
+                "model's earlier peaks.")
+    return ("Peak RSS: the process' maximum so far after a model's steps (ru_maxrss, which only grows): a later "
+            "reading includes earlier peaks, the other model's included.")
 
 
 def cpu_markdown(data: dict, env: dict) -> str:
@@ -217,15 +265,14 @@ def cpu_markdown(data: dict, env: dict) -> str:
         f"{data['threads']} torch threads, {data['repeats']} timed steps each after {data['warmup']} untimed, the two "
         "models alternating.", "",
         markdown_table(["model", "(batch, seqlen)", "median s/step", "min s", "max s", "tokens/s",
-                        "peak RSS GiB (process)"], rows), "",
+                        "peak RSS GiB (process, during its steps)"], rows), "",
         f"Ours / transformers in tokens/s: {ratios}.", "",
         f"Same weights, same logits before timing: max |difference| {checks} (tolerance {data['atol']:g}).", "",
         f"Ours: the torch reference ops (backend {data['ours_backend']}). transformers: **{tf['path']}** "
         f"(use_mambapy {tf['use_mambapy']}, use_associative_scan {tf['use_associative_scan']}; importable: "
         + ", ".join(f"{k} {v}" for k, v in tf["importable"].items()) + f"); {tf['note']}.", "",
         *([f"transformers said: {' / '.join(tf['fallback_messages'])}", ""] if tf["fallback_messages"] else []),
-        "Peak RSS is the process' maximum after each model's first step (ours first), so transformers' "
-        "figure is the larger of the two.", "",
+        _rss_text(data["rows"]), "",
         f"Load average (1 / 5 / 15 min) before {load(data['load_average_before'])}, after "
         f"{load(data['load_average_after'])}.", "",
         f"{env['device']}; torch {env['torch']}, transformers {env.get('transformers')}, python {env['python']}, "

@@ -5,9 +5,14 @@ A timed run is one whole generate call: prefill of the prompt plus ``new_tokens`
 between two ``torch.cuda.synchronize()`` — what mamba_ssm's own generation benchmark times. Setup that a user
 pays once per model and batch size (the graph captures of our
 :class:`~mamba_bio_audio.generation.decoder.Decoder` and of the Transformer's
-:class:`~mamba_bio_audio.generation.transformer_decoder.TransformerDecoder`, mamba_ssm's graph cache) happens before:
-it is reported as ``setup_seconds``, and one untimed warm-up call precedes the median of ``repeats`` timed calls.
-ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds.
+:class:`~mamba_bio_audio.generation.transformer_decoder.TransformerDecoder` when they are built, mamba_ssm's graph
+cache inside its first ``generate`` call, Triton compilation and autotuning in anyone's first call) is the same for
+every model: ``setup_seconds`` = building the generate function + the first (warm-up) call - what that call would
+take warm (the median timed call, scaled to the warm-up's tokens). The first call is untimed otherwise
+(``first_call_seconds``); the median of ``repeats`` timed calls follows.
+ms/step = seconds / new_tokens; tokens/s = batch * new_tokens / seconds. ``peak_gib`` is the peak over the timed
+calls (its counter reset after the warm-up call), ``setup_peak_gib`` the peak of building and the warm-up (e.g.
+autotuning buffers). mamba_ssm's rows record whether its fast path is on (``peer_fast_path``).
 
 On CUDA the Transformer gets two rows per batch size (``cuda_graph`` false / true): eager ``generate``, whose
 attention reads a cache that grows by one position per step, and the TransformerDecoder, whose static-cache step is
@@ -86,17 +91,28 @@ def _sync(device: str) -> None:
 def time_generation(name: str, model, batch: int, prompt_len: int, new_tokens: int, device: str, *,
                     repeats: int = 3, warmup_tokens: int | None = None, cuda_graph: bool | None = None,
                     attention_bucket: int = DEFAULT_BUCKET) -> dict:
-    """Setup, warm-up and the median of ``repeats`` timed generate calls: a partial row (raises on OOM)."""
+    """Setup, warm-up and the median of ``repeats`` timed generate calls: a partial row (raises on OOM) with
+    ``setup_seconds`` (module docstring), ``build_seconds``, ``first_call_seconds``, ``warmup_tokens``, and on
+    CUDA ``setup_peak_gib`` and ``peak_gib`` (the peak of the timed calls)."""
+    cuda = str(device).startswith("cuda")
     vocab = model.config.vocab_size
     gen = torch.Generator(device=device).manual_seed(2)
     prompt = torch.randint(0, vocab, (batch, prompt_len), device=device, generator=gen)
     t0 = time.perf_counter()
     fn = make_generate_fn(name, model, prompt, new_tokens, cuda_graph, attention_bucket)
     _sync(device)
-    row = {"setup_seconds": time.perf_counter() - t0}
-    # untimed warm-up (kernels compiled, caches allocated); shorter if asked, except for mamba_ssm, whose graph
-    # cache is rebuilt when a call is longer than the one it was captured for
-    fn(new_tokens if warmup_tokens is None or name == "mamba_ssm" else warmup_tokens)
+    build = time.perf_counter() - t0
+    # the warm-up (kernels compiled, caches allocated, mamba_ssm's graphs captured); shorter if asked, except for
+    # mamba_ssm, whose graph cache is rebuilt when a call is longer than the one it was captured for
+    first_tokens = new_tokens if warmup_tokens is None or name == "mamba_ssm" else warmup_tokens
+    t0 = time.perf_counter()
+    fn(first_tokens)
+    _sync(device)
+    first = time.perf_counter() - t0
+    row = {"build_seconds": build, "first_call_seconds": first, "warmup_tokens": first_tokens}
+    if cuda:  # the timed calls' peak, without the warm-up's one-time memory
+        row["setup_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -108,9 +124,17 @@ def time_generation(name: str, model, batch: int, prompt_len: int, new_tokens: i
             raise RuntimeError(f"{name} generated shape {tuple(out.shape)}, expected {(batch, prompt_len + new_tokens)}")
         del out
     seconds = sorted(times)[len(times) // 2]
-    row.update(seconds=seconds, ms_per_step=1000 * seconds / new_tokens,
-               tokens_per_second=batch * new_tokens / seconds)
+    row.update(setup_seconds=setup_seconds(build, first, seconds * first_tokens / new_tokens), seconds=seconds,
+               ms_per_step=1000 * seconds / new_tokens, tokens_per_second=batch * new_tokens / seconds)
+    if cuda:
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return row
+
+
+def setup_seconds(build: float, first_call: float, warm_call: float) -> float:
+    """What a user pays once: building the generate function plus the first call's excess over a warm call of
+    the same length (never negative)."""
+    return build + max(0.0, first_call - warm_call)
 
 
 def _dtype(device: str) -> torch.dtype:
@@ -154,8 +178,9 @@ def run_generate_bench(models: list[str], batch_sizes: list[int], size: BenchSiz
         try:
             model = build_model(name, size, device, dtype, backend).eval()
             parameters = count_parameters(model)
+            fast = _fast_path(name, model)
             for base in bases:
-                base["parameters"] = parameters
+                base.update(parameters=parameters, **fast)
         except Unavailable as e:
             rows += [{**base, "batch": b, "note": str(e)} for base in bases for b in batch_sizes]
             progress(f"generate bench: {name}: {e}")
@@ -169,8 +194,6 @@ def run_generate_bench(models: list[str], batch_sizes: list[int], size: BenchSiz
                         torch.cuda.reset_peak_memory_stats()
                     row.update(time_generation(name, model, batch, prompt_len, new_tokens, device, repeats=repeats,
                                                cuda_graph=mode, attention_bucket=attention_bucket))
-                    if cuda:
-                        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on
                     row["error"] = error_text(e)
                     if not isinstance(e, torch.cuda.OutOfMemoryError):
@@ -181,6 +204,19 @@ def run_generate_bench(models: list[str], batch_sizes: list[int], size: BenchSiz
         del model
         free_memory(device)
     return rows
+
+
+def _fast_path(name: str, model) -> dict:
+    """mamba_ssm's :func:`~mamba_bio_audio.benchmarks.train.peer_fast_path` fields, with a note when it is off
+    (nothing for the other models)."""
+    if name != "mamba_ssm":
+        return {}
+    from mamba_bio_audio.benchmarks.train import peer_fast_path
+
+    fast = peer_fast_path(model)
+    if not fast["peer_fast_path"]:
+        fast["note"] = f"mamba_ssm off its fast path: {fast['peer_fast_path_note']}"
+    return fast
 
 
 def _summary(row: dict) -> str:
@@ -273,7 +309,7 @@ def _largest_for(name: str, size: BenchSize, device: str, prompt_len: int, new_t
     batch, capped = largest_batch(
         lambda b: fits(name, model, b, prompt_len, new_tokens, device, cuda_graph, attention_bucket),
         max_batch, progress)
-    row.update(largest_batch=batch, capped=capped)
+    row.update(largest_batch=batch, capped=capped, batch=batch)  # batch: the one timed (lowered on a retry)
     for _ in range(3):  # the full run may still run out where the probe did not: back off and retry
         if batch < 1:
             row["error"] = "batch 1 does not fit"
@@ -284,8 +320,6 @@ def _largest_for(name: str, size: BenchSize, device: str, prompt_len: int, new_t
             row.update(batch=batch, **time_generation(name, model, batch, prompt_len, new_tokens, device,
                                                       repeats=1, warmup_tokens=8, cuda_graph=cuda_graph,
                                                       attention_bucket=attention_bucket))
-            if cuda:
-                row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             return row
         except RuntimeError as e:
             if not out_of_memory(e):
@@ -356,7 +390,9 @@ def generate_markdown(rows: list[dict], largest: dict | None, env: dict, size: B
     text = (f"# Generation throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
             f"mamba_ssm {env['mamba_ssm']}, {env['date']}. Greedy decoding, {first.get('dtype', '')} weights, "
             f"random weights and a random prompt of {first.get('prompt_len', '')} tokens; one timed run = "
-            f"prefill + all decode steps (setup such as graph capture excluded, reported separately). Mamba: "
+            f"prefill + all decode steps; setup s = building the decoder (graph capture) + the first call's excess "
+            f"over a warm call (mamba_ssm captures its graphs there), for every model; peak GiB over the timed "
+            f"calls. Mamba: "
             f"d_model {size.d_model}, {size.n_layer} layers; Transformer: {size.transformer_layers} layers, "
             f"{size.n_head} heads, KV cache, SDPA; vocab {size.vocab_size}.")
     text += _graph_note(rows + ((largest or {}).get("rows") or []))

@@ -85,10 +85,22 @@ def activation_bytes(model: torch.nn.Module, input_ids: torch.Tensor, loss_fn=No
     return {"kept": kept, "output": output, "peak": mode.peak, "after": after}
 
 
+def _step(model, opt, ids: torch.Tensor, labels: torch.Tensor, cuda: bool) -> None:
+    """One optimizer step: forward (bf16 autocast on CUDA), cross-entropy, backward, AdamW."""
+    with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
+        loss = F.cross_entropy(model(ids).float(), labels)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def measure_step(d_model: int, n_layer: int, seqlen: int, checkpoint_level: int, device: str,
-                 steps: int = 3, batch: int = 1, vocab: int = 12, segment: int | None = None) -> dict:
+                 steps: int = 3, batch: int = 1, vocab: int = 12, segment: int | None = None,
+                 warmup: int = 1) -> dict:
     """Median seconds per step and peak GiB for a classifier with ``d_model`` x ``n_layer`` at ``seqlen``
-    (``segment``: steps per recomputed segment at level 2, None = automatic)."""
+    (``segment``: steps per recomputed segment at level 2, None = automatic). ``warmup`` untimed steps first
+    (Triton compilation and autotuning); the peak is taken over the timed steps (its counter reset after the
+    warm-up), the warm-up's in ``setup_peak_gib``."""
     torch.manual_seed(0)
     model = MambaClassifier(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=vocab), num_classes=5)
     model = model.to(device)
@@ -100,22 +112,25 @@ def measure_step(d_model: int, n_layer: int, seqlen: int, checkpoint_level: int,
     labels = torch.randint(0, 5, (batch,), device=device)
     cuda = device.startswith("cuda")
     row = {"d_model": d_model, "n_layer": n_layer, "seqlen": seqlen, "batch": batch,
-           "checkpoint_level": checkpoint_level, "segment": segment,
+           "checkpoint_level": checkpoint_level, "segment": segment, "warmup": warmup,
            "parameters": sum(p.numel() for p in model.parameters())}
+
     try:
         if cuda:
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(warmup):
+            _step(model, opt, ids, labels, cuda)
+        if cuda:
+            torch.cuda.synchronize()
+            row["setup_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(steps):
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda):
-                loss = F.cross_entropy(model(ids).float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _step(model, opt, ids, labels, cuda)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -143,5 +158,6 @@ def memory_markdown(rows: list[dict], env: dict, d_model: int, n_layer: int, seg
           r.get("tokens_per_second"), r.get("peak_gib"), r.get("error", "")] for r in rows])
     return (f"# Training memory vs length\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
             f"{env['date']}; MambaClassifier d_model {d_model} x {n_layer} layers ({rows[0]['parameters']:,} "
-            f"parameters), batch 1, bf16 autocast, AdamW; peak = torch.cuda.max_memory_allocated; level 2 segments: "
+            f"parameters), batch 1, bf16 autocast, AdamW; {rows[0].get('warmup', 0)} untimed warm-up step(s), then "
+            f"peak = torch.cuda.max_memory_allocated over the timed steps; level 2 segments: "
             f"{segment or 'automatic'}.\n\n{table}")

@@ -56,8 +56,11 @@ def parse_models(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-#: the models whose training step ``bench train --cuda-graphs`` captures (the peers run as their libraries ship)
-GRAPHED_MODELS = ("mamba",)
+#: the models whose training step ``bench train --cuda-graphs`` captures: ours and mamba_ssm, so that a graphed
+#: row of ours has a graphed peer (the Transformer runs as torch ships it)
+GRAPHED_MODELS = ("mamba", "mamba_ssm")
+#: ``--fused-inner`` values (``MambaConfig.fused_inner``)
+FUSED_INNER = ("off", "triton", "all")
 
 
 def cuda_graph_models(cuda_graphs: bool, models: list[str], device: str) -> tuple[str, ...]:
@@ -71,6 +74,19 @@ def cuda_graph_models(cuda_graphs: bool, models: list[str], device: str) -> tupl
     if not graphed:
         raise UserError(f"--cuda-graphs captures the step of {', '.join(GRAPHED_MODELS)} only; --models has none")
     return graphed
+
+
+def parse_fused_inner(text: str) -> list[str]:
+    """``--fused-inner`` of ``bench train``: one of :data:`FUSED_INNER` or a comma-separated list of them
+    (``off,triton``: a row of ours for each, beside the same peer), de-duplicated in the given order."""
+    names = [v.strip() for v in str(text).split(",") if v.strip()]
+    for name in names:
+        if name not in FUSED_INNER:
+            raise UserError(f"--fused-inner: unknown value {name!r}; choose from {', '.join(FUSED_INNER)} "
+                            "(comma-separated for several)")
+    if not names:
+        raise UserError("--fused-inner: empty list")
+    return list(dict.fromkeys(names))
 
 
 def parse_levels(text: str) -> list[int]:

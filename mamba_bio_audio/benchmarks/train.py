@@ -3,14 +3,27 @@ same-size Transformer, one optimizer step at a time.
 
 A step is forward (bf16 autocast on the GPU, fp32 parameters), cross-entropy in fp32, backward and AdamW, between
 two ``torch.cuda.synchronize()``; after warm-up steps (Triton compilation, autotuning, cuBLAS heuristics) the median
-of the timed steps gives tokens/s = batch * seqlen / seconds. Peak memory is ``torch.cuda.max_memory_allocated``
-over the whole run (parameters, gradients, AdamW state and activations). Out-of-memory and other failures become a
-row with an ``error`` and the run goes on.
+of the timed steps gives tokens/s = batch * seqlen / seconds. Then the same number of steps runs back to back with
+one synchronisation at the end (``back_to_back_tokens_per_second``: the host may run ahead of the GPU, as in
+training, so a host-bound model is not charged a sync per step). Peak memory is ``torch.cuda.max_memory_allocated``
+over the timed steps (parameters, gradients, AdamW state and activations), its counter reset after the warm-up: the
+one-time memory of the warm-up (Triton autotuning buffers, the eager steps before a capture) is ``setup_peak_gib``.
+Out-of-memory and other failures become a row with an ``error`` and the run goes on.
 
 With ``cuda_graph`` (``--cuda-graphs``) a model's step is captured once as a CUDA graph
 (:class:`~mamba_bio_audio.training.graphed_step.CapturedStep`: AdamW with ``capturable=True``, autocast without its
 weight cache) and each timed step is one replay plus the batch copy; the capture and its eager warm-up steps are
-timed apart (the row's ``setup_seconds``) and count in the peak memory. Every row says ``cuda_graph`` true or false.
+timed apart (the row's ``setup_seconds``). Our Mamba and mamba_ssm can both be captured, so a graphed row of ours
+has a graphed peer. Every row says ``cuda_graph`` true or false.
+
+With ``rounds`` > 1 every (model, shape) is measured that many times, the models' order reversed every other round
+(so neither always runs first on a warm or a cold GPU); a row is the round with the median tokens/s, with every
+round's tokens/s and their spread ((max - min) / median).
+
+mamba_ssm's rows say whether it ran its fast path (``peer_fast_path``: ``mamba_inner_fn`` needs causal_conv1d's
+kernel and ``use_fast_path`` on every layer; otherwise a slow torch path, and the row's note says so). Its fast path
+recomputes the conv output and delta in the backward (``checkpoint_lvl=1``), as our ``fused_inner`` does; several
+``fused_inner`` values (``--fused-inner off,triton``) give one row of ours each, beside the same peer.
 
 The benchmark models (also used by :mod:`mamba_bio_audio.benchmarks.generate`):
 - ``mamba``: our :class:`MambaLM` (d_model 768, 24 layers, vocab 256: 90,716,928 parameters), ops backend chosen
@@ -94,6 +107,27 @@ def build_model(name: str, size: BenchSize, device: str, dtype: torch.dtype = to
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
+def peer_fast_path(model: torch.nn.Module) -> dict:
+    """Whether mamba_ssm's ``model`` runs its fast path: {"peer_fast_path": bool, "peer_fast_path_note": why not}
+    (no note when it does). ``mamba_simple.Mamba.forward`` takes ``mamba_inner_fn`` only when causal_conv1d's
+    ``causal_conv1d_fn`` imported and the layer's ``use_fast_path`` is on; its decode step needs
+    ``causal_conv1d_update`` and ``selective_state_update`` for the same."""
+    try:
+        import mamba_ssm.modules.mamba_simple as simple
+    except Exception as e:  # noqa: BLE001 - missing, or built for another torch
+        return {"peer_fast_path": False, "peer_fast_path_note": f"mamba_ssm.modules.mamba_simple: {_first_line(e)}"}
+    layers = [m for m in model.modules() if isinstance(m, simple.Mamba)]
+    missing = [name for name in ("causal_conv1d_fn", "causal_conv1d_update", "selective_state_update")
+               if getattr(simple, name, None) is None]
+    slow = sum(not getattr(m, "use_fast_path", False) for m in layers)
+    notes = [f"{', '.join(missing)} did not import"] if missing else []
+    if slow:
+        notes.append(f"use_fast_path off in {slow} of {len(layers)} layers")
+    if not layers:
+        notes.append("no mamba_simple.Mamba layer found")
+    return {"peer_fast_path": not notes, **({"peer_fast_path_note": "; ".join(notes)} if notes else {})}
+
+
 def logits_of(name: str, model, input_ids: torch.Tensor) -> torch.Tensor:
     """input_ids (batch, seqlen) -> logits (batch, seqlen, vocab) for any benchmark model."""
     out = model(input_ids)
@@ -124,11 +158,15 @@ def error_text(e: BaseException) -> str:
 def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: str, *, warmup: int = 3,
                   steps: int = 10, backend: str = "auto", cuda_graph: bool = False, fused_inner: str = "off",
                   progress: Callable[[str], None] = print) -> dict:
-    """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict).
+    """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict);
+    also ``steps`` steps back to back with one synchronisation (``back_to_back_seconds_per_step``,
+    ``back_to_back_tokens_per_second``). ``peak_gib``: the peak over the timed steps (the counter reset after the
+    warm-up); ``setup_peak_gib``: the peak of building, warming up (and capturing).
     ``cuda_graph``: the step captured as a CUDA graph (CUDA only; at least one eager warm-up step before capture
     even with ``warmup`` 0), its setup time in the row's ``setup_seconds``. ``fused_inner``: our Mamba's
     ``MambaConfig.fused_inner``; its row records it with the fused scan's ``fused_save_every`` (None: the scan's
-    own choice; environment variable MBA_FUSED_SAVE_EVERY) and ``scan_softplus`` (MBA_SCAN_SOFTPLUS)."""
+    own choice; environment variable MBA_FUSED_SAVE_EVERY) and ``scan_softplus`` (MBA_SCAN_SOFTPLUS). mamba_ssm's
+    row records :func:`peer_fast_path` (a note when it is off)."""
     from mamba_bio_audio import ops
     from mamba_bio_audio.training.graphed_step import make_step
 
@@ -142,31 +180,45 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
             row["fused_save_every"] = ops.fused_inner_save_every()
     model = opt = loss_fn = step = None
     try:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         model = build_model(name, size, device, backend=backend, fused_inner=fused_inner)
         row["parameters"] = count_parameters(model)
+        if name == "mamba_ssm":
+            row.update(peer_fast_path(model))
+            if not row["peer_fast_path"]:
+                row["note"] = f"mamba_ssm off its fast path: {row['peer_fast_path_note']}"
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cuda_graph)
         gen = torch.Generator(device=device).manual_seed(1)
         ids = torch.randint(0, size.vocab_size, (batch, seqlen + 1), device=device, generator=gen)
         inputs, targets = ids[:, :-1], ids[:, 1:]
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         loss_fn = lm_loss(name, model, size.vocab_size, cuda, autocast_cache=not cuda_graph)
         step = make_step(model, opt, loss_fn, inputs, targets, cuda_graph, warmup=max(1, warmup))
         if cuda_graph:
             row["setup_seconds"] = step.setup_seconds
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        for _ in range(warmup):
+            step(inputs, targets)
+        sync()
+        if cuda:  # the timed steps' peak, without the warm-up's one-time memory
+            row["setup_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
         times = []
-        for i in range(warmup + steps):
-            if cuda:
-                torch.cuda.synchronize()
+        for _ in range(steps):
+            sync()
             t0 = time.perf_counter()
             step(inputs, targets)
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+            sync()
+            times.append(time.perf_counter() - t0)
         seconds = sorted(times)[len(times) // 2]
         row.update(seconds_per_step=seconds, ms_per_step=1000 * seconds, tokens_per_second=batch * seqlen / seconds)
+        t0 = time.perf_counter()
+        for _ in range(steps):  # back to back: one synchronisation at the end
+            step(inputs, targets)
+        sync()
+        together = (time.perf_counter() - t0) / steps
+        row.update(back_to_back_seconds_per_step=together, back_to_back_tokens_per_second=batch * seqlen / together)
         if cuda:
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     except Unavailable as e:
@@ -196,27 +248,58 @@ def lm_loss(name: str, model, vocab_size: int, cuda: bool, autocast_cache: bool 
 
 def run_train_bench(models: list[str], shapes: list[tuple[int, int]], size: BenchSize, device: str, *,
                     warmup: int = 3, steps: int = 10, backend: str = "auto", cuda_graph_models: tuple[str, ...] = (),
-                    fused_inner: str = "off", progress: Callable[[str], None] = print) -> list[dict]:
-    """One row per (model, shape), models in the order given; a missing model gives one "note" row per shape.
-    Models in ``cuda_graph_models`` run their step as a captured CUDA graph, our Mamba with ``fused_inner``
-    (:func:`measure_train`)."""
-    rows = []
-    for name in models:
-        for batch, seqlen in shapes:
-            graphed = name in cuda_graph_models
-            progress(f"train bench: {name}, batch {batch}, seqlen {seqlen}" + (", CUDA graph" if graphed else ""))
-            row = measure_train(name, size, batch, seqlen, device, warmup=warmup, steps=steps, backend=backend,
-                                cuda_graph=graphed, fused_inner=fused_inner, progress=progress)
-            progress("  " + _summary(row))
-            rows.append(row)
-    return rows
+                    fused_inner: str | list[str] = "off", rounds: int = 1,
+                    progress: Callable[[str], None] = print) -> list[dict]:
+    """One row per (model, shape), in the order of ``models`` then ``shapes``; our Mamba gives one row per value
+    of ``fused_inner`` (a name or a list); a missing model gives one "note" row per shape. Models in
+    ``cuda_graph_models`` run their step as a captured CUDA graph (:func:`measure_train`). Each shape is measured
+    in ``rounds`` rounds, the order of the runs reversed every other round; a row is the round with the median
+    tokens/s, with ``rounds_tokens_per_second`` and ``spread`` when ``rounds`` > 1."""
+    fused = [fused_inner] if isinstance(fused_inner, str) else list(fused_inner)
+    runs = [(name, f if name == "mamba" else "off") for name in models for f in (fused if name == "mamba" else
+                                                                                 ["off"])]
+    measured: dict[tuple, list[dict]] = {}
+    for batch, seqlen in shapes:
+        for r in range(rounds):
+            for name, fi in (runs if r % 2 == 0 else runs[::-1]):
+                done = measured.get((name, fi, batch, seqlen), [])
+                if done and "note" in done[0] and "tokens_per_second" not in done[0] and "error" not in done[0]:
+                    continue  # not installed: no other round will differ
+                graphed = name in cuda_graph_models
+                progress(f"train bench: {name}" + (f" (fused_inner {fi})" if len(fused) > 1 and name == "mamba"
+                                                   else "") + f", batch {batch}, seqlen {seqlen}"
+                         + (", CUDA graph" if graphed else "") + (f", round {r + 1}/{rounds}" if rounds > 1 else ""))
+                row = measure_train(name, size, batch, seqlen, device, warmup=warmup, steps=steps, backend=backend,
+                                    cuda_graph=graphed, fused_inner=fi, progress=progress)
+                progress("  " + _summary(row))
+                measured.setdefault((name, fi, batch, seqlen), []).append(row)
+    return [_merge_rounds(measured[(name, fi, b, L)]) for name, fi in runs for b, L in shapes
+            if (name, fi, b, L) in measured]
+
+
+def _merge_rounds(rounds: list[dict]) -> dict:
+    """The row of the round with the median tokens/s (a failed round if none succeeded), with every round's
+    tokens/s and their spread when there were several."""
+    done = sorted((r for r in rounds if "tokens_per_second" in r), key=lambda r: r["tokens_per_second"])
+    if len(rounds) == 1 or not done:
+        return rounds[0]
+    median = done[len(done) // 2]
+    speeds = [r.get("tokens_per_second") for r in rounds]
+    ok = [v for v in speeds if v is not None]
+    return {**median, "rounds_tokens_per_second": speeds,
+            "spread": (max(ok) - min(ok)) / median["tokens_per_second"],
+            **({"round_errors": [r["error"] for r in rounds if "error" in r]} if len(ok) < len(rounds) else {})}
 
 
 def _summary(row: dict) -> str:
     if "tokens_per_second" in row:
         peak = f", {row['peak_gib']:.2f} GiB" if "peak_gib" in row else ""
         setup = f", capture {row['setup_seconds']:.1f} s" if "setup_seconds" in row else ""
-        return f"{row['tokens_per_second']:,.0f} tokens/s, {row['ms_per_step']:.1f} ms/step{peak}{setup}"
+        together = (f" ({row['back_to_back_tokens_per_second']:,.0f} back to back)"
+                    if "back_to_back_tokens_per_second" in row else "")
+        note = f"; {row['note']}" if row.get("note") else ""
+        return (f"{row['tokens_per_second']:,.0f} tokens/s{together}, {row['ms_per_step']:.1f} ms/step{peak}{setup}"
+                f"{note}")
     return row.get("error") or row.get("note", "")
 
 
@@ -224,23 +307,36 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
     from mamba_bio_audio.benchmarks.report import markdown_table
 
     graphed = any(r.get("cuda_graph") for r in rows)
-    headers = ["model", "(batch, seqlen)", "parameters", "tokens/s", "ms/step", "peak GiB",
-               *(["CUDA graph", "capture s"] if graphed else []), "note"]
+    rounds = max((len(r.get("rounds_tokens_per_second") or [1]) for r in rows), default=1)
+    headers = ["model", "(batch, seqlen)", "parameters", "tokens/s", "tokens/s back to back", "ms/step",
+               "peak GiB", "setup peak GiB", *(["CUDA graph", "capture s"] if graphed else []),
+               *(["spread"] if rounds > 1 else []), "note"]
     table = markdown_table(headers, [
         [model_label(r), f"({r['batch']}, {r['seqlen']})",
-         f"{r['parameters']:,}" if "parameters" in r else None, r.get("tokens_per_second"), r.get("ms_per_step"),
-         r.get("peak_gib"), *([_yes_no(r.get("cuda_graph")), r.get("setup_seconds")] if graphed else []),
+         f"{r['parameters']:,}" if "parameters" in r else None, r.get("tokens_per_second"),
+         r.get("back_to_back_tokens_per_second"), r.get("ms_per_step"), r.get("peak_gib"), r.get("setup_peak_gib"),
+         *([_yes_no(r.get("cuda_graph")), r.get("setup_seconds")] if graphed else []),
+         *([f"{r['spread']:.1%}" if r.get("spread") is not None else None] if rounds > 1 else []),
          r.get("error") or r.get("note", "")] for r in rows])
     autocast = "bf16 autocast" if rows and rows[0]["autocast"] == "bf16" else "no autocast"
     graph_text = (" Rows with CUDA graph \"yes\" replay the whole step captured once as a CUDA graph (AdamW "
-                  "capturable=True); their capture, with its eager warm-up steps, is timed apart (capture s) and "
-                  "counts in the peak; the other rows run eagerly." if graphed else "")
+                  "capturable=True); their capture, with its eager warm-up steps, is timed apart (capture s); the "
+                  "other rows run eagerly." if graphed else "")
+    round_text = (f" Each (model, shape) measured in {rounds} rounds, the order of the models reversed every "
+                  "other round; a row is the median round, spread = (max - min) / median tokens/s."
+                  if rounds > 1 else "")
+    fused_text = (" mamba_ssm's fast path (mamba_inner_fn, checkpoint_lvl=1) recomputes the conv output and delta "
+                  "in the backward; our rows do so with fused inner, and keep them without it."
+                  if any(r["model"] == "mamba_ssm" for r in rows) else "")
     return (f"# Whole-model training throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-            f"mamba_ssm {env['mamba_ssm']}, {env['date']}. One step = forward ({autocast}, fp32 parameters) + "
-            f"fp32 cross-entropy + backward + AdamW; median of {steps} steps after {warmup} warm-up steps; "
-            f"peak = torch.cuda.max_memory_allocated. Mamba: d_model {size.d_model}, {size.n_layer} layers; "
-            f"Transformer: {size.transformer_layers} layers, {size.n_head} heads, SDPA causal, no position "
-            f"embedding; vocab {size.vocab_size}.{graph_text}\n\n{table}")
+            f"mamba_ssm {env['mamba_ssm']}, {env['date']}, commit {env.get('commit') or 'unknown'}"
+            f"{' (dirty)' if env.get('commit_dirty') else ''}. One step = forward ({autocast}, fp32 parameters) + "
+            f"fp32 cross-entropy + backward + AdamW; median of {steps} steps after {warmup} warm-up steps, each "
+            f"step between two synchronisations; \"back to back\": the same number of steps with one "
+            f"synchronisation at the end; peak = torch.cuda.max_memory_allocated over the timed steps (reset after "
+            f"the warm-up; setup peak: building, warm-up and capture). Mamba: d_model {size.d_model}, "
+            f"{size.n_layer} layers; Transformer: {size.transformer_layers} layers, {size.n_head} heads, SDPA causal, "
+            f"no position embedding; vocab {size.vocab_size}.{graph_text}{round_text}{fused_text}\n\n{table}")
 
 
 def model_label(row: dict) -> str:
@@ -283,15 +379,18 @@ def bar_chart(path, panels: list[tuple[list[str], dict[str, list[float | None]],
 
 
 def train_figure(path, rows: list[dict]):
-    """tokens/s and peak GiB per shape, one bar per model (its label says "CUDA graph" when its steps were)."""
+    """tokens/s and peak GiB per shape, one bar per model and setting (its label says "CUDA graph" when its steps
+    were)."""
     shapes = list(dict.fromkeys((r["batch"], r["seqlen"]) for r in rows))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    graphed = {r["model"] for r in rows if r.get("cuda_graph")}
+
+    def name(r: dict) -> str:
+        return model_label(r) + (", CUDA graph" if r.get("cuda_graph") else "")
+
+    models = list(dict.fromkeys(name(r) for r in rows))
 
     def series(key):
-        return {LABELS[m] + (", CUDA graph" if m in graphed else ""):
-                [next((r.get(key) for r in rows if r["model"] == m and (r["batch"], r["seqlen"]) == s), None)
-                 for s in shapes] for m in models}
+        return {m: [next((r.get(key) for r in rows if name(r) == m and (r["batch"], r["seqlen"]) == s), None)
+                    for s in shapes] for m in models}
 
     groups = [f"({b}, {L})" for b, L in shapes]
     panels = [(groups, series("tokens_per_second"), "tokens/s", False)]
