@@ -21,6 +21,29 @@ out=${OUT:-$repo/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
+# the commit of this tree, recorded by every bench report (report.environment()): MBA_COMMIT if set, else git when
+# the tree is a checkout (with "-dirty" when tracked files changed), else the COMMIT file at the tree's root written
+# by whoever made the tree (git rev-parse HEAD > TREE/COMMIT); "unknown" otherwise
+if [ -z "${MBA_COMMIT:-}" ]; then
+    if [ -e "$repo/.git" ] && MBA_COMMIT=$(git -C "$repo" rev-parse HEAD 2>/dev/null); then
+        [ -z "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ] || MBA_COMMIT=$MBA_COMMIT-dirty
+    elif [ -s "$repo/COMMIT" ]; then
+        MBA_COMMIT=$(head -1 "$repo/COMMIT" | tr -d '[:space:]')
+    else
+        MBA_COMMIT=unknown
+    fi
+fi
+export MBA_COMMIT
+echo "commit $MBA_COMMIT"
+# fails loudly when a bench step left no report (a timeout, a crash): copies it to $out otherwise
+collect() {  # collect WHAT FILE...
+    local what=$1 f missing=0; shift
+    for f in "$@"; do
+        if [ -f "$f" ]; then cp "$f" "$out/"; else echo "$what: no $f (timed out or failed)"; missing=1; fi
+    done
+    [ $missing -eq 0 ] || status=1
+}
+
 # .whl: pure packages the image lacks; .anchor-whl: mamba_ssm / causal-conv1d built for sm_90 (side-by-side runs).
 # .anchor-xz: the same two anchor wheels without their CUDA extension, plus the stripped extension xz-compressed
 # beside it (both wheels whole are over the device call's 64 MiB).
@@ -64,9 +87,10 @@ for step in $what; do
                 2>&1 | tee "$out/gpu_tests.txt" | tail -25
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         bench)
+            rm -rf /tmp/bench/scan  # no earlier call's report on a warm machine
             python3 -m mamba_bio_audio bench scan --out /tmp/bench/scan --overwrite \
                 --backends "${BENCH_BACKENDS:-triton,cuda,reference}" 2>&1 | tail -20
-            cp /tmp/bench/scan/bench_scan.* "$out/" ;;
+            collect bench /tmp/bench/scan/bench_scan.json /tmp/bench/scan/bench_scan.md ;;
         species-ab)  # the species recipe's A/B: each line of ${AB_FILE:-dev/species_ab.txt} is
             # "species NAME FLAGS..." (train, then evaluate with and without --rc-average) or "pretrain NAME FLAGS..."
             r=/tmp/runs/ab; mkdir -p $r; lengths=${AB_LENGTHS:-1024,2048,4096,8192,16384,32768,65536}
@@ -187,34 +211,52 @@ PY
             timeout ${PACKED_SECONDS:-420} mba bench packed --out /tmp/bench/packed --overwrite ${PACKED_ARGS:-} \
                 2>&1 | tail -20
             cp /tmp/bench/packed/bench_packed.* "$out/" ;;
-        train)  # whole-model training step: ours, mamba_ssm (when installed), the SDPA Transformer
-            timeout 420 python3 -m mamba_bio_audio bench train --out /tmp/bench/train --overwrite ${TRAIN_ARGS:-} \
-                2>&1 | tail -12
-            cp /tmp/bench/train/bench_train.* "$out/" ;;
+        train)  # whole-model training step: ours (unfused and fused inner: mamba_ssm's fast path recomputes as the
+            # fused one does), mamba_ssm (when installed), the SDPA Transformer; TRAIN_FUSED_INNER, TRAIN_ROUNDS
+            # (rounds in alternating model order), TRAIN_ARGS (more flags; a flag there wins), TRAIN_SECONDS
+            rm -rf /tmp/bench/train
+            # shellcheck disable=SC2086
+            timeout ${TRAIN_SECONDS:-540} python3 -m mamba_bio_audio bench train --out /tmp/bench/train --overwrite \
+                --fused-inner "${TRAIN_FUSED_INNER:-off,triton}" --rounds "${TRAIN_ROUNDS:-1}" ${TRAIN_ARGS:-} \
+                2>&1 | tail -16
+            collect train /tmp/bench/train/bench_train.json /tmp/bench/train/bench_train.md /tmp/bench/train/bench_train.png ;;
         train-variants)  # our Mamba's training step under each '|'-separated flag set of TRAIN_VARIANTS (default:
             # eager, fused inner, fused inner keeping every 16th chunk state with softplus in the scan kernels, each
-            # again with --cuda-graphs), at
-            # TRAIN_SHAPES, one report per variant under $out/train_variants/vK/, a summary in train_variants.md
+            # again with --cuda-graphs), beside mamba_ssm in the same call when it imports (graphed too with
+            # --cuda-graphs; VARIANT_MODELS overrides), at TRAIN_SHAPES, one report per variant under
+            # $out/train_variants/vK/, a summary in train_variants/summary.txt; a variant with no report (cut by
+            # TRAIN_VARIANT_SECONDS) is named there and fails the step
             v=0; t0=$(date +%s); mkdir -p "$out/train_variants"
+            models=mamba; python3 -c "import mamba_ssm.models.mixer_seq_simple" 2>/dev/null && models=mamba,mamba_ssm
+            models=${VARIANT_MODELS:-$models}
             lean="--fused-inner triton --fused-save-every 16 --scan-softplus kernel"
             IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-| --fused-inner triton| $lean| --cuda-graphs| --cuda-graphs --fused-inner triton| --cuda-graphs $lean}"
             for flags in "${variants[@]}"; do
                 v=$((v + 1))
-                echo "== variant $v:${flags:- (eager, unfused)}" | tee -a "$out/train_variants/summary.txt"
+                echo "== variant $v:${flags:- (eager, unfused)} (models $models)" | tee -a "$out/train_variants/summary.txt"
+                rm -rf /tmp/bench/train_v$v
                 # shellcheck disable=SC2086
-                timeout ${TRAIN_VARIANT_SECONDS:-150} python3 -m mamba_bio_audio bench train --models mamba \
+                timeout ${TRAIN_VARIANT_SECONDS:-240} python3 -m mamba_bio_audio bench train --models $models \
                     --shapes "${TRAIN_SHAPES:-8,2048;1,65536}" --out /tmp/bench/train_v$v --overwrite $flags 2>&1 \
-                    | grep -E "^\| Mamba|tokens/s|Error|error" | tail -4 | tee -a "$out/train_variants/summary.txt"
-                mkdir -p "$out/train_variants/v$v" && cp /tmp/bench/train_v$v/bench_train.json \
-                    /tmp/bench/train_v$v/bench_train.md "$out/train_variants/v$v/" 2>/dev/null
+                    | grep -E "^\| (Mamba|mamba_ssm)|tokens/s|Error|error" | tail -8 | tee -a "$out/train_variants/summary.txt"
+                mkdir -p "$out/train_variants/v$v"
+                if [ -f /tmp/bench/train_v$v/bench_train.json ]; then
+                    cp /tmp/bench/train_v$v/bench_train.json /tmp/bench/train_v$v/bench_train.md "$out/train_variants/v$v/"
+                else
+                    echo "variant $v: NO REPORT (timed out after ${TRAIN_VARIANT_SECONDS:-240} s or failed)" \
+                        | tee -a "$out/train_variants/summary.txt"
+                    status=1
+                fi
             done
             echo "train-variants: $(( $(date +%s) - t0 )) s" | tee -a "$out/train_variants/summary.txt" ;;
         generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
             # (the Transformer runs eager and graphed since 2026-12-07: about twice its share of the time; split the
             # call with GENERATE_ARGS, e.g. --models mamba,transformer --largest-batch, if GENERATE_SECONDS is short)
+            rm -rf /tmp/bench/generate
             timeout ${GENERATE_SECONDS:-540} python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} \
                 --out /tmp/bench/generate --overwrite 2>&1 | tail -16
-            cp /tmp/bench/generate/bench_generate.* "$out/" ;;
+            collect generate /tmp/bench/generate/bench_generate.json /tmp/bench/generate/bench_generate.md \
+                /tmp/bench/generate/bench_generate.png ;;
         variants)  # the scan under several tunings (chooses the defaults)
             timeout 400 python3 /tmp/src/dev/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-variants)  # one block's decode step, unfused / inner / block-fused at several rows per program
@@ -236,7 +278,8 @@ PY
                 /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         profile)  # the 90.7M model's training step by CUDA kernel (where the time goes), ours beside mamba_ssm
-            # (PROFILE_ARGS, e.g. --cuda-graphs with PROFILE_MODELS=mamba)
+            # (PROFILE_ARGS, e.g. --cuda-graphs: both models' steps captured; kernels on the GPU, kernel and graph
+            # launches from the host are counted apart)
             for shape in ${PROFILE_SHAPES:-8x2048 1x65536}; do
                 for model in ${PROFILE_MODELS:-mamba mamba_ssm}; do
                     timeout 150 python3 /tmp/src/dev/profile_step.py --out "$out/profiles" --model $model \

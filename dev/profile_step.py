@@ -4,9 +4,11 @@
                                  [--backend triton|cuda] [--tag NAME] [--cuda-graphs]
 
 Writes profile_<tag>.txt under --out: the step's wall time, the summed CUDA kernel time and its share of the wall
-time (how busy the GPU was), the number of kernels per step, then the CUDA-time table by kernel (top 45) and by
-operator and input shapes. ``--cuda-graphs``: the whole step captured once and replayed
-(``mamba_bio_audio.training.graphed_step``, AdamW with capturable=True), as ``mba bench train --cuda-graphs``.
+time (how busy the GPU was), per step the kernels that ran on the GPU (memcpy and memset counted apart), the kernel
+launches from the host and the CUDA-graph launches (a replayed graph runs its kernels with one host launch: kernels
+>> launches), then the CUDA-time table by kernel (top 45) and by operator and input shapes. ``--cuda-graphs``: the
+whole step captured once and replayed (``mamba_bio_audio.training.graphed_step``, AdamW with capturable=True), as
+``mba bench train --cuda-graphs``; it captures mamba_ssm's step too.
 """
 
 from __future__ import annotations
@@ -18,9 +20,40 @@ import time
 import torch
 import torch.nn.functional as F
 
+#: host-side CUDA runtime / driver calls that launch one kernel
+KERNEL_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                       "cudaLaunchCooperativeKernel")
+#: host-side calls that launch a captured CUDA graph
+GRAPH_LAUNCH_CALLS = ("cudaGraphLaunch", "cuGraphLaunch")
+
+
+def count_events(events, steps: int) -> dict[str, float]:
+    """Per-step counts from profiler events (objects with ``name`` and ``device_type``): "kernels" (device events
+    that are kernels), "memcpy" and "memset" (device copies and fills, not kernels), "kernel_launches" and
+    "graph_launches" (host calls launching a kernel or a captured graph); "kernel_us": the kernels' device time
+    (microseconds, from ``device_time``)."""
+    cuda = torch.autograd.DeviceType.CUDA
+    counts = dict.fromkeys(("kernels", "memcpy", "memset", "kernel_launches", "graph_launches", "kernel_us"), 0.0)
+    for e in events:
+        name = e.name
+        if e.device_type == cuda:
+            lowered = name.lower()
+            if lowered.startswith("memcpy"):
+                counts["memcpy"] += 1
+            elif lowered.startswith("memset"):
+                counts["memset"] += 1
+            else:
+                counts["kernels"] += 1
+                counts["kernel_us"] += getattr(e, "device_time", 0.0)
+        elif name in KERNEL_LAUNCH_CALLS:
+            counts["kernel_launches"] += 1
+        elif name in GRAPH_LAUNCH_CALLS:
+            counts["graph_launches"] += 1
+    return {k: v / steps for k, v in counts.items()}
+
 
 def main() -> None:
-    from mamba_bio_audio.benchmarks.train import BenchSize, build_model
+    from mamba_bio_audio.benchmarks.train import BenchSize, build_model, peer_fast_path
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -35,6 +68,11 @@ def main() -> None:
 
     tag = args.tag or f"{args.model}_{args.backend}_{args.batch}x{args.seqlen}{'_graphed' if args.cuda_graphs else ''}"
     model = build_model(args.model, BenchSize(), "cuda", backend=args.backend)
+    if args.model == "mamba_ssm":  # a profile of its slow torch path would say nothing about mamba_ssm
+        fast = peer_fast_path(model)
+        if not fast["peer_fast_path"]:
+            tag += "_SLOW_PATH"
+            print(f"mamba_ssm is off its fast path: {fast['peer_fast_path_note']}")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=args.cuda_graphs)
     ids = torch.randint(0, 256, (args.batch, args.seqlen + 1), device="cuda")
     inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
@@ -64,10 +102,12 @@ def main() -> None:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy_ms = sum(e.device_time for e in kernels) / 1e3 / steps
+    counts = count_events(prof.events(), steps)
+    busy_ms = counts["kernel_us"] / 1e3
     head = (f"{tag}: wall {wall_ms:.2f} ms/step (unprofiled, mean of 5), CUDA kernel time {busy_ms:.2f} ms/step "
-            f"(GPU busy {busy_ms / wall_ms:.0%} of the wall time), {len(kernels) / steps:.0f} kernels/step, "
+            f"(GPU busy {busy_ms / wall_ms:.0%} of the wall time), {counts['kernels']:.0f} kernels/step on the GPU "
+            f"(+ {counts['memcpy']:.0f} memcpy, {counts['memset']:.0f} memset), launches from the host/step: "
+            f"{counts['kernel_launches']:.0f} kernels, {counts['graph_launches']:.0f} CUDA graphs, "
             f"tokens/s {args.batch * args.seqlen / wall_ms * 1e3:,.0f}")
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=80)
     by_shape = prof.key_averages(group_by_input_shape=True).table(
