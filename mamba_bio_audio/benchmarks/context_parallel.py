@@ -288,7 +288,7 @@ def run(opts: ContextParallelOptions, device_name: str, out: Path) -> dict | Non
         if rank == 0:
             print(f"bench: {data['bench'].get('seconds_per_step')} s/step over {data['world_size']} ranks", flush=True)
     if rank == 0:
-        json_path, _ = write_report(out, "context_parallel", data, markdown(data))
+        json_path, _ = write_report(out, "context_parallel", {"kind": "context-parallel", **data}, markdown(data))
         print(f"wrote {json_path} and .md", flush=True)
     dist.barrier()
     dist.destroy_process_group()

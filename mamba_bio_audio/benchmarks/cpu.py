@@ -250,7 +250,7 @@ def _rss_text(rows: list[dict]) -> str:
 
 def cpu_markdown(data: dict, env: dict) -> str:
     """The report: one row per model and length, the ratio, the logits check, transformers' path, the machine."""
-    from mamba_bio_audio.benchmarks.report import markdown_table
+    from mamba_bio_audio.benchmarks.report import commit_text, markdown_table
 
     size, tf = data["size"], data["transformers"]
     rows = [[LABELS[r["model"]], f"({r['batch']}, {r['seqlen']})", r["median_s"], r["min_s"], r["max_s"],
@@ -276,5 +276,5 @@ def cpu_markdown(data: dict, env: dict) -> str:
         f"Load average (1 / 5 / 15 min) before {load(data['load_average_before'])}, after "
         f"{load(data['load_average_after'])}.", "",
         f"{env['device']}; torch {env['torch']}, transformers {env.get('transformers')}, python {env['python']}, "
-        f"mamba_bio_audio {env['mamba_bio_audio']}; {env['date']}.",
+        f"mamba_bio_audio {env['mamba_bio_audio']}; {env['date']}{commit_text(env)}.",
     ])

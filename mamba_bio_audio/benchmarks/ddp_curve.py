@@ -139,7 +139,7 @@ def compare(opts: DDPCurveOptions) -> dict:
         "", f"Largest difference of the per-step loss: **{data['max_abs_diff']:.2e}** (relative "
         f"{data['max_rel_diff']:.2e}, step {data['step_of_max_diff']}).", "",
         markdown_table(["step", "loss, 1 device", f"loss, {opts.devices} devices", "|difference|"], rows)])
-    write_report(opts.out, "ddp_loss_curve", data, md)
+    write_report(opts.out, "ddp_loss_curve", {"kind": "ddp", **data}, md)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(single, label=f"1 device, batch {opts.global_batch}")

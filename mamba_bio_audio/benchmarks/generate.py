@@ -384,11 +384,11 @@ def _graph_note(rows: list[dict]) -> str:
 
 
 def generate_markdown(rows: list[dict], largest: dict | None, env: dict, size: BenchSize) -> str:
-    from mamba_bio_audio.benchmarks.report import markdown_table
+    from mamba_bio_audio.benchmarks.report import commit_text, markdown_table
 
     first = (rows or (largest or {}).get("rows") or [{}])[0]
     text = (f"# Generation throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-            f"mamba_ssm {env['mamba_ssm']}, {env['date']}. Greedy decoding, {first.get('dtype', '')} weights, "
+            f"mamba_ssm {env['mamba_ssm']}, {env['date']}{commit_text(env)}. Greedy decoding, {first.get('dtype', '')} weights, "
             f"random weights and a random prompt of {first.get('prompt_len', '')} tokens; one timed run = "
             f"prefill + all decode steps; setup s = building the decoder (graph capture) + the first call's excess "
             f"over a warm call (mamba_ssm captures its graphs there), for every model; peak GiB over the timed "

@@ -150,14 +150,14 @@ def measure_step(d_model: int, n_layer: int, seqlen: int, checkpoint_level: int,
 def memory_markdown(rows: list[dict], env: dict, d_model: int, n_layer: int, segment: int | None) -> str:
     """The report of :func:`measure_step` rows (``env``: ``report.environment()``): the setting and one table row
     per length and checkpoint level."""
-    from mamba_bio_audio.benchmarks.report import markdown_table
+    from mamba_bio_audio.benchmarks.report import commit_text, markdown_table
 
     table = markdown_table(
         ["seqlen", "checkpoint level", "s/step", "tokens/s", "peak GiB", "note"],
         [[r["seqlen"], f"{r['checkpoint_level']} ({LEVEL_NAMES[r['checkpoint_level']]})", r.get("seconds_per_step"),
           r.get("tokens_per_second"), r.get("peak_gib"), r.get("error", "")] for r in rows])
     return (f"# Training memory vs length\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-            f"{env['date']}; MambaClassifier d_model {d_model} x {n_layer} layers ({rows[0]['parameters']:,} "
+            f"{env['date']}{commit_text(env)}; MambaClassifier d_model {d_model} x {n_layer} layers ({rows[0]['parameters']:,} "
             f"parameters), batch 1, bf16 autocast, AdamW; {rows[0].get('warmup', 0)} untimed warm-up step(s), then "
             f"peak = torch.cuda.max_memory_allocated over the timed steps; level 2 segments: "
             f"{segment or 'automatic'}.\n\n{table}")

@@ -223,7 +223,7 @@ def run_packed_bench(*, sequences: int, min_length: int, max_length: int, tokens
 
 def packed_markdown(result: dict, env: dict) -> str:
     """The report of :func:`run_packed_bench`: the setting, one row per mode, one row per scan shape."""
-    from mamba_bio_audio.benchmarks.report import markdown_table
+    from mamba_bio_audio.benchmarks.report import commit_text, markdown_table
 
     lens = result["lengths"]
     modes = markdown_table(
@@ -240,7 +240,7 @@ def packed_markdown(result: dict, env: dict) -> str:
           r.get("fwd_bwd_ratio"), r.get("error", "")] for r in result["scan"]])
     scan_backend = result["scan"][0]["backend"] if result["scan"] else "—"
     return (f"# Packed vs padded batches\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-            f"{env['date']}. {lens['n']} sequences, lengths log-uniform in [{lens['min']}, {lens['max']}] (mean "
+            f"{env['date']}{commit_text(env)}. {lens['n']} sequences, lengths log-uniform in [{lens['min']}, {lens['max']}] (mean "
             f"{lens['mean']:.0f}, seed {lens['seed']}); MambaClassifier d_model {result['d_model']} x "
             f"{result['n_layer']} ({result['parameters']:,} parameters, backend {result['backend']}), forward + "
             f"backward{', bf16 autocast' if result['device'].startswith('cuda') else ''}; "

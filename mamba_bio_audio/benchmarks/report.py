@@ -83,6 +83,12 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def commit_text(env: dict) -> str:
+    """", commit <id>" (with " (dirty)" when the tree had uncommitted changes), or ", commit unknown"; for the
+    first line of a report."""
+    return f", commit {env.get('commit') or 'unknown'}" + (" (dirty)" if env.get("commit_dirty") else "")
+
+
 def where(env: dict) -> str:
     """The short "device, date, commit" of a report's environment (commit abbreviated, "+dirty" when dirty)."""
     device = str(env.get("device", "?")).replace("NVIDIA ", "")

@@ -163,11 +163,11 @@ def run_scan_bench(shapes, backends, d_state: int = 16, dtype_name: str = "bf16"
 def scan_markdown(result: dict, env: dict) -> str:
     """The report of :func:`run_scan_bench`'s ``result``: the setting (``env``: ``report.environment()``) and one
     table row per backend and shape."""
-    from mamba_bio_audio.benchmarks.report import markdown_table
+    from mamba_bio_audio.benchmarks.report import commit_text, markdown_table
 
     headers = ["backend", "(batch, dim, seqlen)", "fwd ms", "fwd+bwd ms", "peak extra GiB", "HBM floor fwd ms", "note"]
     rows = [[r["backend"], f"({r['batch']}, {r['dim']}, {r['seqlen']})", r.get("fwd_ms"), r.get("fwd_bwd_ms"),
              r.get("peak_extra_gib"), r.get("floor_ms"), r.get("error", "")] for r in result["rows"]]
     return (f"# Selective scan benchmark\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-            f"mamba_ssm {env['mamba_ssm']}, {env['date']}; {result['dtype']} inputs, d_state {result['d_state']}, "
+            f"mamba_ssm {env['mamba_ssm']}, {env['date']}{commit_text(env)}; {result['dtype']} inputs, d_state {result['d_state']}, "
             f"softplus, z present; median of triton.testing.do_bench.\n\n" + markdown_table(headers, rows))

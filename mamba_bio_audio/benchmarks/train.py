@@ -304,7 +304,7 @@ def _summary(row: dict) -> str:
 
 
 def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, steps: int) -> str:
-    from mamba_bio_audio.benchmarks.report import markdown_table
+    from mamba_bio_audio.benchmarks.report import commit_text, markdown_table
 
     graphed = any(r.get("cuda_graph") for r in rows)
     rounds = max((len(r.get("rounds_tokens_per_second") or [1]) for r in rows), default=1)
@@ -329,8 +329,7 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
                   "in the backward; our rows do so with fused inner, and keep them without it."
                   if any(r["model"] == "mamba_ssm" for r in rows) else "")
     return (f"# Whole-model training throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
-            f"mamba_ssm {env['mamba_ssm']}, {env['date']}, commit {env.get('commit') or 'unknown'}"
-            f"{' (dirty)' if env.get('commit_dirty') else ''}. One step = forward ({autocast}, fp32 parameters) + "
+            f"mamba_ssm {env['mamba_ssm']}, {env['date']}{commit_text(env)}. One step = forward ({autocast}, fp32 parameters) + "
             f"fp32 cross-entropy + backward + AdamW; median of {steps} steps after {warmup} warm-up steps, each "
             f"step between two synchronisations; \"back to back\": the same number of steps with one "
             f"synchronisation at the end; peak = torch.cuda.max_memory_allocated over the timed steps (reset after "

@@ -165,6 +165,7 @@ def test_kind_field_decides_and_reports_without_a_peer_are_skipped(tmp_path, cap
     assert [s["kind"] for s in skipped] == ["memory", "memory", "packed"] and len(rows) == 7
     with pytest.raises(UserError, match="of kind 'nonsense'"):
         load_report(write(tmp_path, "odd.json", {"kind": "nonsense", "rows": []}))
+    assert load_report(write(tmp_path, "ddp.json", {"kind": "ddp"}))[0] == "ddp"  # multi-GPU reports: no rows
     # the kind wins over rows that look like another report's
     assert load_report(write(tmp_path, "t.json", {"kind": "train", "rows": memory_rows}))[0] == "train"
     code, out, err = run(["bench", "summary", str(old_memory), str(packed), str(scan_report(tmp_path)),
