@@ -64,6 +64,17 @@ class MambaTask(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", value, sync_dist=True)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping, except under FSDP: there the norm is over every rank's shards, which only the
+        wrapped root module's ``clip_grad_norm_`` computes (Lightning's FSDP precision refuses "norm" clipping)."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     def configure_optimizers(self):
         o = self.optim
         optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas))

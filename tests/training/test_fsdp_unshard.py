@@ -75,3 +75,33 @@ def test_species_train_with_fsdp_saves_a_loadable_model(tmp_path):
     reference = MambaClassifier.from_pretrained(tmp_path / "run" / "model")
     config_shapes = {n: tuple(p.shape) for n, p in reference.named_parameters()}
     assert all(len(shape) >= 1 and min(shape) > 0 for shape in config_shapes.values())
+
+
+def test_gradient_clipping_under_fsdp_goes_through_the_root_modules_clip_grad_norm():
+    """Lightning's FSDP precision refuses "norm" clipping (every `--strategy fsdp` run failed at its first step,
+    found on an H100 2026-12-07): MambaTask clips with the FSDP root module's own clip_grad_norm_ (the norm over
+    every rank's shards); other strategies keep Lightning's clipping."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+
+    from mamba_bio_audio.training.module import LMTask, OptimConfig
+
+    calls = []
+
+    class Root(torch.nn.Module):
+        def clip_grad_norm_(self, max_norm):
+            calls.append(max_norm)
+
+    task = LMTask(torch.nn.Linear(2, 2), OptimConfig())
+    strategy = FSDPStrategy()
+    strategy._model = Root()
+    task._trainer = SimpleNamespace(strategy=strategy)
+    task.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert calls == [1.0]
+    clipped = []
+    task._trainer = SimpleNamespace(strategy=SingleDeviceStrategy(device=torch.device("cpu")))
+    task.clip_gradients = lambda opt, gradient_clip_val=None, gradient_clip_algorithm=None: clipped.append(
+        (gradient_clip_val, gradient_clip_algorithm))
+    task.configure_gradient_clipping(None, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+    assert clipped == [(0.5, "norm")] and calls == [1.0]
