@@ -52,10 +52,12 @@ from mamba_bio_audio.modules.mixer import Mamba
 
 MODEL_TYPE = "caduceus"
 STRATEGIES = ("add", "ew_multiply")
-# HF PretrainedConfig keys that do not change the computation
+# HF PretrainedConfig keys that do not change the computation, and Caduceus' gradient_checkpointing_stride (a
+# training-memory setting its newer CaduceusConfig writes)
 _IGNORED_KEYS = {"model_type", "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version",
                  "_name_or_path", "pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "num_labels",
-                 "id2label", "label2id", "problem_type", "return_dict", "output_hidden_states", "use_return_dict"}
+                 "id2label", "label2id", "problem_type", "return_dict", "output_hidden_states", "use_return_dict",
+                 "gradient_checkpointing_stride"}
 _SSM_KEYS = {"d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor",
              "conv_bias", "bias"}
 
