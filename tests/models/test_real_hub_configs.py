@@ -12,7 +12,8 @@ the published key set and value types, and writes weights under the published te
 - ``kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16`` (RCPS) and ``caduceus-ph_*`` (not RCPS)
   (``CaduceusForMaskedLM`` saved by transformers 4.38: tied tensors written once, the complement-map buffers
   stored): loaded through ``CaduceusLM.from_pretrained``, every file tensor landing in the tensor of that name,
-  and a Caduceus-ph fine-tuned by ``mba dna classify train --init-from`` for one step.
+  and a Caduceus-ph fine-tuned by ``mba dna classify train --init-from`` for one step. Unshrunk, these fixtures
+  have the published config.json and model.safetensors byte sizes.
 """
 
 from __future__ import annotations
@@ -398,6 +399,23 @@ def test_published_caduceus_checkpoint_loads(tmp_path, rcps):
     with torch.no_grad():
         logits = model(ids)
     assert logits.shape == (2, 9, 16) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("rcps, n_layer, safetensors_bytes", [(False, 4, 7_746_792), (True, 16, 30_937_760)],
+                         ids=["caduceus-ph_seqlen-1k_d_model-256_n_layer-4", "caduceus-ps_seqlen-131k"])
+def test_fixtures_at_the_published_sizes_have_the_published_byte_sizes(rcps, n_layer, safetensors_bytes):
+    """Unshrunk, the fixtures are the published files to the byte: config.json as transformers writes it (sorted,
+    indent 2) is 1375 bytes and model.safetensors has the published size, for both checkpoints (sizes pinned, per
+    Hub revision, in a public Caduceus oracle script: ph-1k 9865108985311772704c2ece0bac082153a6167b, ps-131k
+    d89eeb853136ea64da7feb3d0c8e909771b17ae6). So the key set, the tensor names, shapes and dtypes, and which tied
+    tensors are left out are the published ones."""
+    from safetensors.torch import save
+
+    config = json.loads(CADUCEUS_PS_131K)
+    config.update(rcps=rcps, n_layer=n_layer)
+    assert len((json.dumps(config, indent=2, sort_keys=True) + "\n").encode()) == 1375
+    state = {name: torch.zeros_like(t) for name, t in caduceus_tensors(config).items()}
+    assert len(save(state, metadata={"format": "pt"})) == safetensors_bytes
 
 
 def test_caduceus_config_of_the_current_code_loads(tmp_path):
