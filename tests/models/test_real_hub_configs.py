@@ -249,6 +249,18 @@ def write_mamba_ssm_checkpoint(folder: Path, config_text: str, tensors: dict[str
     return folder
 
 
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, offline (tests/test_hub.py's ``add_to_cache`` lays repositories out in it)."""
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # org/name must not exist as a local folder
+    return cache
+
+
 def _ids(vocab: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 13), generator=torch.Generator().manual_seed(seed))
 
@@ -303,17 +315,12 @@ def test_published_mamba_ssm_checkpoint_matches_its_hf_conversion(tmp_path, extr
         torch.testing.assert_close(ssm.eval()(ids)[..., :45], hf.eval()(ids)[..., :45], rtol=0, atol=1e-6)
 
 
-def test_published_layouts_load_by_hub_id_from_the_cache(tmp_path, monkeypatch):
+def test_published_layouts_load_by_hub_id_from_the_cache(tmp_path, hub_cache):
     """The Hub ids themselves, served offline from a cache holding the published file sets (config.json +
     model.safetensors for -hf, config.json + pytorch_model.bin for mamba_ssm's)."""
-    pytest.importorskip("huggingface_hub")
     from test_hub import add_to_cache
 
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)
+    cache = hub_cache
     config = shrunk_hf_config(MAMBA_130M_HF)
     tensors = mamba_tensors(config)
     add_to_cache(cache, "state-spaces/mamba-130m-hf", write_hf_checkpoint(tmp_path / "f-hf", config, tensors))
@@ -426,11 +433,18 @@ def test_caduceus_config_of_the_current_code_loads(tmp_path):
     assert CaduceusLM.from_pretrained(folder).config.rcps
 
 
-def test_classify_train_init_from_a_published_caduceus(tmp_path, capsys):
-    """``mba dna classify train --init-from`` a Caduceus-ph checkpoint in the published format, one step."""
+@pytest.mark.parametrize("by_hub_id", [False, True], ids=["folder", "hub-id"])
+def test_classify_train_init_from_a_published_caduceus(tmp_path, capsys, request, by_hub_id):
+    """``mba dna classify train --init-from`` a Caduceus-ph checkpoint in the published format (a folder, or its
+    Hub id served offline from a cache), one step."""
     config = shrunk_caduceus_config(False)
     state = caduceus_tensors(config)
     folder = write_caduceus_checkpoint(tmp_path / "caduceus-ph", config, state)
+    if by_hub_id:
+        from test_hub import add_to_cache
+
+        folder = "kuleshov-group/caduceus-ph_seqlen-1k_d_model-256_n_layer-4_lr-8e-3"
+        add_to_cache(request.getfixturevalue("hub_cache"), folder, tmp_path / "caduceus-ph")
     rng = np.random.default_rng(0)
     rows = []
     for i in range(24):
