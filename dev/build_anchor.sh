@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the side-by-side anchor (mamba_ssm 2.3.2.post1, causal-conv1d 1.7.0) on the GPU machine for sm_90 only,
-# install it into /tmp/site, and leave it in OUT_DIR as .anchor-xz/ wants it: each wheel without its CUDA
-# extension, plus the stripped extension xz-compressed (carry that folder as .anchor-xz/ in later calls).
+# install it into /tmp/site, and leave in OUT_DIR what .anchor-xz/ holds (each wheel without its CUDA extension,
+# plus the stripped extension xz-compressed) as one tar in 15 MiB parts, so that it comes back from the device:
+#   (here)   mkdir -p .anchor-xz && cat .device/N/anchor/anchor-xz.tar.part-* | tar -x -C .anchor-xz
+# and carry .anchor-xz/ in later calls (gpu_session.sh installs it, no build).
 #
 #   (here)   mkdir -p .anchor-src && cd .anchor-src && MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
 #                pip download --no-deps --no-build-isolation --no-binary :all: mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
@@ -37,9 +39,11 @@ PY
     echo "built $(basename "$pkg") in $(( $(date +%s) - t0 )) s"
 done
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$work"/wheels/*.whl
-# split each wheel: the extension (stripped, xz) beside the rest
-python3 - "$work/wheels" "$out" <<'PY'
-import lzma, pathlib, shutil, subprocess, sys, zipfile
+# split each wheel: the extension (stripped, xz) beside the rest, in a scratch folder
+xzdir=$work/anchor-xz
+mkdir -p "$xzdir"
+python3 - "$work/wheels" "$xzdir" <<'PY'
+import pathlib, shutil, subprocess, sys, zipfile
 wheels, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 for wheel in sorted(wheels.glob("*.whl")):
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out / wheel.name, "w", zipfile.ZIP_DEFLATED) as dst:
@@ -49,11 +53,20 @@ for wheel in sorted(wheels.glob("*.whl")):
                 so.write_bytes(src.read(item))
                 if shutil.which("strip"):
                     subprocess.run(["strip", "--strip-unneeded", str(so)], check=False)  # unstripped if it fails
-                (out / (item.filename + ".xz")).write_bytes(lzma.compress(so.read_bytes(), preset=9))
-                print(f"{item.filename}: {so.stat().st_size / 2**20:.1f} MiB stripped, "
+                size = so.stat().st_size
+                if shutil.which("xz"):  # every core (python's lzma has one thread: minutes for ~100 MiB)
+                    subprocess.run(["xz", "-T0", "-9", "-f", str(so)], check=True)
+                else:
+                    import lzma
+                    (out / (item.filename + ".xz")).write_bytes(lzma.compress(so.read_bytes(), preset=9))
+                    so.unlink()
+                print(f"{item.filename}: {size / 2**20:.1f} MiB stripped, "
                       f"{(out / (item.filename + '.xz')).stat().st_size / 2**20:.1f} MiB xz")
-                so.unlink()
             else:
                 dst.writestr(item, src.read(item))
 PY
+# what comes back from a device call is at most 8 files of 16 MiB each: one tar of the folder, in 15 MiB parts
+# (here: cat OUT_DIR/anchor-xz.tar.part-* | tar -x -C .anchor-xz)
+tar -cf - -C "$xzdir" . | split -b 15m -d - "$out/anchor-xz.tar.part-"
+ls -l "$out"
 python3 -c "import selective_scan_cuda, causal_conv1d_cuda, mamba_ssm; print('mamba_ssm', mamba_ssm.__version__, 'imports')"

@@ -296,8 +296,9 @@ PY
             python3 /tmp/src/dev/fused_inner_ab.py "$out/fused_inner_ab.json" 2>&1 | tail -4
             MBA_FUSED_SAVE_EVERY=4 python3 /tmp/src/dev/fused_inner_ab.py "$out/fused_inner_ab_save4.json" 2>&1 | tail -4 ;;
         build-anchor)  # mamba_ssm + causal-conv1d from the sdists in .anchor-src/ for sm_90 (~7 min), installed into
-            # /tmp/site for the steps after it, and returned in $OUT/anchor-xz/ (carry it as .anchor-xz/ later)
-            timeout ${ANCHOR_SECONDS:-560} bash /tmp/src/dev/build_anchor.sh "$repo/.anchor-src" "$out/anchor-xz" 2>&1 \
+            # /tmp/site for the steps after it, and returned as $OUT/anchor/anchor-xz.tar.part-* (unpack into .anchor-xz/ and
+            # carry that later: dev/build_anchor.sh)
+            timeout ${ANCHOR_SECONDS:-560} bash /tmp/src/dev/build_anchor.sh "$repo/.anchor-src" "$out/anchor" 2>&1 \
                 | grep -v "^  \|warning" | tail -12
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         packed-diag)  # #17: the packed SaShiMi test's gradient gap over seeds, backends, TF32 off, a smaller noise
