@@ -169,12 +169,14 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
           batch_size: int | None, lr: float | None, rc_prob: float, pack: bool, pack_length: int,
           val_every: int | None, checkpoint_every: int, num_workers: int, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on the train split (length-bucketed, padded batches; or packed rows)."""
+    from mamba_bio_audio.models.classifier import MambaClassifier
     from mamba_bio_audio.tasks.classify import (
         ClassifySettings,
         open_labelled_store,
         plan_training,
         run_training,
     )
+    from mamba_bio_audio.tasks.species import record_architecture, recorded_architecture
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     refuse_to_overwrite(out, resume)
@@ -191,7 +193,8 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
         bidirectional=p["bidirectional"], pooling=p["pooling"], class_weights=p["class_weights"],
         init_from=None if p["init_from"] is None else str(p["init_from"]), pack=p["pack"],
         pack_length=p["pack_length"])
-    plan = plan_training(p["data"], settings)
+    architecture = recorded_architecture(out) if resume else None  # a resume's model: the run's, not the donor's
+    plan = plan_training(p["data"], settings, architecture=architecture)
     if resume:
         check_checkpoint_fits(out, plan.task)
     if is_main_process():
@@ -200,9 +203,12 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
                    f"{s['batch_size']}, lr {s['lr']:g}; {s['train_sequences']:,} train sequences; validation: "
                    f"{s['validation']}")
         run_folder(out, "dna classify train", resume=resume, inputs=(data, init_from))
-        preset_name = s["preset"] if s["preset"] in PRESET_NAMES else p["preset"]
+        named = s["preset"] in PRESET_NAMES and isinstance(plan.model, MambaClassifier)  # not a Caduceus' shape
+        preset_name = s["preset"] if named else p["preset"]
         _write_config(out, {**p, "batch_size": s["batch_size"], "lr": s["lr"], "max_steps": s["max_steps"],
                             "preset": preset_name, "bidirectional": s["bidirectional"], "pooling": s["pooling"]})
+        if architecture is None or not architecture["recorded"]:
+            record_architecture(out, plan.model, settings.init_from)  # what a --resume builds the model from
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         metrics["data"] = str(data)

@@ -69,8 +69,9 @@ def resume_params(out: Path, ctx: click.Context, resolved: tuple[str, ...] = RES
     run's schedule), ``max_minutes``, ``num_workers``, ``device``, ``devices``, ``num_nodes`` and ``strategy``
     (the hardware; more devices make the global batch larger), ``checkpoint_every``, ``val_every`` and
     ``checkpoint_activations`` (memory only); apart from ``max_steps`` they take this command line's values.
-    ``--init-from`` on the command line is refused: the weights come from the checkpoint (the saved value still
-    rebuilds the model the run had).
+    ``--init-from`` on the command line is refused: the weights come from the checkpoint (the saved value is the
+    run's record of its donor; the classifier recipes rebuild the model from the run's architecture.json, without
+    reading the donor: :func:`~mamba_bio_audio.tasks.species.recorded_architecture`).
 
     A saved None of a ``resolved`` option (one the run writes as it resolved it, e.g. ``preset``) or a key missing
     from ``config.yaml`` was not recorded: the given value (or the default) is taken. A run without a readable

@@ -124,8 +124,15 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
           val_every: int | None, checkpoint_every: int, num_workers: int, devices: int, num_nodes: int,
           strategy: str, resume: bool, device: str, seed: int) -> None:
     """Train a MambaClassifier on random RC-augmented windows of the train split."""
+    from mamba_bio_audio.models.classifier import MambaClassifier
     from mamba_bio_audio.tasks.pretrain_overlap import check_pretrain_overlap
-    from mamba_bio_audio.tasks.species import SpeciesSettings, plan_training, run_training
+    from mamba_bio_audio.tasks.species import (
+        SpeciesSettings,
+        plan_training,
+        record_architecture,
+        recorded_architecture,
+        run_training,
+    )
     from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
 
     refuse_to_overwrite(out, resume)
@@ -141,18 +148,25 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
         num_nodes=num_nodes, strategy=strategy, seed=p["seed"], bidirectional=p["bidirectional"],
         pooling=p["pooling"], train_length=p["train_length"], head_init=p["head_init"],
         init_from=None if p["init_from"] is None else str(p["init_from"]))
-    plan = plan_training(p["data"], settings, resume=resume)
+    architecture = recorded_architecture(out) if resume else None  # a resume's model: the run's, not the donor's
+    plan = plan_training(p["data"], settings, resume=resume, architecture=architecture)
     if resume:
         check_checkpoint_fits(out, plan.task)
     overlap = None
     if is_main_process():
         echo_summary(plan.summary)
-        overlap = check_pretrain_overlap(p["data"], p["init_from"])  # held-out bases the backbone has read
+        # held-out bases the backbone has read; a resume: as the run's first part found them (the donor may be gone)
+        overlap = None if architecture is None else architecture["pretrain_overlap"]
+        if overlap is None and (architecture is None or not architecture["recorded"]):
+            overlap = check_pretrain_overlap(p["data"], p["init_from"])
         run_folder(out, "species train", resume=resume, inputs=(data, init_from))
+        named = plan.summary["preset"] in PRESET_NAMES and isinstance(plan.model, MambaClassifier)  # not a Caduceus'
         write_run_config(out, p, batch_size=plan.summary["batch_size"], lr=plan.summary["lr"],
                          max_steps=plan.summary["max_steps"], train_length=plan.summary["train_length"],
-                         preset=plan.summary["preset"] if plan.summary["preset"] in PRESET_NAMES else p["preset"],
+                         preset=plan.summary["preset"] if named else p["preset"],
                          bidirectional=plan.summary["bidirectional"], pooling=plan.summary["pooling"])
+        if architecture is None or not architecture["recorded"]:
+            record_architecture(out, plan.model, settings.init_from, overlap)  # what a --resume builds it from
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
         if overlap is not None:

@@ -44,7 +44,13 @@ from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.metrics.classification import classification_metrics
 from mamba_bio_audio.models.classifier import MambaClassifier
 from mamba_bio_audio.tasks.baselines import BASELINE_K, BASELINE_L2, BASELINE_NAME, kmer_baseline
-from mamba_bio_audio.tasks.species import build_classifier, copy_backbone, resolve_architecture
+from mamba_bio_audio.tasks.species import (
+    build_classifier,
+    classifier_from_record,
+    copy_backbone,
+    recorded_head,
+    resolve_architecture,
+)
 from mamba_bio_audio.tasks.windows import (
     TrainSettings,
     WindowData,
@@ -253,8 +259,13 @@ class ClassifyPlan:
     summary: dict
 
 
-def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> ClassifyPlan:
-    """Build the classifier, its task and data: bucketed train sequences, fixed validation batches."""
+def plan_training(store_path: str | os.PathLike, settings: ClassifySettings,
+                  architecture: dict | None = None) -> ClassifyPlan:
+    """Build the classifier, its task and data: bucketed train sequences, fixed validation batches.
+
+    ``architecture``: a resumed run's record (:func:`~mamba_bio_audio.tasks.species.recorded_architecture`): the
+    classifier is built from it, not from ``settings.init_from``, which is then neither read nor needed (it stays
+    in the summary: metrics.json keeps naming the donor)."""
     store = open_labelled_store(store_path)
     labels = list(store.meta["labels"])
     class_of = {label: c for c, label in enumerate(labels)}
@@ -266,11 +277,17 @@ def plan_training(store_path: str | os.PathLike, settings: ClassifySettings) -> 
     longest = max(store.records[i]["length"] for i in train)
     crop = settings.crop(longest)
     window = min(crop or longest, longest)
-    bidirectional, pooling = resolve_architecture(settings.init_from, settings.bidirectional, settings.pooling)
+    if architecture is None:
+        bidirectional, pooling = resolve_architecture(settings.init_from, settings.bidirectional, settings.pooling)
+    else:
+        bidirectional, pooling = recorded_head(architecture, settings.bidirectional, settings.pooling)
     settings = dataclasses.replace(settings, bidirectional=bidirectional, pooling=pooling)
     sized = dataclasses.replace(settings, length=max(2, window))  # batch and checkpointing defaults by length
     torch.manual_seed(settings.seed)
-    model = build_model(labels, window, settings.preset, bidirectional, pooling, settings.init_from)
+    if architecture is None:
+        model = build_model(labels, window, settings.preset, bidirectional, pooling, settings.init_from)
+    else:
+        model = classifier_from_record(architecture, labels, window, bidirectional, pooling)
     model.config.extra["dna"] = {**model.config.extra.get("dna", {}), "crop": crop}  # evaluation reads it
     if settings.pack and not isinstance(model, MambaClassifier):
         raise UserError("--pack needs a Mamba classifier (a Caduceus does not read packed rows)")

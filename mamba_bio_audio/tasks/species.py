@@ -22,6 +22,7 @@ GPU time than few long ones).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +38,7 @@ from mamba_bio_audio.data_prep.dna.windows import WindowSampler, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.devices import process_device, torch_device
 from mamba_bio_audio.errors import CheckpointError, DataError, UserError
-from mamba_bio_audio.files import pyplot, save_figure
+from mamba_bio_audio.files import atomic_write_text, pyplot, save_figure
 from mamba_bio_audio.models.classifier import MambaClassifier
 from mamba_bio_audio.tasks.baselines import BASELINE_K, BASELINE_L2, BASELINE_NAME, kmer_baseline
 from mamba_bio_audio.tasks.windows import (
@@ -169,6 +170,95 @@ def copy_backbone(donor, model: MambaClassifier, folder: str | os.PathLike) -> N
     load_backbone_weights(donor, model, folder, hint)
 
 
+# ---- the run's own record of its model (a --resume needs no donor) ----------------------------------------------
+ARCHITECTURE_FILE = "architecture.json"  # in a classifier run's folder: its model's config and donor
+
+
+def record_architecture(out: str | os.PathLike, model: torch.nn.Module, init_from: str | os.PathLike | None,
+                        pretrain_overlap: dict | None = None) -> Path:
+    """Write ``out/architecture.json`` (atomically) at the start of a ``species train`` / ``dna classify train``
+    run: the planned classifier's config (``model.config``, as its saved config.json holds it: the shape, the head,
+    the DNA window) and where its starting weights came from (``init_from``, and ``pretrain_overlap`` of
+    :func:`~mamba_bio_audio.tasks.pretrain_overlap.check_pretrain_overlap`). A ``--resume`` rebuilds the model from
+    it (:func:`recorded_architecture`, :func:`classifier_from_record`): the donor is then neither read nor needed
+    (the checkpoint holds the weights)."""
+    path = Path(out) / ARCHITECTURE_FILE
+    record = {"model": model.config.to_dict(), "init_from": None if init_from is None else str(init_from),
+              "pretrain_overlap": pretrain_overlap}
+    return atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def recorded_architecture(out: str | os.PathLike) -> dict | None:
+    """What a ``--resume`` of the classifier run in ``out`` builds its model from instead of the donor:
+    ``{"config": MambaConfig or CaduceusConfig, "init_from": str | None, "pretrain_overlap": dict | None,
+    "recorded": True}`` from ``out/architecture.json`` (:func:`record_architecture`). A run begun before that file
+    was written: the config of ``out/model`` (saved when an earlier part of the run finished) and the
+    ``pretrain_overlap`` of its metrics.json, ``"recorded": False`` (the resume writes the record); None when neither
+    is there (the model is then built from the donor, as the run began). An unreadable record is a one-line
+    CheckpointError naming it."""
+    from mamba_bio_audio.checkpoint import CONFIG_NAME
+    from mamba_bio_audio.config import read_json_object
+
+    out = Path(out)
+    path = out / ARCHITECTURE_FILE
+    if path.is_file():
+        record = read_json_object(path)
+        if not isinstance(record.get("model"), dict):
+            raise CheckpointError(f"{path}: holds no model config (the 'model' object)")
+        overlap = record.get("pretrain_overlap")
+        return {"config": _config_of_record(record["model"], path), "init_from": record.get("init_from"),
+                "pretrain_overlap": overlap if isinstance(overlap, dict) else None, "recorded": True}
+    legacy = out / "model" / CONFIG_NAME
+    if not legacy.is_file():
+        return None
+    try:
+        metrics = read_json_object(out / "metrics.json")
+    except CheckpointError:
+        metrics = {}
+    overlap = metrics.get("pretrain_overlap")
+    return {"config": _config_of_record(read_json_object(legacy), legacy), "init_from": metrics.get("init_from"),
+            "pretrain_overlap": overlap if isinstance(overlap, dict) else None, "recorded": False}
+
+
+def _config_of_record(data: dict, source: Path):
+    from mamba_bio_audio.config import MambaConfig
+    from mamba_bio_audio.models.caduceus import CaduceusConfig, is_caduceus_config
+
+    try:
+        return CaduceusConfig.from_dict(data) if is_caduceus_config(data) else MambaConfig.from_dict(dict(data))
+    except (UserError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: not a model config this program reads ({e})") from None
+
+
+def recorded_head(record: dict, bidirectional: bool | None, pooling: str | None) -> tuple[bool, str]:
+    """``(bidirectional, pooling)`` of a resumed classifier: each given value (the run's config.yaml), else the
+    recorded model's (:func:`recorded_architecture`), as :func:`resolve_architecture` does with a donor."""
+    config = record["config"]
+    if bidirectional is None:
+        bidirectional = getattr(config, "bidirectional", False)
+    pooling = pooling or config.extra.get("classifier", {}).get("pooling")
+    return bool(bidirectional), pooling or "mean"
+
+
+def classifier_from_record(record: dict, labels: Sequence[str], window: int, bidirectional: bool,
+                           pooling: str) -> torch.nn.Module:
+    """A new classifier (random weights: the resumed checkpoint's replace them) of the recorded model's shape
+    (:func:`recorded_architecture`) over ``labels``, for windows of ``window`` tokens: a MambaClassifier, or a
+    CaduceusClassifier when the run fine-tuned a Caduceus. The head and DNA window are this plan's, as in a fresh
+    build, so that a store with other classes fails :func:`~mamba_bio_audio.recipes.outputs.check_checkpoint_fits`
+    as before."""
+    from mamba_bio_audio.models.caduceus import CaduceusConfig
+
+    config = record["config"]
+    if isinstance(config, CaduceusConfig):
+        from mamba_bio_audio.models.caduceus_classifier import CaduceusClassifier
+
+        config = dataclasses.replace(config, extra=dna_extra(window))
+        return CaduceusClassifier(config, num_classes=len(labels), pooling=pooling, labels=list(labels))
+    config = dataclasses.replace(config, bidirectional=bidirectional, extra=dna_extra(window))
+    return MambaClassifier(config, num_classes=len(labels), pooling=pooling, labels=list(labels))
+
+
 def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu") -> MambaClassifier:
     """A trained species classifier from a ``mba species train`` run folder (or its ``model/`` folder); a
     CaduceusClassifier when the run fine-tuned a Caduceus."""
@@ -230,10 +320,13 @@ class SpeciesSettings(TrainSettings):
         return self.length if self.pooling == "last" else min(self.length, DEFAULT_TRAIN_LENGTH)
 
 
-def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings, resume: bool = False) -> WindowPlan:
+def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings, resume: bool = False,
+                  architecture: dict | None = None) -> WindowPlan:
     """Build the classifier, its task and data (:func:`~mamba_bio_audio.tasks.windows.plan_windows`): random
     RC-augmented train windows, fixed val windows. With ``resume`` the head is not probed (the checkpoint's
-    weights replace it; nor is the probe's time taken from the budget again).
+    weights replace it; nor is the probe's time taken from the budget again). ``architecture``: a resumed run's
+    record (:func:`recorded_architecture`): the classifier is built from it (:func:`classifier_from_record`), not
+    from ``settings.init_from``, which is then neither read nor needed (it stays in the summary).
 
     Every problem of the inputs (missing store, a species without a record as long as the window, a pretrained
     model of another shape) raises here, before the caller writes anything.
@@ -242,7 +335,10 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings, resu
     labels = list(store.meta["species"])
     if len(labels) < 2:
         raise DataError(f"{store.path}: holds {len(labels)} species; classification needs at least 2")
-    bidirectional, pooling = resolve_architecture(settings.init_from, settings.bidirectional, settings.pooling)
+    if architecture is None:
+        bidirectional, pooling = resolve_architecture(settings.init_from, settings.bidirectional, settings.pooling)
+    else:
+        bidirectional, pooling = recorded_head(architecture, settings.bidirectional, settings.pooling)
     settings = dataclasses.replace(settings, bidirectional=bidirectional, pooling=pooling)
     preset = settings.preset or (None if settings.init_from else DEFAULT_PRESET)
     train_length = settings.resolved_train_length()
@@ -252,8 +348,12 @@ def plan_training(store_path: str | os.PathLike, settings: SpeciesSettings, resu
     if settings.head_init not in HEAD_INITS:
         raise UserError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {settings.head_init!r}")
     torch.manual_seed(settings.seed)
-    model = build_classifier(labels, settings.length, preset, settings.bidirectional, settings.init_from,
-                             settings.pooling)
+    if architecture is None:
+        model = build_classifier(labels, settings.length, preset, settings.bidirectional, settings.init_from,
+                                 settings.pooling)
+    else:
+        model = classifier_from_record(architecture, labels, settings.length, settings.bidirectional,
+                                       settings.pooling)
     probe = None
     if settings.head_init == "probe" and not resume:
         probe, training = _probe_head(model, store, training)
