@@ -225,13 +225,20 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
     generator = _generator(task, preset.data, seed)
     config = MambaConfig(vocab_size=generator.vocab_size, ssm_layer=layer, **preset.model)
     model = _model(arch, config)
-    history = _continue_from(model, Path(init_from)) if init_from is not None else []
+    run = saved_run_config(out) if resume else {}
+    if resume and run.get("init_from"):  # a resumed continuation: the first part's donor and history, recorded
+        init_from = Path(run["init_from"])  # (the weights come from the checkpoint: the donor is not read)
+        history = run.get("prior_history")
+        if history is None:  # a run started before config.yaml kept the history: the donor's own record
+            history = _donor_history(init_from, "--resume: the run's --init-from")
+    else:
+        history = _continue_from(model, Path(init_from)) if init_from is not None else []
     prior_steps = sum(h["steps"] for h in history)
     run_config = {"command": f"synthetic {task}", "arch": arch, "layer": layer, "device": device, "seed": seed,
                   "preset": asdict(preset), "model": config.to_dict(), "time_budget_s": time_budget_s,
-                  "precision": precision, "init_from": None if init_from is None else str(init_from)}
+                  "precision": precision, "init_from": None if init_from is None else str(init_from),
+                  "prior_history": history}
     if resume:  # the run's config.yaml stays as it was unless this is the same model (else: one line, no write)
-        run = saved_run_config(out)
         saved = run.get("model"), run.get("arch"), run.get("layer")
         if saved[0] is not None and saved != (run_config["model"], arch, layer):
             raise UserError(f"--resume: the run in {out} trained another model ({saved[1]}, {saved[2]}, "
@@ -351,8 +358,17 @@ def _continue_from(model, model_dir: Path) -> list[dict]:
     if loaded.config.to_dict() != model.config.to_dict():
         raise UserError(f"--init-from {model_dir}: a model of another configuration (task, layer or size differ)")
     model.load_state_dict(loaded.state_dict())
-    run = model_dir.parent
+    return _donor_history(model_dir, "--init-from")
+
+
+def _donor_history(model_dir: Path, flag: str) -> list[dict]:
+    """The training behind a saved run's ``model/`` folder: [{"steps", "lr"}, ...] from that run's metrics.json and
+    config.yaml ([] when it has no metrics.json; a one-line UserError naming ``flag`` when they cannot be read)."""
+    run = Path(model_dir).parent
     if not (run / "metrics.json").is_file():
+        if flag != "--init-from" and not Path(model_dir).is_dir():
+            raise UserError(f"{flag} {model_dir} is gone and the run's config.yaml does not record the training "
+                            f"behind it; start a new --out with --init-from")
         return []
     import yaml
 
@@ -360,7 +376,7 @@ def _continue_from(model, model_dir: Path) -> list[dict]:
         earlier = json.loads((run / "metrics.json").read_text())
         config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     except (OSError, ValueError, yaml.YAMLError) as e:
-        raise UserError(f"--init-from {model_dir}: cannot read the run's metrics.json / config.yaml ({e})") from None
+        raise UserError(f"{flag} {model_dir}: cannot read the run's metrics.json / config.yaml ({e})") from None
     if earlier.get("history"):  # that run's own history ends with itself
         return list(earlier["history"])
     return [{"steps": int(earlier.get("steps", 0)), "lr": ((config or {}).get("preset") or {}).get("lr")}]

@@ -148,6 +148,45 @@ def test_init_from_continues_a_run_and_the_table_counts_both(micro_presets, tmp_
     assert "2 steps at lr 0.001, then 3 at lr 0.0005 (cosine to 0.01x over 3 steps)" in (tmp_path / "results" / "synthetic_tiny.md").read_text()
 
 
+def test_resume_of_a_continued_run_keeps_its_donor_history_and_data_position(micro_presets, tmp_path, capsys,
+                                                                             monkeypatch):
+    """A run started with --init-from and resumed later: the donor is neither read nor needed (it may be gone), the
+    history and prior_steps stay the first part's, and the data stream goes on after the donor's batches (before
+    the fix the resume forgot the donor and restarted the stream at the donor's first batch)."""
+    import shutil
+
+    from mamba_bio_audio.tasks import synthetic
+
+    donor, out = tmp_path / "donor", tmp_path / "run"
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(donor), "--device", "cpu", "--max-steps", "2"],
+                       capsys)
+    assert code == 0, err
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--max-steps", "2",
+                        "--init-from", str(donor / "model")], capsys)
+    assert code == 0, err
+    shutil.rmtree(donor)
+    batch = micro_presets["induction-heads"].batch_size
+    seen = []
+    fresh = synthetic._train_sample_fn
+
+    def recording(*args):
+        sample = fresh(*args)
+
+        def sample_fn(i):
+            seen.append(i)
+            return sample(i)
+        return sample_fn
+
+    monkeypatch.setattr(synthetic, "_train_sample_fn", recording)
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--max-steps", "3"], capsys)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["prior_steps"], m["steps"], m["resumed_at"]) == (2, 3, 2)
+    assert m["init_from"] == str(donor / "model") and m["history"][0] == {"steps": 2, "lr": 1e-3}
+    assert min(seen) == (2 + 2) * batch  # the donor's 2 steps, then this run's 2 steps before the resume
+
+
 def test_restore_best_tests_the_best_validated_weights(micro_presets, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(micro_presets, "induction-heads",
                         replace(micro_presets["induction-heads"], val_every=1, max_steps=3))
