@@ -5,8 +5,10 @@ cache, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, the token of ``HF_TOKEN`` or ``hf a
 snapshot folder; a local path that exists is returned as it is, so a local folder always wins over a Hub id of
 the same spelling. Only ``config.json`` and the weights are fetched: ``model*.safetensors`` (one file or shards
 with ``model.safetensors.index.json``), or, for a repository without safetensors (mamba_ssm's
-``state-spaces/mamba-*``), ``pytorch_model*.bin``, which :func:`mamba_bio_audio.checkpoint.read_state_dict`
-reads with ``torch.load(weights_only=True)`` only: tensors, never arbitrary pickled objects.
+``state-spaces/mamba-*``, ``kuleshov-group/PlantCaduceus_*``), ``pytorch_model*.bin``, which
+:func:`mamba_bio_audio.checkpoint.read_state_dict` reads with ``torch.load(weights_only=True)`` only: tensors, never
+arbitrary pickled objects. For a Caduceus model (``model_type`` "caduceus") its ``tokenizer.json`` too, when the
+repository has one: the token names by which another vocabulary (PlantCaduceus') is mapped to our DNA tokenizer's.
 
 Every failure (no network, offline and not cached, no such repository or revision, no token for a private or
 gated one) is one :class:`~mamba_bio_audio.errors.CheckpointError` line. ``huggingface_hub`` is imported only
@@ -26,6 +28,7 @@ HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev
 
 WEIGHT_PATTERNS = ["model*.safetensors", "model.safetensors.index.json"]
 PICKLE_PATTERNS = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+TOKENIZER_PATTERNS = ["tokenizer.json"]
 INSTALL_HINT = "pip install 'mamba-bio-audio[hub]'"
 
 
@@ -75,14 +78,32 @@ def download(repo_id: str, revision: str | None = None, source: str | None = Non
         except Exception as e:  # noqa: BLE001 - every failure of the Hub client is reported in one line
             raise hub_error(source, e) from None
 
-    folder = fetch(WEIGHT_PATTERNS)
+    weights = WEIGHT_PATTERNS
+    folder = fetch(weights)
     if not any(folder.glob("model*.safetensors")):
-        folder = fetch(PICKLE_PATTERNS)
+        weights = PICKLE_PATTERNS
+        folder = fetch(weights)
+    if _is_caduceus(folder):
+        try:  # the token names of its vocabulary; without them a vocabulary other than ours is refused on use
+            folder = fetch([*weights, *TOKENIZER_PATTERNS])
+        except CheckpointError:
+            pass
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{source}: the Hub repository has no config.json (not a model checkpoint)")
     if not any(folder.glob("model*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         raise CheckpointError(f"{source}: the Hub repository has no model*.safetensors or pytorch_model*.bin weights")
     return folder
+
+
+def _is_caduceus(folder: Path) -> bool:
+    """Whether ``folder``'s config.json is a Caduceus model's (False when it is missing or unreadable)."""
+    import json
+
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") == "caduceus"
 
 
 def _kinds(error: BaseException) -> set[str]:

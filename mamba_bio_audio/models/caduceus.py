@@ -19,7 +19,15 @@ second half of the stream as the forward half and the flipped first half as the 
 checkpoint needs the order it was trained with. Logits cover the padded vocabulary, as Caduceus' do.
 
 Tensor names follow ``CaduceusForMaskedLM`` (``caduceus.backbone.layers.{i}.mixer[.submodule].mamba_fwd.*`` ...),
-so :meth:`CaduceusLM.from_pretrained` reads its config.json and safetensors (tied tensors written once).
+so :meth:`CaduceusLM.from_pretrained` reads its config.json and safetensors (tied tensors written once), or a
+``pytorch_model.bin`` (tied tensors stored under both names, sharing storage), also of the base ``Caduceus`` model
+(``backbone.*``, no LM head: the head is the tied embedding).
+
+Vocabularies: the published Caduceus checkpoints read the hyena-12 ids of our DNA tokenizer; PlantCaduceus
+(``kuleshov-group/PlantCaduceus_l20`` ... ``_l32``) reads GPN's ``[PAD] [MASK] [UNK] a c g t`` (vocab_size 8, a
+lower-casing ``tokenizer.json`` beside the weights). :func:`to_dna_vocabulary` re-indexes such a model's vocabulary
+rows to the hyena-12 ids by the token names in its ``tokenizer.json`` (checked against its complement_map), and
+refuses a vocabulary it cannot map; token ids are never taken as they are from another vocabulary.
 
 :func:`dna_caduceus_config` makes a fresh Caduceus for the hyena-12 tokenizer (``dna pretrain --objective mlm``);
 :mod:`~mamba_bio_audio.models.caduceus_classifier` puts a classification head on the backbone.
@@ -27,6 +35,7 @@ so :meth:`CaduceusLM.from_pretrained` reads its config.json and safetensors (tie
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,7 +54,7 @@ from mamba_bio_audio.checkpoint import (
     read_state_dict,
     write_checkpoint,
 )
-from mamba_bio_audio.config import JsonConfig, MambaConfig
+from mamba_bio_audio.config import JsonConfig, MambaConfig, read_json_object
 from mamba_bio_audio.errors import CheckpointError, UserError
 from mamba_bio_audio.modules.block import add_norm, init_weights, make_norm
 from mamba_bio_audio.modules.mixer import Mamba
@@ -387,10 +396,18 @@ class CaduceusLM(CaduceusBackboneAccess, nn.Module):
         ``org/name[@revision]``; tied tensors written once are filled from their partners."""
         directory, config = read_caduceus_config(source)
         model = cls(config)
-        load_tied_state(model, dict(read_state_dict(directory)), model._tied_names(), source)
+        load_tied_state(model, with_model_prefix(read_state_dict(directory)), model._tied_names(), source)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         return model
+
+
+def with_model_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint of Caduceus' base model (``Caduceus``: ``backbone.*``, no LM head) under
+    ``CaduceusForMaskedLM``'s names (``caduceus.backbone.*``); a ``CaduceusForMaskedLM`` checkpoint as it is."""
+    if any(name.startswith("caduceus.") for name in state):
+        return dict(state)
+    return {("caduceus." + name if name.startswith("backbone.") else name): t for name, t in state.items()}
 
 
 def read_caduceus_config(source: str | os.PathLike) -> tuple[Path, CaduceusConfig]:
@@ -490,3 +507,133 @@ def check_dna_vocabulary(config: CaduceusConfig, source: str | os.PathLike) -> N
                                                                    for i in range(VOCAB_SIZE))):
         raise CheckpointError(f"{source}: a Caduceus model of vocab {config.vocab_size} whose complement map is not "
                               f"the {VOCAB_SIZE}-token hyena-12 tokenizer's that DNA models here read")
+
+
+# ---- another tokenizer's vocabulary (PlantCaduceus) ----------------------------------------------------------------
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def read_tokenizer_vocabulary(directory: str | os.PathLike) -> tuple[dict[str, int], bool] | None:
+    """``(token -> id, lowercases)`` of the Hugging Face ``tokenizers`` file ``tokenizer.json`` beside a checkpoint:
+    its model's vocabulary (a token -> id object, or a Unigram list of [token, score] whose ids are the positions)
+    with its added tokens, and whether its normalizer lower-cases the text; None when there is no such file. A
+    CheckpointError names a file that holds no such vocabulary."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    data = read_json_object(path)
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    raw = model.get("vocab")
+    vocab: dict = {}
+    if isinstance(raw, dict):
+        vocab.update(raw)
+    elif isinstance(raw, list):
+        vocab.update({entry[0]: i for i, entry in enumerate(raw) if isinstance(entry, list) and entry})
+    for token in data.get("added_tokens") or []:
+        if isinstance(token, dict) and "content" in token and "id" in token:
+            vocab[token["content"]] = token["id"]
+    if not vocab or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in vocab.items()):
+        raise CheckpointError(f"{path}: no token -> id vocabulary (model.vocab) in this tokenizer file")
+    return vocab, _lowercases(data.get("normalizer"))
+
+
+def _lowercases(normalizer: Any) -> bool:
+    """Whether a ``tokenizers`` normalizer (None, one, or a Sequence of them) lower-cases the text."""
+    if not isinstance(normalizer, dict):
+        return False
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        return any(_lowercases(n) for n in normalizer.get("normalizers") or [])
+    return kind == "Lowercase" or (kind == "BertNormalizer" and bool(normalizer.get("lowercase")))
+
+
+def dna_token_map(vocab: dict[str, int], lowercases: bool, config: CaduceusConfig,
+                  source: str | os.PathLike) -> list[int | None]:
+    """For each hyena-12 id (0..11), the id of the same token in a checkpoint's vocabulary (``vocab``, from its
+    tokenizer.json; ``lowercases``: its tokenizer lower-cases the text first): A C G T by name (the lower-case
+    spelling first when the tokenizer lower-cases, as it then sees our upper-case bases), N and the special tokens
+    ([CLS] [SEP] [BOS] [MASK] [PAD] [RESERVED] [UNK]) by name, else the checkpoint's [UNK] (what its tokenizer makes
+    of them), else None (a zero embedding row).
+
+    A CheckpointError naming ``source`` when a base has no token, an id is outside the model's ``vocab_size``, or
+    the checkpoint's complement_map does not complement the mapped ids as hyena-12's does (A <-> T, C <-> G, the
+    rest themselves): token ids are never guessed."""
+    from mamba_bio_audio.data_prep.dna.tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
+
+    def spelled(token: str) -> int | None:
+        for name in ((token.lower(), token) if lowercases else (token, token.lower())):
+            if name in vocab:
+                return vocab[name]
+        return None
+
+    unk = vocab.get("[UNK]")
+    ids: list[int | None] = []
+    for token in (*SPECIAL_TOKENS, "A", "C", "G", "T", "N"):
+        found = vocab.get(token) if token.startswith("[") else spelled(token)
+        if found is None and token in "ACGT":
+            raise CheckpointError(f"{source}: its {TOKENIZER_FILE} has no token for the base {token}, so its ids "
+                                  f"cannot be mapped to the {VOCAB_SIZE}-token hyena-12 tokenizer's")
+        ids.append(found if found is not None else unk)
+    for i, j in enumerate(ids):
+        if j is not None and j >= config.vocab_size:
+            raise CheckpointError(f"{source}: its {TOKENIZER_FILE} gives {(*SPECIAL_TOKENS, *'ACGTN')[i]} the id "
+                                  f"{j}, outside the model's vocab_size {config.vocab_size}")
+    theirs = config.complement_map
+    ours = dna_caduceus_config(config.d_model, 1).complement_map
+    if theirs is not None:
+        names = (*SPECIAL_TOKENS, *"ACGTN")
+        for i, j in enumerate(ids):
+            partner = ids[ours[str(i)]]
+            if j is not None and partner is not None and theirs[str(j)] != partner:
+                raise CheckpointError(f"{source}: its complement_map sends {names[i]} (id {j}) to id "
+                                      f"{theirs[str(j)]}, not to {names[ours[str(i)]]} (id {partner}) as its "
+                                      f"{TOKENIZER_FILE} names them; refusing to guess which ids are which")
+    return ids
+
+
+def _vocabulary_rows(config: CaduceusConfig) -> list[str]:
+    """The tensors of a CaduceusLM with one row per token id: the embedding, and an untied LM head."""
+    names = ["caduceus.backbone.embeddings.word_embeddings." + ("embedding.weight" if config.rcps else "weight")]
+    if not config.tie_word_embeddings:
+        names.append("lm_head.lm_head.weight" if config.rcps else "lm_head.weight")
+    return names
+
+
+def to_dna_vocabulary(model: CaduceusLM, directory: str | os.PathLike,
+                      source: str | os.PathLike) -> CaduceusLM:
+    """``model`` (read from the checkpoint folder ``directory``, named ``source`` in errors) for the hyena-12
+    tokenizer that DNA models here read.
+
+    With a ``tokenizer.json`` beside the weights, its token names decide (:func:`dna_token_map`): ids already
+    hyena-12's give ``model`` itself; other ids (PlantCaduceus: ``[PAD] [MASK] [UNK] a c g t``) give a new
+    CaduceusLM of vocab 12 (padded to 16, hyena-12's complement map) whose embedding row for each hyena-12 id is
+    the checkpoint's row of the same token (rows past 12 zero), every other tensor as loaded. Without one, the
+    config's complement map must be hyena-12's (:func:`check_dna_vocabulary`; Caduceus' own checkpoints), else a
+    CheckpointError naming the missing tokenizer.json."""
+    from mamba_bio_audio.data_prep.dna.tokenizer import VOCAB_SIZE
+
+    found = read_tokenizer_vocabulary(directory)
+    if found is None:
+        try:
+            check_dna_vocabulary(model.config, source)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (and no {TOKENIZER_FILE} beside it names its tokens, to map them)") from None
+        return model
+    ids = dna_token_map(*found, model.config, source)
+    if ids == list(range(VOCAB_SIZE)):
+        check_dna_vocabulary(model.config, source)
+        return model
+    config = dataclasses.replace(model.config, vocab_size=VOCAB_SIZE,
+                                 complement_map=dna_caduceus_config(model.config.d_model, 1).complement_map)
+    remapped = CaduceusLM(config)
+    tied = model._tied_names()
+    state = {k: v for k, v in model.state_dict().items() if k not in tied and not k.endswith("complement_map")}
+    for name in _vocabulary_rows(config):
+        old = state[name]
+        rows = old.new_zeros(config.vocab_size, old.shape[1])
+        for i, j in enumerate(ids):
+            if j is not None:
+                rows[i] = old[j]
+        state[name] = rows
+    load_tied_state(remapped, state, remapped._tied_names(), source)
+    return remapped.train(model.training)

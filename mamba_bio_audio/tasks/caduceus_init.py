@@ -4,7 +4,9 @@
 fine-tuned :class:`~mamba_bio_audio.models.caduceus_classifier.CaduceusClassifier`).
 
 The classifier takes the checkpoint's shape and backbone weights and a new mean-pooling head; ``--preset`` (another
-shape) is refused, ``--bidirectional`` has no effect (a Caduceus reads both directions).
+shape) is refused, ``--bidirectional`` has no effect (a Caduceus reads both directions). A language model whose
+vocabulary is not the hyena-12 tokenizer's (PlantCaduceus) has its vocabulary rows re-indexed by the token names
+of its ``tokenizer.json`` (:func:`~mamba_bio_audio.models.caduceus.to_dna_vocabulary`), or is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from pathlib import Path
 
 from mamba_bio_audio.checkpoint import read_config_dict
 from mamba_bio_audio.errors import CheckpointError, UserError
-from mamba_bio_audio.models.caduceus import CaduceusLM, check_dna_vocabulary, is_caduceus_config
+from mamba_bio_audio.models.caduceus import (
+    CaduceusLM,
+    check_dna_vocabulary,
+    is_caduceus_config,
+    to_dna_vocabulary,
+)
 from mamba_bio_audio.models.caduceus_classifier import CaduceusClassifier
 from mamba_bio_audio.tasks.windows import dna_extra, model_dir
 
@@ -45,13 +52,14 @@ def build_caduceus_classifier(labels: Sequence[str], window: int, folder: Path, 
 
 
 def _read_donor(folder: Path) -> CaduceusLM | CaduceusClassifier:
+    """The model in ``folder`` for the hyena-12 tokenizer: a classifier of ours as it is, a language model's
+    vocabulary mapped (or refused) by :func:`~mamba_bio_audio.models.caduceus.to_dna_vocabulary`."""
     data = read_config_dict(folder)
     if "classifier" in data.get("extra", {}):
         donor = CaduceusClassifier.from_pretrained(folder)
-    else:
-        donor = CaduceusLM.from_pretrained(folder)
-    check_dna_vocabulary(donor.config, folder)
-    return donor
+        check_dna_vocabulary(donor.config, folder)
+        return donor
+    return to_dna_vocabulary(CaduceusLM.from_pretrained(folder), folder, folder)
 
 
 def load_caduceus_classifier(folder: Path) -> CaduceusClassifier:

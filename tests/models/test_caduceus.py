@@ -1,13 +1,15 @@
 """Caduceus models: RC equivariance as a property (RCPS, and Ph averaging for any model), BiMamba's tied in/out
 projections, the checkpoint layout (tied tensors written once, either partner accepted), config refusals, and
-equality with Caduceus' own modeling code on random weights.
+equality with Caduceus' own modeling code on random weights (also on the PlantCaduceus config, saved by Caduceus'
+code as its base ``Caduceus`` or its masked LM, and mapped to our DNA vocabulary).
 
-The last test runs Caduceus' code (``CADUCEUS_SRC``: a checkout of kuleshov-group/caduceus) on CPU with
+The ``reference`` tests run Caduceus' code (``CADUCEUS_SRC``: a checkout of kuleshov-group/caduceus) on CPU with
 mamba_ssm's modules (``MAMBA_SSM_SRC``: a checkout of state-spaces/mamba) whose CUDA scan and Triton norms are
 swapped for mamba_ssm's own reference functions (``selective_scan_ref``, ``rms_norm_ref``, ``layer_norm_ref``);
 without both checkouts, einops and transformers 4 (Caduceus' code predates transformers 5) it is skipped, e.g.
 
-    pip install --target /tmp/tf4 --no-deps transformers==4.46.3 huggingface_hub==0.26.5 tokenizers==0.20.3
+    pip install --target /tmp/tf4 --no-deps transformers==4.46.3 huggingface_hub==0.26.5 tokenizers==0.20.3 \
+        einops requests urllib3 idna charset_normalizer certifi regex
     PYTHONPATH=/tmp/tf4 CADUCEUS_SRC=caduceus MAMBA_SSM_SRC=mamba pytest tests/models/test_caduceus.py
 """
 
@@ -265,6 +267,45 @@ def test_same_logits_as_caduceus_code(reference, tmp_path, rcps, fused, strategy
         got = ours(ids)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("saved_as", ["CaduceusForMaskedLM", "Caduceus"])
+def test_plantcaduceus_as_caduceus_code_saves_it(reference, tmp_path, saved_as):
+    """Caduceus' own code on the PlantCaduceus config (tests/models/test_real_hub_configs.py's fixture): its
+    state_dict names are the fixture's; transformers' ``save_pretrained`` of the class the published config names
+    (``Caduceus``: architectures ["Caduceus"], pytorch_model.bin) or of the masked LM loads here with its logits;
+    mapped to our vocabulary, it gives the logits of the same bases."""
+    import sys
+
+    from test_real_hub_configs import PLANTCADUCEUS_TOKENIZER, plantcaduceus_config, plantcaduceus_state
+
+    from mamba_bio_audio.models.caduceus import to_dna_vocabulary
+
+    their_config_cls, their_lm_cls = reference
+    config = plantcaduceus_config()
+    torch.manual_seed(0)
+    theirs = their_lm_cls(their_config_cls(**config)).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    assert set(theirs.state_dict()) == set(plantcaduceus_state(config))
+    assert set(theirs.caduceus.state_dict()) == set(plantcaduceus_state(config, base_model=True))
+    module = theirs if saved_as == "CaduceusForMaskedLM" else theirs.caduceus
+    assert type(module).__name__ == saved_as and type(module) is getattr(sys.modules[their_lm_cls.__module__],
+                                                                          saved_as)
+    folder = tmp_path / "theirs"
+    module.save_pretrained(folder, safe_serialization=False)
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [saved_as]
+    (folder / "tokenizer.json").write_text(PLANTCADUCEUS_TOKENIZER)
+    ours = CaduceusLM.from_pretrained(folder).eval()
+    seq = "ACGTTGCAAGGCATTACGTAGC"
+    plant_ids = torch.tensor([[{"A": 3, "C": 4, "G": 5, "T": 6}[b] for b in seq]])
+    with torch.no_grad():
+        expected = theirs(input_ids=plant_ids).logits
+        torch.testing.assert_close(ours(plant_ids), expected, rtol=0, atol=1e-5)
+        mapped = to_dna_vocabulary(ours, folder, folder)
+        hyena_ids = torch.tensor([[{"A": 7, "C": 8, "G": 9, "T": 10}[b] for b in seq]])
+        torch.testing.assert_close(mapped(hyena_ids)[..., 7:11], expected[..., 3:7], rtol=0, atol=1e-5)
 
 
 # ---- GPU: the Triton scan, conv and fused add-norm ------------------------------------------------------------------
