@@ -4,6 +4,13 @@ A recipe gives ``sample_fn(i) -> dict of tensors``; :class:`IndexedStream` yield
 ``start`` onwards forever, split across DataLoader workers and distributed ranks without overlap. Because the
 DataModule starts the stream at ``global_step * batches_per_step * batch_size``, a run resumed from a checkpoint
 sees exactly the batches an uninterrupted run would have seen.
+
+Validation: :func:`padded_val_loader` gives each rank its share of a list of ready-made batches, every rank the same
+number of batches (FSDP's collectives need every rank to run the same forward calls); the shorter ranks repeat
+batches, and :func:`val_batch_position` tells a repeat from a real batch, so that
+:meth:`~mamba_bio_audio.training.module.MambaTask.validation_step` counts each batch exactly once. It reads the same
+from the ``DistributedSampler`` that Lightning itself puts into a plain ``DataLoader(batches, batch_size=None)``
+under DDP or FSDP.
 """
 
 from __future__ import annotations
@@ -12,7 +19,14 @@ from collections.abc import Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    default_collate,
+    get_worker_info,
+)
 
 
 class IndexedStream(IterableDataset):
@@ -40,8 +54,71 @@ class IndexedStream(IterableDataset):
             k += workers
 
 
+class SampleBatches(Dataset):
+    """A list of samples as ready-made batches: item k is ``default_collate(samples[k*B : k*B + B])`` (what
+    ``DataLoader(samples, batch_size=B)`` yields), built when read."""
+
+    def __init__(self, samples: Sequence[dict], batch_size: int):
+        self.samples = samples
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __getitem__(self, k: int) -> dict:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return default_collate(list(self.samples[k * self.batch_size: (k + 1) * self.batch_size]))
+
+
+def padded_val_loader(batches: Sequence, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader of ``batches`` (ready-made, e.g. :class:`SampleBatches`) for rank ``rank`` of ``world_size``:
+    batches ``rank, rank + W, rank + 2W, ...``, ``ceil(len / W)`` of them on every rank; a rank that runs out repeats
+    batches from the start, and :func:`val_batch_position` marks those repeats. One process: every batch, in order."""
+    if world_size <= 1:
+        return DataLoader(batches, batch_size=None)
+    sampler = DistributedSampler(batches, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+    return DataLoader(batches, batch_size=None, sampler=sampler)
+
+
+def val_batch_position(loader, batch_idx: int) -> tuple[int, bool]:
+    """``(index, repeat)`` of the ``batch_idx``-th batch a validation ``loader`` gave this rank: ``index`` is the
+    batch's position in the whole validation set (its ``batch_idx`` in a one-process run), ``repeat`` is True for a
+    padding repeat that :class:`~torch.utils.data.DistributedSampler` added so that every rank runs as many batches
+    (to be counted with weight 0). A loader without a DistributedSampler: ``(batch_idx, False)``.
+
+    Only loaders of ready-made batches (``batch_size=None``) are padded batch by batch; a loader that batches
+    samples under a DistributedSampler puts the repeated samples inside its last batches, where they cannot be
+    told apart: ``(batch_idx, False)`` and a warning."""
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return batch_idx, False
+    n = len(sampler.dataset)
+    if getattr(loader, "batch_sampler", None) is not None:
+        if sampler.total_size > n:
+            _warn_padded_samples(n, sampler.num_replicas)
+        return batch_idx, False
+    position = sampler.rank + batch_idx * sampler.num_replicas
+    return (position % n if not sampler.shuffle else position), position >= n
+
+
+_warned: set = set()
+
+
+def _warn_padded_samples(n: int, world: int) -> None:
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    if (n, world) not in _warned:
+        _warned.add((n, world))
+        rank_zero_warn(f"validation: {n} samples batched under a DistributedSampler of {world} ranks; its padding "
+                       f"repeats are counted in the val metrics (give ready-made batches, batch_size=None, to count "
+                       f"every sample once)")
+
+
 class IndexedDataModule(pl.LightningDataModule):
-    """Train on ``sample_fn(i)`` (resumable stream); validate on a fixed list of samples."""
+    """Train on ``sample_fn(i)`` (a resumable stream, :class:`IndexedStream`); validate on a fixed list of samples,
+    in batches of ``val_batch_size`` (default ``batch_size``) shared out over the ranks by
+    :func:`padded_val_loader`."""
 
     def __init__(self, sample_fn: Callable[[int], dict], batch_size: int, val_samples: Sequence[dict] = (),
                  num_workers: int = 0, val_batch_size: int | None = None):
@@ -65,4 +142,5 @@ class IndexedDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_samples:
             return []
-        return DataLoader(self.val_samples, batch_size=self.val_batch_size, shuffle=False)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return padded_val_loader(SampleBatches(self.val_samples, self.val_batch_size), rank, world)

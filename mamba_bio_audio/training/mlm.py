@@ -9,7 +9,8 @@ bases, so a random replacement never shows the model a token it never sees other
 
 Masks are drawn on the batch's device from a generator seeded by ``(seed, step, batch)`` (:class:`MLMTask`), so a
 resumed run draws the masks it would have drawn, and validation scores the same masked positions at every
-evaluation.
+evaluation (and under any number of processes: a validation batch's seed is its place in the validation set).
+Validation means are weighted by the number of masked positions.
 """
 
 from __future__ import annotations
@@ -91,9 +92,17 @@ class MLMTask(MambaTask):
         self._mask_seed = _seed_of("train", self.seed, int(self.global_step), batch_idx, self.global_rank)
         return super().training_step(batch, batch_idx)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._mask_seed = _seed_of("val", self.seed, batch_idx)
-        super().validation_step(batch, batch_idx)
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """The masked positions of ``batch`` (the same draw as :meth:`compute_loss`'s, from the same seed)."""
+        ids = batch["input_ids"]
+        return (torch.rand(ids.shape, generator=mask_generator(ids.device, self._mask_seed), device=ids.device)
+                < MASK_PROB).sum()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # the batch's place in the whole validation set: the same masks whatever the number of processes
+        index, _ = self.val_batch_position(batch_idx, dataloader_idx)
+        self._mask_seed = _seed_of("val", self.seed, index)
+        super().validation_step(batch, batch_idx, dataloader_idx)
 
 
 def _seed_of(*parts) -> int:

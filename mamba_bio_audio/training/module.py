@@ -3,6 +3,11 @@
 Subclasses implement :meth:`MambaTask.compute_loss`; :class:`LMTask` (next-token cross-entropy) and
 :class:`ClassificationTask` (cross-entropy on a label) cover the recipes; :func:`next_token_loss` is the summed
 next-token loss of packed (``seq_idx``) and masked rows that the DNA and audio LM tasks share.
+
+Validation metrics are exact means over the whole validation set, however many processes share it: each batch's
+value is weighted by :meth:`MambaTask.loss_weight` (its samples; its predicted tokens for the LM tasks), a padding
+repeat (:func:`~mamba_bio_audio.training.data.val_batch_position`) by 0, and the weighted sums of every rank are
+added up before the division. In one process that is the sample-weighted mean Lightning logged before.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba_bio_audio.training.callbacks import fold_to_seqlen
+from mamba_bio_audio.training.data import val_batch_position
 from mamba_bio_audio.training.optim import cosine_with_warmup, param_groups
 
 
@@ -58,11 +64,54 @@ class MambaTask(pl.LightningModule):
             self.log("train/seqlen", float(batch["input_ids"].shape[1]))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def loss_weight(self, batch: dict) -> int | torch.Tensor:
+        """How many items the loss and metrics of ``batch`` average over, for the validation means: the samples
+        (``label`` entries, else rows of ``input_ids``). Token-level tasks override it with their token count."""
+        labels = batch.get("label")
+        return int(labels.shape[0]) if torch.is_tensor(labels) and labels.dim() > 0 else int(batch["input_ids"].shape[0])
+
+    def val_batch_position(self, batch_idx: int, dataloader_idx: int = 0) -> tuple[int, bool]:
+        """``(index of the batch in the validation set, True for a padding repeat)`` (see
+        :func:`~mamba_bio_audio.training.data.val_batch_position`)."""
+        loader = _val_loader(self._trainer, dataloader_idx)
+        return (batch_idx, False) if loader is None else val_batch_position(loader, batch_idx)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Adds the batch's metrics, weighted by :meth:`loss_weight` (0 for a padding repeat), to the sums that
+        :meth:`on_validation_epoch_end` turns into exact means over the whole validation set and every rank."""
+        _, repeat = self.val_batch_position(batch_idx, dataloader_idx)
         loss, metrics = self.compute_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, sync_dist=True)
+        weight = 0 if repeat else int(self.loss_weight(batch))
+        suffix = f"/dataloader_idx_{dataloader_idx}" if _val_loader_count(self._trainer) > 1 else ""
+        for name, value in {"loss": loss, **metrics}.items():
+            self._val_accumulate(f"val/{name}{suffix}", value, weight)
+
+    def _val_accumulate(self, name: str, value: torch.Tensor, weight: int) -> None:
+        sums = getattr(self, "_val_sums", None)
+        if sums is None:
+            sums = self._val_sums = {}
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        value = torch.as_tensor(value).detach().to(self.device, dtype)
+        total = sums.setdefault(name, torch.zeros(2, dtype=dtype, device=self.device))
+        if weight:  # a repeat or an empty batch adds nothing (its value may be NaN: nothing to average)
+            total += torch.stack([value * weight, torch.ones_like(value) * weight])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {}
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs ``val/<name>`` = sum of weight x value / sum of weights over every batch of every rank: one
+        all-reduce of the sums (the same names in the same order on every rank: each ran the same batches)."""
+        sums = getattr(self, "_val_sums", None) or {}
+        self._val_sums = {}
+        if not sums:
+            return
+        names = sorted(sums)
+        totals = self.trainer.strategy.reduce(torch.stack([sums[n] for n in names]), reduce_op="sum")
+        for name, (weighted, weight) in zip(names, totals):
+            # every rank logs the same value; "max" syncs it without averaging (no rounding, no warning)
+            self.log(name, (weighted / weight).float(), prog_bar=name.startswith("val/loss"), sync_dist=True,
+                     reduce_fx="max", add_dataloader_idx=False)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Lightning's clipping, except under FSDP: there the norm is over every rank's shards, which only the
@@ -90,6 +139,23 @@ class LMTask(MambaTask):
         logits = self.model(ids[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         return loss, {"bits_per_token": loss.detach() / torch.log(torch.tensor(2.0))}
+
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """The predicted tokens of ``batch``: ``rows * (seqlen - 1)``; with ``seq_idx`` or ``mask`` in the batch
+        (the packed and masked subclasses, :func:`next_token_loss`) the ones that loss counts."""
+        return next_token_count(batch["input_ids"], batch.get("seq_idx"), batch.get("mask"))
+
+
+def next_token_count(ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The number of tokens :func:`next_token_loss` predicts in ``ids`` (batch, seqlen) with the same ``seq_idx`` and
+    ``mask`` (batch, seqlen): a scalar int64 tensor on ``ids``' device."""
+    predicted = torch.ones_like(ids[:, 1:], dtype=torch.bool)
+    if seq_idx is not None:
+        predicted &= seq_idx[:, 1:] == seq_idx[:, :-1]
+    if mask is not None:
+        predicted &= mask[:, 1:].bool()
+    return predicted.sum()
 
 
 def next_token_loss(model: nn.Module, ids: torch.Tensor, seq_idx: torch.Tensor | None = None,
@@ -120,3 +186,30 @@ class ClassificationTask(MambaTask):
         loss = F.cross_entropy(logits.float(), batch["label"])
         accuracy = (logits.argmax(-1) == batch["label"]).float().mean()
         return loss, {"accuracy": accuracy}
+
+
+def _val_loader(trainer, dataloader_idx: int):
+    """The validation DataLoader ``dataloader_idx`` that ``trainer`` is running (after Lightning put its sampler in),
+    or None outside a trainer."""
+    loaders = _val_loaders(trainer)
+    if isinstance(loaders, (list, tuple)):
+        return loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
+    if isinstance(loaders, dict):
+        return list(loaders.values())[dataloader_idx] if dataloader_idx < len(loaders) else None
+    return loaders
+
+
+def _val_loader_count(trainer) -> int:
+    loaders = _val_loaders(trainer)
+    return len(loaders) if isinstance(loaders, (list, tuple, dict)) else 1
+
+
+def _val_loaders(trainer):
+    if trainer is None:
+        return None
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    # trainer.val_dataloaders reads the fit loop's first: a trainer.validate() after fit would get fit's loaders
+    loop = trainer.validate_loop if trainer.state.fn == TrainerFn.VALIDATING else trainer.fit_loop.epoch_loop.val_loop
+    combined = getattr(loop, "_combined_loader", None)
+    return combined.iterables if combined is not None else trainer.val_dataloaders

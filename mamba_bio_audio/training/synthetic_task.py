@@ -51,6 +51,10 @@ class MaskedLMTask(MambaTask):
         loss, correct, count = masked_loss_and_counts(logits, batch["targets"])
         return loss, {"accuracy": correct.float() / count.clamp(min=1)}
 
+    def loss_weight(self, batch: dict) -> torch.Tensor:
+        """The answer positions of ``batch``: validation loss and accuracy are means over every answer."""
+        return (batch["targets"] != IGNORE_INDEX).sum()
+
 
 class StopTraining(pl.Callback):
     """Stop a run when ``val/accuracy`` reaches ``target_accuracy`` or when ``time.monotonic()`` passes ``deadline``;
