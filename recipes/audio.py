@@ -51,6 +51,17 @@ def _warn(command: str, messages) -> None:
         click.echo(f"mba audio {command}: warning: {message}", err=True)
 
 
+def left_out_lines(names: list[str], window: int, shown: int = 3) -> list[str]:
+    """The warning for train files shorter than the window: one line naming the first ``shown`` of them (a folder of
+    short clips would otherwise print a line per file), where the full list is, and the flag that keeps them."""
+    if not names:
+        return []
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return [f"{len(names)} train file{'s' if len(names) > 1 else ''} shorter than the {window}-sample window left out "
+            f"of training ({', '.join(names[:shown])}{more}; all in metrics.json files_left_out): --short-files pad "
+            f"or pack keeps them"]
+
+
 def _load_audio_lm(checkpoint: Path, device):
     """The audio LM of ``checkpoint`` (:func:`~mamba_bio_audio.tasks.audio_generation.load_audio_lm`); a model
     without the audio settings is a one-line CheckpointError naming the folder."""
@@ -219,8 +230,7 @@ def train(data: Path, out: Path, window: int, short_files: str, preset: str, arc
         metrics = train_recording_lm(store, out, settings, resume=resume)
     if metrics is None:  # an extra process of a multi-device run
         return
-    _warn("train", (f"{name}: shorter than the {window}-sample window -- left out of training"
-                    for name in metrics["files_left_out"]))
+    _warn("train", left_out_lines(metrics["files_left_out"], window))
     report_audio_training(out, metrics, f"audio {arch} {preset}: {metrics['sample_rate']} Hz {metrics['encoding']}, "
                                          f"window {window}", "no val windows")
 

@@ -60,3 +60,29 @@ def test_misaligned_warmup_is_one_line(store, tmp_path, capsys):
     assert_one_line_error(code, err, "--warmup-min-length 8: --short-files pack needs a multiple of the model's "
                                      "stride 16")
     assert not (tmp_path / "bad").exists()
+
+
+def test_skipped_short_files_are_one_warning_line(store, tmp_path, capsys):
+    """--short-files skip (the default): the files left out are named in one line, not one line each (a folder of
+    short clips printed a line per file), and all of them are in metrics.json."""
+    code, _, err = run(["audio", "train", "--data", store, "--out", tmp_path / "skip", "--preset", "tiny", "--window",
+                        "2048", "--max-steps", "1", "--batch-size", "2", "--val-windows", "2", "--device", "cpu"],
+                       capsys)
+    assert code == 0, err
+    left = json.loads((tmp_path / "skip" / "metrics.json").read_text())["files_left_out"]
+    assert len(left) >= 2
+    lines = [line for line in err.splitlines() if "left out of training" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"mba audio train: warning: {len(left)} train files shorter "
+                                                   f"than the 2048-sample window")
+    assert left[0] in lines[0] and "files_left_out" in lines[0] and "--short-files pad or pack" in lines[0]
+
+
+def test_left_out_lines_names_the_first_three():
+    from mamba_bio_audio.recipes.audio import left_out_lines
+
+    assert left_out_lines([], 8) == []
+    assert left_out_lines(["a.wav"], 8) == ["1 train file shorter than the 8-sample window left out of training "
+                                            "(a.wav; all in metrics.json files_left_out): --short-files pad or pack "
+                                            "keeps them"]
+    (line,) = left_out_lines([f"{i}.wav" for i in range(5)], 8)
+    assert "(0.wav, 1.wav, 2.wav and 2 more;" in line and "3.wav" not in line
