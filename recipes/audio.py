@@ -289,7 +289,7 @@ def generate(checkpoint: Path, num_samples: int, seconds: float | None, prompt: 
                              notes=f"{shown}log-likelihood of the generated samples under the model.")
     what = "continuations" if prompt is not None else "clips"
     click.echo(f"wrote {num_samples} {what} of {length / metrics['sample_rate']:.3f} s to {out} "
-               f"({metrics['audio_seconds_per_second']:.3g} s of audio per second at batch {batch_size})")
+               f"({metrics['audio_seconds_per_second']:.3g} s of audio per second at batch {metrics['batch_size']})")
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------------------

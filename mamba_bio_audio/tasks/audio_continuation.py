@@ -126,7 +126,7 @@ def write_generations(model, out: Path, num_samples: int, num_tokens: int, *, pr
 
     Returns ``[(file, bits per generated sample, log-likelihood of the generated samples in nats)]`` and the
     metrics: counts, the prompt's own bits per sample under the model (parallel pass), seconds, the speed at
-    ``batch_size`` (generated samples per second per sequence, audio seconds per second) and, with
+    the batch size run (``batch_size``, at most ``num_samples``; generated samples per second per sequence, audio seconds per second) and, with
     ``measure_batch_1``, at batch 1.
     """
     from mamba_bio_audio.generation.prefill import copy_state, prefill
@@ -183,7 +183,7 @@ def write_generations(model, out: Path, num_samples: int, num_tokens: int, *, pr
                    "mean_bits_per_sample": sum(b for _, b, _ in rows) / len(rows), "generation_seconds": seconds,
                    "audio_seconds_per_second": num_samples * num_tokens / rate / seconds,
                    "samples_per_second_per_sequence": num_tokens * -(-num_samples // batch_size) / seconds,
-                   "batch_size": batch_size, "chunk": chunk, "device": str(device),
+                   "batch_size": min(batch_size, num_samples), "chunk": chunk, "device": str(device),
                    "cuda_graph": cuda_graph is not False and device.type == "cuda", "temperature": temperature,
                    "top_p": top_p}
         if measure_batch_1:

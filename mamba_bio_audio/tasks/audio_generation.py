@@ -161,7 +161,8 @@ def write_samples(model, out: Path, num_samples: int, num_tokens: int, *, batch_
     device = torch.device(device)
     return {"num_samples": num_samples, "samples_per_clip": num_tokens, "sample_rate": rate,
             "mean_bits_per_sample": sum(b for _, b, _ in rows) / len(rows), "generation_seconds": seconds_taken,
-            "audio_seconds_per_second": num_samples * num_tokens / rate / seconds_taken, "batch_size": batch_size,
+            "audio_seconds_per_second": num_samples * num_tokens / rate / seconds_taken,
+            "batch_size": min(batch_size, num_samples),
             "device": str(device), "cuda_graph": cuda_graph is not False and device.type == "cuda",
             "temperature": temperature, "top_p": top_p}
 

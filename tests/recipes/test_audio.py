@@ -126,6 +126,7 @@ def test_generate_continues_a_prompt(pipeline, tmp_path, capsys):
     metrics = json.loads((tmp_path / "cont" / "metrics.json").read_text())
     assert metrics["prompt_samples"] == 160 and metrics["generated_samples_per_clip"] == 80
     assert metrics["batch_1"]["samples_per_second"] > 0 and metrics["prompt_bits_per_sample"] > 0
+    assert metrics["batch_size"] == 2 and out.rstrip().endswith("at batch 2)")  # the batch run: 2 clips, not 16
     wave, _ = sf.read(tmp_path / "cont" / "sample_0001.wav")
     assert wave.shape == (240,)
     code, _, err = run(["audio", "generate", "--checkpoint", root / "run", "--prompt-seconds", "1", "--out",
