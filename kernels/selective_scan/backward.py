@@ -47,7 +47,7 @@ def _sigmoid_from_softplus(dt):
 
 
 @triton.jit
-def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr):
+def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr):
     """Gradients w.r.t. every state of one chunk, right to left:
 
         g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1},   g after the chunk's last step = ``g`` (BLOCK_N, BLOCK_D).
@@ -64,9 +64,11 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr
         dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :] + reset_next[:, None, :])
     else:
         dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
-    b = Ct * dy[:, None, :]
-    decay, gs = tl.associative_scan((tl.flip(dA_next, 0), tl.flip(b, 0)), axis=0, combine_fn=combine)
-    return tl.flip(gs + decay * g[None, :, :], 0)
+    a_rev, b_rev = tl.flip(dA_next, 0), tl.flip(Ct * dy[:, None, :], 0)
+    first = tl.arange(0, CHUNK)[:, None, None] == 0
+    b_rev = tl.where(first, b_rev + a_rev * g[None, :, :], b_rev)  # the carried g folded into the last step
+    _, gs = tl.associative_scan((a_rev, b_rev), axis=0, combine_fn=combine)
+    return tl.flip(gs, 0)
 
 
 @triton.jit
@@ -96,7 +98,7 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_p
                                       HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
             Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
                           B_VARYING)
-            hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
+            hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
             h = at_step(hs, CHUNK - 1, CHUNK)
         tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
         tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
@@ -152,7 +154,7 @@ def _bwd_summary_kernel(
                                             t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, C_VARYING)
         _, dy, _, _ = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ, CHUNK)
         g = at_step(gs, 0, CHUNK)
         dt_sum += tl.sum(dt_next, axis=0)
 
@@ -255,7 +257,7 @@ def _bwd_kernel(
                                   HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
+        hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
 
         # Output gate: out = y_pre silu(z).
         dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
@@ -268,7 +270,7 @@ def _bwd_kernel(
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
         dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
                                             t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ)
+        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ, CHUNK)
         g = at_step(gs, 0, CHUNK)
 
         # Input gradients.

@@ -97,7 +97,7 @@ def _fwd_summary_kernel(
         dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
                                   HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
-        hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
+        hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
         h = at_step(hs, CHUNK - 1, CHUNK)
         dt_sum += tl.sum(dt, axis=0)
 
@@ -164,7 +164,7 @@ def _fwd_kernel(
                                   HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
         Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
         Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ)
+        hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
         y = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
         if HAS_Z:
             z, sig = silu_parts(z_ptr, offs, mask)

@@ -146,7 +146,7 @@ def seg_keep(keep_ptr, idx, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
-def chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ: tl.constexpr):
+def chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ: tl.constexpr, CHUNK: tl.constexpr):
     """All states of one chunk. dt, u: (CHUNK, BLOCK_D); Bt: broadcastable B tile; A2 = A log2(e) and h, the
     state before the chunk: (BLOCK_N, BLOCK_D); reset, broadcastable to (CHUNK, BLOCK_D): the decay exponent's
     addend from :func:`dt_reset_tile` (used only with HAS_SEQ). Returns h_t and dt_t B_t u_t, both
@@ -156,8 +156,10 @@ def chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ: tl.constexpr):
     else:
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
     dBu = (dt * u)[:, None, :] * Bt
-    decay, hs = tl.associative_scan((dA, dBu), axis=0, combine_fn=combine)
-    return hs + decay * h[None, :, :], dBu
+    first = (tl.arange(0, CHUNK)[:, None, None] == 0)
+    b0 = tl.where(first, dBu + dA * h[None, :, :], dBu)  # the carried state folded into the first step
+    _, hs = tl.associative_scan((dA, b0), axis=0, combine_fn=combine)
+    return hs, dBu
 
 
 @triton.jit
