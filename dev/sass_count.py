@@ -152,7 +152,8 @@ def main() -> None:
     bf16["delta_ptr"] = args.delta
     # the training configuration: softplus precomputed by the wrapper, so the kernels add no bias
     common = dict(HAS_BIAS=False, BLOCK_D=args.block_d, BLOCK_N=16, CHUNK=args.chunk)
-    stages = dict(STAGES=args.stages, SAVE_EVERY=1)
+    # EVEN: the bench and training shapes divide the tiles (Plan.even); --set EVEN=0 for the masked variant
+    stages = dict(STAGES=args.stages, SAVE_EVERY=1, EVEN=True)
     kernels = {
         "fwd": (ts._fwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, B_VARYING=True, C_VARYING=True)),
         "bwd": (ts._bwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, HAS_DLAST=False,

@@ -22,6 +22,7 @@ from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.selective_scan.forward import kernel_dt_args, segment_keep
 from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
 from mamba_bio_audio.kernels.selective_scan.tiles import (
+    all_true_if,
     at_step,
     bc_tile,
     channel_block,
@@ -174,7 +175,7 @@ def _bwd_kernel(
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
     C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
-    SAVE_EVERY: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, EVEN: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -193,12 +194,15 @@ def _bwd_kernel(
     formulas hold unchanged; seg_keep (batch, nseg) zeroes a later segment's decay when a start cuts it. The
     starts come as delta's sign bits with SEQ_IN_DT (the softplus pass's dt: the one-step-ahead tile that g's
     recurrence reads anyway carries reset_{t+1}, so no load is added), else from reset_ptr. DT_IN: dt is
-    softplus(delta + bias) computed in the kernel, for every tile that reads it (as in the forward).
+    softplus(delta + bias) computed in the kernel, for every tile that reads it (as in the forward). EVEN: the
+    masks of the chunk's own steps, channels and state lanes are constants (``Plan.even``; the one-step-ahead
+    tile keeps its test of the sequence's end).
     """
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)
+    d_mask = all_true_if(d_mask, EVEN)
     n = tl.arange(0, BLOCK_N)
-    n_mask = n < d_state
+    n_mask = all_true_if(n < d_state, EVEN)
     nd_mask = n_mask[:, None] & d_mask[None, :]
     row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
@@ -239,7 +243,7 @@ def _bwd_kernel(
     for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
         c = c_end - 1 - i
         t = c * CHUNK + tl.arange(0, CHUNK)
-        t_mask = t < seqlen
+        t_mask = all_true_if(t < seqlen, EVEN)
         tn_mask = t_mask[:, None] & n_mask[None, :]
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
@@ -389,7 +393,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
             SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
-            num_warps=warps,
+            EVEN=p.even(block_d), num_warps=warps,
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
             if X.dim() == 4 and not atomic:

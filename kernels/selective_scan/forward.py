@@ -18,6 +18,7 @@ import triton.language as tl
 from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
 from mamba_bio_audio.kernels.selective_scan.tiles import (
+    all_true_if,
     at_step,
     bc_tile,
     channel_block,
@@ -115,7 +116,7 @@ def _fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
-    SAVE_EVERY: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, EVEN: tl.constexpr,
 ):
     """out (batch, dim, seqlen); states (batch, dim, nsaved, d_state) = the fp32 state before every
     SAVE_EVERY-th chunk (nsaved = cdiv(nchunks, SAVE_EVERY));
@@ -125,11 +126,13 @@ def _fwd_kernel(
     seg_keep (batch, nseg) is 0 for a segment with a start inside, 1 otherwise.
     DT_IN: delta is the raw input and the kernel applies bias and softplus itself (``softplus_in_kernel``,
     :func:`~mamba_bio_audio.kernels.selective_scan.tiles.dt_tile`); else delta is the softplus pass's dt, or
-    delta used as it is (delta_softplus off)."""
+    delta used as it is (delta_softplus off). EVEN: no tile reaches past the shapes (``Plan.even``), so the
+    masks are constants (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.all_true_if`)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    d_mask = all_true_if(d_mask, EVEN)
     n = tl.arange(0, BLOCK_N)
-    n_mask = n < d_state
+    n_mask = all_true_if(n < d_state, EVEN)
     nd_mask = n_mask[:, None] & d_mask[None, :]
     row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
@@ -152,7 +155,7 @@ def _fwd_kernel(
     c_begin = seg * chunks_per_seg
     for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
         t = c * CHUNK + tl.arange(0, CHUNK)
-        t_mask = t < seqlen
+        t_mask = all_true_if(t < seqlen, EVEN)
         tn_mask = t_mask[:, None] & n_mask[None, :]
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
@@ -269,6 +272,6 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
         B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq, SEQ_IN_DT=seq_flag, DT_IN=dt_in,
         BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
-        num_warps=warps,
+        EVEN=p.even(block_d), num_warps=warps,
     )
     return out, last, states

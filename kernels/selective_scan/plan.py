@@ -72,6 +72,12 @@ class Plan:
         """Channel blocks per partition."""
         return triton.cdiv(self.dim // self.groups, block_d)
 
+    def even(self, block_d: int) -> bool:
+        """Whether every tile of the main kernels lies inside the shapes: seqlen a multiple of the chunk, each
+        partition's channels a multiple of ``block_d``, d_state a power of 2 (the kernels' EVEN: no masks)."""
+        return self.seqlen % self.chunk == 0 and (self.dim // self.groups) % block_d == 0 and \
+            self.d_state == self.block_n
+
     def segments(self, block_d: int, num_warps: int, n_segments: int | None, device: torch.device,
                  programs: int | None = None) -> tuple[int, int]:
         """(nseg, chunks per segment). Auto (CUDA): split time when the channel blocks (``programs`` of them per

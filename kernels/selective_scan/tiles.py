@@ -70,6 +70,16 @@ def channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D: tl.constex
 
 
 @triton.jit
+def all_true_if(mask, EVEN: tl.constexpr):
+    """``mask``, or with EVEN (the call's shapes divide the tiles: seqlen by CHUNK, the channels of a partition by
+    BLOCK_D, d_state = BLOCK_N, so no step, channel or state lane of a tile lies outside) an all-true mask of its
+    shape: a constant that the compiler folds out of every load, store and select."""
+    if EVEN:
+        mask = tl.full(mask.shape, 1, tl.int1)
+    return mask
+
+
+@triton.jit
 def group_base(b, part, parts_per_group, stride_b, stride_g):
     """Offset of B/C[b, group] in a (batch, groups, d_state, seqlen) tensor with strides (stride_b, stride_g, .,
     1) for partition ``part``."""

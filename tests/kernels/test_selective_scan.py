@@ -121,6 +121,12 @@ SMALL = dict(chunk_size=4, block_d=4)
                      marks=pytest.mark.slow),
         pytest.param(dict(shape=(2, 8, 30, 4), bc="grouped", groups=2, kw=dict(chunk_size=4, block_d=2, save_every=4)),
                      marks=pytest.mark.slow),
+        # every tile inside the shapes (Plan.even: the kernels' masks become constants), with segments, B/C
+        # groups, an initial state, save groups and no gate
+        dict(shape=(2, 8, 16, 4), h0=True),
+        dict(shape=(2, 8, 32, 4), bc="grouped", groups=2, h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=2)),
+        dict(shape=(1, 4, 24, 4), bc="fixed", kw=dict(chunk_size=4, block_d=4, save_every=2)),
+        dict(shape=(2, 4, 8, 4), z=False, D=False, bias=False, softplus=False),
     ],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", ""),
 )
@@ -418,3 +424,21 @@ def test_bench_scan_triton_variants_run(variant):
     assert parse_backends(variant) == [variant] and variant in TRITON_VARIANTS
     row = bench_one(variant, (1, 4, 16), 2, torch.float32, "cpu")
     assert "error" not in row and row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0, row
+
+
+@pytest.mark.parametrize("shape, kw, even", [
+    ((2, 8, 16, 4), SMALL, True),
+    ((2, 8, 32, 4), dict(chunk_size=4, block_d=4), True),
+    ((2, 6, 21, 4), SMALL, False),  # seqlen not a multiple of the chunk
+    ((2, 6, 16, 4), SMALL, False),  # dim not a multiple of block_d
+    ((2, 8, 16, 3), SMALL, False),  # d_state padded to 4
+])
+def test_even_plan(shape, kw, even):
+    """The kernels drop their masks (EVEN) exactly when no tile reaches past the shapes; the oracle cases above
+    cover both kinds."""
+    from mamba_bio_audio.kernels.selective_scan.plan import make_plan
+
+    batch, dim, seqlen, d_state = shape
+    u, A = torch.zeros(batch, dim, seqlen), torch.zeros(dim, d_state)
+    B = torch.zeros(batch, d_state, seqlen)
+    assert make_plan(u, A, B, B, kw["chunk_size"]).even(kw["block_d"]) is even

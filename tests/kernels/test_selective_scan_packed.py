@@ -123,6 +123,8 @@ CASES = {
     "segments": dict(lengths=[[8, 3, 5, 7], [1, 10, 12]], kw=dict(n_segments=3)),
     "grouped-save2": dict(lengths=[[6, 9, 2], [2, 15]], bc="grouped", groups=2, kw=dict(save_every=2)),
     "fixed-plain": dict(lengths=[[1, 1, 1, 3], [6]], bc="fixed", z=False, D=False, bias=False, softplus=False),
+    # seqlen 16, dim 4: every tile inside the shapes (the kernels' EVEN, no masks); starts on and off chunk edges
+    "even": dict(lengths=[[4, 1, 11], [5, 10, 1]], kw=dict(n_segments=2)),
 }
 
 
