@@ -77,8 +77,8 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_p
                        b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
                        HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
                        SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr):
-    """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved.
+                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr, EVEN: tl.constexpr):
+    """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved (EVEN: as the kernel's).
 
     Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
     last chunk: ``first``) the group's chunk-start states are recomputed forwards from its saved state into this
@@ -91,7 +91,7 @@ def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_p
         for j in range(start, c):
             tl.store(scratch_ptr + (j - start) * (BLOCK_N * BLOCK_D) + tile, h)
             t = j * CHUNK + tl.arange(0, CHUNK)
-            t_mask = t < seqlen
+            t_mask = all_true_if(t < seqlen, EVEN)
             mask = t_mask[:, None] & d_mask[None, :]
             offs = row[None, :] + t[:, None]
             u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -125,16 +125,17 @@ def _bwd_summary_kernel(
     channels_per_group, blocks_per_group, groups_c, parts_per_group_c,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, C_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
     SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    STAGES: tl.constexpr,
+    STAGES: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """Per time segment [s0, s1), from a zero gradient after it: the state gradient at its first step
+    """Per time segment [s0, s1), from a zero gradient after it (EVEN: as :func:`_bwd_kernel`'s): the state gradient at its first step
     g_{s0} -> seg_g (batch, nseg, dim, d_state), and sum_{s0 < t <= s1} dt_t -> seg_dt (batch, nseg, dim),
     so that g_{s0} = exp(A seg_dt) g_{s1} + seg_g (times 0 when a packed sequence starts in (s0, s1]: the launch's
     seg_keep)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    d_mask = all_true_if(d_mask, EVEN)
     n = tl.arange(0, BLOCK_N)
-    n_mask = n < d_state
+    n_mask = all_true_if(n < d_state, EVEN)
     nd_mask = n_mask[:, None] & d_mask[None, :]
     row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
@@ -147,7 +148,7 @@ def _bwd_summary_kernel(
     c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
     for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
         t = (c_end - 1 - i) * CHUNK + tl.arange(0, CHUNK)
-        t_mask = t < seqlen
+        t_mask = all_true_if(t < seqlen, EVEN)
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
         next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
@@ -255,7 +256,7 @@ def _bwd_kernel(
             h = _group_start_state(
                 u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
                 bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, DT_IN, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY)
+                HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, DT_IN, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY, EVEN)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
                                   HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
@@ -365,7 +366,8 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             dout, delta, A, C, z_arg, bias, seq, seg_g, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gc, ppgc,
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, C_VARYING=C.dim() == 4, HAS_SEQ=has_seq,
-            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages,
+            EVEN=p.even(block_d), num_warps=warps,
         )
 
     du, ddelta = utils.empty_as(u), utils.empty_as(delta_in)

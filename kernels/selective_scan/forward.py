@@ -71,15 +71,16 @@ def _fwd_summary_kernel(
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
     HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """Per time segment, from a zero state: the end state -> seg_h (batch, nseg, dim, d_state) and
+    """Per time segment, from a zero state (EVEN: as :func:`_fwd_kernel`'s): the end state -> seg_h (batch, nseg, dim, d_state) and
     sum_t dt_t -> seg_dt (batch, nseg, dim), so that h_end = exp(A seg_dt) h_start + seg_h (times 0 when a packed
     sequence starts inside the segment: the launch's seg_keep)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    d_mask = all_true_if(d_mask, EVEN)
     n = tl.arange(0, BLOCK_N)
-    n_mask = n < d_state
+    n_mask = all_true_if(n < d_state, EVEN)
     nd_mask = n_mask[:, None] & d_mask[None, :]
     row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
     A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
@@ -91,7 +92,7 @@ def _fwd_summary_kernel(
     c_begin = seg * chunks_per_seg
     for c in tl.range(c_begin, tl.minimum(c_begin + chunks_per_seg, nchunks), num_stages=STAGES):
         t = c * CHUNK + tl.arange(0, CHUNK)
-        t_mask = t < seqlen
+        t_mask = all_true_if(t < seqlen, EVEN)
         mask = t_mask[:, None] & d_mask[None, :]
         offs = row[None, :] + t[:, None]
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -262,7 +263,8 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
             u, delta, A, B, bias, seq, seg_h, seg_dt,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, *strides(u, B, C), cpg, bpg, gb, ppgb,
             HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4, HAS_SEQ=has_seq,
-            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, num_warps=warps,
+            SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages,
+            EVEN=p.even(block_d), num_warps=warps,
         )
     _fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy, bias,
