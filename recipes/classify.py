@@ -133,7 +133,8 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
 
 
 @classify.command("train")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Store from 'classify prepare'.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Store from 'classify prepare' [required; with --resume: the run's].")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
 @budget_options
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
@@ -177,11 +178,12 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
         run_training,
     )
     from mamba_bio_audio.tasks.species import record_architecture, recorded_architecture
-    from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
+    from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite, require_unless_resume
 
+    ctx = click.get_current_context()
+    require_unless_resume(ctx.params, resume, "data")
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "dna classify train", resume=resume, overwrite=True, inputs=(data, init_from))
-    ctx = click.get_current_context()
     p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
     if open_labelled_store(p["data"]).meta.get("test_only"):
         raise UserError(f"{p['data']}: a test-only store (no train split) is for 'classify evaluate'; train on a "
@@ -202,7 +204,7 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
         click.echo(f"model: {s['n_layer']} layers x d_model {s['d_model']}, {s['parameters']:,} parameters; batch "
                    f"{s['batch_size']}, lr {s['lr']:g}; {s['train_sequences']:,} train sequences; validation: "
                    f"{s['validation']}")
-        run_folder(out, "dna classify train", resume=resume, inputs=(data, init_from))
+        run_folder(out, "dna classify train", resume=resume, inputs=(p["data"], init_from))
         named = s["preset"] in PRESET_NAMES and isinstance(plan.model, MambaClassifier)  # not a Caduceus' shape
         preset_name = s["preset"] if named else p["preset"]
         _write_config(out, {**p, "batch_size": s["batch_size"], "lr": s["lr"], "max_steps": s["max_steps"],
@@ -211,7 +213,7 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
             record_architecture(out, plan.model, settings.init_from)  # what a --resume builds the model from
     metrics = run_training(plan, out, resume=resume)
     if is_main_process():
-        metrics["data"] = str(data)
+        metrics["data"] = str(p["data"])
         write_json(out / "metrics.json", metrics)
         val = f"val accuracy {metrics['val']['accuracy']:.3f}, " if "val" in metrics else ""
         click.echo(f"{val}{metrics['train_seconds']:.0f} s; wrote {out}/: model/, metrics.json, config.yaml, logs/")
@@ -238,8 +240,10 @@ def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: in
     from mamba_bio_audio.tasks.classify import evaluate as evaluate_store
     from mamba_bio_audio.tasks.classify import open_labelled_store, results_table
     from mamba_bio_audio.tasks.species import load_classifier
+    from mamba_bio_audio.tasks.windows import weights_input
 
-    check_output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=(checkpoint, data))
+    inputs = (weights_input(checkpoint), data)  # --out RUN/eval is fine: the weights are RUN/model
+    check_output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=inputs)
     if baseline and "train" not in open_labelled_store(data).meta["counts"]:
         click.echo(f"{data} has no train split: the 6-mer baseline (fit on train) is left out")
         baseline = False
@@ -249,7 +253,7 @@ def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: in
                             baseline_max_train=baseline_max_train, seed=seed)
     result.update(checkpoint=str(checkpoint), data=str(data))
     plots = ["confusion_matrix.png", *(["confusion_matrix_baseline.png"] if "baseline" in result else [])]
-    with output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=(checkpoint, data)) as tmp:
+    with output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=inputs) as tmp:
         tmp.mkdir()
         _write_config(tmp, click.get_current_context().params)
         write_json(tmp / "metrics.json", result)
@@ -283,8 +287,14 @@ def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     out.parent.mkdir(parents=True, exist_ok=True)
+    no_bases: list[str] = []
     rows = predict_file(model, source, out, fmt=fmt, batch_size=batch_size, device=torch_dev, lenient=lenient,
+                        no_bases=no_bases,
                         **_columns(fmt, sequence_column, label_column, split_column, id_column, label_key))
+    if no_bases:
+        click.echo(f"mba dna classify predict: warning: {len(no_bases)} sequence(s) hold no A/C/G/T base (all N), so "
+                   f"no prediction (empty 'predicted', nan probabilities): {', '.join(no_bases[:3])}"
+                   f"{', ...' if len(no_bases) > 3 else ''}", err=True)
     click.echo(f"wrote {rows} rows to {out}")
 
 

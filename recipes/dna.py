@@ -78,7 +78,8 @@ def refuse_preparing_under_a_launcher(source: str) -> None:
 @click.option("--split-by", type=click.Choice(["record", "strain", "fraction"]), default="record", show_default=True,
               help="Held-out part of --genomes (see 'species prepare').")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
-@click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
+@click.option("--length", type=click.IntRange(min=2), default=None,
+              help="Window length in bases [required; with --resume: the run's].")
 @budget_options
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="tiny", show_default=True, help="Model size.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -116,10 +117,16 @@ def pretrain(genomes: Path | None, data: Path | None, bed: Path | None, fasta: P
         plan_pretraining,
         run_pretraining,
     )
-    from mamba_bio_audio.tasks.windows import TrainSettings, is_main_process, refuse_to_overwrite
+    from mamba_bio_audio.tasks.windows import (
+        TrainSettings,
+        is_main_process,
+        refuse_to_overwrite,
+        require_unless_resume,
+    )
 
-    refuse_to_overwrite(out, resume)
     ctx = click.get_current_context()
+    require_unless_resume(ctx.params, resume, "length")
+    refuse_to_overwrite(out, resume)
     p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
     genomes, data, bed, fasta = p["genomes"], p["data"], p["bed"], p["fasta"]
     sources = [name for name, value in (("--genomes", genomes), ("--data", data), ("--bed", bed)) if value]

@@ -90,9 +90,11 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
 
 # ---- train --------------------------------------------------------------------------------------------------------
 @species.command("train")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Token store from 'species prepare'.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Token store from 'species prepare' [required; with --resume: the run's].")
 @click.option("--out", type=DIR, required=True, help="Run folder: config.yaml, model/, metrics.json, logs.")
-@click.option("--length", type=click.IntRange(min=2), required=True, help="Window length in bases.")
+@click.option("--length", type=click.IntRange(min=2), default=None,
+              help="Window length in bases [required; with --resume: the run's].")
 @budget_options
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Model size [default: paper-1.4m, or the shape of --init-from; tiny for a quick CPU run].")
@@ -133,11 +135,12 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
         recorded_architecture,
         run_training,
     )
-    from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite
+    from mamba_bio_audio.tasks.windows import is_main_process, refuse_to_overwrite, require_unless_resume
 
+    ctx = click.get_current_context()
+    require_unless_resume(ctx.params, resume, "data", "length")
     refuse_to_overwrite(out, resume)
     check_output_folder(out, "species train", resume=resume, overwrite=True, inputs=(data, init_from))
-    ctx = click.get_current_context()
     p = resume_params(out, ctx) if resume else dict(ctx.params)  # a resume: the run's own options
     settings = SpeciesSettings(
         length=p["length"], max_steps=p["max_steps"], max_minutes=max_minutes, preset=p["preset"],
@@ -159,7 +162,7 @@ def train(data: Path, out: Path, length: int, max_steps: int | None, max_minutes
         overlap = None if architecture is None else architecture["pretrain_overlap"]
         if overlap is None and (architecture is None or not architecture["recorded"]):
             overlap = check_pretrain_overlap(p["data"], p["init_from"])
-        run_folder(out, "species train", resume=resume, inputs=(data, init_from))
+        run_folder(out, "species train", resume=resume, inputs=(p["data"], init_from))
         named = plan.summary["preset"] in PRESET_NAMES and isinstance(plan.model, MambaClassifier)  # not a Caduceus'
         write_run_config(out, p, batch_size=plan.summary["batch_size"], lr=plan.summary["lr"],
                          max_steps=plan.summary["max_steps"], train_length=plan.summary["train_length"],
@@ -203,8 +206,10 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
         model_window,
         plot_accuracy_vs_length,
     )
+    from mamba_bio_audio.tasks.windows import weights_input
 
-    check_output_folder(out, "species evaluate", overwrite=overwrite, inputs=(checkpoint, data))
+    inputs = (weights_input(checkpoint), data)  # --out RUN/eval is fine: the weights are RUN/model
+    check_output_folder(out, "species evaluate", overwrite=overwrite, inputs=inputs)
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     window_lengths = parse_int_list(lengths, "--lengths") if lengths else [model_window(model) or 0]
@@ -215,7 +220,7 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
                               batch_size=batch_size, device=torch_dev, baseline=baseline, rc_average=rc_average,
                               log=lambda line: click.echo(line, err=True))
     result.update(checkpoint=str(checkpoint), data=str(data))
-    with output_folder(out, "species evaluate", overwrite=overwrite, inputs=(checkpoint, data)) as tmp:
+    with output_folder(out, "species evaluate", overwrite=overwrite, inputs=inputs) as tmp:
         tmp.mkdir()
         write_run_config(tmp, click.get_current_context().params, lengths=",".join(map(str, window_lengths)))
         write_json(tmp / "metrics.json", result)
@@ -246,6 +251,8 @@ def evaluate(checkpoint: Path, data: Path, lengths: str | None, out: Path, split
 def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | None, max_windows: int | None,
             batch_size: int | None, lenient: bool, rc_average: bool, overwrite: bool, device: str) -> None:
     """Species probabilities per record (or per window) of FASTA/2bit files, as a TSV."""
+    import numpy as np
+
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import load_classifier, model_window, predict_records, predictions_tsv
 
@@ -260,8 +267,18 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, predictions_tsv(rows, model.labels))
     span = window or model_window(model)
+    blank = [row for row in rows if np.isnan(row["probs"]).any()]  # all N: one line for them all
+    if blank:
+        first = ", ".join(f"{row['record']} ({Path(row['file']).name})" + (f" {row['start']}-{row['end']}"
+                                                                            if window else "") for row in blank[:3])
+        what = "window(s)" if window else "record(s)"
+        click.echo(f"mba species predict: warning: {len(blank)} {what} hold no A/C/G/T base (all N), so no "
+                   f"prediction (empty 'predicted', nan probabilities): {first}{', ...' if len(blank) > 3 else ''}",
+                   err=True)
     for row in rows:  # a row read from fewer bases than the window looks like any other: say so
         bases = row["length"] if "length" in row else row["end"] - row["start"]
+        if np.isnan(row["probs"]).any():
+            continue
         if span and bases < span:
             click.echo(f"mba species predict: warning: {row['record']} ({Path(row['file']).name}): its row rests on "
                        f"{bases} bases, fewer than the {span}-base window", err=True)

@@ -48,6 +48,7 @@ from mamba_bio_audio.tasks.species import (
     build_classifier,
     classifier_from_record,
     copy_backbone,
+    has_bases,
     recorded_head,
     resolve_architecture,
 )
@@ -510,7 +511,7 @@ def _cell(value: float | None) -> str:
 # ---- prediction ---------------------------------------------------------------------------------------------------
 def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "auto",
                  batch_size: int = 64, device: torch.device | str = "cpu", chunk: int = 4096,
-                 lenient: bool = False, **columns) -> int:
+                 lenient: bool = False, no_bases: list[str] | None = None, **columns) -> int:
     """Write ``out`` (TSV): ``id, length, [bases_read,] [label,] predicted, p_<label>...`` per sequence of
     ``source``, in file order, reading ``chunk`` sequences at a time; labels in the input are optional. Returns the
     row count.
@@ -519,7 +520,9 @@ def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | o
     the bases the model read: the centre ``min(length, crop)``. The ``label`` column is there when any sequence of
     the file has a label (an unlabelled one then has an empty cell): whether it is, is known only at the end, so
     the rows go to a temporary file first and are copied behind the header. Every row has the header's columns
-    (tabs and line breaks in ids and labels become spaces)."""
+    (tabs and line breaks in ids and labels become spaces). A sequence without a single A/C/G/T base (all N) says
+    nothing to the model: its ``predicted`` is empty and its probabilities ``nan``, and its id is appended to
+    ``no_bases`` when given."""
     out = Path(out)
     tmp, body = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.rows.tmp")
     labels = list(model.labels)
@@ -531,8 +534,13 @@ def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | o
                 probs = predict_proba(model, [s.tokens for s in group], batch_size, device, crop=crop)
                 for s, p in zip(group, probs):
                     read = [str(min(s.tokens.size, crop))] if crop else []
+                    predicted = labels[int(p.argmax())]
+                    if not has_bases(s.tokens):
+                        predicted, p = "", np.full_like(p, np.nan)
+                        if no_bases is not None:
+                            no_bases.append(s.id)
                     f.write("\t".join([_cell_text(s.id), str(s.tokens.size), *read, _cell_text(s.label or ""),
-                                       labels[int(p.argmax())], *(f"{x:.6f}" for x in p)]) + "\n")
+                                       predicted, *(f"{x:.6f}" for x in p)]) + "\n")
                     with_label = with_label or s.label is not None
                 rows += len(group)
         if rows == 0:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mamba_bio_audio.checkpoint import load_backbone_weights
-from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
+from mamba_bio_audio.data_prep.dna.tokenizer import count_unknown, reverse_complement
 from mamba_bio_audio.data_prep.dna.windows import WindowSampler, eval_windows
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.devices import process_device, torch_device
@@ -581,7 +581,10 @@ def predict_records(model: MambaClassifier, paths: Sequence[str | os.PathLike], 
     Windows of ``window`` tokens (default: the model's training window) tile each record
     (:func:`window_starts`). Yields, per record (``per_window`` False), ``{"file", "record", "length", "windows",
     "probs": (num_classes,)}`` with the mean of its windows' probabilities, or, per window, ``{"file", "record",
-    "start", "end", "probs"}``. Files are read one record at a time; a bad file raises a DataError naming it.
+    "start", "end", "probs"}``. A window without a single A/C/G/T base (all N: an assembly gap) says nothing about
+    the species: it is left out of its record's mean (``windows`` counts those averaged), and a window, or a record,
+    with nothing to average gets NaN probabilities (:func:`predictions_tsv` writes no prediction for it). Files are
+    read one record at a time; a bad file raises a DataError naming it.
     """
     from mamba_bio_audio.data_prep.dna.fasta import read_records
 
@@ -591,26 +594,37 @@ def predict_records(model: MambaClassifier, paths: Sequence[str | os.PathLike], 
     for path in paths:
         for header, tokens in read_records(path, lenient):
             starts = window_starts(tokens.size, window, max_windows)
-            probs = predict_proba(model, (tokens[s: s + window] for s in starts), batch_size, device, rc_average)
+            called = np.array([has_bases(tokens[s: s + window]) for s in starts], dtype=bool)
+            probs = np.full((starts.size, model.num_classes), np.nan)
+            probs[called] = predict_proba(model, (tokens[s: s + window] for s in starts[called]), batch_size, device,
+                                          rc_average)
             if per_window:
                 for s, p in zip(starts.tolist(), probs):
                     yield {"file": str(path), "record": header.id, "start": s, "end": min(s + window, tokens.size),
                            "probs": p}
             else:
+                mean = probs[called].mean(axis=0) if called.any() else np.full(model.num_classes, np.nan)
                 yield {"file": str(path), "record": header.id, "length": int(tokens.size),
-                       "windows": int(starts.size), "probs": probs.mean(axis=0)}
+                       "windows": int(called.sum()), "probs": mean}
+
+
+def has_bases(tokens: np.ndarray) -> bool:
+    """Whether ``tokens`` ``(n,)`` (uint8 ids) hold at least one A, C, G or T."""
+    return count_unknown(tokens) < tokens.size
 
 
 def predictions_tsv(rows: Iterable[dict], labels: Sequence[str]) -> str:
     """Tab-separated text of :func:`predict_records` rows: the row's fields, ``predicted``, then one probability
-    column ``p_<species>`` per label (each row's probabilities sum to 1 up to the 6 printed decimals)."""
+    column ``p_<species>`` per label (each row's probabilities sum to 1 up to the 6 printed decimals). A row of NaN
+    probabilities (no A/C/G/T base read) has an empty ``predicted`` and ``nan`` probabilities."""
     lines, keys = [], None
     for row in rows:
         if keys is None:
             keys = [k for k in row if k != "probs"]
             lines.append("\t".join([*keys, "predicted", *(f"p_{name}" for name in labels)]))
         probs = row["probs"]
-        lines.append("\t".join([*(str(row[k]) for k in keys), labels[int(np.argmax(probs))],
+        predicted = "" if np.isnan(probs).any() else labels[int(np.argmax(probs))]
+        lines.append("\t".join([*(str(row[k]) for k in keys), predicted,
                                 *(f"{p:.6f}" for p in probs)]))
     return "\n".join(lines) + "\n" if lines else ""
 

@@ -131,6 +131,14 @@ def model_dir(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{path}: not a run folder (no model/{CONFIG_NAME}) nor a model folder (no {CONFIG_NAME})")
 
 
+def weights_input(checkpoint: str | os.PathLike) -> Path:
+    """The folder a command that loads ``checkpoint`` reads: ``RUN/model`` of a run folder that holds one, else
+    ``checkpoint`` itself. Passed as the input an output folder must not overlap, so that ``--out RUN/eval`` (beside
+    the weights, inside the run) is allowed while ``--out RUN`` or a folder inside ``RUN/model`` is refused."""
+    path = Path(checkpoint)
+    return path / "model" if (path / "model").is_dir() else path
+
+
 def check_dna_config(config: MambaConfig, source: str | os.PathLike) -> None:
     """A model for the hyena-12 tokenizer, or a CheckpointError naming ``source``."""
     tokenizer = config.extra.get("dna", {}).get("tokenizer", TOKENIZER)
@@ -298,6 +306,15 @@ def refuse_to_overwrite(out: Path, resume: bool) -> None:
     if not resume and last_checkpoint(out) is not None:
         raise UserError(f"--out {out}: already holds a training run (checkpoints/last.ckpt); pass --resume to "
                         f"continue it, or choose another folder")
+
+
+def require_unless_resume(params: dict, resume: bool, *names: str) -> None:
+    """Options a fresh run needs and a ``--resume`` takes from the run's ``config.yaml``: one missing from
+    ``params`` (a command's option values; ``None`` when not given) on a fresh run is a one-line UserError."""
+    missing = [name for name in names if params.get(name) is None]
+    if missing and not resume:
+        flag = "--" + missing[0].replace("_", "-")
+        raise UserError(f"missing option {flag} (needed for a new run; a --resume takes the run's)")
 
 
 @dataclass
