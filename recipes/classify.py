@@ -16,6 +16,9 @@ The work is done by :mod:`mamba_bio_audio.tasks.classify`; these commands parse 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -288,14 +291,38 @@ def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str
     model = load_classifier(checkpoint, torch_dev)
     out.parent.mkdir(parents=True, exist_ok=True)
     no_bases: list[str] = []
-    rows = predict_file(model, source, out, fmt=fmt, batch_size=batch_size, device=torch_dev, lenient=lenient,
-                        no_bases=no_bases,
-                        **_columns(fmt, sequence_column, label_column, split_column, id_column, label_key))
+    with _unread_columns_as_lines("mba dna classify predict"):
+        rows = predict_file(model, source, out, fmt=fmt, batch_size=batch_size, device=torch_dev, lenient=lenient,
+                            no_bases=no_bases,
+                            **_columns(fmt, sequence_column, label_column, split_column, id_column, label_key))
     if no_bases:
         click.echo(f"mba dna classify predict: warning: {len(no_bases)} sequence(s) hold no A/C/G/T base (all N), so "
                    f"no prediction (empty 'predicted', nan probabilities): {', '.join(no_bases[:3])}"
                    f"{', ...' if len(no_bases) > 3 else ''}", err=True)
     click.echo(f"wrote {rows} rows to {out}")
+
+
+@contextmanager
+def _unread_columns_as_lines(command: str) -> Iterator[None]:
+    """Print each CSV/TSV column that looks like the ids but no flag reads (an
+    :class:`~mamba_bio_audio.data_prep.dna.labelled.UnreadColumnWarning`) as one warning line, once."""
+    from mamba_bio_audio.data_prep.dna.labelled import UnreadColumnWarning
+
+    shown: set[str] = set()
+
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, UnreadColumnWarning):
+            if str(message) not in shown:
+                shown.add(str(message))
+                click.echo(f"{command}: warning: {message}", err=True)
+        else:
+            previous(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnreadColumnWarning)
+        previous = warnings.showwarning
+        warnings.showwarning = show
+        yield
 
 
 def _write_config(out: Path, params: dict) -> None:

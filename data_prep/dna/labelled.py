@@ -28,6 +28,7 @@ import hashlib
 import io
 import os
 import re
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,9 +129,10 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
                require_labels: bool = True) -> Iterator[LabelledSequence]:
     """Rows of a CSV/TSV file (gzip or not) with a header line; ``split`` for every row when there is no column.
 
-    A row's id is its ``id_column`` value (a missing column is an error), else its ``default_id_column`` value
-    when the file has that column, else ``{id_prefix}line N``. An empty split cell is no split (None). Empty lines
-    are skipped.
+    A row's id is its ``id_column`` value (a missing column is an error, and so is a value on two lines), else its
+    ``default_id_column`` value when the file has that column, else ``{id_prefix}line N``. An empty split cell is
+    no split (None). Empty lines are skipped. With labels optional (prediction), a column named like ids (``id``,
+    ``name``) that no flag reads is an :class:`UnreadColumnWarning`.
     """
     path = Path(path)
     csv.field_size_limit(_FIELD_LIMIT)
@@ -146,12 +148,20 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
             split_i = None if split_column is None else _column(path, header, split_column, "--split-column")
             id_i = (_column(path, header, id_column, "--id-column") if id_column is not None
                     else _column(path, header, default_id_column, "", required=False) if default_id_column else None)
+            if id_i is None and not require_labels:  # prediction: the output names each row by its id
+                _warn_unread_id_column(path, header)
+            seen: dict[str, int] = {}  # id -> line, for ids from --id-column (unique, as FASTA record ids)
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
                 where = f"{path}: line {reader.line_num}"
                 if len(row) != len(header):
                     raise DataError(f"{where}: {len(row)} fields, the header has {len(header)}")
+                if id_column is not None:
+                    first = seen.setdefault(row[id_i].strip(), reader.line_num)
+                    if first != reader.line_num:
+                        raise DataError(f"{where}: duplicate id {row[id_i].strip()!r} (first on line {first}; "
+                                        f"--id-column {id_column})")
                 label = None if label_i is None else row[label_i].strip()
                 if require_labels and not label:
                     raise DataError(f"{where}: empty label")
@@ -160,6 +170,20 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
                                        f"{id_prefix}line {reader.line_num}",
                                        tokens=_encode(row[seq_i].strip(), lenient, where), label=label or None,
                                        split=row_split, where=where)
+
+
+class UnreadColumnWarning(UserWarning):
+    """A CSV/TSV column that looks like the ids, read by no flag (the commands print it as a line)."""
+
+
+def _warn_unread_id_column(path: Path, header: list[str]) -> None:
+    """An :class:`UnreadColumnWarning` for a column named like ids (``id``, ``name``) that no flag asked to read (the
+    rows are then named ``line N``): the user most likely meant it."""
+    lower = [h.lower() for h in header]
+    found = next((header[lower.index(n)] for n in ("id", "name") if n in lower), None)
+    if found is not None:
+        warnings.warn(f"{path}: column {found!r} is not read (rows are named 'line N' instead); pass --id-column "
+                      f"{found} to use it", UnreadColumnWarning, stacklevel=3)
 
 
 def _is_tsv(path: Path, f: io.TextIOBase) -> bool:

@@ -152,3 +152,43 @@ def test_classify_predict_gives_no_prediction_for_n_alone(fx, tmp_path, capsys):
     for name in ("gap", "iupac"):  # ambiguity codes read as N: nothing to classify either
         assert rows[name]["predicted"] == "" and math.isnan(float(rows[name]["p_a"]))
     assert "2 sequence(s) hold no A/C/G/T base" in err and "gap, iupac" in err
+
+
+# ---- a CSV as users bring it ---------------------------------------------------------------------------------------
+def test_a_users_csv_windows_line_endings_soft_masking_iupac_and_an_empty_line(tmp_path, capsys):
+    from mamba_bio_audio.data_prep.dna.tokenizer import decode
+    from mamba_bio_audio.data_prep.store import TokenStore
+
+    rows = [(f"s{i}", "ACGTTGCA" * 4 + "ACGT"[i % 4] * (i + 1), "ab"[i % 2]) for i in range(12)]
+    rows[0] = ("s0", "acgtacgtGGCC", "a")  # soft-masked
+    rows[1] = ("s1", "ACRYNKMTTG", "b")  # IUPAC codes
+    text = "id,sequence,label,split\r\n" + "".join(
+        f"{i},{s},{y},{'test' if k == 11 else 'train'}\r\n" + ("\r\n" if k == 4 else "")
+        for k, (i, s, y) in enumerate(rows))
+    (tmp_path / "mine.csv").write_bytes(text.encode())
+    _, err = _ok(["dna", "classify", "prepare", tmp_path / "mine.csv", "--out", tmp_path / "st2", "--split-column",
+                  "split", "--id-column", "id", "--val-fraction", "0"], capsys)
+    assert err == ""
+    store = TokenStore(tmp_path / "st2")
+    seqs = {r["id"]: decode(store.tokens(i)) for i, r in enumerate(store.records)}
+    assert seqs["s0"] == "ACGTACGTGGCC" and seqs["s1"] == "ACNNNNNTTG" and len(seqs) == 12
+    assert store.meta["counts"]["test"] == {"b": 1}
+
+
+def test_a_duplicate_id_in_the_id_column_is_one_line(tmp_path, capsys):
+    (tmp_path / "dup.tsv").write_text("id\tsequence\tlabel\nx\tACGTAC\ta\ny\tGGCCAA\tb\nx\tTTTTAC\ta\n")
+    code, _, err = run_cli(["dna", "classify", "prepare", tmp_path / "dup.tsv", "--out", tmp_path / "st",
+                            "--id-column", "id"], capsys)
+    assert_one_line_error(code, err, "dup.tsv: line 4: duplicate id 'x' (first on line 2")
+    assert not (tmp_path / "st").exists()
+
+
+def test_predict_names_the_unread_id_column(fx, tmp_path, capsys):
+    (tmp_path / "new.csv").write_text("id,sequence\nmine-1,ACGTGGCCGCGCAT\nmine-2,ATATATTTAAAT\n")
+    _, err = _ok(["dna", "classify", "predict", "--checkpoint", fx / "cls-run", tmp_path / "new.csv", "--out",
+                  tmp_path / "p.tsv", "--device", "cpu"], capsys)
+    assert "column 'id' is not read" in err and "--id-column id" in err
+    assert [r["id"] for r in _tsv(tmp_path / "p.tsv")] == ["line 2", "line 3"]
+    _, err = _ok(["dna", "classify", "predict", "--checkpoint", fx / "cls-run", tmp_path / "new.csv", "--out",
+                  tmp_path / "q.tsv", "--id-column", "id", "--device", "cpu"], capsys)
+    assert err == "" and [r["id"] for r in _tsv(tmp_path / "q.tsv")] == ["mine-1", "mine-2"]
