@@ -75,11 +75,23 @@ def prepare(genomes: Path, out: Path, split_by: str, val_names: str | None, test
         prepare_genomes(genomes, tmp, split_by, val=names(val_names), test=names(test_names), seed=seed,
                         lenient=lenient)
     bases: dict[str, dict[str, int]] = {}
+    units: dict[tuple[str, str], list[str]] = {}  # (species, split) -> the strains / records held there
+    unit = {"strain": "strain", "record": "record"}.get(split_by)  # --split-by fraction: regions, no names
     for rec in TokenStore(out).records:
         per_split = bases.setdefault(rec["species"], {})
         per_split[rec["split"]] = per_split.get(rec["split"], 0) + rec["length"]
+        held = units.setdefault((rec["species"], rec["split"]), [])
+        if unit and rec.get(unit) and rec[unit] not in held:
+            held.append(rec[unit])
+
+    def named(species: str, split: str) -> str:  # which strains (records) a split holds: "(DH1)"
+        held = units.get((species, split), [])
+        return (f" ({', '.join(held[:3])}{f', ... {len(held)} {unit}s' if len(held) > 3 else ''})"
+                if held and split != "train" else "")
+
     for name, per_split in bases.items():
-        click.echo(f"{name}: " + ", ".join(f"{split} {n:,}" for split, n in sorted(per_split.items())) + " bases")
+        click.echo(f"{name}: " + ", ".join(f"{split} {n:,}{named(name, split)}" for split, n
+                                           in sorted(per_split.items())) + " bases")
     for name, per_split in bases.items():  # e.g. --test named without --val: say what is missing
         missing = [split for split in ("val", "test") if split not in per_split]
         if missing:

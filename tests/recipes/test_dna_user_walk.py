@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -192,3 +193,20 @@ def test_predict_names_the_unread_id_column(fx, tmp_path, capsys):
     _, err = _ok(["dna", "classify", "predict", "--checkpoint", fx / "cls-run", tmp_path / "new.csv", "--out",
                   tmp_path / "q.tsv", "--id-column", "id", "--device", "cpu"], capsys)
     assert err == "" and [r["id"] for r in _tsv(tmp_path / "q.tsv")] == ["mine-1", "mine-2"]
+
+
+# ---- species prepare says which strains it held out ----------------------------------------------------------------
+def test_species_prepare_names_the_held_out_strains(tmp_path, capsys):
+    from mamba_bio_audio.data_prep.store import TokenStore
+
+    write_synthetic_genomes(tmp_path / "g", n_species=2, strains=3, length=1_000, seed=0)
+    out, _ = _ok(["species", "prepare", "--genomes", tmp_path / "g", "--out", tmp_path / "st", "--split-by",
+                  "strain"], capsys)
+    held = {(r["species"], r["split"]): r["strain"] for r in TokenStore(tmp_path / "st").records}
+    for species in ("synth_00", "synth_01"):
+        line = next(line for line in out.splitlines() if line.startswith(f"{species}:"))
+        assert re.search(rf"test [\d,]+ \({held[species, 'test']}\), train [\d,]+, val [\d,]+ "
+                         rf"\({held[species, 'val']}\) bases$", line), line  # train: not named (the rest)
+    out, _ = _ok(["species", "prepare", "--genomes", tmp_path / "g", "--out", tmp_path / "fr", "--split-by",
+                  "fraction"], capsys)
+    assert "(" not in out  # regions of one record: nothing to name
