@@ -118,7 +118,8 @@ def prepare(source: Path | None, out: Path, download: str | None, download_dir: 
     fmt_for_columns = "genomic-benchmarks" if download else fmt
     inputs = (source, download_dir)
     check_output_folder(out, "dna classify prepare", overwrite=overwrite, inputs=inputs)
-    with output_folder(out, "dna classify prepare", overwrite=overwrite, inputs=inputs) as tmp:
+    with output_folder(out, "dna classify prepare", overwrite=overwrite, inputs=inputs) as tmp, \
+            _unread_columns_as_lines("mba dna classify prepare"):
         store = prepare_store(source, tmp, fmt=fmt, download=download, download_dir=download_dir,
                               val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, lenient=lenient,
                               **_columns(fmt_for_columns, sequence_column, label_column, split_column, id_column,

@@ -132,7 +132,8 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
     A row's id is its ``id_column`` value (a missing column is an error, and so is a value on two lines), else its
     ``default_id_column`` value when the file has that column, else ``{id_prefix}line N``. An empty split cell is
     no split (None). Empty lines are skipped. With labels optional (prediction), a column named like ids (``id``,
-    ``name``) that no flag reads is an :class:`UnreadColumnWarning`.
+    ``name``) that no flag reads is an :class:`UnreadColumnWarning`; with labels required (preparing), so is a column
+    named like splits (``split``, ``set``, ...) that no ``--split-column`` reads.
     """
     path = Path(path)
     csv.field_size_limit(_FIELD_LIMIT)
@@ -150,6 +151,8 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
                     else _column(path, header, default_id_column, "", required=False) if default_id_column else None)
             if id_i is None and not require_labels:  # prediction: the output names each row by its id
                 _warn_unread_id_column(path, header)
+            if split_i is None and split is None and require_labels:  # preparing: the user's own splits?
+                _warn_unread_split_column(path, header)
             seen: dict[str, int] = {}  # id -> line, for ids from --id-column (unique, as FASTA record ids)
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
@@ -184,6 +187,16 @@ def _warn_unread_id_column(path: Path, header: list[str]) -> None:
     if found is not None:
         warnings.warn(f"{path}: column {found!r} is not read (rows are named 'line N' instead); pass --id-column "
                       f"{found} to use it", UnreadColumnWarning, stacklevel=3)
+
+
+def _warn_unread_split_column(path: Path, header: list[str]) -> None:
+    """An :class:`UnreadColumnWarning` for a column named like splits (``split``, ``set``, ``fold``, ``subset``) that
+    no ``--split-column`` reads (the splits are then drawn at random: the user's own would be thrown away)."""
+    lower = [h.lower() for h in header]
+    found = next((header[lower.index(n)] for n in ("split", "set", "fold", "subset") if n in lower), None)
+    if found is not None:
+        warnings.warn(f"{path}: column {found!r} is not read (the splits are drawn or taken as train instead); pass "
+                      f"--split-column {found} to use it", UnreadColumnWarning, stacklevel=3)
 
 
 def _is_tsv(path: Path, f: io.TextIOBase) -> bool:

@@ -58,7 +58,10 @@ def test_duplicates_across_given_splits_are_one_warning_line(tmp_path, capsys):
                                         "store's meta 'duplicates')"]
     assert TokenStore(tmp_path / "st").meta["duplicates"] == {"val": 1, "test": 2}
     code, out, err = run_cli(["dna", "classify", "prepare", path, "--out", tmp_path / "drawn"], capsys)
-    assert code == 0 and err == ""  # no split column: drawn per distinct sequence, no duplicates across splits
+    # the split column not read: drawn per distinct sequence (no duplicates across splits), and one line saying so
+    assert code == 0 and err.strip().splitlines() == [
+        f"mba dna classify prepare: warning: {path}: column 'split' is not read (the splits are drawn or taken as "
+        f"train instead); pass --split-column split to use it"]
 
 
 def test_nt_folder_honours_the_column_flags(tmp_path, capsys):
