@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -142,7 +144,12 @@ def fit(task: pl.LightningModule, datamodule: pl.LightningDataModule, out_dir: s
         ckpt_path = last_checkpoint(out_dir)
         if ckpt_path is None:
             raise UserError(f"--resume: no checkpoint to resume from in {Path(out_dir) / 'checkpoints'}")
-        load_training_checkpoint(ckpt_path)  # refuse a corrupt or unsafe file before Lightning touches it
+        # refuse a corrupt or unsafe file before Lightning touches it; say so when nothing is left to train
+        # (Lightning trains no step: the run is saved and scored again as it was, so a retried job stays a no-op)
+        done = int(load_training_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
+        if cfg.max_steps is not None and 0 < cfg.max_steps <= done and int(os.environ.get("RANK", "0")) == 0:
+            print(f"--resume: the run in {out_dir} is already at step {done}, at or past --max-steps "
+                  f"{cfg.max_steps}: nothing to train (a larger --max-steps trains on)", file=sys.stderr)
     trainer = make_trainer(out_dir, cfg)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
@@ -233,3 +240,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*(litlogger|litmodels|LitLogger).*")
     # a resumed run writes into its own checkpoints/ again: expected, not worth a warning
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # a resume with another --checkpoint-every: ModelCheckpoint's state (best-model bookkeeping, unused here) has
+    # another key; only that one callback (any other state-bearing callback missing still warns)
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the "
+                                              r"checkpoint need to be provided during `Trainer` instantiation\. Please "
+                                              r'add the following callbacks: \["ModelCheckpoint\{[^}]*\}"\]\.$')

@@ -212,6 +212,12 @@ def test_resume_continues_the_run_in_out(micro_presets, tmp_path, capsys):
     code, _, err = run(["synthetic", "induction-heads", "--out", str(tmp_path / "empty"), "--device", "cpu",
                         "--resume"], capsys)
     assert_one_line_error(code, err, "no checkpoint to resume from")
+    # nothing left to train: a no-op that says so (Lightning trains no step; the run is saved as it was)
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--max-steps", str(first + 1)], capsys)
+    assert code == 0, err
+    assert f"already at step {first + 2}, at or past --max-steps {first + 1}: nothing to train" in err
+    assert json.loads((out / "metrics.json").read_text())["steps"] == first + 2
     code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
                         "--init-from", str(out / "model")], capsys)
     assert_one_line_error(code, err, "cannot be combined with --init-from")
