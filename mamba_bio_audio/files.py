@@ -268,12 +268,13 @@ def umask_mode(mode: int = 0o777) -> int:
 
 
 def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), overwrite: bool | None = None,
-                      flag: str = "--out") -> Path:
+                      flag: str = "--out", inside_ok: tuple = ()) -> Path:
     """Refuse, before any work, an output file that is a folder, one of the ``inputs`` (or inside an input folder),
     a path inside a folder marked as an ``mba`` output (another command's: a token store, a run), an existing file
     unless ``overwrite`` is true, or a file whose folder cannot be written; returns ``out``. The file is then
     written atomically by the caller. ``overwrite=None``: the command has no ``--overwrite`` flag, so the message
-    for an existing file does not offer one."""
+    for an existing file does not offer one. ``inside_ok``: output folders the file may lie in (the run a
+    ``predict`` reads: ``RUN/preds.tsv`` beside its weights, as ``evaluate --out RUN/eval``)."""
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{flag} {out}: is a folder; expected a file name")
@@ -281,9 +282,10 @@ def check_output_file(out: str | os.PathLike, *, inputs: tuple = (), overwrite: 
     for source in inputs:
         if source is not None and (resolved == Path(source).resolve() or Path(source).resolve() in resolved.parents):
             raise UserError(f"{flag} {out}: is an input ({source}); choose another file")
+    allowed = {Path(p).resolve() for p in inside_ok if p is not None}
     for folder in resolved.parents:
         kind = output_kind(folder)
-        if kind is not None:
+        if kind is not None and folder not in allowed:
             raise UserError(f"{flag} {out}: lies inside {folder}, a '{kind}' output; choose a file outside it")
     if (out.exists() or out.is_symlink()) and not overwrite:
         how = "pass --overwrite to replace it" if overwrite is False else "choose a new file name or remove it first"

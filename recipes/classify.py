@@ -287,7 +287,11 @@ def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str
     from mamba_bio_audio.tasks.classify import predict_file
     from mamba_bio_audio.tasks.species import load_classifier
 
-    check_output_file(out, inputs=(checkpoint, source), overwrite=overwrite)
+    from mamba_bio_audio.tasks.windows import weights_input
+
+    # --out RUN/preds.tsv is fine: the run's weights (RUN/model) are the input
+    check_output_file(out, inputs=(weights_input(checkpoint), source), overwrite=overwrite,
+                      inside_ok=(checkpoint,))
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     out.parent.mkdir(parents=True, exist_ok=True)

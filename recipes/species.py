@@ -268,7 +268,11 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import load_classifier, model_window, predict_records, predictions_tsv
 
-    check_output_file(out, inputs=(checkpoint, *fasta), overwrite=overwrite)
+    from mamba_bio_audio.tasks.windows import weights_input
+
+    # --out RUN/preds.tsv is fine: the run's weights (RUN/model) are the input
+    check_output_file(out, inputs=(weights_input(checkpoint), *fasta), overwrite=overwrite,
+                      inside_ok=(checkpoint,))
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     if max_windows is None:

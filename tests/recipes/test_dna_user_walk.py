@@ -210,3 +210,23 @@ def test_species_prepare_names_the_held_out_strains(tmp_path, capsys):
     out, _ = _ok(["species", "prepare", "--genomes", tmp_path / "g", "--out", tmp_path / "fr", "--split-by",
                   "fraction"], capsys)
     assert "(" not in out  # regions of one record: nothing to name
+
+
+# ---- predict --out RUN/preds.tsv (beside the weights, as evaluate --out RUN/eval) ---------------------------------
+def test_predict_writes_into_the_run_it_reads_but_not_into_other_outputs(fx, capsys):
+    fasta = fx / "one.fa"
+    fasta.write_text(">r1\n" + "ACGT" * 40 + "\n")
+    _ok(["species", "predict", "--checkpoint", fx / "run", fasta, "--out", fx / "run" / "preds.tsv", "--device",
+         "cpu"], capsys)
+    assert (fx / "run" / "preds.tsv").read_text().count("\n") == 2  # header and r1
+    seqs = fx / "seqs.csv"
+    seqs.write_text("sequence\n" + "ACGT" * 10 + "\n")
+    _ok(["dna", "classify", "predict", "--checkpoint", fx / "cls-run", seqs, "--out", fx / "cls-run" / "preds.tsv",
+         "--device", "cpu"], capsys)
+    assert (fx / "cls-run" / "preds.tsv").is_file()
+    for bad, why in ((fx / "store" / "preds.tsv", "a 'species prepare' output"),  # another command's output
+                     (fx / "run" / "model" / "preds.tsv", "is an input"),  # inside the weights
+                     (fx / "cls-run" / "preds.tsv", "lies inside")):  # another run than the one read
+        code, _, err = run_cli(["species", "predict", "--checkpoint", fx / "run", fasta, "--out", bad, "--device",
+                                "cpu", "--overwrite"], capsys)
+        assert_one_line_error(code, err, why)
