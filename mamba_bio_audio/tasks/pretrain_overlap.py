@@ -93,7 +93,7 @@ def check_pretrain_overlap(store: str | os.PathLike, init_from: str | os.PathLik
         return None
     found["pretrain_store"] = str(pretrained_on)
     if found["overlap_bases"]:
-        click.echo(f"warning: --init-from {init_from} was pretrained on {found['overlap_fraction']:.0%} of the val/test "
+        click.echo(f"mba species train: warning: --init-from {init_from} was pretrained on {found['overlap_fraction']:.0%} of the val/test "
                    f"bases of {store} ({len(found['records'])} held-out regions, e.g. {found['records'][0][1]}): its "
                    f"held-out accuracy is not held out; pretrain with 'mba dna pretrain --data {store}' (its train "
                    f"split only)", err=True)
