@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from mamba_bio_audio.devices import torch_device
@@ -35,6 +35,7 @@ from mamba_bio_audio.errors import CheckpointError, TrainingStopped, UserError
 from mamba_bio_audio.files import atomic_write_text
 from mamba_bio_audio.training.budget import WallClockBudget, default_precision
 from mamba_bio_audio.training.callbacks import GracefulStop
+from mamba_bio_audio.training.progress import progress_callback
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64")
@@ -116,7 +117,7 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
     if cfg.max_minutes is not None:
         callbacks.append(WallClockBudget(60 * cfg.max_minutes))
     if cfg.progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every)))
+        callbacks.append(progress_callback(cfg.log_every))  # tqdm's bar on a terminal, plain lines in a file
     # version_0, version_1, ...: a resumed run logs beside the first part instead of overwriting it
     loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")]
     return pl.Trainer(
@@ -126,7 +127,8 @@ def make_trainer(out_dir: str | Path, cfg: TrainerConfig) -> pl.Trainer:
         accumulate_grad_batches=cfg.accumulate, callbacks=callbacks, logger=loggers,
         log_every_n_steps=cfg.log_every, val_check_interval=cfg.val_every or None,
         check_val_every_n_epoch=None if cfg.val_every else 1, limit_val_batches=1.0 if cfg.val_every else 0,
-        num_sanity_val_steps=0, enable_progress_bar=cfg.progress, enable_model_summary=False,
+        num_sanity_val_steps=0, enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_model_summary=False,
         deterministic=cfg.deterministic, default_root_dir=out_dir, plugins=[SafeCheckpointIO()],
     )
 

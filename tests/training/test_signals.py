@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,9 +59,11 @@ def train_and_signal(store, out, tmp_path, signum):
 
 
 def last_line(stderr: str) -> list[str]:
-    """stderr lines that are not progress-bar redraws."""
+    """stderr lines that are not progress: a terminal's bar redraws, or (stderr is a file here) the plain progress
+    lines of training.progress.LineProgress."""
     return [line for line in stderr.replace("\r", "\n").splitlines()
-            if line.strip() and not line.lstrip().startswith(("Epoch", "Training", "Validation", "\x1b"))]
+            if line.strip() and not line.lstrip().startswith(("Epoch", "Training", "Validation", "\x1b"))
+            and not re.match(r"(training: (steps|from step) \d+|step \d+(/\d+ \(\d+%\))?[: ])", line)]
 
 
 def test_sigterm_saves_stops_143_and_resume_is_bit_identical(store, tmp_path):
