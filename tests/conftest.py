@@ -10,6 +10,32 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def _import_the_installed_kernels_package() -> None:
+    """``python -m pytest`` from the clone puts its root on sys.path, where our top-level ``kernels/`` folder (the
+    package's ``mamba_bio_audio.kernels``) shadows the PyPI ``kernels`` package that transformers imports when it is
+    installed (``transformers.integrations.hub_kernels``: "cannot import name 'CUDAProperties' from 'kernels'"),
+    which failed a transformers test depending on what ran before it. Import the installed one first, from sys.path
+    without the clone's root; nothing when it is not installed."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if "kernels" in sys.modules:
+        return
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
+    try:
+        if importlib.util.find_spec("kernels") is not None:
+            importlib.import_module("kernels")
+    except Exception:  # noqa: BLE001 - a broken optional package: leave it to the tests that need it
+        sys.modules.pop("kernels", None)
+    finally:
+        sys.path[:] = saved
+
+
+_import_the_installed_kernels_package()
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
