@@ -286,7 +286,6 @@ def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.classify import predict_file
     from mamba_bio_audio.tasks.species import load_classifier
-
     from mamba_bio_audio.tasks.windows import weights_input
 
     # --out RUN/preds.tsv is fine: the run's weights (RUN/model) are the input

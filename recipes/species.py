@@ -267,7 +267,6 @@ def predict(checkpoint: Path, fasta: tuple[Path, ...], out: Path, window: int | 
 
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.species import load_classifier, model_window, predict_records, predictions_tsv
-
     from mamba_bio_audio.tasks.windows import weights_input
 
     # --out RUN/preds.tsv is fine: the run's weights (RUN/model) are the input
