@@ -25,6 +25,7 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     all_true_if,
     at_step,
     bc_tile,
+    carry_into_first,
     channel_block,
     chunk_states,
     combine,
@@ -65,9 +66,8 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr
         dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :] + reset_next[:, None, :])
     else:
         dA_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
-    a_rev, b_rev = tl.flip(dA_next, 0), tl.flip(Ct * dy[:, None, :], 0)
-    first = tl.arange(0, CHUNK)[:, None, None] == 0
-    b_rev = tl.where(first, b_rev + a_rev * g[None, :, :], b_rev)  # the carried g folded into the last step
+    a_rev = tl.flip(dA_next, 0)
+    b_rev = carry_into_first(a_rev, tl.flip(Ct * dy[:, None, :], 0), g, CHUNK)  # g enters at the chunk's last step
     _, gs = tl.associative_scan((a_rev, b_rev), axis=0, combine_fn=combine)
     return tl.flip(gs, 0)
 

@@ -166,10 +166,18 @@ def chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ: tl.constexpr, CHUNK: tl.const
     else:
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
     dBu = (dt * u)[:, None, :] * Bt
-    first = (tl.arange(0, CHUNK)[:, None, None] == 0)
-    b0 = tl.where(first, dBu + dA * h[None, :, :], dBu)  # the carried state folded into the first step
-    _, hs = tl.associative_scan((dA, b0), axis=0, combine_fn=combine)
+    _, hs = tl.associative_scan((dA, carry_into_first(dA, dBu, h, CHUNK)), axis=0, combine_fn=combine)
     return hs, dBu
+
+
+@triton.jit
+def carry_into_first(a, b, carry, CHUNK: tl.constexpr):
+    """``b`` (CHUNK, BLOCK_N, BLOCK_D) with ``a[0] * carry`` added at step 0: the chunk's first pair then maps the
+    carried value (BLOCK_N, BLOCK_D) itself, so the scan's b output is the recurrence's value at every step and its
+    running products of ``a`` go unused (the compiler drops them). The select is on the in-thread time index, a
+    constant per register: it folds away."""
+    first = tl.arange(0, CHUNK)[:, None, None] == 0
+    return tl.where(first, b + a * carry[None, :, :], b)
 
 
 @triton.jit
