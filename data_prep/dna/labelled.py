@@ -150,9 +150,10 @@ def read_table(path: str | os.PathLike, sequence_column: str = "sequence", label
             id_i = (_column(path, header, id_column, "--id-column") if id_column is not None
                     else _column(path, header, default_id_column, "", required=False) if default_id_column else None)
             if id_i is None and not require_labels:  # prediction: the output names each row by its id
-                _warn_unread_id_column(path, header)
+                _warn_unread_column(path, header, ("id", "name"), "rows are named 'line N' instead", "--id-column")
             if split_i is None and split is None and require_labels:  # preparing: the user's own splits?
-                _warn_unread_split_column(path, header)
+                _warn_unread_column(path, header, ("split", "set", "fold", "subset"),
+                                    "the splits are drawn or taken as train instead", "--split-column")
             seen: dict[str, int] = {}  # id -> line, for ids from --id-column (unique, as FASTA record ids)
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
@@ -179,24 +180,14 @@ class UnreadColumnWarning(UserWarning):
     """A CSV/TSV column that looks like the ids, read by no flag (the commands print it as a line)."""
 
 
-def _warn_unread_id_column(path: Path, header: list[str]) -> None:
-    """An :class:`UnreadColumnWarning` for a column named like ids (``id``, ``name``) that no flag asked to read (the
-    rows are then named ``line N``): the user most likely meant it."""
+def _warn_unread_column(path: Path, header: list[str], names: tuple[str, ...], instead: str, flag: str) -> None:
+    """An :class:`UnreadColumnWarning` for the first column of ``header`` named like ``names`` (any case) that no
+    ``flag`` asked to read: the user most likely meant it; ``instead`` says what happens without it."""
     lower = [h.lower() for h in header]
-    found = next((header[lower.index(n)] for n in ("id", "name") if n in lower), None)
+    found = next((header[lower.index(n)] for n in names if n in lower), None)
     if found is not None:
-        warnings.warn(f"{path}: column {found!r} is not read (rows are named 'line N' instead); pass --id-column "
-                      f"{found} to use it", UnreadColumnWarning, stacklevel=3)
-
-
-def _warn_unread_split_column(path: Path, header: list[str]) -> None:
-    """An :class:`UnreadColumnWarning` for a column named like splits (``split``, ``set``, ``fold``, ``subset``) that
-    no ``--split-column`` reads (the splits are then drawn at random: the user's own would be thrown away)."""
-    lower = [h.lower() for h in header]
-    found = next((header[lower.index(n)] for n in ("split", "set", "fold", "subset") if n in lower), None)
-    if found is not None:
-        warnings.warn(f"{path}: column {found!r} is not read (the splits are drawn or taken as train instead); pass "
-                      f"--split-column {found} to use it", UnreadColumnWarning, stacklevel=3)
+        warnings.warn(f"{path}: column {found!r} is not read ({instead}); pass {flag} {found} to use it",
+                      UnreadColumnWarning, stacklevel=3)
 
 
 def _is_tsv(path: Path, f: io.TextIOBase) -> bool:
