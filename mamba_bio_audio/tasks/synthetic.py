@@ -230,7 +230,11 @@ def run_task(task: str, preset: TaskPreset, layer: str, arch: str, out: Path, de
         init_from = Path(run["init_from"])  # (the weights come from the checkpoint: the donor is not read)
         history = run.get("prior_history")
         if history is None:  # a run started before config.yaml kept the history: the donor's own record
-            history = _donor_history(init_from, "--resume: the run's --init-from")
+            flag = "--resume: the run's --init-from"
+            if not init_from.is_dir():
+                raise UserError(f"{flag} {init_from} is gone and the run's config.yaml does not record the training "
+                                f"behind it; start a new --out with --init-from")
+            history = _donor_history(init_from, flag)
     else:
         history = _continue_from(model, Path(init_from)) if init_from is not None else []
     prior_steps = sum(h["steps"] for h in history)
@@ -366,9 +370,6 @@ def _donor_history(model_dir: Path, flag: str) -> list[dict]:
     config.yaml ([] when it has no metrics.json; a one-line UserError naming ``flag`` when they cannot be read)."""
     run = Path(model_dir).parent
     if not (run / "metrics.json").is_file():
-        if flag != "--init-from" and not Path(model_dir).is_dir():
-            raise UserError(f"{flag} {model_dir} is gone and the run's config.yaml does not record the training "
-                            f"behind it; start a new --out with --init-from")
         return []
     import yaml
 

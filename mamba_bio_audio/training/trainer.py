@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import sys
 import warnings
@@ -27,6 +26,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -149,7 +149,7 @@ def fit(task: pl.LightningModule, datamodule: pl.LightningDataModule, out_dir: s
         # refuse a corrupt or unsafe file before Lightning touches it; say so when nothing is left to train
         # (Lightning trains no step: the run is saved and scored again as it was, so a retried job stays a no-op)
         done = int(load_training_checkpoint(ckpt_path, mmap=True).get("global_step", 0))
-        if cfg.max_steps is not None and 0 < cfg.max_steps <= done and int(os.environ.get("RANK", "0")) == 0:
+        if cfg.max_steps is not None and 0 < cfg.max_steps <= done and getattr(rank_zero_only, "rank", 0) == 0:
             print(f"--resume: the run in {out_dir} is already at step {done}, at or past --max-steps "
                   f"{cfg.max_steps}: nothing to train (a larger --max-steps trains on)", file=sys.stderr)
     trainer = make_trainer(out_dir, cfg)

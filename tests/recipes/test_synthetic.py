@@ -187,6 +187,34 @@ def test_resume_of_a_continued_run_keeps_its_donor_history_and_data_position(mic
     assert min(seen) == (2 + 2) * batch  # the donor's 2 steps, then this run's 2 steps before the resume
 
 
+def test_resume_of_a_continued_run_from_before_config_kept_the_history(micro_presets, tmp_path, capsys):
+    """A run whose config.yaml predates ``prior_history``: the resume reads the donor's own record, and a donor
+    that is gone is one line (nothing else records the training behind it)."""
+    import shutil
+
+    import yaml
+
+    donor, out = tmp_path / "donor", tmp_path / "run"
+    for args in (["--out", str(donor), "--max-steps", "2"],
+                 ["--out", str(out), "--max-steps", "2", "--init-from", str(donor / "model")]):
+        code, _, err = run(["synthetic", "induction-heads", "--device", "cpu", *args], capsys)
+        assert code == 0, err
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["prior_history"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--max-steps", "3"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["prior_steps"] == 2
+    config = yaml.safe_load((out / "config.yaml").read_text())  # the resume recorded the history: take it out again
+    assert config.pop("prior_history") == [{"steps": 2, "lr": 1e-3}]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.rmtree(donor)
+    code, _, err = run(["synthetic", "induction-heads", "--out", str(out), "--device", "cpu", "--resume",
+                        "--max-steps", "4"], capsys)
+    assert_one_line_error(code, err, "--init-from", "is gone", "start a new --out")
+
+
 def test_restore_best_tests_the_best_validated_weights(micro_presets, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(micro_presets, "induction-heads",
                         replace(micro_presets["induction-heads"], val_every=1, max_steps=3))
