@@ -249,14 +249,26 @@ PY
                 fi
             done
             echo "train-variants: $(( $(date +%s) - t0 )) s" | tee -a "$out/train_variants/summary.txt" ;;
-        generate)  # decoding tokens/s at batch 1 and 64, and at the largest batch that fits beside the Transformer
-            # (the Transformer runs eager and graphed since 2026-12-07: about twice its share of the time; split the
-            # call with GENERATE_ARGS, e.g. --models mamba,transformer --largest-batch, if GENERATE_SECONDS is short)
-            rm -rf /tmp/bench/generate
-            timeout ${GENERATE_SECONDS:-540} python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:---largest-batch} \
-                --out /tmp/bench/generate --overwrite 2>&1 | tail -16
-            collect generate /tmp/bench/generate/bench_generate.json /tmp/bench/generate/bench_generate.md \
-                /tmp/bench/generate/bench_generate.png ;;
+        generate)  # decoding tokens/s at batch 1 and 64 (ours, mamba_ssm, the Transformer eager and graphed), then
+            # apart, the largest batch that fits, ours beside the Transformer (eager and graphed), each with its own
+            # limit (GENERATE_SECONDS, LARGEST_SECONDS) and log, so that a run cut by its limit loses only itself:
+            # on 2026-12-07 one 270-s run of both lost every row. GENERATE_ARGS / LARGEST_ARGS add flags.
+            rm -rf /tmp/bench/generate /tmp/bench/generate_largest
+            # shellcheck disable=SC2086
+            timeout ${GENERATE_SECONDS:-300} python3 -m mamba_bio_audio bench generate ${GENERATE_ARGS:-} \
+                --out /tmp/bench/generate --overwrite 2>&1 | tee "$out/generate_log.txt" | tail -16
+            collect generate /tmp/bench/generate/bench_generate.json /tmp/bench/generate/bench_generate.md
+            if [ "${LARGEST_SECONDS:-400}" -gt 0 ]; then
+                # shellcheck disable=SC2086
+                timeout ${LARGEST_SECONDS:-400} python3 -m mamba_bio_audio bench generate --models mamba,transformer \
+                    --batch-sizes 1 --repeats 1 --largest-batch ${LARGEST_ARGS:---largest-new-tokens 1024} \
+                    --out /tmp/bench/generate_largest --overwrite 2>&1 | tee "$out/generate_largest_log.txt" | tail -12
+                for f in json md; do
+                    [ -f /tmp/bench/generate_largest/bench_generate.$f ] && \
+                        cp /tmp/bench/generate_largest/bench_generate.$f "$out/bench_generate_largest.$f"
+                done
+                [ -f "$out/bench_generate_largest.json" ] || { echo "generate: no largest-batch report"; status=1; }
+            fi ;;
         variants)  # the scan under several tunings (chooses the defaults)
             timeout 400 python3 /tmp/src/dev/scan_variants.py --out "$out" ${VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-variants)  # one block's decode step, unfused / inner / block-fused at several rows per program
@@ -274,8 +286,8 @@ PY
             done
             tar czf "$out/decode_ab.tar.gz" -C "$out" decode_ab && rm -rf "$out/decode_ab" ;;
         decode-tests)  # CUDA-graph decoding of MambaLM and the audio model
-            python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/test_lm_decode.py \
-                /tmp/src/tests/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
+            python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/generation/test_decoder.py \
+                /tmp/src/tests/models/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         profile)  # the 90.7M model's training step by CUDA kernel (where the time goes), ours beside mamba_ssm
             # (PROFILE_ARGS, e.g. --cuda-graphs: both models' steps captured; kernels on the GPU, kernel and graph
@@ -289,7 +301,7 @@ PY
             tar czf "$out/profiles.tar.gz" -C "$out" profiles && rm -rf "$out/profiles" ;;
         kernel-tests)  # only the kernel and model GPU tests (faster than "tests")
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/kernels \
-                /tmp/src/tests/test_gpu_model.py /tmp/src/tests/test_lm_decode.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
+                /tmp/src/tests/models/test_gpu_model.py /tmp/src/tests/generation/test_decoder.py 2>&1 | tee "$out/gpu_tests.txt" | tail -15
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
         fused-ab)  # training step time and peak memory, MambaConfig.fused_inner off vs triton (90.7M model), then
             # the same with the fused scan keeping every 4th chunk state
