@@ -8,6 +8,9 @@ one synchronisation at the end (``back_to_back_tokens_per_second``: the host may
 training, so a host-bound model is not charged a sync per step). Peak memory is ``torch.cuda.max_memory_allocated``
 over the timed steps (parameters, gradients, AdamW state and activations), its counter reset after the warm-up: the
 one-time memory of the warm-up (Triton autotuning buffers, the eager steps before a capture) is ``setup_peak_gib``.
+A replayed CUDA graph allocates nothing (its activations live in the graph's private memory pool), so a graphed
+row's peak is ``torch.cuda.max_memory_reserved`` over the timed replays after ``empty_cache`` (the pool and the
+static tensors; it was ``max_memory_allocated`` before 2026-12-07 17:30 UTC, which left the pool out: 1.5 GiB).
 Out-of-memory and other failures become a row with an ``error`` and the run goes on.
 
 With ``cuda_graph`` (``--cuda-graphs``) a model's step is captured once as a CUDA graph
@@ -203,6 +206,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
         sync()
         if cuda:  # the timed steps' peak, without the warm-up's one-time memory
             row["setup_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if cuda_graph:  # keep only what is held: the graph's private pool and the static tensors
+                torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(steps):
@@ -219,8 +224,9 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
         sync()
         together = (time.perf_counter() - t0) / steps
         row.update(back_to_back_seconds_per_step=together, back_to_back_tokens_per_second=batch * seqlen / together)
-        if cuda:
-            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if cuda:  # a replay allocates nothing: its activations live in the graph's pool, counted as reserved
+            peak = torch.cuda.max_memory_reserved() if cuda_graph else torch.cuda.max_memory_allocated()
+            row["peak_gib"] = peak / 2**30
     except Unavailable as e:
         row["note"] = str(e)
     except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on
@@ -320,8 +326,9 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
          r.get("error") or r.get("note", "")] for r in rows])
     autocast = "bf16 autocast" if rows and rows[0]["autocast"] == "bf16" else "no autocast"
     graph_text = (" Rows with CUDA graph \"yes\" replay the whole step captured once as a CUDA graph (AdamW "
-                  "capturable=True); their capture, with its eager warm-up steps, is timed apart (capture s); the "
-                  "other rows run eagerly." if graphed else "")
+                  "capturable=True); their capture, with its eager warm-up steps, is timed apart (capture s); their peak is "
+                  "torch.cuda.max_memory_reserved over the replays (a replay allocates nothing: the graph's memory "
+                  "pool holds its activations); the other rows run eagerly." if graphed else "")
     round_text = (f" Each (model, shape) measured in {rounds} rounds, the order of the models reversed every "
                   "other round; a row is the median round, spread = (max - min) / median tokens/s."
                   if rounds > 1 else "")
