@@ -18,6 +18,18 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host code: ``triton.cdiv`` is a constexpr function in Triton 3.6, ~2 us a call from Python
+    (the training step of the 90.7 M model made ~700 such calls)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n (0 for n = 0, as Triton's), for host code (as :func:`cdiv`, instead of
+    Triton's)."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
 def empty(*shape: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An uninitialised kernel output of ``shape`` on like's device, in ``dtype`` (default like's)."""
     return torch.empty(*shape, device=like.device, dtype=dtype or like.dtype)

@@ -170,7 +170,7 @@ def _conv_dx_kernel(
 
 
 def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[int, int, int]:
-    return triton.cdiv(rows, block_t), triton.cdiv(dim, block_d), batch
+    return utils.cdiv(rows, block_t), utils.cdiv(dim, block_d), batch
 
 
 class _CausalConv1dFn(torch.autograd.Function):
@@ -337,10 +337,10 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=Non
         raise ValueError(f"conv_state holds {state_len} steps, fewer than width - 1 = {width - 1}")
     out = utils.empty(batch, dim, seqlen, like=x)
     block_d = block_d or 64
-    _conv_update_kernel[(triton.cdiv(dim, block_d), batch)](
+    _conv_update_kernel[(utils.cdiv(dim, block_d), batch)](
         x, conv_state, weight.contiguous(), bias.contiguous() if bias is not None else x, out,
         dim, seqlen, state_len, *conv_state.stride(), x.stride(0), x.stride(1),
         WIDTH=width, HAS_BIAS=bias is not None, SILU=activation is not None, BLOCK_D=block_d,
-        BLOCK_S=triton.next_power_of_2(state_len), num_warps=num_warps or 2,
+        BLOCK_S=utils.next_power_of_2(state_len), num_warps=num_warps or 2,
     )
     return out.squeeze(-1) if squeeze else out

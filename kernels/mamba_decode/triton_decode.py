@@ -201,13 +201,13 @@ def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state
     batch, dim = xc.shape
     d_state, dt_rank, n_parts, n_out = ssm_state.shape[-1], dt_proj_weight.shape[1], *partials.shape[1:]
     out = utils.empty(batch, dim, like=xc)
-    _ssm_from_partials_kernel[(triton.cdiv(dim, block_d), batch)](
+    _ssm_from_partials_kernel[(utils.cdiv(dim, block_d), batch)](
         ssm_state, xc, z, partials, dt_proj_weight.contiguous(), A.contiguous(),
         D.contiguous() if D is not None else xc, dt_bias.contiguous() if dt_bias is not None else xc, out,
         dim, d_state, dt_rank, n_out, n_parts, *ssm_state.stride(), z.stride(0),
         HAS_D=D is not None, HAS_BIAS=dt_bias is not None, BLOCK_D=block_d,
-        BLOCK_N=triton.next_power_of_2(d_state), BLOCK_R=triton.next_power_of_2(dt_rank),
-        BLOCK_P=triton.next_power_of_2(n_parts), num_warps=4,
+        BLOCK_N=utils.next_power_of_2(d_state), BLOCK_R=utils.next_power_of_2(dt_rank),
+        BLOCK_P=utils.next_power_of_2(n_parts), num_warps=4,
     )
     return out
 
@@ -233,14 +233,14 @@ def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_w
     x = x if x.stride(-1) == 1 else x.contiguous()
     z = z if z.stride(-1) == 1 else z.contiguous()
     conv_block_d = conv_block_d or CONV_BLOCK_D
-    n_parts = triton.cdiv(dim, conv_block_d)
+    n_parts = utils.cdiv(dim, conv_block_d)
     xc = utils.empty(batch, dim, like=x)
     partials = utils.empty(batch, n_parts, n_out, like=x, dtype=torch.float32)
     _conv_xproj_kernel[(n_parts, batch)](
         x, conv_state, conv_weight.contiguous(), conv_bias if conv_bias is not None else x,
         x_proj_weight.contiguous(), xc, partials, dim, n_out, state_len, n_parts, x.stride(0), *conv_state.stride(),
         WIDTH=width, HAS_CB=conv_bias is not None, BLOCK_D=conv_block_d,
-        BLOCK_S=triton.next_power_of_2(state_len), BLOCK_K=triton.next_power_of_2(n_out), num_warps=4,
+        BLOCK_S=utils.next_power_of_2(state_len), BLOCK_K=utils.next_power_of_2(n_out), num_warps=4,
     )
     return _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D)
 
@@ -276,21 +276,21 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
         residual = residual.contiguous()
     head_block_d = head_block_d or HEAD_BLOCK_D
     head_rows = min(head_rows or HEAD_ROWS, batch)
-    n_parts = triton.cdiv(dim, head_block_d)
+    n_parts = utils.cdiv(dim, head_block_d)
     dtype = in_proj_weight.dtype
     residual_out = utils.empty(batch, d_model, like=hidden, dtype=residual_dtype)
     xc = utils.empty(batch, dim, like=hidden, dtype=dtype)
     z = utils.empty(batch, dim, like=hidden, dtype=dtype)
     partials = utils.empty(batch, n_parts, n_out, like=hidden, dtype=torch.float32)
-    _block_head_kernel[(n_parts, triton.cdiv(batch, head_rows))](
+    _block_head_kernel[(n_parts, utils.cdiv(batch, head_rows))](
         hidden, residual if residual is not None else hidden, norm_weight, residual_out, in_proj_weight.contiguous(),
         in_proj_bias if in_proj_bias is not None else hidden, conv_state, conv_weight.contiguous(),
         conv_bias if conv_bias is not None else hidden, x_proj_weight.contiguous(), xc, z, partials,
         batch, d_model, dim, n_out, conv_state.shape[-1], n_parts, hidden.stride(0),
         residual.stride(0) if residual is not None else 0, *conv_state.stride(), float(eps),
         HAS_RES=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, WIDTH=width,
-        HAS_CB=conv_bias is not None, ROWS=head_rows, BLOCK_D=head_block_d, BLOCK_M=triton.next_power_of_2(d_model),
-        BLOCK_S=triton.next_power_of_2(conv_state.shape[-1]), BLOCK_K=triton.next_power_of_2(n_out),
+        HAS_CB=conv_bias is not None, ROWS=head_rows, BLOCK_D=head_block_d, BLOCK_M=utils.next_power_of_2(d_model),
+        BLOCK_S=utils.next_power_of_2(conv_state.shape[-1]), BLOCK_K=utils.next_power_of_2(n_out),
         num_warps=HEAD_NUM_WARPS,
     )
     y = _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D)

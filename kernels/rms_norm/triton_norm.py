@@ -101,7 +101,7 @@ def _rows_view(t: torch.Tensor) -> torch.Tensor:
 
 def _launch_shape(d: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) for rows of d features: about 8K elements per program."""
-    block_n = triton.next_power_of_2(d)
+    block_n = utils.next_power_of_2(d)
     block_m = max(1, min(64, 8192 // block_n))
     return block_m, block_n, 8 if block_n >= 2048 else 4
 
@@ -126,7 +126,7 @@ class _AddRMSNormFn(torch.autograd.Function):
         block_m, block_n, warps = _launch_shape(d)
         if M:
             src = r2 if r2 is not None else x2
-            _fwd_kernel[(triton.cdiv(M, block_m),)](
+            _fwd_kernel[(utils.cdiv(M, block_m),)](
                 x2, src, weight, out, res_out if res_out is not None else out, rstd, M, d, *x2.stride(),
                 *src.stride(), eps, HAS_RES=r2 is not None, STORE_RES=res_out is not None,
                 BIG=_is_big(x2, r2, out), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
@@ -153,9 +153,9 @@ class _AddRMSNormFn(torch.autograd.Function):
         separate = ctx.has_residual and ctx.residual_dtype != ctx.x_dtype
         dres = utils.empty(M, d, like=saved, dtype=ctx.residual_dtype) if separate else None
         block_m, block_n, warps = _launch_shape(d)
-        programs = max(1, min(triton.cdiv(M, block_m), _programs(saved.device)))
-        rows_per_program = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
-        programs = max(1, triton.cdiv(M, rows_per_program))
+        programs = max(1, min(utils.cdiv(M, block_m), _programs(saved.device)))
+        rows_per_program = utils.cdiv(utils.cdiv(M, programs), block_m) * block_m
+        programs = max(1, utils.cdiv(M, rows_per_program))
         dw_part = utils.empty(programs, d, like=saved, dtype=torch.float32)
         if M:
             gsrc = g2 if g2 is not None else d2

@@ -194,7 +194,7 @@ def dt_input(delta, delta_bias, softplus, reset=None):
     batch, dim, seqlen = delta.shape
     dt = utils.empty_as(delta, torch.float32)
     rows, warps = (1, 4) if reset is None else (SOFTPLUS_SEQ_ROWS, SOFTPLUS_SEQ_WARPS)
-    softplus_kernel[(batch * triton.cdiv(dim, rows), triton.cdiv(seqlen, SOFTPLUS_BLOCK_T))](
+    softplus_kernel[(batch * utils.cdiv(dim, rows), utils.cdiv(seqlen, SOFTPLUS_BLOCK_T))](
         delta, delta_bias if delta_bias is not None else delta, reset if reset is not None else delta, dt, dim,
         seqlen, delta.stride(0), delta.stride(1), HAS_BIAS=delta_bias is not None, HAS_SEQ=reset is not None,
         ROWS=rows, BLOCK_T=SOFTPLUS_BLOCK_T, num_warps=warps,
@@ -246,7 +246,7 @@ def launch_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, p: Plan, t
     out = utils.empty_as(u)
     last = utils.empty(batch, dim, p.d_state, like=u, dtype=f32)
     save_every = tun.save_every
-    states = utils.empty(batch, dim, triton.cdiv(p.nchunks, save_every), p.d_state, like=u, dtype=f32)
+    states = utils.empty(batch, dim, utils.cdiv(p.nchunks, save_every), p.d_state, like=u, dtype=f32)
     block_d, warps = tun.block_d, tun.num_warps
     nseg, per_seg = p.segments(block_d, warps, tun.n_segments, u.device)
     grid = (p.groups * p.blocks(block_d), batch, nseg)

@@ -47,7 +47,7 @@ def reset_exponents(seq_idx: torch.Tensor, device: torch.device) -> torch.Tensor
     batch, seqlen = seq_idx.shape
     reset = utils.empty(batch, seqlen, like=seq_idx, dtype=torch.float32)
     if reset.numel():
-        reset_kernel[(batch, triton.cdiv(seqlen, RESET_BLOCK_T))](
+        reset_kernel[(batch, utils.cdiv(seqlen, RESET_BLOCK_T))](
             seq_idx, reset, seqlen, seq_idx.stride(0), seq_idx.stride(1), BLOCK_T=RESET_BLOCK_T, num_warps=4)
     return reset
 
@@ -129,7 +129,7 @@ def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=Non
     the saved states' size, :func:`auto_save_every`; softplus in its own pass)."""
     chunk = chunk_size or DEFAULT_CHUNK
     if save_every is None:
-        save_every = auto_save_every(u.shape[0] * u.shape[1] * triton.cdiv(u.shape[2], chunk) * d_state * 4)
+        save_every = auto_save_every(u.shape[0] * u.shape[1] * utils.cdiv(u.shape[2], chunk) * d_state * 4)
     return Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
                     num_stages or DEFAULT_NUM_STAGES, save_every, bool(softplus_in_kernel))
 

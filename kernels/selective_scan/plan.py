@@ -9,9 +9,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import triton
 
-from mamba_bio_audio.kernels.utils import time_contiguous
+from mamba_bio_audio.kernels.utils import cdiv, next_power_of_2, time_contiguous
 
 DEFAULT_CHUNK = 8  # fastest fwd + bwd at the bench shapes (16: faster forward, slower backward; 4: slower both)
 DEFAULT_BLOCK_D = 8
@@ -70,7 +69,7 @@ class Plan:
 
     def blocks(self, block_d: int) -> int:
         """Channel blocks per partition."""
-        return triton.cdiv(self.dim // self.groups, block_d)
+        return cdiv(self.dim // self.groups, block_d)
 
     def even(self, block_d: int) -> bool:
         """Whether every tile of the main kernels lies inside the shapes: seqlen a multiple of the chunk, each
@@ -89,9 +88,9 @@ class Plan:
             if device.type == "cuda":
                 sms = torch.cuda.get_device_properties(device).multi_processor_count
                 if warps < LOW_WARPS_PER_SM * sms:
-                    n_segments = min(triton.cdiv(TARGET_WARPS_PER_SM * sms, warps), MAX_SEGMENTS, self.nchunks // 4)
-        per_seg = triton.cdiv(self.nchunks, max(1, min(n_segments, self.nchunks)))
-        return triton.cdiv(self.nchunks, per_seg), per_seg
+                    n_segments = min(cdiv(TARGET_WARPS_PER_SM * sms, warps), MAX_SEGMENTS, self.nchunks // 4)
+        per_seg = cdiv(self.nchunks, max(1, min(n_segments, self.nchunks)))
+        return cdiv(self.nchunks, per_seg), per_seg
 
 
 def bc_groups(X: torch.Tensor) -> tuple[bool, int]:
@@ -114,8 +113,8 @@ def make_plan(u, A, B, C, chunk_size: int) -> Plan:
         raise ValueError(f"dim {dim} is not a multiple of the number of B/C groups ({groups_b}, {groups_c})")
     if chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of 2, got {chunk_size}")
-    return Plan(batch, dim, seqlen, d_state, triton.next_power_of_2(d_state), chunk_size,
-                 triton.cdiv(seqlen, chunk_size), groups, groups_b, groups_c)
+    return Plan(batch, dim, seqlen, d_state, next_power_of_2(d_state), chunk_size,
+                 cdiv(seqlen, chunk_size), groups, groups_b, groups_c)
 
 
 def auto_save_every(state_bytes: int) -> int:

@@ -106,14 +106,14 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
         raise ValueError(f"dt_proj_weight {tuple(W.shape)} does not map dt {tuple(dt.shape)} to {dim} channels")
     out = utils.empty(batch, dim, like=x)
     block_d = block_d or DEFAULT_BLOCK_D
-    grid = (triton.cdiv(dim, block_d), batch)
+    grid = (utils.cdiv(dim, block_d), batch)
     _step_kernel[grid](
         state, x, dt, W if W is not None else x, A, B, C, D if D is not None else x, z if z is not None else x,
         dt_bias if dt_bias is not None else x, out,
         dim, d_state, dt_rank, cpg_b, groups_b, cpg_c, groups_c, *state.stride(), x.stride(0), dt.stride(0),
         z.stride(0) if z is not None else 0, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        DT_PROJ=W is not None, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(d_state),
-        BLOCK_R=triton.next_power_of_2(max(dt_rank, 1)), num_warps=num_warps or DEFAULT_NUM_WARPS,
+        DT_PROJ=W is not None, BLOCK_D=block_d, BLOCK_N=utils.next_power_of_2(d_state),
+        BLOCK_R=utils.next_power_of_2(max(dt_rank, 1)), num_warps=num_warps or DEFAULT_NUM_WARPS,
     )
     return out
