@@ -153,8 +153,20 @@ def _train_peer(rows: list[dict], r: dict) -> dict | None:
         next(iter(same_shape), None)
 
 
+OLD_GRAPH_PEAK_NOTE = "graphed, older report: setup peak (its replays' peak left out the graph's memory pool)"
+
+
+def _graph_peak(r: dict) -> dict:
+    """r with a graphed row's ``peak_gib`` taken from its setup peak when the report predates ``peak_measure``
+    "reserved" (before 2026-12-07 17:30 UTC a replay's peak was ``max_memory_allocated``, which leaves out the
+    graph's private pool, where the step's activations live; the capture's peak holds them)."""
+    if r.get("cuda_graph") and r.get("peak_measure") != "reserved" and "setup_peak_gib" in r:
+        return {**r, "peak_gib": r["setup_peak_gib"], "peak_note": OLD_GRAPH_PEAK_NOTE}
+    return r
+
+
 def train_rows(data: dict, file: str) -> list[dict]:
-    where, rows, out = _where(data), data["rows"], []
+    where, rows, out = _where(data), [_graph_peak(r) for r in data["rows"]], []
     for r in rows:
         if r["model"] != "mamba":
             continue
@@ -175,7 +187,8 @@ def train_rows(data: dict, file: str) -> list[dict]:
             value = None if peer is None or "error" in peer else peer.get(key)
             out.append(_row(f"{_train_label(r)} {what}", shape, _ours(r, key), name, value, better, where, file,
                             _join(_peer_note(peer, "mamba_ssm", key), mode_note,
-                                  spread if key == "tokens_per_second" else "")))
+                                  spread if key == "tokens_per_second" else "",
+                                  r.get("peak_note", "") if key == "peak_gib" else "")))
     return out
 
 
@@ -240,13 +253,16 @@ def summarize_reports(paths: list[Path]) -> tuple[list[dict], list[dict]]:
     """(summary rows of every report in ``paths`` in the order given, skipped reports as {"file", "kind",
     "reason"}): reports of a benchmark without a peer add no rows."""
     rows, skipped = [], []
+    names = [Path(p).name for p in paths]
     for path in paths:
+        # a file's name, or its folder and name where several reports share the name (train_variants/v1, v2, ...)
+        label = Path(path).name if names.count(Path(path).name) == 1 else f"{Path(path).parent.name}/{Path(path).name}"
         kind, data = load_report(path)
         if kind in NO_PEER:
             skipped.append({"file": str(path), "kind": kind, "reason": NO_PEER[kind]})
             continue
         try:
-            rows += ROWS[kind](data, Path(path).name)
+            rows += ROWS[kind](data, label)
         except (KeyError, TypeError, AttributeError) as e:  # a report edited by hand or cut short
             raise UserError(f"{path}: a {kind} report whose rows lack what mba bench {kind} writes "
                             f"({type(e).__name__}: {e})") from None

@@ -227,6 +227,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
         if cuda:  # a replay allocates nothing: its activations live in the graph's pool, counted as reserved
             peak = torch.cuda.max_memory_reserved() if cuda_graph else torch.cuda.max_memory_allocated()
             row["peak_gib"] = peak / 2**30
+            if cuda_graph:  # mba bench summary tells these from older graphed rows (replays' allocated peak)
+                row["peak_measure"] = "reserved"
     except Unavailable as e:
         row["note"] = str(e)
     except Exception as e:  # noqa: BLE001 - OOM or a failing model becomes a row; the benchmark goes on

@@ -154,6 +154,41 @@ def test_graphed_rows_pair_with_a_graphed_peer(tmp_path):
     assert by["train [triton] tokens/s (back-to-back steps)"]["ratio"] == pytest.approx(1.2)
 
 
+def test_graphed_peak_is_the_setup_peak_in_older_reports_and_the_reserved_peak_in_newer(tmp_path):
+    """Before 2026-12-07 17:30 UTC a graphed row's peak_gib left out the graph's pool (1.48 GiB for a 13.6 GiB
+    step): the summary reads such rows' setup peak, and a row marked peak_measure "reserved" as it is."""
+    old = write(tmp_path, "old.json", {"kind": "train", "rows": [
+        dict(model="mamba", backend="triton", batch=8, seqlen=2048, cuda_graph=True, tokens_per_second=2.0e5, peak_gib=1.478,
+             setup_peak_gib=13.59),
+        dict(model="mamba_ssm", batch=8, seqlen=2048, cuda_graph=True, tokens_per_second=1.9e5, peak_gib=1.541,
+             setup_peak_gib=7.07)]})
+    new = write(tmp_path, "new.json", {"kind": "train", "rows": [
+        dict(model="mamba", backend="triton", batch=8, seqlen=2048, cuda_graph=True, tokens_per_second=2.0e5, peak_gib=13.7,
+             setup_peak_gib=13.59, peak_measure="reserved"),
+        dict(model="mamba_ssm", batch=8, seqlen=2048, cuda_graph=True, tokens_per_second=1.9e5, peak_gib=7.2,
+             setup_peak_gib=7.07, peak_measure="reserved"),
+        dict(model="mamba", backend="triton", batch=8, seqlen=2048, cuda_graph=False, tokens_per_second=1.4e5, peak_gib=13.59,
+             setup_peak_gib=13.6)]})
+    old_peak = next(r for r in summarize([old]) if r["measure"].endswith("peak GiB"))
+    assert (old_peak["ours"], old_peak["peer_value"]) == (13.59, 7.07), old_peak
+    assert old_peak["ratio"] == pytest.approx(13.59 / 7.07) and "setup peak" in old_peak["note"]
+    peaks = {r["measure"]: r for r in summarize([new]) if r["measure"].endswith("peak GiB")}
+    graphed, eager = peaks["train [triton] [CUDA graph] peak GiB"], peaks["train [triton] peak GiB"]
+    assert (graphed["ours"], graphed["peer_value"]) == (13.7, 7.2) and "setup peak" not in graphed["note"]
+    assert eager["ours"] == 13.59 and "setup peak" not in eager["note"]
+
+
+def test_reports_of_the_same_name_are_told_apart_by_their_folder(tmp_path):
+    paths = []
+    for v in ("v1", "v2"):
+        (tmp_path / v).mkdir()
+        paths.append(write(tmp_path / v, "bench_train.json", {"kind": "train", "rows": [
+            dict(model="mamba", backend="triton", batch=8, seqlen=2048, tokens_per_second=2.0e5),
+            dict(model="mamba_ssm", batch=8, seqlen=2048, tokens_per_second=1.9e5)]}))
+    assert {r["file"] for r in summarize(paths)} == {"v1/bench_train.json", "v2/bench_train.json"}
+    assert {r["file"] for r in summarize(paths[:1])} == {"bench_train.json"}
+
+
 def test_kind_field_decides_and_reports_without_a_peer_are_skipped(tmp_path, capsys):
     memory_rows = [dict(d_model=256, n_layer=8, seqlen=1024, batch=1, checkpoint_level=0, segment=None,
                         parameters=10, seconds_per_step=0.1, tokens_per_second=1e4, peak_gib=1.0)]
