@@ -6,9 +6,16 @@
 Writes profile_<tag>.txt under --out: the step's wall time, the summed CUDA kernel time and its share of the wall
 time (how busy the GPU was), per step the kernels that ran on the GPU (memcpy and memset counted apart), the kernel
 launches from the host and the CUDA-graph launches (a replayed graph runs its kernels with one host launch: kernels
->> launches), then the CUDA-time table by kernel (top 45) and by operator and input shapes. ``--cuda-graphs``: the
-whole step captured once and replayed (``mamba_bio_audio.training.graphed_step``, AdamW with capturable=True), as
-``mba bench train --cuda-graphs``; it captures mamba_ssm's step too.
+>> launches), how long a step's call takes to return on the host and which calls inside it synchronise host and
+GPU (:func:`host_side`), then the CUDA-time table by kernel (top 45), by operator and input shapes, and the table
+by host (self CPU) time. ``--cuda-graphs``: the whole step captured once and replayed
+(``mamba_bio_audio.training.graphed_step``, AdamW with capturable=True), as ``mba bench train --cuda-graphs``; it
+captures mamba_ssm's step too.
+
+Why the host side (2026-12-07): eagerly at (8, 2048) our step took 116.8 ms against 79.5 ms graphed (mamba_ssm
+104.3 against 87.0), and running steps back to back was no faster than one at a time, which a host that merely
+lagged would not give: either the host needs ~117 ms per step, or something inside the step waits for the GPU so
+host and GPU time add up. The host table and the synchronising calls tell the two apart.
 """
 
 from __future__ import annotations
@@ -50,6 +57,43 @@ def count_events(events, steps: int) -> dict[str, float]:
         elif name in GRAPH_LAUNCH_CALLS:
             counts["graph_launches"] += 1
     return {k: v / steps for k, v in counts.items()}
+
+
+def host_side(step, repeats: int = 5) -> tuple[float, list[str]]:
+    """(median ms for ``step()`` to return after a synchronisation, the places that synchronised host and GPU
+    inside one step). A step with no synchronisation inside returns once its kernels are enqueued, so the first
+    figure is the host's own cost; ``torch.cuda.set_sync_debug_mode("warn")`` names each synchronising call (a
+    ``.item()``, a boolean index, a blocking copy) by the first frame of this repository or mamba_ssm in its
+    stack, so the eager step's host time can be told from host time spent waiting for the GPU."""
+    import traceback
+    import warnings
+
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    places = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "mamba_bio_audio" in f.filename or "mamba_ssm" in f.filename or "/kernels/" in f.filename]
+        where = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else f"{filename}:{lineno}"
+        places.append(f"{where}: {str(message).splitlines()[0][:120]}")
+
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings():  # restores showwarning and the filters on exit
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2], places
 
 
 def main() -> None:
@@ -96,6 +140,7 @@ def main() -> None:
         step()
     torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - t0) / 5 * 1e3
+    host_ms, syncs = host_side(step)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     steps = 3
     with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
@@ -109,12 +154,17 @@ def main() -> None:
             f"(+ {counts['memcpy']:.0f} memcpy, {counts['memset']:.0f} memset), launches from the host/step: "
             f"{counts['kernel_launches']:.0f} kernels, {counts['graph_launches']:.0f} CUDA graphs, "
             f"tokens/s {args.batch * args.seqlen / wall_ms * 1e3:,.0f}")
+    head += (f"\nhost: a step's call returns after {host_ms:.2f} ms (median of 5, each after a synchronisation: the "
+             f"host's time to enqueue the step, unless it waits inside); synchronising calls in one step: "
+             f"{len(syncs)}" + "".join(f"\n  {where}" for where in syncs[:12]))
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=80)
+    host_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=80)
     by_shape = prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=40, max_shapes_column_width=100)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"profile_{tag}.txt"), "w") as f:
-        f.write(f"{head}\n{args}\n{table}\n\nBy operator and input shapes:\n{by_shape}\n")
+        f.write(f"{head}\n{args}\n{table}\n\nBy operator and input shapes:\n{by_shape}\n\n"
+                f"By host (self CPU) time:\n{host_table}\n")
     print(head)
 
 
