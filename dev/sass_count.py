@@ -46,9 +46,10 @@ if _module:
     sys.modules["scan_variant"] = ts
     _spec.loader.exec_module(ts)
 else:
-    from kernels.selective_scan import backward as _backward  # noqa: E402
-    from kernels.selective_scan import forward as _forward  # noqa: E402
-    from kernels.selective_scan import plan as _plan  # noqa: E402
+    # through the package (mapped above when not installed): a top-level "kernels" may be PyPI's package
+    from mamba_bio_audio.kernels.selective_scan import backward as _backward  # noqa: E402
+    from mamba_bio_audio.kernels.selective_scan import forward as _forward  # noqa: E402
+    from mamba_bio_audio.kernels.selective_scan import plan as _plan  # noqa: E402
 
     ts = types.SimpleNamespace(**vars(_plan), _fwd_kernel=_forward._fwd_kernel, _bwd_kernel=_backward._bwd_kernel)
 
@@ -70,6 +71,65 @@ def compile_kernel(kernel, constexprs: dict, dtypes: dict, num_warps: int):
              if not p.is_constexpr and (p.name.endswith("_ptr") or p.name in aligned)}
     src = source(fn=kernel, signature=sig, constexprs=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def captured_launches(shape: tuple[int, int, int], d_state: int = 16, sms: int = 132, **scan_kwargs) -> list:
+    """[(kernel, args, kwargs)] of every Triton launch one fwd+bwd of the scan makes at ``shape`` (batch, dim,
+    seqlen), bf16 inputs as ``mba bench scan`` makes them: the wrappers run on meta tensors with each launch
+    recorded instead of run (no package install needed), and the GPU's ``sms`` stand in for the device's when the wrapper plans time
+    segments. ``scan_kwargs`` go to ``selective_scan_triton`` (e.g. save_every, softplus_in_kernel)."""
+    import torch
+
+    from mamba_bio_audio.kernels.selective_scan import plan as plan_module
+    from mamba_bio_audio.kernels.selective_scan.function import selective_scan_triton
+
+    launches = []
+
+    def record(self, grid):
+        return lambda *args, **kwargs: launches.append((self, args, kwargs))
+
+    real_getitem, real_segments = triton.runtime.jit.JITFunction.__getitem__, plan_module.Plan.segments
+
+    def segments(self, block_d, num_warps, n_segments, device, programs=None):  # the GPU's plan, not the CPU's
+        if n_segments is None:
+            warps = self.batch * (programs or self.groups * self.blocks(block_d)) * num_warps
+            n_segments = 1
+            if warps < plan_module.LOW_WARPS_PER_SM * sms:
+                n_segments = min(-(-plan_module.TARGET_WARPS_PER_SM * sms // warps), plan_module.MAX_SEGMENTS,
+                                 self.nchunks // 4)
+        return real_segments(self, block_d, num_warps, n_segments, device, programs)
+
+    triton.runtime.jit.JITFunction.__getitem__ = record
+    plan_module.Plan.segments = segments
+    try:
+        batch, dim, seqlen = shape
+
+        def meta(*size, dtype=torch.bfloat16):  # only shapes, dtypes and strides reach the specialisation
+            return torch.empty(*size, device="meta", dtype=dtype, requires_grad=True)
+
+        u, delta, z = (meta(batch, dim, seqlen) for _ in range(3))
+        B, C = meta(batch, d_state, seqlen), meta(batch, d_state, seqlen)
+        A, D, bias = meta(dim, d_state, dtype=torch.float32), meta(dim, dtype=torch.float32), meta(dim, dtype=torch.float32)
+        out = selective_scan_triton(u, delta, A, B, C, D, z, bias, delta_softplus=True, **scan_kwargs)
+        out.backward(torch.empty_like(out))
+    finally:
+        triton.runtime.jit.JITFunction.__getitem__ = real_getitem
+        plan_module.Plan.segments = real_segments
+    return launches
+
+
+def compile_launch(kernel, args: tuple, kwargs: dict):
+    """Compile ``kernel`` for sm_90 as ``kernel[grid](*args, **kwargs)`` would: Triton's own binder specialises
+    the arguments (16-byte alignment of pointers, integers divisible by 16, integers equal to 1, constexprs)."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 def sass(compiled) -> list[str]:
@@ -146,7 +206,26 @@ def main() -> None:
     ap.add_argument("--delta", choices=("fp32", "bf16"), default="fp32",
                     help="dtype of the delta the kernels read: fp32 (default: the softplus pass's dt buffer, what "
                          "training runs) or bf16 (counts in NOTES.md before 2026-12-07 used bf16)")
+    ap.add_argument("--shape", help="B,D,L: compile every kernel one fwd+bwd launches at this bench shape, with the "
+                                    "arguments and specialisation of the real launch")
+    ap.add_argument("--save-every", type=int, default=None, help="with --shape: the scan's save_every")
+    ap.add_argument("--softplus-in-kernel", action="store_true", help="with --shape: softplus inside the kernels")
     args = ap.parse_args()
+    if args.shape:
+        shape = tuple(int(v) for v in args.shape.split(","))
+        seen = set()
+        for kernel, kargs, kwargs in captured_launches(shape, save_every=args.save_every,
+                                                       softplus_in_kernel=args.softplus_in_kernel or None):
+            name = kernel.fn.__name__
+            if name in seen:
+                continue
+            seen.add(name)
+            compiled = compile_launch(kernel, kargs, kwargs)
+            report(name, sass(compiled))
+            if args.ttgir:
+                with open(f"{args.ttgir}.{name}", "w") as f:
+                    f.write(compiled.asm["ttgir"])
+        return
     bf16 = {n: "bf16" for n in ("u_ptr", "delta_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr", "dout_ptr", "du_ptr",
                                  "ddelta_ptr", "dz_ptr")}
     bf16["delta_ptr"] = args.delta

@@ -13,3 +13,21 @@ def test_gpu_session_paths_exist():
     assert paths, "no /tmp/src/tests or /tmp/src/dev paths found: the pattern no longer matches the script"
     missing = [p for p in paths if not (ROOT / p.rstrip("/")).exists()]
     assert not missing, f"dev/gpu_session.sh names paths that do not exist: {missing}"
+
+
+def test_sass_count_records_the_launches_of_one_fwd_bwd(monkeypatch):
+    """dev/sass_count.py --shape compiles what a launch compiles: its recorder must see every kernel of one
+    fwd+bwd with the wrappers' real arguments (here without compiling: that needs Triton's ptxas)."""
+    import importlib.util
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the recorder patches JITFunction launches, not interpreted ones
+    spec = importlib.util.spec_from_file_location("sass_count", ROOT / "dev" / "sass_count.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    launches = module.captured_launches((2, 32, 256))
+    names = [kernel.fn.__name__ for kernel, _, _ in launches]
+    assert {"_fwd_kernel", "_bwd_kernel", "softplus_kernel"} <= set(names), names
+    fwd_args = next(args for kernel, args, _ in launches if kernel.fn.__name__ == "_fwd_kernel")
+    params = [p.name for p in next(k for k, _, _ in launches if k.fn.__name__ == "_fwd_kernel").params]
+    by_name = dict(zip(params, fwd_args))
+    assert by_name["seqlen"] == 256 and by_name["dim"] == 32 and by_name["stride_d"] == 256
