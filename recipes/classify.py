@@ -233,10 +233,13 @@ def train(data: Path, out: Path, max_steps: int | None, max_minutes: float | Non
               help="Also score the 6-mer logistic regression fit on the train split.")
 @click.option("--baseline-max-train", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Train sequences the baseline fits on at most (a seeded subset beyond).")
+@click.option("--rc-average/--no-rc-average", default=False, show_default=True,
+              help="Score each sequence as the mean of its and its reverse complement's probabilities, the model's "
+                   "and the baseline's (for labels that do not depend on the strand).")
 @overwrite_option
 @common_options
 def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: int, baseline: bool,
-             baseline_max_train: int, overwrite: bool, device: str, seed: int) -> None:
+             baseline_max_train: int, rc_average: bool, overwrite: bool, device: str, seed: int) -> None:
     """Accuracy, MCC, macro-F1, AUROC (binary) and the confusion matrix, beside the k-mer baseline (left out for a
     test-only store: it fits on the train split)."""
     from mamba_bio_audio.devices import torch_device
@@ -254,7 +257,7 @@ def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: in
     torch_dev = torch_device(device)
     model = load_classifier(checkpoint, torch_dev)
     result = evaluate_store(model, data, split=split, batch_size=batch_size, device=torch_dev, baseline=baseline,
-                            baseline_max_train=baseline_max_train, seed=seed)
+                            baseline_max_train=baseline_max_train, seed=seed, rc_average=rc_average)
     result.update(checkpoint=str(checkpoint), data=str(data))
     plots = ["confusion_matrix.png", *(["confusion_matrix_baseline.png"] if "baseline" in result else [])]
     with output_folder(out, "dna classify evaluate", overwrite=overwrite, inputs=inputs) as tmp:
@@ -275,13 +278,15 @@ def evaluate(checkpoint: Path, data: Path, out: Path, split: str, batch_size: in
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TSV file to write.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--rc-average/--no-rc-average", default=False, show_default=True,
+              help="Each sequence's probabilities averaged with its reverse complement's (both strands).")
 @reader_options
 @overwrite_file_option
 @device_option
 @config_option
-def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str, sequence_column: str,
-            label_column: str, split_column: str | None, id_column: str | None, label_key: str, lenient: bool,
-            overwrite: bool, device: str) -> None:
+def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, rc_average: bool, fmt: str,
+            sequence_column: str, label_column: str, split_column: str | None, id_column: str | None, label_key: str,
+            lenient: bool, overwrite: bool, device: str) -> None:
     """Class probabilities of every sequence of a file (labels optional), as TSV."""
     from mamba_bio_audio.devices import torch_device
     from mamba_bio_audio.tasks.classify import predict_file
@@ -297,7 +302,7 @@ def predict(checkpoint: Path, source: Path, out: Path, batch_size: int, fmt: str
     no_bases: list[str] = []
     with _unread_columns_as_lines("mba dna classify predict"):
         rows = predict_file(model, source, out, fmt=fmt, batch_size=batch_size, device=torch_dev, lenient=lenient,
-                            no_bases=no_bases,
+                            no_bases=no_bases, rc_average=rc_average,
                             **_columns(fmt, sequence_column, label_column, split_column, id_column, label_key))
     if no_bases:
         click.echo(f"mba dna classify predict: warning: {len(no_bases)} sequence(s) hold no A/C/G/T base (all N), so "

@@ -39,6 +39,7 @@ from mamba_bio_audio.data_prep.dna.labelled import (
     write_labelled_store,
 )
 from mamba_bio_audio.data_prep.dna.packing import PackedSampler, collate_packed, join_row, pack_rows
+from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
 from mamba_bio_audio.data_prep.store import TokenStore
 from mamba_bio_audio.errors import DataError, UserError
 from mamba_bio_audio.metrics.classification import classification_metrics
@@ -391,10 +392,17 @@ def run_training(plan: ClassifyPlan, out: Path, resume: bool = False) -> dict:
 
 # ---- inference ----------------------------------------------------------------------------------------------------
 def predict_proba(model: MambaClassifier, sequences: Sequence[np.ndarray], batch_size: int = 64,
-                  device: torch.device | str = "cpu", crop: int | None = None, packed: bool = False) -> np.ndarray:
+                  device: torch.device | str = "cpu", crop: int | None = None, packed: bool = False,
+                  rc_average: bool = False) -> np.ndarray:
     """Class probabilities ``(n, num_classes)`` float64 of token sequences of any lengths, batched by length with
     padding and masks (bf16 autocast on CUDA); a sequence longer than ``crop`` is read at its centre. ``packed``:
-    the sequences packed into rows instead (:func:`_predict_packed`), the same probabilities."""
+    the sequences packed into rows instead (:func:`_predict_packed`), the same probabilities. ``rc_average``: the
+    mean of each sequence's probabilities and those of its reverse complement (the same bases read from the other
+    strand; for labels that do not depend on the strand)."""
+    if rc_average:
+        forward = predict_proba(model, sequences, batch_size, device, crop, packed)
+        flipped = [reverse_complement(_centre(s, crop)) for s in sequences]
+        return (forward + predict_proba(model, flipped, batch_size, device, None, packed)) / 2
     device = torch.device(device)
     with evaluating(model, device):
         if packed:
@@ -435,12 +443,13 @@ def model_crop(model: MambaClassifier) -> int | None:
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 def evaluate(model: MambaClassifier, store_path: str | os.PathLike, *, split: str = "test", batch_size: int = 64,
              device: torch.device | str = "cpu", baseline: bool = True, baseline_max_train: int = BASELINE_MAX_TRAIN,
-             seed: int = 0) -> dict:
+             seed: int = 0, rc_average: bool = False) -> dict:
     """Metrics of ``model`` on every sequence of ``split``, beside the k-mer baseline fit on the train split.
 
     A model trained with a crop (:func:`model_crop`) reads the centre ``crop`` bases of a longer sequence; the
     baseline then reads the same: it is fit on the centre crop of each train sequence and scores the centre crop of
-    each ``split`` sequence (like for like; ``crop`` None: whole sequences for both).
+    each ``split`` sequence (like for like; ``crop`` None: whole sequences for both). ``rc_average``: both score
+    each sequence as the mean of its and its reverse complement's probabilities (:func:`predict_proba`).
 
     Returns a JSON-ready dict: ``split``, ``labels`` (the model's; confusion matrices in this order), ``n``,
     ``majority`` (the share of the most common class: what a constant guess scores), ``crop``, ``model`` and
@@ -459,19 +468,25 @@ def evaluate(model: MambaClassifier, store_path: str | os.PathLike, *, split: st
     y = np.array([labels.index(store.records[i]["label"]) for i in indices])
     sequences = [store.tokens(i) for i in indices]
     crop = model_crop(model)
-    probs = predict_proba(model, sequences, batch_size, device, crop=crop)
+    probs = predict_proba(model, sequences, batch_size, device, crop=crop, rc_average=rc_average)
     result = {"split": split, "labels": labels, "n": len(indices),
               "majority": float(np.bincount(y, minlength=len(labels)).max() / len(y)), "crop": crop,
-              "model": split_metrics(y, probs, labels)}
+              "rc_average": rc_average, "model": split_metrics(y, probs, labels)}
     train = [i for i, r in enumerate(store.records) if r["split"] == "train"]
     if baseline and train:  # a test-only store has nothing to fit the baseline on
         if len(train) > baseline_max_train:
             train = sorted(np.random.default_rng(seed).choice(train, baseline_max_train, replace=False).tolist())
         train_y = np.array([labels.index(store.records[i]["label"]) for i in train])
+        read = [_centre(s, crop) for s in sequences]
+        if rc_average:  # one fit scores both strands: the first half of the rows, then their reverse complements
+            read += [reverse_complement(s) for s in read]
         base = kmer_baseline(((_centre(store.tokens(i), crop), None) for i in train), train_y,
-                             ((_centre(s, crop), None) for s in sequences), len(labels))
+                             ((s, None) for s in read), len(labels))
+        if rc_average:
+            base = (base[:len(sequences)] + base[len(sequences):]) / 2
         result["baseline"] = {**split_metrics(y, base, labels), "name": BASELINE_NAME, "k": BASELINE_K,
-                              "l2": BASELINE_L2, "train_sequences": len(train), "crop": crop}
+                              "l2": BASELINE_L2, "train_sequences": len(train), "crop": crop,
+                              "rc_average": rc_average}
     return result
 
 
@@ -498,7 +513,9 @@ def results_table(result: dict) -> str:
         if name in result:
             lines.append(f"{'mamba' if name == 'model' else '6-mer LR':<10}"
                          + "".join(f"{_cell(result[name][k]):>10}" for k in keys))
-    lines.append(f"({result['n']} sequences of the {result['split']} split; majority class {result['majority']:.3f})")
+    strands = "; both strands averaged" if result.get("rc_average") else ""
+    lines.append(f"({result['n']} sequences of the {result['split']} split; majority class {result['majority']:.3f}"
+                 f"{strands})")
     if "note" in result["model"]:
         lines.append(f"({result['model']['note']})")
     return "\n".join(lines)
@@ -511,7 +528,8 @@ def _cell(value: float | None) -> str:
 # ---- prediction ---------------------------------------------------------------------------------------------------
 def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "auto",
                  batch_size: int = 64, device: torch.device | str = "cpu", chunk: int = 4096,
-                 lenient: bool = False, no_bases: list[str] | None = None, **columns) -> int:
+                 lenient: bool = False, no_bases: list[str] | None = None, rc_average: bool = False,
+                 **columns) -> int:
     """Write ``out`` (TSV): ``id, length, [bases_read,] [label,] predicted, p_<label>...`` per sequence of
     ``source``, in file order, reading ``chunk`` sequences at a time; labels in the input are optional. Returns the
     row count.
@@ -522,7 +540,7 @@ def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | o
     the rows go to a temporary file first and are copied behind the header. Every row has the header's columns
     (tabs and line breaks in ids and labels become spaces). A sequence without a single A/C/G/T base (all N) says
     nothing to the model: its ``predicted`` is empty and its probabilities ``nan``, and its id is appended to
-    ``no_bases`` when given."""
+    ``no_bases`` when given. ``rc_average``: as :func:`predict_proba`'s (both strands)."""
     out = Path(out)
     tmp, body = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.rows.tmp")
     labels = list(model.labels)
@@ -531,7 +549,8 @@ def predict_file(model: MambaClassifier, source: str | os.PathLike, out: str | o
     try:
         with open(body, "w") as f:  # every row with a label cell (maybe empty); dropped below when all are
             for group in _chunks(read_labelled(source, fmt, lenient=lenient, require_labels=False, **columns), chunk):
-                probs = predict_proba(model, [s.tokens for s in group], batch_size, device, crop=crop)
+                probs = predict_proba(model, [s.tokens for s in group], batch_size, device, crop=crop,
+                                      rc_average=rc_average)
                 for s, p in zip(group, probs):
                     read = [str(min(s.tokens.size, crop))] if crop else []
                     predicted = labels[int(p.argmax())]

@@ -78,6 +78,25 @@ def test_predict_proba_of_mixed_lengths_equals_one_at_a_time(bidirectional):
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
+def test_rc_average_is_the_mean_over_both_strands():
+    from mamba_bio_audio.data_prep.dna.tokenizer import reverse_complement
+    from mamba_bio_audio.tasks.classify import _centre
+
+    model = tiny_model(num_classes=3)
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(7, 11, n).astype(np.uint8) for n in (5, 40, 17, 33, 64)]
+    rc = [reverse_complement(s) for s in seqs]
+    both = predict_proba(model, seqs, batch_size=4, rc_average=True)
+    np.testing.assert_allclose(both, (predict_proba(model, seqs, 4) + predict_proba(model, rc, 4)) / 2, atol=1e-12)
+    np.testing.assert_allclose(predict_proba(model, rc, 4, rc_average=True), both, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(predict_proba(model, seqs, 4), both, atol=1e-4)  # a causal model reads strands apart
+    # with a crop: the reverse complement of the centre bases the model reads
+    cropped = predict_proba(model, seqs, 4, crop=16, rc_average=True)
+    flipped = [reverse_complement(_centre(s, 16)) for s in seqs]
+    np.testing.assert_allclose(cropped, (predict_proba(model, seqs, 4, crop=16) + predict_proba(model, flipped, 4)) / 2,
+                               atol=1e-12)
+
+
 def test_class_weights_and_the_weighted_loss():
     weights = class_weights({"a": 30, "b": 10}, ["a", "b"])
     assert weights == pytest.approx([40 / 60, 40 / 20])
@@ -186,6 +205,15 @@ def test_evaluate_and_predict_on_every_input_format(trained, fmt, tmp_path, caps
     assert 30 <= result["baseline"]["train_sequences"] < 40 and "6-mer LR" in out  # train less the drawn val
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "confusion_matrix_baseline.png").is_file()
+    assert result["rc_average"] is False and result["baseline"]["rc_average"] is False
+    if fmt == "csv":  # both strands, the model's and the baseline's: recorded, said, and they differ from one strand
+        code, out, err = run_cli(["dna", "classify", "evaluate", "--checkpoint", run, "--data", store, "--out",
+                                  tmp_path / "eval_rc", "--device", "cpu", "--rc-average"], capsys)
+        assert code == 0, err
+        both = json.loads((tmp_path / "eval_rc" / "metrics.json").read_text())
+        assert both["rc_average"] is True and both["baseline"]["rc_average"] is True
+        assert "both strands averaged" in out and both["n"] == 8
+        assert both["model"]["confusion_matrix"] != [] and np.array(both["baseline"]["confusion_matrix"]).sum() == 8
     code, out, err = run_cli(["dna", "classify", "predict", "--checkpoint", run, fixtures[fmt], "--out",
                               tmp_path / "preds.tsv", "--device", "cpu", *flags], capsys)
     assert code == 0, err
@@ -196,6 +224,13 @@ def test_evaluate_and_predict_on_every_input_format(trained, fmt, tmp_path, caps
         fields = dict(zip(header, line.split("\t")))
         assert float(fields["p_a"]) + float(fields["p_b"]) == pytest.approx(1, abs=1e-5)
         assert fields["predicted"] in ("a", "b")
+    if fmt == "csv":
+        code, _, err = run_cli(["dna", "classify", "predict", "--checkpoint", run, fixtures[fmt], "--out",
+                                tmp_path / "preds_rc.tsv", "--device", "cpu", "--rc-average", *flags], capsys)
+        assert code == 0, err
+        one, both = ([line.split("\t") for line in (tmp_path / name).read_text().splitlines()[1:]]
+                     for name in ("preds.tsv", "preds_rc.tsv"))
+        assert [r[0] for r in one] == [r[0] for r in both] and any(a[-1] != b[-1] for a, b in zip(one, both))
 
 
 def test_predict_without_labels_and_a_store_with_unknown_labels(trained, tmp_path, capsys):
