@@ -136,9 +136,12 @@ for step in $what; do
             mba dna classify train --data $r/frag_store --out $r/frag_run --max-minutes ${CLASSIFY_MINUTES:-3} \
                 --device cuda ${CLASSIFY_ARGS:-} 2>&1 | tail -6 &&
             mba dna classify evaluate --checkpoint $r/frag_run --data $r/frag_store --out $r/frag_eval \
-                --device cuda 2>&1 | tail -15
+                --device cuda 2>&1 | tail -15 &&
+            mba dna classify evaluate --checkpoint $r/frag_run --data $r/frag_store --out $r/frag_eval_rc \
+                --device cuda --rc-average 2>&1 | tail -5  # both strands (fragments come from either)
             echo "classify-fragments: $(( $(date +%s) - t0 )) s on the GPU" | tee $r/frag_eval/gpu_seconds.txt
-            tar czf "$out/classify_fragments.tar.gz" -C $r frag_run/config.yaml frag_run/metrics.json frag_eval ;;
+            tar czf "$out/classify_fragments.tar.gz" -C $r frag_run/config.yaml frag_run/metrics.json frag_eval \
+                frag_eval_rc ;;
         sc09)  # FSDD at 8 kHz: short paper-6m training, samples, classifier, metrics
             r=/tmp/runs; mkdir -p $r; t0=$(date +%s)
             mba sc09 prepare --from-folder "$repo/.gpudata/fsdd/recordings" --out $r/fsdd --sample-rate 8000 \
