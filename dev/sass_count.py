@@ -99,7 +99,11 @@ def captured_launches(shape: tuple[int, int, int], d_state: int = 16, sms: int =
                                  self.nchunks // 4)
         return real_segments(self, block_d, num_warps, n_segments, device, programs)
 
+    from triton.runtime.interpreter import InterpretedFunction  # the kernels' class under TRITON_INTERPRET=1
+
+    real_interpreted = InterpretedFunction.__getitem__
     triton.runtime.jit.JITFunction.__getitem__ = record
+    InterpretedFunction.__getitem__ = record
     plan_module.Plan.segments = segments
     try:
         batch, dim, seqlen = shape
@@ -114,6 +118,7 @@ def captured_launches(shape: tuple[int, int, int], d_state: int = 16, sms: int =
         out.backward(torch.empty_like(out))
     finally:
         triton.runtime.jit.JITFunction.__getitem__ = real_getitem
+        InterpretedFunction.__getitem__ = real_interpreted
         plan_module.Plan.segments = real_segments
     return launches
 
