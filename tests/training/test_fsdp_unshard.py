@@ -35,6 +35,9 @@ def _rank(rank: int, world: int, init_file: str, out: str) -> None:
         probe = model(torch.ones(2, 4))  # the plain module runs with the full weights
         torch.save({"shapes": shapes, "sharded": sharded, "expected": expected, "got": got, "probe": probe},
                    os.path.join(out, f"rank{rank}.pt"))
+        # both ranks leave together: a rank tearing gloo down while the other still ran aborted once in CI
+        # ("terminate called without an active exception", SIGABRT, 2026-12-07)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
