@@ -76,8 +76,8 @@ def compile_kernel(kernel, constexprs: dict, dtypes: dict, num_warps: int):
 def captured_launches(shape: tuple[int, int, int], d_state: int = 16, sms: int = 132, **scan_kwargs) -> list:
     """[(kernel, args, kwargs)] of every Triton launch one fwd+bwd of the scan makes at ``shape`` (batch, dim,
     seqlen), bf16 inputs as ``mba bench scan`` makes them: the wrappers run on meta tensors with each launch
-    recorded instead of run (no package install needed), and the GPU's ``sms`` stand in for the device's when the wrapper plans time
-    segments. ``scan_kwargs`` go to ``selective_scan_triton`` (e.g. save_every, softplus_in_kernel)."""
+    recorded instead of run (no package install needed), and the GPU's ``sms`` stand in for the device's
+    (``plan.sm_count``) when the wrapper plans time segments. ``scan_kwargs`` go to ``selective_scan_triton`` (e.g. save_every, softplus_in_kernel)."""
     import torch
 
     from mamba_bio_audio.kernels.selective_scan import plan as plan_module
@@ -88,23 +88,13 @@ def captured_launches(shape: tuple[int, int, int], d_state: int = 16, sms: int =
     def record(self, grid):
         return lambda *args, **kwargs: launches.append((self, args, kwargs))
 
-    real_getitem, real_segments = triton.runtime.jit.JITFunction.__getitem__, plan_module.Plan.segments
-
-    def segments(self, block_d, num_warps, n_segments, device, programs=None):  # the GPU's plan, not the CPU's
-        if n_segments is None:
-            warps = self.batch * (programs or self.groups * self.blocks(block_d)) * num_warps
-            n_segments = 1
-            if warps < plan_module.LOW_WARPS_PER_SM * sms:
-                n_segments = min(-(-plan_module.TARGET_WARPS_PER_SM * sms // warps), plan_module.MAX_SEGMENTS,
-                                 self.nchunks // 4)
-        return real_segments(self, block_d, num_warps, n_segments, device, programs)
-
     from triton.runtime.interpreter import InterpretedFunction  # the kernels' class under TRITON_INTERPRET=1
 
-    real_interpreted = InterpretedFunction.__getitem__
+    real_getitem, real_interpreted = triton.runtime.jit.JITFunction.__getitem__, InterpretedFunction.__getitem__
+    real_sm_count = plan_module.sm_count
     triton.runtime.jit.JITFunction.__getitem__ = record
     InterpretedFunction.__getitem__ = record
-    plan_module.Plan.segments = segments
+    plan_module.sm_count = lambda device: sms  # the GPU's time-segment plan, not the CPU's
     try:
         batch, dim, seqlen = shape
 
@@ -119,7 +109,7 @@ def captured_launches(shape: tuple[int, int, int], d_state: int = 16, sms: int =
     finally:
         triton.runtime.jit.JITFunction.__getitem__ = real_getitem
         InterpretedFunction.__getitem__ = real_interpreted
-        plan_module.Plan.segments = real_segments
+        plan_module.sm_count = real_sm_count
     return launches
 
 

@@ -85,12 +85,17 @@ class Plan:
         if n_segments is None:
             n_segments = 1
             warps = self.batch * (programs or self.groups * self.blocks(block_d)) * num_warps
-            if device.type == "cuda":
-                sms = torch.cuda.get_device_properties(device).multi_processor_count
-                if warps < LOW_WARPS_PER_SM * sms:
-                    n_segments = min(cdiv(TARGET_WARPS_PER_SM * sms, warps), MAX_SEGMENTS, self.nchunks // 4)
+            sms = sm_count(device)
+            if sms is not None and warps < LOW_WARPS_PER_SM * sms:
+                n_segments = min(cdiv(TARGET_WARPS_PER_SM * sms, warps), MAX_SEGMENTS, self.nchunks // 4)
         per_seg = cdiv(self.nchunks, max(1, min(n_segments, self.nchunks)))
         return cdiv(self.nchunks, per_seg), per_seg
+
+
+def sm_count(device: torch.device) -> int | None:
+    """Streaming multiprocessors of ``device``, None off CUDA (then :meth:`Plan.segments` plans no time split).
+    ``dev/sass_count.py --shape`` stands a GPU's count in here to plan as a launch on that GPU would."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
 
 
 def bc_groups(X: torch.Tensor) -> tuple[bool, int]:
