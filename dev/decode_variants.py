@@ -1,6 +1,8 @@
-"""Time one block's decode step up to out_proj, three ways and at several tunings (chooses the defaults).
+"""Time one block's decode step up to out_proj, three ways and at several tunings (chooses the defaults), and the
+block step through out_proj with out_proj apart (cuBLAS) or inside the state-update kernel.
 
     python dev/decode_variants.py --out DIR [--batches 1,2,4,8,16] [--head-rows 1,2,4,8,16] [--layers 24]
+                                  [--out-block-d 8,16,32]
 
 At the 90.7M model's sizes (d_model 768, d_inner 1536, d_state 16, dt_rank 48, conv 4, bf16 weights, fp32
 residual and SSM state), ``--layers`` consecutive blocks' steps captured in one CUDA graph (as generation
@@ -8,7 +10,11 @@ replays them), timed with ``triton.testing.do_bench_cudagraph``; reported per la
 
 - ``unfused``: Triton add + RMSNorm, cuBLAS in_proj, conv update, cuBLAS x_proj, state update (dt_proj inside);
 - ``inner``: add + RMSNorm, in_proj, then the two fused decode kernels (``mamba_decode_inner_triton``);
-- ``block rows=R``: ``mamba_block_decode_triton`` with R batch rows per head program.
+- ``block rows=R``: ``mamba_block_decode_triton`` with R batch rows per head program;
+- ``block + out_proj``: the block step (1 row per head program), then out_proj by cuBLAS, each layer's output
+  feeding the next (3 launches per layer);
+- ``block, out_proj fused bd=N``: out_proj inside the state-update kernel (``out_proj_weight=``), N channels per
+  program, chained the same way (2 launches per layer).
 
 Writes decode_variants.json and .md (device, versions, date) under --out.
 """
@@ -35,6 +41,7 @@ def layer_weights(d_model: int, d_inner: int, d_state: int, dt_rank: int, width:
                 conv_weight=r(d_inner, width, scale=0.3), conv_bias=r(d_inner), x_proj_weight=r(dt_rank + 2 * d_state,
                                                                                                d_inner),
                 dt_proj_weight=r(d_inner, dt_rank, scale=0.1), dt_bias=r(d_inner, dtype=f32, scale=0.5),
+                out_proj_weight=r(d_model, d_inner),
                 A=-torch.rand(d_inner, d_state, device=device, generator=g) - 0.5, D=r(d_inner, dtype=f32, scale=1.0))
 
 
@@ -51,12 +58,22 @@ def make_step(kind: str, w: dict, batch: int, d_model: int, d_inner: int, d_stat
     residual = torch.randn(batch, d_model, device=device)
     conv_states = [torch.zeros(batch, d_inner, width, device=device, dtype=torch.bfloat16) for _ in range(layers)]
     ssm_states = [torch.zeros(batch, d_inner, d_state, device=device) for _ in range(layers)]
+    scratches = [ops.out_proj_scratch(batch, d_model, hidden) for _ in range(layers)]
     dt_rank = w["dt_proj_weight"].shape[1]
     inner_args = ("conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_bias", "A", "D")
 
     def run():
+        h, r = hidden, residual
         for layer in range(layers):
             conv, ssm = conv_states[layer], ssm_states[layer]
+            if kind in ("out_proj_apart", "out_proj_fused"):  # the block's whole step, layer to layer
+                fused = kind == "out_proj_fused"
+                y, r = mamba_block_decode_triton(
+                    h, r, w["norm_weight"], 1e-5, w["in_proj_weight"], None, conv, *(w[k] for k in inner_args),
+                    ssm, residual_dtype=torch.float32, block_d=head_rows if fused else None,
+                    **({"out_proj_weight": w["out_proj_weight"], "out_scratch": scratches[layer]} if fused else {}))
+                h = y if fused else F.linear(y, w["out_proj_weight"])
+                continue
             if kind == "block":
                 y, _ = mamba_block_decode_triton(hidden, residual, w["norm_weight"], 1e-5, w["in_proj_weight"],
                                                  None, conv, *(w[k] for k in inner_args), ssm,
@@ -87,21 +104,24 @@ def main() -> None:
     ap.add_argument("--batches", default="1,2,4,8,16")
     ap.add_argument("--head-rows", default="1,2,4,8,16")
     ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--out-block-d", default="8,16,32", help="channels per state-update program, out_proj fused")
     args = ap.parse_args()
     d_model, d_inner, d_state, dt_rank, width = 768, 1536, 16, 48, 4
     device = "cuda"
     w = layer_weights(d_model, d_inner, d_state, dt_rank, width, device)
-    kinds = [("unfused", None), ("inner", None)] + [("block", int(r)) for r in args.head_rows.split(",")]
+    kinds = ([("unfused", None), ("inner", None)] + [("block", int(r)) for r in args.head_rows.split(",")]
+             + [("out_proj_apart", None)] + [("out_proj_fused", int(b)) for b in args.out_block_d.split(",")])
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for kind, head_rows in kinds:
-            if head_rows is not None and head_rows > batch:
+            if kind == "block" and head_rows > batch:
                 continue
             run = make_step(kind, w, batch, d_model, d_inner, d_state, width, args.layers, head_rows, device)
             run()  # compile
             torch.cuda.synchronize()
             ms = do_bench_cudagraph(run, rep=200)
-            label = kind if head_rows is None else f"block rows={head_rows}"
+            label = {"block": f"block rows={head_rows}", "out_proj_apart": "block + out_proj (cuBLAS)",
+                     "out_proj_fused": f"block, out_proj fused bd={head_rows}"}.get(kind, kind)
             rows.append({"batch": batch, "variant": label, "us_per_layer": 1000 * ms / args.layers})
             print(f"batch {batch:3d}  {label:14s} {1000 * ms / args.layers:7.2f} us/layer", flush=True)
     env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -113,7 +133,7 @@ def main() -> None:
     batches = sorted({r["batch"] for r in rows})
     labels = list(dict.fromkeys(r["variant"] for r in rows))
     table = {(r["batch"], r["variant"]): r["us_per_layer"] for r in rows}
-    lines = [f"# Decode step up to out_proj, us per layer\n\n{env['device']}, torch {env['torch']}, triton "
+    lines = [f"# Decode step up to out_proj (the last rows: through it), us per layer\n\n{env['device']}, torch {env['torch']}, triton "
              f"{env['triton']}, {env['date']}; {args.layers} layers per CUDA graph, do_bench_cudagraph; sizes "
              f"{env['sizes']}, bf16 weights.\n", "| variant | " + " | ".join(f"batch {b}" for b in batches) + " |",
              "|---|" + "---|" * len(batches)]

@@ -103,8 +103,9 @@ def advance_state(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n,
                   stride_sb, stride_sd, stride_sn, stride_z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                   BLOCK_D: tl.constexpr):
     """One step of the SSM for (batch row b64, channels d), the decode kernels' common tail: state <- exp(dt A)
-    state + dt B x (stored), out = (C . state + D x) silu(z) (stored at out_ptr + b64 * dim + d). x, dt
-    (BLOCK_D,), A, Bv, Cv (BLOCK_D, BLOCK_N) or broadcastable, all fp32."""
+    state + dt B x (stored), out = (C . state + D x) silu(z) (stored at out_ptr + b64 * dim + d, and returned as
+    stored: (BLOCK_D,) fp32 rounded through out's element type). x, dt (BLOCK_D,), A, Bv, Cv (BLOCK_D, BLOCK_N) or
+    broadcastable, all fp32."""
     s_ptrs = state_ptr + b64 * stride_sb + d[:, None].to(tl.int64) * stride_sd + n[None, :] * stride_sn
     state = tl.load(s_ptrs, mask=dn_mask, other=0.0).to(tl.float32)
     state = tl.exp2(dt[:, None] * A * LOG2E) * state + (dt * x)[:, None] * Bv
@@ -114,4 +115,6 @@ def advance_state(state_ptr, x, dt, A, Bv, Cv, D_ptr, z_ptr, out_ptr, b64, d, n,
     if HAS_Z:
         z = tl.load(z_ptr + b64 * stride_z + d, mask=d_mask, other=0.0).to(tl.float32)
         out = out * z * tl.sigmoid(z)
-    tl.store(out_ptr + b64 * dim + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+    out = out.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + b64 * dim + d, out, mask=d_mask)
+    return out.to(tl.float32)

@@ -416,31 +416,70 @@ def fused_block_decode_ok(hidden: torch.Tensor, norm_weight: torch.Tensor, in_pr
             and resolve_backend(backend, "step", hidden)[0] == "triton")
 
 
+FUSED_OUT_PROJ_ENV = "MBA_FUSED_OUT_PROJ_MAX_BATCH"
+
+
+def fused_out_proj_max_batch() -> int:
+    """Largest batch whose fused block step (:func:`mamba_block_decode`) also runs out_proj inside its second
+    kernel: the environment variable MBA_FUSED_OUT_PROJ_MAX_BATCH, default 2 (0: never; it applies only where
+    the block step is fused, :func:`fused_block_decode_max_batch`). Each batch row's programs read their columns
+    of out_proj.weight, so, as for the block head, the saved launch is worth it at small batches only."""
+    return _env_int(FUSED_OUT_PROJ_ENV, 2)
+
+
+def fused_out_proj_ok(hidden: torch.Tensor) -> bool:
+    """Whether a fused block step (:func:`fused_block_decode_ok`) may run out_proj inside it: batch <=
+    :func:`fused_out_proj_max_batch`, and ``torch.use_deterministic_algorithms`` off (its fp32 sums are atomic
+    adds in a run-dependent order)."""
+    return hidden.shape[0] <= fused_out_proj_max_batch() and not torch.are_deterministic_algorithms_enabled()
+
+
+def out_proj_scratch(batch: int, d_model: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The zeroed scratch a block step with out_proj fused needs (kernels/mamba_decode/triton_decode.py): "acc"
+    (batch, d_model) fp32 and "count" (batch,) int32, left at zero by every step, so one per layer serves all its
+    steps (``Mamba.block_step`` keeps it in the layer's decode state)."""
+    return {"acc": torch.zeros(batch, d_model, device=like.device, dtype=torch.float32),
+            "count": torch.zeros(batch, device=like.device, dtype=torch.int32)}
+
+
 def mamba_block_decode(hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state, conv_weight,
                        conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=None,
-                       backend="auto"):
-    """One token through a pre-norm selective block up to out_proj; both states advance in place:
+                       backend="auto", out_proj_weight=None, out_proj_bias=None, out_scratch=None):
+    """One token through a pre-norm selective block up to out_proj (through it, with ``out_proj_weight``); both
+    states advance in place:
 
         normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps)   (normed in in_proj's dtype)
         x, z = split(in_proj(normed));  y = mamba_decode_inner(x, z, ...)
+        [hidden_out = out_proj(y)]
 
-    Two Triton kernels when :func:`fused_block_decode_ok` (kernels/mamba_decode/triton_decode.py), else the
-    ops above one by one.
+    Two Triton kernels when :func:`fused_block_decode_ok` (kernels/mamba_decode/triton_decode.py), out_proj
+    inside the second one when ``out_scratch`` (:func:`out_proj_scratch`) is given too (else cuBLAS after them);
+    otherwise the ops above one by one.
 
     Args:
         hidden: (batch, d_model), the previous block's mixer output (the embedding for the first block).
         residual: (batch, d_model) or None. norm_weight: (d_model,). in_proj_weight: (2 dim, d_model).
         in_proj_bias: (2 dim,) or None. The rest: as :func:`mamba_decode_inner`. residual_dtype: of residual_out.
+        out_proj_weight: (d_model, dim) or None. out_proj_bias: (d_model,) or None.
     Returns:
-        (y (batch, dim), the input of out_proj; residual_out (batch, d_model)).
+        (y (batch, dim), the input of out_proj; residual_out (batch, d_model)), or with out_proj_weight
+        (out_proj(y) (batch, d_model), residual_out).
     """
     if fused_block_decode_ok(hidden, norm_weight, in_proj_weight, backend):
-        return _load(*_TRITON_MODULES["block_decode"])(
+        fused_out = out_proj_weight is not None and out_scratch is not None
+        y, residual_out = _load(*_TRITON_MODULES["block_decode"])(
             hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias,
-            x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=residual_dtype)
+            x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=residual_dtype,
+            **({"out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias, "out_scratch": out_scratch}
+               if fused_out else {}))
+        if fused_out or out_proj_weight is None:
+            return y, residual_out
+        return torch.nn.functional.linear(y, out_proj_weight, out_proj_bias), residual_out
     normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps, in_proj_weight.dtype, residual_dtype,
                                         backend=backend)
     x, z = torch.nn.functional.linear(normed, in_proj_weight, in_proj_bias).chunk(2, dim=-1)
     y = mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
                            ssm_state, backend=backend)
+    if out_proj_weight is not None:
+        return torch.nn.functional.linear(y, out_proj_weight, out_proj_bias), residual_out
     return y, residual_out

@@ -95,10 +95,24 @@ def test_causal_conv_states_and_update():
 
 @pytest.mark.parametrize("name,fn", [("MBA_FUSED_DECODE_MAX_BATCH", ops.fused_decode_max_batch),
                                      ("MBA_FUSED_DT_PROJ_MAX_BATCH", ops.fused_dt_proj_max_batch),
-                                     ("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", ops.fused_block_decode_max_batch)])
+                                     ("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", ops.fused_block_decode_max_batch),
+                                     ("MBA_FUSED_OUT_PROJ_MAX_BATCH", ops.fused_out_proj_max_batch)])
 def test_decode_thresholds_read_the_environment(name, fn, monkeypatch):
     monkeypatch.setenv(name, "5")
     assert fn() == 5
     monkeypatch.setenv(name, "eight")
     with pytest.raises(ValueError, match=f"{name} must be an integer"):
         fn()
+
+
+def test_fused_out_proj_stays_off_under_deterministic_algorithms(monkeypatch):
+    # its fp32 row sums are atomic adds in a run-dependent order
+    monkeypatch.delenv("MBA_FUSED_OUT_PROJ_MAX_BATCH", raising=False)
+    hidden = torch.zeros(2, 8)
+    assert ops.fused_out_proj_ok(hidden) and not ops.fused_out_proj_ok(torch.zeros(3, 8))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not ops.fused_out_proj_ok(hidden)
+    finally:
+        torch.use_deterministic_algorithms(previous)

@@ -6,6 +6,7 @@ the fused decode kernels (``triton_decode.py``), and their test reference.
                                                      dt_softplus=True)
     mamba_block_decode:  normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps)
                          x, z = split(in_proj(normed));  y = mamba_decode_inner(x, z, ...)
+                         [hidden_out = out_proj(y), when out_proj_weight is given]
 
 Both states advance in place. Every intermediate is rounded where the unfused ops round it (the norm's output, x
 and z in in_proj's dtype; x_proj's and dt_proj's outputs in x's dtype).
@@ -40,19 +41,23 @@ def mamba_decode_inner_ref(x, z, conv_state, conv_weight, conv_bias, x_proj_weig
 
 def mamba_block_decode_ref(hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state,
                            conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state,
-                           residual_dtype=None):
-    """One token through a pre-norm selective block up to out_proj.
+                           residual_dtype=None, out_proj_weight=None, out_proj_bias=None):
+    """One token through a pre-norm selective block up to out_proj (through it, with ``out_proj_weight``).
 
     Args:
         hidden: (batch, d_model), the previous block's mixer output (the embedding for the first block).
         residual: (batch, d_model) or None (first block). norm_weight: (d_model,). eps: the norm's epsilon.
         in_proj_weight: (2 dim, d_model). in_proj_bias: (2 dim,) or None. The rest: as
         :func:`mamba_decode_inner_ref`. residual_dtype: of residual_out (default hidden and residual promoted).
+        out_proj_weight: (d_model, dim) or None. out_proj_bias: (d_model,) or None.
     Returns:
-        (y (batch, dim) in in_proj's dtype, the input of out_proj; residual_out (batch, d_model)).
+        (y (batch, dim) in in_proj's dtype, the input of out_proj; residual_out (batch, d_model)), or with
+        out_proj_weight (out_proj(y) (batch, d_model) in its dtype, residual_out).
     """
     normed, residual_out = add_rms_norm_ref(hidden, residual, norm_weight, eps, in_proj_weight.dtype, residual_dtype)
     x, z = F.linear(normed, in_proj_weight, in_proj_bias).chunk(2, dim=-1)
     y = mamba_decode_inner_ref(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A,
                                D, ssm_state)
+    if out_proj_weight is not None:
+        return F.linear(y, out_proj_weight, out_proj_bias), residual_out
     return y, residual_out

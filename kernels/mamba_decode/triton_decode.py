@@ -14,10 +14,15 @@ are the cost. Here, before out_proj (cuBLAS):
 2. ``_ssm_from_partials_kernel``: every program sums the partials (a few KB, from L2) into the low-rank dt, B
    and C (rounded to x's dtype, as the unfused product's output is), projects dt for its channels (dt_proj
    fused, as in the state-update kernel) and advances the state (``utils.advance_state``, as that kernel does).
+   With out_proj fused (``out_proj_weight=``, the block path only): each program also multiplies its channels'
+   columns of out_proj.weight by its y and adds the (d_model,) product atomically into an fp32 row; the program
+   that finishes last (an atomic count per batch row) rounds the row to out_proj's dtype (+ bias) and zeroes the
+   row and the count for the next step. Then a block's step is two kernels instead of three, for fp32 sums in a
+   run-dependent order (``ops.fused_out_proj_ok`` keeps it off under ``torch.use_deterministic_algorithms``).
 
-The partials are plain per-program sums added in a fixed order: deterministic, no atomics, nothing to zero.
-Every rounding of the unfused path is kept: the norm's output and in_proj's x and z in in_proj's dtype, the
-residual in its own dtype.
+The x_proj partials are plain per-program sums added in a fixed order: deterministic, no atomics, nothing to
+zero. Every rounding of the unfused path is kept: the norm's output and in_proj's x and z in in_proj's dtype, the
+residual in its own dtype, y in x's dtype, out_proj's output in its dtype.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from mamba_bio_audio.kernels.utils import advance_state, dt_activation
 
 CONV_BLOCK_D = 64  # channels per conv + partial-projection program
 STEP_BLOCK_D = 32  # channels per state-update program
+OUT_STEP_BLOCK_D = 16  # channels per state-update program when it also runs out_proj (its columns of the weight)
+OUT_BLOCK_M = 128  # out_proj rows per tile of that program
 HEAD_BLOCK_D = 8  # channels per program of the block-head kernel (x and z rows of in_proj: 2 x 8 x d_model)
 HEAD_ROWS = 1  # batch rows per block-head program (more rows were slower: results/decode_ab/)
 HEAD_NUM_WARPS = 8
@@ -155,13 +162,51 @@ def _summed(base, offset, count, p_mask, like_ptr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _out_proj_share(y, Wo_ptr, bo_ptr, acc_ptr, count_ptr, hid_ptr, b64, d, d_mask, dim, d_model, n_programs,
+                    HAS_OUT_BIAS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's share of out_proj for batch row b64, ``Wo[:, d] @ y[d]`` (Wo = out_proj.weight (d_model, dim)
+    contiguous, y (BLOCK_D,) fp32), added atomically into the fp32 row acc (batch, d_model). The program that
+    counts last in count (batch,) int32 writes the finished row (+ bias) to hid (batch, d_model) in hid's element
+    type, as a Linear in that dtype rounds its output, and leaves acc and count at zero for the next step."""
+    row = b64 * d_model
+    for m0 in range(0, d_model, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        m_mask = m < d_model
+        W = tl.load(Wo_ptr + m.to(tl.int64)[:, None] * dim + d[None, :], mask=m_mask[:, None] & d_mask[None, :],
+                    other=0.0).to(tl.float32)
+        tl.atomic_add(acc_ptr + row + m, tl.sum(W * y[None, :], axis=1), mask=m_mask, sem="relaxed")
+    # Every thread's adds are issued before the count; the count's release (acq_rel at GPU scope, after the
+    # barrier) makes them visible to the program that counts last, whose acquire sees all of them (the pattern
+    # of a CUDA grid sync: __syncthreads, then one thread's fence and atomic).
+    tl.debug_barrier()
+    done = tl.atomic_add(count_ptr + b64, 1, sem="acq_rel")
+    if done == n_programs - 1:
+        for m0 in range(0, d_model, BLOCK_M):
+            m = m0 + tl.arange(0, BLOCK_M)
+            m_mask = m < d_model
+            # read at L2 and reset in one atomic (no stale L1 line can be read), on the fp32 bits as int32 (the
+            # interpreter exchanges integers only)
+            bits = tl.atomic_xchg(acc_ptr.to(tl.pointer_type(tl.int32)) + row + m, tl.zeros([BLOCK_M], tl.int32),
+                                  mask=m_mask, sem="relaxed")
+            total = bits.to(tl.float32, bitcast=True)
+            if HAS_OUT_BIAS:
+                total += tl.load(bo_ptr + m, mask=m_mask, other=0.0).to(tl.float32)
+            tl.store(hid_ptr + row + m, total.to(hid_ptr.dtype.element_ty), mask=m_mask)
+        tl.atomic_xchg(count_ptr + b64, 0, sem="relaxed")
+
+
+@triton.jit
 def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr, D_ptr, bias_ptr, out_ptr,
-                              dim, d_state, dt_rank, n_out, n_parts,
+                              Wo_ptr, bo_ptr, acc_ptr, count_ptr, hid_ptr,
+                              dim, d_state, dt_rank, n_out, n_parts, d_model,
                               stride_sb, stride_sd, stride_sn, stride_z,
-                              HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+                              HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OUT_PROJ: tl.constexpr,
+                              HAS_OUT_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr):
     """state (batch, dim, d_state) strided, advanced in place; xc, out (batch, dim) contiguous; z row-strided;
-    partials (batch, n_parts, n_out) fp32 with n_out = dt_rank + 2 d_state; Wdt = dt_proj.weight (dim, dt_rank)."""
+    partials (batch, n_parts, n_out) fp32 with n_out = dt_rank + 2 d_state; Wdt = dt_proj.weight (dim, dt_rank).
+    HAS_OUT_PROJ: out_proj too (:func:`_out_proj_share`: Wo (d_model, dim), bo (d_model,), acc (batch, d_model)
+    fp32 and count (batch,) int32 zeros on entry and exit, hid (batch, d_model) the block's output)."""
     pid, b = tl.program_id(0), tl.program_id(1)
     b64 = b.to(tl.int64)
     d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -184,8 +229,11 @@ def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr
     dt = dt_activation(raw, True)
     x = tl.load(xc_ptr + b64 * dim + d, mask=d_mask, other=0.0).to(tl.float32)
     A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    advance_state(state_ptr, x, dt, A, Bv[None, :], Cv[None, :], D_ptr, z_ptr, out_ptr, b64, d, n, d_mask, dn_mask, dim,
-             stride_sb, stride_sd, stride_sn, stride_z, HAS_D, True, BLOCK_D)
+    y = advance_state(state_ptr, x, dt, A, Bv[None, :], Cv[None, :], D_ptr, z_ptr, out_ptr, b64, d, n, d_mask,
+                      dn_mask, dim, stride_sb, stride_sd, stride_sn, stride_z, HAS_D, True, BLOCK_D)
+    if HAS_OUT_PROJ:
+        _out_proj_share(y, Wo_ptr, bo_ptr, acc_ptr, count_ptr, hid_ptr, b64, d, d_mask, dim, d_model,
+                        tl.num_programs(0), HAS_OUT_BIAS, BLOCK_M)
 
 
 def _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state):
@@ -196,20 +244,44 @@ def _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_we
         raise ValueError(f"conv_state holds {conv_state.shape[-1]} steps, fewer than width - 1 = {width - 1}")
 
 
-def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d):
-    """The second kernel: y (batch, dim) in xc's dtype from the partial x_proj sums; ssm_state advanced."""
+def _check_out_proj(out_proj_weight, out_proj_bias, scratch, batch, dim):
+    d_model = out_proj_weight.shape[0]
+    if out_proj_weight.shape[1] != dim or (out_proj_bias is not None and out_proj_bias.shape != (d_model,)):
+        raise ValueError(f"out_proj_weight {tuple(out_proj_weight.shape)} does not fit dim {dim}")
+    acc, count = scratch["acc"], scratch["count"]
+    if (acc.shape != (batch, d_model) or acc.dtype != torch.float32 or not acc.is_contiguous()
+            or count.shape != (batch,) or count.dtype != torch.int32):
+        raise ValueError(f"out_proj scratch acc {tuple(acc.shape)} {acc.dtype} / count {tuple(count.shape)} "
+                         f"{count.dtype} is not out_proj_scratch({batch}, {d_model})")
+
+
+def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d, out_proj_weight=None,
+                       out_proj_bias=None, scratch=None):
+    """The second kernel: y (batch, dim) in xc's dtype from the partial x_proj sums; ssm_state advanced. With
+    out_proj_weight (d_model, dim) and its scratch: out_proj(y) (batch, d_model) in out_proj's dtype instead."""
     batch, dim = xc.shape
     d_state, dt_rank, n_parts, n_out = ssm_state.shape[-1], dt_proj_weight.shape[1], *partials.shape[1:]
     out = utils.empty(batch, dim, like=xc)
+    fused_out = out_proj_weight is not None
+    if fused_out:
+        _check_out_proj(out_proj_weight, out_proj_bias, scratch, batch, dim)
+        d_model = out_proj_weight.shape[0]
+        hidden = utils.empty(batch, d_model, like=xc, dtype=out_proj_weight.dtype)
+    else:
+        d_model, hidden = 0, out
     _ssm_from_partials_kernel[(utils.cdiv(dim, block_d), batch)](
         ssm_state, xc, z, partials, dt_proj_weight.contiguous(), A.contiguous(),
         D.contiguous() if D is not None else xc, dt_bias.contiguous() if dt_bias is not None else xc, out,
-        dim, d_state, dt_rank, n_out, n_parts, *ssm_state.stride(), z.stride(0),
-        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, BLOCK_D=block_d,
+        out_proj_weight.contiguous() if fused_out else xc,
+        out_proj_bias if fused_out and out_proj_bias is not None else xc,
+        scratch["acc"] if fused_out else xc, scratch["count"] if fused_out else xc, hidden,
+        dim, d_state, dt_rank, n_out, n_parts, d_model, *ssm_state.stride(), z.stride(0),
+        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_OUT_PROJ=fused_out,
+        HAS_OUT_BIAS=fused_out and out_proj_bias is not None, BLOCK_D=block_d,
         BLOCK_N=utils.next_power_of_2(d_state), BLOCK_R=utils.next_power_of_2(dt_rank),
-        BLOCK_P=utils.next_power_of_2(n_parts), num_warps=4,
+        BLOCK_P=utils.next_power_of_2(n_parts), BLOCK_M=OUT_BLOCK_M, num_warps=4,
     )
-    return out
+    return hidden
 
 
 def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias,
@@ -247,9 +319,13 @@ def mamba_decode_inner_triton(x, z, conv_state, conv_weight, conv_bias, x_proj_w
 
 def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state,
                               conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, *,
-                              residual_dtype=None, head_block_d=None, head_rows=None, block_d=None):
+                              residual_dtype=None, head_block_d=None, head_rows=None, block_d=None,
+                              out_proj_weight=None, out_proj_bias=None, out_scratch=None):
     """One token through a pre-norm block up to out_proj: residual add + RMSNorm, in_proj, then as
-    :func:`mamba_decode_inner_triton`; two kernels. Both states are advanced in place.
+    :func:`mamba_decode_inner_triton`; two kernels. Both states are advanced in place. With ``out_proj_weight``
+    (and ``out_scratch`` from ``ops.out_proj_scratch``), out_proj runs inside the second kernel too (each program
+    adds its channels' share atomically in fp32; the last one rounds the row): the block's whole step in two
+    kernels, its fp32 sums in a run-dependent order.
 
     Args:
         hidden: (batch, d_model), the previous block's mixer output (or the embedding for the first block).
@@ -257,9 +333,10 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
         in_proj_weight: (2 dim, d_model); the norm's output is rounded to its dtype (as an RMSNorm in that dtype
             feeding a Linear in that dtype does), and so are x and z. in_proj_bias: (2 dim,) or None.
         the rest: as :func:`mamba_decode_inner_triton`. residual_dtype: of the returned residual (default: hidden
-            and residual promoted).
+            and residual promoted). out_proj_weight: (d_model, dim) or None; out_proj_bias: (d_model,) or None.
     Returns:
-        (y (batch, dim) in in_proj's dtype, the input of out_proj; residual_out = hidden + residual (batch, d_model)).
+        (y (batch, dim) in in_proj's dtype, the input of out_proj; residual_out = hidden + residual (batch, d_model)),
+        or with out_proj_weight (out_proj(y) (batch, d_model) in out_proj's dtype, residual_out).
     """
     batch, d_model = hidden.shape
     dim = in_proj_weight.shape[0] // 2
@@ -293,5 +370,10 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
         BLOCK_S=utils.next_power_of_2(conv_state.shape[-1]), BLOCK_K=utils.next_power_of_2(n_out),
         num_warps=HEAD_NUM_WARPS,
     )
+    if out_proj_weight is not None:
+        if out_scratch is None:
+            raise ValueError("out_proj_weight needs out_scratch (ops.out_proj_scratch(batch, d_model, like))")
+        return _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state,
+                                  block_d or OUT_STEP_BLOCK_D, out_proj_weight, out_proj_bias, out_scratch), residual_out
     y = _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D)
     return y, residual_out

@@ -280,14 +280,22 @@ class Mamba(nn.Module):
         """The pre-norm block's step from its inputs (selective mixers): hidden, residual (batch, d_model) ->
         (this mixer's output, hidden + residual); the residual add, the block's RMSNorm (norm_weight, eps),
         in_proj, conv, x_proj, dt_proj and the state update as ``ops.mamba_block_decode`` (two Triton kernels),
-        then out_proj."""
+        out_proj inside the second where ``ops.fused_out_proj_ok`` (its fp32 scratch, ``ops.out_proj_scratch``,
+        kept in ``state["out_proj_scratch"]``), else after them."""
         params = self._step_params()
-        y, residual = ops.mamba_block_decode(
+        scratch = None
+        if ops.fused_out_proj_ok(hidden):
+            scratch = state.get("out_proj_scratch")
+            if scratch is None or scratch["acc"].shape != (hidden.shape[0], self.out_proj.out_features) \
+                    or scratch["acc"].device != hidden.device:
+                scratch = state["out_proj_scratch"] = ops.out_proj_scratch(hidden.shape[0],
+                                                                           self.out_proj.out_features, hidden)
+        return ops.mamba_block_decode(
             hidden, residual, norm_weight, eps, self.in_proj.weight, self.in_proj.bias, state["conv_state"],
             self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
             params["dt_bias"], params["A"], params["D"], state["ssm_state"], residual_dtype=residual_dtype,
-            backend=self.backend)
-        return self.out_proj(y), residual
+            backend=self.backend, out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias,
+            out_scratch=scratch)
 
     def _step_params(self) -> dict:
         return self.decode_params if self.use_decode_params else self._ssm_params()

@@ -164,6 +164,75 @@ def test_block_decode_in_bf16_with_an_fp32_residual(device):
     assert_all_match(("y", "conv_state", "ssm_state"), got[:1] + got[2:], ref[:1] + ref[2:], 4e-2)
 
 
+# ---- the block's step with out_proj fused into the state-update kernel (atomic fp32 rows) ----------------------------
+def run_block_steps_through_out_proj(fn, w, tokens, dtype, device, residual_dtype, out_w, out_b):
+    """As run_block_steps, each step also through out_proj (out_w (d_model, dim), out_b): [hidden], [residual], states."""
+    out_w = out_w.to(device, dtype)
+    out_b = None if out_b is None else out_b.to(device, dtype)
+    return run_block_steps(lambda h, r, **kw: fn(h, r, out_proj_weight=out_w, out_proj_bias=out_b, **kw), w, tokens,
+                           dtype, device, residual_dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d_model,dim,batch,bias,block_d,first", [
+    (24, 20, 2, True, 8, False),     # dim not a multiple of the block: a half-empty last program
+    (37, 37, 3, False, 4, False),    # odd d_model: a masked tail of out_proj rows; no biases; 10 programs per row
+    (160, 24, 1, True, 16, True),    # d_model above one row tile (OUT_BLOCK_M): two tiles, the second masked
+    (16, 8, 2, True, 8, False),      # one program per row: it is also the last
+])
+def test_block_decode_through_out_proj_matches_the_unfused_ops(device, d_model, dim, batch, bias, block_d, first):
+    w = block_weights(d_model, dim, 4, 3, 4, batch, bias, seed=d_model + 1)
+    g = torch.Generator().manual_seed(d_model + 8)
+    out_w = torch.randn(d_model, dim, generator=g, dtype=torch.float64) * dim ** -0.5
+    out_b = torch.randn(d_model, generator=g, dtype=torch.float64) if bias else None
+    tokens = [(torch.randn(batch, d_model, generator=g, dtype=torch.float64),
+               None if first else torch.randn(batch, d_model, generator=g, dtype=torch.float64) * 2)
+              for _ in range(3)]
+    ref = run_block_steps_through_out_proj(mamba_block_decode_ref, w, tokens, torch.float64, "cpu", torch.float64,
+                                           out_w, out_b)
+    scratch = ops.out_proj_scratch(batch, d_model, like=torch.empty(0, device=device))
+    got = run_block_steps_through_out_proj(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(
+        h, r, head_block_d=8, block_d=block_d, out_scratch=scratch, **kw), w, tokens, torch.float32, device,
+        torch.float32, out_w, out_b)
+    assert got[0].shape == (3, batch, d_model)
+    assert_all_match(("hidden", "residual", "conv_state", "ssm_state"), got, ref, 1e-5)
+    # three steps ran on one scratch: each left its fp32 rows and counts at zero for the next
+    assert torch.count_nonzero(scratch["acc"]) == 0 and torch.count_nonzero(scratch["count"]) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_decode_through_out_proj_in_bf16(device):
+    # as generation runs: bf16 weights, fp32 residual and SSM state; the row is rounded to bf16 once, at the end
+    w = block_weights(40, 48, 8, 4, 4, 2, True, seed=12)
+    g = torch.Generator().manual_seed(13)
+    out_w = torch.randn(40, 48, generator=g, dtype=torch.float64) * 48 ** -0.5
+    tokens = [(torch.randn(2, 40, generator=g, dtype=torch.float64), torch.randn(2, 40, generator=g,
+                                                                                 dtype=torch.float64))
+              for _ in range(2)]
+    ref = run_block_steps_through_out_proj(mamba_block_decode_ref, w, tokens, torch.float64, "cpu", torch.float64,
+                                           out_w, None)
+    scratch = ops.out_proj_scratch(2, 40, like=torch.empty(0, device=device))
+    got = run_block_steps_through_out_proj(lambda h, r, **kw: triton_decode.mamba_block_decode_triton(
+        h, r, out_scratch=scratch, **kw), w, tokens, torch.bfloat16, device, torch.float32, out_w, None)
+    assert got[0].dtype == torch.bfloat16
+    assert_all_match(("hidden", "conv_state", "ssm_state"), got[:1] + got[2:], ref[:1] + ref[2:], 4e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_decode_through_out_proj_checks_its_arguments(device):
+    w = on_device(block_weights(8, 16, 4, 3, 4, 1, True, seed=14), device, torch.float32)
+    h = torch.randn(1, 8, device=device)
+    out_w = torch.randn(8, 16, device=device)
+    with pytest.raises(ValueError, match="needs out_scratch"):
+        triton_decode.mamba_block_decode_triton(h, h, eps=1e-5, out_proj_weight=out_w, **w)
+    with pytest.raises(ValueError, match="is not out_proj_scratch"):
+        triton_decode.mamba_block_decode_triton(h, h, eps=1e-5, out_proj_weight=out_w, **w,
+                                                out_scratch=ops.out_proj_scratch(2, 8, like=h))
+    with pytest.raises(ValueError, match="does not fit dim"):
+        triton_decode.mamba_block_decode_triton(h, h, eps=1e-5, out_proj_weight=out_w[:, :15], **w,
+                                                out_scratch=ops.out_proj_scratch(1, 8, like=h))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_block_decode_shapes_that_do_not_fit_raise(device):
     w = block_weights(8, 16, 4, 3, 4, 1, True, seed=11)

@@ -54,23 +54,25 @@ def test_triton_model_under_bf16_autocast_matches_reference():
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
-@pytest.mark.parametrize("fused_max_batch,block,dt_proj", [("8", "3", "8"), ("8", "2", "8"), ("0", "3", "8"),
-                                                           ("0", "3", "2")],
-                         ids=["block-fused", "inner-fused", "unfused", "unfused-dt-proj-apart"])
-def test_triton_decode_steps_match_reference(fused_max_batch, block, dt_proj, monkeypatch, request):
+@pytest.mark.parametrize("fused_max_batch,block,dt_proj,out_proj", [
+    ("8", "3", "8", "3"), ("8", "3", "8", "2"), ("8", "2", "8", "3"), ("0", "3", "8", "3"), ("0", "3", "2", "3")],
+    ids=["block-fused-out-proj", "block-fused", "inner-fused", "unfused", "unfused-dt-proj-apart"])
+def test_triton_decode_steps_match_reference(fused_max_batch, block, dt_proj, out_proj, monkeypatch, request):
     # Batch 3: x, z, B, C and the low-rank dt reach the kernels as strided views; dt_proj runs inside the step;
     # inner-fused: conv + x_proj + dt_proj + state update in two kernels; block-fused: also the residual add,
-    # the norm and in_proj (kernels/mamba_decode/triton_decode.py).
+    # the norm and in_proj (kernels/mamba_decode/triton_decode.py), and out_proj inside the second kernel unless
+    # the batch is above MBA_FUSED_OUT_PROJ_MAX_BATCH.
     from mamba_bio_audio import ops
     from mamba_bio_audio.kernels.mamba_decode import triton_decode
 
     monkeypatch.setenv("MBA_FUSED_DECODE_MAX_BATCH", fused_max_batch)
     monkeypatch.setenv("MBA_FUSED_BLOCK_DECODE_MAX_BATCH", block)  # batch 3: "2" keeps in_proj apart
     monkeypatch.setenv("MBA_FUSED_DT_PROJ_MAX_BATCH", dt_proj)  # "2": dt_proj as its own product
+    monkeypatch.setenv("MBA_FUSED_OUT_PROJ_MAX_BATCH", out_proj)  # "2": out_proj by cuBLAS after the block step
     calls = []
     block_fn = triton_decode.mamba_block_decode_triton
     monkeypatch.setattr(triton_decode, "mamba_block_decode_triton",
-                        lambda *a, **k: calls.append(1) or block_fn(*a, **k))
+                        lambda *a, **k: calls.append(k.get("out_scratch") is not None) or block_fn(*a, **k))
     ops._load.cache_clear()  # ops looks the kernel up (cached) by module and name
     request.addfinalizer(ops._load.cache_clear)  # after monkeypatch's undo: no counting wrapper stays cached
     torch.manual_seed(2)
@@ -83,6 +85,9 @@ def test_triton_decode_steps_match_reference(fused_max_batch, block, dt_proj, mo
         got = torch.stack([model.backbone.step(ids[:, t], states) for t in range(ids.shape[1])])
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (got - expected).abs().max()
     assert len(calls) == (2 * 6 if (fused_max_batch, block) == ("8", "3") else 0)  # 2 layers x 6 steps
+    assert all(calls) == (out_proj == "3")
+    if calls and all(calls):  # every layer's out_proj scratch was left at zero for the next step
+        assert all(torch.count_nonzero(s["out_proj_scratch"]["acc"]) == 0 for s in states)
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1")
