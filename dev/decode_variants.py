@@ -16,6 +16,9 @@ replays them), timed with ``triton.testing.do_bench_cudagraph``; reported per la
 - ``block, out_proj fused bd=N``: out_proj inside the state-update kernel (``out_proj_weight=``), N channels per
   program, chained the same way (2 launches per layer).
 
+Every block variant runs twice: with ", PDL" its kernels launch as programmatic dependent launches (loading their
+weights while the kernel before them runs; ``MBA_DECODE_PDL=1``, the default on Hopper), else plainly.
+
 Writes decode_variants.json and .md (device, versions, date) under --out.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -111,17 +115,21 @@ def main() -> None:
     w = layer_weights(d_model, d_inner, d_state, dt_rank, width, device)
     kinds = ([("unfused", None), ("inner", None)] + [("block", int(r)) for r in args.head_rows.split(",")]
              + [("out_proj_apart", None)] + [("out_proj_fused", int(b)) for b in args.out_block_d.split(",")])
+    # the block step's kernels with and without programmatic dependent launch (MBA_DECODE_PDL)
+    kinds = [(k, p, pdl) for k, p in kinds for pdl in ((True, False) if k != "unfused" and k != "inner" else (False,))]
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        for kind, head_rows in kinds:
+        for kind, head_rows, pdl in kinds:
             if kind == "block" and head_rows > batch:
                 continue
+            os.environ["MBA_DECODE_PDL"] = "1" if pdl else "0"
             run = make_step(kind, w, batch, d_model, d_inner, d_state, width, args.layers, head_rows, device)
             run()  # compile
             torch.cuda.synchronize()
             ms = do_bench_cudagraph(run, rep=200)
             label = {"block": f"block rows={head_rows}", "out_proj_apart": "block + out_proj (cuBLAS)",
                      "out_proj_fused": f"block, out_proj fused bd={head_rows}"}.get(kind, kind)
+            label += ", PDL" if pdl else ""
             rows.append({"batch": batch, "variant": label, "us_per_layer": 1000 * ms / args.layers})
             print(f"batch {batch:3d}  {label:14s} {1000 * ms / args.layers:7.2f} us/layer", flush=True)
     env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

@@ -20,12 +20,19 @@ are the cost. Here, before out_proj (cuBLAS):
    row and the count for the next step. Then a block's step is two kernels instead of three, for fp32 sums in a
    run-dependent order (``ops.fused_out_proj_ok`` keeps it off under ``torch.use_deterministic_algorithms``).
 
+On Hopper and later both kernels launch as programmatic dependent launches (:func:`use_pdl`): each loads its
+weights before ``griddepcontrol.wait``, while the kernel before it still runs, and reads that kernel's outputs
+(and writes anything) only after it.
+
 The x_proj partials are plain per-program sums added in a fixed order: deterministic, no atomics, nothing to
 zero. Every rounding of the unfused path is kept: the norm's output and in_proj's x and z in in_proj's dtype, the
 residual in its own dtype, y in x's dtype, out_proj's output in its dtype.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import triton
@@ -34,10 +41,14 @@ import triton.language as tl
 from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.utils import advance_state, dt_activation
 
+try:  # Triton >= 3.3; the block step runs without PDL where they are missing
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
 CONV_BLOCK_D = 64  # channels per conv + partial-projection program
 STEP_BLOCK_D = 32  # channels per state-update program
 OUT_STEP_BLOCK_D = 16  # channels per state-update program when it also runs out_proj (its columns of the weight)
-OUT_BLOCK_M = 128  # out_proj rows per tile of that program
 HEAD_BLOCK_D = 8  # channels per program of the block-head kernel (x and z rows of in_proj: 2 x 8 x d_model)
 HEAD_ROWS = 1  # batch rows per block-head program (more rows were slower: results/decode_ab/)
 HEAD_NUM_WARPS = 8
@@ -107,12 +118,13 @@ def _block_head_kernel(h_ptr, r_ptr, nw_ptr, rout_ptr, Win_ptr, bin_ptr, conv_pt
                        stride_cl, eps,
                        HAS_RES: tl.constexpr, HAS_IN_BIAS: tl.constexpr, WIDTH: tl.constexpr, HAS_CB: tl.constexpr,
                        ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     """A block's step up to the SSM for channels d and batch rows ROWS * program_id(1) + 0 .. ROWS - 1: add +
     RMSNorm, the x and z rows of in_proj (loaded once, used for each row), the conv update and the partial
     x_proj. h, r (batch, d_model) row-strided (r absent for the first block); residual out (batch, d_model)
     contiguous, written by the programs of channel block 0; Win = in_proj.weight (2 dim, d_model) contiguous, in
-    the dtype the norm's output is rounded to; xc, z (batch, dim) contiguous; partials as in _conv_xproj_kernel."""
+    the dtype the norm's output is rounded to; xc, z (batch, dim) contiguous; partials as in _conv_xproj_kernel.
+    USE_PDL: launched as a programmatic dependent launch (:func:`use_pdl`)."""
     pid = tl.program_id(0)
     m = tl.arange(0, BLOCK_M)
     m_mask = m < d_model
@@ -126,6 +138,9 @@ def _block_head_kernel(h_ptr, r_ptr, nw_ptr, rout_ptr, Win_ptr, bin_ptr, conv_pt
     if HAS_IN_BIAS:
         bx = tl.load(bin_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
         bz = tl.load(bin_ptr + dim + d, mask=d_mask, other=0.0).to(tl.float32)
+    if USE_PDL:  # the weights above load while the previous kernel still runs; its outputs are read below
+        gdc_wait()
+        gdc_launch_dependents()
     for i in range(ROWS):
         b = tl.program_id(1) * ROWS + i
         if b < batch:
@@ -162,36 +177,29 @@ def _summed(base, offset, count, p_mask, like_ptr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _out_proj_share(y, Wo_ptr, bo_ptr, acc_ptr, count_ptr, hid_ptr, b64, d, d_mask, dim, d_model, n_programs,
-                    HAS_OUT_BIAS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """This program's share of out_proj for batch row b64, ``Wo[:, d] @ y[d]`` (Wo = out_proj.weight (d_model, dim)
-    contiguous, y (BLOCK_D,) fp32), added atomically into the fp32 row acc (batch, d_model). The program that
-    counts last in count (batch,) int32 writes the finished row (+ bias) to hid (batch, d_model) in hid's element
-    type, as a Linear in that dtype rounds its output, and leaves acc and count at zero for the next step."""
+def _out_proj_share(y, Wo, bo_ptr, acc_ptr, count_ptr, hid_ptr, b64, m, m_mask, d_model, n_programs,
+                    HAS_OUT_BIAS: tl.constexpr):
+    """This program's share of out_proj for batch row b64, ``Wo @ y`` (Wo (BLOCK_M, BLOCK_D): the program's
+    columns of out_proj.weight, rows m; y (BLOCK_D,) fp32), added atomically into the fp32 row acc (batch,
+    d_model). The program that counts last in count (batch,) int32 writes the finished row (+ bias) to hid
+    (batch, d_model) in hid's element type, as a Linear in that dtype rounds its output, and leaves acc and count
+    at zero for the next step."""
     row = b64 * d_model
-    for m0 in range(0, d_model, BLOCK_M):
-        m = m0 + tl.arange(0, BLOCK_M)
-        m_mask = m < d_model
-        W = tl.load(Wo_ptr + m.to(tl.int64)[:, None] * dim + d[None, :], mask=m_mask[:, None] & d_mask[None, :],
-                    other=0.0).to(tl.float32)
-        tl.atomic_add(acc_ptr + row + m, tl.sum(W * y[None, :], axis=1), mask=m_mask, sem="relaxed")
+    tl.atomic_add(acc_ptr + row + m, tl.sum(Wo.to(tl.float32) * y[None, :], axis=1), mask=m_mask, sem="relaxed")
     # Every thread's adds are issued before the count; the count's release (acq_rel at GPU scope, after the
     # barrier) makes them visible to the program that counts last, whose acquire sees all of them (the pattern
     # of a CUDA grid sync: __syncthreads, then one thread's fence and atomic).
     tl.debug_barrier()
     done = tl.atomic_add(count_ptr + b64, 1, sem="acq_rel")
     if done == n_programs - 1:
-        for m0 in range(0, d_model, BLOCK_M):
-            m = m0 + tl.arange(0, BLOCK_M)
-            m_mask = m < d_model
-            # read at L2 and reset in one atomic (no stale L1 line can be read), on the fp32 bits as int32 (the
-            # interpreter exchanges integers only)
-            bits = tl.atomic_xchg(acc_ptr.to(tl.pointer_type(tl.int32)) + row + m, tl.zeros([BLOCK_M], tl.int32),
-                                  mask=m_mask, sem="relaxed")
-            total = bits.to(tl.float32, bitcast=True)
-            if HAS_OUT_BIAS:
-                total += tl.load(bo_ptr + m, mask=m_mask, other=0.0).to(tl.float32)
-            tl.store(hid_ptr + row + m, total.to(hid_ptr.dtype.element_ty), mask=m_mask)
+        # read at L2 and reset in one atomic (no stale L1 line can be read), on the fp32 bits as int32 (the
+        # interpreter exchanges integers only)
+        bits = tl.atomic_xchg(acc_ptr.to(tl.pointer_type(tl.int32)) + row + m, tl.zeros_like(m), mask=m_mask,
+                              sem="relaxed")
+        total = bits.to(tl.float32, bitcast=True)
+        if HAS_OUT_BIAS:
+            total += tl.load(bo_ptr + m, mask=m_mask, other=0.0).to(tl.float32)
+        tl.store(hid_ptr + row + m, total.to(hid_ptr.dtype.element_ty), mask=m_mask)
         tl.atomic_xchg(count_ptr + b64, 0, sem="relaxed")
 
 
@@ -202,17 +210,34 @@ def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr
                               stride_sb, stride_sd, stride_sn, stride_z,
                               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_OUT_PROJ: tl.constexpr,
                               HAS_OUT_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr):
+                              BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
+                              USE_PDL: tl.constexpr):
     """state (batch, dim, d_state) strided, advanced in place; xc, out (batch, dim) contiguous; z row-strided;
     partials (batch, n_parts, n_out) fp32 with n_out = dt_rank + 2 d_state; Wdt = dt_proj.weight (dim, dt_rank).
     HAS_OUT_PROJ: out_proj too (:func:`_out_proj_share`: Wo (d_model, dim), bo (d_model,), acc (batch, d_model)
-    fp32 and count (batch,) int32 zeros on entry and exit, hid (batch, d_model) the block's output)."""
+    fp32 and count (batch,) int32 zeros on entry and exit, hid (batch, d_model) the block's output; BLOCK_M >=
+    d_model). USE_PDL: launched as a programmatic dependent launch (:func:`use_pdl`)."""
     pid, b = tl.program_id(0), tl.program_id(1)
     b64 = b.to(tl.int64)
     d = pid * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     d_mask = d < dim
     dn_mask = d_mask[:, None] & (n < d_state)[None, :]
+    # the weights first: with PDL they load while the previous kernel still runs
+    r = tl.arange(0, BLOCK_R)
+    Wdt = tl.load(Wdt_ptr + d[:, None] * dt_rank + r[None, :], mask=d_mask[:, None] & (r < dt_rank)[None, :],
+                  other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    if HAS_OUT_PROJ:  # this program's columns of out_proj.weight, all d_model rows (BLOCK_M >= d_model)
+        m = tl.arange(0, BLOCK_M)
+        m_mask = m < d_model
+        Wo = tl.load(Wo_ptr + m.to(tl.int64)[:, None] * dim + d[None, :], mask=m_mask[:, None] & d_mask[None, :],
+                     other=0.0)
+    if USE_PDL:
+        gdc_wait()  # the previous kernel's outputs (the partials, xc, z) are complete and visible from here
+        gdc_launch_dependents()
     rows = tl.arange(0, BLOCK_P)
     p_mask = rows < n_parts
     base = part_ptr + b64 * n_parts * n_out + rows[:, None] * n_out
@@ -220,20 +245,35 @@ def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr
     Bv = _summed(base, dt_rank, d_state, p_mask, xc_ptr, BLOCK_N)
     Cv = _summed(base, dt_rank + d_state, d_state, p_mask, xc_ptr, BLOCK_N)
 
-    r = tl.arange(0, BLOCK_R)
-    Wdt = tl.load(Wdt_ptr + d[:, None] * dt_rank + r[None, :], mask=d_mask[:, None] & (r < dt_rank)[None, :],
-                  other=0.0).to(tl.float32)
     raw = tl.sum(Wdt * low[None, :], axis=1)
     if HAS_BIAS:
-        raw += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        raw += dt_bias
     dt = dt_activation(raw, True)
     x = tl.load(xc_ptr + b64 * dim + d, mask=d_mask, other=0.0).to(tl.float32)
-    A = tl.load(A_ptr + d[:, None] * d_state + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
     y = advance_state(state_ptr, x, dt, A, Bv[None, :], Cv[None, :], D_ptr, z_ptr, out_ptr, b64, d, n, d_mask,
                       dn_mask, dim, stride_sb, stride_sd, stride_sn, stride_z, HAS_D, True, BLOCK_D)
     if HAS_OUT_PROJ:
-        _out_proj_share(y, Wo_ptr, bo_ptr, acc_ptr, count_ptr, hid_ptr, b64, d, d_mask, dim, d_model,
-                        tl.num_programs(0), HAS_OUT_BIAS, BLOCK_M)
+        _out_proj_share(y, Wo, bo_ptr, acc_ptr, count_ptr, hid_ptr, b64, m, m_mask, d_model, tl.num_programs(0),
+                        HAS_OUT_BIAS)
+
+
+PDL_ENV = "MBA_DECODE_PDL"
+
+
+@functools.cache
+def _pdl_capable(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
+def use_pdl(like: torch.Tensor) -> bool:
+    """Whether the block step's two kernels launch as programmatic dependent launches (Hopper and later): each
+    then starts while the kernel before it runs, loads its weights (which no kernel writes) and waits
+    (``griddepcontrol.wait``) before reading that kernel's outputs or writing anything; a CUDA graph keeps the
+    dependency. On for compiled kernels on NVIDIA GPUs of compute capability >= 9.0 unless the environment
+    variable MBA_DECODE_PDL is "0"; off under the interpreter."""
+    return (gdc_wait is not None and like.is_cuda and torch.version.hip is None
+            and isinstance(_block_head_kernel, triton.runtime.JITFunction)  # not under TRITON_INTERPRET=1
+            and os.environ.get(PDL_ENV, "1") != "0" and _pdl_capable(like.device.index or 0))
 
 
 def _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state):
@@ -256,9 +296,10 @@ def _check_out_proj(out_proj_weight, out_proj_bias, scratch, batch, dim):
 
 
 def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d, out_proj_weight=None,
-                       out_proj_bias=None, scratch=None):
+                       out_proj_bias=None, scratch=None, pdl=False):
     """The second kernel: y (batch, dim) in xc's dtype from the partial x_proj sums; ssm_state advanced. With
-    out_proj_weight (d_model, dim) and its scratch: out_proj(y) (batch, d_model) in out_proj's dtype instead."""
+    out_proj_weight (d_model, dim) and its scratch: out_proj(y) (batch, d_model) in out_proj's dtype instead.
+    ``pdl``: a programmatic dependent launch (:func:`use_pdl`), for the block step's kernels."""
     batch, dim = xc.shape
     d_state, dt_rank, n_parts, n_out = ssm_state.shape[-1], dt_proj_weight.shape[1], *partials.shape[1:]
     out = utils.empty(batch, dim, like=xc)
@@ -279,7 +320,8 @@ def _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state
         HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_OUT_PROJ=fused_out,
         HAS_OUT_BIAS=fused_out and out_proj_bias is not None, BLOCK_D=block_d,
         BLOCK_N=utils.next_power_of_2(d_state), BLOCK_R=utils.next_power_of_2(dt_rank),
-        BLOCK_P=utils.next_power_of_2(n_parts), BLOCK_M=OUT_BLOCK_M, num_warps=4,
+        BLOCK_P=utils.next_power_of_2(n_parts), BLOCK_M=utils.next_power_of_2(d_model) if fused_out else 1,
+        USE_PDL=pdl, num_warps=8 if fused_out else 4, launch_pdl=pdl,
     )
     return hidden
 
@@ -359,6 +401,7 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
     xc = utils.empty(batch, dim, like=hidden, dtype=dtype)
     z = utils.empty(batch, dim, like=hidden, dtype=dtype)
     partials = utils.empty(batch, n_parts, n_out, like=hidden, dtype=torch.float32)
+    pdl = use_pdl(hidden)
     _block_head_kernel[(n_parts, utils.cdiv(batch, head_rows))](
         hidden, residual if residual is not None else hidden, norm_weight, residual_out, in_proj_weight.contiguous(),
         in_proj_bias if in_proj_bias is not None else hidden, conv_state, conv_weight.contiguous(),
@@ -368,12 +411,14 @@ def mamba_block_decode_triton(hidden, residual, norm_weight, eps, in_proj_weight
         HAS_RES=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, WIDTH=width,
         HAS_CB=conv_bias is not None, ROWS=head_rows, BLOCK_D=head_block_d, BLOCK_M=utils.next_power_of_2(d_model),
         BLOCK_S=utils.next_power_of_2(conv_state.shape[-1]), BLOCK_K=utils.next_power_of_2(n_out),
-        num_warps=HEAD_NUM_WARPS,
+        USE_PDL=pdl, num_warps=HEAD_NUM_WARPS, launch_pdl=pdl,
     )
     if out_proj_weight is not None:
         if out_scratch is None:
             raise ValueError("out_proj_weight needs out_scratch (ops.out_proj_scratch(batch, d_model, like))")
         return _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state,
-                                  block_d or OUT_STEP_BLOCK_D, out_proj_weight, out_proj_bias, out_scratch), residual_out
-    y = _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D)
+                                  block_d or OUT_STEP_BLOCK_D, out_proj_weight, out_proj_bias, out_scratch,
+                                  pdl=pdl), residual_out
+    y = _ssm_from_partials(xc, z, partials, dt_proj_weight, dt_bias, A, D, ssm_state, block_d or STEP_BLOCK_D,
+                           pdl=pdl)
     return y, residual_out

@@ -176,8 +176,8 @@ def run_block_steps_through_out_proj(fn, w, tokens, dtype, device, residual_dtyp
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d_model,dim,batch,bias,block_d,first", [
     (24, 20, 2, True, 8, False),     # dim not a multiple of the block: a half-empty last program
-    (37, 37, 3, False, 4, False),    # odd d_model: a masked tail of out_proj rows; no biases; 10 programs per row
-    (160, 24, 1, True, 16, True),    # d_model above one row tile (OUT_BLOCK_M): two tiles, the second masked
+    (37, 37, 3, False, 4, False),    # odd d_model; no biases, no D; 10 programs per row
+    (160, 24, 1, True, 16, True),    # d_model 160 in a 256-row tile: a masked tail of out_proj rows; first block
     (16, 8, 2, True, 8, False),      # one program per row: it is also the last
 ])
 def test_block_decode_through_out_proj_matches_the_unfused_ops(device, d_model, dim, batch, bias, block_d, first):
@@ -253,3 +253,63 @@ def test_the_reference_is_what_the_ops_reference_backend_runs():
     via_ops = run_block_steps(lambda h, r, **kw: ops.mamba_block_decode(h, r, backend="reference", **kw), w,
                               tokens, torch.float64, "cpu", torch.float64)
     assert all(torch.equal(a, b) for a, b in zip(ref, via_ops, strict=True))
+
+
+def test_pdl_only_for_compiled_kernels_on_a_gpu(monkeypatch):
+    # the interpreter has no griddepcontrol; on a GPU MBA_DECODE_PDL=0 turns it off (the GPU test below runs it)
+    assert not triton_decode.use_pdl(torch.zeros(1))
+    if torch.cuda.is_available():
+        monkeypatch.setenv("MBA_DECODE_PDL", "0")
+        assert not triton_decode.use_pdl(torch.zeros(1, device="cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+                    reason="needs CUDA and TRITON_INTERPRET=0")
+@pytest.mark.parametrize("pdl", ["1", "0"])
+def test_chained_block_steps_through_out_proj_in_a_cuda_graph(pdl, monkeypatch):
+    # as generation replays them: 5 layers' block steps (out_proj inside), each layer's output the next one's
+    # input, captured once and replayed for 3 tokens; with PDL (Hopper) each kernel starts while the one before
+    # it runs, so a read before its griddepcontrol.wait would show here
+    monkeypatch.setenv("MBA_DECODE_PDL", pdl)
+    layers, batch, d_model, dim = 5, 2, 64, 96
+    w = block_weights(d_model, dim, 8, 4, 4, batch, True, seed=15)
+    g = torch.Generator().manual_seed(16)
+    out_w = torch.randn(d_model, dim, generator=g, dtype=torch.float64) * dim ** -0.5
+    tokens = [torch.randn(batch, d_model, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def chain(fn, dtype, device, scratches=None):
+        """fn over the layers for each token: [final hidden + residual] per token, from fresh state copies."""
+        ws = [on_device(w, device, dtype) for _ in range(layers)]
+        ow = out_w.to(device, dtype)
+
+        def step(h):
+            r = None
+            for i in range(layers):
+                extra = {"out_scratch": scratches[i]} if scratches is not None else {}
+                h, r = fn(h, r, eps=1e-5, residual_dtype=dtype, out_proj_weight=ow, **ws[i], **extra)
+            return h + r
+        return step
+
+    scratches = [ops.out_proj_scratch(batch, d_model, like=torch.empty(0, device="cuda")) for _ in range(layers)]
+    step = chain(triton_decode.mamba_block_decode_triton, torch.float32, "cuda", scratches)
+    static = tokens[0].to("cuda", torch.float32).clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compiles outside the capture, and advances the states by tokens[0]
+        step(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # records, runs nothing
+        out = step(static)
+    got = []
+    for t in tokens:
+        static.copy_(t.to("cuda", torch.float32))
+        graph.replay()
+        got.append(out.clone())
+    torch.cuda.synchronize()
+    ref_step = chain(mamba_block_decode_ref, torch.float64, "cpu")
+    ref_step(tokens[0])  # the warm-up's step
+    for t, a in zip(tokens, got, strict=True):
+        assert rel(a, ref_step(t)) < 1e-5
+    assert all(torch.count_nonzero(s["acc"]) == 0 and torch.count_nonzero(s["count"]) == 0 for s in scratches)
