@@ -395,7 +395,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
             SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
-            EVEN=p.even(block_d), num_warps=warps,
+            EVEN=p.even(block_d), num_warps=warps, **({"maxnreg": tun.bwd_maxnreg} if tun.bwd_maxnreg else {}),
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
             if X.dim() == 4 and not atomic:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
+from mamba_bio_audio.kernels.selective_scan import plan
 from mamba_bio_audio.kernels.selective_scan.backward import launch_backward
 from mamba_bio_audio.kernels.selective_scan.forward import launch_forward
 from mamba_bio_audio.kernels.selective_scan.naive import check_seq_idx
 from mamba_bio_audio.kernels.selective_scan.plan import (
+    BWD_MAXNREG_ENV,
     DEFAULT_BLOCK_D,
     DEFAULT_CHUNK,
     DEFAULT_NUM_STAGES,
@@ -124,20 +128,38 @@ def scan_backward(dout, dlast, saved, meta):
 
 
 def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=None, num_warps=None, n_segments=None,
-                     num_stages=None, save_every=None, softplus_in_kernel=None) -> Tunables:
+                     num_stages=None, save_every=None, softplus_in_kernel=None, bwd_maxnreg=None) -> Tunables:
     """The scan's tunables for u (batch, dim, seqlen): the given ones, the defaults for the rest (save_every from
-    the saved states' size, :func:`auto_save_every`; softplus in its own pass)."""
+    the saved states' size, :func:`auto_save_every`; softplus in its own pass; the backward's register cap from
+    MBA_SCAN_BWD_MAXNREG, else ``plan.DEFAULT_BWD_MAXNREG``)."""
     chunk = chunk_size or DEFAULT_CHUNK
     if save_every is None:
         save_every = auto_save_every(u.shape[0] * u.shape[1] * utils.cdiv(u.shape[2], chunk) * d_state * 4)
+    if bwd_maxnreg is None:
+        bwd_maxnreg = bwd_maxnreg_default()
     return Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
-                    num_stages or DEFAULT_NUM_STAGES, save_every, bool(softplus_in_kernel))
+                    num_stages or DEFAULT_NUM_STAGES, save_every, bool(softplus_in_kernel), bwd_maxnreg or None)
+
+
+def bwd_maxnreg_default() -> int | None:
+    """The backward kernel's register cap when a call names none: MBA_SCAN_BWD_MAXNREG (an integer, 0: no cap),
+    else ``plan.DEFAULT_BWD_MAXNREG``."""
+    value = os.environ.get(BWD_MAXNREG_ENV)
+    if value is None or value == "":
+        return plan.DEFAULT_BWD_MAXNREG  # read at the call: a change of the module constant applies
+    try:
+        cap = int(value)
+    except ValueError:
+        raise ValueError(f"{BWD_MAXNREG_ENV} must be an integer (0: no cap), got {value!r}") from None
+    if cap != 0 and not 24 <= cap <= 255:
+        raise ValueError(f"{BWD_MAXNREG_ENV} must be 0 or a register count in 24 .. 255, got {cap}")
+    return cap or None
 
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state=None, seq_idx=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
-    save_every=None, softplus_in_kernel=None,
+    save_every=None, softplus_in_kernel=None, bwd_maxnreg=None,
 ):
     """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
 
@@ -166,11 +188,14 @@ def selective_scan_triton(
             elementwise pass into an fp32 (batch, dim, seqlen) buffer that forward and backward each allocate: no
             buffer (4 bytes per element), for more work in the kernels (slower on an H100 on 2026-12-07: NOTES.md). Packed sequences' starts are then read from their own row (no sign bit to carry them).
             Default: off (the pass).
+        bwd_maxnreg: registers per thread the main backward kernel may use (ptxas ``.maxnreg``): fewer let more
+            one-warp programs share an SM, for spills above the cap; 0: the compiler's choice. Default:
+            MBA_SCAN_BWD_MAXNREG, else ``plan.DEFAULT_BWD_MAXNREG``.
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
     tun = default_tunables(u, A.shape[1], chunk_size, block_d, num_warps, n_segments, num_stages, save_every,
-                           softplus_in_kernel)
+                           softplus_in_kernel, bwd_maxnreg)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2])
     reset = reset_exponents(seq_idx, u.device) if seq_idx is not None else None
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, delta_softplus,

@@ -16,6 +16,11 @@ DEFAULT_CHUNK = 8  # fastest fwd + bwd at the bench shapes (16: faster forward, 
 DEFAULT_BLOCK_D = 8
 DEFAULT_NUM_WARPS = 1
 DEFAULT_NUM_STAGES = 3  # software pipelining of the chunk loops' loads
+# Register cap of the main backward kernel (None: the compiler's choice, ~243-255 registers per thread, which
+# leaves room for 8 one-warp programs per SM; 168 allows 12). The environment variable MBA_SCAN_BWD_MAXNREG
+# overrides it (0: no cap).
+DEFAULT_BWD_MAXNREG: int | None = None
+BWD_MAXNREG_ENV = "MBA_SCAN_BWD_MAXNREG"
 # Chunks between saved states (the backward recomputes the ones between): 1 unless the saved states of a call
 # would pass SAVED_STATE_BYTES, then the smallest power of 2 (at most MAX_SAVE_EVERY) that keeps them under it.
 SAVED_STATE_BYTES, MAX_SAVE_EVERY = 1 << 30, 8
@@ -50,6 +55,7 @@ class Tunables:
     num_stages: int = 1
     save_every: int = 1
     softplus_in_kernel: bool = False  # with delta_softplus: in the scan kernels, not the fp32 dt buffer's pass
+    bwd_maxnreg: int | None = None  # register cap of the main backward kernel (ptxas .maxnreg): more warps per SM
 
 
 @dataclass(frozen=True)

@@ -442,3 +442,38 @@ def test_even_plan(shape, kw, even):
     u, A = torch.zeros(batch, dim, seqlen), torch.zeros(dim, d_state)
     B = torch.zeros(batch, d_state, seqlen)
     assert make_plan(u, A, B, B, kw["chunk_size"]).even(kw["block_d"]) is even
+
+
+def test_backward_register_cap_reaches_the_backward_launch(monkeypatch):
+    # MBA_SCAN_BWD_MAXNREG (or bwd_maxnreg=) becomes the main backward kernel's maxnreg launch option (the
+    # interpreter ignores it: recorded here, not run); 0 lifts the cap, other values outside 24 .. 255 stop
+    from mamba_bio_audio.kernels.selective_scan import function
+
+    u = torch.zeros(1, 8, 16)
+    monkeypatch.setenv("MBA_SCAN_BWD_MAXNREG", "168")
+    assert function.default_tunables(u, 4).bwd_maxnreg == 168
+    assert function.default_tunables(u, 4, bwd_maxnreg=200).bwd_maxnreg == 200
+    monkeypatch.setenv("MBA_SCAN_BWD_MAXNREG", "0")
+    assert function.default_tunables(u, 4).bwd_maxnreg is None
+    for bad in ("many", "300"):
+        monkeypatch.setenv("MBA_SCAN_BWD_MAXNREG", bad)
+        with pytest.raises(ValueError, match="MBA_SCAN_BWD_MAXNREG"):
+            function.default_tunables(u, 4)
+    monkeypatch.delenv("MBA_SCAN_BWD_MAXNREG")
+    assert function.default_tunables(u, 4).bwd_maxnreg == plan.DEFAULT_BWD_MAXNREG
+
+    options = []
+    launch = type(backward._bwd_kernel).__getitem__
+
+    def record(kernel, grid):
+        run = launch(kernel, grid)
+        return lambda *a, **k: options.append(k.get("maxnreg")) or run(*a, **k)
+
+    monkeypatch.setattr(type(backward._bwd_kernel), "__getitem__", record)
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(1, 8, 16, generator=g, requires_grad=True) for _ in range(2)]
+    A = -torch.rand(8, 4, generator=g)
+    B, C = torch.randn(1, 4, 16, generator=g), torch.randn(1, 4, 16, generator=g)
+    out = selective_scan_triton(x[0], x[1], A, B, C, delta_softplus=True, bwd_maxnreg=168, chunk_size=4, block_d=4)
+    out.sum().backward()
+    assert 168 in options
