@@ -277,11 +277,12 @@ PY
         decode-variants)  # one block's decode step, unfused / inner / block-fused at several rows per program
             timeout 200 python3 /tmp/src/dev/decode_variants.py --out "$out" ${DECODE_VARIANT_ARGS:-} 2>&1 | tail -40 ;;
         decode-ab)  # our decode at batch 1 .. 16 four ways (DECODE_AB_MODES): block-fused with out_proj inside
-            # (block-out) or apart (block), inner-fused (norm and in_proj apart), unfused
+            # and programmatic dependent launches (block-out) or neither (block), inner-fused (norm and in_proj
+            # apart), unfused
             for mode in ${DECODE_AB_MODES:-block-out block inner unfused}; do
                 case $mode in
-                    block-out) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=16 MBA_FUSED_DECODE_MAX_BATCH=16 MBA_FUSED_OUT_PROJ_MAX_BATCH=16" ;;
-                    block) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=16 MBA_FUSED_DECODE_MAX_BATCH=16 MBA_FUSED_OUT_PROJ_MAX_BATCH=0" ;;
+                    block-out) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=16 MBA_FUSED_DECODE_MAX_BATCH=16 MBA_FUSED_OUT_PROJ_MAX_BATCH=16 MBA_DECODE_PDL=1" ;;
+                    block) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=16 MBA_FUSED_DECODE_MAX_BATCH=16 MBA_FUSED_OUT_PROJ_MAX_BATCH=0 MBA_DECODE_PDL=0" ;;
                     inner) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=0 MBA_FUSED_DECODE_MAX_BATCH=16" ;;
                     unfused) settings="MBA_FUSED_BLOCK_DECODE_MAX_BATCH=0 MBA_FUSED_DECODE_MAX_BATCH=0" ;;
                 esac

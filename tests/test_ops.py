@@ -107,7 +107,7 @@ def test_decode_thresholds_read_the_environment(name, fn, monkeypatch):
 
 def test_fused_out_proj_stays_off_under_deterministic_algorithms(monkeypatch):
     # its fp32 row sums are atomic adds in a run-dependent order
-    monkeypatch.delenv("MBA_FUSED_OUT_PROJ_MAX_BATCH", raising=False)
+    monkeypatch.setenv("MBA_FUSED_OUT_PROJ_MAX_BATCH", "2")
     hidden = torch.zeros(2, 8)
     assert ops.fused_out_proj_ok(hidden) and not ops.fused_out_proj_ok(torch.zeros(3, 8))
     previous = torch.are_deterministic_algorithms_enabled()

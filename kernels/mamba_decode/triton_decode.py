@@ -20,7 +20,7 @@ are the cost. Here, before out_proj (cuBLAS):
    row and the count for the next step. Then a block's step is two kernels instead of three, for fp32 sums in a
    run-dependent order (``ops.fused_out_proj_ok`` keeps it off under ``torch.use_deterministic_algorithms``).
 
-On Hopper and later both kernels launch as programmatic dependent launches (:func:`use_pdl`): each loads its
+On Hopper and later both kernels can launch as programmatic dependent launches (:func:`use_pdl`): each loads its
 weights before ``griddepcontrol.wait``, while the kernel before it still runs, and reads that kernel's outputs
 (and writes anything) only after it.
 
@@ -258,6 +258,7 @@ def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr
 
 
 PDL_ENV = "MBA_DECODE_PDL"
+DEFAULT_PDL = "0"  # opt-in (MBA_DECODE_PDL=1) until it has been timed and tested on a GPU
 
 
 @functools.cache
@@ -269,11 +270,11 @@ def use_pdl(like: torch.Tensor) -> bool:
     """Whether the block step's two kernels launch as programmatic dependent launches (Hopper and later): each
     then starts while the kernel before it runs, loads its weights (which no kernel writes) and waits
     (``griddepcontrol.wait``) before reading that kernel's outputs or writing anything; a CUDA graph keeps the
-    dependency. On for compiled kernels on NVIDIA GPUs of compute capability >= 9.0 unless the environment
-    variable MBA_DECODE_PDL is "0"; off under the interpreter."""
+    dependency. For compiled kernels on NVIDIA GPUs of compute capability >= 9.0 when the environment variable
+    MBA_DECODE_PDL is "1" (default ``DEFAULT_PDL``); never under the interpreter."""
     return (gdc_wait is not None and like.is_cuda and torch.version.hip is None
             and isinstance(_block_head_kernel, triton.runtime.JITFunction)  # not under TRITON_INTERPRET=1
-            and os.environ.get(PDL_ENV, "1") != "0" and _pdl_capable(like.device.index or 0))
+            and os.environ.get(PDL_ENV, DEFAULT_PDL) != "0" and _pdl_capable(like.device.index or 0))
 
 
 def _check_shapes(dim, d_state, dt_rank, n_out, width, x_proj_weight, dt_proj_weight, conv_state):
