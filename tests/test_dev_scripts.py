@@ -32,3 +32,37 @@ def test_sass_count_records_the_launches_of_one_fwd_bwd():
     fwd, fwd_args = next((kernel, args) for kernel, args, _ in launches if kernel.fn.__name__ == "_fwd_kernel")
     by_name = dict(zip(inspect.signature(fwd.fn).parameters, fwd_args))
     assert by_name["seqlen"] == 256 and by_name["dim"] == 32 and by_name["stride_d"] == 256
+
+
+def test_count_ops_counts_one_layer_of_a_training_step():
+    """dev/count_ops.py: a layer's host work in one training step (forward, backward, AdamW) without a GPU. The
+    counts are pinned: a change that adds launches to every layer's step (host time in eager training, #18) has
+    to change them here on purpose."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("count_ops", ROOT / "dev" / "count_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    layer = module.per_layer("off", batch=1, seqlen=16)
+    # the fused add + norm, conv, softplus pass and scan, forward and backward (softplus again in the backward)
+    assert sum(layer["triton"].values()) == 9, layer["triton"]
+    assert layer["ops"]["mm"] == 12  # in_proj, x_proj, dt_proj, out_proj: forward, and both gradients of each
+    assert sum(layer["ops"].values()) <= 30, layer["ops"]
+
+
+def test_count_ops_counts_a_decode_step_with_and_without_the_fused_out_proj(monkeypatch):
+    """dev/count_ops.py --decode: at batch 1 a layer's decode step is the block step's two kernels plus out_proj's
+    product, or the two kernels alone with out_proj inside (MBA_FUSED_OUT_PROJ_MAX_BATCH)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("count_ops", ROOT / "dev" / "count_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def launches(fused_out: str) -> int:
+        monkeypatch.setenv("MBA_FUSED_OUT_PROJ_MAX_BATCH", fused_out)
+        layer = module.per_layer(batch=1, decode=True)
+        assert set(layer["triton"]) == {"_block_head_kernel", "_ssm_from_partials_kernel"}, layer["triton"]
+        return sum(layer["triton"].values()) + sum(layer["ops"].values())
+
+    assert launches("0") == 3 and launches("2") == 2
