@@ -268,9 +268,12 @@ def _pdl_capable(device_index: int) -> bool:
 
 def use_pdl(like: torch.Tensor) -> bool:
     """Whether the block step's two kernels launch as programmatic dependent launches (Hopper and later): each
-    then starts while the kernel before it runs, loads its weights (which no kernel writes) and waits
-    (``griddepcontrol.wait``) before reading that kernel's outputs or writing anything; a CUDA graph keeps the
-    dependency. For compiled kernels on NVIDIA GPUs of compute capability >= 9.0 when the environment variable
+    then starts while the kernel before it runs, loads its weights and waits (``griddepcontrol.wait``) before
+    reading that kernel's outputs or writing anything; a CUDA graph keeps the dependency. What loads before the
+    wait must not be written by the kernel just before: in_proj's rows, the norm weight (head), dt_proj's rows,
+    A, dt_bias and out_proj's columns (state update) are parameters, or computed from them before the block's
+    first kernel (A = -exp(A_log) when the mixer does not read its decode buffers), which the head's own wait has
+    seen complete by the time the state update can start. For compiled kernels on NVIDIA GPUs of compute capability >= 9.0 when the environment variable
     MBA_DECODE_PDL is "1" (default ``DEFAULT_PDL``); never under the interpreter."""
     return (gdc_wait is not None and like.is_cuda and torch.version.hip is None
             and isinstance(_block_head_kernel, triton.runtime.JITFunction)  # not under TRITON_INTERPRET=1
