@@ -153,6 +153,9 @@ def _size_options(f):
               help="Where our Triton scan computes softplus (as the environment variable MBA_SCAN_SOFTPLUS): an "
                    "elementwise pass into an fp32 buffer, or inside the scan kernels (no buffer) [default: the "
                    "variable's value, else pass].")
+@click.option("--scan-bwd-maxnreg", type=click.IntRange(min=0, max=255), default=None,
+              help="Registers per thread our Triton scan's backward kernel may use (as the environment variable "
+                   "MBA_SCAN_BWD_MAXNREG; 0: the compiler's choice) [default: the variable's value, else none].")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure each shape this many times, the models' order reversed every other round; a row is "
                    "the median round, with the spread.")

@@ -107,12 +107,14 @@ def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step:
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
           overwrite: bool, progress: Progress, cuda_graphs: bool = False, fused_inner: str = "off",
-          fused_save_every: int | None = None, scan_softplus: str | None = None, rounds: int = 1) -> str:
+          fused_save_every: int | None = None, scan_softplus: str | None = None, rounds: int = 1,
+          scan_bwd_maxnreg: int | None = None) -> str:
     """``mba bench train``: :func:`~mamba_bio_audio.benchmarks.train.run_train_bench`, report ``bench_train``
     with its figure. ``cuda_graphs``: the rows of our Mamba and mamba_ssm replay a captured step (CUDA only; the
     Transformer stays eager). ``fused_inner``: our Mamba's ``MambaConfig.fused_inner``, or several
     comma-separated (one row of ours each); ``fused_save_every`` (with a fused value) sets the environment
-    variable MBA_FUSED_SAVE_EVERY for this process, ``scan_softplus`` MBA_SCAN_SOFTPLUS. ``rounds``: each shape
+    variable MBA_FUSED_SAVE_EVERY for this process, ``scan_softplus`` MBA_SCAN_SOFTPLUS, ``scan_bwd_maxnreg``
+    MBA_SCAN_BWD_MAXNREG (checked before anything runs). ``rounds``: each shape
     measured that many times, the models' order reversed every other round."""
     from mamba_bio_audio.benchmarks.train import (
         default_backend,
@@ -140,6 +142,16 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
         from mamba_bio_audio.ops import SCAN_SOFTPLUS_ENV
 
         os.environ[SCAN_SOFTPLUS_ENV] = scan_softplus
+    if scan_bwd_maxnreg is not None:
+        from mamba_bio_audio.kernels.selective_scan.plan import BWD_MAXNREG_ENV
+
+        os.environ[BWD_MAXNREG_ENV] = str(scan_bwd_maxnreg)
+    from mamba_bio_audio.kernels.selective_scan.function import bwd_maxnreg_default
+
+    try:
+        bwd_maxnreg_default()  # a bad value (flag or environment) stops here, not inside the first step
+    except ValueError as e:
+        raise UserError(str(e)) from None
     check_output_folder(out, "bench train", overwrite=overwrite)
     rows = run_train_bench(names, pairs, size, device, warmup=warmup, steps=steps, backend=backend,
                            cuda_graph_models=graph_models, fused_inner=fused, rounds=rounds, progress=progress)

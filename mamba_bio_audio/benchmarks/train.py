@@ -168,7 +168,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
     ``cuda_graph``: the step captured as a CUDA graph (CUDA only; at least one eager warm-up step before capture
     even with ``warmup`` 0), its setup time in the row's ``setup_seconds``. ``fused_inner``: our Mamba's
     ``MambaConfig.fused_inner``; its row records it with the fused scan's ``fused_save_every`` (None: the scan's
-    own choice; environment variable MBA_FUSED_SAVE_EVERY) and ``scan_softplus`` (MBA_SCAN_SOFTPLUS). mamba_ssm's
+    own choice; environment variable MBA_FUSED_SAVE_EVERY) and ``scan_softplus`` (MBA_SCAN_SOFTPLUS), on the Triton
+    backend ``scan_bwd_maxnreg`` (MBA_SCAN_BWD_MAXNREG; None: no cap). mamba_ssm's
     row records :func:`peer_fast_path` (a note when it is off)."""
     from mamba_bio_audio import ops
     from mamba_bio_audio.training.graphed_step import make_step
@@ -179,6 +180,10 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
     if name == "mamba":
         row.update(backend=backend, fused_inner=fused_inner,
                    scan_softplus="kernel" if ops.scan_softplus_in_kernel() else "pass")
+        if backend == "triton":
+            from mamba_bio_audio.kernels.selective_scan.function import bwd_maxnreg_default
+
+            row["scan_bwd_maxnreg"] = bwd_maxnreg_default()
         if fused_inner != "off":
             row["fused_save_every"] = ops.fused_inner_save_every()
     model = opt = loss_fn = step = None
@@ -357,6 +362,8 @@ def model_label(row: dict) -> str:
         settings.append("fused inner" + (f", save_every {every}" if every else ""))
     if row.get("scan_softplus") == "kernel":
         settings.append("softplus in the scan")
+    if row.get("scan_bwd_maxnreg"):
+        settings.append(f"scan backward maxnreg {row['scan_bwd_maxnreg']}")
     return f"{LABELS[row['model']]} [{', '.join(settings)}]"
 
 

@@ -56,6 +56,21 @@ def test_bench_train_fused_inner_rows(tmp_path, capsys, monkeypatch):
     assert "| Mamba (ours) [auto, fused inner, save_every 2, softplus in the scan] | (2, 16) |" in out
 
 
+def test_bench_train_scan_register_cap_is_checked_before_it_runs(tmp_path, capsys, monkeypatch):
+    # --scan-bwd-maxnreg sets MBA_SCAN_BWD_MAXNREG for the process; a bad value in the variable is one line, exit 2
+    monkeypatch.setenv("MBA_SCAN_BWD_MAXNREG", "lots")
+    code, out, err = run(["bench", "train", "--shapes", "2,16", *TINY, "--models", "mamba", "--warmup", "0",
+                          "--steps", "1", "--out", tmp_path / "a"], capsys)
+    assert code == 2 and "MBA_SCAN_BWD_MAXNREG must be an integer" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()
+    code, out, err = run(["bench", "train", "--shapes", "2,16", *TINY, "--models", "mamba", "--warmup", "0",
+                          "--steps", "1", "--scan-bwd-maxnreg", "168", "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    import os
+
+    assert os.environ["MBA_SCAN_BWD_MAXNREG"] == "168"
+
+
 def test_bench_generate_with_largest_batch(tmp_path, capsys):
     code, out, err = run(["bench", "generate", "--batch-sizes", "1,2", "--new-tokens", "5", "--prompt-len", "3",
                           "--repeats", "1", "--models", "mamba,transformer", *TINY, "--largest-batch",
