@@ -261,6 +261,10 @@ def test_pdl_only_for_compiled_kernels_on_a_gpu(monkeypatch):
     if torch.cuda.is_available():
         monkeypatch.setenv("MBA_DECODE_PDL", "0")
         assert not triton_decode.use_pdl(torch.zeros(1, device="cuda"))
+        monkeypatch.setenv("MBA_DECODE_PDL", "1")
+        compiled = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+        hopper = torch.cuda.get_device_capability() >= (9, 0) and torch.version.hip is None
+        assert triton_decode.use_pdl(torch.zeros(1, device="cuda")) == (compiled and hopper)
 
 
 @pytest.mark.gpu
