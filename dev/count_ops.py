@@ -39,22 +39,14 @@ ALLOCATIONS = frozenset({"empty", "empty_strided", "new_empty", "new_empty_strid
 HOST_ONLY = frozenset({"_local_scalar_dense"})
 
 
-def count_step(n_layer: int, fused_inner: str = "off", batch: int = 2, seqlen: int = 64) -> dict:
-    """{"ops": Counter of the aten operators that launch a kernel on a GPU (neither views nor bare allocations),
-    "views": count, "allocations": count, "triton": Counter of Triton kernel launches} for one training step of a
-    (d_model 32, ``n_layer``) MambaLM on the Triton backend, after one warm-up step."""
+def _counted(step) -> dict:
+    """Runs ``step()`` twice with every Triton launch recorded, not run (outputs keep what they held): a warm-up
+    (optimizer state, lazily made buffers, imports), then the counted call. Returns {"ops": Counter of the aten
+    operators that launch a kernel on a GPU (neither views nor bare allocations), "views": count,
+    "allocations": count, "triton": Counter of Triton kernel launches} of the second call."""
     import triton
     from triton.runtime.interpreter import InterpretedFunction
 
-    from mamba_bio_audio import MambaConfig, MambaLM
-    from mamba_bio_audio.modules.mixer import set_backend
-
-    torch.manual_seed(0)
-    model = set_backend(MambaLM(MambaConfig(d_model=32, n_layer=n_layer, vocab_size=16, fused_inner=fused_inner)),
-                        "triton")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    ids = torch.randint(0, 16, (batch, seqlen + 1))
-    inputs, targets = ids[:, :-1], ids[:, 1:]
     counts = {"ops": collections.Counter(), "views": 0, "allocations": 0, "triton": collections.Counter()}
 
     class Count(TorchDispatchMode):
@@ -68,26 +60,19 @@ def count_step(n_layer: int, fused_inner: str = "off", batch: int = 2, seqlen: i
                 counts["ops"][name] += 1
             return func(*args, **(kwargs or {}))
 
-    def step():
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     # the kernels are the interpreter's, or compiled ones when something imported them before TRITON_INTERPRET=1
     classes = (InterpretedFunction, triton.runtime.jit.JITFunction)
     real_runs = [cls.run for cls in classes]
     recording = [False]
 
-    def record(self, *args, **kwargs):  # the launch is counted, not run: outputs keep what they held
+    def record(self, *args, **kwargs):
         if recording[0]:
             counts["triton"][self.fn.__name__] += 1
 
     for cls in classes:
         cls.run = record
     try:
-        step()  # warm-up: optimizer state, lazy imports
+        step()
         recording[0] = True
         with Count():
             step()
@@ -97,14 +82,34 @@ def count_step(n_layer: int, fused_inner: str = "off", batch: int = 2, seqlen: i
     return counts
 
 
-def count_decode_step(n_layer: int, batch: int = 1) -> dict:
-    """As :func:`count_step` for one decode step (``MambaBackbone.step``, no autograd, the mixers reading their
-    decode-parameter buffers as ``generation.Decoder`` has them) of the same tiny model on the Triton backend,
-    after one warm-up step: what a CUDA graph of the step replays (the launches) and what an
-    eager step dispatches. The MBA_* decode variables of ``ops`` choose the path, as in generation."""
-    import triton
-    from triton.runtime.interpreter import InterpretedFunction
+def count_step(n_layer: int, fused_inner: str = "off", batch: int = 2, seqlen: int = 64) -> dict:
+    """:func:`_counted` of one training step (forward, loss, backward, AdamW) of a (d_model 32, ``n_layer``)
+    MambaLM on the Triton backend."""
+    from mamba_bio_audio import MambaConfig, MambaLM
+    from mamba_bio_audio.modules.mixer import set_backend
 
+    torch.manual_seed(0)
+    model = set_backend(MambaLM(MambaConfig(d_model=32, n_layer=n_layer, vocab_size=16, fused_inner=fused_inner)),
+                        "triton")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    ids = torch.randint(0, 16, (batch, seqlen + 1))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    def step():
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _counted(step)
+
+
+def count_decode_step(n_layer: int, batch: int = 1) -> dict:
+    """:func:`_counted` of one decode step (``MambaBackbone.step``, no autograd, the mixers reading their
+    decode-parameter buffers as ``generation.Decoder`` has them) of the same tiny model on the Triton backend:
+    what a CUDA graph of the step replays (the launches) and what an eager step dispatches. The MBA_* decode
+    variables of ``ops`` choose the path, as in generation."""
     from mamba_bio_audio import MambaConfig, MambaLM
     from mamba_bio_audio.generation.decoder import refresh_decode_params, use_decode_params
     from mamba_bio_audio.modules.mixer import set_backend
@@ -113,38 +118,13 @@ def count_decode_step(n_layer: int, batch: int = 1) -> dict:
     model = set_backend(MambaLM(MambaConfig(d_model=32, n_layer=n_layer, vocab_size=16)), "triton").eval()
     states = model.backbone.allocate_states(batch)
     ids = torch.randint(0, 16, (batch,))
-    counts = {"ops": collections.Counter(), "views": 0, "allocations": 0, "triton": collections.Counter()}
-    classes = (InterpretedFunction, triton.runtime.jit.JITFunction)
-    real_runs = [cls.run for cls in classes]
-    recording = [False]
-
-    def record(self, *args, **kwargs):
-        if recording[0]:
-            counts["triton"][self.fn.__name__] += 1
-
-    class Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            key = "views" if name in VIEWS else "allocations" if name in ALLOCATIONS else None
-            if key:
-                counts[key] += 1
-            elif name not in HOST_ONLY:
-                counts["ops"][name] += 1
-            return func(*args, **(kwargs or {}))
-
-    for cls in classes:
-        cls.run = record
     refresh_decode_params(model)
-    try:
-        with torch.no_grad(), use_decode_params(model):  # as generation.Decoder steps
-            model.backbone.step(ids, states)  # warm-up: lazily made scratch, imports
-            recording[0] = True
-            with Count():
-                model.backbone.step(ids, states)
-    finally:
-        for cls, run in zip(classes, real_runs):
-            cls.run = run
-    return counts
+
+    def step():
+        with torch.no_grad(), use_decode_params(model):
+            model.backbone.step(ids, states)
+
+    return _counted(step)
 
 
 def per_layer(fused_inner: str = "off", batch: int = 2, seqlen: int = 64, decode: bool = False) -> dict:

@@ -17,7 +17,7 @@ replays them), timed with ``triton.testing.do_bench_cudagraph``; reported per la
   program, chained the same way (2 launches per layer).
 
 Every block variant runs twice: with ", PDL" its kernels launch as programmatic dependent launches (loading their
-weights while the kernel before them runs; ``MBA_DECODE_PDL=1``, the default on Hopper), else plainly.
+weights while the kernel before them runs; ``MBA_DECODE_PDL=1``, Hopper only, off by default), else plainly.
 
 Writes decode_variants.json and .md (device, versions, date) under --out.
 """
@@ -116,7 +116,7 @@ def main() -> None:
     kinds = ([("unfused", None), ("inner", None)] + [("block", int(r)) for r in args.head_rows.split(",")]
              + [("out_proj_apart", None)] + [("out_proj_fused", int(b)) for b in args.out_block_d.split(",")])
     # the block step's kernels with and without programmatic dependent launch (MBA_DECODE_PDL)
-    kinds = [(k, p, pdl) for k, p in kinds for pdl in ((True, False) if k != "unfused" and k != "inner" else (False,))]
+    kinds = [(k, p, pdl) for k, p in kinds for pdl in ((False,) if k in ("unfused", "inner") else (True, False))]
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for kind, head_rows, pdl in kinds:

@@ -467,20 +467,20 @@ def mamba_block_decode(hidden, residual, norm_weight, eps, in_proj_weight, in_pr
         (out_proj(y) (batch, d_model), residual_out).
     """
     if fused_block_decode_ok(hidden, norm_weight, in_proj_weight, backend):
-        fused_out = out_proj_weight is not None and out_scratch is not None
+        if out_proj_weight is not None and out_scratch is not None:  # out_proj inside the second kernel
+            return _load(*_TRITON_MODULES["block_decode"])(
+                hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state, conv_weight,
+                conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=residual_dtype,
+                out_proj_weight=out_proj_weight, out_proj_bias=out_proj_bias, out_scratch=out_scratch)
         y, residual_out = _load(*_TRITON_MODULES["block_decode"])(
             hidden, residual, norm_weight, eps, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias,
-            x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=residual_dtype,
-            **({"out_proj_weight": out_proj_weight, "out_proj_bias": out_proj_bias, "out_scratch": out_scratch}
-               if fused_out else {}))
-        if fused_out or out_proj_weight is None:
-            return y, residual_out
-        return torch.nn.functional.linear(y, out_proj_weight, out_proj_bias), residual_out
-    normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps, in_proj_weight.dtype, residual_dtype,
-                                        backend=backend)
-    x, z = torch.nn.functional.linear(normed, in_proj_weight, in_proj_bias).chunk(2, dim=-1)
-    y = mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
-                           ssm_state, backend=backend)
+            x_proj_weight, dt_proj_weight, dt_bias, A, D, ssm_state, residual_dtype=residual_dtype)
+    else:
+        normed, residual_out = add_rms_norm(hidden, residual, norm_weight, eps, in_proj_weight.dtype,
+                                            residual_dtype, backend=backend)
+        x, z = torch.nn.functional.linear(normed, in_proj_weight, in_proj_bias).chunk(2, dim=-1)
+        y = mamba_decode_inner(x, z, conv_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A,
+                               D, ssm_state, backend=backend)
     if out_proj_weight is not None:
-        return torch.nn.functional.linear(y, out_proj_weight, out_proj_bias), residual_out
+        y = torch.nn.functional.linear(y, out_proj_weight, out_proj_bias)
     return y, residual_out

@@ -275,8 +275,9 @@ def use_pdl(like: torch.Tensor) -> bool:
     wait must not be written by the kernel just before: in_proj's rows, the norm weight (head), dt_proj's rows,
     A, dt_bias and out_proj's columns (state update) are parameters, or computed from them before the block's
     first kernel (A = -exp(A_log) when the mixer does not read its decode buffers), which the head's own wait has
-    seen complete by the time the state update can start. For compiled kernels on NVIDIA GPUs of compute capability >= 9.0 when the environment variable
-    MBA_DECODE_PDL is "1" (default ``DEFAULT_PDL``); never under the interpreter."""
+    seen complete by the time the state update can start. For compiled kernels on NVIDIA GPUs of compute
+    capability >= 9.0 when the environment variable MBA_DECODE_PDL is "1" (default ``DEFAULT_PDL``); never under
+    the interpreter."""
     return (gdc_wait is not None and like.is_cuda and torch.version.hip is None
             and isinstance(_block_head_kernel, triton.runtime.JITFunction)  # not under TRITON_INTERPRET=1
             and os.environ.get(PDL_ENV, DEFAULT_PDL) != "0" and _pdl_capable(like.device.index or 0))
