@@ -1,7 +1,9 @@
 """Whole-model training throughput (``mba bench train``): our MambaLM, mamba_ssm's ``MambaLMHeadModel`` and a
 same-size Transformer, one optimizer step at a time.
 
-A step is forward (bf16 autocast on the GPU, fp32 parameters), cross-entropy in fp32, backward and AdamW, between
+A step is forward (bf16 autocast on the GPU, fp32 parameters), cross-entropy in fp32, backward and AdamW (fused on
+CUDA, as the recipes train: ``training.optim.adamw``; the row's ``optimizer``; rows before 2026-12-07 used the
+foreach AdamW), between
 two ``torch.cuda.synchronize()``; after warm-up steps (Triton compilation, autotuning, cuBLAS heuristics) the median
 of the timed steps gives tokens/s = batch * seqlen / seconds. Then the same number of steps runs back to back with
 one synchronisation at the end (``back_to_back_tokens_per_second``: the host may run ahead of the GPU, as in
@@ -173,6 +175,7 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
     row records :func:`peer_fast_path` (a note when it is off)."""
     from mamba_bio_audio import ops
     from mamba_bio_audio.training.graphed_step import make_step
+    from mamba_bio_audio.training.optim import adamw
 
     cuda = str(device).startswith("cuda")
     row = {"model": name, "batch": batch, "seqlen": seqlen, "autocast": "bf16" if cuda else "off",
@@ -197,7 +200,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
             if not row["peer_fast_path"]:
                 row["note"] = f"mamba_ssm off its fast path: {row['peer_fast_path_note']}"
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cuda_graph)
+        opt = adamw(model.parameters(), lr=1e-4, capturable=cuda_graph)
+        row["optimizer"] = "AdamW (fused)" if opt.defaults.get("fused") else "AdamW"
         gen = torch.Generator(device=device).manual_seed(1)
         ids = torch.randint(0, size.vocab_size, (batch, seqlen + 1), device=device, generator=gen)
         inputs, targets = ids[:, :-1], ids[:, 1:]
@@ -344,7 +348,7 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
                   if any(r["model"] == "mamba_ssm" for r in rows) else "")
     return (f"# Whole-model training throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
             f"mamba_ssm {env['mamba_ssm']}, {env['date']}{commit_text(env)}. One step = forward ({autocast}, fp32 parameters) + "
-            f"fp32 cross-entropy + backward + AdamW; median of {steps} steps after {warmup} warm-up steps, each "
+            f"fp32 cross-entropy + backward + {rows[0].get('optimizer', 'AdamW') if rows else 'AdamW'}; median of {steps} steps after {warmup} warm-up steps, each "
             f"step between two synchronisations; \"back to back\": the same number of steps with one "
             f"synchronisation at the end; peak = torch.cuda.max_memory_allocated over the timed steps (reset after "
             f"the warm-up; setup peak: building, warm-up and capture). Mamba: d_model {size.d_model}, "

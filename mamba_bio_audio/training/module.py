@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from mamba_bio_audio.training.callbacks import fold_to_seqlen
 from mamba_bio_audio.training.data import val_batch_position
-from mamba_bio_audio.training.optim import cosine_with_warmup, param_groups
+from mamba_bio_audio.training.optim import adamw, cosine_with_warmup, param_groups
 
 
 @dataclass
@@ -126,7 +126,13 @@ class MambaTask(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas))
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        trainer = self._trainer  # None when called outside a Trainer (then the parameters decide alone)
+        precision = str(getattr(trainer, "precision", ""))
+        optimizer = adamw(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                          fp16_scaled=precision in ("16-mixed", "16"),
+                          sharded=isinstance(getattr(trainer, "strategy", None), FSDPStrategy))
         scheduler = cosine_with_warmup(optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

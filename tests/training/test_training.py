@@ -11,7 +11,7 @@ from mamba_bio_audio.errors import UserError
 from mamba_bio_audio.training.callbacks import SeqLenWarmup, fold_to_seqlen, warmup_schedule
 from mamba_bio_audio.training.data import IndexedDataModule, IndexedStream
 from mamba_bio_audio.training.module import LMTask, OptimConfig
-from mamba_bio_audio.training.optim import cosine_with_warmup, param_groups
+from mamba_bio_audio.training.optim import adamw, can_fuse_adamw, cosine_with_warmup, param_groups
 from mamba_bio_audio.training.trainer import TrainerConfig, fit
 
 
@@ -26,6 +26,44 @@ def test_no_weight_decay_on_norms_biases_A_log_D():
     assert all(n.endswith(".weight") for n in decay_names) and "backbone.embedding.weight" in decay_names
     assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert len(plain["params"]) + len(decay["params"]) == len(list(model.parameters()))
+
+
+def test_adamw_is_fused_only_for_cuda_float_parameters_without_fp16_scaling_or_sharding():
+    from types import SimpleNamespace
+
+    def param(cuda=True, floating=True):
+        return SimpleNamespace(is_cuda=cuda, is_floating_point=lambda: floating)
+
+    assert can_fuse_adamw([param(), param()])
+    assert can_fuse_adamw([{"params": [param()]}, {"params": [param()], "weight_decay": 0.0}])
+    assert not can_fuse_adamw([param(), param(cuda=False)])
+    assert not can_fuse_adamw([param(floating=False)])
+    assert not can_fuse_adamw([])
+    assert not can_fuse_adamw([param()], fp16_scaled=True) and not can_fuse_adamw([param()], sharded=True)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=1, vocab_size=8))  # CPU parameters: the default AdamW
+    opt = adamw(param_groups(model, 0.1), lr=1e-3)
+    assert not opt.defaults["fused"] and len(opt.param_groups) == 2
+
+
+@pytest.mark.gpu
+def test_recipes_adamw_on_cuda_is_fused_and_steps_like_the_foreach_one():
+    torch.manual_seed(0)
+    models = [MambaLM(MambaConfig(d_model=32, n_layer=2, vocab_size=8)).cuda() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    task = LMTask(models[0], OptimConfig(lr=1e-2, max_steps=10))
+    fused = task.configure_optimizers()["optimizer"]
+    assert fused.defaults["fused"]
+    plain = torch.optim.AdamW(param_groups(models[1], 0.1), lr=1e-2, betas=(0.9, 0.95), foreach=True)
+    ids = torch.randint(0, 8, (2, 33), device="cuda")
+    for model, opt in zip(models, (fused, plain)):
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1).float(),
+                                                     ids[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_cosine_schedule_shape():
