@@ -295,6 +295,9 @@ PY
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/generation/test_decoder.py \
                 /tmp/src/tests/models/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+        launch-overhead)  # host time per call of the scan, conv and norm wrappers at tiny shapes, with and
+            # without Triton's launcher (dev/launch_overhead.py), mamba_ssm's beside
+            timeout 150 python3 /tmp/src/dev/launch_overhead.py --out "$out/launch_overhead" 2>&1 | tail -14 ;;
         profile)  # the 90.7M model's training step by CUDA kernel (where the time goes), ours beside mamba_ssm
             # (PROFILE_ARGS, e.g. --cuda-graphs: both models' steps captured; kernels on the GPU, kernel and graph
             # launches from the host are counted apart)
