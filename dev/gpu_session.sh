@@ -295,6 +295,10 @@ PY
             python3 -m pytest -q -m gpu -p no:cacheprovider -c /tmp/src/pyproject.toml /tmp/src/tests/generation/test_decoder.py \
                 /tmp/src/tests/models/test_sashimi.py 2>&1 | tee "$out/decode_tests.txt" | tail -8
             [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+        conv-variants)  # the Triton causal conv's launch tunings beside causal-conv1d (dev/conv_variants.py;
+            # CONV_VARIANT_ARGS, e.g. --shapes / --configs)
+            timeout 240 python3 /tmp/src/dev/conv_variants.py --out "$out/conv_variants" ${CONV_VARIANT_ARGS:-} 2>&1 \
+                | tail -26 ;;
         launch-overhead)  # host time per call of the scan, conv and norm wrappers at tiny shapes, with and
             # without Triton's launcher (dev/launch_overhead.py), mamba_ssm's beside
             timeout 150 python3 /tmp/src/dev/launch_overhead.py --out "$out/launch_overhead" 2>&1 | tail -14 ;;
