@@ -202,48 +202,61 @@ class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal):
         x, weight, bias, initial_state, seq_idx = ctx.saved_tensors
-        has_seq = seq_idx is not None
-        silu, block_d, block_t, num_warps = ctx.launch
-        batch, dim, seqlen = x.shape
-        width = weight.shape[1]
+        dx, dw, dbias, dinit = conv_backward(dout, dfinal, x, weight, bias, initial_state, seq_idx, *ctx.launch)
+        return dx, dw, dbias, dinit, None, None, None, None, None, None
+
+
+def conv_backward(dout, dfinal, x, weight, bias, initial_state, seq_idx, silu, block_d, block_t, num_warps,
+                  dx_out=None):
+    """Gradients (dx, dweight, dbias, d initial_state) of :func:`causal_conv1d_triton`'s forward from dout
+    (batch, dim, seqlen) or None and dfinal (batch, dim, width - 1) or None; the other arguments as the forward
+    had them (seq_idx as sequence numbers). ``dx_out``: a tensor with x's shape, dtype and strides to write dx
+    into (e.g. a half of in_proj's output gradient), returned as dx; else dx is allocated."""
+    has_seq = seq_idx is not None
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    if dx_out is not None:
+        if dx_out.shape != x.shape or dx_out.stride() != x.stride() or dx_out.dtype != x.dtype:
+            raise ValueError("dx_out must have x's shape, strides and dtype")
+        dx = dx_out.zero_() if dout is None or seqlen == 0 else dx_out
+    else:
         dx = torch.zeros_like(x) if dout is None or seqlen == 0 else utils.empty_as(x)
-        dinit = torch.zeros_like(initial_state) if initial_state is not None else None
-        dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
-        dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
-        if dout is not None and seqlen > 0:
-            # Two passes: dpre once per step (pre recomputed from W shifted inputs), then dx from W shifted dpre.
-            # dpre is kept in x's dtype (fp32 for fp32 inputs), the precision of the dx it feeds.
-            grid = _grid(seqlen, dim, batch, block_t, block_d)
-            dpre = utils.empty_as(x)
-            if dout.stride() != x.stride():  # the kernels index x, dout, dpre and dx alike
-                dout = utils.empty_as(x, dout.dtype).copy_(dout)
-            dw_part = utils.empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
-            dbias_part = utils.empty(batch, grid[0], dim, like=x, dtype=torch.float32)
-            _conv_dpre_kernel[grid](
-                x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
-                seq_idx if has_seq else x, dout, dpre, dw_part, dbias_part, dim, seqlen, *x.stride()[:2],
-                WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
-                HAS_SEQ=has_seq, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
-            )
-            _conv_dx_kernel[_grid(seqlen + width - 1, dim, batch, block_t, block_d)](
-                weight, dpre, seq_idx if has_seq else x, dx, dinit if dinit is not None else x, dim, seqlen,
-                *x.stride()[:2], WIDTH=width, HAS_INIT=initial_state is not None, HAS_SEQ=has_seq,
-                BLOCK_D=block_d, BLOCK_T=block_t,
-                num_warps=num_warps,
-            )
-            del dpre
-            dw = dw_part.sum((0, 1))
-            dbias = dbias_part.sum((0, 1)) if bias is not None else None
-        if dfinal is not None:
-            if has_seq and seqlen > 0:
-                dfinal = dfinal * final_state_mask(seq_idx, width)
-            # final_state[j] = xp[seqlen + j]: from x where seqlen + j >= W - 1, else from initial_state.
-            from_init = max(0, width - 1 - seqlen)
-            dx[:, :, seqlen + from_init - (width - 1):] += dfinal[:, :, from_init:].to(dx.dtype)
-            if dinit is not None and from_init > 0:
-                dinit[:, :, seqlen:seqlen + from_init] += dfinal[:, :, :from_init].to(dinit.dtype)
-        return (dx, dw.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else None, dinit,
-                None, None, None, None, None, None)
+    dinit = torch.zeros_like(initial_state) if initial_state is not None else None
+    dw = torch.zeros(dim, width, device=x.device, dtype=torch.float32)
+    dbias = torch.zeros(dim, device=x.device, dtype=torch.float32) if bias is not None else None
+    if dout is not None and seqlen > 0:
+        # Two passes: dpre once per step (pre recomputed from W shifted inputs), then dx from W shifted dpre.
+        # dpre is kept in x's dtype (fp32 for fp32 inputs), the precision of the dx it feeds.
+        grid = _grid(seqlen, dim, batch, block_t, block_d)
+        dpre = utils.empty_as(x)
+        if dout.stride() != x.stride():  # the kernels index x, dout, dpre and dx alike
+            dout = utils.empty_as(x, dout.dtype).copy_(dout)
+        dw_part = utils.empty(batch, grid[0], dim, width, like=x, dtype=torch.float32)
+        dbias_part = utils.empty(batch, grid[0], dim, like=x, dtype=torch.float32)
+        _conv_dpre_kernel[grid](
+            x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
+            seq_idx if has_seq else x, dout, dpre, dw_part, dbias_part, dim, seqlen, *x.stride()[:2],
+            WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None, SILU=silu,
+            HAS_SEQ=has_seq, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
+        )
+        _conv_dx_kernel[_grid(seqlen + width - 1, dim, batch, block_t, block_d)](
+            weight, dpre, seq_idx if has_seq else x, dx, dinit if dinit is not None else x, dim, seqlen,
+            *x.stride()[:2], WIDTH=width, HAS_INIT=initial_state is not None, HAS_SEQ=has_seq,
+            BLOCK_D=block_d, BLOCK_T=block_t,
+            num_warps=num_warps,
+        )
+        del dpre
+        dw = dw_part.sum((0, 1))
+        dbias = dbias_part.sum((0, 1)) if bias is not None else None
+    if dfinal is not None:
+        if has_seq and seqlen > 0:
+            dfinal = dfinal * final_state_mask(seq_idx, width)
+        # final_state[j] = xp[seqlen + j]: from x where seqlen + j >= W - 1, else from initial_state.
+        from_init = max(0, width - 1 - seqlen)
+        dx[:, :, seqlen + from_init - (width - 1):] += dfinal[:, :, from_init:].to(dx.dtype)
+        if dinit is not None and from_init > 0:
+            dinit[:, :, seqlen:seqlen + from_init] += dfinal[:, :, :from_init].to(dinit.dtype)
+    return dx, dw.to(weight.dtype), dbias.to(bias.dtype) if bias is not None else None, dinit
 
 
 def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False,
