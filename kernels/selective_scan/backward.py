@@ -329,10 +329,11 @@ def _bwd_kernel(
                  mask=nd_mask & (seg == 0))
 
 
-def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
+def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out=None):
     """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state).
     saved: (u, delta, A, B, C, D, z, delta_bias, initial_state, reset, states) as the forward saved them (reset:
-    :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` or None)."""
+    :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` or None). ``dz_out``: a tensor with
+    u's shape and strides and z's dtype that receives dz (returned as dz), else dz is allocated."""
     u, delta_in, A, B, C, D, z, bias_in, h0, reset, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
@@ -371,7 +372,10 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables):
         )
 
     du, ddelta = utils.empty_as(u), utils.empty_as(delta_in)
-    dz = utils.empty_as(z) if z is not None else None
+    if dz_out is not None and (z is None or dz_out.shape != u.shape or dz_out.stride() != u.stride()
+                               or dz_out.dtype != z.dtype):
+        raise ValueError("dz_out must have u's shape and strides and z's dtype (and z must be given)")
+    dz = dz_out if dz_out is not None else utils.empty_as(z) if z is not None else None
     dh0 = utils.empty(batch, dim, p.d_state, like=u, dtype=f32) if h0 is not None else None
     dA = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
     dD = utils.empty(batch, nseg, dim, like=u, dtype=f32) if D is not None else None
