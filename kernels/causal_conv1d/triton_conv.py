@@ -173,20 +173,28 @@ def _grid(rows: int, dim: int, batch: int, block_t: int, block_d: int) -> tuple[
     return utils.cdiv(rows, block_t), utils.cdiv(dim, block_d), batch
 
 
+def conv_forward(x, weight, bias, initial_state, seq_idx, silu, block_d, block_t, num_warps) -> torch.Tensor:
+    """out (batch, dim, seqlen) in x's layout and dtype, without autograd; the arguments as
+    :func:`conv_arguments` returns them."""
+    batch, dim, seqlen = x.shape
+    out = utils.empty_as(x)
+    if seqlen > 0:
+        _conv_fwd_kernel[_grid(seqlen, dim, batch, block_t, block_d)](
+            x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
+            seq_idx if seq_idx is not None else x, out,
+            dim, seqlen, *x.stride()[:2], WIDTH=weight.shape[1], HAS_BIAS=bias is not None,
+            HAS_INIT=initial_state is not None, SILU=silu, HAS_SEQ=seq_idx is not None,
+            BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
+        )
+    return out
+
+
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, seq_idx, silu, want_final, block_d, block_t, num_warps):
         batch, dim, seqlen = x.shape
         width = weight.shape[1]
-        out = utils.empty_as(x)
-        if seqlen > 0:
-            _conv_fwd_kernel[_grid(seqlen, dim, batch, block_t, block_d)](
-                x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
-                seq_idx if seq_idx is not None else x, out,
-                dim, seqlen, *x.stride()[:2], WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-                SILU=silu, HAS_SEQ=seq_idx is not None,
-                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
-            )
+        out = conv_forward(x, weight, bias, initial_state, seq_idx, silu, block_d, block_t, num_warps)
         final_state = None
         if want_final:  # the last W - 1 inputs of xp, in x's dtype
             prev = initial_state if initial_state is not None else x.new_zeros(batch, dim, width - 1)
@@ -273,16 +281,24 @@ def causal_conv1d_triton(x, weight, bias=None, activation=None, initial_state=No
         out (batch, dim, seqlen) in x's dtype; with return_final_state also final_state (batch, dim, width - 1),
         the last width - 1 inputs in x's dtype.
     """
+    args = conv_arguments(x, weight, bias, activation, initial_state, seq_idx, block_d, block_t, num_warps)
+    out, final_state = _CausalConv1dFn.apply(*args[:6], return_final_state, *args[6:])
+    return (out, final_state) if return_final_state else out
+
+
+def conv_arguments(x, weight, bias=None, activation=None, initial_state=None, seq_idx=None, block_d=None,
+                   block_t=None, num_warps=None) -> tuple:
+    """(x, weight, bias, initial_state, seq_idx, silu, block_d, block_t, num_warps) as :func:`conv_forward` and
+    :func:`conv_backward` take them (arguments checked; x time-contiguous, weights contiguous, seq_idx as
+    sequence numbers, defaults filled in); the arguments as :func:`causal_conv1d_triton`'s."""
     check_activation(activation)
     check_seq_idx(seq_idx, x.shape[0], x.shape[2])
     if seq_idx is not None:  # as sequence numbers: equal exactly within one packed sequence
         seq_idx = sequence_numbers(seq_idx.to(x.device)).contiguous()
-    out, final_state = _CausalConv1dFn.apply(
-        x if time_contiguous(x) else x.contiguous(), weight.contiguous(), bias.contiguous() if bias is not None else None,
-        initial_state.contiguous() if initial_state is not None else None, seq_idx, activation is not None,
-        return_final_state, block_d or DEFAULT_BLOCK_D, block_t or DEFAULT_BLOCK_T, num_warps or DEFAULT_NUM_WARPS,
-    )
-    return (out, final_state) if return_final_state else out
+    return (x if time_contiguous(x) else x.contiguous(), weight.contiguous(),
+            bias.contiguous() if bias is not None else None,
+            initial_state.contiguous() if initial_state is not None else None, seq_idx, activation is not None,
+            block_d or DEFAULT_BLOCK_D, block_t or DEFAULT_BLOCK_T, num_warps or DEFAULT_NUM_WARPS)
 
 
 @triton.jit
