@@ -140,7 +140,7 @@ def per_layer(fused_inner: str = "off", batch: int = 2, seqlen: int = 64, decode
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fused-inner", default="off", choices=("off", "triton"))
+    ap.add_argument("--fused-inner", default="off", choices=("off", "keep", "triton"))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seqlen", type=int, default=64)
     ap.add_argument("--decode", action="store_true", help="one decode step (batch --batch) instead of training")

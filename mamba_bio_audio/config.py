@@ -22,7 +22,7 @@ from mamba_bio_audio.files import atomic_write_text
 
 SSM_LAYERS = ("S6", "S4D")
 CHECKPOINT_LEVELS = (0, 1, 2)
-FUSED_INNER = ("triton", "all", "off")  # MambaConfig.fused_inner
+FUSED_INNER = ("keep", "triton", "all", "off")  # MambaConfig.fused_inner
 
 # mamba_ssm config keys we accept and ignore: they only select fused kernels, which we choose ourselves.
 _IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "model_type", "torch_dtype",
@@ -104,13 +104,13 @@ class MambaConfig(JsonConfig):
             time segments, carrying its conv and SSM states, so the recomputed activations are one segment's
             (mamba_bio_audio.modules.recompute). ``model.gradient_checkpointing = True`` sets 2.
         fused_inner: in training, a selective mixer can run conv -> x_proj -> dt_proj -> scan as one autograd
-            Function (modules/fused_inner.py) that keeps neither the conv output nor delta for the backward
-            (2 x d_inner values per token and layer) but recomputes them there, as mamba_ssm's MambaInnerFn
-            does; the same results up to float rounding. "triton": where the scan runs on Triton (training on
-            the GPU); "all": on the reference backend too, where it recomputes the whole inner graph (less
-            memory for about one more inner forward; how CPU tests check it); "off" (the default until its
-            speed is measured on a GPU): never. Calls it cannot take (carried states, S4D, the "cuda" scan)
-            run unfused.
+            Function (modules/fused_inner.py): fewer autograd nodes and kernels (no cat of the in_proj output's
+            gradient halves, no separate add), the same results up to float rounding. "keep": where the scan
+            runs on Triton, keeping what the unfused mixer keeps; "triton": there, keeping neither the conv
+            output nor delta for the backward (2 x d_inner values per token and layer) but recomputing them, as
+            mamba_ssm's MambaInnerFn does; "all": as "triton", and on the reference backend too, where it
+            recomputes the whole inner graph (how CPU tests check it); "off" (the default until their speed is
+            measured on a GPU): never. Calls it cannot take (carried states, S4D, the "cuda" scan) run unfused.
     """
 
     d_model: int = 256

@@ -1,20 +1,27 @@
-"""The selective mixer between in_proj and out_proj as one autograd Function that keeps less for the backward:
+"""The selective mixer between in_proj and out_proj as one autograd Function:
 
-    u = silu(conv(x));  dt, B, C = split(x_proj_weight @ u);  delta = dt_proj_weight @ dt
-    y = selective_scan(u, delta, A, B, C, D, z, delta_bias=dt_bias, delta_softplus=True, seq_idx)
+    x, z = halves of xz;  u = silu(conv(x));  dt, B, C = split(x_proj_weight @ u);  delta = dt_proj_weight @ dt
+    A = -exp(A_log);  y = selective_scan(u, delta, A, B, C, D, z, delta_bias=dt_bias, delta_softplus=True, seq_idx)
 
-The unfused mixer keeps the conv output u and delta (batch, d_inner, seqlen) each for the backward (x_proj's
-product and the scan save u, the scan saves delta). :class:`MambaInnerFn` keeps only its inputs x and z (halves
-of in_proj's output, alive anyway), x_dbl = x_proj_weight @ u (dt_rank + 2 d_state rows, small) and the scan's
-chunk-start states, and recomputes u (the conv, with its autograd graph) and delta (one product from x_dbl's dt
-rows) at the start of the backward, as mamba_ssm's ``MambaInnerFn`` at ``checkpoint_lvl=1`` does. The
-recomputation runs the same operations under the forward's autocast state, so it gives the tensors the forward
-had, and the gradients are the unfused path's (same products, same dtypes; the sums in another order at most).
+One Function instead of the unfused mixer's dozen autograd nodes (a conv and a scan Function, three products,
+splits, A's exp and neg, views), and its backward writes what the unfused one assembles: dx (the conv's) and dz
+(the scan's) straight into the two halves of one in_proj output gradient (no cat of the two), dt_proj's and the
+scan's dB, dC into one x_proj output gradient, and x_proj's input gradient added into the scan's du by one
+``addmm_`` (no separate add), as mamba_ssm's ``MambaInnerFn`` does.
+
+What it keeps (``MambaConfig.fused_inner``): "keep" keeps the conv output u and delta (batch, d_inner, seqlen)
+as the unfused mixer does; "triton" keeps only its input xz (in_proj's output, alive anyway), x_dbl = x_proj_weight
+@ u (dt_rank + 2 d_state rows, small) and the scan's chunk-start states, and recomputes u (the conv) and delta (one
+product from x_dbl's dt rows) at the start of the backward, as mamba_ssm's ``MambaInnerFn`` at ``checkpoint_lvl=1``
+does: 2 d_inner values per token and layer less for one more conv and product. Both run the Triton conv and scan
+(the conv on Triton even where "auto" would pick causal-conv1d); the recomputation uses the forward's dtypes, so
+it gives the tensors the forward had, and the gradients are the unfused path's (same products, same dtypes; sums
+in another order at most).
 
 On the reference backend the Function keeps only its inputs and recomputes the whole inner graph (plain
 recomputation: correctness on any device, no speed claim; only with ``fused_inner="all"``). :func:`can_fuse` says
-which calls it takes; the mixer runs the others (carried states, S4D, mamba_ssm's "cuda" scan) unfused. NOTES.md beside this file: what is kept,
-by count.
+which calls it takes; the mixer runs the others (carried states, S4D, mamba_ssm's "cuda" scan) unfused. NOTES.md
+beside this file: what is kept, by count.
 """
 
 from __future__ import annotations
@@ -24,113 +31,130 @@ from typing import NamedTuple
 import torch
 
 from mamba_bio_audio import ops
+from mamba_bio_audio.kernels.utils import empty_as
 from mamba_bio_audio.modules.mixer import columns, project
 
 
 class Settings(NamedTuple):
     """What :class:`MambaInnerFn` needs besides tensors: dt_rank, d_state, the ops backend name for the conv
-    and the scan, and the scan's kernel module and tunables (Triton; None on the reference)."""
+    and the scan, the scan's kernel module and tunables (Triton; None on the reference), the Triton conv's module
+    (None on the reference) and whether to keep u and delta (``fused_inner="keep"``) rather than recompute them."""
 
     dt_rank: int
     d_state: int
     backend: str
     kernels: object | None
     tunables: object | None
+    conv: object | None = None
+    keep: bool = False
 
 
 def can_fuse(mode: str, backend: str, like: torch.Tensor) -> bool:
     """Whether a call on tensors like ``like`` with the ops ``backend`` takes the fused path under
-    ``MambaConfig.fused_inner`` = ``mode``: "triton" when the scan resolves to Triton, "all" also on the
-    reference, "off" never (mamba_ssm's "cuda" scan keeps its own tensors: never); none while the environment
+    ``MambaConfig.fused_inner`` = ``mode``: "keep" and "triton" when the scan resolves to Triton, "all" also on
+    the reference, "off" never (mamba_ssm's "cuda" scan keeps its own tensors: never); none while the environment
     variable MBA_FUSED_INNER is "0" (:func:`ops.fused_inner_enabled`)."""
     if mode == "off" or not ops.fused_inner_enabled():
         return False
-    return ops.resolve_backend(backend, "scan", like)[0] in (("triton",) if mode == "triton" else ("triton", "reference"))
-
-
-def _conv(x, conv_weight, conv_bias, seq_idx, s: Settings) -> torch.Tensor:
-    return ops.causal_conv1d_fn(x, conv_weight, conv_bias, activation="silu", backend=s.backend, seq_idx=seq_idx)
+    return ops.resolve_backend(backend, "scan", like)[0] in (("triton", "reference") if mode == "all" else ("triton",))
 
 
 def _split(x_dbl: torch.Tensor, s: Settings):
     return torch.split(x_dbl, [s.dt_rank, s.d_state, s.d_state], dim=1)
 
 
-def _inner_reference(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx, s):
+def _halves(xz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d_inner = xz.shape[1] // 2
+    return xz[:, :d_inner], xz[:, d_inner:]
+
+
+def _inner_reference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx, s):
     """The whole inner graph on the reference scan: y (batch, d_inner, seqlen)."""
-    u = _conv(x, conv_weight, conv_bias, seq_idx, s)
+    x, z = _halves(xz)
+    u = ops.causal_conv1d_fn(x, conv_weight, conv_bias, activation="silu", backend=s.backend, seq_idx=seq_idx)
     dt, B, C = _split(project(x_proj_weight, u), s)
-    return ops.selective_scan_fn(u, project(dt_proj_weight, dt), A, B, C, D, z=z, delta_bias=dt_bias,
-                                 delta_softplus=True, backend=s.backend, seq_idx=seq_idx)
+    return ops.selective_scan_fn(u, project(dt_proj_weight, dt), -torch.exp(A_log), B, C, D, z=z,
+                                 delta_bias=dt_bias, delta_softplus=True, backend=s.backend, seq_idx=seq_idx)
 
 
 class MambaInnerFn(torch.autograd.Function):
-    """(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx, settings) -> y.
+    """(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx, settings) -> y.
 
-    x, z: (batch, d_inner, seqlen), channel-major halves of in_proj's output. conv_weight: (d_inner, d_conv);
-    conv_bias: (d_inner,) or None. x_proj_weight: (dt_rank + 2 d_state, d_inner). dt_proj_weight: (d_inner,
-    dt_rank). A: (d_inner, d_state). D, dt_bias: (d_inner,). seq_idx: (batch, seqlen) integers or None.
-    y: (batch, d_inner, seqlen) in x's dtype (the compute dtype under autocast).
+    xz: (batch, 2 d_inner, seqlen), the channel-major view of in_proj's output (x its first d_inner channels,
+    z the rest). conv_weight: (d_inner, d_conv); conv_bias: (d_inner,) or None. x_proj_weight: (dt_rank +
+    2 d_state, d_inner). dt_proj_weight: (d_inner, dt_rank). A_log: (d_inner, d_state), A = -exp(A_log).
+    D, dt_bias: (d_inner,). seq_idx: (batch, seqlen) integers or None.
+    y: (batch, d_inner, seqlen) in xz's dtype (the compute dtype under autocast), channel-major.
     """
 
     @staticmethod
-    def forward(ctx, x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx, s):
-        device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx, s):
         ctx.settings = s
         if s.kernels is None:
-            ctx.save_for_backward(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx)
-            return _inner_reference(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias,
+            device = xz.device.type
+            ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+            ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias,
+                                  seq_idx)
+            return _inner_reference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias,
                                     seq_idx, s)
-        reset = s.kernels.reset_exponents(seq_idx, x.device) if seq_idx is not None else None
-        u = _conv(x, conv_weight, conv_bias, seq_idx, s)
-        x_dbl = project(x_proj_weight, u)
+        x, z = _halves(xz)
+        reset = s.kernels.reset_exponents(seq_idx, xz.device) if seq_idx is not None else None
+        conv_args = s.conv.conv_arguments(x, conv_weight, conv_bias, "silu", None, seq_idx)
+        u = s.conv.conv_forward(*conv_args)
+        x_dbl = project(x_proj_weight, u)  # under autocast: in its dtype, as the unfused mixer's product
         dt, B, C = _split(x_dbl, s)
-        y, _, saved, ctx.scan_meta = s.kernels.scan_forward(u, project(dt_proj_weight, dt), A, B, C, D, z, dt_bias,
-                                                            None, reset, True, s.tunables)
-        # u and delta (saved[0], saved[1]) are dropped here; A, D, dt_bias as the scan laid them out
-        _, _, A, _, _, D, _, dt_bias, _, reset, states = saved
-        ctx.save_for_backward(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx,
-                              x_dbl, reset, states)
+        y, _, saved, ctx.scan_meta = s.kernels.scan_forward(u, project(dt_proj_weight, dt), -torch.exp(A_log), B, C,
+                                                            D, z, dt_bias, None, reset, True, s.tunables)
+        # saved = (u, delta, A, B, C, D, z, dt_bias, None, reset, states), as the scan laid them out
+        kept = saved[:2] if s.keep else ()
+        ctx.conv_launch = conv_args[5:]
+        ctx.save_for_backward(xz, conv_args[1], conv_args[2], conv_args[4], x_proj_weight, dt_proj_weight, x_dbl,
+                              *saved[2:], *kept)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         s = ctx.settings
-        device, autocast_on, autocast_dtype = ctx.autocast
         if s.kernels is None:
             return _backward_reference(ctx, dy)
-        x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx, x_dbl, reset, states \
-            = ctx.saved_tensors
-        leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, conv_weight, conv_bias)]
-        with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
-            u = _conv(*leaves, seq_idx, s)  # with the conv's graph, for the gradients of x and its weights
-        dt, B, C = _split(x_dbl, s)
+        xz, conv_weight, conv_bias, seq_numbers, x_proj_weight, dt_proj_weight, x_dbl, *saved = ctx.saved_tensors
+        A, B, C, D, z, dt_bias, h0, reset, states, *kept = saved
+        x, _ = _halves(xz)
+        dt = _split(x_dbl, s)[0]
         cdt = x_dbl.dtype  # the products' dtype in the forward (autocast's, or the weights')
-        with torch.no_grad():
-            w_dt = dt_proj_weight.to(cdt)
+        w_dt = dt_proj_weight.to(cdt)
+        if kept:
+            u, delta = kept
+        else:  # the forward's u and delta again: the same kernels and products on the same inputs
+            u = s.conv.conv_forward(x, conv_weight, conv_bias, None, seq_numbers, *ctx.conv_launch)
             delta = project(w_dt, dt)
-            _, laid_out = s.kernels.prepare(u.detach(), delta, A, B, C, D, z, dt_bias, None, s.tunables.chunk_size)
-            saved = (*laid_out, reset, states)
-            du, ddelta, dA, dB, dC, dD, dz, ddt_bias, _ = s.kernels.scan_backward(dy, None, saved, ctx.scan_meta)
-            # delta = dt_proj_weight @ dt and x_dbl = x_proj_weight @ u, as autograd's product backwards would
-            ddelta_cols = columns(ddelta)
-            d_dt_proj = (ddelta_cols @ columns(dt).t()).to(dt_proj_weight.dtype)
-            d_x_dbl = torch.cat([w_dt.t() @ ddelta_cols, columns(dB), columns(dC)])  # dB, dC in x_dbl's dtype
-            d_x_proj = (d_x_dbl @ columns(u).t()).to(x_proj_weight.dtype)
-            batch, d_inner, seqlen = du.shape
-            du.add_((x_proj_weight.to(cdt).t() @ d_x_dbl).view(d_inner, batch, seqlen).transpose(0, 1))
-        wanted = [t for t in leaves if t is not None]
-        grads = iter(torch.autograd.grad(u, wanted, du))
-        dx, d_conv_weight, d_conv_bias = (next(grads) if t is not None else None for t in leaves)
-        return dx, dz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA, dD, ddt_bias, None, None
+            u, delta = s.kernels.prepare(u, delta, A, B, C, D, z, dt_bias, None, s.tunables.chunk_size)[1][:2]
+        # one buffer for in_proj's output gradient: the scan writes dz into its second half, the conv dx into the first
+        dxz = empty_as(xz)
+        dx_out, dz_out = _halves(dxz)
+        du, ddelta, dA, dB, dC, dD, _, ddt_bias, _ = s.kernels.scan_backward(
+            dy, None, (u, delta, A, B, C, D, z, dt_bias, h0, reset, states), ctx.scan_meta, dz_out=dz_out)
+        # delta = dt_proj_weight @ dt and x_dbl = x_proj_weight @ u, as autograd's product backwards would
+        ddelta_cols = columns(ddelta)
+        d_dt_proj = (ddelta_cols @ columns(dt).t()).to(dt_proj_weight.dtype)
+        batch, d_inner, seqlen = du.shape
+        d_x_dbl = torch.empty(x_dbl.shape[1], batch * seqlen, device=x_dbl.device, dtype=cdt)
+        torch.mm(w_dt.t(), ddelta_cols, out=d_x_dbl[:s.dt_rank])
+        for rows, grad in ((slice(s.dt_rank, s.dt_rank + s.d_state), dB), (slice(s.dt_rank + s.d_state, None), dC)):
+            d_x_dbl[rows].view(s.d_state, batch, seqlen).copy_(grad.transpose(0, 1))
+        d_x_proj = (d_x_dbl @ columns(u).t()).to(x_proj_weight.dtype)
+        columns(du).addmm_(x_proj_weight.to(cdt).t(), d_x_dbl)  # du += x_proj_weight^T d_x_dbl, in place
+        _, d_conv_weight, d_conv_bias, _ = s.conv.conv_backward(du, None, x, conv_weight, conv_bias, None,
+                                                                seq_numbers, *ctx.conv_launch, dx_out=dx_out)
+        dA_log = dA * A  # A = -exp(A_log): dA/dA_log = A
+        return dxz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA_log, dD, ddt_bias, None, None
 
 
 def _backward_reference(ctx, dy):
     """The reference backend's backward: the inner graph recomputed from the saved inputs, then differentiated."""
     device, autocast_on, autocast_dtype = ctx.autocast
     inputs = list(ctx.saved_tensors)
-    seq_idx = inputs.pop(9)
+    seq_idx = inputs.pop(8)
     leaves = [t.detach().requires_grad_() if t is not None else None for t in inputs]
     with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
         y = _inner_reference(*leaves, seq_idx, ctx.settings)
@@ -139,19 +163,23 @@ def _backward_reference(ctx, dy):
     return (*(next(grads) if t is not None else None for t in leaves), None, None)
 
 
-def mamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx=None, *,
-                dt_rank: int, backend: str = "auto") -> torch.Tensor:
-    """The selective mixer from in_proj's halves to the gated scan output, keeping less for the backward
+def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx=None, *,
+                dt_rank: int, backend: str = "auto", keep: bool = False) -> torch.Tensor:
+    """The selective mixer from in_proj's output to the gated scan output as one autograd Function
     (:class:`MambaInnerFn`; arguments and result as there). ``backend``: the ops backend, whose scan must be
-    Triton or the reference (:func:`can_fuse`). The Triton scan keeps every ``ops.fused_inner_save_every()``-th
-    chunk-start state (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice) and computes
-    softplus where MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
-    kernels = ops.selective_scan_kernels(backend, x)
-    tunables = None
+    Triton or the reference (:func:`can_fuse`). ``keep``: keep u and delta for the backward (Triton), else
+    recompute them there. The Triton scan keeps every ``ops.fused_inner_save_every()``-th chunk-start state
+    (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice) and computes softplus where
+    MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
+    kernels = ops.selective_scan_kernels(backend, xz)
+    tunables = conv = None
     if kernels is not None:
-        kernels.check_seq_idx(seq_idx, x.shape[0], x.shape[2])
-        tunables = kernels.default_tunables(x, A.shape[1], save_every=ops.fused_inner_save_every(),
+        import importlib
+
+        conv = importlib.import_module("mamba_bio_audio.kernels.causal_conv1d.triton_conv")
+        kernels.check_seq_idx(seq_idx, xz.shape[0], xz.shape[2])
+        tunables = kernels.default_tunables(_halves(xz)[0], A_log.shape[1], save_every=ops.fused_inner_save_every(),
                                             softplus_in_kernel=ops.scan_softplus_in_kernel())
-    settings = Settings(dt_rank, A.shape[1], backend, kernels, tunables)
-    return MambaInnerFn.apply(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A, D, dt_bias, seq_idx,
+    settings = Settings(dt_rank, A_log.shape[1], backend, kernels, tunables, conv, keep and kernels is not None)
+    return MambaInnerFn.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx,
                               settings)

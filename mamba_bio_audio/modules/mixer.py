@@ -166,16 +166,21 @@ class Mamba(nn.Module):
         return (not self.bidirectional and type(self).forward is Mamba.forward
                 and ops.resolve_backend(self.backend, "scan", like)[0] != "cuda")
 
-    def _in_proj(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden_states (batch, seqlen, d_model) -> x, z (batch, d_inner, seqlen): channel-major views of the
-        halves of one (2 d_inner, batch * seqlen) product."""
+    def _in_proj_product(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states (batch, seqlen, d_model) -> in_proj's (2 d_inner, batch * seqlen) product (+ bias)."""
         batch, seqlen, _ = hidden_states.shape
         xz = self.in_proj.weight @ hidden_states.reshape(batch * seqlen, -1).t()
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        return xz
+
+    def _in_proj(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states (batch, seqlen, d_model) -> x, z (batch, d_inner, seqlen): channel-major views of the
+        halves of one (2 d_inner, batch * seqlen) product."""
+        batch, seqlen, _ = hidden_states.shape
         # split, not two slices: its backward is one cat of the two gradients, where slicing would zero a
         # (2 d_inner, batch * seqlen) buffer, copy each gradient into it and add the two
-        x, z = torch.split(xz, self.d_inner)
+        x, z = torch.split(self._in_proj_product(hidden_states), self.d_inner)
         return channel_major(x, batch, seqlen), channel_major(z, batch, seqlen)
 
     def _out_proj(self, y: torch.Tensor) -> torch.Tensor:
@@ -188,20 +193,21 @@ class Mamba(nn.Module):
         return out.t().view(batch, seqlen, -1)
 
     def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False, seq_idx=None):
-        seqlen = hidden_states.shape[1]
+        batch, seqlen, _ = hidden_states.shape
+        if self._fuses_inner(hidden_states, state, carry, return_carry):
+            from mamba_bio_audio.modules.fused_inner import mamba_inner  # it imports this module's helpers
+
+            xz = channel_major(self._in_proj_product(hidden_states), batch, seqlen)  # (batch, 2 d_inner, seqlen)
+            y = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
+                            self.dt_proj.weight, _fp32(self.A_log), _fp32(self.D), _fp32(self.dt_proj.bias), seq_idx,
+                            dt_rank=self.dt_rank, backend=self.backend, keep=self.config.fused_inner == "keep")
+            return self._out_proj(y), None
         x, z = self._in_proj(hidden_states)  # (batch, d_inner, seqlen) each
         if state is not None:
             state["conv_state"].copy_(F.pad(x, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
                                       else x[:, :, -self.d_conv:])
         conv_init, ssm_init = carry if carry is not None else (None, None)
         A = -torch.exp(_fp32(self.A_log))  # (d_inner, d_state)
-        if self._fuses_inner(x, state, carry, return_carry):
-            from mamba_bio_audio.modules.fused_inner import mamba_inner  # it imports this module's helpers
-
-            y = mamba_inner(x, z, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
-                            self.dt_proj.weight, A, _fp32(self.D), _fp32(self.dt_proj.bias), seq_idx,
-                            dt_rank=self.dt_rank, backend=self.backend)
-            return self._out_proj(y), None
         x = ops.causal_conv1d_fn(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu",
                                  initial_state=conv_init, return_final_state=return_carry, backend=self.backend,
                                  seq_idx=seq_idx)
@@ -222,16 +228,16 @@ class Mamba(nn.Module):
                 new_carry = (conv_final, last_state)
         return self._out_proj(y), new_carry
 
-    def _fuses_inner(self, x: torch.Tensor, state, carry, return_carry: bool) -> bool:
-        """Whether this forward runs conv -> scan as one Function that recomputes the conv output and delta in
-        the backward (modules/fused_inner.py): training (autograd on) of a selective mixer, no states carried in
-        or out, a non-empty sequence, and a scan backend that ``MambaConfig.fused_inner`` fuses."""
+    def _fuses_inner(self, hidden_states: torch.Tensor, state, carry, return_carry: bool) -> bool:
+        """Whether this forward runs conv -> scan as one Function (modules/fused_inner.py): training (autograd
+        on) of a selective mixer, no states carried in or out, a non-empty sequence, and a scan backend that
+        ``MambaConfig.fused_inner`` fuses."""
         if not (self.selective and torch.is_grad_enabled() and state is None and carry is None and not return_carry
-                and x.shape[-1] > 0 and self.config.fused_inner != "off"):
+                and hidden_states.shape[1] > 0 and self.config.fused_inner != "off"):
             return False
         from mamba_bio_audio.modules.fused_inner import can_fuse
 
-        return can_fuse(self.config.fused_inner, self.backend, x)
+        return can_fuse(self.config.fused_inner, self.backend, hidden_states)
 
     def _delta_B_C(self, x: torch.Tensor):
         """x (batch, d_inner, seqlen) -> delta (batch, d_inner, seqlen), B, C (batch, d_state, seqlen) (S6) or
