@@ -143,9 +143,10 @@ def _size_options(f):
                    "capturable=True) once per shape as a CUDA graph and time its replays; the capture is reported "
                    "apart (capture s). CUDA only; the Transformer stays eager.")
 @click.option("--fused-inner", default="off", show_default=True,
-              help="Our Mamba's MambaConfig.fused_inner, off, triton or all: conv -> x_proj -> dt_proj -> scan as "
-                   "one autograd Function that recomputes the conv output and delta in the backward (less memory, "
-                   "as mamba_ssm's fast path does). Comma-separated for a row of ours per value, e.g. off,triton.")
+              help="Our Mamba's MambaConfig.fused_inner, off, keep, triton or all: conv -> x_proj -> dt_proj -> "
+                   "scan as one autograd Function; keep: keeping what the unfused mixer keeps; triton / all: "
+                   "recomputing the conv output and delta in the backward (less memory, as mamba_ssm's fast path "
+                   "does). Comma-separated for a row of ours per value, e.g. off,keep,triton.")
 @click.option("--fused-save-every", type=click.IntRange(min=1), default=None,
               help="With --fused-inner: keep every K-th chunk-start state of the fused scan (as the environment "
                    "variable MBA_FUSED_SAVE_EVERY) [default: the scan's choice].")
