@@ -51,6 +51,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _restore_deterministic_algorithms():
+    """Every test starts with torch's deterministic-algorithms flag as the session had it: a Lightning Trainer
+    with ``deterministic=True`` turns it on for the process, and the scan's backward (partial sums instead of
+    atomics) and the op counts of ``dev/count_ops.py`` depend on it."""
+    import torch
+
+    flag, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(flag, warn_only=warn_only)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny ops on 2 shared cores: one torch thread avoids OpenMP contention (~10x faster steps). Modules opt in
