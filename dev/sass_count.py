@@ -134,7 +134,7 @@ def sass(compiled) -> list[str]:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
-    return [line for line in text.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    return [line for line in text.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line)]
 
 
 def opcode(line: str) -> str:
@@ -165,7 +165,7 @@ def classify(op: str) -> str:
 
 
 def loop_ranges(lines: list[str]) -> list[tuple[int, int]]:
-    addrs = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", ln).group(1), 16) for ln in lines]
+    addrs = [int(re.match(r"\s+/\*([0-9a-f]{4,})\*/", ln).group(1), 16) for ln in lines]
     ranges = []
     for i, ln in enumerate(lines):
         if "BRA" in ln:
@@ -183,7 +183,7 @@ def report(name: str, lines: list[str]) -> None:
     ranges = loop_ranges(lines)
     if ranges:
         lo, hi = max(ranges, key=lambda r: r[1] - r[0])
-        body = [ln for ln in lines if lo <= int(re.match(r"\s+/\*([0-9a-f]{4})\*/", ln).group(1), 16) <= hi]
+        body = [ln for ln in lines if lo <= int(re.match(r"\s+/\*([0-9a-f]{4,})\*/", ln).group(1), 16) <= hi]
         counts = collections.Counter(classify(opcode(ln)) for ln in body)
         print(f"  longest loop: {len(body)} instructions  " + "  ".join(f"{k} {v}" for k, v in counts.most_common()))
 
