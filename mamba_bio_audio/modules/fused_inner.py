@@ -13,10 +13,10 @@ What it keeps (``MambaConfig.fused_inner``): "keep" keeps the conv output u and 
 as the unfused mixer does; "triton" keeps only its input xz (in_proj's output, alive anyway), x_dbl = x_proj_weight
 @ u (dt_rank + 2 d_state rows, small) and the scan's chunk-start states, and recomputes u (the conv) and delta (one
 product from x_dbl's dt rows) at the start of the backward, as mamba_ssm's ``MambaInnerFn`` at ``checkpoint_lvl=1``
-does: 2 d_inner values per token and layer less for one more conv and product. Both run the Triton conv and scan
-(the conv on Triton even where "auto" would pick causal-conv1d); the recomputation uses the forward's dtypes, so
-it gives the tensors the forward had, and the gradients are the unfused path's (same products, same dtypes; sums
-in another order at most).
+does: 2 d_inner values per token and layer less for one more conv and product. Both run the Triton scan, and the
+conv the unfused mixer would run (causal-conv1d's CUDA kernels under "auto" where installed, without seq_idx; else
+Triton's); the recomputation uses the forward's dtypes, so it gives the tensors the forward had, and the gradients
+are the unfused path's (same products, same dtypes; sums in another order at most).
 
 On the reference backend the Function keeps only its inputs and recomputes the whole inner graph (plain
 recomputation: correctness on any device, no speed claim; only with ``fused_inner="all"``). :func:`can_fuse` says
@@ -150,6 +150,43 @@ class MambaInnerFn(torch.autograd.Function):
         return dxz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA_log, dD, ddt_bias, None, None
 
 
+def _conv_kernels(backend: str, like: torch.Tensor, seq_idx):
+    """The conv's forward and backward for the Triton path of :class:`MambaInnerFn`: causal-conv1d's CUDA kernels
+    where the ops ``backend`` resolves the conv to them (``"auto"`` with the package installed, as the unfused
+    mixer would) and no seq_idx is given (the package reads it only with channel-last inputs), else the Triton
+    conv (``kernels/causal_conv1d/triton_conv.py``). Both write dx into a given buffer."""
+    import importlib
+
+    if seq_idx is None and ops.resolve_backend(backend, "conv", like)[0] == "cuda":
+        return _CausalConv1dPackage
+    return importlib.import_module("mamba_bio_audio.kernels.causal_conv1d.triton_conv")
+
+
+class _CausalConv1dPackage:
+    """causal-conv1d's functions behind the Triton conv module's interface (``conv_arguments``,
+    ``conv_forward``, ``conv_backward``), as mamba_ssm's ``MambaInnerFn`` calls them; no initial states, no
+    seq_idx (:func:`_conv_kernels` routes those to Triton). Launch tunables do not apply (kept as placeholders)."""
+
+    @staticmethod
+    def conv_arguments(x, weight, bias=None, activation=None, initial_state=None, seq_idx=None):
+        return (x, weight.contiguous(), bias.contiguous() if bias is not None else None, None, None,
+                activation is not None, None, None, None)
+
+    @staticmethod
+    def conv_forward(x, weight, bias, initial_state, seq_idx, silu, *launch):
+        from causal_conv1d.cpp_functions import causal_conv1d_fwd_function
+
+        return causal_conv1d_fwd_function(x, weight, bias, None, None, None, silu)
+
+    @staticmethod
+    def conv_backward(dout, dfinal, x, weight, bias, initial_state, seq_idx, silu, *launch, dx_out=None):
+        from causal_conv1d.cpp_functions import causal_conv1d_bwd_function
+
+        dx, dweight, dbias, _ = causal_conv1d_bwd_function(x, weight, bias, dout, None, None, None, dx_out, False,
+                                                           silu)
+        return dx, dweight, dbias, None
+
+
 def _backward_reference(ctx, dy):
     """The reference backend's backward: the inner graph recomputed from the saved inputs, then differentiated."""
     device, autocast_on, autocast_dtype = ctx.autocast
@@ -174,9 +211,7 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
     kernels = ops.selective_scan_kernels(backend, xz)
     tunables = conv = None
     if kernels is not None:
-        import importlib
-
-        conv = importlib.import_module("mamba_bio_audio.kernels.causal_conv1d.triton_conv")
+        conv = _conv_kernels(backend, xz, seq_idx)
         kernels.check_seq_idx(seq_idx, xz.shape[0], xz.shape[2])
         tunables = kernels.default_tunables(_halves(xz)[0], A_log.shape[1], save_every=ops.fused_inner_save_every(),
                                             softplus_in_kernel=ops.scan_softplus_in_kernel())

@@ -231,6 +231,20 @@ def test_calls_it_cannot_take_run_unfused(case, monkeypatch):
     assert "MambaInnerFnBackward" not in node_names(out)
 
 
+def test_fused_conv_is_causal_conv1d_only_where_the_unfused_mixer_would_run_it(monkeypatch):
+    """The fused Function's conv: the package's where the ops backend resolves the conv to "cuda" and no seq_idx
+    is given (the package reads seq_idx only channel-last), else the Triton conv."""
+    from mamba_bio_audio import ops
+    from mamba_bio_audio.kernels.causal_conv1d import triton_conv
+    from mamba_bio_audio.modules.fused_inner import _CausalConv1dPackage, _conv_kernels
+
+    like = torch.zeros(1, 4, 8)
+    assert _conv_kernels("triton", like, None) is triton_conv
+    monkeypatch.setattr(ops, "resolve_backend", lambda backend, op, tensor: ("cuda", None))
+    assert _conv_kernels("auto", like, None) is _CausalConv1dPackage
+    assert _conv_kernels("auto", like, torch.zeros(1, 8, dtype=torch.int64)) is triton_conv
+
+
 def test_config_refuses_an_unknown_mode():
     with pytest.raises(UserError, match="fused_inner"):
         MambaConfig(fused_inner="yes")
@@ -240,15 +254,31 @@ def test_config_refuses_an_unknown_mode():
 
 @pytest.mark.gpu
 @cuda_triton
+@pytest.mark.parametrize("mode", ["all", "keep"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("seq", [False, True])
-def test_gpu_fused_matches_unfused(dtype, tol, seq):
+def test_gpu_fused_matches_unfused(dtype, tol, seq, mode):
     """fp32 weights and inputs, or bf16 autocast: the fused and unfused mixers on CUDA through Triton."""
-    fused, unfused = mixer_pair("triton", torch.float32, "cuda", d_model=64, d_state=16)
+    fused, unfused = mixer_pair("triton", torch.float32, "cuda", d_model=64, d_state=16, mode=mode)
     hidden = torch.randn(3, 1000, 64, generator=torch.Generator().manual_seed(1)).cuda()
     seq_idx = packed_ids(3, 1000).cuda() if seq else None
     autocast = dtype if dtype != torch.float32 else None
     assert_same(run(fused, hidden, seq_idx, autocast), run(unfused, hidden, seq_idx, autocast), tol, tol)
+
+
+@pytest.mark.gpu
+@cuda_triton
+@pytest.mark.parametrize("mode", ["triton", "keep"])
+def test_gpu_fused_with_causal_conv1d_matches_unfused(mode):
+    """backend "auto" with causal-conv1d installed: the fused Function runs the package's conv forward and
+    backward (dx into in_proj's gradient buffer), as the unfused mixer runs the package's conv."""
+    pytest.importorskip("causal_conv1d")
+    from mamba_bio_audio.modules.fused_inner import _CausalConv1dPackage, _conv_kernels
+
+    fused, unfused = mixer_pair("auto", torch.float32, "cuda", d_model=64, d_state=16, mode=mode)
+    hidden = torch.randn(3, 1000, 64, generator=torch.Generator().manual_seed(1)).cuda()
+    assert _conv_kernels("auto", hidden, None) is _CausalConv1dPackage
+    assert_same(run(fused, hidden, None, torch.bfloat16), run(unfused, hidden, None, torch.bfloat16), 1e-2, 1e-2)
 
 
 def peak_training_step(fused: str) -> tuple[int, torch.Tensor]:
