@@ -208,6 +208,11 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
     recompute them there. The Triton scan keeps every ``ops.fused_inner_save_every()``-th chunk-start state
     (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice) and computes softplus where
     MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
+    batch, _, seqlen = xz.shape
+    if xz.stride() != (seqlen, batch * seqlen, 1) and batch * seqlen > 1:
+        # the backward writes dx, dz into halves of one buffer laid out like xz, and adds into du's columns in place
+        raise ValueError("mamba_inner: xz must be the channel-major view (strides (seqlen, batch * seqlen, 1)) of a "
+                         f"(2 d_inner, batch * seqlen) product, got strides {tuple(xz.stride())}")
     kernels = ops.selective_scan_kernels(backend, xz)
     tunables = conv = None
     if kernels is not None:

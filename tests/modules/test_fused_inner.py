@@ -245,6 +245,16 @@ def test_fused_conv_is_causal_conv1d_only_where_the_unfused_mixer_would_run_it(m
     assert _conv_kernels("auto", like, torch.zeros(1, 8, dtype=torch.int64)) is triton_conv
 
 
+def test_mamba_inner_refuses_an_xz_that_is_not_a_channel_major_product():
+    from mamba_bio_audio.modules.fused_inner import mamba_inner
+
+    m = Mamba(MambaConfig(d_model=8, d_state=4))
+    xz = torch.randn(2, 2 * m.d_inner, 5)  # contiguous (batch, channels, seqlen): not a product's view
+    with pytest.raises(ValueError, match="channel-major"):
+        mamba_inner(xz, m.conv1d.weight.squeeze(1), m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.A_log, m.D,
+                    m.dt_proj.bias, dt_rank=m.dt_rank, backend="reference")
+
+
 def test_config_refuses_an_unknown_mode():
     with pytest.raises(UserError, match="fused_inner"):
         MambaConfig(fused_inner="yes")
