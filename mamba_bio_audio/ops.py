@@ -421,11 +421,12 @@ FUSED_OUT_PROJ_ENV = "MBA_FUSED_OUT_PROJ_MAX_BATCH"
 
 def fused_out_proj_max_batch() -> int:
     """Largest batch whose fused block step (:func:`mamba_block_decode`) also runs out_proj inside its second
-    kernel: the environment variable MBA_FUSED_OUT_PROJ_MAX_BATCH, default 0 (never: opt-in until timed and
-    tested on a GPU; 2 is the block step's own limit; it applies only where
-    the block step is fused, :func:`fused_block_decode_max_batch`). Each batch row's programs read their columns
-    of out_proj.weight, so, as for the block head, the saved launch is worth it at small batches only."""
-    return _env_int(FUSED_OUT_PROJ_ENV, 0)
+    kernel: the environment variable MBA_FUSED_OUT_PROJ_MAX_BATCH, default 2 (the block step's own limit; 0:
+    never; it applies only where the block step is fused, :func:`fused_block_decode_max_batch`). Each batch row's
+    programs read their columns of out_proj.weight, so, as for the block head, the saved launch is worth it at
+    small batches only. With PDL, 0.331 ms per token at batch 1 against 0.440 without either (90.7 M model, one
+    H100, 2026-12-07, results/bench_generate_2233.md)."""
+    return _env_int(FUSED_OUT_PROJ_ENV, 2)
 
 
 def fused_out_proj_ok(hidden: torch.Tensor) -> bool:

@@ -142,7 +142,7 @@ def _size_options(f):
               help="Capture the whole step of our Mamba and of mamba_ssm (forward, loss, backward, AdamW with "
                    "capturable=True) once per shape as a CUDA graph and time its replays; the capture is reported "
                    "apart (capture s). CUDA only; the Transformer stays eager.")
-@click.option("--fused-inner", default="off", show_default=True,
+@click.option("--fused-inner", default="keep", show_default=True,
               help="Our Mamba's MambaConfig.fused_inner, off, keep, triton or all: conv -> x_proj -> dt_proj -> "
                    "scan as one autograd Function; keep: keeping what the unfused mixer keeps; triton / all: "
                    "recomputing the conv output and delta in the backward (less memory, as mamba_ssm's fast path "
@@ -156,7 +156,8 @@ def _size_options(f):
                    "variable's value, else pass].")
 @click.option("--scan-bwd-maxnreg", type=click.IntRange(min=0, max=255), default=None,
               help="Registers per thread our Triton scan's backward kernel may use (as the environment variable "
-                   "MBA_SCAN_BWD_MAXNREG; 0: the compiler's choice) [default: the variable's value, else none].")
+                   "MBA_SCAN_BWD_MAXNREG; 0: the compiler's choice) [default: the variable's value, else auto: 168 "
+                   "where that fits an otherwise two-wave grid in one wave].")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure each shape this many times, the models' order reversed every other round; a row is "
                    "the median round, with the spread.")

@@ -260,7 +260,7 @@ def _ssm_from_partials_kernel(state_ptr, xc_ptr, z_ptr, part_ptr, Wdt_ptr, A_ptr
 
 
 PDL_ENV = "MBA_DECODE_PDL"
-DEFAULT_PDL = "0"  # opt-in (MBA_DECODE_PDL=1) until it has been timed and tested on a GPU
+DEFAULT_PDL = "1"  # timed and tested on an H100 2026-12-07 (with out_proj fused: results/bench_generate_2233.md)
 
 
 @functools.cache

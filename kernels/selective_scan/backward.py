@@ -20,7 +20,15 @@ import triton.language as tl
 
 from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.selective_scan.forward import kernel_dt_args, segment_keep
-from mamba_bio_audio.kernels.selective_scan.plan import Plan, Tunables, shape_args, strides
+from mamba_bio_audio.kernels.selective_scan.plan import (
+    AUTO_BWD_MAXNREG,
+    Plan,
+    Tunables,
+    auto_bwd_maxnreg,
+    shape_args,
+    sm_count,
+    strides,
+)
 from mamba_bio_audio.kernels.selective_scan.tiles import (
     all_true_if,
     at_step,
@@ -382,6 +390,9 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
     dbias = utils.empty(batch, nseg, dim, like=u, dtype=f32) if bias_in is not None else None
     grads_bc = [X.new_zeros(X.shape, dtype=f32) if X.dim() == 4 else utils.empty(batch, nseg, dim, p.d_state, like=u,
                                                                              dtype=f32) for X in (B, C)]
+    cap = tun.bwd_maxnreg
+    if cap == AUTO_BWD_MAXNREG:
+        cap = auto_bwd_maxnreg(wave * batch * nseg, warps, sm_count(u.device))
     for first in range(0, programs, wave):
         n_wave = min(wave, programs - first)
         parts = [utils.empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 and not atomic
@@ -399,7 +410,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
             SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
-            EVEN=p.even(block_d), num_warps=warps, **({"maxnreg": tun.bwd_maxnreg} if tun.bwd_maxnreg else {}),
+            EVEN=p.even(block_d), num_warps=warps, **({"maxnreg": cap} if cap else {}),
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
             if X.dim() == 4 and not atomic:

@@ -143,15 +143,18 @@ def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=Non
 
 
 def bwd_maxnreg_default() -> int | None:
-    """The backward kernel's register cap when a call names none: MBA_SCAN_BWD_MAXNREG (an integer, 0: no cap),
-    else ``plan.DEFAULT_BWD_MAXNREG``."""
+    """The backward kernel's register cap when a call names none: MBA_SCAN_BWD_MAXNREG (an integer, 0: no cap;
+    "auto": ``plan.AUTO_BWD_MAXNREG``), else ``plan.DEFAULT_BWD_MAXNREG`` (auto: decided per launch by
+    ``plan.auto_bwd_maxnreg``)."""
     value = os.environ.get(BWD_MAXNREG_ENV)
     if value is None or value == "":
         return plan.DEFAULT_BWD_MAXNREG  # read at the call: a change of the module constant applies
+    if value.strip().lower() == "auto":
+        return plan.AUTO_BWD_MAXNREG
     try:
         cap = int(value)
     except ValueError:
-        raise ValueError(f"{BWD_MAXNREG_ENV} must be an integer (0: no cap), got {value!r}") from None
+        raise ValueError(f"{BWD_MAXNREG_ENV} must be an integer (0: no cap) or auto, got {value!r}") from None
     if cap != 0 and not 24 <= cap <= 255:
         raise ValueError(f"{BWD_MAXNREG_ENV} must be 0 or a register count in 24 .. 255, got {cap}")
     return cap or None
@@ -190,8 +193,9 @@ def selective_scan_triton(
             buffer (4 bytes per element), for more work in the kernels (slower on an H100 on 2026-12-07: NOTES.md). Packed sequences' starts are then read from their own row (no sign bit to carry them).
             Default: off (the pass).
         bwd_maxnreg: registers per thread the main backward kernel may use (ptxas ``.maxnreg``): fewer let more
-            one-warp programs share an SM, for spills above the cap; 0: the compiler's choice. Default:
-            MBA_SCAN_BWD_MAXNREG, else ``plan.DEFAULT_BWD_MAXNREG``.
+            one-warp programs share an SM, for spills above the cap; 0: the compiler's choice; -1
+            (``plan.AUTO_BWD_MAXNREG``): 168 where that fits an otherwise two-wave grid in one wave
+            (``plan.auto_bwd_maxnreg``). Default: MBA_SCAN_BWD_MAXNREG, else ``plan.DEFAULT_BWD_MAXNREG`` (auto).
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """

@@ -16,11 +16,26 @@ DEFAULT_CHUNK = 8  # fastest fwd + bwd at the bench shapes (16: faster forward, 
 DEFAULT_BLOCK_D = 8
 DEFAULT_NUM_WARPS = 1
 DEFAULT_NUM_STAGES = 3  # software pipelining of the chunk loops' loads
-# Register cap of the main backward kernel (None: the compiler's choice, ~243-255 registers per thread, which
-# leaves room for 8 one-warp programs per SM; 168 allows 12). The environment variable MBA_SCAN_BWD_MAXNREG
-# overrides it (0: no cap).
-DEFAULT_BWD_MAXNREG: int | None = None
+# Register cap of the main backward kernel. Uncapped, the compiler takes ~225-255 registers per thread, room for 8
+# one-warp programs per SM; capped at 168, 12. AUTO_BWD_MAXNREG (the default): the cap where it turns a grid of
+# more than one wave into one wave (:func:`auto_bwd_maxnreg`), else none. The environment variable
+# MBA_SCAN_BWD_MAXNREG overrides it (0: no cap, "auto", or a register count).
+AUTO_BWD_MAXNREG = -1
+DEFAULT_BWD_MAXNREG: int | None = AUTO_BWD_MAXNREG
+CAPPED_BWD_MAXNREG, CAPPED_PROGRAMS_PER_SM, UNCAPPED_PROGRAMS_PER_SM = 168, 12, 8
 BWD_MAXNREG_ENV = "MBA_SCAN_BWD_MAXNREG"
+
+
+def auto_bwd_maxnreg(programs: int, num_warps: int, sms: int | None) -> int | None:
+    """The backward's register cap for a grid of ``programs`` programs of ``num_warps`` warps on ``sms`` SMs:
+    CAPPED_BWD_MAXNREG when the grid needs more than one wave uncapped (8 one-warp programs per SM) and fits in
+    one capped (12 per SM), else None. Measured on an H100 (2026-12-07, results/bench_scan_variants_2230.md): at
+    (8, 1536, 2048), 1,536 programs on 132 SMs (1.45 waves uncapped), fwd + bwd 1.871 -> 1.596 ms; at (1, 1536,
+    65536), 12,672 programs in many waves either way, 7.127 -> 7.369 ms (slower: the cap's spills without a
+    wave to save), so no cap there. One-warp programs only (the default)."""
+    if sms is None or num_warps != 1:
+        return None
+    return CAPPED_BWD_MAXNREG if UNCAPPED_PROGRAMS_PER_SM * sms < programs <= CAPPED_PROGRAMS_PER_SM * sms else None
 # Chunks between saved states (the backward recomputes the ones between): 1 unless the saved states of a call
 # would pass SAVED_STATE_BYTES, then the smallest power of 2 (at most MAX_SAVE_EVERY) that keeps them under it.
 SAVED_STATE_BYTES, MAX_SAVE_EVERY = 1 << 30, 8

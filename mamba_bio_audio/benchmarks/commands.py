@@ -106,7 +106,7 @@ def packed(*, sequences: int, min_length: int, max_length: int, tokens_per_step:
 
 def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n_head: int, vocab_size: int,
           models: str, backend: str | None, warmup: int, steps: int, device: str | None, out: Path,
-          overwrite: bool, progress: Progress, cuda_graphs: bool = False, fused_inner: str = "off",
+          overwrite: bool, progress: Progress, cuda_graphs: bool = False, fused_inner: str = "keep",
           fused_save_every: int | None = None, scan_softplus: str | None = None, rounds: int = 1,
           scan_bwd_maxnreg: int | None = None) -> str:
     """``mba bench train``: :func:`~mamba_bio_audio.benchmarks.train.run_train_bench`, report ``bench_train``
@@ -134,7 +134,7 @@ def train(*, shapes: str, d_model: int, n_layer: int, transformer_layers: int, n
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     if fused_save_every is not None:
         if fused == ["off"]:
-            raise UserError("--fused-save-every applies to the fused inner mixer: give --fused-inner too")
+            raise UserError("--fused-save-every applies to the fused inner mixer, not --fused-inner off")
         from mamba_bio_audio.ops import FUSED_SAVE_EVERY_ENV
 
         os.environ[FUSED_SAVE_EVERY_ENV] = str(fused_save_every)

@@ -65,7 +65,7 @@ def _kind_of_rows(path: Path, data: dict, rows: list) -> str:
         return "summary"
     if {"backend", "dim"} <= keys:
         return "scan"
-    if {"chunk_size", "dim"} <= keys:  # dev/scan_variants.py
+    if "dim" in keys and ("chunk_size" in keys or "max_rel_diff_vs_first" in keys):  # dev/scan_variants.py
         return "scan-variants"
     if "checkpoint_level" in keys:  # bench memory: its rows also have seqlen and tokens_per_second
         return "memory"

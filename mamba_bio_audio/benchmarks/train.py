@@ -76,7 +76,7 @@ def default_backend(backend: str | None, device: str) -> str:
 
 
 def build_model(name: str, size: BenchSize, device: str, dtype: torch.dtype = torch.float32,
-                backend: str = "auto", fused_inner: str = "off") -> torch.nn.Module:
+                backend: str = "auto", fused_inner: str = "keep") -> torch.nn.Module:
     """One benchmark model on ``device`` in ``dtype``, seeded; raises :class:`Unavailable` for a missing package.
     ``fused_inner``: our Mamba's ``MambaConfig.fused_inner`` (the other models ignore it)."""
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ def error_text(e: BaseException) -> str:
 
 
 def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: str, *, warmup: int = 3,
-                  steps: int = 10, backend: str = "auto", cuda_graph: bool = False, fused_inner: str = "off",
+                  steps: int = 10, backend: str = "auto", cuda_graph: bool = False, fused_inner: str = "keep",
                   progress: Callable[[str], None] = print) -> dict:
     """Median seconds per AdamW step of model ``name`` at (batch, seqlen), tokens/s and peak GiB (a row dict);
     also ``steps`` steps back to back with one synchronisation (``back_to_back_seconds_per_step``,
@@ -171,7 +171,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
     even with ``warmup`` 0), its setup time in the row's ``setup_seconds``. ``fused_inner``: our Mamba's
     ``MambaConfig.fused_inner``; its row records it with the fused scan's ``fused_save_every`` (None: the scan's
     own choice; environment variable MBA_FUSED_SAVE_EVERY) and ``scan_softplus`` (MBA_SCAN_SOFTPLUS), on the Triton
-    backend ``scan_bwd_maxnreg`` (MBA_SCAN_BWD_MAXNREG; None: no cap). mamba_ssm's
+    backend ``scan_bwd_maxnreg`` (MBA_SCAN_BWD_MAXNREG; None: no cap; "auto": the default, capped where it saves a
+    wave). mamba_ssm's
     row records :func:`peer_fast_path` (a note when it is off)."""
     from mamba_bio_audio import ops
     from mamba_bio_audio.training.graphed_step import make_step
@@ -186,7 +187,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
         if backend == "triton":
             from mamba_bio_audio.kernels.selective_scan.function import bwd_maxnreg_default
 
-            row["scan_bwd_maxnreg"] = bwd_maxnreg_default()
+            cap = bwd_maxnreg_default()
+            row["scan_bwd_maxnreg"] = "auto" if cap == -1 else cap  # -1: plan.AUTO_BWD_MAXNREG
         if fused_inner != "off":
             row["fused_save_every"] = ops.fused_inner_save_every()
     model = opt = loss_fn = step = None
@@ -265,7 +267,7 @@ def lm_loss(name: str, model, vocab_size: int, cuda: bool, autocast_cache: bool 
 
 def run_train_bench(models: list[str], shapes: list[tuple[int, int]], size: BenchSize, device: str, *,
                     warmup: int = 3, steps: int = 10, backend: str = "auto", cuda_graph_models: tuple[str, ...] = (),
-                    fused_inner: str | list[str] = "off", rounds: int = 1,
+                    fused_inner: str | list[str] = "keep", rounds: int = 1,
                     progress: Callable[[str], None] = print) -> list[dict]:
     """One row per (model, shape), in the order of ``models`` then ``shapes``; our Mamba gives one row per value
     of ``fused_inner`` (a name or a list); a missing model gives one "note" row per shape. Models in
@@ -344,7 +346,8 @@ def train_markdown(rows: list[dict], env: dict, size: BenchSize, warmup: int, st
                   "other round; a row is the median round, spread = (max - min) / median tokens/s."
                   if rounds > 1 else "")
     fused_text = (" mamba_ssm's fast path (mamba_inner_fn, checkpoint_lvl=1) recomputes the conv output and delta "
-                  "in the backward; our rows do so with fused inner, and keep them without it."
+                  "in the backward; our rows do so with fused inner triton or all, and keep them with keep (the "
+                  "default) or off."
                   if any(r["model"] == "mamba_ssm" for r in rows) else "")
     return (f"# Whole-model training throughput\n\n{env['device']}, torch {env['torch']}, triton {env['triton']}, "
             f"mamba_ssm {env['mamba_ssm']}, {env['date']}{commit_text(env)}. One step = forward ({autocast}, fp32 parameters) + "
@@ -363,10 +366,10 @@ def model_label(row: dict) -> str:
     settings = [row["backend"]]
     if row.get("fused_inner", "off") != "off":
         every = row.get("fused_save_every")
-        settings.append("fused inner" + (f", save_every {every}" if every else ""))
+        settings.append(f"fused inner {row['fused_inner']}" + (f", save_every {every}" if every else ""))
     if row.get("scan_softplus") == "kernel":
         settings.append("softplus in the scan")
-    if row.get("scan_bwd_maxnreg"):
+    if row.get("scan_bwd_maxnreg") not in (None, 0, "auto"):  # auto: the default, labelled by nothing
         settings.append(f"scan backward maxnreg {row['scan_bwd_maxnreg']}")
     return f"{LABELS[row['model']]} [{', '.join(settings)}]"
 

@@ -444,6 +444,17 @@ def test_even_plan(shape, kw, even):
     assert make_plan(u, A, B, B, kw["chunk_size"]).even(kw["block_d"]) is even
 
 
+def test_automatic_register_cap_only_where_it_saves_a_wave():
+    """The cap (12 one-warp programs per SM instead of 8) where the grid needs more than one wave uncapped and
+    one capped, as at (8, 1536, 2048) on an H100 (1,536 programs, 132 SMs), not where many waves run either way
+    (where it measured slower), nor off CUDA or with more warps per program."""
+    assert plan.auto_bwd_maxnreg(1536, 1, 132) == 168
+    assert plan.auto_bwd_maxnreg(8 * 132 + 1, 1, 132) == 168 and plan.auto_bwd_maxnreg(12 * 132, 1, 132) == 168
+    assert plan.auto_bwd_maxnreg(8 * 132, 1, 132) is None  # one wave already
+    assert plan.auto_bwd_maxnreg(12 * 132 + 1, 1, 132) is None and plan.auto_bwd_maxnreg(12672, 1, 132) is None
+    assert plan.auto_bwd_maxnreg(1536, 2, 132) is None and plan.auto_bwd_maxnreg(1536, 1, None) is None
+
+
 def test_backward_register_cap_reaches_the_backward_launch(monkeypatch):
     # MBA_SCAN_BWD_MAXNREG (or bwd_maxnreg=) becomes the main backward kernel's maxnreg launch option (the
     # interpreter ignores it: recorded here, not run); 0 lifts the cap, other values outside 24 .. 255 stop
@@ -459,8 +470,10 @@ def test_backward_register_cap_reaches_the_backward_launch(monkeypatch):
         monkeypatch.setenv("MBA_SCAN_BWD_MAXNREG", bad)
         with pytest.raises(ValueError, match="MBA_SCAN_BWD_MAXNREG"):
             function.default_tunables(u, 4)
+    monkeypatch.setenv("MBA_SCAN_BWD_MAXNREG", "auto")
+    assert function.default_tunables(u, 4).bwd_maxnreg == plan.AUTO_BWD_MAXNREG
     monkeypatch.delenv("MBA_SCAN_BWD_MAXNREG")
-    assert function.default_tunables(u, 4).bwd_maxnreg == plan.DEFAULT_BWD_MAXNREG
+    assert function.default_tunables(u, 4).bwd_maxnreg == plan.DEFAULT_BWD_MAXNREG == plan.AUTO_BWD_MAXNREG
 
     options = []
     launch = type(backward._bwd_kernel).__getitem__

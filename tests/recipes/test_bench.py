@@ -53,7 +53,7 @@ def test_bench_train_fused_inner_rows(tmp_path, capsys, monkeypatch):
     (row,) = json.loads((tmp_path / "bench_train.json").read_text())["rows"]
     assert row["fused_inner"] == "all" and row["fused_save_every"] == 2 and row["tokens_per_second"] > 0, row
     assert row["scan_softplus"] == "kernel", row
-    assert "| Mamba (ours) [auto, fused inner, save_every 2, softplus in the scan] | (2, 16) |" in out
+    assert "| Mamba (ours) [auto, fused inner all, save_every 2, softplus in the scan] | (2, 16) |" in out
 
 
 def test_bench_train_scan_register_cap_is_checked_before_it_runs(tmp_path, capsys, monkeypatch):
@@ -96,7 +96,7 @@ def test_bench_generate_with_largest_batch(tmp_path, capsys):
     (["train", "--shapes", "8,2048;oops"], "--shapes"),
     (["train", "--shapes", "0,16"], "positive"),
     (["train", "--models", "mamba,gpt"], "unknown model 'gpt'"),
-    (["train", "--fused-save-every", "4"], "give --fused-inner too"),
+    (["train", "--fused-inner", "off", "--fused-save-every", "4"], "not --fused-inner off"),
     (["generate", "--batch-sizes", "1,x"], "--batch-sizes"),
     (["generate", "--d-model", "30", "--n-head", "4"], "must divide"),
 ])

@@ -62,7 +62,7 @@ def test_train_generate_and_cpu_rows(tmp_path):
         dict(model="transformers", batch=1, seqlen=4096, median_s=4000.0, tokens_per_second=4096 / 4000)]})
     rows = summarize([train, generate, cpu])
     by = {(r["measure"], r["peer"]): r for r in rows}
-    tokens = by[("train [triton, fused inner, save_every 16] [CUDA graph] tokens/s", "mamba_ssm [eager]")]
+    tokens = by[("train [triton, fused inner triton, save_every 16] [CUDA graph] tokens/s", "mamba_ssm [eager]")]
     assert tokens["ratio"] == pytest.approx(1.25) and tokens["better"] == "higher"
     assert tokens["note"] == "modes differ: ours CUDA graph, mamba_ssm eager"
     assert by[("decode ms/step", "mamba_ssm")]["ratio"] == pytest.approx(0.4 / 0.7)
