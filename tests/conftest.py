@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Before anything imports Triton: its @jit functions (its own standard library's among them) become interpreted
+# ones only if TRITON_INTERPRET=1 when Triton is first imported. The kernel test modules set it at their import,
+# but a run that collects another module first (e.g. ``pytest tests/recipes tests/modules``) imported Triton
+# before, and kernels calling ``tl.zeros`` from a nested function then failed ("Cannot call @triton.jit'd
+# outside of the scope of a kernel"). GPU runs export TRITON_INTERPRET=0 (dev/gpu_session.sh), which this keeps.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
