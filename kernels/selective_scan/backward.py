@@ -21,12 +21,10 @@ import triton.language as tl
 from mamba_bio_audio.kernels import utils
 from mamba_bio_audio.kernels.selective_scan.forward import kernel_dt_args, segment_keep
 from mamba_bio_audio.kernels.selective_scan.plan import (
-    AUTO_BWD_MAXNREG,
     Plan,
     Tunables,
-    auto_bwd_maxnreg,
+    resolve_bwd_maxnreg,
     shape_args,
-    sm_count,
     strides,
 )
 from mamba_bio_audio.kernels.selective_scan.tiles import (
@@ -390,9 +388,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
     dbias = utils.empty(batch, nseg, dim, like=u, dtype=f32) if bias_in is not None else None
     grads_bc = [X.new_zeros(X.shape, dtype=f32) if X.dim() == 4 else utils.empty(batch, nseg, dim, p.d_state, like=u,
                                                                              dtype=f32) for X in (B, C)]
-    cap = tun.bwd_maxnreg
-    if cap == AUTO_BWD_MAXNREG:
-        cap = auto_bwd_maxnreg(wave * batch * nseg, warps, sm_count(u.device))
+    cap = resolve_bwd_maxnreg(tun.bwd_maxnreg, wave * batch * nseg, warps, u.device)
     for first in range(0, programs, wave):
         n_wave = min(wave, programs - first)
         parts = [utils.empty(batch, n_wave, p.d_state, seqlen, like=u, dtype=f32) if X.dim() == 4 and not atomic

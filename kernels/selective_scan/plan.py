@@ -36,6 +36,13 @@ def auto_bwd_maxnreg(programs: int, num_warps: int, sms: int | None) -> int | No
     if sms is None or num_warps != 1:
         return None
     return CAPPED_BWD_MAXNREG if UNCAPPED_PROGRAMS_PER_SM * sms < programs <= CAPPED_PROGRAMS_PER_SM * sms else None
+
+
+def resolve_bwd_maxnreg(cap: int | None, programs: int, num_warps: int, device: torch.device) -> int | None:
+    """The register cap a backward launch of ``programs`` programs takes: ``cap`` as the tunables hold it, with
+    AUTO_BWD_MAXNREG decided by :func:`auto_bwd_maxnreg` for ``device``'s SMs (:func:`sm_count`, looked up here
+    so that ``dev/sass_count.py --shape`` plans the cap as it plans time segments, for the GPU it stands in)."""
+    return auto_bwd_maxnreg(programs, num_warps, sm_count(device)) if cap == AUTO_BWD_MAXNREG else cap
 # Chunks between saved states (the backward recomputes the ones between): 1 unless the saved states of a call
 # would pass SAVED_STATE_BYTES, then the smallest power of 2 (at most MAX_SAVE_EVERY) that keeps them under it.
 SAVED_STATE_BYTES, MAX_SAVE_EVERY = 1 << 30, 8
