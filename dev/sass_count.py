@@ -231,7 +231,7 @@ def main() -> None:
     kernels = {
         "fwd": (ts._fwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, B_VARYING=True, C_VARYING=True)),
         "bwd": (ts._bwd_kernel, dict(common, **stages, HAS_D=True, HAS_Z=True, HAS_H0=False, HAS_DLAST=False,
-                                     DT_SOFTPLUS=True, WANT_DBIAS=True,
+                                     DT_SOFTPLUS=True, WANT_DBIAS=True, Y_OUT=False,
                                      B_VARYING=True, C_VARYING=True)),
     }
     for name in args.which:

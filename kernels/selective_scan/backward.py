@@ -79,37 +79,21 @@ def _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ: tl.constexpr
 
 
 @triton.jit
-def _group_start_state(u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr, c, first, row, b, d, n, bias, A2,
-                       b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                       HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
-                       SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                       CHUNK: tl.constexpr, SAVE_EVERY: tl.constexpr, EVEN: tl.constexpr):
-    """The state before chunk c when only every SAVE_EVERY-th chunk's state was saved (EVEN: as the kernel's).
-
-    Walking right to left, on the first chunk of each save group met (the group's last chunk, or the segment's
-    last chunk: ``first``) the group's chunk-start states are recomputed forwards from its saved state into this
-    program's scratch (L2-resident, SAVE_EVERY x (BLOCK_N, BLOCK_D)); every chunk then reads its own."""
-    tile = n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # (BLOCK_N, BLOCK_D) offsets in one slot
-    if first | (c % SAVE_EVERY == SAVE_EVERY - 1):
-        start = c - c % SAVE_EVERY
-        h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + c // SAVE_EVERY, n, d_state), mask=nd_mask,
-                    other=0.0)
-        for j in range(start, c):
-            tl.store(scratch_ptr + (j - start) * (BLOCK_N * BLOCK_D) + tile, h)
-            t = j * CHUNK + tl.arange(0, CHUNK)
-            t_mask = all_true_if(t < seqlen, EVEN)
-            mask = t_mask[:, None] & d_mask[None, :]
-            offs = row[None, :] + t[:, None]
-            u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                      HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
-            Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn,
-                          B_VARYING)
-            hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
-            h = at_step(hs, CHUNK - 1, CHUNK)
-        tl.store(scratch_ptr + (c - start) * (BLOCK_N * BLOCK_D) + tile, h)
-        tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
-    return tl.load(scratch_ptr + (c % SAVE_EVERY) * (BLOCK_N * BLOCK_D) + tile)
+def _chunk_end_state(u_ptr, delta_ptr, B_ptr, reset_ptr, j, h, row, b, d, n, bias, A2, b_base, seqlen, d_state, bc_sn,
+                     nd_mask, n_mask, d_mask, HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr,
+                     SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, CHUNK: tl.constexpr, EVEN: tl.constexpr):
+    """The state after chunk j (BLOCK_N, BLOCK_D) from ``h``, the state before it (the forward's recurrence, no
+    output): a save group's recompute pass (EVEN: as the kernel's)."""
+    t = j * CHUNK + tl.arange(0, CHUNK)
+    t_mask = all_true_if(t < seqlen, EVEN)
+    mask = t_mask[:, None] & d_mask[None, :]
+    offs = row[None, :] + t[:, None]
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                              HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
+    Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, t_mask[:, None] & n_mask[None, :], d_state, bc_sn, B_VARYING)
+    hs, _ = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
+    return at_step(hs, CHUNK - 1, CHUNK)
 
 
 @triton.jit
@@ -122,6 +106,82 @@ def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
     else:
         z, sig, dy = dout, dout, dout
     return dout, dy, z, sig
+
+
+@triton.jit
+def _chunk_grads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, reset_ptr, dout_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
+                 y_ptr, c, h, g, dA_acc, dB_acc, dC_acc, dD_acc, dbias_acc, row, b, d, n, A, A2, bias, Dv, b_base, c_base,
+                 bc_row_b, bc_row_c, seqlen, d_state, bc_sn, n_mask, d_mask, nd_mask,
+                 HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr,
+                 B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr,
+                 SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr, Y_OUT: tl.constexpr, CHUNK: tl.constexpr,
+                 EVEN: tl.constexpr):
+    """One chunk c of :func:`_bwd_kernel`'s walk, from h, the state before it, and g, the state gradient after it:
+    stores du, d delta, dz, (varying) dB / dC and, with Y_OUT, the forward's output out of its steps; returns g before it and the accumulators
+    (dA, fixed dB, fixed dC, dD, d delta_bias) with its terms added."""
+    t = c * CHUNK + tl.arange(0, CHUNK)
+    t_mask = all_true_if(t < seqlen, EVEN)
+    tn_mask = t_mask[:, None] & n_mask[None, :]
+    mask = t_mask[:, None] & d_mask[None, :]
+    offs = row[None, :] + t[:, None]
+
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
+                              HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
+    Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
+    Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
+    hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
+
+    # Output gate: out = y_pre silu(z).
+    dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
+    if HAS_Z:
+        y_pre = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
+        dz = dout * y_pre * sig * (1.0 + z * (1.0 - sig))
+        tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        if Y_OUT:  # out = y_pre silu(z), as the forward computed it
+            tl.store(y_ptr + offs, (y_pre * z * sig).to(y_ptr.dtype.element_ty), mask=mask)
+    elif Y_OUT:
+        tl.store(y_ptr + offs, (tl.sum(hs * Ct, axis=1) + Dv[None, :] * u).to(y_ptr.dtype.element_ty), mask=mask)
+
+    # State gradients, right to left from g.
+    next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
+    dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
+                                        t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
+    gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ, CHUNK)
+    g = at_step(gs, 0, CHUNK)
+
+    # Input gradients.
+    gB = tl.sum(gs * Bt, axis=1)
+    w = gs * (hs - dBu)  # g_t dA_t h_{t-1}
+    du = Dv[None, :] * dy + dt * gB
+    ddt = tl.sum(w * A[None, :, :], axis=1) + u * gB
+    if DT_SOFTPLUS:
+        ddt = ddt * _sigmoid_from_softplus(dt)
+    ddt = tl.where(mask, ddt, 0.0)
+    tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
+    tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+    dA_acc += tl.sum(w * dt[:, None, :], axis=0)
+    dD_acc += tl.sum(dy * u, axis=0)
+    if WANT_DBIAS:
+        dbias_acc += tl.sum(ddt, axis=0)
+    gdtu = gs * (dt * u)[:, None, :]
+    hdy = hs * dy[:, None, :]
+    tn_offs = n[None, :] * seqlen + t[:, None]
+    if B_VARYING:
+        if ATOMIC_BC:
+            tl.atomic_add(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask, sem="relaxed")
+        else:
+            tl.store(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask)
+    else:
+        dB_acc += tl.sum(gdtu, axis=0)
+    if C_VARYING:
+        if ATOMIC_BC:
+            tl.atomic_add(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask, sem="relaxed")
+        else:
+            tl.store(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask)
+    else:
+        dC_acc += tl.sum(hdy, axis=0)
+    return g, dA_acc, dB_acc, dC_acc, dD_acc, dbias_acc
 
 
 @triton.jit
@@ -175,14 +235,14 @@ def _bwd_summary_kernel(
 def _bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, reset_ptr, seg_keep_ptr, states_ptr, dout_ptr,
     dlast_ptr, seg_g_ptr, seg_dt_ptr, scratch_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dD_ptr, dbias_ptr, dB_ptr, dC_ptr, y_ptr,
     dim, seqlen, d_state, chunks_per_seg, nchunks, nseg, nsaved, first_block, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
     channels_per_group, blocks_per_group, groups_b, parts_per_group_b, groups_c, parts_per_group_c,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_DLAST: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WANT_DBIAS: tl.constexpr, B_VARYING: tl.constexpr,
     C_VARYING: tl.constexpr, ATOMIC_BC: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr, DT_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
-    SAVE_EVERY: tl.constexpr, EVEN: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, Y_OUT: tl.constexpr, EVEN: tl.constexpr,
 ):
     """All gradients. Program (i, b, seg) handles channel block first_block + i (a launch covers a wave of
     blocks, bounding the dB/dC partials) and walks its segment's chunks right to left carrying g = dL/dh.
@@ -196,6 +256,8 @@ def _bwd_kernel(
         dC_t      = sum_channels dy_t h_t                      -> dC, same layouts
         dD        = sum_t dy_t u_t ; d delta_bias = sum_t d delta_t  -> (batch, nseg, dim)
         dz_t      = dout_t y_pre_t silu'(z_t) ; d initial_state = exp(dt_0 A) g_0
+        out_t     = y_pre_t silu(z_t)  -> y (Y_OUT: the forward's output again, for a product after the scan
+                                          whose backward needs it, e.g. out_proj's weight gradient)
 
     Packed sequences (HAS_SEQ): dA_t = 0 where one starts (in the state recompute and in g's recurrence), so the
     formulas hold unchanged; seg_keep (batch, nseg) zeroes a later segment's decay when a start cuts it. The
@@ -237,9 +299,6 @@ def _bwd_kernel(
         g_seg = tl.load(state_ptrs(seg_g_ptr, later, n, d_state), mask=nd_mask, other=0.0)
         g = (seg_keep(seg_keep_ptr, b * nseg + nseg - 1 - i, HAS_SEQ) * tl.exp2(dt_sum[None, :] * A2)) * g + g_seg
 
-    # This program's scratch for the chunk-start states of one save group (SAVE_EVERY x BLOCK_N x BLOCK_D fp32).
-    program = (seg * tl.num_programs(1) + b) * tl.num_programs(0) + pid
-    scratch_base = program.to(tl.int64) * (SAVE_EVERY * BLOCK_N * BLOCK_D)
     dA_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dB_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dC_acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -247,74 +306,47 @@ def _bwd_kernel(
     dbias_acc = tl.zeros([BLOCK_D], tl.float32)
     c_begin = seg * chunks_per_seg
     c_end = tl.minimum(c_begin + chunks_per_seg, nchunks)
-    for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
-        c = c_end - 1 - i
-        t = c * CHUNK + tl.arange(0, CHUNK)
-        t_mask = all_true_if(t < seqlen, EVEN)
-        tn_mask = t_mask[:, None] & n_mask[None, :]
-        mask = t_mask[:, None] & d_mask[None, :]
-        offs = row[None, :] + t[:, None]
-
-        # Recompute the chunk's states from the saved state before it.
-        if SAVE_EVERY == 1:
+    if SAVE_EVERY == 1:
+        for i in tl.range(0, c_end - c_begin, num_stages=STAGES):
+            c = c_end - 1 - i
             h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + c, n, d_state), mask=nd_mask, other=0.0)
-        else:
-            h = _group_start_state(
-                u_ptr, delta_ptr, B_ptr, reset_ptr, states_ptr, scratch_ptr + scratch_base, c, i == 0, row, b, d, n,
-                bias, A2, b_base, dim, seqlen, d_state, nsaved, bc_sn, nd_mask, n_mask, d_mask,
-                HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, DT_IN, BLOCK_D, BLOCK_N, CHUNK, SAVE_EVERY, EVEN)
-        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt, reset = dt_reset_tile(delta_ptr, offs, mask, bias, reset_ptr, b.to(tl.int64) * seqlen, t, seqlen,
-                                  HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
-        Bt = bc_tile(B_ptr, b_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, B_VARYING)
-        Ct = bc_tile(C_ptr, c_base, d, n, t, nd_mask, tn_mask, d_state, bc_sn, C_VARYING)
-        hs, dBu = chunk_states(dt, u, Bt, A2, h, reset, HAS_SEQ, CHUNK)
-
-        # Output gate: out = y_pre silu(z).
-        dout, dy, z, sig = _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z)
-        if HAS_Z:
-            y_pre = tl.sum(hs * Ct, axis=1) + Dv[None, :] * u
-            dz = dout * y_pre * sig * (1.0 + z * (1.0 - sig))
-            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-
-        # State gradients, right to left from g.
-        next_mask = (t + 1 < seqlen)[:, None] & d_mask[None, :]
-        dt_next, reset_next = dt_reset_tile(delta_ptr, offs + 1, next_mask, bias, reset_ptr, b.to(tl.int64) * seqlen,
-                                            t + 1, seqlen, HAS_BIAS, HAS_SEQ, SEQ_IN_DT, DT_IN)
-        gs = _chunk_state_grads(dt_next, Ct, dy, A2, g, reset_next, HAS_SEQ, CHUNK)
-        g = at_step(gs, 0, CHUNK)
-
-        # Input gradients.
-        gB = tl.sum(gs * Bt, axis=1)
-        w = gs * (hs - dBu)  # g_t dA_t h_{t-1}
-        du = Dv[None, :] * dy + dt * gB
-        ddt = tl.sum(w * A[None, :, :], axis=1) + u * gB
-        if DT_SOFTPLUS:
-            ddt = ddt * _sigmoid_from_softplus(dt)
-        ddt = tl.where(mask, ddt, 0.0)
-        tl.store(du_ptr + offs, du.to(du_ptr.dtype.element_ty), mask=mask)
-        tl.store(ddelta_ptr + offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
-        dA_acc += tl.sum(w * dt[:, None, :], axis=0)
-        dD_acc += tl.sum(dy * u, axis=0)
-        if WANT_DBIAS:
-            dbias_acc += tl.sum(ddt, axis=0)
-        gdtu = gs * (dt * u)[:, None, :]
-        hdy = hs * dy[:, None, :]
-        tn_offs = n[None, :] * seqlen + t[:, None]
-        if B_VARYING:
-            if ATOMIC_BC:
-                tl.atomic_add(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask, sem="relaxed")
-            else:
-                tl.store(dB_ptr + bc_row_b + tn_offs, tl.sum(gdtu, axis=2), mask=tn_mask)
-        else:
-            dB_acc += tl.sum(gdtu, axis=0)
-        if C_VARYING:
-            if ATOMIC_BC:
-                tl.atomic_add(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask, sem="relaxed")
-            else:
-                tl.store(dC_ptr + bc_row_c + tn_offs, tl.sum(hdy, axis=2), mask=tn_mask)
-        else:
-            dC_acc += tl.sum(hdy, axis=0)
+            g, dA_acc, dB_acc, dC_acc, dD_acc, dbias_acc = _chunk_grads(
+                u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, reset_ptr, dout_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr,
+                y_ptr, c, h, g, dA_acc, dB_acc, dC_acc, dD_acc, dbias_acc, row, b, d, n, A, A2, bias, Dv, b_base, c_base,
+                bc_row_b, bc_row_c, seqlen, d_state, bc_sn, n_mask, d_mask, nd_mask,
+                HAS_Z, HAS_BIAS, DT_SOFTPLUS, WANT_DBIAS, B_VARYING, C_VARYING, ATOMIC_BC, HAS_SEQ, SEQ_IN_DT, DT_IN,
+                Y_OUT, CHUNK, EVEN)
+    else:
+        # Save groups right to left, each in two pipelined passes: its chunk-start states recomputed forwards from
+        # the group's saved state into this program's scratch (L2-resident, SAVE_EVERY x BLOCK_N x BLOCK_D fp32),
+        # then its chunks walked right to left reading them. A group may start before this segment (its saved
+        # state is the forward's, whatever the segments): only its chunks in [c_begin, c_end) are walked.
+        program = (seg * tl.num_programs(1) + b) * tl.num_programs(0) + pid
+        scratch = scratch_ptr + program.to(tl.int64) * (SAVE_EVERY * BLOCK_N * BLOCK_D)
+        slot = n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # (BLOCK_N, BLOCK_D) offsets in one slot
+        g_last = (c_end - 1) // SAVE_EVERY
+        for k in range(0, g_last - c_begin // SAVE_EVERY + 1):
+            start = (g_last - k) * SAVE_EVERY
+            stop = tl.minimum(start + SAVE_EVERY, c_end)
+            h = tl.load(state_ptrs(states_ptr, (b * dim + d) * nsaved + start // SAVE_EVERY, n, d_state),
+                        mask=nd_mask, other=0.0)
+            tl.store(scratch + slot, h)
+            for j in tl.range(start, stop - 1, num_stages=STAGES):
+                h = _chunk_end_state(u_ptr, delta_ptr, B_ptr, reset_ptr, j, h, row, b, d, n, bias, A2, b_base,
+                                     seqlen, d_state, bc_sn, nd_mask, n_mask, d_mask, HAS_BIAS, B_VARYING, HAS_SEQ,
+                                     SEQ_IN_DT, DT_IN, CHUNK, EVEN)
+                tl.store(scratch + (j + 1 - start) * (BLOCK_N * BLOCK_D) + slot, h)
+            tl.debug_barrier()  # the slots are read below, possibly by other lanes than wrote them
+            for i in tl.range(0, stop - tl.maximum(start, c_begin), num_stages=STAGES):
+                c = stop - 1 - i
+                h = tl.load(scratch + (c - start) * (BLOCK_N * BLOCK_D) + slot)
+                g, dA_acc, dB_acc, dC_acc, dD_acc, dbias_acc = _chunk_grads(
+                    u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, reset_ptr, dout_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr,
+                    dC_ptr, y_ptr, c, h, g, dA_acc, dB_acc, dC_acc, dD_acc, dbias_acc, row, b, d, n, A, A2, bias, Dv, b_base,
+                    c_base, bc_row_b, bc_row_c, seqlen, d_state, bc_sn, n_mask, d_mask, nd_mask,
+                    HAS_Z, HAS_BIAS, DT_SOFTPLUS, WANT_DBIAS, B_VARYING, C_VARYING, ATOMIC_BC, HAS_SEQ, SEQ_IN_DT,
+                    DT_IN, Y_OUT, CHUNK, EVEN)
+            tl.debug_barrier()  # every lane done reading the slots before the next group overwrites them
 
     tl.store(state_ptrs(dA_ptr, seg_row, n, d_state), dA_acc, mask=nd_mask)
     if not B_VARYING:
@@ -335,11 +367,13 @@ def _bwd_kernel(
                  mask=nd_mask & (seg == 0))
 
 
-def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out=None):
+def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out=None, y_out=None):
     """Launch the backward; returns (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state).
     saved: (u, delta, A, B, C, D, z, delta_bias, initial_state, reset, states) as the forward saved them (reset:
     :func:`~mamba_bio_audio.kernels.selective_scan.function.reset_exponents` or None). ``dz_out``: a tensor with
-    u's shape and strides and z's dtype that receives dz (returned as dz), else dz is allocated."""
+    u's shape and strides and z's dtype that receives dz (returned as dz), else dz is allocated. ``y_out``: a
+    tensor with u's shape and strides that receives the forward's output out again (recomputed from the states;
+    what the forward returned up to rounding order), else none is written."""
     u, delta_in, A, B, C, D, z, bias_in, h0, reset, states = saved
     batch, dim, seqlen = u.shape
     save_every = tun.save_every  # as the forward saved them
@@ -382,6 +416,8 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
                                or dz_out.dtype != z.dtype):
         raise ValueError("dz_out must have u's shape and strides and z's dtype (and z must be given)")
     dz = dz_out if dz_out is not None else utils.empty_as(z) if z is not None else None
+    if y_out is not None and (y_out.shape != u.shape or y_out.stride() != u.stride()):
+        raise ValueError("y_out must have u's shape and strides")
     dh0 = utils.empty(batch, dim, p.d_state, like=u, dtype=f32) if h0 is not None else None
     dA = utils.empty(batch, nseg, dim, p.d_state, like=u, dtype=f32)
     dD = utils.empty(batch, nseg, dim, like=u, dtype=f32) if D is not None else None
@@ -400,13 +436,14 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
             if save_every > 1 else dummy,
             du, ddelta, dz if dz is not None else dummy, dh0 if dh0 is not None else dummy,
             dA, dD if dD is not None else dummy, dbias if dbias is not None else dummy, *parts,
+            y_out if y_out is not None else dummy,
             dim, seqlen, p.d_state, per_seg, p.nchunks, nseg, states.shape[2], first, *strides(u, B, C), cpg, bpg,
             gb, ppgb, gc, ppgc,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_H0=h0 is not None,
             HAS_DLAST=dlast is not None, DT_SOFTPLUS=softplus, WANT_DBIAS=bias_in is not None,
             B_VARYING=B.dim() == 4, C_VARYING=C.dim() == 4, ATOMIC_BC=atomic, HAS_SEQ=has_seq,
             SEQ_IN_DT=seq_flag, DT_IN=dt_in, BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
-            EVEN=p.even(block_d), num_warps=warps, **({"maxnreg": cap} if cap else {}),
+            Y_OUT=y_out is not None, EVEN=p.even(block_d), num_warps=warps, **({"maxnreg": cap} if cap else {}),
         )
         for X, grad, part in zip((B, C), grads_bc, parts):
             if X.dim() == 4 and not atomic:

@@ -106,12 +106,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, soft
     return out, last, saved, (softplus, p, tun, B_in.shape, C_in.shape, B_in.dtype, C_in.dtype)
 
 
-def scan_backward(dout, dlast, saved, meta, dz_out=None):
+def scan_backward(dout, dlast, saved, meta, dz_out=None, y_out=None):
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, d delta_bias, d initial_state), each in its input's dtype and
     shape (None for an absent input), from dout (batch, dim, seqlen) or None, dlast (batch, dim, d_state) or
     None, and :func:`scan_forward`'s ``saved`` and ``meta`` (u and delta may be recomputed, in the same
     layout). ``dz_out``: where dz goes (u's shape and strides, z's dtype; e.g. a half of in_proj's output
-    gradient), else allocated."""
+    gradient), else allocated. ``y_out``: where the forward's output goes again (u's shape and strides;
+    recomputed from the saved states, for a caller that did not keep it), else not written."""
     softplus, p, tun, B_shape, C_shape, B_dtype, C_dtype = meta
     u, delta, A, B, C, D, z, delta_bias, h0, _, _ = saved
     if p.seqlen == 0:
@@ -119,7 +120,8 @@ def scan_backward(dout, dlast, saved, meta, dz_out=None):
         dh0 = None if h0 is None else (dlast if dlast is not None else torch.zeros_like(h0))
         du, ddelta, dA, dB, dC, dD, dz, dbias = zeros
     else:
-        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = launch_backward(dout, dlast, saved, softplus, p, tun, dz_out)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = launch_backward(dout, dlast, saved, softplus, p, tun, dz_out,
+                                                                     y_out)
 
     def cast(grad, like):
         return None if grad is None else grad.to(like.dtype)

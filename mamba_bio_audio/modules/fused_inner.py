@@ -32,7 +32,7 @@ import torch
 
 from mamba_bio_audio import ops
 from mamba_bio_audio.kernels.utils import empty_as
-from mamba_bio_audio.modules.mixer import columns, project
+from mamba_bio_audio.modules.mixer import channel_major, columns, project
 
 
 class Settings(NamedTuple):
@@ -78,19 +78,28 @@ def _inner_reference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, 
 
 
 class MambaInnerFn(torch.autograd.Function):
-    """(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx, settings) -> y.
+    """(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, out_proj_weight,
+    out_proj_bias, seq_idx, settings) -> y, or out_proj's output.
 
     xz: (batch, 2 d_inner, seqlen), the channel-major view of in_proj's output (x its first d_inner channels,
     z the rest). conv_weight: (d_inner, d_conv); conv_bias: (d_inner,) or None. x_proj_weight: (dt_rank +
     2 d_state, d_inner). dt_proj_weight: (d_inner, dt_rank). A_log: (d_inner, d_state), A = -exp(A_log).
     D, dt_bias: (d_inner,). seq_idx: (batch, seqlen) integers or None.
     y: (batch, d_inner, seqlen) in xz's dtype (the compute dtype under autocast), channel-major.
+    out_proj_weight (d_model, d_inner) and out_proj_bias (d_model,) or None (Triton path only): the Function
+    returns out_proj.weight @ columns(y) (+ bias), (d_model, batch * seqlen), instead of y, and keeps no y for
+    out_proj's weight gradient: the scan's backward writes y again from its saved states (``scan_backward(y_out=)``),
+    d_inner values per token and layer less than an out_proj outside would keep.
     """
 
     @staticmethod
-    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx, s):
+    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, out_proj_weight,
+                out_proj_bias, seq_idx, s):
         ctx.settings = s
+        ctx.out_proj = out_proj_weight is not None
         if s.kernels is None:
+            if ctx.out_proj:
+                raise ValueError("MambaInnerFn: out_proj inside runs on the Triton scan only")
             device = xz.device.type
             ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
             ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias,
@@ -109,20 +118,30 @@ class MambaInnerFn(torch.autograd.Function):
         kept = saved[:2] if s.keep else ()
         ctx.conv_launch = conv_args[5:]
         ctx.save_for_backward(xz, conv_args[1], conv_args[2], conv_args[4], x_proj_weight, dt_proj_weight, x_dbl,
-                              *saved[2:], *kept)
-        return y
+                              out_proj_weight, out_proj_bias, *saved[2:], *kept)
+        if not ctx.out_proj:
+            return y
+        out = out_proj_weight @ columns(y)  # under autocast: in its dtype, as the mixer's out_proj outside
+        return out + out_proj_bias.to(out.dtype)[:, None] if out_proj_bias is not None else out
 
     @staticmethod
     def backward(ctx, dy):
         s = ctx.settings
         if s.kernels is None:
             return _backward_reference(ctx, dy)
-        xz, conv_weight, conv_bias, seq_numbers, x_proj_weight, dt_proj_weight, x_dbl, *saved = ctx.saved_tensors
+        (xz, conv_weight, conv_bias, seq_numbers, x_proj_weight, dt_proj_weight, x_dbl, out_proj_weight, out_proj_bias,
+         *saved) = ctx.saved_tensors
         A, B, C, D, z, dt_bias, h0, reset, states, *kept = saved
         x, _ = _halves(xz)
         dt = _split(x_dbl, s)[0]
         cdt = x_dbl.dtype  # the products' dtype in the forward (autocast's, or the weights')
         w_dt = dt_proj_weight.to(cdt)
+        batch, _, seqlen = xz.shape
+        y = dout = None
+        if ctx.out_proj:  # dy = out_proj.weight^T dout; y itself comes back from the scan's backward below
+            dout = dy.to(cdt)
+            dy = channel_major(out_proj_weight.to(cdt).t() @ dout, batch, seqlen)
+            y = empty_as(dy)
         if kept:
             u, delta = kept
         else:  # the forward's u and delta again: the same kernels and products on the same inputs
@@ -133,11 +152,10 @@ class MambaInnerFn(torch.autograd.Function):
         dxz = empty_as(xz)
         dx_out, dz_out = _halves(dxz)
         du, ddelta, dA, dB, dC, dD, _, ddt_bias, _ = s.kernels.scan_backward(
-            dy, None, (u, delta, A, B, C, D, z, dt_bias, h0, reset, states), ctx.scan_meta, dz_out=dz_out)
+            dy, None, (u, delta, A, B, C, D, z, dt_bias, h0, reset, states), ctx.scan_meta, dz_out=dz_out, y_out=y)
         # delta = dt_proj_weight @ dt and x_dbl = x_proj_weight @ u, as autograd's product backwards would
         ddelta_cols = columns(ddelta)
         d_dt_proj = (ddelta_cols @ columns(dt).t()).to(dt_proj_weight.dtype)
-        batch, d_inner, seqlen = du.shape
         d_x_dbl = torch.empty(x_dbl.shape[1], batch * seqlen, device=x_dbl.device, dtype=cdt)
         torch.mm(w_dt.t(), ddelta_cols, out=d_x_dbl[:s.dt_rank])
         for rows, grad in ((slice(s.dt_rank, s.dt_rank + s.d_state), dB), (slice(s.dt_rank + s.d_state, None), dC)):
@@ -147,7 +165,13 @@ class MambaInnerFn(torch.autograd.Function):
         _, d_conv_weight, d_conv_bias, _ = s.conv.conv_backward(du, None, x, conv_weight, conv_bias, None,
                                                                 seq_numbers, *ctx.conv_launch, dx_out=dx_out)
         dA_log = dA * A  # A = -exp(A_log): dA/dA_log = A
-        return dxz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA_log, dD, ddt_bias, None, None
+        d_out_proj = d_out_bias = None
+        if ctx.out_proj:
+            d_out_proj = (dout @ columns(y).t()).to(out_proj_weight.dtype)
+            if out_proj_bias is not None:
+                d_out_bias = dout.sum(1).to(out_proj_bias.dtype)
+        return (dxz, d_conv_weight, d_conv_bias, d_x_proj, d_dt_proj, dA_log, dD, ddt_bias, d_out_proj, d_out_bias,
+                None, None)
 
 
 def _conv_kernels(backend: str, like: torch.Tensor, seq_idx):
@@ -197,13 +221,17 @@ def _backward_reference(ctx, dy):
         y = _inner_reference(*leaves, seq_idx, ctx.settings)
     wanted = [t for t in leaves if t is not None]
     grads = iter(torch.autograd.grad(y, wanted, dy, allow_unused=True))
-    return (*(next(grads) if t is not None else None for t in leaves), None, None)
+    return (*(next(grads) if t is not None else None for t in leaves), None, None, None, None)
 
 
 def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx=None, *,
-                dt_rank: int, backend: str = "auto", keep: bool = False) -> torch.Tensor:
+                dt_rank: int, backend: str = "auto", keep: bool = False, out_proj_weight=None,
+                out_proj_bias=None) -> torch.Tensor:
     """The selective mixer from in_proj's output to the gated scan output as one autograd Function
-    (:class:`MambaInnerFn`; arguments and result as there). ``backend``: the ops backend, whose scan must be
+    (:class:`MambaInnerFn`; arguments and result as there): y (batch, d_inner, seqlen), or with
+    ``out_proj_weight`` (d_model, d_inner) (and ``out_proj_bias``) out_proj's output (batch, seqlen, d_model),
+    the transposed view of a (d_model, batch * seqlen) product (out_proj inside the Function on the Triton path, no
+    y kept; after it on the reference). ``backend``: the ops backend, whose scan must be
     Triton or the reference (:func:`can_fuse`). ``keep``: keep u and delta for the backward (Triton), else
     recompute them there. The Triton scan keeps every ``ops.fused_inner_save_every()``-th chunk-start state
     (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice) and computes softplus where
@@ -221,5 +249,13 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
         tunables = kernels.default_tunables(_halves(xz)[0], A_log.shape[1], save_every=ops.fused_inner_save_every(),
                                             softplus_in_kernel=ops.scan_softplus_in_kernel())
     settings = Settings(dt_rank, A_log.shape[1], backend, kernels, tunables, conv, keep and kernels is not None)
-    return MambaInnerFn.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx,
-                              settings)
+    inside = out_proj_weight is not None and kernels is not None
+    out = MambaInnerFn.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias,
+                             out_proj_weight if inside else None, out_proj_bias if inside else None, seq_idx, settings)
+    if out_proj_weight is None:
+        return out
+    if not inside:
+        out = out_proj_weight @ columns(out)
+        if out_proj_bias is not None:
+            out = out + out_proj_bias.to(out.dtype)[:, None]
+    return out.t().view(batch, seqlen, -1)

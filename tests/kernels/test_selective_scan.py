@@ -490,3 +490,37 @@ def test_backward_register_cap_reaches_the_backward_launch(monkeypatch):
     out = selective_scan_triton(x[0], x[1], A, B, C, delta_softplus=True, bwd_maxnreg=168, chunk_size=4, block_d=4)
     out.sum().backward()
     assert 168 in options
+
+
+@cpu_only
+@pytest.mark.parametrize("case", [
+    dict(shape=(2, 6, 21, 4), kw=dict()),
+    dict(shape=(2, 6, 23, 4), kw=dict(save_every=2, n_segments=3)),
+    dict(shape=(1, 4, 16, 4), kw=dict(save_every=4), packed=True),
+    dict(shape=(2, 5, 13, 3), kw=dict(), z=False),
+], ids=["plain", "save2-segments", "save4-packed", "no-gate"])
+def test_backward_writes_the_forwards_output_again(case):
+    """scan_backward(y_out=): the forward's output recomputed from the saved states (a caller keeps no y for a
+    product after the scan, e.g. out_proj inside the fused mixer), every element written (NaN-poisoned), the
+    gradients bitwise those of a backward without it."""
+    from mamba_bio_audio.kernels.selective_scan import function
+
+    batch, dim, seqlen, d_state = case["shape"]
+    u, delta, A, B, C, D, z, bias, _ = [x.float() if x is not None else None for x in make_inputs(
+        batch, dim, seqlen, d_state, z=case.get("z", True), seed=seqlen)]
+    reset = None
+    if case.get("packed"):
+        seq_idx = torch.zeros(batch, seqlen, dtype=torch.int64)
+        seq_idx[:, 7:] = 1
+        reset = function.reset_exponents(seq_idx, u.device)
+    tun = function.default_tunables(u, d_state, **SMALL, **case["kw"])
+    out, _, saved, meta = function.scan_forward(u, delta, A, B, C, D, z, bias, None, reset, True, tun)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    y = torch.full_like(u, float("nan"))
+    with_y = function.scan_backward(dout, None, saved, meta, y_out=y)
+    without = function.scan_backward(dout, None, saved, meta)
+    assert ((y - out).norm() / out.norm()).item() < 1e-6
+    for got, want in zip(with_y, without):
+        assert (got is None and want is None) or torch.equal(got, want)
+    with pytest.raises(ValueError, match="y_out"):
+        function.scan_backward(dout, None, saved, meta, y_out=y.transpose(1, 2).contiguous().transpose(1, 2)[:, :, :-1])
