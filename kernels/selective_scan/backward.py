@@ -97,6 +97,41 @@ def _chunk_end_state(u_ptr, delta_ptr, B_ptr, reset_ptr, j, h, row, b, d, n, bia
 
 
 @triton.jit
+def _recompute_states_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, reset_ptr, saved_ptr, states_ptr,
+    dim, seqlen, d_state, nchunks, nsaved, stride_b, stride_d, bc_sb, bc_sg, bc_sn,
+    channels_per_group, blocks_per_group, groups_b, parts_per_group_b,
+    HAS_BIAS: tl.constexpr, B_VARYING: tl.constexpr, HAS_SEQ: tl.constexpr, SEQ_IN_DT: tl.constexpr,
+    DT_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, STAGES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, EVEN: tl.constexpr,
+):
+    """Every chunk-start state (batch, dim, nchunks, d_state) from those the forward saved every SAVE_EVERY-th
+    chunk (batch, dim, nsaved, d_state): program (channel block, b, save group) runs the forward's recurrence over
+    its group from the group's saved state. All groups at once: SAVE_EVERY-fold fewer steps per program and
+    nsaved-fold more programs than the backward's walk, so the pass fills the GPU where the walk is latency-bound
+    (EVEN: as the backward's)."""
+    pid, b, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
+    d_mask = all_true_if(d_mask, EVEN)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = all_true_if(n < d_state, EVEN)
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
+    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
+    start = grp * SAVE_EVERY
+    stop = tl.minimum(start + SAVE_EVERY, nchunks)
+    h = tl.load(state_ptrs(saved_ptr, (b * dim + d) * nsaved + grp, n, d_state), mask=nd_mask, other=0.0)
+    tl.store(state_ptrs(states_ptr, (b * dim + d) * nchunks + start, n, d_state), h, mask=nd_mask)
+    for j in tl.range(start, stop - 1, num_stages=STAGES):
+        h = _chunk_end_state(u_ptr, delta_ptr, B_ptr, reset_ptr, j, h, row, b, d, n, bias, A2, b_base, seqlen,
+                             d_state, bc_sn, nd_mask, n_mask, d_mask, HAS_BIAS, B_VARYING, HAS_SEQ, SEQ_IN_DT, DT_IN,
+                             CHUNK, EVEN)
+        tl.store(state_ptrs(states_ptr, (b * dim + d) * nchunks + j + 1, n, d_state), h, mask=nd_mask)
+
+
+@triton.jit
 def _dy_tile(dout_ptr, z_ptr, offs, mask, HAS_Z: tl.constexpr):
     """dy = dL/dy_pre = dout silu(z) (CHUNK, BLOCK_D); also dout, z and sigmoid(z) (dout in their place without z)."""
     dout = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -424,6 +459,18 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
     dbias = utils.empty(batch, nseg, dim, like=u, dtype=f32) if bias_in is not None else None
     grads_bc = [X.new_zeros(X.shape, dtype=f32) if X.dim() == 4 else utils.empty(batch, nseg, dim, p.d_state, like=u,
                                                                              dtype=f32) for X in (B, C)]
+    if save_every > 1 and tun.parallel_recompute:
+        # every chunk-start state again, all save groups in parallel, into a buffer that lives for this backward
+        # only; the walk below then reads them as if all had been saved
+        full = utils.empty(batch, dim, p.nchunks, p.d_state, like=u, dtype=f32)
+        _recompute_states_kernel[(programs, batch, states.shape[2])](
+            u, delta, A, B, bias, seq, states, full, dim, seqlen, p.d_state, p.nchunks, states.shape[2],
+            *strides(u, B, C)[:5], cpg, bpg, gb, ppgb,
+            HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4, HAS_SEQ=has_seq, SEQ_IN_DT=seq_flag, DT_IN=dt_in,
+            BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
+            EVEN=p.even(block_d), num_warps=warps,
+        )
+        states, save_every = full, 1
     cap = resolve_bwd_maxnreg(tun.bwd_maxnreg, wave * batch * nseg, warps, u.device)
     for first in range(0, programs, wave):
         n_wave = min(wave, programs - first)

@@ -131,7 +131,8 @@ def scan_backward(dout, dlast, saved, meta, dz_out=None, y_out=None):
 
 
 def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=None, num_warps=None, n_segments=None,
-                     num_stages=None, save_every=None, softplus_in_kernel=None, bwd_maxnreg=None) -> Tunables:
+                     num_stages=None, save_every=None, softplus_in_kernel=None, bwd_maxnreg=None,
+                     parallel_recompute=None) -> Tunables:
     """The scan's tunables for u (batch, dim, seqlen): the given ones, the defaults for the rest (save_every from
     the saved states' size, :func:`auto_save_every`; softplus in its own pass; the backward's register cap from
     MBA_SCAN_BWD_MAXNREG, else ``plan.DEFAULT_BWD_MAXNREG``)."""
@@ -140,8 +141,20 @@ def default_tunables(u: torch.Tensor, d_state: int, chunk_size=None, block_d=Non
         save_every = auto_save_every(u.shape[0] * u.shape[1] * utils.cdiv(u.shape[2], chunk) * d_state * 4)
     if bwd_maxnreg is None:
         bwd_maxnreg = bwd_maxnreg_default()
+    if parallel_recompute is None:
+        parallel_recompute = recompute_default() == "parallel"
     return Tunables(chunk, block_d or DEFAULT_BLOCK_D, num_warps or DEFAULT_NUM_WARPS, n_segments,
-                    num_stages or DEFAULT_NUM_STAGES, save_every, bool(softplus_in_kernel), bwd_maxnreg or None)
+                    num_stages or DEFAULT_NUM_STAGES, save_every, bool(softplus_in_kernel), bwd_maxnreg or None,
+                    bool(parallel_recompute))
+
+
+def recompute_default() -> str:
+    """How a save_every > 1 backward recomputes the unsaved states when a call names none: MBA_SCAN_RECOMPUTE
+    ("parallel" or "inline"), else ``plan.DEFAULT_RECOMPUTE``."""
+    value = (os.environ.get(plan.RECOMPUTE_ENV) or plan.DEFAULT_RECOMPUTE).strip().lower()
+    if value not in ("parallel", "inline"):
+        raise ValueError(f"{plan.RECOMPUTE_ENV} must be parallel or inline, got {value!r}")
+    return value
 
 
 def bwd_maxnreg_default() -> int | None:
@@ -165,7 +178,7 @@ def bwd_maxnreg_default() -> int | None:
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state=None, seq_idx=None, *, chunk_size=None, block_d=None, num_warps=None, n_segments=None, num_stages=None,
-    save_every=None, softplus_in_kernel=None, bwd_maxnreg=None,
+    save_every=None, softplus_in_kernel=None, bwd_maxnreg=None, parallel_recompute=None,
 ):
     """Fused selective scan; same arguments and results as ``selective_scan_naive``, differentiable.
 
@@ -187,7 +200,7 @@ def selective_scan_triton(
             DEFAULT_NUM_STAGES).
         save_every: keep the state of every save_every-th chunk only (the saved states take
             4 d_state / (chunk_size save_every) bytes per (batch, channel, step)); the backward recomputes the
-            others, one save group at a time, at the cost of one more pass over the inputs. Default: 1, or more
+            others (``parallel_recompute``) at the cost of one more pass over the inputs. Default: 1, or more
             when the saved states would pass SAVED_STATE_BYTES (1 GiB).
         softplus_in_kernel: with delta_softplus, compute dt = softplus(delta + delta_bias) inside the scan kernels
             (an exp2/log2 form, :func:`~mamba_bio_audio.kernels.utils.softplus_approx`) instead of one
@@ -198,11 +211,16 @@ def selective_scan_triton(
             one-warp programs share an SM, for spills above the cap; 0: the compiler's choice; -1
             (``plan.AUTO_BWD_MAXNREG``): 168 where that fits an otherwise two-wave grid in one wave
             (``plan.auto_bwd_maxnreg``). Default: MBA_SCAN_BWD_MAXNREG, else ``plan.DEFAULT_BWD_MAXNREG`` (auto).
+        parallel_recompute: with save_every > 1, the backward first recomputes every unsaved chunk-start state in
+            one pass over all save groups at once, into an fp32 (batch, dim, nchunks, d_state) buffer alive during
+            that backward only (the saved ones stay few between forward and backward: what training keeps per
+            layer), instead of one group at a time inside its walk (no buffer, a longer walk). Default:
+            MBA_SCAN_RECOMPUTE ("parallel" / "inline"), else ``plan.DEFAULT_RECOMPUTE``.
     Returns:
         out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, d_state) float32 if asked.
     """
     tun = default_tunables(u, A.shape[1], chunk_size, block_d, num_warps, n_segments, num_stages, save_every,
-                           softplus_in_kernel, bwd_maxnreg)
+                           softplus_in_kernel, bwd_maxnreg, parallel_recompute)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2])
     reset = reset_exponents(seq_idx, u.device) if seq_idx is not None else None
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, reset, delta_softplus,

@@ -24,6 +24,10 @@ AUTO_BWD_MAXNREG = -1
 DEFAULT_BWD_MAXNREG: int | None = AUTO_BWD_MAXNREG
 CAPPED_BWD_MAXNREG, CAPPED_PROGRAMS_PER_SM, UNCAPPED_PROGRAMS_PER_SM = 168, 12, 8
 BWD_MAXNREG_ENV = "MBA_SCAN_BWD_MAXNREG"
+# How the backward recomputes the chunk-start states a save_every > 1 forward did not keep: "parallel" (its own
+# pass over every save group at once, into a buffer that lives for that backward) or "inline" (in the walk, one
+# group at a time, into a small scratch: no buffer). MBA_SCAN_RECOMPUTE overrides.
+DEFAULT_RECOMPUTE, RECOMPUTE_ENV = "inline", "MBA_SCAN_RECOMPUTE"
 
 
 def auto_bwd_maxnreg(programs: int, num_warps: int, sms: int | None) -> int | None:
@@ -78,6 +82,9 @@ class Tunables:
     save_every: int = 1
     softplus_in_kernel: bool = False  # with delta_softplus: in the scan kernels, not the fp32 dt buffer's pass
     bwd_maxnreg: int | None = None  # register cap of the main backward kernel (ptxas .maxnreg): more warps per SM
+    # save_every > 1: the backward recomputes the unsaved chunk-start states in a pass of its own over all save
+    # groups at once (True) or inside its walk, one group at a time (False)
+    parallel_recompute: bool = False
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,10 @@ SMALL = dict(chunk_size=4, block_d=4)
         dict(shape=(2, 8, 16, 4), h0=True),
         dict(shape=(2, 8, 32, 4), bc="grouped", groups=2, h0=True, kw=dict(chunk_size=4, block_d=4, n_segments=2)),
         dict(shape=(1, 4, 24, 4), bc="fixed", kw=dict(chunk_size=4, block_d=4, save_every=2)),
+        # the unsaved states recomputed in a pass of their own, all save groups at once
+        dict(shape=(2, 6, 23, 4), h0=True, kw=dict(chunk_size=4, block_d=4, save_every=2, parallel_recompute=True)),
+        dict(shape=(2, 8, 37, 4), bc="grouped", groups=2, h0=True,
+             kw=dict(chunk_size=4, block_d=2, save_every=3, n_segments=3, parallel_recompute=True)),
         dict(shape=(2, 4, 8, 4), z=False, D=False, bias=False, softplus=False),
     ],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()).replace(" ", ""),
@@ -524,3 +528,19 @@ def test_backward_writes_the_forwards_output_again(case):
         assert (got is None and want is None) or torch.equal(got, want)
     with pytest.raises(ValueError, match="y_out"):
         function.scan_backward(dout, None, saved, meta, y_out=y.transpose(1, 2).contiguous().transpose(1, 2)[:, :, :-1])
+
+
+def test_recompute_mode_from_environment(monkeypatch):
+    from mamba_bio_audio.kernels.selective_scan import function
+
+    u = torch.zeros(1, 4, 8)
+    monkeypatch.delenv(plan.RECOMPUTE_ENV, raising=False)
+    assert function.default_tunables(u, 4).parallel_recompute is (plan.DEFAULT_RECOMPUTE == "parallel")
+    monkeypatch.setenv(plan.RECOMPUTE_ENV, "parallel")
+    assert function.default_tunables(u, 4).parallel_recompute is True
+    assert function.default_tunables(u, 4, parallel_recompute=False).parallel_recompute is False
+    monkeypatch.setenv(plan.RECOMPUTE_ENV, "Inline")
+    assert function.default_tunables(u, 4).parallel_recompute is False
+    monkeypatch.setenv(plan.RECOMPUTE_ENV, "sometimes")
+    with pytest.raises(ValueError, match=plan.RECOMPUTE_ENV):
+        function.default_tunables(u, 4)

@@ -122,6 +122,7 @@ CASES = {
     # segment edges at t = 8, 16: starts on them, and inside segments whose edge is not a start (t = 11, row 1)
     "segments": dict(lengths=[[8, 3, 5, 7], [1, 10, 12]], kw=dict(n_segments=3)),
     "grouped-save2": dict(lengths=[[6, 9, 2], [2, 15]], bc="grouped", groups=2, kw=dict(save_every=2)),
+    "save3-parallel": dict(lengths=[[6, 9, 2], [2, 15]], kw=dict(save_every=3, parallel_recompute=True)),
     "fixed-plain": dict(lengths=[[1, 1, 1, 3], [6]], bc="fixed", z=False, D=False, bias=False, softplus=False),
     # seqlen 16, dim 4: every tile inside the shapes (the kernels' EVEN, no masks); starts on and off chunk edges
     "even": dict(lengths=[[4, 1, 11], [5, 10, 1]], kw=dict(n_segments=2)),
