@@ -379,6 +379,22 @@ def fused_inner_save_every() -> int | None:
     return value or None
 
 
+FUSED_OUT_PROJ_INSIDE_ENV = "MBA_FUSED_OUT_PROJ_INSIDE"
+
+
+def fused_out_proj_inside(keep: bool) -> bool:
+    """Whether the fused mixer (modules/fused_inner.py) runs out_proj inside its Function, keeping no y for
+    out_proj's weight gradient (the scan's backward writes y again: one more store there). The environment
+    variable MBA_FUSED_OUT_PROJ_INSIDE: "1" always, "0" never, unset or "auto": where u and delta are recomputed
+    (``fused_inner`` "triton" / "all", the memory-lean modes), not with "keep" (the speed mode: on one H100 on
+    2026-12-08 its graphed step read 1.23x mamba_ssm's with y recomputed, against 1.27-1.28x with y kept on
+    2026-12-07, on another machine: not yet compared on one)."""
+    value = (os.environ.get(FUSED_OUT_PROJ_INSIDE_ENV) or "auto").strip().lower()
+    if value not in ("auto", "0", "1"):
+        raise ValueError(f"{FUSED_OUT_PROJ_INSIDE_ENV} must be 0, 1 or auto, got {value!r}")
+    return value == "1" or (value == "auto" and not keep)
+
+
 FUSED_DT_PROJ_ENV = "MBA_FUSED_DT_PROJ_MAX_BATCH"
 
 

@@ -198,11 +198,14 @@ class Mamba(nn.Module):
             from mamba_bio_audio.modules.fused_inner import mamba_inner  # it imports this module's helpers
 
             xz = channel_major(self._in_proj_product(hidden_states), batch, seqlen)  # (batch, 2 d_inner, seqlen)
+            keep = self.config.fused_inner == "keep"
+            inside = ops.fused_out_proj_inside(keep)  # out_proj in the Function: no y kept for it
             out = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
                               self.dt_proj.weight, _fp32(self.A_log), _fp32(self.D), _fp32(self.dt_proj.bias), seq_idx,
-                              dt_rank=self.dt_rank, backend=self.backend, keep=self.config.fused_inner == "keep",
-                              out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)
-            return out, None
+                              dt_rank=self.dt_rank, backend=self.backend, keep=keep,
+                              out_proj_weight=self.out_proj.weight if inside else None,
+                              out_proj_bias=self.out_proj.bias if inside else None)
+            return (out if inside else self._out_proj(out)), None
         x, z = self._in_proj(hidden_states)  # (batch, d_inner, seqlen) each
         if state is not None:
             state["conv_state"].copy_(F.pad(x, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv

@@ -123,9 +123,13 @@ def test_reference_fp64_whole_lm_with_checkpointing():
 
 
 @cpu_triton
-@pytest.mark.parametrize("mode", ["all", "keep"])
+@pytest.mark.parametrize("mode", ["all", "keep", "keep-out-proj-inside"])
 @pytest.mark.parametrize("batch, seqlen, packed", [(1, 9, False), (2, 21, True), (3, 16, False)])
-def test_triton_fp32_same_output_and_gradients(batch, seqlen, packed, mode):
+def test_triton_fp32_same_output_and_gradients(batch, seqlen, packed, mode, monkeypatch):
+    """"all" runs out_proj inside the Function (no y kept), "keep" after it unless MBA_FUSED_OUT_PROJ_INSIDE=1."""
+    if mode == "keep-out-proj-inside":
+        mode = "keep"
+        monkeypatch.setenv("MBA_FUSED_OUT_PROJ_INSIDE", "1")
     fused, unfused = mixer_pair("triton", torch.float32, mode=mode)
     hidden = torch.randn(batch, seqlen, 8, generator=torch.Generator().manual_seed(1))
     seq_idx = packed_ids(batch, seqlen) if packed else None
@@ -176,22 +180,25 @@ def test_triton_fused_keeps_less_by_the_conv_output_and_delta():
 
 
 @cpu_triton
-def test_triton_whole_model_keeps_exactly_the_conv_output_delta_and_y_less():
-    """Live bytes after the forward (benchmarks/memory.py's exact storage count), fp32: both fused modes keep no y
-    for out_proj (the scan's backward writes it again) and one (d_inner, d_state) tensor less (the unfused
-    A = -exp(A_log) keeps exp's output for its backward beside A); the recomputing one also no u and delta;
-    nothing else changes."""
+def test_triton_whole_model_keeps_exactly_the_conv_output_delta_and_y_less(monkeypatch):
+    """Live bytes after the forward (benchmarks/memory.py's exact storage count), fp32: both fused modes keep one
+    (d_inner, d_state) tensor less (the unfused A = -exp(A_log) keeps exp's output for its backward beside A); the
+    recomputing one also no u and delta, and no y for out_proj (run inside: the scan's backward writes y again),
+    as "keep" with MBA_FUSED_OUT_PROJ_INSIDE=1; nothing else changes."""
     batch, seqlen, n_layer = 2, 9, 1
     ids = torch.randint(0, 7, (batch, seqlen), generator=torch.Generator().manual_seed(7))
     kept = {}
-    for mode in ("off", "triton", "keep"):
+    for mode in ("off", "triton", "keep", "keep-out-proj-inside"):
         torch.manual_seed(0)
-        config = MambaConfig(d_model=8, n_layer=n_layer, vocab_size=7, d_state=4, fused_inner=mode)
+        if mode == "keep-out-proj-inside":
+            monkeypatch.setenv("MBA_FUSED_OUT_PROJ_INSIDE", "1")
+        config = MambaConfig(d_model=8, n_layer=n_layer, vocab_size=7, d_state=4, fused_inner=mode.split("-")[0])
         kept[mode] = activation_bytes(set_backend(MambaLM(config), "triton").backbone, ids)["kept"]
     exp_output = n_layer * config.d_inner * config.d_state * 4
     per_tensor = n_layer * batch * config.d_inner * seqlen * 4  # one (batch, d_inner, seqlen) fp32 tensor per layer
     assert kept["off"] - kept["triton"] == 3 * per_tensor + exp_output
-    assert kept["off"] - kept["keep"] == per_tensor + exp_output
+    assert kept["off"] - kept["keep"] == exp_output
+    assert kept["off"] - kept["keep-out-proj-inside"] == per_tensor + exp_output
 
 
 @cpu_triton
@@ -255,6 +262,20 @@ def test_mamba_inner_refuses_an_xz_that_is_not_a_channel_major_product():
     with pytest.raises(ValueError, match="channel-major"):
         mamba_inner(xz, m.conv1d.weight.squeeze(1), m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.A_log, m.D,
                     m.dt_proj.bias, dt_rank=m.dt_rank, backend="reference")
+
+
+def test_out_proj_inside_from_environment(monkeypatch):
+    from mamba_bio_audio import ops
+
+    monkeypatch.delenv("MBA_FUSED_OUT_PROJ_INSIDE", raising=False)
+    assert ops.fused_out_proj_inside(keep=False) and not ops.fused_out_proj_inside(keep=True)
+    monkeypatch.setenv("MBA_FUSED_OUT_PROJ_INSIDE", "1")
+    assert ops.fused_out_proj_inside(keep=True)
+    monkeypatch.setenv("MBA_FUSED_OUT_PROJ_INSIDE", "0")
+    assert not ops.fused_out_proj_inside(keep=False)
+    monkeypatch.setenv("MBA_FUSED_OUT_PROJ_INSIDE", "yes")
+    with pytest.raises(ValueError, match="MBA_FUSED_OUT_PROJ_INSIDE"):
+        ops.fused_out_proj_inside(keep=False)
 
 
 def test_config_refuses_an_unknown_mode():
