@@ -22,7 +22,7 @@ from mamba_bio_audio.files import atomic_write_text
 
 SSM_LAYERS = ("S6", "S4D")
 CHECKPOINT_LEVELS = (0, 1, 2)
-FUSED_INNER = ("keep", "triton", "all", "off")  # MambaConfig.fused_inner
+FUSED_INNER = ("keep", "triton", "lean", "all", "off")  # MambaConfig.fused_inner
 
 # mamba_ssm config keys we accept and ignore: they only select fused kernels, which we choose ourselves.
 _IGNORED_KEYS = {"fused_add_norm", "use_fast_path", "layer", "architectures", "model_type", "torch_dtype",
@@ -108,7 +108,11 @@ class MambaConfig(JsonConfig):
             gradient halves, no separate add), the same results up to float rounding. "keep": where the scan
             runs on Triton, keeping what the unfused mixer keeps; "triton": there, keeping neither the conv
             output nor delta for the backward (2 x d_inner values per token and layer) but recomputing them, as
-            mamba_ssm's MambaInnerFn does; "all": as "triton", and on the reference backend too, where it
+            mamba_ssm's MambaInnerFn does, and running out_proj inside (no y kept: the scan's backward writes it
+            again); "lean": as "triton", and its scan keeps only every 16th chunk-start state (the backward
+            recomputes the rest; MBA_FUSED_SAVE_EVERY overrides 16): 0.86-0.89x mamba_ssm's training memory at
+            1.13x its speed on an H100 (2026-12-08, results/train_variants_0158); "all": as "triton", and on the
+            reference backend too, where it
             recomputes the whole inner graph (how CPU tests check it); "off": never. Default "keep" (1-2 %
             faster than "off" at the same memory on an H100, 2026-12-07). Calls it cannot take (carried states,
             S4D, the "cuda" scan) run unfused.

@@ -365,6 +365,7 @@ def fused_inner_enabled() -> bool:
 
 
 FUSED_SAVE_EVERY_ENV = "MBA_FUSED_SAVE_EVERY"
+LEAN_SAVE_EVERY = 16  # MambaConfig.fused_inner="lean": the fused mixer's scan keeps every 16th chunk-start state
 
 
 def fused_inner_save_every() -> int | None:

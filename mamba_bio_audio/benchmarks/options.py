@@ -60,7 +60,7 @@ def parse_models(text: str) -> list[str]:
 #: row of ours has a graphed peer (the Transformer runs as torch ships it)
 GRAPHED_MODELS = ("mamba", "mamba_ssm")
 #: ``--fused-inner`` values (``MambaConfig.fused_inner``)
-FUSED_INNER = ("off", "keep", "triton", "all")
+FUSED_INNER = ("off", "keep", "triton", "lean", "all")
 
 
 def cuda_graph_models(cuda_graphs: bool, models: list[str], device: str) -> tuple[str, ...]:

@@ -190,7 +190,8 @@ def measure_train(name: str, size: BenchSize, batch: int, seqlen: int, device: s
             cap = bwd_maxnreg_default()
             row["scan_bwd_maxnreg"] = "auto" if cap == -1 else cap  # -1: plan.AUTO_BWD_MAXNREG
         if fused_inner != "off":
-            row["fused_save_every"] = ops.fused_inner_save_every()
+            row["fused_save_every"] = ops.fused_inner_save_every() or (
+                ops.LEAN_SAVE_EVERY if fused_inner == "lean" else None)
     model = opt = loss_fn = step = None
     try:
         if cuda:

@@ -51,7 +51,7 @@ class Settings(NamedTuple):
 
 def can_fuse(mode: str, backend: str, like: torch.Tensor) -> bool:
     """Whether a call on tensors like ``like`` with the ops ``backend`` takes the fused path under
-    ``MambaConfig.fused_inner`` = ``mode``: "keep" and "triton" when the scan resolves to Triton, "all" also on
+    ``MambaConfig.fused_inner`` = ``mode``: "keep", "triton" and "lean" when the scan resolves to Triton, "all" also on
     the reference, "off" never (mamba_ssm's "cuda" scan keeps its own tensors: never); none while the environment
     variable MBA_FUSED_INNER is "0" (:func:`ops.fused_inner_enabled`)."""
     if mode == "off" or not ops.fused_inner_enabled():
@@ -226,7 +226,7 @@ def _backward_reference(ctx, dy):
 
 def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log, D, dt_bias, seq_idx=None, *,
                 dt_rank: int, backend: str = "auto", keep: bool = False, out_proj_weight=None,
-                out_proj_bias=None) -> torch.Tensor:
+                out_proj_bias=None, save_every: int | None = None) -> torch.Tensor:
     """The selective mixer from in_proj's output to the gated scan output as one autograd Function
     (:class:`MambaInnerFn`; arguments and result as there): y (batch, d_inner, seqlen), or with
     ``out_proj_weight`` (d_model, d_inner) (and ``out_proj_bias``) out_proj's output (batch, seqlen, d_model),
@@ -234,7 +234,7 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
     y kept; after it on the reference). ``backend``: the ops backend, whose scan must be
     Triton or the reference (:func:`can_fuse`). ``keep``: keep u and delta for the backward (Triton), else
     recompute them there. The Triton scan keeps every ``ops.fused_inner_save_every()``-th chunk-start state
-    (environment variable MBA_FUSED_SAVE_EVERY; default: the scan's own choice) and computes softplus where
+    (environment variable MBA_FUSED_SAVE_EVERY), else every ``save_every``-th, else the scan's own choice and computes softplus where
     MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
     batch, _, seqlen = xz.shape
     if xz.stride() != (seqlen, batch * seqlen, 1) and batch * seqlen > 1:
@@ -246,7 +246,8 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
     if kernels is not None:
         conv = _conv_kernels(backend, xz, seq_idx)
         kernels.check_seq_idx(seq_idx, xz.shape[0], xz.shape[2])
-        tunables = kernels.default_tunables(_halves(xz)[0], A_log.shape[1], save_every=ops.fused_inner_save_every(),
+        tunables = kernels.default_tunables(_halves(xz)[0], A_log.shape[1],
+                                            save_every=ops.fused_inner_save_every() or save_every,
                                             softplus_in_kernel=ops.scan_softplus_in_kernel())
     settings = Settings(dt_rank, A_log.shape[1], backend, kernels, tunables, conv, keep and kernels is not None)
     inside = out_proj_weight is not None and kernels is not None

@@ -204,7 +204,8 @@ class Mamba(nn.Module):
                               self.dt_proj.weight, _fp32(self.A_log), _fp32(self.D), _fp32(self.dt_proj.bias), seq_idx,
                               dt_rank=self.dt_rank, backend=self.backend, keep=keep,
                               out_proj_weight=self.out_proj.weight if inside else None,
-                              out_proj_bias=self.out_proj.bias if inside else None)
+                              out_proj_bias=self.out_proj.bias if inside else None,
+                              save_every=ops.LEAN_SAVE_EVERY if self.config.fused_inner == "lean" else None)
             return (out if inside else self._out_proj(out)), None
         x, z = self._in_proj(hidden_states)  # (batch, d_inner, seqlen) each
         if state is not None:

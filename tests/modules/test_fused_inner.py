@@ -218,6 +218,24 @@ def test_triton_save_every_keeps_fewer_states_same_gradients(monkeypatch):
         fused(hidden)
 
 
+@cpu_triton
+def test_lean_keeps_every_16th_state_same_gradients(monkeypatch):
+    """fused_inner="lean": as "triton" (u, delta, y recomputed) with the scan keeping every 16th chunk-start state
+    (seqlen 264, chunk 8: 33 chunks, 3 kept), the unfused mixer's gradients; MBA_FUSED_SAVE_EVERY overrides 16."""
+    monkeypatch.delenv("MBA_FUSED_SAVE_EVERY", raising=False)
+    lean, unfused = mixer_pair("triton", torch.float32, mode="lean")
+    recompute = copy.deepcopy(lean)
+    recompute.config = MambaConfig(d_model=8, d_state=4, fused_inner="triton")
+    batch, seqlen = 1, 264
+    hidden = torch.randn(batch, seqlen, 8, generator=torch.Generator().manual_seed(8))
+    assert_same(run(lean, hidden), run(unfused, hidden), 1e-6, 1e-5)
+    states = batch * lean.d_inner * lean.d_state * 4  # bytes of one chunk-start state per channel
+    kept, kept_all = sum(saved_storages(lean, hidden).values()), sum(saved_storages(recompute, hidden).values())
+    assert kept_all - kept == (33 - 3) * states
+    monkeypatch.setenv("MBA_FUSED_SAVE_EVERY", "4")
+    assert kept_all - sum(saved_storages(lean, hidden).values()) == (33 - 9) * states
+
+
 @pytest.mark.parametrize("case", ["s4d", "carry", "no_grad", "off", "reference_by_default", "env_off"])
 def test_calls_it_cannot_take_run_unfused(case, monkeypatch):
     kw = {"ssm_layer": "S4D"} if case == "s4d" else {}
