@@ -111,11 +111,12 @@ class MambaConfig(JsonConfig):
             mamba_ssm's MambaInnerFn does, and running out_proj inside (no y kept: the scan's backward writes it
             again); "lean": as "triton", and its scan keeps only every 16th chunk-start state (the backward
             recomputes the rest; MBA_FUSED_SAVE_EVERY overrides 16): 0.86-0.89x mamba_ssm's training memory at
-            1.13x its speed on an H100 (2026-12-08, results/train_variants_0158); "all": as "triton", and on the
-            reference backend too, where it
-            recomputes the whole inner graph (how CPU tests check it); "off": never. Default "keep" (1-2 %
-            faster than "off" at the same memory on an H100, 2026-12-07). Calls it cannot take (carried states,
-            S4D, the "cuda" scan) run unfused.
+            1.13x its speed on an H100 (2026-12-08, results/train_variants_0158, with MBA_SCAN_RECOMPUTE=parallel;
+            the default inline recompute was 0.8 % slower on the scan alone, without its buffer); "all": as
+            "triton", and on the reference backend too, where it recomputes the whole inner graph (how CPU tests
+            check it); "off": never. Default "keep" (1-2 % faster than "off" at the same memory on an H100,
+            2026-12-07; 1.27-1.28x mamba_ssm's speed, graphed, at 1.95x its memory). Calls it cannot take
+            (carried states, S4D, the "cuda" scan) run unfused.
     """
 
     d_model: int = 256
