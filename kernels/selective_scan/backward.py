@@ -2,7 +2,11 @@
 forward saved.
 
 * Each program walks its segment's chunks right to left carrying g = dL/dh, recomputing the chunk's states from
-  the saved state before it (or, with save_every > 1, from the save group's state, in L2-resident scratch).
+  the saved state before it. With save_every > 1 the unsaved chunk-start states come back either inline (the
+  walk goes save group by save group: the group's states recomputed forwards into L2-resident scratch, then its
+  chunks walked; two pipelined loops, :func:`_chunk_end_state`, :func:`_chunk_grads`) or, with
+  ``Tunables.parallel_recompute``, from :func:`_recompute_states_kernel`, one pass over all save groups at once
+  into a buffer for this backward, after which the walk is save_every 1's.
 * Long sequences: :func:`_bwd_summary_kernel` gives each time segment's state gradient at its first step from a
   zero gradient after it, and its total decay; each program folds in the segments after its own.
 * Deterministic under ``torch.use_deterministic_algorithms(True)``: then no atomics, and per-program partial sums
@@ -465,7 +469,7 @@ def launch_backward(dout, dlast, saved, softplus, p: Plan, tun: Tunables, dz_out
         full = utils.empty(batch, dim, p.nchunks, p.d_state, like=u, dtype=f32)
         _recompute_states_kernel[(programs, batch, states.shape[2])](
             u, delta, A, B, bias, seq, states, full, dim, seqlen, p.d_state, p.nchunks, states.shape[2],
-            *strides(u, B, C)[:5], cpg, bpg, gb, ppgb,
+            *strides(u, B, C), cpg, bpg, gb, ppgb,
             HAS_BIAS=delta_bias is not None, B_VARYING=B.dim() == 4, HAS_SEQ=has_seq, SEQ_IN_DT=seq_flag, DT_IN=dt_in,
             BLOCK_D=block_d, BLOCK_N=p.block_n, CHUNK=p.chunk, STAGES=tun.num_stages, SAVE_EVERY=save_every,
             EVEN=p.even(block_d), num_warps=warps,
