@@ -36,11 +36,11 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     at_step,
     bc_tile,
     carry_into_first,
-    channel_block,
     chunk_states,
     combine,
     dt_reset_tile,
     group_base,
+    program_channels,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -115,14 +115,10 @@ def _recompute_states_kernel(
     nsaved-fold more programs than the backward's walk, so the pass fills the GPU where the walk is latency-bound
     (EVEN: as the backward's)."""
     pid, b, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
-    d_mask = all_true_if(d_mask, EVEN)
-    n = tl.arange(0, BLOCK_N)
-    n_mask = all_true_if(n < d_state, EVEN)
-    nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
-    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
-    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    part, d, d_mask, n, n_mask, nd_mask, row, A, bias = program_channels(
+        pid, b, channels_per_group, blocks_per_group, stride_b, stride_d, A_ptr, bias_ptr, d_state, HAS_BIAS,
+        BLOCK_D, BLOCK_N, EVEN)
+    A2 = A * LOG2E
     b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
     start = grp * SAVE_EVERY
     stop = tl.minimum(start + SAVE_EVERY, nchunks)
@@ -237,14 +233,10 @@ def _bwd_summary_kernel(
     so that g_{s0} = exp(A seg_dt) g_{s1} + seg_g (times 0 when a packed sequence starts in (s0, s1]: the launch's
     seg_keep)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
-    d_mask = all_true_if(d_mask, EVEN)
-    n = tl.arange(0, BLOCK_N)
-    n_mask = all_true_if(n < d_state, EVEN)
-    nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
-    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
-    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    part, d, d_mask, n, n_mask, nd_mask, row, A, bias = program_channels(
+        pid, b, channels_per_group, blocks_per_group, stride_b, stride_d, A_ptr, bias_ptr, d_state, HAS_BIAS,
+        BLOCK_D, BLOCK_N, EVEN)
+    A2 = A * LOG2E
     c_base = group_base(b, part, parts_per_group_c, bc_sb, bc_sg)
 
     g = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -307,15 +299,10 @@ def _bwd_kernel(
     tile keeps its test of the sequence's end).
     """
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    part, d, d_mask = channel_block(first_block + pid, channels_per_group, blocks_per_group, BLOCK_D)
-    d_mask = all_true_if(d_mask, EVEN)
-    n = tl.arange(0, BLOCK_N)
-    n_mask = all_true_if(n < d_state, EVEN)
-    nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
-    A = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
+    part, d, d_mask, n, n_mask, nd_mask, row, A, bias = program_channels(
+        first_block + pid, b, channels_per_group, blocks_per_group, stride_b, stride_d, A_ptr, bias_ptr, d_state,
+        HAS_BIAS, BLOCK_D, BLOCK_N, EVEN)
     A2 = A * LOG2E
-    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
     Dv = load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
     b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
     c_base = group_base(b, part, parts_per_group_c, bc_sb, bc_sg)

@@ -21,10 +21,10 @@ from mamba_bio_audio.kernels.selective_scan.tiles import (
     all_true_if,
     at_step,
     bc_tile,
-    channel_block,
     chunk_states,
     dt_reset_tile,
     group_base,
+    program_channels,
     seg_keep,
     silu_parts,
     state_ptrs,
@@ -77,14 +77,10 @@ def _fwd_summary_kernel(
     sum_t dt_t -> seg_dt (batch, nseg, dim), so that h_end = exp(A seg_dt) h_start + seg_h (times 0 when a packed
     sequence starts inside the segment: the launch's seg_keep)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
-    d_mask = all_true_if(d_mask, EVEN)
-    n = tl.arange(0, BLOCK_N)
-    n_mask = all_true_if(n < d_state, EVEN)
-    nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
-    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
-    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    part, d, d_mask, n, n_mask, nd_mask, row, A, bias = program_channels(
+        pid, b, channels_per_group, blocks_per_group, stride_b, stride_d, A_ptr, bias_ptr, d_state, HAS_BIAS,
+        BLOCK_D, BLOCK_N, EVEN)
+    A2 = A * LOG2E
     b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
 
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -130,14 +126,10 @@ def _fwd_kernel(
     delta used as it is (delta_softplus off). EVEN: no tile reaches past the shapes (``Plan.even``), so the
     masks are constants (:func:`~mamba_bio_audio.kernels.selective_scan.tiles.all_true_if`)."""
     pid, b, seg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    part, d, d_mask = channel_block(pid, channels_per_group, blocks_per_group, BLOCK_D)
-    d_mask = all_true_if(d_mask, EVEN)
-    n = tl.arange(0, BLOCK_N)
-    n_mask = all_true_if(n < d_state, EVEN)
-    nd_mask = n_mask[:, None] & d_mask[None, :]
-    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
-    A2 = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32) * LOG2E
-    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    part, d, d_mask, n, n_mask, nd_mask, row, A, bias = program_channels(
+        pid, b, channels_per_group, blocks_per_group, stride_b, stride_d, A_ptr, bias_ptr, d_state, HAS_BIAS,
+        BLOCK_D, BLOCK_N, EVEN)
+    A2 = A * LOG2E
     Dv = load_vec(D_ptr, d, d_mask, HAS_D, BLOCK_D)
     b_base = group_base(b, part, parts_per_group_b, bc_sb, bc_sg)
     c_base = group_base(b, part, parts_per_group_c, bc_sb, bc_sg)

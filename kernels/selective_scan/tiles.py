@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mamba_bio_audio.kernels.utils import softplus_approx
+from mamba_bio_audio.kernels.utils import load_vec, softplus_approx
 
 
 @triton.jit
@@ -77,6 +77,24 @@ def all_true_if(mask, EVEN: tl.constexpr):
     if EVEN:
         mask = tl.full(mask.shape, 1, tl.int1)
     return mask
+
+
+@triton.jit
+def program_channels(block, b, channels_per_group, blocks_per_group, stride_b, stride_d, A_ptr, bias_ptr, d_state,
+                     HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr):
+    """What every scan kernel's program sets up first, for channel block ``block`` of batch row ``b``: (partition,
+    channels d (BLOCK_D,), d_mask, state lanes n (BLOCK_N,), n_mask, nd_mask (BLOCK_N, BLOCK_D), the row offset
+    of its (batch, dim, seqlen) tensors (BLOCK_D,), A (BLOCK_N, BLOCK_D) fp32, delta_bias (BLOCK_D,) fp32 or
+    zeros). EVEN: the masks are constants (:func:`all_true_if`)."""
+    part, d, d_mask = channel_block(block, channels_per_group, blocks_per_group, BLOCK_D)
+    d_mask = all_true_if(d_mask, EVEN)
+    n = tl.arange(0, BLOCK_N)
+    n_mask = all_true_if(n < d_state, EVEN)
+    nd_mask = n_mask[:, None] & d_mask[None, :]
+    row = b.to(tl.int64) * stride_b + d.to(tl.int64) * stride_d
+    A = tl.load(state_ptrs(A_ptr, d, n, d_state), mask=nd_mask, other=0.0).to(tl.float32)
+    bias = load_vec(bias_ptr, d, d_mask, HAS_BIAS, BLOCK_D)
+    return part, d, d_mask, n, n_mask, nd_mask, row, A, bias
 
 
 @triton.jit
