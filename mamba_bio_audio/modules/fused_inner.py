@@ -32,7 +32,7 @@ import torch
 
 from mamba_bio_audio import ops
 from mamba_bio_audio.kernels.utils import empty_as
-from mamba_bio_audio.modules.mixer import channel_major, columns, project
+from mamba_bio_audio.modules.mixer import channel_major, columns, out_product, project
 
 
 class Settings(NamedTuple):
@@ -121,8 +121,7 @@ class MambaInnerFn(torch.autograd.Function):
                               out_proj_weight, out_proj_bias, *saved[2:], *kept)
         if not ctx.out_proj:
             return y
-        out = out_proj_weight @ columns(y)  # under autocast: in its dtype, as the mixer's out_proj outside
-        return out + out_proj_bias.to(out.dtype)[:, None] if out_proj_bias is not None else out
+        return out_product(out_proj_weight, out_proj_bias, y)  # as the mixer's out_proj outside
 
     @staticmethod
     def backward(ctx, dy):
@@ -256,7 +255,5 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
     if out_proj_weight is None:
         return out
     if not inside:
-        out = out_proj_weight @ columns(out)
-        if out_proj_bias is not None:
-            out = out + out_proj_bias.to(out.dtype)[:, None]
+        out = out_product(out_proj_weight, out_proj_bias, out)
     return out.t().view(batch, seqlen, -1)

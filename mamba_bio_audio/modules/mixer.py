@@ -47,6 +47,13 @@ def project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return channel_major(weight @ columns(x), x.shape[0], x.shape[2])
 
 
+def out_product(weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    """out_proj of y (batch, d_inner, seqlen): weight @ columns(y) (+ bias), (d_model, batch * seqlen) in the
+    product's dtype (autocast's under autocast)."""
+    out = weight @ columns(y)
+    return out + bias.to(out.dtype)[:, None] if bias is not None else out
+
+
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """y with softplus(y) = x (x > 0)."""
     return x + torch.log(-torch.expm1(-x))
@@ -187,10 +194,7 @@ class Mamba(nn.Module):
         """y (batch, d_inner, seqlen) channel-major -> (batch, seqlen, d_model), a transposed view of
         out_proj.weight @ columns(y): its backward hands the scan a channel-major gradient."""
         batch, _, seqlen = y.shape
-        out = self.out_proj.weight @ columns(y)
-        if self.out_proj.bias is not None:
-            out = out + self.out_proj.bias.to(out.dtype)[:, None]
-        return out.t().view(batch, seqlen, -1)
+        return out_product(self.out_proj.weight, self.out_proj.bias, y).t().view(batch, seqlen, -1)
 
     def _forward_one_direction(self, hidden_states, state=None, carry=None, return_carry=False, seq_idx=None):
         batch, seqlen, _ = hidden_states.shape
