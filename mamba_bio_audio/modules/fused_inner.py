@@ -233,8 +233,8 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, A_log
     y kept; after it on the reference). ``backend``: the ops backend, whose scan must be
     Triton or the reference (:func:`can_fuse`). ``keep``: keep u and delta for the backward (Triton), else
     recompute them there. The Triton scan keeps every ``ops.fused_inner_save_every()``-th chunk-start state
-    (environment variable MBA_FUSED_SAVE_EVERY), else every ``save_every``-th, else the scan's own choice and computes softplus where
-    MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
+    (environment variable MBA_FUSED_SAVE_EVERY), else every ``save_every``-th, else the scan's own choice; it
+    computes softplus where MBA_SCAN_SOFTPLUS says (:func:`ops.scan_softplus_in_kernel`)."""
     batch, _, seqlen = xz.shape
     if xz.stride() != (seqlen, batch * seqlen, 1) and batch * seqlen > 1:
         # the backward writes dx, dz into halves of one buffer laid out like xz, and adds into du's columns in place
